@@ -1,0 +1,25 @@
+"""dlc: a deep learning framework that is a compiler.
+
+Write a model on symbolic tensors, differentiate it, and compile the whole
+step into native code:
+
+    x = dlc.input("x", ("B", 784))
+    w = dlc.param(init, name="w")
+    loss = dlc.mean(dlc.relu(x @ w))
+    step = dlc.compile(loss, updates={w: w - 0.1 * dlc.grad(loss, w)})
+"""
+
+from . import functional as _functional
+from .autodiff import grad
+from .compiler import Function, compile
+from .errors import ArtifactError, DlcError, DTypeError, GradientError, ShapeError
+from .functional import *  # noqa: F401,F403  (the DSL's functions: dlc.exp, dlc.sum, ...)
+from .graph import Graph, Node
+from .store import Store, default_store, reset_default_store
+from .tensor import Tensor
+
+__version__ = "0.1.0"
+
+__all__ = ["grad", "compile", "Function", "Tensor", "Graph", "Node", "Store", "default_store",
+           "reset_default_store", "DlcError", "ShapeError", "DTypeError", "GradientError", "ArtifactError",
+           "__version__"] + list(_functional.__all__)

@@ -1,0 +1,64 @@
+"""Reverse-mode automatic differentiation over the graph."""
+
+from __future__ import annotations
+
+from .errors import GradientError, ShapeError
+from .graph import is_float, shape_str, topo_order
+from .ops import OPS
+from .tensor import Tensor
+
+
+def grad(y: Tensor, wrt, seed: Tensor | None = None):
+    """Gradients of y with respect to each tensor in wrt (a list, or one tensor).
+
+    y must be a scalar unless `seed` (dL/dy, shaped like y) is given. A tensor
+    y does not depend on gets a zero gradient. Gradients are summed over every
+    use of a value, and broadcasting is undone by summation.
+    """
+    from . import functional as F
+
+    single = isinstance(wrt, Tensor)
+    wrt = [wrt] if single else list(wrt)
+    if seed is None:
+        if y.shape != ():
+            raise ShapeError(f"grad needs a scalar y, got shape {shape_str(y.shape)}; pass seed=dL/dy")
+        seed = F.constant(1.0, dtype=y.dtype)
+    if not is_float(y.dtype):
+        raise GradientError(f"cannot differentiate {y.dtype} output {y!r}")
+
+    targets = {id(t.node) for t in wrt}
+    order = topo_order([y.node])
+    # Only nodes on a path from a target to y need a gradient.
+    needed = set()
+    for n in order:
+        if id(n) in targets or any(id(i) in needed for i in n.inputs):
+            needed.add(id(n))
+
+    grads: dict[int, Tensor] = {id(y.node): seed}
+    for node in reversed(order):
+        g = grads.pop(id(node), None) if id(node) not in targets else grads.get(id(node))
+        if g is None or not node.inputs:
+            continue
+        live = [i for i in node.inputs if id(i) in needed and is_float(i.dtype)]
+        if not live:
+            continue
+        rule = OPS[node.op].grad
+        if rule is None:
+            raise GradientError(
+                f"op {node.op!r} (built at {node.loc or 'unknown location'}) has no gradient rule"
+                + (": it is itself part of a gradient, and gradients of gradients through it are not supported"
+                   if node.op.endswith("_grad") or "backward" in node.op else ""))
+        in_grads = rule(node, g, [Tensor(i) for i in node.inputs])
+        for inp, gi in zip(node.inputs, in_grads):
+            if gi is None or id(inp) not in needed or not is_float(inp.dtype):
+                continue
+            if tuple(gi.shape) != tuple(inp.shape):
+                raise AssertionError(f"gradient rule of {node.op} gave {gi.shape} for input {inp.shape}")
+            prev = grads.get(id(inp))
+            grads[id(inp)] = gi if prev is None else prev + gi
+    out = []
+    for t in wrt:
+        g = grads.get(id(t.node))
+        out.append(g if g is not None else F.broadcast_to(F.constant(0.0, dtype=t.dtype), t.shape)
+                   if is_float(t.dtype) else None)
+    return out[0] if single else out

@@ -1,0 +1,77 @@
+"""The op registry: each op's shape/dtype rule, numpy reference, gradient rule and kind."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import DTypeError, ShapeError
+from ..graph import Node, freeze_attrs, shape_str, user_location
+
+# Fusion kinds (design section 5).
+ELEMENTWISE = "elementwise"   # one output element from the same-index input elements (with broadcasting)
+INJECTIVE = "injective"       # an index remap: reshape, transpose, slice, concat, pad, broadcast_to
+REDUCE = "reduce"             # sum/max/... over some axes
+COMPLEX = "complex"           # matmul, conv, pooling: fuse an elementwise epilogue at most
+OPAQUE = "opaque"             # scan, random, gather/scatter: no fusion across
+SOURCE = "source"             # input, param, const: no computation
+
+KINDS = (ELEMENTWISE, INJECTIVE, REDUCE, COMPLEX, OPAQUE, SOURCE)
+
+
+@dataclass
+class OpDef:
+    """Everything dlc knows about one op, kept side by side.
+
+    infer(inputs, attrs) -> (shape, dtype); raise ShapeError/DTypeError with a
+        message about the operands (the location is added by `apply`).
+    ref(arrays, attrs, node) -> ndarray: the numpy reference.
+    grad(node, g, xs) -> list with one Tensor (or None) per input, built from
+        Tensor operations; None when the op is not differentiable.
+    scalar: for elementwise ops, a C-like expression over {0}, {1}, ... that
+        the code generators render (numba and CUDA share it).
+    """
+
+    name: str
+    kind: str
+    infer: Callable
+    ref: Callable
+    grad: Callable | None = None
+    scalar: str | None = None
+    doc: str = ""
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register(name: str, kind: str, infer, ref, grad=None, scalar=None, doc="") -> OpDef:
+    assert kind in KINDS, kind
+    if name in OPS:
+        raise ValueError(f"op {name!r} registered twice")
+    op = OpDef(name, kind, infer, ref, grad, scalar, doc)
+    OPS[name] = op
+    return op
+
+
+def describe_operands(nodes) -> str:
+    return ", ".join(f"{n.dtype}{shape_str(n.shape)}" for n in nodes)
+
+
+def apply(op: str, inputs, value: np.ndarray | None = None, **attrs) -> Node:
+    """Build a node: infer its shape and dtype, record the user's line.
+
+    A shape or dtype error is re-raised naming the op, the operands and the
+    user's file and line.
+    """
+    opdef = OPS[op]
+    nodes = tuple(inputs)
+    frozen = freeze_attrs(attrs)
+    try:
+        shape, dtype = opdef.infer(nodes, dict(frozen))
+    except (ShapeError, DTypeError) as e:
+        loc = user_location()
+        where = f" at {loc}" if loc else ""
+        raise type(e)(f"{op}{where}: {e} (operands: {describe_operands(nodes) or 'none'})") from None
+    return Node(op, nodes, frozen, tuple(shape), dtype, user_location(), value)

@@ -1,0 +1,128 @@
+"""Reductions over any set of axes: sum, prod, max, min, argmax, argmin, and the runtime size of axes.
+
+mean, var, logsumexp, softmax and log_softmax are compositions of these (see
+functional.py), so fusion sees their parts and autodiff needs no rules of its own.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import DTypeError, ShapeError
+from ..graph import dim_mul
+from .base import REDUCE, SOURCE, register
+
+
+def _F():
+    from .. import functional
+
+    return functional
+
+
+def reduced_shape(shape, axes, keepdims):
+    if keepdims:
+        return tuple(1 if i in axes else d for i, d in enumerate(shape))
+    return tuple(d for i, d in enumerate(shape) if i not in axes)
+
+
+def _infer(dtypes=None, out_dtype=None):
+    def infer(xs, attrs):
+        x = xs[0]
+        axes = attrs["axes"]
+        for ax in axes:
+            if not 0 <= ax < x.ndim:
+                raise ShapeError(f"axis {ax} is out of range for a {x.ndim}-d tensor")
+        if dtypes and x.dtype not in dtypes:
+            raise DTypeError(f"dtype {x.dtype} is not supported (accepted: {', '.join(dtypes)})")
+        if out_dtype is None and x.dtype == "bool":
+            raise DTypeError("cannot reduce a bool tensor; cast it first")
+        return reduced_shape(x.shape, axes, attrs["keepdims"]), out_dtype or x.dtype
+    return infer
+
+
+def _keep(node, g):
+    """The gradient reshaped to the input's rank (reduced axes kept as size 1)."""
+    F = _F()
+    a = node.a
+    if a["keepdims"]:
+        return g
+    x = node.inputs[0]
+    return F.reshape(g, tuple(1 if i in a["axes"] else d for i, d in enumerate(x.shape)))
+
+
+def _sum_grad(node, g, xs):
+    return [_F().broadcast_to(_keep(node, g), xs[0].shape)]
+
+
+def _prod_grad(node, g, xs):
+    # y / x: exact away from zeros; an input containing 0 gets an undefined gradient.
+    from ..tensor import Tensor
+
+    y = _keep(node, Tensor(node))
+    return [_keep(node, g) * y / xs[0]]
+
+
+def _extreme_grad(node, g, xs):
+    """The gradient of max/min goes to the positions that attain it, shared among ties."""
+    from ..tensor import Tensor
+
+    F = _F()
+    x = xs[0]
+    hit = F.cast(x == _keep(node, Tensor(node)), x.dtype)
+    count = F.sum(hit, axis=node.a["axes"], keepdims=True)
+    return [_keep(node, g) * hit / count]
+
+
+def _axes(a):
+    return tuple(a["axes"])
+
+
+register("sum", REDUCE, _infer(("float32", "float64", "int32", "int64")),
+         lambda xs, a, shape: np.sum(xs[0], axis=_axes(a), keepdims=a["keepdims"], dtype=xs[0].dtype),
+         _sum_grad, "+")
+register("prod", REDUCE, _infer(("float32", "float64", "int32", "int64")),
+         lambda xs, a, shape: np.prod(xs[0], axis=_axes(a), keepdims=a["keepdims"], dtype=xs[0].dtype),
+         _prod_grad, "*")
+register("max", REDUCE, _infer(), lambda xs, a, shape: np.max(xs[0], axis=_axes(a), keepdims=a["keepdims"]),
+         _extreme_grad, "max")
+register("min", REDUCE, _infer(), lambda xs, a, shape: np.min(xs[0], axis=_axes(a), keepdims=a["keepdims"]),
+         _extreme_grad, "min")
+
+
+def _arg_infer(xs, attrs):
+    x = xs[0]
+    (ax,) = attrs["axes"]
+    if not 0 <= ax < x.ndim:
+        raise ShapeError(f"axis {ax} is out of range for a {x.ndim}-d tensor")
+    return reduced_shape(x.shape, (ax,), attrs["keepdims"]), "int64"
+
+
+def _arg_ref(fn):
+    def ref(xs, a, shape):
+        (ax,) = a["axes"]
+        return fn(xs[0], axis=ax, keepdims=a["keepdims"]).astype(np.int64)
+    return ref
+
+
+# No gradient: integer outputs carry none, so autodiff never asks.
+register("argmax", REDUCE, _arg_infer, _arg_ref(np.argmax), None, "argmax")
+register("argmin", REDUCE, _arg_infer, _arg_ref(np.argmin), None, "argmin")
+
+
+def _size_infer(xs, attrs):
+    return (), attrs["dtype"]
+
+
+def _size_ref(xs, a, shape):
+    shape = xs[0].shape
+    return np.array(np.prod([shape[i] for i in a["axes"]], dtype=np.int64), dtype=a["dtype"])
+
+
+# The number of elements along some axes, known only at run time when a dim is
+# symbolic (the batch size a mean divides by). Depends on its input's shape only.
+register("size", SOURCE, _size_infer, _size_ref, lambda node, g, xs: [None])
+
+
+def static_size(shape, axes):
+    """The element count along axes: an int, or a symbolic product."""
+    return dim_mul(*(shape[i] for i in axes)) if axes else 1

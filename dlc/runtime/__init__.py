@@ -1,0 +1,1 @@
+"""Executors: reference (numpy), cpu (numba), cuda (pycuda)."""

@@ -1,0 +1,80 @@
+import numpy as np
+import pytest
+
+import dlc
+
+
+def _line_of(marker):
+    for i, line in enumerate(open(__file__).read().splitlines(), 1):
+        if marker in line and "_line_of" not in line:
+            return i
+    raise AssertionError(marker)
+
+
+def test_shape_error_names_op_shapes_file_and_line():
+    a = dlc.input("a", ("B", 3))
+    b = dlc.input("b", (4, 5))
+    with pytest.raises(dlc.ShapeError) as e:
+        a @ b  # MATMUL-MISMATCH
+    msg = str(e.value)
+    assert "matmul" in msg and "(B, 3)" in msg and "(4, 5)" in msg
+    assert f"{__file__}:{_line_of('MATMUL-MISMATCH')}" in msg
+
+
+def test_broadcast_error_points_at_user_line():
+    a = dlc.input("a", (2, 3))
+    with pytest.raises(dlc.ShapeError) as e:
+        a + dlc.input("b", (4,))  # BROADCAST-MISMATCH
+    assert f"test_dsl_errors.py:{_line_of('BROADCAST-MISMATCH')}" in str(e.value)
+    assert "(2, 3)" in str(e.value) and "(4,)" in str(e.value)
+
+
+def test_dtype_mismatch_is_reported():
+    a = dlc.input("a", (2,), "float32")
+    b = dlc.input("b", (2,), "float64")
+    with pytest.raises(dlc.DTypeError, match="float32 and float64"):
+        a * b
+
+
+def test_symbol_mismatch_is_a_shape_error():
+    a = dlc.input("a", ("B", 3))
+    b = dlc.input("b", ("N", 3))
+    with pytest.raises(dlc.ShapeError, match="broadcast"):
+        a + b
+
+
+def test_bad_reshape_and_axis():
+    a = dlc.input("a", (2, 3))
+    with pytest.raises(dlc.ShapeError, match="cannot reshape"):
+        dlc.reshape(a, (4, 2))
+    with pytest.raises(dlc.ShapeError, match="out of range"):
+        dlc.sum(a, axis=2)
+    with pytest.raises(IndexError, match="out of range"):
+        a[5]
+
+
+def test_compiled_call_checks_arguments():
+    x = dlc.input("x", ("B", 3))
+    n = dlc.input("n", ("B",), "int64")
+    f = dlc.compile(dlc.sum(x, axis=1) + dlc.cast(n, "float32"))
+    good = np.ones((4, 3), np.float32), np.arange(4)
+    np.testing.assert_allclose(f(*good), 3 + np.arange(4))
+    with pytest.raises(dlc.ShapeError, match=r"input 'x': expected shape \(B, 3\), got \(4, 2\)"):
+        f(np.ones((4, 2), np.float32), good[1])
+    with pytest.raises(dlc.ShapeError, match="'B' is 5 here but 4"):
+        f(good[0], np.arange(5))
+    with pytest.raises(dlc.DTypeError, match="expected dtype float32, got float64"):
+        f(np.ones((4, 3)), good[1])
+    with pytest.raises(TypeError, match="missing input"):
+        f(good[0])
+    with pytest.raises(TypeError, match="unexpected input 'y'"):
+        f(*good, y=1)
+    # keyword arguments and non-contiguous arrays are fine
+    big = np.ones((4, 6), np.float32)[:, ::2]
+    np.testing.assert_allclose(f(x=big, n=good[1]), 3 + np.arange(4))
+
+
+def test_grad_of_non_scalar_needs_seed():
+    x = dlc.input("x", (3,))
+    with pytest.raises(dlc.ShapeError, match="scalar"):
+        dlc.grad(dlc.exp(x), [x])
