@@ -1,0 +1,126 @@
+"""The Program: what the optimizer hands to every backend.
+
+A Program is the optimized graph cut into kernels (fused groups of nodes) in
+execution order, plus, per concrete set of symbol bindings, a memory plan that
+places every intermediate value in one arena. Backends (numba, CUDA, the
+kernel-by-kernel reference used for bisection) render and run Programs; they
+never look at the user's graph directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .graph import Graph, Node, shape_eval
+
+
+@dataclass(eq=False)
+class Kernel:
+    """A fused group of nodes that runs as one kernel.
+
+    nodes:   every node computed inside, topologically ordered.
+    inputs:  values the kernel reads from buffers (sources, or other kernels' outputs).
+    outputs: values it writes to buffers: those read by later kernels, graph
+             outputs and parameter updates.
+    anchor:  the node the group is built around (the reduce, matmul, conv or
+             opaque op), or None for a pure elementwise/injective group.
+    kind:    the fusion kind of the anchor ("elementwise" when there is none).
+    """
+
+    name: str
+    kind: str
+    nodes: tuple[Node, ...]
+    inputs: tuple[Node, ...]
+    outputs: tuple[Node, ...]
+    anchor: Node | None = None
+    notes: tuple[str, ...] = ()
+
+    def source_lines(self) -> list[str]:
+        """The distinct user lines the kernel's nodes came from, in order."""
+        seen, out = set(), []
+        for n in self.nodes:
+            if n.loc is not None and str(n.loc) not in seen:
+                seen.add(str(n.loc))
+                out.append(str(n.loc))
+        return out
+
+    def __repr__(self) -> str:
+        ops = " ".join(n.op for n in self.nodes)
+        return f"<Kernel {self.name} {self.kind}: {ops}>"
+
+
+@dataclass(eq=False)
+class Program:
+    """Kernels in execution order over an optimized graph.
+
+    outputs: the values returned to the caller, in order.
+    updates: (parameter key, new value) pairs written back to the store.
+    aliases: node id -> the node whose buffer it shares (a reshape of
+             contiguous data is a view, never a kernel).
+    refusals: every fusion that was considered and refused, with its reason.
+    """
+
+    graph: Graph
+    kernels: list[Kernel]
+    inputs: list[Node]
+    outputs: list[Node]
+    updates: list[tuple[str, Node]]
+    aliases: dict[int, Node] = field(default_factory=dict)
+    refusals: list[str] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+
+    def storage_of(self, node: Node) -> Node:
+        """The node that owns the buffer this node's value lives in (following views)."""
+        while id(node) in self.aliases:
+            node = self.aliases[id(node)]
+        return node
+
+    def buffers(self) -> list[Node]:
+        """Every value that needs storage of its own in the arena: kernel outputs not aliased."""
+        out, seen = [], set()
+        for k in self.kernels:
+            for n in k.outputs:
+                s = self.storage_of(n)
+                if s.op in ("input", "param", "const") or id(s) in seen:
+                    continue
+                seen.add(id(s))
+                out.append(s)
+        return out
+
+    def __str__(self) -> str:
+        lines = []
+        for k in self.kernels:
+            lines.append(f"{k.name} [{k.kind}] " + " -> ".join(n.op for n in k.nodes) +
+                         (f"   # {', '.join(k.source_lines())}" if k.source_lines() else ""))
+        return "\n".join(lines)
+
+
+@dataclass
+class MemoryPlan:
+    """Where each arena value lives for one set of symbol bindings.
+
+    offsets:  id(storage node) -> byte offset in the arena.
+    sizes:    id(storage node) -> bytes.
+    arena_bytes: the arena's size.
+    unplanned_bytes: the sum of all buffers (what no planning would need).
+    lower_bound_bytes: the peak of simultaneously live bytes in this order.
+    inplace:  (node, node whose buffer it took over) pairs.
+    """
+
+    env: dict
+    offsets: dict[int, int]
+    sizes: dict[int, int]
+    arena_bytes: int
+    unplanned_bytes: int
+    lower_bound_bytes: int
+    inplace: list[tuple[Node, Node]] = field(default_factory=list)
+    alignment: int = 64
+
+
+def nbytes(node: Node, env: dict) -> int:
+    import numpy as np
+
+    n = 1
+    for d in shape_eval(node.shape, env):
+        n *= d
+    return n * np.dtype(node.dtype).itemsize
