@@ -11,7 +11,7 @@ step into native code:
 
 from . import functional as _functional
 from .autodiff import grad
-from .compiler import Function, compile
+from .compiler import Function, compile, default_target
 from .errors import ArtifactError, DlcError, DTypeError, GradientError, ShapeError
 from .functional import *  # noqa: F401,F403  (the DSL's functions: dlc.exp, dlc.sum, ...)
 from .graph import Graph, Node
@@ -20,6 +20,6 @@ from .tensor import Tensor
 
 __version__ = "0.1.0"
 
-__all__ = ["grad", "compile", "Function", "Tensor", "Graph", "Node", "Store", "default_store",
+__all__ = ["grad", "compile", "default_target", "Function", "Tensor", "Graph", "Node", "Store", "default_store",
            "reset_default_store", "DlcError", "ShapeError", "DTypeError", "GradientError", "ArtifactError",
            "__version__"] + list(_functional.__all__)

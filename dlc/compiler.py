@@ -12,6 +12,18 @@ from .tensor import Tensor
 TARGETS = ("reference", "cpu", "cuda")
 
 
+def default_target() -> str:
+    """The backend examples and tools use unless told otherwise: $DLC_TARGET, else the best available."""
+    import os
+
+    target = os.environ.get("DLC_TARGET")
+    if target:
+        if target not in TARGETS:
+            raise ValueError(f"DLC_TARGET={target!r} is not one of {', '.join(TARGETS)}")
+        return target
+    return "reference"
+
+
 def _flatten_outputs(outputs):
     """(list of tensors, a function rebuilding the user's structure from a list of arrays)."""
     if isinstance(outputs, Tensor):
