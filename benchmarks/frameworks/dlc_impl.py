@@ -1,0 +1,142 @@
+"""dlc versions of the workloads, written in the DSL from the same numpy spec."""
+
+from __future__ import annotations
+
+import numpy as np
+
+import dlc
+
+TARGET = "cpu"
+
+
+def setup_threads(n):
+    pass  # NUMBA_NUM_THREADS and the BLAS thread variables are set by the runner before import
+
+
+def version():
+    return dlc.__version__
+
+
+def _params(arrays, prefix):
+    return [dlc.param(a, name=f"{prefix}{i}") for i, a in enumerate(arrays)]
+
+
+def _mlp(params, x, hidden=dlc.relu, out=lambda z: z):
+    h = x
+    for i in range(0, len(params) - 2, 2):
+        h = hidden(h @ params[i] + params[i + 1])
+    return out(h @ params[-2] + params[-1])
+
+
+def _ce(logits, labels, classes=10):
+    return -dlc.mean(dlc.sum(dlc.log_softmax(logits) * dlc.one_hot(labels, classes), axis=1))
+
+
+def _lenet(p, x):
+    h = dlc.max_pool2d(dlc.relu(dlc.conv2d(x, p[0], p[1], padding=2)), 2)
+    h = dlc.max_pool2d(dlc.relu(dlc.conv2d(h, p[2], p[3])), 2)
+    h = dlc.flatten(h)
+    h = dlc.relu(h @ p[4] + p[5])
+    h = dlc.relu(h @ p[6] + p[7])
+    return h @ p[8] + p[9]
+
+
+def _lstm(p, x, H):
+    wih, whh, b, hw, hb = p
+    T, B = x.shape[0], x.shape[1]
+    xp = dlc.reshape(dlc.reshape(x, (-1, x.shape[2])) @ wih, (T, B, 4 * H)) + b
+
+    def cell(carry, xt):
+        h, c = carry
+        z = xt + h @ whh
+        i, f, g, o = dlc.split(z, 4, axis=1)
+        c = dlc.sigmoid(f) * c + dlc.sigmoid(i) * dlc.tanh(g)
+        h = dlc.sigmoid(o) * dlc.tanh(c)
+        return (h, c), h
+
+    zeros = dlc.constant(np.zeros((B, H), np.float32))
+    (h, _), _ = dlc.scan(cell, (zeros, zeros), xp)
+    return h @ hw + hb
+
+
+def _sgd_momentum(loss, params, lr, momentum=0.9):
+    grads = dlc.grad(loss, params)
+    updates = {}
+    for i, (p, g) in enumerate(zip(params, grads)):
+        v = dlc.param(np.zeros(p.shape, np.float32), name=f"velocity{i}", trainable=False)
+        v_new = momentum * v + g
+        updates[v] = v_new
+        updates[p] = p - lr * v_new
+    return updates
+
+
+def _adam(loss, params, lr, betas, eps, prefix):
+    b1, b2 = betas
+    grads = dlc.grad(loss, params)
+    t = dlc.param(np.zeros((), np.float32), name=f"{prefix}t", trainable=False)
+    t_new = t + 1.0
+    c1 = 1.0 - dlc.pow(dlc.constant(np.float32(b1)), t_new)
+    c2 = 1.0 - dlc.pow(dlc.constant(np.float32(b2)), t_new)
+    updates = {t: t_new}
+    for i, (p, g) in enumerate(zip(params, grads)):
+        m = dlc.param(np.zeros(p.shape, np.float32), name=f"{prefix}m{i}", trainable=False)
+        v = dlc.param(np.zeros(p.shape, np.float32), name=f"{prefix}v{i}", trainable=False)
+        m_new = b1 * m + (1 - b1) * g
+        v_new = b2 * v + (1 - b2) * g * g
+        updates[m], updates[v] = m_new, v_new
+        updates[p] = p - lr * (m_new / c1) / (dlc.sqrt(v_new / c2) + eps)
+    return updates
+
+
+def _bce_logits(z, target: float):
+    return dlc.mean(dlc.relu(z) - z * target + dlc.softplus(-dlc.abs(z)))
+
+
+def build_function(name, s, target=TARGET):
+    """(callable running one step, the compiled dlc.Function(s) for statistics)."""
+    dlc.reset_default_store()
+    if name in ("W1", "W2", "W3"):
+        params = _params(s["params"], "w")
+        x = dlc.input("x", ("B",) + s["x"].shape[1:]) if name != "W3" else dlc.input("x", ("T", "B", s["x"].shape[2]))
+        y = dlc.input("y", ("B",), "int64")
+        logits = {"W1": lambda: _mlp(params, x), "W2": lambda: _lenet(params, x),
+                  "W3": lambda: _lstm(params, x, s["H"])}[name]()
+        loss = _ce(logits, y)
+        fn = dlc.compile(loss, inputs=[x, y], updates=_sgd_momentum(loss, params, s["lr"]), target=target)
+        xv, yv = s["x"], s["y"].astype(np.int64)
+        return (lambda: float(fn(xv, yv))), [fn]
+    if name == "W4":
+        gp, dp = _params(s["g_params"], "g"), _params(s["d_params"], "d")
+        z, real = dlc.input("z", ("B", 64)), dlc.input("real", ("B", 784))
+        gen = lambda: _mlp(gp, z, dlc.relu, dlc.tanh)  # noqa: E731
+        disc = lambda v: _mlp(dp, v, lambda a: dlc.leaky_relu(a, 0.2))  # noqa: E731
+        d_loss = _bce_logits(disc(real), 1.0) + _bce_logits(disc(dlc.stop_gradient(gen())), 0.0)
+        g_loss = _bce_logits(disc(gen()), 1.0)
+        d_step = dlc.compile(d_loss, inputs=[z, real],
+                             updates=_adam(d_loss, dp, s["lr"], s["betas"], s["eps"], "adam_d."), target=target)
+        g_step = dlc.compile(g_loss, inputs=[z],
+                             updates=_adam(g_loss, gp, s["lr"], s["betas"], s["eps"], "adam_g."), target=target)
+        zv, rv = s["z"], s["real"]
+        return (lambda: (float(d_step(zv, rv)), float(g_step(zv)))), [d_step, g_step]
+    if name in ("W5_mlp", "W5_cnn"):
+        params = _params(s["params"], "w")
+        x = dlc.input("x", ("B",) + s["x"].shape[1:])
+        out = _mlp(params, x) if name == "W5_mlp" else _lenet(params, x)
+        fn = dlc.compile(out, inputs=[x], target=target)
+        xv = s["x"]
+        return (lambda: fn(xv)), [fn]
+    if name == "W6":
+        x = dlc.input("x", ("N",))
+        fn = dlc.compile(dlc.gelu(x * float(s["a"]) + float(s["b"]), approximate="tanh"), target=target)
+        xv = s["x"]
+        return (lambda: fn(xv)), [fn]
+    if name == "W7":
+        a, b = dlc.input("a", ("M", "K")), dlc.input("b", ("K", "N"))
+        fn = dlc.compile(a @ b, target=target)
+        av, bv = s["a"], s["b"]
+        return (lambda: fn(av, bv)), [fn]
+    raise KeyError(name)
+
+
+def build(name, s, compiled=True):
+    return build_function(name, s)[0]

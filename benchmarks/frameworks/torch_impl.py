@@ -1,0 +1,120 @@
+"""PyTorch eager and torch.compile versions of the workloads, from the same numpy spec."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+def _t(a, grad=True):
+    return torch.tensor(np.asarray(a), requires_grad=grad)
+
+
+def _mlp(params, x, hidden=F.relu, out=lambda z: z):
+    h = x
+    for i in range(0, len(params) - 2, 2):
+        h = hidden(h @ params[i] + params[i + 1])
+    return out(h @ params[-2] + params[-1])
+
+
+def _lenet(p, x):
+    h = F.max_pool2d(F.relu(F.conv2d(x, p[0], p[1], padding=2)), 2)
+    h = F.max_pool2d(F.relu(F.conv2d(h, p[2], p[3])), 2)
+    h = h.flatten(1)
+    h = F.relu(h @ p[4] + p[5])
+    h = F.relu(h @ p[6] + p[7])
+    return h @ p[8] + p[9]
+
+
+def _lstm_logits(p, x, H):
+    wih, whh, b, hw, hb = p
+    T, B, _ = x.shape
+    xp = (x.reshape(T * B, -1) @ wih).reshape(T, B, 4 * H) + b
+    h = torch.zeros(B, H)
+    c = torch.zeros(B, H)
+    for t in range(T):
+        z = xp[t] + h @ whh
+        i, f, g, o = z.chunk(4, dim=1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+    return h @ hw + hb
+
+
+def build(name, s, compiled=False):
+    """A zero-argument callable running one step; returns the loss (or the output)."""
+    torch.manual_seed(0)
+    maybe_compile = torch.compile if compiled else (lambda f: f)
+    if name in ("W1", "W2", "W3"):
+        params = [_t(p) for p in s["params"]]
+        x, y = _t(s["x"], False), torch.tensor(s["y"])
+        opt = torch.optim.SGD(params, lr=s["lr"], momentum=0.9)
+        model = {"W1": lambda: _mlp(params, x), "W2": lambda: _lenet(params, x),
+                 "W3": lambda: _lstm_logits(params, x, s["H"])}[name]
+
+        def train():
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(), y)
+            loss.backward()
+            opt.step()
+            return loss
+
+        train = maybe_compile(train)
+        return lambda: float(train().detach())
+    if name == "W4":
+        gp, dp = [_t(p) for p in s["g_params"]], [_t(p) for p in s["d_params"]]
+        z, real = _t(s["z"], False), _t(s["real"], False)
+        opt_g = torch.optim.Adam(gp, lr=s["lr"], betas=s["betas"], eps=s["eps"])
+        opt_d = torch.optim.Adam(dp, lr=s["lr"], betas=s["betas"], eps=s["eps"])
+        gen = lambda: _mlp(gp, z, F.relu, torch.tanh)  # noqa: E731
+        disc = lambda v: _mlp(dp, v, lambda a: F.leaky_relu(a, 0.2))  # noqa: E731
+        n = z.shape[0]
+        ones, zeros = torch.ones(n, 1), torch.zeros(n, 1)
+
+        def d_step():
+            opt_d.zero_grad(set_to_none=True)
+            fake = gen().detach()
+            loss = F.binary_cross_entropy_with_logits(disc(real), ones) + \
+                F.binary_cross_entropy_with_logits(disc(fake), zeros)
+            loss.backward()
+            opt_d.step()
+            return loss
+
+        def g_step():
+            opt_g.zero_grad(set_to_none=True)
+            loss = F.binary_cross_entropy_with_logits(disc(gen()), ones)
+            loss.backward()
+            opt_g.step()
+            return loss
+
+        d_step, g_step = maybe_compile(d_step), maybe_compile(g_step)
+        return lambda: (float(d_step().detach()), float(g_step().detach()))
+    if name in ("W5_mlp", "W5_cnn"):
+        params = [_t(p, False) for p in s["params"]]
+        x = _t(s["x"], False)
+        fwd = maybe_compile(lambda inp: _mlp(params, inp) if name == "W5_mlp" else _lenet(params, inp))
+
+        def infer():
+            with torch.no_grad():
+                return fwd(x).numpy()
+        return infer
+    if name == "W6":
+        x = _t(s["x"], False)
+        a, b = float(s["a"]), float(s["b"])
+        fn = maybe_compile(lambda v: F.gelu(v * a + b, approximate="tanh"))
+        return lambda: fn(x).numpy()
+    if name == "W7":
+        a, b = _t(s["a"], False), _t(s["b"], False)
+        out = torch.empty_like(a)
+        fn = maybe_compile(lambda: torch.matmul(a, b, out=out)) if not compiled else torch.compile(
+            lambda: torch.matmul(a, b))
+        return lambda: fn().numpy()
+    raise KeyError(name)
+
+
+def setup_threads(n):
+    torch.set_num_threads(n)
+
+
+def version():
+    return torch.__version__
