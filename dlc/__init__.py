@@ -13,6 +13,7 @@ from . import functional as _functional
 from .autodiff import grad
 from .compiler import Function, compile, default_target
 from .errors import ArtifactError, DlcError, DTypeError, GradientError, ShapeError
+from .export import export, load  # (the functions shadow the dlc.export module name on purpose)
 from .functional import *  # noqa: F401,F403  (the DSL's functions: dlc.exp, dlc.sum, ...)
 from .graph import Graph, Node
 from .store import Store, default_store, reset_default_store
@@ -22,4 +23,4 @@ __version__ = "0.1.0"
 
 __all__ = ["grad", "compile", "default_target", "Function", "Tensor", "Graph", "Node", "Store", "default_store",
            "reset_default_store", "DlcError", "ShapeError", "DTypeError", "GradientError", "ArtifactError",
-           "__version__"] + list(_functional.__all__)
+           "export", "load", "__version__"] + list(_functional.__all__)
