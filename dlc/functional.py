@@ -74,7 +74,7 @@ def _lift(x, like: Tensor | None) -> Tensor:
             dtype = "float32"
         if dtype == "bool" and not isinstance(x, (bool, np.bool_)):
             dtype = "int64" if isinstance(x, (int, np.integer)) else "float32"
-        return constant(np.array(x, dtype=dtype))
+        return constant(x, dtype=dtype)
     return constant(x)
 
 
@@ -156,6 +156,10 @@ def cast(x, dtype):
 
 
 def clip(x, lo, hi):
+    """x limited to [lo, hi]; the gradient passes where lo <= x <= hi."""
+    if lo > hi:
+        raise ValueError(f"clip needs lo <= hi, got lo={lo} > hi={hi}"
+                         + (f" at {user_location()}" if user_location() else ""))
     return _apply("clip", x, lo=lo, hi=hi)
 
 
