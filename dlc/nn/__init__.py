@@ -1,0 +1,25 @@
+"""dlc.nn: modules, layers, losses, initializers and the training API (compile_step, compile_eval, fit)."""
+
+from . import functional, init
+from .activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Softplus, Tanh
+from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, ConvTranspose2d, MaxPool2d
+from .init import manual_seed
+from .layers import Dropout, Embedding, Flatten, Identity, Linear
+from .losses import (
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    L1Loss,
+    MSELoss,
+    NLLLoss,
+    accuracy,
+    binary_cross_entropy,
+    binary_cross_entropy_with_logits,
+    cross_entropy,
+    l1_loss,
+    mse_loss,
+    nll_loss,
+)
+from .module import Module, ModuleList, Sequential, StateUpdates, collect_updates
+from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
+from ..train import History, TrainStep, compile_eval, compile_step, fit  # noqa: E402  (uses .module)

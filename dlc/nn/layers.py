@@ -1,0 +1,84 @@
+"""Basic layers: Linear, Embedding, Dropout, Flatten, Identity."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import functional as F
+from . import init
+from .module import Module, current_state, record_update
+
+
+class Identity(Module):
+    def forward(self, x):
+        return x
+
+
+class Linear(Module):
+    """y = x @ weight.T + bias, with weight shaped (out_features, in_features) as in PyTorch."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.add_param("weight", init.default_weight((out_features, in_features), rng))
+        self.bias = self.add_param("bias", init.default_bias(out_features, in_features, rng)) if bias else None
+
+    def forward(self, x):
+        y = F.matmul(x, F.transpose(self.weight))
+        return y + self.bias if self.bias is not None else y
+
+    def extra_repr(self) -> str:
+        return f"{self.in_features}, {self.out_features}, bias={self.bias is not None}"
+
+
+class Embedding(Module):
+    """A lookup table: integer ids (any shape) -> rows of weight (num_embeddings, embedding_dim), init N(0, 1)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, rng=None):
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.add_param("weight", init.normal((num_embeddings, embedding_dim), rng=rng))
+
+    def forward(self, ids):
+        return F.take(self.weight, ids, axis=0)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_embeddings}, {self.embedding_dim}"
+
+
+class Flatten(Module):
+    """Merge the dims from start_dim on (default: all but the batch dim)."""
+
+    def __init__(self, start_dim: int = 1):
+        super().__init__()
+        self.start_dim = start_dim
+
+    def forward(self, x):
+        return F.flatten(x, self.start_dim)
+
+
+class Dropout(Module):
+    """Zero each element with probability p during training and scale the rest by 1/(1-p); identity in eval.
+
+    The mask comes from a counter-based generator keyed by this layer's seed and
+    a step counter (a non-trainable parameter) that each compiled training step
+    advances, so every call draws a fresh mask and a run is reproducible.
+    """
+
+    def __init__(self, p: float = 0.5, seed: int | None = None):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.seed = int(init.generator().integers(0, 2**31 - 1)) if seed is None else int(seed)
+        self.add_param("step", np.array(0, np.int64), trainable=False, persistent=False)
+
+    def forward(self, x):
+        if not self.training or self.p == 0.0:
+            return x
+        step = current_state(self.step)
+        record_update(self, self.step, step + 1)
+        return F.dropout(x, self.p, self.seed, step)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
