@@ -16,6 +16,9 @@ from .errors import ArtifactError, DlcError, DTypeError, GradientError, ShapeErr
 from .export import export, load  # (the functions shadow the dlc.export module name on purpose)
 from .functional import *  # noqa: F401,F403  (the DSL's functions: dlc.exp, dlc.sum, ...)
 from .graph import Graph, Node
+from .ops.conv import conv1d, conv2d, conv_transpose2d
+from .ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
+from .ops.random import dropout, random_bernoulli, random_normal, random_uniform
 from .store import Store, default_store, reset_default_store
 from .tensor import Tensor
 
@@ -24,3 +27,5 @@ __version__ = "0.1.0"
 __all__ = ["grad", "compile", "default_target", "Function", "Tensor", "Graph", "Node", "Store", "default_store",
            "reset_default_store", "DlcError", "ShapeError", "DTypeError", "GradientError", "ArtifactError",
            "export", "load", "__version__"] + list(_functional.__all__)
+__all__ += ["conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
+            "random_uniform", "random_normal", "random_bernoulli", "dropout"]
