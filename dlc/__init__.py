@@ -19,6 +19,7 @@ from .graph import Graph, Node
 from .ops.conv import conv1d, conv2d, conv_transpose2d
 from .ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from .ops.random import dropout, random_bernoulli, random_normal, random_uniform
+from .ops.scan import scan
 from .store import Store, default_store, reset_default_store
 from .tensor import Tensor
 
@@ -29,3 +30,4 @@ __all__ = ["grad", "compile", "default_target", "Function", "Tensor", "Graph", "
            "export", "load", "__version__"] + list(_functional.__all__)
 __all__ += ["conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
             "random_uniform", "random_normal", "random_bernoulli", "dropout"]
+__all__ += ["scan"]

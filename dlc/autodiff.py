@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .errors import GradientError, ShapeError
-from .graph import is_float, shape_str, topo_order
+from .graph import TUPLE, is_float, shape_str, topo_order
 from .ops import OPS
 from .tensor import Tensor
 
@@ -13,33 +13,40 @@ def grad(y: Tensor, wrt, seed: Tensor | None = None):
 
     y must be a scalar unless `seed` (dL/dy, shaped like y) is given. A tensor
     y does not depend on gets a zero gradient. Gradients are summed over every
-    use of a value, and broadcasting is undone by summation.
+    use of a value, and broadcasting is undone by summation. y may also be a
+    list of outputs with seed a list of their gradients (a vector-Jacobian
+    product of several outputs at once).
     """
     from . import functional as F
 
     single = isinstance(wrt, Tensor)
     wrt = [wrt] if single else list(wrt)
-    if seed is None:
-        if y.shape != ():
-            raise ShapeError(f"grad needs a scalar y, got shape {shape_str(y.shape)}; pass seed=dL/dy")
-        seed = F.constant(1.0, dtype=y.dtype)
-    if not is_float(y.dtype):
-        raise GradientError(f"cannot differentiate {y.dtype} output {y!r}")
+    ys, seeds = (list(y), list(seed)) if isinstance(y, (list, tuple)) else ([y], [seed])
+    if len(ys) != len(seeds):
+        raise ValueError(f"grad of {len(ys)} outputs needs as many seeds, got {len(seeds)}")
+    grads: dict[int, Tensor] = {}
+    for y, seed in zip(ys, seeds):
+        if seed is None:
+            if y.shape != ():
+                raise ShapeError(f"grad needs a scalar y, got shape {shape_str(y.shape)}; pass seed=dL/dy")
+            seed = F.constant(1.0, dtype=y.dtype)
+        if not is_float(y.dtype):
+            raise GradientError(f"cannot differentiate {y.dtype} output {y!r}")
+        grads[id(y.node)] = seed + grads[id(y.node)] if id(y.node) in grads else seed
 
     targets = {id(t.node) for t in wrt}
-    order = topo_order([y.node])
+    order = topo_order([y.node for y in ys])
     # Only nodes on a path from a target to y need a gradient.
     needed = set()
     for n in order:
         if id(n) in targets or any(id(i) in needed for i in n.inputs):
             needed.add(id(n))
 
-    grads: dict[int, Tensor] = {id(y.node): seed}
     for node in reversed(order):
         g = grads.pop(id(node), None) if id(node) not in targets else grads.get(id(node))
         if g is None or not node.inputs:
             continue
-        live = [i for i in node.inputs if id(i) in needed and is_float(i.dtype)]
+        live = [i for i in node.inputs if id(i) in needed and _has_gradient(i)]
         if not live:
             continue
         rule = OPS[node.op].grad
@@ -50,7 +57,7 @@ def grad(y: Tensor, wrt, seed: Tensor | None = None):
                    if node.op.endswith("_grad") or "backward" in node.op else ""))
         in_grads = rule(node, g, [Tensor(i) for i in node.inputs])
         for inp, gi in zip(node.inputs, in_grads):
-            if gi is None or id(inp) not in needed or not is_float(inp.dtype):
+            if gi is None or id(inp) not in needed or not _has_gradient(inp):
                 continue
             if tuple(gi.shape) != tuple(inp.shape):
                 raise AssertionError(f"gradient rule of {node.op} gave {gi.shape} for input {inp.shape}")
@@ -62,3 +69,8 @@ def grad(y: Tensor, wrt, seed: Tensor | None = None):
         out.append(g if g is not None else F.broadcast_to(F.constant(0.0, dtype=t.dtype), t.shape)
                    if is_float(t.dtype) else None)
     return out[0] if single else out
+
+
+def _has_gradient(node) -> bool:
+    """Float values carry gradients, and so do multi-output (scan) nodes, one part per output."""
+    return is_float(node.dtype) or node.dtype == TUPLE

@@ -16,6 +16,9 @@ import numpy as np
 DTYPES = ("float32", "float64", "int32", "int64", "bool")
 FLOAT_DTYPES = ("float32", "float64")
 INT_DTYPES = ("int32", "int64")
+# The dtype of a multi-output node (scan): its value is a tuple of arrays,
+# each picked out by a projection node (scan_output).
+TUPLE = "tuple"
 
 
 def as_dtype(dtype) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import Node, shape_eval
+from ..graph import TUPLE, Node, shape_eval
 from ..ops import OPS
 
 
@@ -31,11 +31,12 @@ def evaluate(order: list[Node], feeds: dict[int, np.ndarray], store, env: dict[s
         else:
             shape = shape_eval(n.shape, env)
             v = OPS[n.op].ref([values[id(x)] for x in n.inputs], n.a, shape)
-            v = np.asarray(v)
-            if v.dtype.name != n.dtype:
-                v = v.astype(n.dtype)
-            if v.shape != shape:
-                raise AssertionError(f"reference of {n!r} produced shape {v.shape}, inferred {shape}")
+            if n.dtype != TUPLE:  # a multi-output node's value is a tuple of arrays
+                v = np.asarray(v)
+                if v.dtype.name != n.dtype:
+                    v = v.astype(n.dtype)
+                if v.shape != shape:
+                    raise AssertionError(f"reference of {n!r} produced shape {v.shape}, inferred {shape}")
         values[id(n)] = v
         for inp in n.inputs:
             if last_use.get(id(inp)) == i and (keep is None or id(inp) not in keep):
