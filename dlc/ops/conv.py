@@ -7,9 +7,10 @@ stride (sh, sw), padding ((top, bottom), (left, right)), dilation (dh, dw),
 groups; the gradient ops add the spatial size they produce (out_hw) or the
 kernel size (kernel).
 
-The references lower to im2col + one GEMM per group (windows are a strided
-view of the padded input, never a Python loop over pixels); the input
-gradient scatters the GEMM's result back with one strided add per kernel tap.
+The references lower to im2col + a GEMM per sample and group (windows are a
+strided view of the padded input, never a Python loop over pixels); the
+input gradient scatters the GEMM's result back with one strided add per
+kernel tap.
 """
 
 from __future__ import annotations
@@ -136,20 +137,16 @@ def crop_spatial(xp: np.ndarray, padding, hw) -> np.ndarray:
     return xp[:, :, top:top + hw[0], left:left + hw[1]]
 
 
-def _grouped_cols(x, kernel, a, out):
-    """im2col: (G, Cg*kh*kw, N*Ho*Wo), one GEMM operand per group."""
-    n, c = x.shape[:2]
-    g = a["groups"]
+def _cols(x, kernel, a, out):
+    """im2col per sample and group: (N, G, Cg*kh*kw, Ho*Wo), a plain copy of the window view."""
+    n = x.shape[0]
     win = windows(pad_spatial(x, a["padding"]), kernel, a["stride"], a["dilation"], out)
-    win = win.reshape((n, g, c // g) + tuple(kernel) + tuple(out))
-    return np.ascontiguousarray(win.transpose(1, 2, 3, 4, 0, 5, 6)).reshape(g, -1, n * out[0] * out[1])
+    return np.ascontiguousarray(win).reshape(n, a["groups"], -1, out[0] * out[1])
 
 
-def _grouped_grad(gy, groups):
-    """(N, C_out, Ho, Wo) -> (G, C_out/G, N*Ho*Wo)."""
-    n, co, ho, wo = gy.shape
-    return np.ascontiguousarray(gy.reshape(n, groups, co // groups, ho * wo).transpose(1, 2, 0, 3)) \
-        .reshape(groups, co // groups, n * ho * wo)
+# Batched over (N, G): numpy runs one small GEMM per sample, which on these
+# sizes beats gathering all samples into one big GEMM (that needs a
+# transposing copy of the columns).
 
 
 def conv2d_ref(x: np.ndarray, w: np.ndarray, a: dict) -> np.ndarray:
@@ -158,10 +155,8 @@ def conv2d_ref(x: np.ndarray, w: np.ndarray, a: dict) -> np.ndarray:
     g = a["groups"]
     out = tuple(conv_out_size(s, p, k, st, d) for s, p, k, st, d in
                 zip(x.shape[2:], a["padding"], (kh, kw), a["stride"], a["dilation"]))
-    cols = _grouped_cols(x, (kh, kw), a, out)
-    y = np.matmul(w.reshape(g, co // g, -1), cols)  # (G, Og, N*Ho*Wo)
-    y = y.reshape(g, co // g, n, out[0], out[1]).transpose(2, 0, 1, 3, 4)
-    return np.ascontiguousarray(y).reshape(n, co, out[0], out[1])
+    y = np.matmul(w.reshape(g, co // g, -1), _cols(x, (kh, kw), a, out))  # (N, G, Og, Ho*Wo)
+    return y.reshape(n, co, out[0], out[1])
 
 
 def conv2d_grad_input_ref(gy: np.ndarray, w: np.ndarray, a: dict) -> np.ndarray:
@@ -169,9 +164,9 @@ def conv2d_grad_input_ref(gy: np.ndarray, w: np.ndarray, a: dict) -> np.ndarray:
     n, co, ho, wo = gy.shape
     _, cg, kh, kw = w.shape
     g = a["groups"]
-    wg = w.reshape(g, co // g, cg * kh * kw)
-    cols = np.matmul(wg.transpose(0, 2, 1), _grouped_grad(gy, g))  # (G, Cg*kh*kw, N*Ho*Wo)
-    cols = cols.reshape(g * cg, kh, kw, n, ho, wo).transpose(3, 0, 1, 2, 4, 5)
+    wt = w.reshape(g, co // g, cg * kh * kw).transpose(0, 2, 1)
+    cols = np.matmul(wt, gy.reshape(n, g, co // g, ho * wo))  # (N, G, Cg*kh*kw, Ho*Wo)
+    cols = cols.reshape(n, g * cg, kh, kw, ho, wo)
     (top, bottom), (left, right) = a["padding"]
     h, wd = a["out_hw"]
     xp = scatter_windows(cols, (h + top + bottom, wd + left + right), (kh, kw), a["stride"], a["dilation"])
@@ -179,13 +174,13 @@ def conv2d_grad_input_ref(gy: np.ndarray, w: np.ndarray, a: dict) -> np.ndarray:
 
 
 def conv2d_grad_weight_ref(x: np.ndarray, gy: np.ndarray, a: dict) -> np.ndarray:
-    """dL/dw of conv2d: gy @ im2col(x)^T per group."""
+    """dL/dw of conv2d: the sum over samples of gy @ im2col(x)^T, per group."""
+    n, co, ho, wo = gy.shape
     c = x.shape[1]
-    co = gy.shape[1]
     g = a["groups"]
     kh, kw = a["kernel"]
-    cols = _grouped_cols(x, (kh, kw), a, gy.shape[2:])
-    dw = np.matmul(_grouped_grad(gy, g), cols.transpose(0, 2, 1))  # (G, Og, Cg*kh*kw)
+    cols = _cols(x, (kh, kw), a, (ho, wo))
+    dw = np.matmul(gy.reshape(n, g, co // g, ho * wo), cols.transpose(0, 1, 3, 2)).sum(axis=0)
     return dw.reshape(co, c // g, kh, kw)
 
 
