@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 
-from .. import functional as F
+from ..ops.conv import conv1d, conv2d, conv_transpose2d
+from ..ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from . import init
 from .module import Module
 
@@ -44,7 +45,7 @@ class Conv1d(_ConvNd):
                          (out_channels, in_channels // groups, k))
 
     def forward(self, x):
-        return F.conv1d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
+        return conv1d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
                         dilation=self.dilation, groups=self.groups)
 
 
@@ -58,7 +59,7 @@ class Conv2d(_ConvNd):
                          (out_channels, in_channels // groups) + k)
 
     def forward(self, x):
-        return F.conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
+        return conv2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
                         dilation=self.dilation, groups=self.groups)
 
 
@@ -74,7 +75,7 @@ class ConvTranspose2d(_ConvNd):
         self.output_padding = output_padding
 
     def forward(self, x):
-        return F.conv_transpose2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
+        return conv_transpose2d(x, self.weight, self.bias, stride=self.stride, padding=self.padding,
                                   output_padding=self.output_padding, groups=self.groups, dilation=self.dilation)
 
 
@@ -84,7 +85,7 @@ class MaxPool2d(Module):
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
 
     def forward(self, x):
-        return F.max_pool2d(x, self.kernel_size, self.stride, self.padding)
+        return max_pool2d(x, self.kernel_size, self.stride, self.padding)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -97,7 +98,7 @@ class AvgPool2d(Module):
         self.count_include_pad = count_include_pad
 
     def forward(self, x):
-        return F.avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
+        return avg_pool2d(x, self.kernel_size, self.stride, self.padding, self.count_include_pad)
 
     def extra_repr(self) -> str:
         return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
@@ -109,7 +110,7 @@ class AdaptiveAvgPool2d(Module):
         self.output_size = output_size
 
     def forward(self, x):
-        return F.adaptive_avg_pool2d(x, self.output_size)
+        return adaptive_avg_pool2d(x, self.output_size)
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"

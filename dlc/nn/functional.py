@@ -11,6 +11,9 @@ from ..functional import (  # noqa: F401
     softplus,
     tanh,
 )
+from ..ops.conv import conv1d, conv2d, conv_transpose2d  # noqa: F401
+from ..ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d  # noqa: F401
+from ..ops.random import dropout  # noqa: F401
 from .losses import (  # noqa: F401
     accuracy,
     binary_cross_entropy,
@@ -21,12 +24,3 @@ from .losses import (  # noqa: F401
     nll_loss,
 )
 
-
-def __getattr__(name):
-    # the convolution, pooling and dropout functions live in dlc's core ops
-    from .. import functional as core
-
-    if name in ("conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
-                "dropout") and hasattr(core, name):
-        return getattr(core, name)
-    raise AttributeError(f"module 'dlc.nn.functional' has no attribute {name!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import functional as F
+from ..ops.random import dropout
 from . import init
 from .module import Module, current_state, record_update
 
@@ -78,7 +79,7 @@ class Dropout(Module):
             return x
         step = current_state(self.step)
         record_update(self, self.step, step + 1)
-        return F.dropout(x, self.p, self.seed, step)
+        return dropout(x, self.p, self.seed, step)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
