@@ -22,6 +22,7 @@ from .ops.random import dropout, random_bernoulli, random_normal, random_uniform
 from .ops.scan import scan
 from .store import Store, default_store, reset_default_store
 from .tensor import Tensor
+from . import nn, optim  # noqa: E402  (layers, losses, optimizers and the training API)
 
 __version__ = "0.1.0"
 
