@@ -1,0 +1,797 @@
+"""Render a Program's kernels as Python source for numba: loop kernels plus one outer function per segment.
+
+Each kernel becomes an @njit function over the arrays it reads and writes
+(shapes come from the arrays, so one function serves every batch size, and
+kernels that render to the same text are emitted once). An outer @njit
+function per segment slices typed views out of one uint8 arena and calls the
+kernels in order, so a step crosses into native code once. A kernel with no
+native lowering (an opaque op numba cannot run) splits the schedule: the
+backend runs it with numpy between two native segments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..graph import Node
+from ..ops import OPS, SOURCE
+from ..program import Kernel, Program
+
+
+class Unsupported(Exception):
+    """This kernel has no native lowering; the backend runs it through the numpy reference."""
+
+
+NP_DTYPE = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32", "int64": "np.int64",
+            "bool": "np.bool_"}
+
+# Template functions -> numba code; a (name, dtype) entry beats a name-only one.
+FUNCS = {
+    ("exp", "float32"): "exp_f32", ("tanh", "float32"): "tanh_f32", ("sigmoid", "float32"): "sigmoid_f32",
+    ("sigmoid", "float64"): "sigmoid_f64", ("softplus", "float32"): "softplus_f32",
+    ("softplus", "float64"): "softplus_f64",
+    "exp": "math.exp", "tanh": "math.tanh", "log": "math.log", "sqrt": "np.sqrt", "erf": "math.erf",
+    "sin": "math.sin", "cos": "math.cos", "abs": "abs", "sign": "fsign", "pow": "_pow", "max": "fmax",
+    "min": "fmin", "select": "select", "and_": "and_", "or_": "or_", "not_": "not_",
+}
+
+REMAPS = ("transpose", "broadcast_to", "slice", "slice_grad", "pad", "concat", "reshape")
+
+
+def is_scalar_node(node: Node) -> bool:
+    """A value with one element known at render time: inlined as a literal when constant."""
+    return all(isinstance(d, int) and d == 1 for d in node.shape)
+
+
+def literal(value, dtype: str) -> str:
+    if dtype == "bool":
+        return "True" if value else "False"
+    if dtype.startswith("float"):
+        value = float(value)
+        if value != value:
+            text = "np.nan"
+        elif value in (float("inf"), float("-inf")):
+            text = ("-" if value < 0 else "") + "np.inf"
+        else:
+            text = repr(value)
+        return f"{NP_DTYPE[dtype]}({text})"
+    return f"{NP_DTYPE[dtype]}({int(value)})"
+
+
+def where(node: Node) -> str:
+    """The comment naming a node and the user's line it came from."""
+    loc = f" @ {node.loc.file.rsplit('/', 1)[-1]}:{node.loc.line}" if node.loc else ""
+    return f"%{node.serial} {node.op}{loc}"
+
+
+class Writer:
+    """Indented lines of Python source."""
+
+    def __init__(self, indent: int = 1):
+        self.lines: list[str] = []
+        self.level = indent
+
+    def __call__(self, line: str) -> None:
+        self.lines.append("    " * self.level + line)
+
+    @contextmanager
+    def block(self, header: str):
+        self(header)
+        self.level += 1
+        yield
+        self.level -= 1
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@dataclass
+class KernelArg:
+    """One argument of a rendered kernel: an array view of `node`, or a scalar."""
+
+    node: Node
+    kind: str          # "array", "flat" (1-D view of a contiguous array), "scalar" (a size node), "dim"
+    name: str
+    dim: str | None = None
+
+
+@dataclass
+class RenderedKernel:
+    kernel: Kernel
+    func_text: str     # the function with FUNC_NAME as its name
+    args: list[KernelArg]
+    name: str = ""
+    comment: list[str] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------
+# expressions of elementwise templates
+
+
+_PLACEHOLDER = re.compile(r"\{(\w+)\}")
+_NUMBER = re.compile(r"(?<![\w.{])(\d+\.\d*(?:e[-+]?\d+)?|\d+)(?![\w.}])")
+_CALL = re.compile(r"\b([a-z_]+)\(")
+
+
+def compute_dtype(node: Node) -> str:
+    """The dtype the template computes in: that of its first non-bool operand."""
+    for x in node.inputs:
+        if x.dtype != "bool":
+            return x.dtype
+    return node.dtype
+
+
+def render_template(node: Node, args: list[str]) -> str:
+    op = node.op
+    dtype = compute_dtype(node)
+    if op == "cast":
+        if node.dtype == "bool":
+            return f"({args[0]} != 0)"
+        return f"{NP_DTYPE[node.dtype]}({args[0]})"
+    if op == "div" and dtype in ("int32", "int64"):
+        return f"floordiv({args[0]}, {args[1]})"
+    template = OPS[op].scalar
+    if template is None:
+        raise Unsupported(f"elementwise op {op!r} has no scalar template")
+    # typed literals keep float32 math in float32 (a bare 0.5 is a float64 in numba)
+    text = _NUMBER.sub(lambda m: literal(float(m.group(1)) if "." in m.group(1) else int(m.group(1)), dtype)
+                       if dtype != "bool" else m.group(1), template)
+
+    def call(m):
+        name = m.group(1)
+        fn = FUNCS.get((name, dtype), FUNCS.get(name))
+        if fn is None:
+            raise Unsupported(f"template function {name!r} of op {op!r}")
+        return fn + "("
+
+    text = _CALL.sub(call, text)
+    attrs = node.a
+
+    def sub(m):
+        key = m.group(1)
+        if key.isdigit():
+            return args[int(key)]
+        return literal(attrs[key], dtype)
+
+    return "(" + _PLACEHOLDER.sub(sub, text) + ")"
+
+
+# ----------------------------------------------------------------------------
+# kernel rendering
+
+
+class KernelRenderer:
+    """Turns one Kernel into the text of an @njit function and its argument list."""
+
+    def __init__(self, program: Program, kernel: Kernel):
+        self.program = program
+        self.kernel = kernel
+        self.inside = {id(n) for n in kernel.nodes}
+        self.args: list[KernelArg] = []
+        self.arg_of: dict[tuple, str] = {}
+        self.w = Writer()
+        self.memo: dict = {}
+        self.tmp = 0
+        self.flat = False
+
+    # ---- arguments
+
+    def arg(self, node: Node, kind: str = "array", dim: str | None = None) -> str:
+        key = (id(node), kind, dim)
+        if key not in self.arg_of:
+            prefix = {"array": "a", "flat": "a", "scalar": "s", "dim": "d"}[kind]
+            name = f"{prefix}{len(self.args)}"
+            self.arg_of[key] = name
+            self.args.append(KernelArg(node, kind, name, dim))
+        return self.arg_of[key]
+
+    def dim(self, d) -> str:
+        """A dim as an expression: a literal, or a scalar argument carrying a symbol's value."""
+        if isinstance(d, int):
+            return str(d)
+        return self.arg(self.kernel.nodes[0], "dim", d)
+
+    def fresh(self) -> str:
+        self.tmp += 1
+        return f"t{self.tmp}"
+
+    # ---- values
+
+    def load(self, node: Node, idx: tuple) -> str:
+        """An element of a value the kernel reads from outside (buffer, scalar, constant)."""
+        if node.op == "size":
+            return f"{NP_DTYPE[node.dtype]}({self.arg(node, 'scalar')})"
+        if node.op == "const" and is_scalar_node(node):
+            return literal(node.value.reshape(-1)[0], node.dtype)
+        if self.flat:
+            if is_scalar_node(node):
+                return f"{self.arg(node, 'flat')}[0]"
+            return f"{self.arg(node, 'flat')}[{idx[0]}]"
+        name = self.arg(node)
+        return f"{name}[{', '.join(idx) if idx else '0'}]"
+
+    def value(self, node: Node, idx: tuple) -> str:
+        key = (id(node), idx)
+        if key in self.memo:
+            return self.memo[key]
+        if id(node) not in self.inside:
+            out = self.load(node, idx)
+            if not out.isidentifier() and "[" in out:
+                t = self.fresh()
+                self.w(f"{t} = {out}")
+                out = t
+        else:
+            out = self.compute(node, idx)
+        self.memo[key] = out
+        return out
+
+    def compute(self, node: Node, idx: tuple) -> str:
+        kind = OPS[node.op].kind
+        if node.op in REMAPS:
+            if self.flat:
+                raise _NotFlat()
+            return getattr(self, "remap_" + node.op)(node, idx)
+        if kind != "elementwise":
+            raise Unsupported(f"{node.op} inside an elementwise group")
+        args = [self.value(x, self.broadcast_index(idx, node.shape, x)) for x in node.inputs]
+        t = self.fresh()
+        self.w(f"{t} = {render_template(node, args)}  # {where(node)}")
+        return t
+
+    def broadcast_index(self, idx: tuple, shape: tuple, x: Node) -> tuple:
+        """The index of operand x that numpy broadcasting reads for the element at idx of shape."""
+        if self.flat:
+            if x.shape != shape and not is_scalar_node(x):
+                raise _NotFlat()
+            return idx
+        lead = len(shape) - len(x.shape)
+        return tuple("0" if (d == 1 and shape[lead + k] != 1) else idx[lead + k] for k, d in enumerate(x.shape))
+
+    # ---- index remaps (an element of the output read from the input)
+
+    def remap_transpose(self, node, idx):
+        perm = node.attr("perm")
+        src = [None] * len(perm)
+        for k, p in enumerate(perm):
+            src[p] = idx[k]
+        return self.value(node.inputs[0], tuple(src))
+
+    def remap_broadcast_to(self, node, idx):
+        return self.value(node.inputs[0], self.broadcast_index(idx, node.shape, node.inputs[0]))
+
+    def remap_reshape(self, node, idx):
+        x = node.inputs[0]
+        if id(x) not in self.inside:
+            # a reshape of a buffer is a view of it: read the view directly
+            return self.value_of_view(node, idx)
+        linear = self.linear(idx, node.shape)
+        strides = self.strides(x.shape)
+        src = tuple(f"(({linear}) // {s}) % {self.dim(d)}" for s, d in zip(strides, x.shape))
+        return self.value(x, src)
+
+    def value_of_view(self, node, idx):
+        t = self.fresh()
+        self.w(f"{t} = {self.arg(node)}[{', '.join(idx) if idx else '0'}]")
+        return t
+
+    def linear(self, idx, shape) -> str:
+        terms = [f"{i} * {s}" for i, s in zip(idx, self.strides(shape))]
+        return " + ".join(terms) if terms else "0"
+
+    def strides(self, shape) -> list[str]:
+        out, acc = [], "1"
+        for d in reversed(shape):
+            out.append(acc)
+            acc = f"{acc} * {self.dim(d)}" if acc != "1" else self.dim(d)
+        return list(reversed(out))
+
+    def remap_slice(self, node, idx):
+        x = node.inputs[0]
+        src = []
+        for i, d, b, e, s in zip(idx, x.shape, node.attr("begin"), node.attr("end"), node.attr("step")):
+            if isinstance(d, str):
+                src.append(i)
+            else:
+                start = range(*slice(b, e, s).indices(d)).start
+                src.append(f"({start} + {s} * {i})")
+        return self.value(x, tuple(src))
+
+    def conditional(self, node, cond: str, then, otherwise: str) -> str:
+        """t = then() if cond else otherwise, with then()'s loads guarded by the condition."""
+        t = self.fresh()
+        saved = self.memo
+        with self.w.block(f"if {cond}:"):
+            self.memo = dict(saved)
+            self.w(f"{t} = {then()}  # {where(node)}")
+        self.memo = saved
+        with self.w.block("else:"):
+            self.w(f"{t} = {otherwise}")
+        return t
+
+    def remap_pad(self, node, idx):
+        x = node.inputs[0]
+        src, conds = [], []
+        for i, d, (lo, hi) in zip(idx, x.shape, node.attr("pads")):
+            if lo == 0 and hi == 0:
+                src.append(i)
+                continue
+            j = f"({i} - {lo})"
+            src.append(j)
+            conds.append(f"0 <= {j} < {self.dim(d)}")
+        if not conds:
+            return self.value(x, tuple(src))
+        return self.conditional(node, " and ".join(conds), lambda: self.value(x, tuple(src)),
+                                literal(node.attr("value"), node.dtype))
+
+    def remap_slice_grad(self, node, idx):
+        x = node.inputs[0]
+        src, conds = [], []
+        for i, d, b, e, s, n in zip(idx, node.shape, node.attr("begin"), node.attr("end"), node.attr("step"),
+                                    x.shape):
+            if isinstance(d, str):
+                src.append(i)
+                continue
+            start = range(*slice(b, e, s).indices(d)).start
+            q = f"(({i} - {start}) // {s})"
+            src.append(q)
+            conds.append(f"({i} - {start}) % {s} == 0 and 0 <= {q} < {n}")
+        if not conds:
+            return self.value(x, tuple(src))
+        return self.conditional(node, " and ".join(conds), lambda: self.value(x, tuple(src)),
+                                literal(0, node.dtype))
+
+    def remap_concat(self, node, idx):
+        ax = node.attr("axis")
+        offsets, off = [], "0"
+        for x in node.inputs:
+            offsets.append(off)
+            off = f"{off} + {self.dim(x.shape[ax])}" if off != "0" else self.dim(x.shape[ax])
+        t = self.fresh()
+        saved = self.memo
+        for k, x in enumerate(node.inputs):
+            src = tuple(f"({i} - ({offsets[k]}))" if a == ax else i for a, i in enumerate(idx))
+            last = k == len(node.inputs) - 1
+            header = "else:" if last else (f"if {idx[ax]} < {offsets[k + 1]}:" if k == 0
+                                           else f"elif {idx[ax]} < {offsets[k + 1]}:")
+            with self.w.block(header):
+                self.memo = dict(saved)
+                self.w(f"{t} = {self.value(x, src)}  # {where(node)}")
+        self.memo = saved
+        return t
+
+    # ---- loops
+
+    @contextmanager
+    def loops(self, names: list[str], extents: list[str], parallel_first: bool = False):
+        opened = 0
+        for k, (n, e) in enumerate(zip(names, extents)):
+            rng = "prange" if parallel_first and k == 0 else "range"
+            self.w(f"for {n} in {rng}({e}):")
+            self.w.level += 1
+            opened += 1
+        yield
+        self.w.level -= opened
+
+    def out_index(self, names: list[str]) -> tuple:
+        return tuple(names)
+
+    def store(self, out: Node, idx: tuple, val: str) -> None:
+        if self.flat:
+            self.w(f"{self.arg(out, 'flat')}[{idx[0]}] = {val}  # {where(out)}")
+        else:
+            self.w(f"{self.arg(out)}[{', '.join(idx) if idx else '0'}] = {val}  # {where(out)}")
+
+    def store_all(self, idx: tuple, pre: dict | None = None) -> None:
+        """Compute every output at idx, then store them (a store may overwrite an input read at idx)."""
+        vals = [self.value(o, idx) for o in self.kernel.outputs]
+        for o, v in zip(self.kernel.outputs, vals):
+            self.store(o, idx, v)
+
+
+class _NotFlat(Exception):
+    pass
+
+
+# ----------------------------------------------------------------------------
+# kernel kinds
+
+
+def render_kernel(program: Program, kernel: Kernel, parallel: bool = True) -> RenderedKernel:
+    if kernel.kind in ("elementwise", "injective"):
+        return _render_elementwise(program, kernel, parallel)
+    if kernel.kind == "reduce":
+        return _render_reduce(program, kernel)
+    if kernel.kind == "complex" and kernel.anchor is not None and kernel.anchor.op == "matmul":
+        return _render_matmul(program, kernel)
+    if kernel.kind == "opaque" and kernel.anchor is not None and kernel.anchor.op in ("take", "take_grad"):
+        return _render_take(program, kernel)
+    anchor = kernel.anchor.op if kernel.anchor is not None else kernel.kind
+    raise Unsupported(f"no native lowering for {anchor!r}")
+
+
+PARALLEL_MIN = 1 << 17   # elements below which a prange entry (~3.4 us) costs more than it saves
+
+
+def _finish(r: KernelRenderer, kernel: Kernel, comment: list[str], decorator: str = "@njit(**JIT)") -> RenderedKernel:
+    params = ", ".join(a.name for a in r.args)
+    head = [decorator, f"def FUNC_NAME({params}):"]
+    text = "\n".join(head + ["    " + c for c in comment] + r.w.lines)
+    return RenderedKernel(kernel, text, r.args, comment=comment)
+
+
+def _describe(kernel: Kernel) -> list[str]:
+    ops = " -> ".join(n.op for n in kernel.nodes)
+    lines = [f'"""{kernel.kind}: {ops}"""']
+    return lines
+
+
+def _render_elementwise(program, kernel, parallel):
+    shape = kernel.outputs[0].shape
+    for flat in (True, False):
+        r = KernelRenderer(program, kernel)
+        r.flat = flat
+        try:
+            if flat:
+                n = r.fresh()
+                out = r.arg(kernel.outputs[0], "flat")
+                r.w(f"{n} = {out}.size")
+                if parallel:
+                    # two copies of one loop: threads pay only on large arrays
+                    with r.w.block(f"if {n} >= {PARALLEL_MIN}:"):
+                        with r.w.block(f"for i in prange({n}):"):
+                            r.store_all(("i",))
+                    r.memo = {}
+                    with r.w.block("else:"):
+                        with r.w.block(f"for i in range({n}):"):
+                            r.store_all(("i",))
+                else:
+                    with r.w.block(f"for i in range({n}):"):
+                        r.store_all(("i",))
+            else:
+                names = [f"i{k}" for k in range(len(shape))]
+                out = r.arg(kernel.outputs[0])
+                extents = [f"{out}.shape[{k}]" for k in range(len(shape))]
+                with r.loops(names, extents):
+                    r.store_all(tuple(names))
+        except _NotFlat:
+            continue
+        deco = "@njit(**JIT_PARALLEL)" if (flat and parallel) else "@njit(**JIT)"
+        return _finish(r, kernel, _describe(kernel), deco)
+    raise AssertionError("unreachable")
+
+
+REDUCE_INIT = {"sum": "0", "prod": "1"}
+
+
+def _render_reduce(program, kernel):
+    anchor = kernel.anchor
+    op = anchor.op
+    if op not in ("sum", "prod", "max", "min", "argmax", "argmin"):
+        raise Unsupported(f"reduce op {op!r}")
+    x = anchor.inputs[0]
+    axes = tuple(anchor.attr("axes"))
+    keep = anchor.attr("keepdims")
+    r = KernelRenderer(program, kernel)
+    ref = _space_array(r, x)
+    kept = [a for a in range(x.ndim) if a not in axes]
+    names = {a: f"i{a}" for a in range(x.ndim)}
+    dtype = anchor.dtype if op not in ("argmax", "argmin") else x.dtype
+    acc_dtype = "float64" if (op == "sum" and dtype == "float32") else dtype
+    with r.loops([names[a] for a in kept], [ref(a) for a in kept]):
+        acc = "acc"
+        if op in ("sum", "prod"):
+            r.w(f"{acc} = {literal(int(REDUCE_INIT[op]), acc_dtype)}")
+        elif op in ("max", "min"):
+            sign = "-" if op == "max" else ""
+            if dtype.startswith("float"):
+                init = f"{sign}np.inf"
+            else:
+                info = np.iinfo(dtype)
+                init = str(info.min if op == "max" else info.max)
+            r.w(f"{acc} = {NP_DTYPE[dtype]}({init})")
+        else:
+            r.w(f"best = {NP_DTYPE[dtype]}(0)")
+            r.w(f"{acc} = np.int64(0)")
+        saved = r.memo
+        r.memo = {}
+        with r.loops([names[a] for a in axes], [ref(a) for a in axes]):
+            v = r.value(x, tuple(names[a] for a in range(x.ndim)))
+            if op == "sum":
+                r.w(f"{acc} += {v}  # {where(anchor)}")
+            elif op == "prod":
+                r.w(f"{acc} *= {v}  # {where(anchor)}")
+            elif op in ("max", "min"):
+                r.w(f"{acc} = f{op}({acc}, {v})  # {where(anchor)}")
+            else:
+                (ax,) = axes
+                better = ">" if op == "argmax" else "<"
+                first = names[ax]
+                r.w(f"if {first} == 0 or (best == best and ({v} {better} best or {v} != {v})):  # {where(anchor)}")
+                r.w(f"    best = {v}")
+                r.w(f"    {acc} = {first}")
+        r.memo = saved
+        out_idx = tuple(("0" if a in axes else names[a]) for a in range(x.ndim) if keep or a not in axes)
+        r.memo[(id(anchor), out_idx)] = f"{NP_DTYPE[anchor.dtype]}({acc})" if acc_dtype != anchor.dtype else acc
+        r.store_all(out_idx)
+    return _finish(r, kernel, _describe(kernel))
+
+
+def _space_array(r: KernelRenderer, x: Node):
+    """Loop extents over the space of x: from x's own array when it is read, else from dims."""
+    def extent(a):
+        return r.dim(x.shape[a])
+    return extent
+
+
+def _render_matmul(program, kernel):
+    anchor = kernel.anchor
+    r = KernelRenderer(program, kernel)
+    operands = []
+    for x in anchor.inputs:
+        transposed = False
+        while id(x) in r.inside and x.op == "transpose":
+            perm = x.attr("perm")
+            n = len(perm)
+            if tuple(perm) != tuple(range(n - 2)) + (n - 1, n - 2):
+                raise Unsupported("a transpose other than swapping the last two axes before a matmul")
+            transposed = not transposed
+            x = x.inputs[0]
+        if id(x) in r.inside:
+            raise Unsupported(f"{x.op} before a matmul")
+        operands.append((r.arg(x), x, transposed))
+    # the GEMM writes into an output of the anchor's dtype and shape; the epilogue then runs in place
+    target = next((o for o in kernel.outputs if o is anchor), None) or \
+        next((o for o in kernel.outputs if o.dtype == anchor.dtype and o.shape == anchor.shape), None)
+    if target is not None:
+        tgt = r.arg(target)
+    else:
+        tgt = "acc"
+        shape_expr = ", ".join(r.dim(d) for d in anchor.shape)
+        r.w(f"acc = np.empty(({shape_expr},), {NP_DTYPE[anchor.dtype]})")
+    nb = anchor.ndim - 2
+    names = [f"b{k}" for k in range(nb)]
+    with r.loops(names, [f"{tgt}.shape[{k}]" for k in range(nb)]):
+        views = []
+        for name, x, transposed in operands:
+            lead = nb - (x.ndim - 2)
+            bidx = [("0" if x.shape[k] == 1 and anchor.shape[lead + k] != 1 else names[lead + k])
+                    for k in range(x.ndim - 2)]
+            v = f"{name}[{', '.join(bidx)}]" if bidx else name
+            views.append(v + (".T" if transposed else ""))
+        out = f"{tgt}[{', '.join(names)}]" if names else tgt
+        r.w(f"gemm({views[0]}, {views[1]}, {out})  # {where(anchor)}")
+    epilogue = [n for n in kernel.nodes if n is not anchor and n in kernel.nodes[kernel.nodes.index(anchor):]]
+    if epilogue or (target is not None and target is not anchor):
+        names = [f"i{k}" for k in range(anchor.ndim)]
+        with r.loops(names, [f"{tgt}.shape[{k}]" for k in range(anchor.ndim)]):
+            idx = tuple(names)
+            t = r.fresh()
+            r.w(f"{t} = {tgt}[{', '.join(idx)}]")
+            r.memo[(id(anchor), idx)] = t
+            vals = [(o, r.value(o, idx)) for o in kernel.outputs if o is not anchor]
+            for o, v in vals:
+                r.store(o, idx, v)
+    return _finish(r, kernel, _describe(kernel))
+
+
+def _render_take(program, kernel):
+    node = kernel.anchor
+    r = KernelRenderer(program, kernel)
+    ax = node.attr("axis")
+    if node.op == "take":
+        x, ind = node.inputs
+        out = r.arg(node)
+        space = node
+    else:
+        g, ind = node.inputs
+        x = node
+        out = r.arg(node)
+        space = g
+        r.w(f"{out}.fill(0)")
+    xa = r.arg(x) if node.op == "take" else out
+    ia = r.arg(ind)
+    sa = r.arg(space) if node.op == "take_grad" else out
+    names = [f"i{k}" for k in range(space.ndim)]
+    with r.loops(names, [f"{sa}.shape[{k}]" for k in range(space.ndim)]):
+        iidx = names[ax:ax + ind.ndim]
+        r.w(f"j = np.int64({ia}[{', '.join(iidx) if iidx else '0'}])")
+        r.w(f"d = {xa}.shape[{ax}]")
+        r.w("if j < 0:")
+        r.w("    j += d")
+        r.w("if j < 0 or j >= d:")
+        r.w(f"    raise IndexError('{node.op}: index out of range')")
+        xidx = names[:ax] + ["j"] + names[ax + ind.ndim:]
+        if node.op == "take":
+            r.w(f"{out}[{', '.join(names) if names else '0'}] = {xa}[{', '.join(xidx)}]  # {where(node)}")
+        else:
+            r.w(f"{out}[{', '.join(xidx)}] += {sa}[{', '.join(names) if names else '0'}]  # {where(node)}")
+    return _finish(r, kernel, _describe(kernel))
+
+
+# ----------------------------------------------------------------------------
+# the module
+
+
+@dataclass
+class Segment:
+    """A run of native kernels called by one outer function, or one kernel run by numpy."""
+
+    kernels: list[RenderedKernel | Kernel]
+    native: bool
+    func: str = ""
+    reason: str = ""
+
+
+@dataclass
+class GeneratedModule:
+    source: str
+    segments: list[Segment]
+    slots: list[tuple]            # what each entry of the per-call int64 array S holds
+    externals: list[Node]         # the arrays in the tuple X: inputs, params, constants
+    kernels: list[RenderedKernel]
+    distinct_kernels: int
+    digest: str
+
+
+HEADER = '''"""Generated by dlc: {title}. Do not edit; regenerated from the graph."""
+import math
+
+import numpy as np
+from numba import njit, prange
+
+JIT = dict(cache=True, error_model="numpy", fastmath={fastmath}, boundscheck=False, nogil=True)
+JIT_PARALLEL = dict(JIT, parallel=True)
+
+
+@njit(**JIT)
+def _pow(a, b):
+    return a ** b
+
+
+@njit(**JIT)
+def gemm(a, b, out):
+    """out = a @ b through BLAS; empty operands give zeros (BLAS is never called on them)."""
+    if out.size == 0:
+        return
+    if a.shape[1] == 0:
+        out[:, :] = 0
+        return
+    np.dot(a, b, out)
+
+
+@njit(**JIT)
+def copy_flat(dst, src):
+    for i in range(dst.size):
+        dst[i] = src[i]
+
+'''
+
+
+def render_program(program: Program, title: str, fastmath: bool = False, parallel: bool = True,
+                   helpers: str = "") -> GeneratedModule:
+    """Render every kernel, dedupe identical ones, and write one outer function per native segment."""
+    rendered: list[RenderedKernel | Kernel] = []
+    funcs: dict[str, str] = {}
+    for k in program.kernels:
+        if all(n.op == "size" for n in k.nodes):
+            continue  # a size is a scalar computed from the symbol bindings
+        try:
+            rk = render_kernel(program, k, parallel)
+        except Unsupported as e:
+            k.notes = tuple(k.notes) + (f"numpy fallback: {e}",)
+            rendered.append(k)
+            continue
+        digest = hashlib.sha1(rk.func_text.encode()).hexdigest()[:10]
+        rk.name = f"k_{digest}"
+        funcs.setdefault(rk.name, rk.func_text.replace("FUNC_NAME", rk.name))
+        rendered.append(rk)
+    outer = _OuterBuilder(program)
+    segments: list[Segment] = []
+    for item in rendered:
+        native = isinstance(item, RenderedKernel)
+        if native and segments and segments[-1].native:
+            segments[-1].kernels.append(item)
+        else:
+            segments.append(Segment([item], native))
+    if not segments or not segments[-1].native:
+        segments.append(Segment([], True))  # the parameter write-back runs natively, after everything
+    outer_texts = []
+    for i, seg in enumerate(segments):
+        if seg.native:
+            seg.func = f"segment{i}"
+            outer_texts.append(outer.render(seg, i == len(segments) - 1))
+        else:
+            seg.reason = seg.kernels[0].notes[-1]
+    source = HEADER.format(title=title, fastmath=fastmath) + helpers + "\n\n" + \
+        "\n\n\n".join(funcs.values()) + "\n\n\n" + "\n\n\n".join(outer_texts) + "\n"
+    digest = hashlib.sha256(source.encode()).hexdigest()[:20]
+    native = [k for k in rendered if isinstance(k, RenderedKernel)]
+    return GeneratedModule(source, segments, outer.slots, outer.externals, native, len(funcs), digest)
+
+
+class _OuterBuilder:
+    """Writes the outer functions: typed arena views, kernel calls, and the parameter write-back."""
+
+    def __init__(self, program: Program):
+        self.program = program
+        self.slots: list[tuple] = []
+        self.slot_of: dict[tuple, int] = {}
+        self.externals: list[Node] = []
+        self.ext_of: dict[int, int] = {}
+        for n in program.graph.nodes:
+            if n.op in ("input", "param") or (n.op == "const" and not is_scalar_node(n)):
+                self.ext_of[id(n)] = len(self.externals)
+                self.externals.append(n)
+
+    def slot(self, key: tuple) -> str:
+        if key not in self.slot_of:
+            self.slot_of[key] = len(self.slots)
+            self.slots.append(key)
+        return f"S[{self.slot_of[key]}]"
+
+    def dim(self, d) -> str:
+        return str(d) if isinstance(d, int) else self.slot(("dim", d))
+
+    def numel(self, node: Node) -> str:
+        parts = [self.dim(d) for d in node.shape]
+        return " * ".join(parts) if parts else "1"
+
+    def view(self, node: Node, kind: str, w: Writer, names: dict) -> str:
+        key = (id(node), kind)
+        if key in names:
+            return names[key]
+        storage = self.program.storage_of(node)
+        name = f"v{node.serial}" + ("f" if kind == "flat" else "")
+        shape = [self.dim(d) for d in node.shape] or ["1"]
+        if kind == "flat":
+            shape = [self.numel(node)]
+        shape_txt = "(" + ", ".join(shape) + ",)"
+        if id(storage) in self.ext_of:
+            base = f"e{self.ext_of[id(storage)]}"
+            w(f"{name} = {base}.reshape({shape_txt})  # {where(node)}")
+        else:
+            off = self.slot(("offset", storage))
+            np_dtype = NP_DTYPE[node.dtype]
+            w(f"{name} = arena[{off}:{off} + {self.numel(node)} * {_itemsize(node.dtype)}]"
+              f".view({np_dtype}).reshape({shape_txt})  # {where(node)}")
+        names[key] = name
+        return name
+
+    def render(self, seg: Segment, last: bool) -> str:
+        w = Writer()
+        names: dict = {}
+        for rk in seg.kernels:
+            args = []
+            for a in rk.args:
+                if a.kind in ("array", "flat"):
+                    args.append(self.view(a.node, a.kind, w, names))
+                elif a.kind == "scalar":
+                    args.append(self.slot(("size", a.node)))
+                else:
+                    args.append(self.dim(a.dim))
+            w(f"{rk.name}({', '.join(args)})  # {rk.kernel.name}: {' '.join(n.op for n in rk.kernel.nodes)}")
+        if last:
+            for key, node in self.program.updates:
+                storage = self.program.storage_of(node)
+                if id(storage) in self.ext_of:
+                    continue  # the backend copies it in Python
+                param = next(p for p in self.program.graph.nodes if p.op == "param" and p.attr("name") == key)
+                dst = f"e{self.ext_of[id(param)]}.reshape({self.numel(param)})"
+                src = self.view(node, "flat", w, names)
+                w(f"copy_flat({dst}, {src})  # update {key}")
+        body = w.text() or "    pass"
+        params = ", ".join(["arena", "S"] + [f"e{i}" for i in range(len(self.externals))])
+        return f"@njit(**JIT)\ndef {seg.func}({params}):\n{body}"
+
+
+def _itemsize(dtype: str) -> int:
+    return {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}[dtype]
+
+
+def is_source(node: Node) -> bool:
+    return OPS[node.op].kind == SOURCE

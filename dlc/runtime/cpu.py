@@ -1,0 +1,260 @@
+"""The Numba CPU backend: the whole step as generated native code over one preallocated arena per binding."""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import passes
+from ..codegen.numba import GeneratedModule, RenderedKernel, is_scalar_node, render_program
+from ..graph import Node, dim_eval, shape_eval
+from ..ops import OPS
+
+log = logging.getLogger("dlc")
+
+_KERNELS_DIR = Path(__file__).resolve().parents[2] / "kernels" / "cpu"
+_FALLBACK_LOGGED: set[str] = set()
+
+
+def cache_dir() -> Path:
+    """Where generated modules (and numba's cache of them) live: $DLC_CACHE_DIR, else ~/.cache/dlc."""
+    return Path(os.environ.get("DLC_CACHE_DIR") or Path.home() / ".cache" / "dlc")
+
+
+def helper_source() -> str:
+    """The hand-written numba helpers, copied into every generated module."""
+    path = _KERNELS_DIR / "fastmath.py"
+    if not path.exists():
+        raise FileNotFoundError(f"the CPU backend's helper kernels are missing: {path}")
+    text = path.read_text()
+    return text.split('"""', 2)[2] if text.startswith('"""') else text
+
+
+def load_module(gen: GeneratedModule, directory: Path):
+    """Write the source under its hash (once: numba's cache keys on the file) and import it."""
+    name = f"dlc_gen_{gen.digest}"
+    if name in sys.modules:
+        return sys.modules[name]
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.py"
+    if not path.exists():
+        tmp = directory / f".{name}.{os.getpid()}.tmp"
+        tmp.write_text(gen.source)
+        os.replace(tmp, path)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+class _Plan:
+    """Everything a call needs for one binding of the symbolic dims."""
+
+    __slots__ = ("env", "memory", "arena", "S", "out_views")
+
+
+class CPUBackend:
+    """Runs a compiled function as numba-generated native code; see dlc/codegen/numba.py."""
+
+    name = "cpu"
+
+    def __init__(self, fn, fastmath: bool = False, parallel: bool = True, dump: str | None = None,
+                 cache: str | None = None, **optimizer_options):
+        self.fn = fn
+        self.stats: dict = {}
+        t0 = time.perf_counter()
+        optimize = getattr(passes, "optimize", None)
+        if optimize is not None:
+            self.program = optimize(fn.outputs, fn.updates, fn.inputs, **optimizer_options)
+        elif optimizer_options:
+            raise TypeError(f"unknown option(s) for the cpu target: {', '.join(sorted(optimizer_options))}")
+        else:
+            self.program = passes.unfused_program(fn.outputs, fn.updates, fn.inputs)
+        self._plan_memory = getattr(passes, "plan_memory", None) or passes.unplanned_memory
+        t1 = time.perf_counter()
+        self.generated = render_program(self.program, title=repr(fn), fastmath=fastmath, parallel=parallel,
+                                        helpers=helper_source())
+        t2 = time.perf_counter()
+        dump = dump or os.environ.get("DLC_DUMP")
+        if dump:
+            Path(dump).mkdir(parents=True, exist_ok=True)
+            (Path(dump) / f"dlc_gen_{self.generated.digest}.py").write_text(self.generated.source)
+        self.module = load_module(self.generated, Path(cache) if cache else cache_dir())
+        t3 = time.perf_counter()
+        self.stats.update(optimize_s=t1 - t0, render_s=t2 - t1, import_s=t3 - t2, numba_compile_s=0.0,
+                          kernels=len(self.program.kernels), distinct_kernels=self.generated.distinct_kernels,
+                          segments=sum(s.native for s in self.generated.segments),
+                          fallbacks=[s.reason for s in self.generated.segments if not s.native])
+        log.info("dlc cpu: compiling %s: %d kernels (%d distinct), module %s", fn,
+                 len(self.program.kernels), self.generated.distinct_kernels, self.generated.digest)
+        self._segments = [(getattr(self.module, s.func), None) if s.native else (None, s.kernels[0])
+                          for s in self.generated.segments]
+        self._seen_signatures = [0] * len(self._segments)
+        for seg in self.generated.segments:
+            if not seg.native:
+                op = seg.kernels[0].nodes[0].op
+                if op not in _FALLBACK_LOGGED:
+                    _FALLBACK_LOGGED.add(op)
+                    log.warning("dlc cpu: %s runs through its numpy reference (%s)", op, seg.reason)
+        # the arrays the outer functions take, in order: an input (fed per call) or a fixed array
+        store = fn.store
+        self._externals = []
+        for n in self.generated.externals:
+            if n.op == "input":
+                self._externals.append((id(n), None))
+            elif n.op == "param":
+                self._externals.append((0, store[n.attr("name")]))
+            else:  # a writable copy: kernels shared with arena views then need no second compilation
+                self._externals.append((0, np.array(n.value, order="C")))
+        self._ext_index = {id(n): i for i, n in enumerate(self.generated.externals)}
+        self._plans: dict = {}
+        self._python_updates = [(k, v) for k, v in self.program.updates
+                                if id(self.program.storage_of(v)) in self._ext_index]
+
+    # ---- plans
+
+    def _plan(self, env: dict) -> _Plan:
+        key = tuple(sorted(env.items()))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._make_plan(env)
+        return plan
+
+    def _make_plan(self, env: dict) -> _Plan:
+        plan = _Plan()
+        plan.env = dict(env)
+        plan.memory = mem = self._plan_memory(self.program, env)
+        plan.arena = np.empty(max(mem.arena_bytes, 1), dtype=np.uint8)
+        plan.S = np.array([self._slot_value(s, mem, env) for s in self.generated.slots] or [0], dtype=np.int64)
+        plan.out_views = [self._arena_view(n, plan) for n in self.program.outputs]
+        self.stats["arena_bytes"] = mem.arena_bytes
+        return plan
+
+    @staticmethod
+    def _slot_value(slot, mem, env) -> int:
+        kind, what = slot
+        if kind == "dim":
+            return dim_eval(what, env)
+        if kind == "offset":
+            return mem.offsets[id(what)]
+        if kind == "size":
+            shape = shape_eval(what.inputs[0].shape, env)
+            return int(np.prod([shape[a] for a in what.attr("axes")], dtype=np.int64))
+        raise AssertionError(slot)
+
+    def _arena_view(self, node: Node, plan: _Plan):
+        """node's value as a numpy view of the arena, or None when it lives outside it."""
+        storage = self.program.storage_of(node)
+        if id(storage) not in plan.memory.offsets:
+            return None
+        shape = shape_eval(node.shape, plan.env)
+        off = plan.memory.offsets[id(storage)]
+        count = int(np.prod(shape, dtype=np.int64))
+        return plan.arena[off:off + count * np.dtype(node.dtype).itemsize].view(node.dtype).reshape(shape)
+
+    def _value_view(self, node: Node, plan: _Plan, X: list, env: dict):
+        """Any value a kernel reads or writes, as a numpy array (the slow paths: fallbacks, debugging)."""
+        if node.op == "size":
+            return np.asarray(self._slot_value(("size", node), None, env), dtype=node.dtype)
+        if node.op == "const":
+            return node.value
+        view = self._arena_view(node, plan)
+        if view is not None:
+            return view
+        storage = self.program.storage_of(node)
+        return X[self._ext_index[id(storage)]].reshape(shape_eval(node.shape, env))
+
+    # ---- calls
+
+    def run(self, feeds: dict, env: dict) -> list[np.ndarray]:
+        plan = self._plan(env)
+        X = [feeds[i] if i else a for i, a in self._externals]
+        X = [x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("=")) for x in X]
+        # values returned as they are before this call's updates (an output may be a parameter)
+        early = {i: self._value_view(n, plan, X, env).copy() for i, n in enumerate(self.program.outputs)
+                 if plan.out_views[i] is None}
+        pending = [(k, self._value_view(v, plan, X, env).copy()) for k, v in self._python_updates]
+        for i, (func, kernel) in enumerate(self._segments):
+            if func is not None:
+                self._call(i, func, plan, X)
+            else:
+                self._fallback(kernel, plan, X, env)
+        outs = [early[i] if v is None else v.copy() for i, v in enumerate(plan.out_views)]
+        for key, value in pending:
+            self.fn.store[key] = value
+        return outs
+
+    def _call(self, i: int, func, plan: _Plan, X: list) -> None:
+        seen = self._seen_signatures[i]
+        if seen and len(func.overloads) == seen:
+            func(plan.arena, plan.S, *X)
+            return
+        t0 = time.perf_counter()
+        func(plan.arena, plan.S, *X)
+        self.stats["numba_compile_s"] += time.perf_counter() - t0
+        if seen:
+            log.info("dlc cpu: recompiled %s for new argument types (%s)", func.__name__,
+                     ", ".join(str(getattr(x, "dtype", type(x))) + ("" if x.flags.writeable else " read-only")
+                               for x in X))
+        self._seen_signatures[i] = len(func.overloads)
+
+    def _fallback(self, kernel, plan: _Plan, X: list, env: dict) -> None:
+        """Run one kernel node by node with the numpy references, writing its outputs in place."""
+        values = {}
+        for n in kernel.inputs:
+            values[id(n)] = self._value_view(n, plan, X, env)
+        for n in kernel.nodes:
+            args = [values[id(x)] if id(x) in values else self._value_view(x, plan, X, env) for x in n.inputs]
+            values[id(n)] = np.asarray(OPS[n.op].ref(args, n.a, shape_eval(n.shape, env)), dtype=n.dtype)
+        for n in kernel.outputs:
+            np.copyto(self._value_view(n, plan, X, env), values[id(n)])
+
+    # ---- debugging
+
+    def kernel_values(self, feeds: dict, env: dict) -> dict[int, np.ndarray]:
+        """Run kernel by kernel (slow) and return a copy of every kernel output, by node id."""
+        plan = self._make_plan(env)
+        X = [feeds[i] if i else a for i, a in self._externals]
+        out: dict[int, np.ndarray] = {}
+        for seg in self.generated.segments:
+            for item in seg.kernels:
+                if isinstance(item, RenderedKernel):
+                    getattr(self.module, item.name)(*self._kernel_args(item, plan, X, env))
+                    kernel = item.kernel
+                else:
+                    self._fallback(item, plan, X, env)
+                    kernel = item
+                for n in kernel.outputs:
+                    out[id(n)] = np.array(self._value_view(n, plan, X, env))
+        return out
+
+    def _kernel_args(self, rk: RenderedKernel, plan: _Plan, X: list, env: dict) -> list:
+        args = []
+        for a in rk.args:
+            if a.kind == "dim":
+                args.append(dim_eval(a.dim, env))
+            elif a.kind == "scalar":
+                args.append(self._slot_value(("size", a.node), None, env))
+            else:
+                v = self._value_view(a.node, plan, X, env)
+                if a.node.op == "const":
+                    v = np.array(v)
+                args.append(v.reshape(-1) if a.kind == "flat" or v.ndim == 0 else v)
+        return args
+
+    def source(self) -> str:
+        """The generated module's Python source."""
+        return self.generated.source
+
+    def __repr__(self) -> str:
+        return f"<CPUBackend {self.generated.digest}: {self.stats.get('kernels')} kernels>"
+
+
+__all__ = ["CPUBackend", "cache_dir", "is_scalar_node"]
