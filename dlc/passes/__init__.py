@@ -1,8 +1,9 @@
 """The optimizer: graph -> simplified graph -> fused kernels -> schedule -> memory plan.
 
-`optimize(fn)` turns a compiled function's graph into a Program (see
-dlc/program.py); `plan_memory(program, env)` places its buffers for one
-binding of the symbolic dims.
+`optimize(outputs, updates, inputs)` turns a compiled function's graph into a
+Program (see dlc/program.py); `plan_memory(program, env)` places its buffers
+for one binding of the symbolic dims. `unfused_program` and `unplanned_memory`
+are the baseline both are measured against.
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from __future__ import annotations
 from ..graph import Graph, Node
 from ..ops import OPS, SOURCE
 from ..program import Kernel, MemoryPlan, Program, nbytes
+from .fusion import MAX_GROUP
+from .fusion import fuse as fuse_graph
+from .memory import plan_memory
+from .schedule import schedule as schedule_kernels
+from .simplify import simplify as simplify_graph
 
 
 def is_view(node: Node) -> bool:
@@ -42,3 +48,37 @@ def unplanned_memory(program: Program, env: dict, alignment: int = 64) -> Memory
         sizes[id(node)] = size
         off += -(-size // alignment) * alignment
     return MemoryPlan(dict(env), offsets, sizes, off, off, off, [], alignment)
+
+
+def optimize(outputs: list[Node], updates: list[tuple[str, Node]], inputs: list[Node], *,
+             simplify: bool = True, fuse: bool = True, reassociate: bool = True, max_group: int = MAX_GROUP,
+             duplicate: bool = True, schedule: bool = True, **backend_options) -> Program:
+    """Simplify, fuse and schedule the graph of `outputs` and `updates` into a Program.
+
+    reassociate=False keeps every floating-point result bit-exact; fuse=False
+    gives one kernel per op; duplicate=False never recomputes a value in
+    several kernels. Options meant for a backend are accepted and ignored.
+    """
+    roots = list(outputs) + [n for _, n in updates]
+    before = Graph(roots)
+    if simplify:
+        roots, log = simplify_graph(roots, reassociate=reassociate)
+    else:
+        log = [{"pass": "input", "nodes": len(before), "ops": before.op_counts(), "rewrites": 0}]
+    new_outputs = roots[:len(outputs)]
+    new_updates = [(key, n) for (key, _), n in zip(updates, roots[len(outputs):])]
+    if fuse:
+        kernels, aliases, refusals = fuse_graph(roots, max_group=max_group, duplicate=duplicate)
+        program = Program(Graph(roots), kernels, list(inputs), new_outputs, new_updates, aliases, refusals)
+    else:
+        program = unfused_program(new_outputs, new_updates, inputs)
+    if schedule:
+        program.kernels = schedule_kernels(program)
+    for i, k in enumerate(program.kernels):
+        k.name = f"k{i}"
+    program.stats = {"passes": log, "nodes_before": len(before), "ops_before": before.op_counts(),
+                     "nodes_after": len(program.graph), "kernels": len(program.kernels)}
+    return program
+
+
+__all__ = ["optimize", "plan_memory", "unfused_program", "unplanned_memory", "is_view"]
