@@ -37,7 +37,13 @@ class Store:
     def __contains__(self, key: str) -> bool:
         return key in self._values
 
+    def _device_sync(self) -> None:
+        """Copy back values a device holds newer copies of (a CUDA step's updates) before a host read."""
+        for device_copy in self.__dict__.get("_device_hooks", ()):
+            device_copy.sync()
+
     def __getitem__(self, key: str) -> np.ndarray:
+        self._device_sync()
         try:
             return self._values[key]
         except KeyError:
@@ -49,11 +55,14 @@ class Store:
         if value.shape != cur.shape:
             raise ValueError(f"parameter {key!r} has shape {cur.shape}, cannot assign shape {value.shape}")
         np.copyto(cur, value.astype(cur.dtype, copy=False))
+        for device_copy in self.__dict__.get("_device_hooks", ()):
+            device_copy.invalidate(key)  # the host value is now the newest: upload it again
 
     def keys(self):
         return list(self._values)
 
     def items(self):
+        self._device_sync()
         return list(self._values.items())
 
     def is_trainable(self, key: str) -> bool:
