@@ -1,0 +1,759 @@
+"""Renders a Program's kernels as CUDA C: shape-generic __global__ functions plus their launch rules.
+
+Each Kernel of the Program (see dlc/program.py) becomes one extern "C"
+__global__ function (a matmul becomes one per GEMM tile configuration).
+Shapes are never baked in: every symbolic dim ("B", "B*T") is a kernel
+argument `s_<name>`, so a new batch size is a new launch configuration, not a
+new compile. Values are rendered per output index by walking the kernel's
+nodes backwards from its outputs: an elementwise op is its OpDef.scalar
+template, an index remap (transpose, slice, pad, concat, ...) rewrites the
+index, and a value from outside the kernel is a load from its buffer.
+
+The same text runs on the CPU under dlc.codegen.c_emulator for the tests.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import DlcError
+from ..graph import Node, _factors, shape_eval
+from ..ops import OPS
+from ..program import Kernel, Program
+
+KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels" / "cuda"
+
+C_TYPE = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long", "bool": "bool"}
+# how a scalar argument crosses to the device (names shared with the emulator and the runtime)
+ARG_KIND = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "i32"}
+
+SCALAR_FUNCTIONS = ("select", "max", "min", "exp", "log", "sqrt", "tanh", "sigmoid", "erf", "softplus", "sin", "cos",
+                    "abs", "sign", "pow")
+LOGICAL_FUNCTIONS = {"and_": "dlc_and", "or_": "dlc_or", "not_": "dlc_not"}
+REDUCE_FUNCTORS = {"sum": "DlcSum", "prod": "DlcProd", "max": "DlcMax", "min": "DlcMin"}
+INDEX_REMAPS = ("transpose", "broadcast_to", "reshape", "slice", "slice_grad", "pad", "concat")
+
+BLOCK = 256  # threads per block of elementwise kernels
+GEMM_CONFIGS = {"s": (32, 32, 16, 2, 2), "m": (64, 64, 8, 4, 4), "l": (128, 128, 8, 8, 8)}  # = gemm.cu
+
+
+class CudaUnsupportedError(DlcError):
+    """A kernel the CUDA renderer cannot produce: it names the op and the user's line."""
+
+
+def unsupported(node: Node, why: str = "") -> CudaUnsupportedError:
+    where = f" (from {node.loc})" if node.loc else ""
+    if node.op == "scan":
+        why = why or "recurrent scans are not supported on the CUDA backend yet; compile with target='cpu'"
+    return CudaUnsupportedError(f"the CUDA backend cannot render op {node.op!r}{where}: "
+                                f"{why or 'no CUDA lowering for it'}")
+
+
+# ----------------------------------------------------------------------------
+# kernel parameters and the rendered result
+
+
+@dataclass
+class Param:
+    """One kernel argument.
+
+    kind "ptr": the buffer of `node` (the runtime follows Program.storage_of);
+    "sym": the value of a symbolic dim; "size": the runtime value of a "size"
+    node; "status": the program's int32 error word (an index out of range).
+    """
+
+    kind: str
+    name: str
+    ctype: str
+    node: Node | None = None
+    symbol: str | None = None
+
+    @property
+    def arg_kind(self) -> str:
+        if self.kind in ("ptr", "status"):
+            return "ptr"
+        if self.kind == "sym":
+            return "i64"
+        return ARG_KIND[self.node.dtype]
+
+
+@dataclass
+class Launch:
+    entry: str
+    grid: tuple[int, int, int]
+    block: tuple[int, int, int]
+
+
+@dataclass
+class RenderedKernel:
+    """A kernel's CUDA source, its parameters, and how to launch it for given symbol bindings."""
+
+    kernel: Kernel
+    source: str
+    params: list[Param]
+    entries: list[str]
+    plan_launch: Callable[[dict, int], Launch]
+    zero_outputs: bool = False  # scatter kernels accumulate into zeroed outputs
+
+    def signatures(self):
+        from .c_emulator import KernelSignature
+
+        params = tuple((p.ctype, p.arg_kind) for p in self.params)
+        return [KernelSignature(e, params) for e in self.entries]
+
+
+@dataclass
+class CudaModule:
+    """Every kernel of a Program in one translation unit."""
+
+    source: str
+    kernels: list[RenderedKernel]
+    headers: list[str] = field(default_factory=list)
+
+    def signatures(self):
+        return [s for k in self.kernels for s in k.signatures()]
+
+
+# ----------------------------------------------------------------------------
+# C text helpers
+
+
+def sym_name(s: str) -> str:
+    return "s_" + s
+
+
+def dim_c(d) -> str:
+    """A dim as a C expression over the symbol arguments."""
+    if isinstance(d, int):
+        return str(d)
+    coef, syms = _factors(d)
+    parts = ([str(coef)] if coef != 1 else []) + [sym_name(s) for s in syms]
+    return parts[0] if len(parts) == 1 else "(" + " * ".join(parts) + ")"
+
+
+def numel_c(shape) -> str:
+    dims = [dim_c(d) for d in shape if d != 1]
+    return " * ".join(f"(i64){d}" if i == 0 else d for i, d in enumerate(dims)) if dims else "(i64)1"
+
+
+def symbols_of_shapes(shapes) -> set[str]:
+    out = set()
+    for shape in shapes:
+        for d in shape:
+            if isinstance(d, str):
+                out.update(_factors(d)[1])
+    return out
+
+
+def literal(value, dtype: str) -> str:
+    """A Python/numpy scalar as a C literal of the given dtype."""
+    if dtype == "bool":
+        return "true" if bool(value) else "false"
+    if dtype in ("int32", "int64"):
+        v = int(value)
+        return f"{v}LL" if dtype == "int64" else str(v)
+    v = float(np.float32(value)) if dtype == "float32" else float(value)
+    if math.isnan(v):
+        return f"(({C_TYPE[dtype]})NAN)"
+    if math.isinf(v):
+        return f"(({C_TYPE[dtype]}){'-' if v < 0 else ''}INFINITY)"
+    text = repr(v)
+    if "e" not in text and "." not in text:
+        text += ".0"
+    return text + ("f" if dtype == "float32" else "")
+
+
+_NUMBER = re.compile(r"(?<![\w.{])(\d+\.\d*(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)(?![\w.}])")
+_FUNC = re.compile(r"\b(" + "|".join(SCALAR_FUNCTIONS) + r")\(")
+_LOGICAL = re.compile(r"\b(and_|or_|not_)\(")
+
+
+def render_scalar(node: Node, operands: list[str]) -> str:
+    """The node's OpDef.scalar template as a C expression over the operand expressions."""
+    template = OPS[node.op].scalar
+    if template is None:
+        raise unsupported(node, "it is not an elementwise op with a scalar template")
+    operand_dtype = node.inputs[-1].dtype if node.inputs else node.dtype
+    lit_dtype = node.dtype if node.dtype != "bool" else operand_dtype
+    if lit_dtype in ("float32", "float64"):
+        template = _NUMBER.sub(lambda m: literal(float(m.group(1)), lit_dtype), template)
+    if node.op == "div" and node.dtype in ("int32", "int64"):
+        template = "dlc_floordiv({0}, {1})"
+    template = _FUNC.sub(lambda m: f"dlc_{m.group(1)}(", template)
+    template = _LOGICAL.sub(lambda m: LOGICAL_FUNCTIONS[m.group(1)] + "(", template)
+    template = template.replace("cast(", f"({C_TYPE[node.dtype]})(")
+    attrs = {k: literal(v, lit_dtype if isinstance(v, float) else ("bool" if isinstance(v, bool) else "int64"))
+             for k, v in node.a.items() if isinstance(v, (int, float, bool))}
+    text = template
+    for k, v in attrs.items():
+        text = text.replace("{" + k + "}", v)
+    for i, x in enumerate(operands):
+        text = text.replace("{" + str(i) + "}", f"({x})")
+    if "{" in text:
+        raise unsupported(node, f"its scalar template {OPS[node.op].scalar!r} names an attribute it does not have")
+    return text
+
+
+class Body:
+    """Lines of a kernel body, with scoped caches of already computed values (CSE per index)."""
+
+    def __init__(self, depth: int = 1):
+        self.lines: list[str] = []
+        self.depth = depth
+        self.frames: list[dict] = [{}]
+        self.counter = 0
+
+    def emit(self, line: str) -> None:
+        self.lines.append("  " * self.depth + line)
+
+    def fresh(self, prefix: str) -> str:
+        self.counter += 1
+        return f"{prefix}{self.counter}"
+
+    def lookup(self, key):
+        for frame in reversed(self.frames):
+            if key in frame:
+                return frame[key]
+        return None
+
+    def remember(self, key, name: str) -> None:
+        self.frames[-1][key] = name
+
+    @contextmanager
+    def scope(self, header: str | None = None):
+        if header is not None:
+            self.emit(header + " {")
+            self.depth += 1
+        self.frames.append({})
+        try:
+            yield
+        finally:
+            self.frames.pop()
+            if header is not None:
+                self.depth -= 1
+                self.emit("}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+# ----------------------------------------------------------------------------
+# values at an index
+
+
+class ValueRenderer:
+    """Renders the value of any node of a kernel at a C multi-index (one expression per dim)."""
+
+    def __init__(self, kernel: Kernel, program: Program, body: Body):
+        self.kernel = kernel
+        self.program = program
+        self.body = body
+        self.members = {id(n) for n in kernel.nodes}
+        self.params: list[Param] = []
+        self._param_of: dict[int, Param] = {}
+        self.symbols: set[str] = set()
+        self.loads: list[tuple[Node, tuple[str, ...]]] = []
+        self.lane_loads: dict[int, str] | None = None  # vectorized path: buffer -> this lane's register
+
+    # parameters ------------------------------------------------------------
+
+    def buffer(self, node: Node, const: bool = True) -> str:
+        if id(node) not in self._param_of:
+            ctype = ("const " if const else "") + C_TYPE[node.dtype] + "* __restrict__"
+            p = Param("ptr", f"{'in' if const else 'out'}{len(self.params)}", ctype, node)
+            self._param_of[id(node)] = p
+            self.params.append(p)
+        self.use_shape(node.shape)
+        return self._param_of[id(node)].name
+
+    def scalar_param(self, node: Node) -> str:
+        if id(node) not in self._param_of:
+            p = Param("size", f"size{len(self.params)}", C_TYPE[node.dtype], node)
+            self._param_of[id(node)] = p
+            self.params.append(p)
+        return self._param_of[id(node)].name
+
+    def status_param(self) -> str:
+        if "status" not in self._param_of:
+            p = Param("status", "status", "int*")
+            self._param_of["status"] = p
+            self.params.append(p)
+        return "status"
+
+    def use_shape(self, shape) -> None:
+        self.symbols |= symbols_of_shapes([shape])
+
+    def final_params(self) -> list[Param]:
+        """Buffers and scalars in first-use order, then the symbols, sorted."""
+        return self.params + [Param("sym", sym_name(s), "i64", symbol=s) for s in sorted(self.symbols)]
+
+    # index arithmetic ----------------------------------------------------
+
+    def linear(self, idx, shape) -> str:
+        """Row-major offset of a multi-index (Horner form, unit dims skipped)."""
+        self.use_shape(shape)
+        expr = None
+        for i, d in zip(idx, shape):
+            if d == 1:
+                continue
+            expr = i if expr is None else f"({expr}) * {dim_c(d)} + {i}"
+        return expr or "0"
+
+    def unravel(self, flat: str, shape, prefix: str = "i") -> tuple[str, ...]:
+        """Emit the multi-index of a flat row-major offset; returns its per-dim names."""
+        self.use_shape(shape)
+        names: list[str] = [""] * len(shape)
+        rest = flat
+        for axis in range(len(shape) - 1, -1, -1):
+            d = shape[axis]
+            if d == 1:
+                names[axis] = "0"
+                continue
+            name = self.body.fresh(prefix)
+            if axis == 0 or all(x == 1 for x in shape[:axis]):
+                self.body.emit(f"const i64 {name} = {rest};")
+                for a in range(axis):
+                    names[a] = "0"
+                names[axis] = name
+                break
+            self.body.emit(f"const i64 {name} = {rest} % {dim_c(d)};")
+            nxt = self.body.fresh("q")
+            self.body.emit(f"const i64 {nxt} = {rest} / {dim_c(d)};")
+            names[axis] = name
+            rest = nxt
+        return tuple(names)
+
+    @staticmethod
+    def broadcast_index(idx, shape) -> tuple[str, ...]:
+        """The index into an operand broadcast up to len(idx) dims (numpy rules)."""
+        lead = len(idx) - len(shape)
+        return tuple("0" if d == 1 else idx[lead + i] for i, d in enumerate(shape))
+
+    # values ----------------------------------------------------------------
+
+    def value(self, node: Node, idx: tuple[str, ...]) -> str:
+        key = (id(node), idx)
+        found = self.body.lookup(key)
+        if found is not None:
+            return found
+        if id(node) not in self.members:
+            expr = self.load(node, idx)
+            if self.lane_loads is not None or node.op in ("const", "size") and not self._is_buffer(node):
+                return expr
+        else:
+            expr = self.compute(node, idx)
+        if expr.isidentifier():
+            self.body.remember(key, expr)
+            return expr
+        name = self.body.fresh("v")
+        self.body.emit(f"const {C_TYPE[node.dtype]} {name} = {expr};")
+        self.body.remember(key, name)
+        return name
+
+    @staticmethod
+    def _is_buffer(node: Node) -> bool:
+        return not (node.op == "size" or (node.op == "const" and node.value.size == 1))
+
+    def load(self, node: Node, idx) -> str:
+        if node.op == "const" and node.value.size == 1:
+            return literal(node.value.reshape(()).item(), node.dtype)
+        if node.op == "size":
+            return self.scalar_param(node)
+        if self.lane_loads is not None:
+            return self.lane_loads[id(node)]
+        self.loads.append((node, tuple(idx)))
+        return f"{self.buffer(node)}[{self.linear(idx, node.shape)}]"
+
+    def compute(self, node: Node, idx) -> str:
+        op = node.op
+        kind = OPS[op].kind
+        if kind == "elementwise":
+            operands = [self.value(x, self.broadcast_index(idx, x.shape)) for x in node.inputs]
+            return render_scalar(node, operands)
+        if op == "broadcast_to":
+            return self.value(node.inputs[0], self.broadcast_index(idx, node.inputs[0].shape))
+        if op == "transpose":
+            perm = node.attr("perm")
+            inner = [""] * len(perm)
+            for j, p in enumerate(perm):
+                inner[p] = idx[j]
+            return self.value(node.inputs[0], tuple(inner))
+        if op == "reshape":
+            flat = self.body.fresh("r")
+            self.body.emit(f"const i64 {flat} = {self.linear(idx, node.shape)};")
+            return self.value(node.inputs[0], self.unravel(flat, node.inputs[0].shape))
+        if op == "slice":
+            return self.value(node.inputs[0], self._slice_index(node, idx))
+        if op in ("pad", "slice_grad", "concat"):
+            return self._conditional(node, idx)
+        raise unsupported(node, f"a {kind} op cannot be part of a fused elementwise kernel")
+
+    def _slice_index(self, node, idx):
+        x = node.inputs[0]
+        out = []
+        for i, d, b, e, s in zip(idx, x.shape, node.attr("begin"), node.attr("end"), node.attr("step")):
+            if isinstance(d, str) or (b, e, s) == (0, None, 1):
+                out.append(i)
+                continue
+            start = slice(b, e, s).indices(d)[0]
+            out.append(f"({i}) * {s} + {start}" if s != 1 else (f"({i}) + {start}" if start else i))
+        return tuple(out)
+
+    def _conditional(self, node: Node, idx) -> str:
+        """pad, slice_grad and concat: a value only some indices read from the input."""
+        ctype = C_TYPE[node.dtype]
+        name = self.body.fresh("v")
+        if node.op == "concat":
+            self.body.emit(f"{ctype} {name};")
+            ax, start = node.attr("axis"), "0"
+            for k, x in enumerate(node.inputs):
+                end = f"{start} + {dim_c(x.shape[ax])}" if start != "0" else dim_c(x.shape[ax])
+                self.use_shape(x.shape)
+                inner = tuple(f"({i}) - ({start})" if a == ax and start != "0" else i for a, i in enumerate(idx))
+                header = ("if" if k == 0 else "else if") + f" ({idx[ax]} < {end})"
+                if k == len(node.inputs) - 1:
+                    header = "else" if k else "if (true)"
+                with self.body.scope(header):
+                    self.body.emit(f"{name} = {self.value(x, inner)};")
+                start = f"({end})"
+            return name
+        fill = literal(node.attr("value", 0), node.dtype) if node.op == "pad" else literal(0, node.dtype)
+        conds, inner = self._gather_conditions(node, idx)
+        self.body.emit(f"{ctype} {name} = {fill};")
+        with self.body.scope(f"if ({' && '.join(conds) or 'true'})"):
+            self.body.emit(f"{name} = {self.value(node.inputs[0], inner)};")
+        return name
+
+    def _gather_conditions(self, node: Node, idx):
+        x = node.inputs[0]
+        conds, inner = [], []
+        if node.op == "pad":
+            for i, d, (lo, hi) in zip(idx, x.shape, node.attr("pads")):
+                if (lo, hi) == (0, 0):
+                    inner.append(i)
+                    continue
+                j = f"({i} - {lo})"
+                conds.append(f"{j} >= 0 && {j} < {dim_c(d)}")
+                inner.append(j)
+            return conds, tuple(inner)
+        for i, d, gd, b, e, s in zip(idx, node.shape, x.shape, node.attr("begin"), node.attr("end"), node.attr("step")):
+            if isinstance(d, str) or (b, e, s) == (0, None, 1):
+                inner.append(i)
+                continue
+            start = slice(b, e, s).indices(d)[0]
+            q = self.body.fresh("g")
+            self.body.emit(f"const i64 {q} = ({i} - {start}) / {s};")
+            conds.append(f"({q}) * {s} == {i} - {start} && {q} >= 0 && {q} < {dim_c(gd)}")
+            inner.append(q)
+        return conds, tuple(inner)
+
+
+# ----------------------------------------------------------------------------
+# kernel renderers
+
+
+def _signature(name: str, params: list[Param], launch_bounds: int | None = None) -> str:
+    bounds = f"__launch_bounds__({launch_bounds}) " if launch_bounds else ""
+    args = ",\n    ".join(f"{p.ctype} {p.name}" for p in params)
+    return f'extern "C" __global__ void {bounds}{name}(\n    {args})'
+
+
+def _comment(kernel: Kernel) -> str:
+    lines = [f"// {kernel.name} [{kernel.kind}]: {' -> '.join(n.op for n in kernel.nodes)}"]
+    lines += [f"//   from {loc}" for loc in kernel.source_lines()]
+    return "\n".join(lines)
+
+
+def _grid_for(n: int, per_block: int, max_blocks: int) -> int:
+    return max(1, min(-(-n // per_block), max_blocks))
+
+
+def render_elementwise(kernel: Kernel, program: Program) -> RenderedKernel:
+    """One thread per output element in a grid-stride loop; a float4 path when every access is contiguous."""
+    outs = kernel.outputs
+    shape = outs[0].shape
+    for o in outs:
+        if tuple(o.shape) != tuple(shape):
+            raise unsupported(o, f"outputs of one elementwise kernel must share a shape: {o.shape} vs {shape}")
+    scalar = Body(depth=2)
+    vr = ValueRenderer(kernel, program, scalar)
+    out_names = [vr.buffer(o, const=False) for o in outs]
+    idx = vr.unravel("i", shape)
+    for o, name in zip(outs, out_names):
+        scalar.emit(f"{name}[i] = {vr.value(o, idx)};")
+
+    vector = _vector_body(kernel, program, vr, outs, out_names, shape, idx)
+    name = kernel.name
+    n = numel_c(shape)
+    lines = [_comment(kernel), _signature(name, vr.final_params(), BLOCK) + " {", f"  const i64 n = {n};",
+             "  const i64 stride = (i64)gridDim.x * blockDim.x;"]
+    if vector:
+        lines += ["  if (n % 4 == 0) {  // 16-byte loads and stores (buffers are 256-byte aligned)",
+                  "    for (i64 i4 = (i64)blockIdx.x * blockDim.x + threadIdx.x; i4 < n / 4; i4 += stride) {",
+                  vector, "    }", "    return;", "  }"]
+    lines += ["  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {", scalar.text(),
+              "  }", "}"]
+    shape_ = tuple(shape)
+
+    def plan(env, max_blocks):
+        count = int(np.prod(shape_eval(shape_, env), dtype=np.int64))
+        per = BLOCK * (4 if vector and count % 4 == 0 else 1)
+        return Launch(name, (_grid_for(count, per, max_blocks), 1, 1), (BLOCK, 1, 1))
+
+    return RenderedKernel(kernel, "\n".join(lines), vr.final_params(), [name], plan)
+
+
+def _vector_body(kernel, program, vr: ValueRenderer, outs, out_names, shape, idx) -> str | None:
+    """The float4 loop body, or None unless every output is float32 and every load reads the output's index."""
+    if any(o.dtype != "float32" for o in outs):
+        return None
+    for node, at in vr.loads:
+        if node.dtype != "float32" or tuple(node.shape) != tuple(shape) or at != idx:
+            return None
+    buffers = []
+    for node, _ in vr.loads:
+        if all(b is not node for b in buffers):
+            buffers.append(node)
+    body = Body(depth=3)
+    lanes = ValueRenderer(kernel, program, body)
+    lanes.params, lanes._param_of, lanes.symbols = vr.params, vr._param_of, vr.symbols
+    regs = {}
+    for b in buffers:
+        r = body.fresh("x")
+        body.emit(f"const float4 {r} = reinterpret_cast<const float4*>({vr.buffer(b)})[i4];")
+        regs[id(b)] = r
+    results = {id(o): [] for o in outs}
+    for c in "xyzw":
+        lanes.lane_loads = {k: f"{r}.{c}" for k, r in regs.items()}
+        with body.scope():
+            for o in outs:
+                v = body.fresh("y")
+                body.emit(f"const float {v} = {lanes.value(o, idx)};")
+                results[id(o)].append(v)
+    for o, name in zip(outs, out_names):
+        body.emit(f"reinterpret_cast<float4*>({name})[i4] = make_float4({', '.join(results[id(o)])});")
+    return body.text()
+
+
+def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
+    """One block per output element (grid-stride over outputs); threads stride over the reduced elements."""
+    anchor = kernel.anchor
+    x = anchor.inputs[0]
+    axes = tuple(anchor.attr("axes"))
+    keepdims = anchor.attr("keepdims")
+    kept = [d for i, d in enumerate(x.shape) if i not in axes]
+    reduced = [x.shape[i] for i in axes]
+    body = Body(depth=2)
+    vr = ValueRenderer(kernel, program, body)
+    out_names = [vr.buffer(o, const=False) for o in kernel.outputs]
+    ctype = C_TYPE[x.dtype]
+    arg = anchor.op in ("argmax", "argmin")
+
+    kept_idx = vr.unravel("o", kept, "k")
+    if arg:
+        body.emit(f"{ctype} acc = dlc_{'lowest' if anchor.op == 'argmax' else 'highest'}<{ctype}>(); i64 at = -1;")
+    else:
+        body.emit(f"{ctype} acc = {REDUCE_FUNCTORS[anchor.op]}::id<{ctype}>();")
+    with body.scope("for (i64 r = threadIdx.x; r < R; r += blockDim.x)"):
+        red_idx = vr.unravel("r", reduced, "j")
+        full, ki, ri = [], iter(kept_idx), iter(red_idx)
+        for i in range(x.ndim):
+            full.append(next(ri) if i in axes else next(ki))
+        v = vr.value(x, tuple(full))
+        if arg:
+            body.emit(f"if (at < 0 || dlc_arg_better<{str(anchor.op == 'argmax').lower()}>({v}, r, acc, at)) "
+                      f"{{ acc = {v}; at = r; }}")
+        else:
+            body.emit(f"acc = {REDUCE_FUNCTORS[anchor.op]}::f(acc, {v});")
+    if arg:
+        body.emit(f"dlc_block_arg_reduce<{str(anchor.op == 'argmax').lower()}>(acc, at);")
+    else:
+        body.emit(f"acc = dlc_block_reduce<{REDUCE_FUNCTORS[anchor.op]}>(acc);")
+    out_idx = []
+    ki = iter(kept_idx)
+    for i in range(x.ndim):
+        if i in axes:
+            if keepdims:
+                out_idx.append("0")
+        else:
+            out_idx.append(next(ki))
+    out_idx = tuple(out_idx)
+    with body.scope("if (threadIdx.x == 0)"):
+        body.remember((id(anchor), out_idx), "at" if arg else "acc")
+        for o, name in zip(kernel.outputs, out_names):
+            body.emit(f"{name}[o] = {vr.value(o, out_idx)};")
+    name = kernel.name
+    lines = [_comment(kernel), _signature(name, vr.final_params(), BLOCK) + " {",
+             f"  const i64 n_out = {numel_c(kept)};", f"  const i64 R = {numel_c(reduced)};",
+             "  for (i64 o = blockIdx.x; o < n_out; o += gridDim.x) {", body.text(), "  }", "}"]
+    kept_, reduced_ = tuple(kept), tuple(reduced)
+
+    def plan(env, max_blocks):
+        n_out = int(np.prod(shape_eval(kept_, env), dtype=np.int64))
+        r = int(np.prod(shape_eval(reduced_, env), dtype=np.int64))
+        threads = min(BLOCK, max(32, 1 << max(0, (r - 1).bit_length())))
+        return Launch(name, (max(1, min(n_out, 65535)), 1, 1), (threads, 1, 1))
+
+    return RenderedKernel(kernel, "\n".join(lines), vr.final_params(), [name], plan)
+
+
+def render_matmul(kernel: Kernel, program: Program) -> RenderedKernel:
+    """The tiled GEMM of gemm.cu with the kernel's epilogue fused; one entry per tile configuration."""
+    anchor = kernel.anchor
+    if anchor.op != "matmul":
+        raise unsupported(anchor)
+    body = Body(depth=2)
+    vr = ValueRenderer(kernel, program, body)
+    operands = []
+    for operand in anchor.inputs:
+        transposed = False
+        src = operand
+        if id(operand) in vr.members:
+            perm = tuple(operand.attr("perm") or ())
+            nd = operand.ndim
+            if operand.op != "transpose" or perm != tuple(range(nd - 2)) + (nd - 1, nd - 2):
+                raise unsupported(operand, "only a swap of the last two axes may feed a matmul inside its kernel")
+            transposed, src = True, operand.inputs[0]
+        operands.append((src, transposed))
+    (a, ta), (b, tb) = operands
+    dtype = anchor.dtype
+    ctype = C_TYPE[dtype]
+    out_names = [vr.buffer(o, const=False) for o in kernel.outputs]
+    pa, pb = vr.buffer(a), vr.buffer(b)
+    M, K = anchor.inputs[0].shape[-2], anchor.inputs[0].shape[-1]
+    N = anchor.inputs[1].shape[-1]
+    batch = anchor.shape[:-2]
+    vr.use_shape(anchor.shape)
+
+    pre = Body(depth=1)
+    vr.body = pre
+    bidx = vr.unravel("(i64)blockIdx.z", batch, "b")
+    a_batch = vr.broadcast_index(bidx, a.shape[:-2])
+    b_batch = vr.broadcast_index(bidx, b.shape[:-2])
+    a_off = vr.linear(a_batch, a.shape[:-2]) if a_batch else "0"
+    b_off = vr.linear(b_batch, b.shape[:-2]) if b_batch else "0"
+    c_off = vr.linear(bidx, batch) if bidx else "0"
+    pre.emit(f"const i64 M = {dim_c(M)}, N = {dim_c(N)}, K = {dim_c(K)};")
+    pre.emit(f"DlcDenseA<{str(ta).lower()}, {ctype}> load_a{{{pa} + ({a_off}) * M * K, {'M' if ta else 'K'}}};")
+    pre.emit(f"DlcDenseB<{str(tb).lower()}, {ctype}> load_b{{{pb} + ({b_off}) * K * N, {'K' if tb else 'N'}}};")
+    pre.emit(f"const i64 c_base = ({c_off}) * M * N;")
+
+    vr.body = body
+    out_idx = tuple(bidx) + ("i", "j")
+    body.remember((id(anchor), out_idx), "acc")
+    for o, name in zip(kernel.outputs, out_names):
+        body.emit(f"{name}[c_base + i * N + j] = {vr.value(o, out_idx)};")
+    params = vr.final_params()
+    entries, chunks = [], [_comment(kernel)]
+    for tag, (bm, bn, bk, tm, tn) in GEMM_CONFIGS.items():
+        entry = f"{kernel.name}_{tag}"
+        entries.append(entry)
+        chunks += [_signature(entry, params, (bm // tm) * (bn // tn)) + " {", pre.text(),
+                   f"  dlc_gemm_mainloop<{bm}, {bn}, {bk}, {tm}, {tn}, {ctype}>(M, N, K, load_a, load_b,",
+                   f"      [&](i64 i, i64 j, {ctype} acc) {{", body.text(), "      });", "}"]
+    mnk = (M, N, K)
+    batch_ = tuple(batch)
+
+    def plan(env, max_blocks):
+        m, n, _ = (int(v) for v in shape_eval(mnk, env))
+        nb = int(np.prod(shape_eval(batch_, env), dtype=np.int64))
+        tag = choose_gemm_tile(m, n, nb, max_blocks)
+        bm, bn, _, tm, tn = GEMM_CONFIGS[tag]
+        return Launch(f"{kernel.name}_{tag}", (-(-n // bn), -(-m // bm), nb), ((bm // tm) * (bn // tn), 1, 1))
+
+    return RenderedKernel(kernel, "\n".join(chunks), params, entries, plan)
+
+
+def choose_gemm_tile(m: int, n: int, batch: int, max_blocks: int) -> str:
+    """The largest tile that still gives every SM work (max_blocks ~ a few blocks per SM)."""
+    for tag in ("l", "m"):
+        bm, bn = GEMM_CONFIGS[tag][:2]
+        if -(-m // bm) * -(-n // bn) * batch >= max_blocks // 4:
+            return tag
+    return "s"
+
+
+def render_take(kernel: Kernel, program: Program) -> RenderedKernel:
+    """take: a gather over the output; take_grad: a scatter-add with atomics into a zeroed output."""
+    node = kernel.anchor
+    body = Body(depth=2)
+    vr = ValueRenderer(kernel, program, body)
+    ax = node.attr("axis")
+    status = vr.status_param()
+    if node.op == "take":
+        x, ind = node.inputs
+        out = vr.buffer(node, const=False)
+        space = node.shape
+        idx = vr.unravel("i", space)
+        ii = idx[ax:ax + ind.ndim]
+        src_idx, dim = list(idx[:ax]) + ["t"] + list(idx[ax + ind.ndim:]), x.shape[ax]
+    else:
+        g, ind = node.inputs
+        out = vr.buffer(node, const=False)
+        space = g.shape
+        idx = vr.unravel("i", space)
+        ii = idx[ax:ax + ind.ndim]
+        dst_idx, dim = list(idx[:ax]) + ["t"] + list(idx[ax + ind.ndim:]), node.shape[ax]
+    body.emit(f"i64 t = (i64){vr.value(ind, tuple(ii))};")
+    body.emit(f"if (t < 0) t += {dim_c(dim)};")
+    with body.scope(f"if (t < 0 || t >= {dim_c(dim)})"):
+        body.emit(f"atomicExch({status}, 1);  // reported by the runtime as an IndexError")
+        body.emit("continue;")
+    if node.op == "take":
+        body.emit(f"{out}[i] = {vr.value(x, tuple(src_idx))};")
+    else:
+        body.emit(f"atomicAdd(&{out}[{vr.linear(dst_idx, node.shape)}], {vr.value(g, idx)});")
+    name = kernel.name
+    lines = [_comment(kernel), _signature(name, vr.final_params(), BLOCK) + " {", f"  const i64 n = {numel_c(space)};",
+             "  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {",
+             body.text(), "  }", "}"]
+    space_ = tuple(space)
+
+    def plan(env, max_blocks):
+        count = int(np.prod(shape_eval(space_, env), dtype=np.int64))
+        return Launch(name, (_grid_for(count, BLOCK, max_blocks), 1, 1), (BLOCK, 1, 1))
+
+    return RenderedKernel(kernel, "\n".join(lines), vr.final_params(), [name], plan,
+                          zero_outputs=node.op == "take_grad")
+
+
+def render_kernel(kernel: Kernel, program: Program) -> RenderedKernel | None:
+    """The kernel's CUDA text and launch rule; None for a "size" node (the runtime computes it on the host)."""
+    anchor = kernel.anchor
+    if len(kernel.nodes) == 1 and kernel.nodes[0].op == "size":
+        return None
+    if kernel.kind in ("elementwise", "injective"):
+        for n in kernel.nodes:
+            if OPS[n.op].kind not in ("elementwise", "injective") or (
+                    OPS[n.op].kind == "injective" and n.op not in INDEX_REMAPS):
+                raise unsupported(n, f"it cannot be part of an {kernel.kind} kernel")
+        return render_elementwise(kernel, program)
+    if anchor is None:
+        raise CudaUnsupportedError(f"kernel {kernel.name} of kind {kernel.kind!r} has no anchor")
+    if kernel.kind == "reduce" and anchor.op in REDUCE_FUNCTORS or anchor.op in ("argmax", "argmin"):
+        return render_reduce(kernel, program)
+    if anchor.op == "matmul":
+        return render_matmul(kernel, program)
+    if anchor.op in ("take", "take_grad"):
+        return render_take(kernel, program)
+    raise unsupported(anchor)
+
+
+def library_source(names=("prelude", "gemm")) -> str:
+    """The hand-written headers generated kernels build on, inlined (pycuda compiles one string)."""
+    return "\n".join((KERNEL_DIR / f"{n}.cu").read_text().replace("#pragma once", "") for n in names)
+
+
+def render_program(program: Program) -> CudaModule:
+    """Every kernel of the program in one CUDA translation unit, after the hand-written library."""
+    kernels = [r for r in (render_kernel(k, program) for k in program.kernels) if r is not None]
+    header = library_source()
+    source = header + "\n\n// ---- generated kernels ----\n\n" + "\n\n".join(k.source for k in kernels) + "\n"
+    return CudaModule(source, kernels, ["prelude", "gemm"])

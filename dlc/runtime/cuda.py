@@ -1,0 +1,426 @@
+"""The CUDA backend: runs a Program's rendered kernels over one device arena, through pycuda or the emulator.
+
+Where values live:
+- intermediates: one device arena per compiled program, placed by the
+  memory plan (alignment 256) for each new binding of the symbolic dims;
+- parameters and optimizer state: one device buffer per store key, shared by
+  every CUDA function on the same Store (a GAN's two steps see each other's
+  updates) and kept on the device between calls; constants: uploaded once;
+- inputs are copied to the device and requested outputs back, nothing else.
+
+The Store rule: after a CUDA step the device holds the newest parameter
+values. `sync(store)` copies them back into the Store's arrays (done
+automatically when the Store is read through the hooks in `DeviceStore`);
+writing a value into the Store from the host marks the device copy stale,
+and the next call uploads it again.
+
+pycuda is optional: `import dlc` and every CPU target work without it.
+`emulate=True` runs the very same kernels on the CPU (dlc.codegen.c_emulator):
+slow, for tests and for debugging kernels without a GPU.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import weakref
+
+import numpy as np
+
+from ..errors import DlcError
+from ..graph import shape_eval
+from ..program import MemoryPlan
+
+ALIGNMENT = 256  # bytes: every arena buffer starts on a 16-byte (float4) and 128-byte (cache line) boundary
+INSTALL_HINT = ('install the CUDA extra with `pip install "dlc[cuda]"` (it builds pycuda, which needs the CUDA '
+                "toolkit and an NVIDIA driver)")
+
+
+class CudaUnavailableError(DlcError, RuntimeError):
+    """target="cuda" on a machine without pycuda or without a usable GPU: says which, and how to fix it."""
+
+
+# ----------------------------------------------------------------------------
+# devices: pycuda, or the CPU emulator
+
+
+class PyCudaDevice:
+    """An NVIDIA GPU through pycuda (one context for the process, made on first use)."""
+
+    name = "cuda"
+    _context = None
+
+    def __init__(self):
+        try:
+            import pycuda.driver as drv
+        except ImportError as e:
+            raise CudaUnavailableError(f"target='cuda' needs pycuda, which is not installed ({e}); "
+                                       f"{INSTALL_HINT}") from None
+        try:
+            drv.init()
+            if drv.Device.count() == 0:
+                raise CudaUnavailableError("target='cuda': pycuda is installed but no NVIDIA GPU is visible "
+                                           "(check nvidia-smi and CUDA_VISIBLE_DEVICES)")
+            if PyCudaDevice._context is None:
+                import pycuda.autoinit  # noqa: F401  (creates the context and pops it at exit)
+
+                PyCudaDevice._context = pycuda.autoinit.context
+        except drv.Error as e:
+            raise CudaUnavailableError(f"target='cuda': the CUDA driver failed to start ({e}); is an NVIDIA "
+                                       f"driver installed and a GPU visible?") from None
+        self.drv = drv
+        dev = PyCudaDevice._context.get_device()
+        self.sm_count = dev.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT)
+        self.max_blocks = self.sm_count * 8
+        major, minor = dev.compute_capability()
+        self.arch = f"sm_{major}{minor}"
+
+    def alloc(self, nbytes: int):
+        return self.drv.mem_alloc(max(int(nbytes), 1))
+
+    @staticmethod
+    def ptr(buf) -> int:
+        return int(buf)
+
+    def upload(self, ptr: int, array: np.ndarray) -> None:
+        self.drv.memcpy_htod(ptr, np.ascontiguousarray(array))
+
+    def download(self, ptr: int, array: np.ndarray) -> None:
+        self.drv.memcpy_dtoh(array, ptr)
+
+    def copy(self, dst: int, src: int, nbytes: int) -> None:
+        if nbytes:
+            self.drv.memcpy_dtod(dst, src, nbytes)
+
+    def zero(self, ptr: int, nbytes: int) -> None:
+        if nbytes:
+            self.drv.memset_d8(ptr, 0, nbytes)
+
+    def load(self, module) -> dict:
+        from pycuda.compiler import SourceModule
+
+        from ..codegen.c_emulator import cache_dir
+
+        # pycuda caches the cubin on disk by a hash of source and options
+        mod = SourceModule(module.source, no_extern_c=True, arch=self.arch,
+                           options=["-std=c++17", "-O3"], cache_dir=str(cache_dir().parent / "pycuda"))
+        types = {"ptr": "P", "i64": "q", "i32": "i", "f32": "f", "f64": "d", "u32": "I"}
+        launchers = {}
+        for sig in module.signatures():
+            fn = mod.get_function(sig.name)
+            fn.prepare("".join(types[kind] for _, kind in sig.params))
+            launchers[sig.name] = _prepared(fn)
+        return launchers
+
+    def synchronize(self) -> None:
+        self.drv.Context.synchronize()
+
+
+def _prepared(fn):
+    def launch(grid, block, args):
+        fn.prepared_call(grid, block, *args)
+    return launch
+
+
+class EmulatedDevice:
+    """The CPU standing in for a GPU: host memory as device memory, kernels run by dlc.codegen.c_emulator."""
+
+    name = "cuda-emulator"
+    _shared = None
+
+    @classmethod
+    def shared(cls) -> EmulatedDevice:
+        """The process's one emulated device (parameter buffers are shared across functions, as on a GPU)."""
+        if cls._shared is None:
+            cls._shared = cls()
+        return cls._shared
+
+    def __init__(self, max_blocks: int = 8):
+        self.max_blocks = max_blocks
+        self._buffers: dict[int, np.ndarray] = {}
+
+    def alloc(self, nbytes: int):
+        raw = np.zeros(int(nbytes) + ALIGNMENT, dtype=np.uint8)
+        start = (-raw.ctypes.data) % ALIGNMENT
+        buf = raw[start:start + max(int(nbytes), 1)]
+        self._buffers[buf.ctypes.data] = raw  # keeps the memory alive as long as the device
+        return buf
+
+    @staticmethod
+    def ptr(buf) -> int:
+        return buf.ctypes.data
+
+    def upload(self, ptr: int, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array)
+        ctypes.memmove(ptr, array.ctypes.data, array.nbytes)
+
+    def download(self, ptr: int, array: np.ndarray) -> None:
+        ctypes.memmove(array.ctypes.data, ptr, array.nbytes)
+
+    def copy(self, dst: int, src: int, nbytes: int) -> None:
+        ctypes.memmove(dst, src, nbytes)
+
+    def zero(self, ptr: int, nbytes: int) -> None:
+        ctypes.memset(ptr, 0, nbytes)
+
+    def load(self, module) -> dict:
+        from ..codegen.c_emulator import EmulatedModule
+
+        mod = EmulatedModule(module.source, module.signatures())
+        return {name: (lambda n: lambda grid, block, args: mod.launch(n, grid, block, args))(name)
+                for name in mod.signatures}
+
+    def synchronize(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------
+# parameters on the device, shared per Store
+
+
+class DeviceStore:
+    """The device copies of one Store's arrays: uploaded on first use, downloaded by `sync`."""
+
+    def __init__(self, store, device):
+        self.store = weakref.proxy(store)
+        self.device = device
+        self.buffers: dict[str, object] = {}
+        self.device_newer: set[str] = set()
+
+    def ptr(self, key: str) -> int:
+        if key not in self.buffers:
+            host = self.store._values[key]
+            self.buffers[key] = self.device.alloc(host.nbytes)
+            self.device.upload(self.device.ptr(self.buffers[key]), host)
+        return self.device.ptr(self.buffers[key])
+
+    def mark_updated(self, key: str) -> None:
+        self.device_newer.add(key)
+
+    def sync(self) -> None:
+        """Copy every value a CUDA step changed back into the Store's arrays (in place)."""
+        for key in sorted(self.device_newer):
+            self.device.download(self.device.ptr(self.buffers[key]), self.store._values[key])
+        self.device_newer.clear()
+
+    def invalidate(self, key: str | None = None) -> None:
+        """The host wrote these values: upload them again before the next use."""
+        for k in [key] if key is not None else list(self.buffers):
+            self.device_newer.discard(k)
+            if k in self.buffers:
+                self.device.upload(self.device.ptr(self.buffers[k]), self.store._values[k])
+
+
+_DEVICE_STORES: dict[tuple[int, str], DeviceStore] = {}
+
+
+def device_store(store, device) -> DeviceStore:
+    key = (id(store), device.name)
+    ds = _DEVICE_STORES.get(key)
+    if ds is None or not _alive(ds):
+        ds = DeviceStore(store, device)
+        _DEVICE_STORES[key] = ds
+        hooks = store.__dict__.setdefault("_device_hooks", [])
+        hooks.append(ds)
+    return ds
+
+
+def _alive(ds: DeviceStore) -> bool:
+    try:
+        len(ds.store)
+        return True
+    except ReferenceError:
+        return False
+
+
+def sync(store) -> None:
+    """Bring a Store up to date with every device copy of its values (call before reading it on the host)."""
+    for ds in store.__dict__.get("_device_hooks", ()):
+        ds.sync()
+
+
+def invalidate(store, key: str | None = None) -> None:
+    """Tell the devices that the host changed a Store value (all values when key is None)."""
+    for ds in store.__dict__.get("_device_hooks", ()):
+        ds.invalidate(key)
+
+
+# ----------------------------------------------------------------------------
+# the backend
+
+
+def build_program(fn):
+    """The optimizer's Program when it exists, else the unfused baseline."""
+    from .. import passes
+
+    make = getattr(passes, "optimize", None) or passes.unfused_program
+    return make(fn.outputs, fn.updates, fn.inputs)
+
+
+def plan_memory(program, env: dict) -> MemoryPlan:
+    from .. import passes
+
+    planner = getattr(passes, "plan_memory", None)
+    if planner is not None:
+        return planner(program, env, alignment=ALIGNMENT)
+    return passes.unplanned_memory(program, env, alignment=ALIGNMENT)
+
+
+class CUDABackend:
+    """Runs a compiled function's Program as CUDA kernels; `emulate=True` runs them on the CPU instead."""
+
+    name = "cuda"
+
+    def __init__(self, fn, emulate: bool = False, device=None, **options):
+        from ..codegen.cuda import render_program
+
+        self.fn = fn
+        self.device = device or (EmulatedDevice.shared() if emulate else PyCudaDevice())
+        self.program = build_program(fn)
+        self.module = render_program(self.program)  # raises CudaUnsupportedError naming the op
+        self.launchers = self.device.load(self.module)
+        self.params = device_store(fn.store, self.device)
+        self.consts: dict[int, object] = {}
+        self.status = self.device.alloc(4)
+        self.uses_status = any(p.kind == "status" for k in self.module.kernels for p in k.params)
+        self._plan_key = None
+        self._arena = None
+        self._arena_bytes = 0
+        self._input_buffers: dict[int, object] = {}
+
+    # where each value lives ---------------------------------------------------
+
+    def _prepare(self, env: dict):
+        key = tuple(sorted(env.items()))
+        if key != self._plan_key:
+            self.plan = plan_memory(self.program, env)
+            if self.plan.arena_bytes > self._arena_bytes:
+                self._arena = self.device.alloc(self.plan.arena_bytes)
+                self._arena_bytes = self.plan.arena_bytes
+            self.launches = [k.plan_launch(env, self.device.max_blocks) for k in self.module.kernels]
+            self._plan_key = key
+
+    def _const_ptr(self, node) -> int:
+        if id(node) not in self.consts:
+            value = np.ascontiguousarray(node.value)
+            buf = self.device.alloc(value.nbytes)
+            self.device.upload(self.device.ptr(buf), value)
+            self.consts[id(node)] = (buf, node)  # the node keeps its id unique while we hold it
+        return self.device.ptr(self.consts[id(node)][0])
+
+    def _ptr(self, node, feeds_ptr: dict[int, int]) -> int:
+        s = self.program.storage_of(node)
+        if s.op == "input":
+            return feeds_ptr[id(s)]
+        if s.op == "param":
+            return self.params.ptr(s.attr("name"))
+        if s.op == "const":
+            return self._const_ptr(s)
+        return self.device.ptr(self._arena) + self.plan.offsets[id(s)]
+
+    def _args(self, rk, env: dict, feeds_ptr) -> list:
+        args = []
+        for p in rk.params:
+            if p.kind == "ptr":
+                args.append(self._ptr(p.node, feeds_ptr))
+            elif p.kind == "sym":
+                args.append(np.int64(env[p.symbol]))
+            elif p.kind == "status":
+                args.append(self.device.ptr(self.status))
+            else:
+                args.append(size_value(p.node, env))
+        return args
+
+    def _upload_inputs(self, feeds: dict[int, np.ndarray]) -> dict[int, int]:
+        ptrs = {}
+        for node in self.fn.inputs:
+            arr = feeds[id(node)]
+            buf, size = self._input_buffers.get(id(node), (None, -1))
+            if size < arr.nbytes:  # grows with the batch; never shrinks
+                buf = self.device.alloc(arr.nbytes)
+                self._input_buffers[id(node)] = (buf, arr.nbytes)
+            ptr = self.device.ptr(buf)
+            self.device.upload(ptr, arr)
+            ptrs[id(node)] = ptr
+        return ptrs
+
+    # running --------------------------------------------------------------
+
+    def _launch(self, rk, launch, env, feeds_ptr) -> None:
+        if rk.zero_outputs:
+            for o in rk.kernel.outputs:
+                self.device.zero(self._ptr(o, feeds_ptr), _nbytes(o, env))
+        self.launchers[launch.entry](launch.grid, launch.block, self._args(rk, env, feeds_ptr))
+
+    def _fetch(self, node, env, feeds_ptr) -> np.ndarray:
+        if node.op == "size":
+            return np.asarray(size_value(node, env))
+        out = np.empty(shape_eval(node.shape, env), dtype=node.dtype)
+        self.device.download(self._ptr(node, feeds_ptr), out)
+        return out
+
+    def _check_status(self) -> None:
+        if not self.uses_status:
+            return
+        flag = np.zeros(1, np.int32)
+        self.device.download(self.device.ptr(self.status), flag)
+        if flag[0]:
+            self.device.zero(self.device.ptr(self.status), 4)
+            raise IndexError("take: an index is out of range for the axis it indexes (CUDA backend)")
+
+    def run(self, feeds: dict[int, np.ndarray], env: dict[str, int]) -> list[np.ndarray]:
+        self._prepare(env)
+        feeds_ptr = self._upload_inputs(feeds)
+        for rk, launch in zip(self.module.kernels, self.launches):
+            self._launch(rk, launch, env, feeds_ptr)
+        self._check_status()
+        outs = [self._fetch(n, env, feeds_ptr) for n in self.program.outputs]
+        self._apply_updates(env, feeds_ptr)
+        return outs
+
+    def _apply_updates(self, env, feeds_ptr) -> None:
+        """Copy each update's value into its parameter's device buffer, after every kernel read the old ones."""
+        pending = []
+        for key, node in self.program.updates:
+            src = self._ptr(node, feeds_ptr)
+            nbytes = _nbytes(node, env)
+            if self.program.storage_of(node).op == "param":  # p <- q: snapshot q before anything is written
+                tmp = self.device.alloc(nbytes)
+                self.device.copy(self.device.ptr(tmp), src, nbytes)
+                pending.append((key, self.device.ptr(tmp), nbytes, tmp))
+            else:
+                pending.append((key, src, nbytes, None))
+        for key, src, nbytes, _ in pending:
+            self.device.copy(self.params.ptr(key), src, nbytes)
+            self.params.mark_updated(key)
+        self.device.synchronize()
+
+    def kernel_values(self, feeds: dict[int, np.ndarray], env: dict[str, int]) -> dict[int, np.ndarray]:
+        """Debug: run kernel by kernel and return a copy of every kernel output right after its kernel."""
+        self._prepare(env)
+        feeds_ptr = self._upload_inputs(feeds)
+        values = {}
+        for rk, launch in zip(self.module.kernels, self.launches):
+            self._launch(rk, launch, env, feeds_ptr)
+            self.device.synchronize()
+            for o in rk.kernel.outputs:
+                values[id(o)] = self._fetch(o, env, feeds_ptr)
+        self._check_status()
+        return values
+
+    def sync(self) -> None:
+        """Copy the parameters this program's device holds back into the Store."""
+        self.params.sync()
+
+    def source(self) -> str:
+        """The generated CUDA translation unit (library headers included)."""
+        return self.module.source
+
+
+def size_value(node, env):
+    shape = shape_eval(node.inputs[0].shape, env)
+    n = int(np.prod([shape[a] for a in node.attr("axes")], dtype=np.int64))
+    return np.dtype(node.dtype).type(n)
+
+
+def _nbytes(node, env) -> int:
+    return int(np.prod(shape_eval(node.shape, env), dtype=np.int64)) * np.dtype(node.dtype).itemsize

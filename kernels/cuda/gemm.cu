@@ -1,0 +1,125 @@
+// dlc tiled GEMM: C[M,N] = sum_k A(i,k) * B(k,j), then a fused epilogue.
+//
+// One mainloop serves matmul (plain and with transposed operands, for the
+// backward pass) and the implicit-GEMM convolutions in conv.cu: operands are
+// read through loader functors (a(i, k), b(k, j) with bounds already checked)
+// and the result goes through an epilogue functor epi(i, j, acc), where the
+// generated code adds the bias, applies the activation and stores every
+// output the fused kernel has.
+//
+// Tiling: a block computes a BM x BN tile of C, staging BK-wide slices of A
+// and B in shared memory; each of its (BM/TM)*(BN/TN) threads accumulates a
+// TM x TN register block. Thread (tr, tc) owns rows tr + r*(BM/TM) and
+// columns tc + c*(BN/TN): consecutive threads touch consecutive columns, so
+// epilogue stores coalesce and shared-memory reads are conflict-free.
+// The tile shape is a template parameter; DLC_GEMM_CONFIGS lists the ones the
+// runtime picks from by problem size (few large tiles starve the SMs, many
+// small ones waste bandwidth).
+#pragma once
+
+#ifndef DLC_GEMM_PAD
+#define DLC_GEMM_PAD 1  // breaks shared-memory bank conflicts on the staging stores
+#endif
+
+// (name, BM, BN, BK, TM, TN): 256 threads each
+#define DLC_GEMM_CONFIGS(X) \
+  X(s, 32, 32, 16, 2, 2)    \
+  X(m, 64, 64, 8, 4, 4)     \
+  X(l, 128, 128, 8, 8, 8)
+
+template <int BM, int BN, int BK, int TM, int TN, class T, class LoadA, class LoadB, class Epi>
+__device__ __forceinline__ void dlc_gemm_mainloop(i64 M, i64 N, i64 K, LoadA load_a, LoadB load_b, Epi epi) {
+  constexpr int TROWS = BM / TM, TCOLS = BN / TN, NT = TROWS * TCOLS;
+  static_assert(BM % TM == 0 && BN % TN == 0, "tile must divide into register blocks");
+  __shared__ T As[BK][BM + DLC_GEMM_PAD];
+  __shared__ T Bs[BK][BN + DLC_GEMM_PAD];
+  const int tid = threadIdx.x;
+  const int tr = tid / TCOLS, tc = tid % TCOLS;
+  const i64 row0 = (i64)blockIdx.y * BM, col0 = (i64)blockIdx.x * BN;
+
+  T acc[TM][TN];
+#pragma unroll
+  for (int r = 0; r < TM; ++r)
+#pragma unroll
+    for (int c = 0; c < TN; ++c) acc[r][c] = T(0);
+
+  for (i64 k0 = 0; k0 < K; k0 += BK) {
+    // stage A's BM x BK slice (k fastest: row-major A reads coalesce) and
+    // B's BK x BN slice (j fastest); out-of-range elements are zeros
+    for (int e = tid; e < BM * BK; e += NT) {
+      const int kk = e % BK, i = e / BK;
+      const i64 gi = row0 + i, gk = k0 + kk;
+      As[kk][i] = (gi < M && gk < K) ? load_a(gi, gk) : T(0);
+    }
+    for (int e = tid; e < BN * BK; e += NT) {
+      const int j = e % BN, kk = e / BN;
+      const i64 gj = col0 + j, gk = k0 + kk;
+      Bs[kk][j] = (gj < N && gk < K) ? load_b(gk, gj) : T(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      T a[TM], b[TN];
+#pragma unroll
+      for (int r = 0; r < TM; ++r) a[r] = As[kk][tr + r * TROWS];
+#pragma unroll
+      for (int c = 0; c < TN; ++c) b[c] = Bs[kk][tc + c * TCOLS];
+#pragma unroll
+      for (int r = 0; r < TM; ++r)
+#pragma unroll
+        for (int c = 0; c < TN; ++c) acc[r][c] += a[r] * b[c];
+    }
+    __syncthreads();
+  }
+
+#pragma unroll
+  for (int r = 0; r < TM; ++r) {
+    const i64 i = row0 + tr + r * TROWS;
+    if (i >= M) continue;
+#pragma unroll
+    for (int c = 0; c < TN; ++c) {
+      const i64 j = col0 + tc + c * TCOLS;
+      if (j < N) epi(i, j, acc[r][c]);
+    }
+  }
+}
+
+// Plain and transposed dense operands: A is M x K (TA: stored K x M), B is
+// K x N (TB: stored N x K), leading dimensions lda/ldb in elements.
+template <bool TA, class T> struct DlcDenseA {
+  const T* __restrict__ p; i64 ld;
+  __device__ __forceinline__ T operator()(i64 i, i64 k) const { return TA ? p[k * ld + i] : p[i * ld + k]; }
+};
+template <bool TB, class T> struct DlcDenseB {
+  const T* __restrict__ p; i64 ld;
+  __device__ __forceinline__ T operator()(i64 k, i64 j) const { return TB ? p[j * ld + k] : p[k * ld + j]; }
+};
+
+// A stand-alone SGEMM (C = alpha * op(A) op(B) + beta * C), one entry per
+// tile configuration and transpose pair: what the benchmarks time and the
+// tests check, and what generated kernels instantiate with their own epilogue.
+template <int BM, int BN, int BK, int TM, int TN, bool TA, bool TB>
+__device__ __forceinline__ void dlc_sgemm(const float* A, const float* B, float* C, i64 M, i64 N, i64 K,
+                                          float alpha, float beta) {
+  DlcDenseA<TA, float> a{A, TA ? M : K};
+  DlcDenseB<TB, float> b{B, TB ? K : N};
+  dlc_gemm_mainloop<BM, BN, BK, TM, TN, float>(M, N, K, a, b, [&](i64 i, i64 j, float acc) {
+    C[i * N + j] = alpha * acc + (beta != 0.0f ? beta * C[i * N + j] : 0.0f);
+  });
+}
+
+#define DLC_SGEMM_ENTRY(NAME, BM, BN, BK, TM, TN, TA, TB)                                                   \
+  extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                                       \
+      dlc_sgemm_##NAME(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C, i64 M, \
+                       i64 N, i64 K, float alpha, float beta) {                                              \
+    dlc_sgemm<BM, BN, BK, TM, TN, TA, TB>(A, B, C, M, N, K, alpha, beta);                                    \
+  }
+#define DLC_SGEMM_ALL_TRANSPOSES(NAME, BM, BN, BK, TM, TN) \
+  DLC_SGEMM_ENTRY(NAME##_nn, BM, BN, BK, TM, TN, false, false) \
+  DLC_SGEMM_ENTRY(NAME##_tn, BM, BN, BK, TM, TN, true, false)  \
+  DLC_SGEMM_ENTRY(NAME##_nt, BM, BN, BK, TM, TN, false, true)  \
+  DLC_SGEMM_ENTRY(NAME##_tt, BM, BN, BK, TM, TN, true, true)
+
+#ifdef DLC_SGEMM_STANDALONE
+DLC_GEMM_CONFIGS(DLC_SGEMM_ALL_TRANSPOSES)
+#endif
