@@ -67,6 +67,8 @@ def _lift(x, like: Tensor | None) -> Tensor:
     if isinstance(x, Tensor):
         return x
     if isinstance(x, np.ndarray) and x.ndim > 0:
+        if like is not None and x.dtype.kind == "f" and is_float(like.dtype):
+            return constant(x, dtype=like.dtype)  # a float array follows the tensor's precision
         return constant(x)
     if like is not None:
         dtype = like.dtype
@@ -192,12 +194,25 @@ def _reduce(op):
 sum, prod, max, min = map(_reduce, ["sum", "prod", "max", "min"])  # noqa: A001
 
 
+def _arg_reduce(op, x, axis, keepdims):
+    if axis is None:
+        # numpy's convention: an index into the flattened tensor
+        flat = _apply(op, reshape(x, (-1,)), axes=(0,), keepdims=False)
+        return reshape(flat, (1,) * x.ndim) if keepdims else flat
+    if not isinstance(axis, (int, np.integer)):
+        raise ShapeError(f"{op} reduces over one axis (an int, or None for the flattened tensor), got {axis!r}"
+                         + (f" at {user_location()}" if user_location() else ""))
+    return _apply(op, x, axes=_norm_axes(x, axis), keepdims=bool(keepdims))
+
+
 def argmax(x, axis=-1, keepdims=False):
-    return _apply("argmax", x, axes=_norm_axes(x, axis), keepdims=bool(keepdims))
+    """Index of the largest value along axis (the first one among ties)."""
+    return _arg_reduce("argmax", x, axis, keepdims)
 
 
 def argmin(x, axis=-1, keepdims=False):
-    return _apply("argmin", x, axes=_norm_axes(x, axis), keepdims=bool(keepdims))
+    """Index of the smallest value along axis (the first one among ties)."""
+    return _arg_reduce("argmin", x, axis, keepdims)
 
 
 def size(x, axis=None, dtype=None) -> Tensor:
@@ -206,11 +221,14 @@ def size(x, axis=None, dtype=None) -> Tensor:
     dtype = dtype or (x.dtype if is_float(x.dtype) else "float32")
     n = static_size(x.shape, axes)
     if isinstance(n, int):
-        return constant(np.array(n, dtype=dtype))
+        return constant(n, dtype=dtype)
     return _apply("size", x, axes=axes, dtype=dtype)
 
 
 def mean(x, axis=None, keepdims=False):
+    """The average over axis; an integer tensor is averaged in float32."""
+    if not is_float(x.dtype):
+        x = cast(x, "float32")
     return sum(x, axis, keepdims) / size(x, axis)
 
 
@@ -226,6 +244,8 @@ def std(x, axis=None, keepdims=False, ddof=0):
 
 def logsumexp(x, axis=None, keepdims=False):
     m = stop_gradient(max(x, axis, keepdims=True))
+    # a row of infinities would give inf - inf = nan; any finite shift is as good as the max
+    m = where(abs(m) == float("inf"), 0.0, m)
     out = log(sum(exp(x - m), axis, keepdims=True)) + m
     return out if keepdims else reshape(out, _reduced(x, axis))
 

@@ -32,10 +32,10 @@ def _infer(dtypes=None, out_dtype=None):
         for ax in axes:
             if not 0 <= ax < x.ndim:
                 raise ShapeError(f"axis {ax} is out of range for a {x.ndim}-d tensor")
+        if x.dtype == "bool":
+            raise DTypeError("cannot reduce a bool tensor; cast it first")
         if dtypes and x.dtype not in dtypes:
             raise DTypeError(f"dtype {x.dtype} is not supported (accepted: {', '.join(dtypes)})")
-        if out_dtype is None and x.dtype == "bool":
-            raise DTypeError("cannot reduce a bool tensor; cast it first")
         return reduced_shape(x.shape, axes, attrs["keepdims"]), out_dtype or x.dtype
     return infer
 
@@ -55,11 +55,24 @@ def _sum_grad(node, g, xs):
 
 
 def _prod_grad(node, g, xs):
-    # y / x: exact away from zeros; an input containing 0 gets an undefined gradient.
+    """d prod / d x_i is the product of the other entries.
+
+    That is y / x_i away from zeros. With one zero in a reduced group only the
+    zero's entry is non-zero (the product of the rest); with two or more all
+    are zero. Zeros are replaced by 1 before dividing so that no branch, and
+    no second derivative, ever sees 0/0.
+    """
     from ..tensor import Tensor
 
+    F = _F()
+    x = xs[0]
+    axes = node.a["axes"]
+    is_zero = x == 0.0
+    nonzero = F.where(is_zero, 1.0, x)
+    zeros = F.sum(F.cast(is_zero, x.dtype), axis=axes, keepdims=True)
     y = _keep(node, Tensor(node))
-    return [_keep(node, g) * y / xs[0]]
+    others_when_zero = F.where(zeros == 1.0, F.prod(nonzero, axis=axes, keepdims=True), 0.0)
+    return [_keep(node, g) * F.where(is_zero, others_when_zero, y / nonzero)]
 
 
 def _extreme_grad(node, g, xs):
