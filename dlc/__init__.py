@@ -20,6 +20,7 @@ from .ops.conv import conv1d, conv2d, conv_transpose2d
 from .ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from .ops.random import dropout, random_bernoulli, random_normal, random_uniform
 from .ops.scan import scan
+from .passes.bisect import bisect
 from .store import Store, default_store, reset_default_store
 from .tensor import Tensor
 from . import nn, optim  # noqa: E402  (layers, losses, optimizers and the training API)
@@ -32,3 +33,4 @@ __all__ = ["grad", "compile", "default_target", "Function", "Tensor", "Graph", "
 __all__ += ["conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
             "random_uniform", "random_normal", "random_bernoulli", "dropout"]
 __all__ += ["scan"]
+__all__ += ["bisect"]

@@ -22,7 +22,7 @@ from ..program import Kernel, Program
 
 # Cheap enough to recompute in every kernel that reads them instead of storing them once.
 CHEAP = {"add", "sub", "mul", "neg", "abs", "sign", "square", "relu", "leaky_relu", "maximum", "minimum",
-         "clip", "where", "cast", "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not",
+         "clip", "where", "cast", "div", "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not",
          "broadcast_to", "transpose", "slice", "slice_grad", "pad", "concat", "stop_gradient"}
 MAX_GROUP = 48          # nodes in one kernel: bounds generated code size and register pressure
 MAX_DUPLICATES = 4      # kernels one cheap value may be recomputed in

@@ -183,13 +183,52 @@ def trivial_reductions(n: Node) -> Node | None:
     return None
 
 
+def strip_leading_ones(shape) -> tuple:
+    shape = tuple(shape)
+    while shape and shape[0] == 1:
+        shape = shape[1:]
+    return shape
+
+
+def broadcasts_like(reshape: Node) -> bool:
+    """The reshape only adds or drops leading unit dims: under broadcasting it changes nothing."""
+    return strip_leading_ones(reshape.shape) == strip_leading_ones(reshape.inputs[0].shape)
+
+
+def is_unit(shape) -> bool:
+    return all(d == 1 for d in shape)
+
+
+def unit_reshapes(n: Node) -> Node | None:
+    """Reshapes that only move unit dims around a broadcast or a reduction are absorbed into it.
+
+    Gradients are full of them: sum(keepdims) then reshape, reshape then
+    broadcast_to. Each reshape is a view that forces its input into memory, so
+    removing them lets the surrounding elementwise code fuse.
+    """
+    x = n.inputs[0] if n.inputs else None
+    if n.op == "reshape" and x.op in ("sum", "prod", "max", "min") and x.attr("keepdims"):
+        axes = x.attr("axes")
+        dropped = tuple(d for i, d in enumerate(x.inputs[0].shape) if i not in axes)
+        if dropped == tuple(n.shape):
+            return make(x.op, [x.inputs[0]], n.loc, axes=axes, keepdims=False)
+    if n.op == "broadcast_to" and x.op == "reshape" and (broadcasts_like(x) or is_unit(x.shape)):
+        y = x.inputs[0]
+        if is_unit(y.shape) and len(y.shape) > len(n.shape):
+            return None
+        return make("broadcast_to", [y], n.loc, shape=n.shape) if is_unit(y.shape) or broadcasts_like(x) else None
+    if n.op == "reshape" and x.op == "broadcast_to" and x.inputs[0].shape == ():
+        return make("broadcast_to", [x.inputs[0]], n.loc, shape=n.shape)
+    return None
+
+
 def implicit_broadcast(n: Node) -> Node | None:
     """An elementwise op broadcasts by itself: drop a broadcast_to operand when the result is unchanged."""
     if OPS[n.op].kind != "elementwise" or len(n.inputs) < 2:
         return None
     xs = list(n.inputs)
     for i, x in enumerate(xs):
-        if x.op != "broadcast_to" or x.inputs[0].dtype != x.dtype:
+        if not (x.op == "broadcast_to" or x.op == "reshape" and broadcasts_like(x)):
             continue
         trial = xs[:i] + [x.inputs[0]] + xs[i + 1:]
         try:
@@ -273,7 +312,8 @@ def rewrite(roots: list[Node], rules: list[Rule]) -> tuple[list[Node], int]:
 
 def passes(reassociate: bool = True, fold_limit: int = 4096) -> list[tuple[str, list[Rule]]]:
     """The simplification passes in the order they run; each is a list of rules."""
-    algebra = [drop_identities, merge_shape_ops, exact_inverses, trivial_reductions, scale_by_power_of_two]
+    algebra = [drop_identities, merge_shape_ops, exact_inverses, trivial_reductions, unit_reshapes,
+               scale_by_power_of_two]
     if reassociate:
         algebra.append(reassociate_constants)
     return [
