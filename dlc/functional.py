@@ -358,6 +358,8 @@ def getitem(x, index):
         d = x.shape[axis]
         if isinstance(i, Tensor):
             raise IndexError("a Tensor index must be used alone (x[idx]) or with dlc.take")
+        if isinstance(i, (bool, np.bool_)):
+            raise IndexError(f"a bool index ({i!r}) is not supported; use dlc.where for masking")
         if isinstance(i, (int, np.integer)):
             i = int(i)
             if isinstance(d, int) and not -d <= i < d:

@@ -59,8 +59,11 @@ def describe_operands(nodes) -> str:
     return ", ".join(f"{n.dtype}{shape_str(n.shape)}" for n in nodes)
 
 
-def apply(op: str, inputs, value: np.ndarray | None = None, **attrs) -> Node:
+def apply(op: str, inputs, *, node_value: np.ndarray | None = None, **attrs) -> Node:
     """Build a node: infer its shape and dtype, record the user's line.
+
+    node_value is the array a node carries (a constant's); it is not called
+    `value` so that an op may have an attribute of that name (pad's fill).
 
     A shape or dtype error is re-raised naming the op, the operands and the
     user's file and line.
@@ -74,4 +77,4 @@ def apply(op: str, inputs, value: np.ndarray | None = None, **attrs) -> Node:
         loc = user_location()
         where = f" at {loc}" if loc else ""
         raise type(e)(f"{op}{where}: {e} (operands: {describe_operands(nodes) or 'none'})") from None
-    return Node(op, nodes, frozen, tuple(shape), dtype, user_location(), value)
+    return Node(op, nodes, frozen, tuple(shape), dtype, user_location(), node_value)

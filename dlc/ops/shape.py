@@ -73,7 +73,11 @@ register("transpose", INJECTIVE, _transpose_infer, lambda xs, a, shape: np.trans
 
 def _broadcast_infer(xs, attrs):
     shape = attrs["shape"]
-    if broadcast_shapes(xs[0].shape, shape) != tuple(shape):
+    try:
+        fits = broadcast_shapes(xs[0].shape, shape) == tuple(shape)
+    except ShapeError:
+        fits = False
+    if not fits:
         raise ShapeError(f"cannot broadcast {shape_str(xs[0].shape)} to {shape_str(shape)}")
     return shape, xs[0].dtype
 
@@ -189,6 +193,8 @@ def _pad_infer(xs, attrs):
     pads = attrs["pads"]
     if len(pads) != x.ndim:
         raise ShapeError(f"pad needs one (before, after) pair per axis: {x.ndim}, got {len(pads)}")
+    if any(lo < 0 or hi < 0 for lo, hi in pads):
+        raise ShapeError(f"pad amounts must not be negative, got {pads}; crop with slicing instead")
     out = []
     for d, (lo, hi) in zip(x.shape, pads):
         if isinstance(d, str):
@@ -254,6 +260,11 @@ def _take_grad_ref(xs, a, shape):
     return out
 
 
+def _take_grad_grad(node, g, xs):
+    # take_grad is linear in its gradient input, and take is its adjoint
+    return [_F().take(g, xs[1], axis=node.attr("axis")), None]
+
+
 # Scatter-add of g (rows picked by the indices) into zeros of the gathered
 # tensor's shape (attribute "shape").
-register("take_grad", OPAQUE, _take_grad_infer, _take_grad_ref, None)
+register("take_grad", OPAQUE, _take_grad_infer, _take_grad_ref, _take_grad_grad)
