@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..graph import shape_str
 from .base import COMPLEX, register
-from .conv import float_dtype, as_padding, as_tuple, crop_spatial, out_hw, pad_spatial, spatial_ints, windows
+from .conv import as_padding, as_tuple, crop_spatial, float_dtype, out_hw, pad_spatial, spatial_ints, windows
 
 
 def _F():
