@@ -185,6 +185,12 @@ template <class T> static inline T __shfl_sync(unsigned, T v, int src, int width
   unsigned me = emu::threads[emu::current].tid, lane = me % width;
   return emu::exchange(v, me - lane + (unsigned)src % width, true);
 }
+template <class T> static inline T min(T a, T b) { return b < a ? b : a; }
+template <class T> static inline T max(T a, T b) { return a < b ? b : a; }
+#define __fmul_rn(a, b) ((a) * (b))
+#define __fadd_rn(a, b) ((a) + (b))
+#define __dmul_rn(a, b) ((a) * (b))
+#define __dadd_rn(a, b) ((a) + (b))
 template <class T> static inline T atomicAdd(T* p, T v) { T old = *p; *p = old + v; return old; }
 template <class T> static inline T atomicMax(T* p, T v) { T old = *p; if (v > old) *p = v; return old; }
 template <class T> static inline T atomicExch(T* p, T v) { T old = *p; *p = v; return old; }

@@ -724,6 +724,198 @@ def render_take(kernel: Kernel, program: Program) -> RenderedKernel:
                           zero_outputs=node.op == "take_grad")
 
 
+CONV_OPS = {"conv2d": "fwd", "conv2d_grad_input": "dgrad", "conv_transpose2d": "dgrad",
+            "conv2d_grad_weight": "wgrad"}
+POOL_OPS = ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad")
+RANDOM_OPS = ("random_uniform", "random_normal", "random_bernoulli")
+
+
+def _store_epilogue(vr: ValueRenderer, kernel: Kernel, out_names, out_idx, value: str) -> None:
+    """The anchor's value at out_idx is `value`: evaluate the epilogue there and store every output."""
+    body = vr.body
+    body.remember((id(kernel.anchor), tuple(out_idx)), value)
+    flat = body.fresh("f")
+    body.emit(f"const i64 {flat} = {vr.linear(out_idx, kernel.anchor.shape)};")
+    for o, name in zip(kernel.outputs, out_names):
+        body.emit(f"{name}[{flat}] = {vr.value(o, tuple(out_idx))};")
+
+
+def _only_epilogue(kernel: Kernel) -> None:
+    """conv, pooling and random kernels take an elementwise epilogue and nothing before the anchor."""
+    order = [id(n) for n in kernel.nodes]
+    if order.index(id(kernel.anchor)) != 0:
+        first = kernel.nodes[0]
+        raise unsupported(first, f"it cannot run inside the {kernel.anchor.op} kernel, before the {kernel.anchor.op}")
+    for o in kernel.outputs:
+        if tuple(o.shape) != tuple(kernel.anchor.shape):
+            raise unsupported(o, f"an output of a {kernel.anchor.op} kernel must have the {kernel.anchor.op}'s shape")
+
+
+def _conv_geometry(node: Node):
+    """(batch dim, C, H, W, Co, Ho, Wo, kh, kw, strides, top/left pads, dilations, groups) of any conv op."""
+    a = node.a
+    if node.op == "conv2d":
+        x, w = node.inputs
+        (n, c, h, wd), (co, _, kh, kw), (_, _, ho, wo) = x.shape, w.shape, node.shape
+    elif node.op in ("conv2d_grad_input", "conv_transpose2d"):
+        gy, w = node.inputs
+        (n, co, ho, wo), (_, _, kh, kw), (_, c, h, wd) = gy.shape, w.shape, node.shape
+    else:
+        x, gy = node.inputs
+        (n, c, h, wd), (_, co, ho, wo) = x.shape, gy.shape
+        kh, kw = a["kernel"]
+    (pt, _), (pl, _) = a["padding"]
+    dil = a.get("dilation", (1, 1))
+    return n, (c, h, wd, co, ho, wo, kh, kw, a["stride"][0], a["stride"][1], pt, pl, dil[0], dil[1], a["groups"])
+
+
+def render_conv(kernel: Kernel, program: Program) -> RenderedKernel:
+    """conv2d and its gradients as implicit GEMMs (conv.cu) with the kernel's epilogue fused."""
+    node = kernel.anchor
+    _only_epilogue(kernel)
+    mode = CONV_OPS[node.op]
+    batch, geo = _conv_geometry(node)
+    c, h, wd, co, ho, wo, kh, kw, *_rest, groups = geo
+    body = Body(depth=2)
+    vr = ValueRenderer(kernel, program, body)
+    out_names = [vr.buffer(o, const=False) for o in kernel.outputs]
+    ctype = C_TYPE[node.dtype]
+    if mode == "fwd":
+        x, w = node.inputs
+        loaders = (f"DlcConvFwdA<{ctype}> load_a{{{vr.buffer(w)}, q, g}};",
+                   f"DlcConvFwdB<{ctype}> load_b{{{vr.buffer(x)}, q, g}};")
+    elif mode == "dgrad":
+        gy, w = node.inputs
+        loaders = (f"DlcConvDgradA<{ctype}> load_a{{{vr.buffer(w)}, q, g}};",
+                   f"DlcConvDgradB<{ctype}> load_b{{{vr.buffer(gy)}, q, g}};")
+    else:
+        x, gy = node.inputs
+        loaders = (f"DlcConvWgradA<{ctype}> load_a{{{vr.buffer(gy)}, q, g}};",
+                   f"DlcConvWgradB<{ctype}> load_b{{{vr.buffer(x)}, q, g}};")
+    vr.use_shape((batch,))
+    pre = [f"  const DlcConv2d q{{(i64){dim_c(batch)}, {', '.join(str(v) for v in geo)}}};",
+           "  const int g = blockIdx.z;", "  i64 M, N, K;", f"  dlc_conv_{mode}_mnk(q, M, N, K);",
+           *("  " + line for line in loaders)]
+    if mode == "fwd":
+        body.emit(f"const i64 e_w = j % {wo}, e_r = j / {wo}, e_h = e_r % {ho}, e_n = e_r / {ho};")
+        out_idx = ("e_n", f"(i64)g * {co // groups} + i", "e_h", "e_w")
+    elif mode == "dgrad":
+        body.emit(f"const i64 e_w = j % {wd}, e_r = j / {wd}, e_h = e_r % {h}, e_n = e_r / {h};")
+        out_idx = ("e_n", f"(i64)g * {c // groups} + i", "e_h", "e_w")
+    else:
+        body.emit(f"const i64 e_c = j / {kh * kw}, e_t = j % {kh * kw};")
+        out_idx = (f"(i64)g * {co // groups} + i", "e_c", f"e_t / {kw}", f"e_t % {kw}")
+    _store_epilogue(vr, kernel, out_names, out_idx, "acc")
+    params = vr.final_params()
+    entries, chunks = [], [_comment(kernel)]
+    for tag, (bm, bn, bk, tm, tn) in GEMM_CONFIGS.items():
+        entry = f"{kernel.name}_{tag}"
+        entries.append(entry)
+        chunks += [_signature(entry, params, (bm // tm) * (bn // tn)) + " {", *pre,
+                   f"  dlc_gemm_mainloop<{bm}, {bn}, {bk}, {tm}, {tn}, {ctype}>(M, N, K, load_a, load_b,",
+                   f"      [&](i64 i, i64 j, {ctype} acc) {{", body.text(), "      });", "}"]
+
+    def plan(env, max_blocks):
+        nb = int(shape_eval((batch,), env)[0])
+        m, n = {"fwd": (co // groups, nb * ho * wo), "dgrad": (c // groups, nb * h * wd),
+                "wgrad": (co // groups, (c // groups) * kh * kw)}[mode]
+        tag = choose_gemm_tile(m, n, groups, max_blocks)
+        bm, bn, _, tm, tn = GEMM_CONFIGS[tag]
+        return Launch(f"{kernel.name}_{tag}", (-(-n // bn), -(-m // bm), groups), ((bm // tm) * (bn // tn), 1, 1))
+
+    return RenderedKernel(kernel, "\n".join(chunks), params, entries, plan)
+
+
+def _per_output_kernel(kernel: Kernel, vr: ValueRenderer, body: Body, space, head: list[str]) -> RenderedKernel:
+    """A grid-stride loop over `space` around `body` (pooling, random numbers)."""
+    name = kernel.name
+    lines = [_comment(kernel), _signature(name, vr.final_params(), BLOCK) + " {", *head,
+             f"  const i64 n = {numel_c(space)};",
+             "  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {",
+             body.text(), "  }", "}"]
+    space_ = tuple(space)
+
+    def plan(env, max_blocks):
+        count = int(np.prod(shape_eval(space_, env), dtype=np.int64))
+        return Launch(name, (_grid_for(count, BLOCK, max_blocks), 1, 1), (BLOCK, 1, 1))
+
+    return RenderedKernel(kernel, "\n".join(lines), vr.final_params(), [name], plan)
+
+
+def render_pool(kernel: Kernel, program: Program) -> RenderedKernel:
+    """Max/average pooling and their gradients (pool.cu), one thread per output element, epilogue fused."""
+    node = kernel.anchor
+    _only_epilogue(kernel)
+    a = node.a
+    body = Body(depth=2)
+    vr = ValueRenderer(kernel, program, body)
+    out_names = [vr.buffer(o, const=False) for o in kernel.outputs]
+    ctype = C_TYPE[node.dtype]
+    if node.op in ("max_pool2d", "avg_pool2d", "max_pool2d_grad"):
+        x = node.inputs[0]
+        _, c, h, wd = x.shape
+        xin = vr.buffer(x)
+    else:
+        _, c, h, wd = node.shape
+    if node.op in ("max_pool2d", "avg_pool2d"):
+        _, _, ho, wo = node.shape
+    else:
+        _, _, ho, wo = node.inputs[-1].shape
+    (pt, _), (pl, _) = a["padding"]
+    geo = [c, h, wd, ho, wo, *a["kernel"], *a["stride"], pt, pl]
+    head = [f"  const DlcPool2d q{{{', '.join(str(v) for v in geo)}, "
+            f"{str(bool(a.get('count_include_pad', True))).lower()}}};"]
+    idx = vr.unravel("i", node.shape)
+    nc = f"{idx[0]} * {c} + {idx[1]}"
+    if node.op == "max_pool2d":
+        expr = f"dlc_max_pool_window({xin}, q, {nc}, {idx[2]}, {idx[3]}, (int*)0)"
+    elif node.op == "avg_pool2d":
+        expr = f"dlc_avg_pool_window({xin}, q, {nc}, {idx[2]}, {idx[3]})"
+    elif node.op == "max_pool2d_grad":
+        expr = f"dlc_max_pool_grad_at({xin}, {vr.buffer(node.inputs[1])}, q, {nc}, {idx[2]}, {idx[3]})"
+    else:
+        expr = f"dlc_avg_pool_grad_at({vr.buffer(node.inputs[0])}, q, {nc}, {idx[2]}, {idx[3]})"
+    body.emit(f"const {ctype} pooled = {expr};")
+    _store_epilogue(vr, kernel, out_names, idx, "pooled")
+    return _per_output_kernel(kernel, vr, body, node.shape, head)
+
+
+def render_random(kernel: Kernel, program: Program) -> RenderedKernel:
+    """Philox4x32-10 of counter (i, step) under key seed, bits to numbers exactly as dlc/ops/random.py."""
+    node = kernel.anchor
+    _only_epilogue(kernel)
+    a = node.a
+    body = Body(depth=2)
+    vr = ValueRenderer(kernel, program, body)
+    out_names = [vr.buffer(o, const=False) for o in kernel.outputs]
+    step = vr.value(node.inputs[0], ())
+    seed = int(a["seed"]) & 0xFFFFFFFFFFFFFFFF
+    body.emit(f"const unsigned long long st = (unsigned long long)(long long)({step});")
+    body.emit("const DlcPhilox w = dlc_philox4x32_10((unsigned)(i & 0xffffffffLL), (unsigned)((unsigned long long)i >> 32), "
+              f"(unsigned)(st & 0xffffffffULL), (unsigned)(st >> 32), {seed & 0xFFFFFFFF}u, {seed >> 32}u);")
+    dtype = a.get("dtype", "float32")
+    if node.op == "random_bernoulli":
+        body.emit(f"const bool drawn = dlc_uniform01(w.v[0]) < {literal(a['p'], 'float32')};")
+    elif node.op == "random_uniform":
+        if dtype == "float32":
+            body.emit(f"const float drawn = __fadd_rn({literal(a['low'], dtype)}, __fmul_rn("
+                      f"{literal(a['high'], dtype)} - {literal(a['low'], dtype)}, dlc_uniform01(w.v[0])));")
+        else:
+            body.emit(f"const double drawn = __dadd_rn({literal(a['low'], dtype)}, __dmul_rn("
+                      f"{literal(a['high'], dtype)} - {literal(a['low'], dtype)}, dlc_uniform01_f64(w.v[0], w.v[1])));")
+    else:
+        if dtype == "float32":
+            body.emit("const double u1 = dlc_uniform01(w.v[0]), u2 = dlc_uniform01(w.v[1]);")
+        else:
+            body.emit("const double u1 = dlc_uniform01_f64(w.v[0], w.v[1]), u2 = dlc_uniform01_f64(w.v[2], w.v[3]);")
+        body.emit(f"const double z = sqrt(-2.0 * log1p(-u1)) * cos({2 * math.pi!r} * u2);")
+        body.emit(f"const {C_TYPE[dtype]} drawn = ({C_TYPE[dtype]})__dadd_rn({float(a['mean'])!r}, "
+                  f"__dmul_rn({float(a['std'])!r}, z));")
+    idx = vr.unravel("i", node.shape)
+    _store_epilogue(vr, kernel, out_names, idx, "drawn")
+    return _per_output_kernel(kernel, vr, body, node.shape, [])
+
+
 def render_kernel(kernel: Kernel, program: Program) -> RenderedKernel | None:
     """The kernel's CUDA text and launch rule; None for a "size" node (the runtime computes it on the host)."""
     anchor = kernel.anchor
@@ -743,10 +935,19 @@ def render_kernel(kernel: Kernel, program: Program) -> RenderedKernel | None:
         return render_matmul(kernel, program)
     if anchor.op in ("take", "take_grad"):
         return render_take(kernel, program)
+    if anchor.op in CONV_OPS:
+        return render_conv(kernel, program)
+    if anchor.op in POOL_OPS:
+        return render_pool(kernel, program)
+    if anchor.op in RANDOM_OPS:
+        return render_random(kernel, program)
     raise unsupported(anchor)
 
 
-def library_source(names=("prelude", "gemm")) -> str:
+LIBRARY = ("prelude", "gemm", "conv", "pool")
+
+
+def library_source(names=LIBRARY) -> str:
     """The hand-written headers generated kernels build on, inlined (pycuda compiles one string)."""
     return "\n".join((KERNEL_DIR / f"{n}.cu").read_text().replace("#pragma once", "") for n in names)
 
@@ -756,4 +957,4 @@ def render_program(program: Program) -> CudaModule:
     kernels = [r for r in (render_kernel(k, program) for k in program.kernels) if r is not None]
     header = library_source()
     source = header + "\n\n// ---- generated kernels ----\n\n" + "\n\n".join(k.source for k in kernels) + "\n"
-    return CudaModule(source, kernels, ["prelude", "gemm"])
+    return CudaModule(source, kernels, list(LIBRARY))

@@ -153,5 +153,8 @@ __device__ __forceinline__ DlcPhilox dlc_philox4x32_10(unsigned int c0, unsigned
   return r;
 }
 
-// a uniform float in [0, 1) from the top 24 bits of a 32-bit draw
-__device__ __forceinline__ float dlc_uniform01(unsigned int x) { return (x >> 8) * (1.0f / 16777216.0f); }
+// uniform [0, 1): float32 from the top 24 bits of one word, float64 from 53 bits of two
+__device__ __forceinline__ float dlc_uniform01(unsigned int x) { return (float)(x >> 8) * (1.0f / 16777216.0f); }
+__device__ __forceinline__ double dlc_uniform01_f64(unsigned int x0, unsigned int x1) {
+  return ((double)(x0 >> 5) * 67108864.0 + (double)(x1 >> 6)) * (1.0 / 9007199254740992.0);
+}
