@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from ..graph import Graph, Node
 from ..ops import OPS, SOURCE
-from ..program import Kernel, MemoryPlan, Program, nbytes
+from ..program import Kernel, MemoryPlan, Program
 from . import bisect  # noqa: F401  (dlc.passes.bisect: the kernel-by-kernel numerics check)
 from .fusion import MAX_GROUP
 from .fusion import fuse as fuse_graph
-from .memory import plan_memory
+from .memory import nbytes, plan_memory
 from .schedule import schedule as schedule_kernels
 from .simplify import simplify as simplify_graph
 

@@ -13,11 +13,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..graph import Node, symbols_of
+from ..graph import TUPLE, Node, symbols_of
 from ..ops import ELEMENTWISE, OPS
-from ..program import Kernel, MemoryPlan, Program, nbytes
+from ..program import Kernel, MemoryPlan, Program
+from ..program import nbytes as array_bytes
 
 SOURCES = ("input", "param", "const")
+
+
+def nbytes(node: Node, env: dict) -> int:
+    """Arena bytes of a value; a multi-output node (scan) holds its parts elsewhere and takes none."""
+    return 0 if node.dtype == TUPLE else array_bytes(node, env)
 
 
 def aligned(size: int, alignment: int) -> int:

@@ -8,8 +8,8 @@ only when its peak beats the plain topological order's.
 
 from __future__ import annotations
 
-from ..program import Kernel, Program, nbytes
-from .memory import SOURCES, default_env, lifetimes, peak_live
+from ..program import Kernel, Program
+from .memory import SOURCES, default_env, lifetimes, nbytes, peak_live
 
 
 def _storage(program: Program, node):

@@ -287,6 +287,36 @@ def reassociate_constants(n: Node) -> Node | None:
     return out if same_type(out, n) else None
 
 
+def transposed_products(uses: dict[int, int]) -> Rule:
+    """transpose(a @ b) -> b^T @ a^T when the product has no other use: a weight gradient of a
+    layer that stores W as (out, in) then comes out in W's layout, and the optimizer update fuses
+    into the matmul's epilogue. The same dot products, but a BLAS may block them differently."""
+    def rule(n: Node) -> Node | None:
+        if n.op != "transpose" or n.inputs[0].op != "matmul" or uses.get(id(n.inputs[0]), 0) != 1:
+            return None
+        perm = tuple(n.attr("perm"))
+        k = len(perm)
+        if perm != tuple(range(k - 2)) + (k - 1, k - 2):
+            return None
+        a, b = n.inputs[0].inputs
+        if a.ndim != k or b.ndim != k:
+            return None
+        out = make("matmul", [make("transpose", [b], n.loc, perm=perm), make("transpose", [a], n.loc, perm=perm)],
+                   n.loc)
+        return out if same_type(out, n) else None
+    return rule
+
+
+def use_counts(roots: list[Node]) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for n in topo_order(roots):
+        for i in n.inputs:
+            counts[id(i)] = counts.get(id(i), 0) + 1
+    for r in roots:
+        counts[id(r)] = counts.get(id(r), 0) + 1
+    return counts
+
+
 # ----------------------------------------------------------------------------
 # the driver
 
@@ -310,17 +340,18 @@ def rewrite(roots: list[Node], rules: list[Rule]) -> tuple[list[Node], int]:
     return [memo[id(r)] for r in roots], count
 
 
-def passes(reassociate: bool = True, fold_limit: int = 4096) -> list[tuple[str, list[Rule]]]:
-    """The simplification passes in the order they run; each is a list of rules."""
+def passes(reassociate: bool = True, fold_limit: int = 4096) -> list[tuple[str, Callable]]:
+    """The simplification passes in the order they run: (name, roots -> its rules)."""
     algebra = [drop_identities, merge_shape_ops, exact_inverses, trivial_reductions, unit_reshapes,
                scale_by_power_of_two]
-    if reassociate:
-        algebra.append(reassociate_constants)
-    return [
-        ("fold_constants", [fold_constants(fold_limit)]),
-        ("algebraic", algebra),
-        ("canonicalize", [implicit_broadcast, canonical_order]),
+    out = [
+        ("fold_constants", lambda roots: [fold_constants(fold_limit)]),
+        ("algebraic", lambda roots: algebra),
+        ("canonicalize", lambda roots: [implicit_broadcast, canonical_order]),
     ]
+    if reassociate:
+        out.append(("reassociate", lambda roots: [reassociate_constants, transposed_products(use_counts(roots))]))
+    return out
 
 
 def simplify(roots: list[Node], reassociate: bool = True, fold_limit: int = 4096,
@@ -336,8 +367,8 @@ def simplify(roots: list[Node], reassociate: bool = True, fold_limit: int = 4096
     log = [{"pass": "input", "nodes": len(Graph(roots)), "ops": Graph(roots).op_counts(), "rewrites": 0}]
     for _ in range(max_rounds):
         changed = False
-        for name, rules in passes(reassociate, fold_limit):
-            roots, count = rewrite(roots, rules)
+        for name, rules_for in passes(reassociate, fold_limit):
+            roots, count = rewrite(roots, rules_for(roots))
             if count:
                 g = Graph(roots)
                 log.append({"pass": name, "nodes": len(g), "ops": g.op_counts(), "rewrites": count})
