@@ -58,8 +58,17 @@ class ReferenceBackend:
 
     def run(self, feeds: dict[int, np.ndarray], env: dict[str, int]) -> list[np.ndarray]:
         values = evaluate(self.order, feeds, self.fn.store, env, self.keep)
-        # an output that is a source node is copied, so later updates cannot change it
-        outs = [values[id(n)].copy() if not n.inputs else values[id(n)] for n in self.fn.outputs]
-        for key, node in self.fn.updates:
-            self.fn.store[key] = values[id(node)]
+        # Outputs and new values may be the parameter arrays themselves or views
+        # of them (a reshape, a slice, stop_gradient): copy those before any
+        # update writes in place, so that every output and every update sees
+        # the values from before the call (a swap {a: b, b: a} included).
+        updated = [self.fn.store[key] for key, _ in self.fn.updates]
+
+        def detached(v):
+            return v.copy() if any(np.may_share_memory(v, p) for p in updated) else v
+
+        outs = [values[id(n)].copy() if not n.inputs else detached(values[id(n)]) for n in self.fn.outputs]
+        new_values = [(key, detached(values[id(node)])) for key, node in self.fn.updates]
+        for key, value in new_values:
+            self.fn.store[key] = value
         return outs
