@@ -351,3 +351,60 @@ def fuse(roots: list[Node], max_group: int = MAX_GROUP, duplicate: bool = True) 
     kernels = kernel_dag_order([f.kernel_of(g) for g in groups])
     aliases = {id(n): n.inputs[0] for n in f.graph.nodes if n.op == "reshape"}
     return kernels, aliases, f.refusals
+
+
+def check_program(program: Program) -> None:
+    """Raise AssertionError unless every kernel obeys the Program contract (dlc/program.py)."""
+    made: set[int] = set()
+
+    def available(n: Node) -> bool:
+        while n.op == "reshape":
+            n = n.inputs[0]
+        return kind_of(n) == SOURCE or id(n) in made
+
+    for k in program.kernels:
+        where = f"kernel {k.name} [{k.kind}]"
+        ids = {id(n) for n in k.nodes}
+        for n in k.nodes:
+            if not is_computed(n):
+                raise AssertionError(f"{where}: {n!r} is a source or a view and belongs in no kernel")
+            for i in n.inputs:
+                if id(i) not in ids and all(i is not j for j in k.inputs):
+                    raise AssertionError(f"{where}: {n!r} reads {i!r}, not listed as an input")
+        for i in k.inputs:
+            if not available(i):
+                raise AssertionError(f"{where}: input {i!r} is not computed by an earlier kernel")
+        if any(id(o) not in ids for o in k.outputs):
+            raise AssertionError(f"{where}: an output is not computed by the kernel")
+        if len({tuple(o.shape) for o in k.outputs}) > 1:
+            raise AssertionError(f"{where}: outputs of different shapes {[o.shape for o in k.outputs]}")
+        _check_kind(k, where)
+        made |= {id(o) for o in k.outputs}
+    for n in list(program.outputs) + [v for _, v in program.updates]:
+        if not available(n):
+            raise AssertionError(f"result {n!r} is computed by no kernel")
+
+
+def _check_kind(k: Kernel, where: str) -> None:
+    kinds = [kind_of(n) for n in k.nodes]
+    if k.kind in (ELEMENTWISE, INJECTIVE):
+        if k.anchor is not None or any(x not in (ELEMENTWISE, INJECTIVE) for x in kinds):
+            raise AssertionError(f"{where}: only elementwise ops and index remaps, no anchor")
+        return
+    if k.anchor is None or kind_of(k.anchor) != k.kind or k.anchor not in k.nodes:
+        raise AssertionError(f"{where}: its anchor must be one of its nodes, of its kind")
+    if k.kind == OPAQUE:
+        if len(k.nodes) != 1:
+            raise AssertionError(f"{where}: an opaque kernel holds exactly one node")
+        return
+    at = k.nodes.index(k.anchor)
+    for n in k.nodes[:at]:
+        if k.kind == COMPLEX and not (n.op == "transpose" and any(n is i for i in k.anchor.inputs)):
+            raise AssertionError(f"{where}: only transposes of the operands may precede the {k.anchor.op}")
+        if kind_of(n) not in (ELEMENTWISE, INJECTIVE):
+            raise AssertionError(f"{where}: prologue node {n!r} is not elementwise")
+    for n in k.nodes[at + 1:]:
+        if kind_of(n) not in (ELEMENTWISE, INJECTIVE):
+            raise AssertionError(f"{where}: epilogue node {n!r} is not elementwise")
+    if any(tuple(o.shape) != tuple(k.anchor.shape) for o in k.outputs):
+        raise AssertionError(f"{where}: outputs must have the anchor's output shape")
