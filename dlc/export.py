@@ -43,6 +43,8 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 GRAPH = "graph.json"
 GOLDEN_BATCH = 2
+# compile options that name places on the exporting machine: recorded, not applied on load
+LOCAL_OPTIONS = ("dump", "cache")
 
 
 # ----------------------------------------------------------------------------
@@ -70,7 +72,7 @@ def export(fn: Function, path, golden_inputs=None) -> str:
         "format_version": FORMAT_VERSION,
         "kind": "training" if fn.updates else "inference",
         "target": fn.target,
-        "options": GraphEncoder().encode_value(dict(fn.options)),
+        "options": _encode_options(fn.options),
         "backend_flags": _backend_flags(fn),
         "versions": _versions(),
         "signature": _signature_doc(fn),
@@ -141,24 +143,48 @@ def _kernel_members(fn: Function, members: dict[str, bytes]) -> dict[str, list[s
 
 def backend_sources(fn: Function) -> dict[str, str]:
     """{file name: source text} of the kernels fn's backend generated ({} for the reference backend)."""
-    sources = getattr(fn.backend, "sources", None)
+    backend = fn.backend
+    sources = getattr(backend, "sources", None) or getattr(backend, "source", None)
     if callable(sources):
         sources = sources()
-    if sources is None:
+    if not sources:
         return {}
     if isinstance(sources, str):
-        return {"module.py": sources}
+        # named like the backend's cache file when it says which (the module's digest)
+        digest = getattr(getattr(backend, "generated", None), "digest", None)
+        return {f"dlc_gen_{digest}.py" if digest else "module.py": sources}
     return {str(k): str(v) for k, v in dict(sources).items()}
 
 
-def _backend_flags(fn: Function):
-    flags = getattr(fn.backend, "flags", None)
-    if callable(flags):
-        flags = flags()
+def _backend_flags(fn: Function) -> dict:
+    """The backend's effective compile flags: its constructor's keyword defaults, overridden by fn.options."""
+    import inspect
+
+    flags = {}
     try:
-        return GraphEncoder().encode_value(dict(flags)) if flags else {}
-    except TypeError:
-        return {"repr": repr(flags)}
+        params = inspect.signature(type(fn.backend).__init__).parameters.values()
+    except (TypeError, ValueError):
+        params = []
+    for p in params:
+        if p.kind == p.KEYWORD_ONLY or (p.kind == p.POSITIONAL_OR_KEYWORD and p.default is not p.empty):
+            flags[p.name] = p.default
+    flags.update(fn.options)
+    try:
+        return _encode_options(flags)
+    except TypeError:  # a flag value with no JSON form: record what it looks like
+        return {k: repr(v) for k, v in flags.items()}
+
+
+def _encode_options(options: dict) -> dict:
+    enc = GraphEncoder()
+    return {str(k): enc.encode_value(v) for k, v in options.items()}
+
+
+def _decode_options(doc) -> dict:
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{MANIFEST}: 'options' must be a map, got {type(doc).__name__}")
+    dec = GraphDecoder({"schema": "dlc-graph/1"}, {})
+    return {k: dec.decode_value(v) for k, v in doc.items()}
 
 
 def _versions() -> dict:
@@ -440,7 +466,9 @@ def build_function(art: Artifact, target: str | None = None) -> Function:
     except (KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"{art.path}: graph.json: the function's wiring is malformed ({e})") from None
     same_target = target is None or target == art.target
-    options = dec.decode_value(art.manifest.get("options", {"$": "dict", "v": []})) if same_target else {}
+    options = _decode_options(art.manifest.get("options", {})) if same_target else {}
+    for key in LOCAL_OPTIONS:  # paths on the exporting machine mean nothing here
+        options.pop(key, None)
     fn = Function(outputs, inputs=[Tensor(n) for n in inputs], updates=updates,
                   target=art.target if target is None else target, store=store, **options)
     fn.artifact = ArtifactInfo.of(art, fn)
@@ -528,7 +556,7 @@ def describe(art: Artifact) -> str:
     lines.append(f"  weights: {len(weights)} arrays, {nbytes / 1e6:.2f} MB")
     for t, names in m.get("kernels", {}).items():
         lines.append(f"  kernels ({t}): " + ", ".join(names))
-    options = GraphDecoder({"schema": "dlc-graph/1"}, {}).decode_value(m.get("options"))
+    options = _decode_options(m.get("options", {}))
     flags = m.get("backend_flags") or {}
     if options or flags:
         lines.append(f"  options: {options or {}}" + (f", backend flags: {flags}" if flags else ""))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import graph as _graph
 from .errors import ArtifactError
 from .graph import DTYPES, Graph, Node, SourceLoc, as_shape, shape_str, topo_order
 
@@ -76,10 +77,43 @@ register_attr_type(Graph, "graph", lambda x, enc: [enc.ref(o) for o in x.outputs
                    lambda v, dec: Graph([dec.node(i) for i in v]))
 
 
+# a scan node's value is a tuple of arrays (graph.TUPLE); older graph modules have no such dtype
+_NODE_DTYPES = DTYPES + tuple(d for d in (getattr(_graph, "TUPLE", None),) if d)
+
+
 def _check_dtype(name) -> str:
-    if name not in DTYPES:
+    if name not in _NODE_DTYPES:
         raise ArtifactError(f"graph: unknown dtype {name!r}")
     return name
+
+
+_BODY_FIELDS = ("carry_in", "x_in", "captured_in", "step_in", "carry_out", "y_out")
+
+
+def _encode_body(body, enc) -> dict:
+    """A scan body: its name and its placeholder and output nodes; the Graph is rebuilt from the outputs."""
+    doc = {"name": body.name}
+    for f in _BODY_FIELDS:
+        v = getattr(body, f)
+        doc[f] = enc.ref(v) if isinstance(v, Node) else [enc.ref(n) for n in v]
+    return doc
+
+
+def _decode_body(doc: dict, dec):
+    from .ops.scan import Body
+
+    parts = [dec.node(doc[f]) if f == "step_in" else [dec.node(i) for i in doc[f]] for f in _BODY_FIELDS]
+    return Body(str(doc["name"]), *parts)
+
+
+def _register_op_module_types() -> None:
+    """Attr types that op modules define (the scan body), registered once they can be imported."""
+    try:
+        from .ops.scan import Body
+    except ImportError:
+        return
+    if Body not in _BY_TYPE:
+        register_attr_type(Body, "scan_body", _encode_body, _decode_body)
 
 
 # ----------------------------------------------------------------------------
@@ -90,6 +124,7 @@ class GraphEncoder:
     """Builds the node table; `ref(node)` adds a node (and what it depends on) and returns its id."""
 
     def __init__(self):
+        _register_op_module_types()
         self.ids: dict[int, int] = {}
         self.table: list[dict] = []
         self.arrays: dict[str, np.ndarray] = {}
@@ -157,6 +192,7 @@ class GraphDecoder:
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
             got = doc.get("schema") if isinstance(doc, dict) else type(doc).__name__
             raise ArtifactError(f"graph: expected schema {SCHEMA!r}, got {got!r}")
+        _register_op_module_types()
         self.doc = doc
         self.arrays = arrays
         self.nodes: list[Node] = []
