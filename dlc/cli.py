@@ -271,6 +271,7 @@ def load_script_model(script: str):
     finally:
         if sys.path and sys.path[0] == folder:
             sys.path.pop(0)
+    fn = getattr(fn, "function", fn)  # a dlc.nn training step holds its Function
     if not isinstance(fn, Function):
         raise UsageError(f"{script}: {ENTRY_POINT}() returned {type(fn).__name__}, not a compiled dlc.Function "
                          f"(return dlc.compile(...))")

@@ -58,8 +58,7 @@ def export(fn: Function, path, golden_inputs=None) -> str:
     list in call order); by default generated from the signature with every
     symbolic dim set to 2. The golden run does not change the function's store.
     """
-    if not isinstance(fn, Function):
-        raise TypeError(f"dlc.export takes a compiled dlc.Function, got {type(fn).__name__}")
+    fn = as_function(fn)
     members: dict[str, bytes] = {}
     doc, keys = _function_doc(fn, members)
     members[GRAPH] = _json_bytes(doc)
@@ -84,6 +83,17 @@ def export(fn: Function, path, golden_inputs=None) -> str:
     }
     _write_zip(os.fspath(path), manifest, members)
     return os.fspath(path)
+
+
+def as_function(obj) -> Function:
+    """A dlc.Function, or what wraps one (a dlc.nn training step keeps it as `.function`)."""
+    if isinstance(obj, Function):
+        return obj
+    inner = getattr(obj, "function", None)
+    if isinstance(inner, Function):
+        return inner
+    raise TypeError(f"dlc.export takes a compiled dlc.Function (or a training step holding one), "
+                    f"got {type(obj).__name__}")
 
 
 def _function_doc(fn: Function, members: dict[str, bytes]) -> tuple[dict, list[str]]:

@@ -425,5 +425,5 @@ def test_missing_file():
 
 
 def test_export_refuses_what_is_not_a_function(tmp_path):
-    with pytest.raises(TypeError, match="takes a compiled dlc.Function"):
+    with pytest.raises(TypeError, match="takes a compiled dlc.Function \\(or a training step holding one\\)"):
         dlc.export(lambda x: x, tmp_path / "a.dlc")
