@@ -34,6 +34,7 @@ EMULATOR_PRELUDE = r"""
 #include <cstdlib>
 #include <cstring>
 #include <functional>
+#include <csetjmp>
 #include <ucontext.h>
 
 struct dim3 { unsigned x, y, z; dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {} };
@@ -59,27 +60,30 @@ static dim3 blockDim, gridDim;
 
 namespace emu {
 enum State { RUNNING, AT_BLOCK_BARRIER, AT_WARP_BARRIER, DONE };
-struct Thread { ucontext_t ctx; State state; unsigned tid; uint3 idx; };
+struct Thread { ucontext_t ctx; jmp_buf jb; State state; bool started; unsigned tid; uint3 idx; };
 
 static const size_t kStack = 64 * 1024;
 static Thread* threads = nullptr;
 static char* stacks = nullptr;
 static unsigned capacity = 0, nthreads = 0, current = 0;
-static ucontext_t scheduler;
+static jmp_buf scheduler;
 static const std::function<void()>* body = nullptr;
 static bool coroutines = false;
 static int error = 0;  // 1: barrier in a kernel run without coroutines, 2: deadlock
 static unsigned long long shfl_slot[1024];
 
+// Switches are _setjmp/_longjmp (no signal-mask system call, unlike swapcontext);
+// ucontext only gives each thread its own stack when it starts.
 static void entry() {
   (*body)();
   threads[current].state = DONE;
+  _longjmp(scheduler, 1);
 }
 
 static void yield(State s) {
   if (!coroutines) { error = 1; return; }
   threads[current].state = s;
-  swapcontext(&threads[current].ctx, &scheduler);
+  if (!_setjmp(threads[current].jb)) _longjmp(scheduler, 1);
 }
 
 static void ensure(unsigned n) {
@@ -121,8 +125,9 @@ static int run_block() {
     getcontext(&threads[t].ctx);
     threads[t].ctx.uc_stack.ss_sp = stacks + (size_t)t * kStack;
     threads[t].ctx.uc_stack.ss_size = kStack;
-    threads[t].ctx.uc_link = &scheduler;
+    threads[t].ctx.uc_link = nullptr;
     threads[t].state = RUNNING;
+    threads[t].started = false;
     makecontext(&threads[t].ctx, entry, 0);
   }
   if (!coroutines) return 0;
@@ -131,7 +136,10 @@ static int run_block() {
     for (unsigned t = 0; t < nthreads; ++t) {
       if (threads[t].state != RUNNING) { live |= threads[t].state != DONE; continue; }
       set_thread(t);
-      swapcontext(&scheduler, &threads[t].ctx);
+      if (!_setjmp(scheduler)) {
+        if (!threads[t].started) { threads[t].started = true; setcontext(&threads[t].ctx); }
+        _longjmp(threads[t].jb, 1);
+      }
       live |= threads[t].state != DONE;
     }
     if (!live) return 0;
@@ -264,7 +272,7 @@ class EmulatedModule:
         src = lib.with_suffix(".cpp")
         src.write_text(text)
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        cmd = ["g++", "-std=c++17", optimize, "-shared", "-fPIC", "-fno-strict-aliasing", "-w", "-o", str(tmp),
+        cmd = ["g++", "-std=c++17", optimize, "-U_FORTIFY_SOURCE", "-shared", "-fPIC", "-fno-strict-aliasing", "-w", "-o", str(tmp),
                str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:

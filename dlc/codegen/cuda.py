@@ -171,6 +171,7 @@ def literal(value, dtype: str) -> str:
 
 
 _NUMBER = re.compile(r"(?<![\w.{])(\d+\.\d*(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)(?![\w.}])")
+_LITERAL = re.compile(r"-?\d+(\.\d*)?([eE][-+]?\d+)?f?(LL)?|true|false")
 _FUNC = re.compile(r"\b(" + "|".join(SCALAR_FUNCTIONS) + r")\(")
 _LOGICAL = re.compile(r"\b(and_|or_|not_)\(")
 
@@ -318,12 +319,12 @@ class ValueRenderer:
                 continue
             name = self.body.fresh(prefix)
             if axis == 0 or all(x == 1 for x in shape[:axis]):
-                self.body.emit(f"const i64 {name} = {rest};")
+                self.body.emit(f"[[maybe_unused]] const i64 {name} = {rest};")
                 for a in range(axis):
                     names[a] = "0"
                 names[axis] = name
                 break
-            self.body.emit(f"const i64 {name} = {rest} % {dim_c(d)};")
+            self.body.emit(f"[[maybe_unused]] const i64 {name} = {rest} % {dim_c(d)};")
             nxt = self.body.fresh("q")
             self.body.emit(f"const i64 {nxt} = {rest} / {dim_c(d)};")
             names[axis] = name
@@ -349,7 +350,7 @@ class ValueRenderer:
                 return expr
         else:
             expr = self.compute(node, idx)
-        if expr.isidentifier():
+        if expr.isidentifier() or _LITERAL.fullmatch(expr):
             self.body.remember(key, expr)
             return expr
         name = self.body.fresh("v")
@@ -604,7 +605,7 @@ def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
     return RenderedKernel(kernel, "\n".join(lines), vr.final_params(), [name], plan)
 
 
-def render_matmul(kernel: Kernel, program: Program) -> RenderedKernel:
+def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> RenderedKernel:
     """The tiled GEMM of gemm.cu with the kernel's epilogue fused; one entry per tile configuration."""
     anchor = kernel.anchor
     if anchor.op != "matmul":
@@ -652,7 +653,8 @@ def render_matmul(kernel: Kernel, program: Program) -> RenderedKernel:
         body.emit(f"{name}[c_base + i * N + j] = {vr.value(o, out_idx)};")
     params = vr.final_params()
     entries, chunks = [], [_comment(kernel)]
-    for tag, (bm, bn, bk, tm, tn) in GEMM_CONFIGS.items():
+    for tag in tiles:
+        bm, bn, bk, tm, tn = GEMM_CONFIGS[tag]
         entry = f"{kernel.name}_{tag}"
         entries.append(entry)
         chunks += [_signature(entry, params, (bm // tm) * (bn // tn)) + " {", pre.text(),
@@ -664,20 +666,21 @@ def render_matmul(kernel: Kernel, program: Program) -> RenderedKernel:
     def plan(env, max_blocks):
         m, n, _ = (int(v) for v in shape_eval(mnk, env))
         nb = int(np.prod(shape_eval(batch_, env), dtype=np.int64))
-        tag = choose_gemm_tile(m, n, nb, max_blocks)
+        tag = choose_gemm_tile(m, n, nb, max_blocks, tiles)
         bm, bn, _, tm, tn = GEMM_CONFIGS[tag]
         return Launch(f"{kernel.name}_{tag}", (-(-n // bn), -(-m // bm), nb), ((bm // tm) * (bn // tn), 1, 1))
 
     return RenderedKernel(kernel, "\n".join(chunks), params, entries, plan)
 
 
-def choose_gemm_tile(m: int, n: int, batch: int, max_blocks: int) -> str:
-    """The largest tile that still gives every SM work (max_blocks ~ a few blocks per SM)."""
-    for tag in ("l", "m"):
+def choose_gemm_tile(m: int, n: int, batch: int, max_blocks: int, tiles=tuple(GEMM_CONFIGS)) -> str:
+    """The largest compiled tile that still gives every SM work (max_blocks ~ a few blocks per SM)."""
+    by_size = sorted(tiles, key=lambda t: GEMM_CONFIGS[t][0] * GEMM_CONFIGS[t][1], reverse=True)
+    for tag in by_size[:-1]:
         bm, bn = GEMM_CONFIGS[tag][:2]
         if -(-m // bm) * -(-n // bn) * batch >= max_blocks // 4:
             return tag
-    return "s"
+    return by_size[-1]
 
 
 def render_take(kernel: Kernel, program: Program) -> RenderedKernel:
@@ -769,7 +772,7 @@ def _conv_geometry(node: Node):
     return n, (c, h, wd, co, ho, wo, kh, kw, a["stride"][0], a["stride"][1], pt, pl, dil[0], dil[1], a["groups"])
 
 
-def render_conv(kernel: Kernel, program: Program) -> RenderedKernel:
+def render_conv(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> RenderedKernel:
     """conv2d and its gradients as implicit GEMMs (conv.cu) with the kernel's epilogue fused."""
     node = kernel.anchor
     _only_epilogue(kernel)
@@ -808,7 +811,8 @@ def render_conv(kernel: Kernel, program: Program) -> RenderedKernel:
     _store_epilogue(vr, kernel, out_names, out_idx, "acc")
     params = vr.final_params()
     entries, chunks = [], [_comment(kernel)]
-    for tag, (bm, bn, bk, tm, tn) in GEMM_CONFIGS.items():
+    for tag in tiles:
+        bm, bn, bk, tm, tn = GEMM_CONFIGS[tag]
         entry = f"{kernel.name}_{tag}"
         entries.append(entry)
         chunks += [_signature(entry, params, (bm // tm) * (bn // tn)) + " {", *pre,
@@ -819,7 +823,7 @@ def render_conv(kernel: Kernel, program: Program) -> RenderedKernel:
         nb = int(shape_eval((batch,), env)[0])
         m, n = {"fwd": (co // groups, nb * ho * wo), "dgrad": (c // groups, nb * h * wd),
                 "wgrad": (co // groups, (c // groups) * kh * kw)}[mode]
-        tag = choose_gemm_tile(m, n, groups, max_blocks)
+        tag = choose_gemm_tile(m, n, groups, max_blocks, tiles)
         bm, bn, _, tm, tn = GEMM_CONFIGS[tag]
         return Launch(f"{kernel.name}_{tag}", (-(-n // bn), -(-m // bm), groups), ((bm // tm) * (bn // tn), 1, 1))
 
@@ -916,7 +920,7 @@ def render_random(kernel: Kernel, program: Program) -> RenderedKernel:
     return _per_output_kernel(kernel, vr, body, node.shape, [])
 
 
-def render_kernel(kernel: Kernel, program: Program) -> RenderedKernel | None:
+def render_kernel(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> RenderedKernel | None:
     """The kernel's CUDA text and launch rule; None for a "size" node (the runtime computes it on the host)."""
     anchor = kernel.anchor
     if len(kernel.nodes) == 1 and kernel.nodes[0].op == "size":
@@ -932,11 +936,11 @@ def render_kernel(kernel: Kernel, program: Program) -> RenderedKernel | None:
     if kernel.kind == "reduce" and anchor.op in REDUCE_FUNCTORS or anchor.op in ("argmax", "argmin"):
         return render_reduce(kernel, program)
     if anchor.op == "matmul":
-        return render_matmul(kernel, program)
+        return render_matmul(kernel, program, tiles)
     if anchor.op in ("take", "take_grad"):
         return render_take(kernel, program)
     if anchor.op in CONV_OPS:
-        return render_conv(kernel, program)
+        return render_conv(kernel, program, tiles)
     if anchor.op in POOL_OPS:
         return render_pool(kernel, program)
     if anchor.op in RANDOM_OPS:
@@ -952,9 +956,102 @@ def library_source(names=LIBRARY) -> str:
     return "\n".join((KERNEL_DIR / f"{n}.cu").read_text().replace("#pragma once", "") for n in names)
 
 
-def render_program(program: Program) -> CudaModule:
-    """Every kernel of the program in one CUDA translation unit, after the hand-written library."""
-    kernels = [r for r in (render_kernel(k, program) for k in program.kernels) if r is not None]
+def render_program(program: Program, tiles=tuple(GEMM_CONFIGS)) -> CudaModule:
+    """Every kernel of the program in one CUDA translation unit, after the hand-written library.
+
+    tiles: the GEMM tile configurations (keys of GEMM_CONFIGS) each matmul and
+    convolution is instantiated with; the runtime picks one per launch.
+    """
+    kernels = [r for r in (render_kernel(k, program, tiles) for k in program.kernels) if r is not None]
     header = library_source()
     source = header + "\n\n// ---- generated kernels ----\n\n" + "\n\n".join(k.source for k in kernels) + "\n"
     return CudaModule(source, kernels, list(LIBRARY))
+
+
+# ----------------------------------------------------------------------------
+# nvcc: compile checks and resource usage (no GPU needed)
+
+
+@dataclass
+class KernelResources:
+    """What ptxas reports for one entry on one architecture."""
+
+    registers: int
+    smem_bytes: int
+    spill_stores: int
+    spill_loads: int
+    stack_bytes: int
+
+
+class NvccError(DlcError):
+    """nvcc rejected a module (an error, or any warning: they are errors here)."""
+
+
+def nvcc_path() -> str | None:
+    import shutil
+
+    return shutil.which("nvcc")
+
+
+def nvcc_compile(source: str, archs=("sm_80", "sm_90"), extra=()) -> dict[str, dict[str, KernelResources]]:
+    """Compile a module to a fatbin for each architecture with warnings as errors; ptxas resources per entry.
+
+    Results are cached on disk by a hash of the source, the architectures and nvcc's version.
+    """
+    import hashlib
+    import json
+    import subprocess
+
+    from .c_emulator import cache_dir
+
+    nvcc = nvcc_path()
+    if nvcc is None:
+        raise NvccError("nvcc is not on PATH (install the CUDA toolkit)")
+    version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
+    flags = ["-std=c++17", "-O3", "-Werror", "all-warnings", "--resource-usage", *extra]
+    for arch in archs:
+        flags += ["-gencode", f"arch=compute_{arch[3:]},code={arch}"]
+    digest = hashlib.sha256((source + " ".join(flags) + version).encode()).hexdigest()[:20]
+    folder = cache_dir().parent / "nvcc"
+    folder.mkdir(parents=True, exist_ok=True)
+    report_file = folder / f"{digest}.json"
+    if report_file.exists():
+        raw = json.loads(report_file.read_text())
+        return {a: {k: KernelResources(**v) for k, v in e.items()} for a, e in raw.items()}
+    src = folder / f"{digest}.cu"
+    src.write_text(source)
+    proc = subprocess.run([nvcc, "--fatbin", *flags, "-o", str(folder / f"{digest}.fatbin"), str(src)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise NvccError(f"nvcc failed on {src}:\n{proc.stderr[-6000:]}")
+    report = parse_resource_usage(proc.stdout + proc.stderr)
+    report_file.write_text(json.dumps({a: {k: vars(v) for k, v in e.items()} for a, e in report.items()}))
+    return report
+
+
+_ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")
+_USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
+_SPILL = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+
+
+def parse_resource_usage(log: str) -> dict[str, dict[str, KernelResources]]:
+    """ptxas -v lines -> {arch: {entry: resources}}."""
+    out: dict[str, dict[str, KernelResources]] = {}
+    entry = arch = None
+    stack = stores = loads = 0
+    for line in log.splitlines():
+        m = _ENTRY.search(line)
+        if m:
+            entry, arch = m.group(1), m.group(2)
+            stack = stores = loads = 0
+            continue
+        m = _SPILL.search(line)
+        if m and entry:
+            stack, stores, loads = (int(g) for g in m.groups())
+            continue
+        m = _USED.search(line)
+        if m and entry:
+            out.setdefault(arch, {})[entry] = KernelResources(int(m.group(1)), int(m.group(2) or 0), stores, loads,
+                                                              stack)
+            entry = None
+    return out

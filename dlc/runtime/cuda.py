@@ -248,12 +248,14 @@ def invalidate(store, key: str | None = None) -> None:
 # the backend
 
 
-def build_program(fn):
-    """The optimizer's Program when it exists, else the unfused baseline."""
+def build_program(fn, options: dict):
+    """The optimizer's Program (optimizer options such as fuse=False pass through), else the unfused baseline."""
     from .. import passes
 
-    make = getattr(passes, "optimize", None) or passes.unfused_program
-    return make(fn.outputs, fn.updates, fn.inputs)
+    optimize = getattr(passes, "optimize", None)
+    if optimize is None:
+        return passes.unfused_program(fn.outputs, fn.updates, fn.inputs)
+    return optimize(fn.outputs, fn.updates, fn.inputs, **options)
 
 
 def plan_memory(program, env: dict) -> MemoryPlan:
@@ -270,13 +272,17 @@ class CUDABackend:
 
     name = "cuda"
 
-    def __init__(self, fn, emulate: bool = False, device=None, **options):
-        from ..codegen.cuda import render_program
+    def __init__(self, fn, emulate: bool = False, device=None, gemm_tiles=None, **options):
+        from ..codegen.cuda import GEMM_CONFIGS, render_program
 
         self.fn = fn
         self.device = device or (EmulatedDevice.shared() if emulate else PyCudaDevice())
-        self.program = build_program(fn)
-        self.module = render_program(self.program)  # raises CudaUnsupportedError naming the op
+        self.program = build_program(fn, options)
+        tiles = tuple(gemm_tiles or GEMM_CONFIGS)
+        unknown = [t for t in tiles if t not in GEMM_CONFIGS]
+        if unknown:
+            raise ValueError(f"gemm_tiles {unknown} unknown; choose from {sorted(GEMM_CONFIGS)}")
+        self.module = render_program(self.program, tiles)  # raises CudaUnsupportedError naming the op
         self.launchers = self.device.load(self.module)
         self.params = device_store(fn.store, self.device)
         self.consts: dict[int, object] = {}
