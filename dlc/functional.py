@@ -169,6 +169,15 @@ def clip(x, lo, hi):
 # reductions
 
 
+def _norm_axis(axis, ndim: int, shape) -> int:
+    """One axis in [-ndim, ndim) made non-negative; out of range is an error, never a wrap-around."""
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ShapeError(f"axis {axis} is out of range for a tensor of shape {shape_str(shape)}"
+                         + (f" at {user_location()}" if user_location() else ""))
+    return axis % ndim
+
+
 def _norm_axes(x, axis) -> tuple:
     if axis is None:
         return tuple(range(x.ndim))
@@ -277,7 +286,7 @@ def reshape(x, shape):
 
 
 def transpose(x, perm=None):
-    perm = tuple(reversed(range(x.ndim))) if perm is None else tuple(int(p) % builtins.max(x.ndim, 1) for p in perm)
+    perm = tuple(reversed(range(x.ndim))) if perm is None else tuple(_norm_axis(p, x.ndim, x.shape) for p in perm)
     if perm == tuple(range(x.ndim)):
         return x
     return _apply("transpose", x, perm=perm)
@@ -288,6 +297,7 @@ permute = transpose
 
 def swapaxes(x, a, b):
     perm = list(range(x.ndim))
+    a, b = _norm_axis(a, x.ndim, x.shape), _norm_axis(b, x.ndim, x.shape)
     perm[a], perm[b] = perm[b], perm[a]
     return transpose(x, perm)
 
@@ -301,7 +311,7 @@ def broadcast_to(x, shape):
 
 
 def expand_dims(x, axis):
-    axis = axis % (x.ndim + 1)
+    axis = _norm_axis(axis, x.ndim + 1, x.shape)  # the new axis may also go last
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
 
 
@@ -402,21 +412,27 @@ def getitem(x, index):
 
 def concat(xs, axis=0):
     xs = list(xs)
+    if not xs:
+        raise ValueError("concat needs at least one tensor")
+    like = next((x for x in xs if isinstance(x, Tensor)), None)
+    xs = [_lift(x, like) for x in xs]
+    axis = _norm_axis(axis, xs[0].ndim, xs[0].shape)
     if len(xs) == 1:
         return xs[0]
-    axis = axis % xs[0].ndim
     return Tensor(apply("concat", [x.node for x in xs], axis=axis))
 
 
 def stack(xs, axis=0):
     xs = list(xs)
-    axis = axis % (xs[0].ndim + 1)
+    if not xs:
+        raise ValueError("stack needs at least one tensor")
+    axis = _norm_axis(axis, xs[0].ndim + 1, xs[0].shape)
     return concat([expand_dims(x, axis) for x in xs], axis)
 
 
 def split(x, sections, axis=0):
     """Split into equal parts (an int) or at the given sizes (a list)."""
-    axis = axis % x.ndim
+    axis = _norm_axis(axis, x.ndim, x.shape)
     d = x.shape[axis]
     if isinstance(sections, int):
         if not isinstance(d, int) or d % sections:
@@ -441,7 +457,7 @@ def pad(x, pads, value=0.0):
 
 def take(x, indices, axis=0):
     """Gather along one axis (an embedding lookup is take(table, ids, 0))."""
-    axis = axis % x.ndim
+    axis = _norm_axis(axis, x.ndim, x.shape)
     return _apply("take", x, indices, axis=axis)
 
 

@@ -277,3 +277,13 @@ def test_one_hot():
     assert out.dtype == np.float32 and out.shape == (2, 2, 4)
     np.testing.assert_array_equal(out, np.eye(4, dtype=np.float32)[labels])
     np.testing.assert_array_equal(run(lambda i: dlc.one_hot(i, 3, "int32"), np.array([1, 5])), [[0, 1, 0], [0, 0, 0]])
+
+
+@pytest.mark.parametrize("build", [
+    lambda x: dlc.expand_dims(x, 3), lambda x: dlc.expand_dims(x, -4), lambda x: dlc.transpose(x, (0, 2)),
+    lambda x: dlc.swapaxes(x, 0, 2), lambda x: dlc.concat([x, x], 2), lambda x: dlc.stack([x, x], -4),
+    lambda x: dlc.split(x, 1, axis=-3), lambda x: dlc.take(x, dlc.input("i", (2,), "int64"), 2),
+])
+def test_out_of_range_axes_are_errors_not_wrap_arounds(build):
+    with pytest.raises(dlc.ShapeError, match=r"out of range for a tensor of shape \(2, 3\)"):
+        build(dlc.input("x", (2, 3)))
