@@ -102,9 +102,9 @@ def value_range(node: Node, depth: int = 0) -> tuple[float, float] | None:
 
 def fold_constants(limit: int) -> Rule:
     def rule(n: Node) -> Node | None:
-        if n.op == "size" and is_static(n.inputs[0].shape):
-            shape = n.inputs[0].shape
-            return make_const(np.prod([shape[a] for a in n.attr("axes")]), n.dtype, n.loc)
+        if n.op == "size":
+            dims = [n.inputs[0].shape[a] for a in n.attr("axes")]
+            return make_const(np.prod(dims), n.dtype, n.loc) if is_static(dims) else None
         kind = OPS[n.op].kind
         if kind in (SOURCE, OPAQUE) or not n.inputs or not is_static(n.shape):
             return None
