@@ -255,7 +255,8 @@ class Fuser:
                     continue
                 reason = self.merge_refusal(g, h, id(r), p, groups)
                 if reason:
-                    self.refuse(p, r, reason)
+                    if not all(d == 1 for d in g.space) or all(d == 1 for d in h.space):
+                        self.refuse(p, r, reason)  # (a scalar read by a broadcast is no missed fusion)
                     continue
                 self.absorb(g, h, groups)
         return list(groups.values())

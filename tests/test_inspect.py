@@ -1,0 +1,85 @@
+"""The inspector: passes, kernels with their source lines, refusals, the memory plan, the Graphviz file."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dlc
+from dlc import inspect as dlc_inspect
+from dlc.passes import optimize
+
+
+@pytest.fixture
+def step():
+    x, labels = dlc.input("x", ("B", 16)), dlc.input("labels", ("B",), "int64")
+    w = dlc.param(np.random.default_rng(0).standard_normal((16, 10)) * 0.1, name="w")
+    b = dlc.param(np.zeros(10), name="b")
+    logits = x @ w + b
+    loss = -dlc.mean(dlc.sum(dlc.log_softmax(logits) * dlc.one_hot(labels, 10), axis=1))
+    gw, gb = dlc.grad(loss, [w, b])
+    return dlc.compile(loss, updates={w: w - 0.1 * gw, b: b - 0.1 * gb})
+
+
+def test_report_shows_passes_kernels_refusals_and_memory(step):
+    text = dlc_inspect.report(step, env={"B": 64})
+    program = dlc_inspect.program_of(step)
+    for section in ("## Passes", "## Kernels", "## Refused fusions", "## Memory plan for B=64"):
+        assert section in text
+    assert f"{len(program.kernels)} kernels" in text
+    assert "canonicalize" in text and "fusion" in text
+    assert "reduce output is broadcast back over the reduced axis" in text
+    assert "test_inspect.py:" in text  # kernels name the user's source lines
+    for k in program.kernels:
+        assert f"{k.name} [{k.kind}" in text
+    assert "arena" in text and "no planning" in text and "lower bound" in text
+
+
+def test_report_binds_missing_symbols_and_says_so(step):
+    text = dlc_inspect.report(step)
+    assert f"B not given: taken as {dlc_inspect.DEFAULT_DIM}" in text
+
+
+def test_report_accepts_a_program_and_rejects_anything_else(step):
+    program = optimize(step.outputs, step.updates, step.inputs)
+    assert "## Kernels" in dlc_inspect.report(program, env={"B": 8})
+    with pytest.raises(TypeError, match="cannot inspect a int"):
+        dlc_inspect.report(3)
+
+
+def test_dot_file_has_one_cluster_per_kernel(step, tmp_path):
+    path = tmp_path / "step.dot"
+    text = dlc_inspect.report(step, env={"B": 8}, dot=str(path))
+    assert f"written to {path}" in text
+    dot = path.read_text()
+    program = dlc_inspect.program_of(step)
+    assert dot.startswith("digraph dlc {") and dot.rstrip().endswith("}")
+    assert dot.count("subgraph cluster_") == len(program.kernels)
+    assert '[shape=ellipse, label="w' in dot  # parameters drawn outside the kernels
+
+
+def test_bisect_finds_the_first_kernel_that_disagrees(step):
+    X = np.random.default_rng(1).standard_normal((8, 16)).astype(np.float32)
+    Y = np.arange(8) % 10
+    assert dlc.bisect(step, X, Y).ok
+
+    class Corrupting:
+        """A backend whose third kernel writes wrong values."""
+
+        def __init__(self, program):
+            self.program = program
+
+        def kernel_values(self, feeds, env):
+            from dlc.passes.bisect import run_program_reference
+
+            values = run_program_reference(self.program, feeds, step.store, env)
+            bad = self.program.kernels[2].outputs[0]
+            values[id(bad)] = values[id(bad)] + 1.0
+            return values
+
+    program = optimize(step.outputs, step.updates, step.inputs)
+    step.backend = Corrupting(program)
+    report = dlc.bisect(step, X, Y)
+    assert not report.ok and report.kernel is program.kernels[2] and report.checked == 2
+    assert f"first mismatch in kernel {program.kernels[2].name}" in str(report)
+    assert "test_inspect.py:" in str(report)
