@@ -108,7 +108,7 @@ def _function_doc(fn: Function, members: dict[str, bytes]) -> tuple[dict, list[s
     doc["consts"] = {key: f"consts/{key}.npy" for key in arrays}
     doc["function"] = {"inputs": inputs, "outputs": outputs, "structure": _output_structure(fn),
                        "updates": updates}
-    keys = sorted({e["attrs"][0][1] for e in doc["nodes"] if e["op"] == "param"})
+    keys = sorted({dict(e["attrs"])["name"] for e in doc["nodes"] if e["op"] == "param"})
     return doc, keys
 
 
