@@ -94,17 +94,19 @@ static void ensure(unsigned n) {
   capacity = n;
 }
 
-// releases the threads waiting at a barrier every live thread of its scope reached
+// releases the threads waiting at a barrier that every thread of its scope
+// reached; a thread that already exited never arrives (CUDA requires barriers
+// in uniform control flow), so its peers stay blocked and report a deadlock
 static bool release() {
   bool any = false, block_ready = true;
   for (unsigned t = 0; t < nthreads; ++t)
-    if (threads[t].state != DONE && threads[t].state != AT_BLOCK_BARRIER) block_ready = false;
+    if (threads[t].state != AT_BLOCK_BARRIER) block_ready = false;
   for (unsigned w = 0; w < nthreads; w += 32) {
     unsigned end = w + 32 < nthreads ? w + 32 : nthreads;
     bool warp_ready = true, waiting = false;
     for (unsigned t = w; t < end; ++t) {
       if (threads[t].state == AT_WARP_BARRIER) waiting = true;
-      else if (threads[t].state != DONE) warp_ready = false;
+      else warp_ready = false;
     }
     if (waiting && warp_ready) {
       for (unsigned t = w; t < end; ++t) if (threads[t].state == AT_WARP_BARRIER) threads[t].state = RUNNING;

@@ -1,0 +1,267 @@
+"""The CUDA kernels' semantics, checked on the CPU: every kernel runs in the emulator against numpy."""
+
+import shutil
+
+import numpy as np
+import pytest
+
+import dlc
+from dlc.codegen import cuda_samples
+from dlc.codegen.c_emulator import EmulatedModule, EmulatorError, KernelSignature
+from dlc.codegen.cuda import GEMM_CONFIGS, library_source
+from dlc.ops.random import philox4x32
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the CUDA emulator needs g++")
+
+TILES = ("s", "m")  # generated programs; the large tile is covered by the stand-alone SGEMM test
+
+
+def close(ref, got, rtol=2e-5, atol=2e-5):
+    ref, got = np.asarray(ref), np.asarray(got)
+    assert ref.shape == got.shape and ref.dtype == got.dtype
+    if ref.dtype.kind in "biu":
+        np.testing.assert_array_equal(got, ref)
+    else:
+        np.testing.assert_allclose(got, ref, rtol=rtol, atol=atol)
+
+
+# ----------------------------------------------------------------------------
+# the emulator itself: barriers, shuffles, deadlocks
+
+
+BARRIER_KERNELS = r"""
+extern "C" __global__ void reverse_block(float* out, const float* x) {
+  __shared__ float tile[256];
+  tile[threadIdx.x] = x[blockIdx.x * blockDim.x + threadIdx.x];
+  __syncthreads();
+  out[blockIdx.x * blockDim.x + threadIdx.x] = tile[blockDim.x - 1 - threadIdx.x];
+}
+extern "C" __global__ void block_sum(float* out, const float* x, long long n) {
+  float acc = 0;
+  for (long long i = threadIdx.x; i < n; i += blockDim.x) acc += x[i];
+  acc = dlc_block_reduce<DlcSum>(acc);
+  float v = threadIdx.x < n ? x[threadIdx.x] : -INFINITY;
+  i64 at = threadIdx.x < n ? (i64)threadIdx.x : -1;
+  dlc_block_arg_reduce<true>(v, at);
+  if (threadIdx.x == 0) { out[0] = acc; out[1] = (float)at; }
+}
+extern "C" __global__ void shuffle_down(float* out, const float* x) {
+  out[threadIdx.x] = __shfl_down_sync(0xffffffffu, x[threadIdx.x], 3);
+}
+extern "C" __global__ void divergent_barrier(float* out) {
+  if (threadIdx.x == 0) __syncthreads();
+  out[threadIdx.x] = 1.0f;
+}
+extern "C" __global__ void philox(unsigned* out, unsigned c0, unsigned c1, unsigned c2, unsigned c3,
+                                  unsigned k0, unsigned k1) {
+  DlcPhilox r = dlc_philox4x32_10(c0, c1, c2, c3, k0, k1);
+  for (int i = 0; i < 4; ++i) out[i] = r.v[i];
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def barrier_module():
+    p, i64 = ("float*", "ptr"), ("long long", "i64")
+    u32 = ("unsigned", "u32")
+    sigs = [KernelSignature("reverse_block", (p, p)), KernelSignature("block_sum", (p, p, i64)),
+            KernelSignature("shuffle_down", (p, p)), KernelSignature("divergent_barrier", (p,)),
+            KernelSignature("philox", (("unsigned*", "ptr"),) + (u32,) * 6)]
+    return EmulatedModule(library_source(("prelude",)) + BARRIER_KERNELS, sigs)
+
+
+def test_shared_memory_and_barrier(barrier_module, rng):
+    x = rng.standard_normal(3 * 64).astype(np.float32)
+    out = np.zeros_like(x)
+    barrier_module.launch("reverse_block", (3,), (64,), [out, x])
+    np.testing.assert_array_equal(out, x.reshape(3, 64)[:, ::-1].ravel())
+
+
+@pytest.mark.parametrize("n,threads", [(1000, 256), (5, 32), (77, 96)])
+def test_block_reduction_and_argmax(barrier_module, rng, n, threads):
+    x = rng.standard_normal(n).astype(np.float32)
+    x[min(n, threads) - 1] = x[0] = 9.0  # a tie: the first index wins, as in numpy
+    out = np.zeros(2, np.float32)
+    barrier_module.launch("block_sum", (1,), (threads,), [out, x, n])
+    np.testing.assert_allclose(out[0], x.sum(dtype=np.float64), rtol=1e-5)
+    assert out[1] == np.argmax(x[:threads])
+
+
+def test_warp_shuffle_down(barrier_module, rng):
+    x = rng.standard_normal(64).astype(np.float32)
+    out = np.zeros_like(x)
+    barrier_module.launch("shuffle_down", (1,), (64,), [out, x])
+    lane = np.arange(64) % 32
+    expect = np.where(lane + 3 < 32, np.roll(x, -3), x)
+    np.testing.assert_array_equal(out, expect)
+
+
+def test_barrier_not_reached_by_all_threads_is_a_deadlock(barrier_module):
+    with pytest.raises(EmulatorError, match="deadlock"):
+        barrier_module.launch("divergent_barrier", (1,), (64,), [np.zeros(64, np.float32)])
+
+
+@pytest.mark.parametrize("counter,key", [((0, 0, 0, 0), (0, 0)),
+                                         ((0xFFFFFFFF,) * 4, (0xFFFFFFFF,) * 2),
+                                         ((0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344), (0xA4093822, 0x299F31D0))])
+def test_philox_matches_the_numpy_generator(barrier_module, counter, key):
+    out = np.zeros(4, np.uint32)
+    barrier_module.launch("philox", (1,), (1,), [out, *counter, *key])
+    expect = philox4x32(*(np.uint64(c) for c in counter), *(np.uint64(k) for k in key))
+    np.testing.assert_array_equal(out, np.array([int(v) for v in expect], np.uint32))
+
+
+# ----------------------------------------------------------------------------
+# the hand-written SGEMM: every tile configuration and transpose pair
+
+
+@pytest.fixture(scope="module")
+def sgemm_module():
+    p, i64, f32 = ("float*", "ptr"), ("long long", "i64"), ("float", "f32")
+    names = [f"dlc_sgemm_{tag}_{t}" for tag in GEMM_CONFIGS for t in ("nn", "tn", "nt", "tt")]
+    source = "#define DLC_SGEMM_STANDALONE\n" + library_source(("prelude", "gemm"))
+    return EmulatedModule(source, [KernelSignature(n, (p, p, p, i64, i64, i64, f32, f32)) for n in names])
+
+
+@pytest.mark.parametrize("tag", list(GEMM_CONFIGS))
+@pytest.mark.parametrize("trans", ["nn", "tn", "nt", "tt"])
+def test_sgemm_tiles_and_transposes(sgemm_module, rng, tag, trans):
+    m, n, k = 37, 45, 19  # no dim a multiple of any tile: every edge path runs
+    bm, bn, _, tm, tn = GEMM_CONFIGS[tag]
+    a = rng.standard_normal((k, m) if trans[0] == "t" else (m, k)).astype(np.float32)
+    b = rng.standard_normal((n, k) if trans[1] == "t" else (k, n)).astype(np.float32)
+    c = rng.standard_normal((m, n)).astype(np.float32)
+    expect = 1.5 * ((a.T if trans[0] == "t" else a) @ (b.T if trans[1] == "t" else b)) + 0.5 * c
+    grid = (-(-n // bn), -(-m // bm), 1)
+    sgemm_module.launch(f"dlc_sgemm_{tag}_{trans}", grid, ((bm // tm) * (bn // tn),), [a, b, c, m, n, k, 1.5, 0.5])
+    np.testing.assert_allclose(c, expect, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------
+# generated kernels: each representative program against the reference executor
+
+
+@pytest.mark.parametrize("build", cuda_samples.SAMPLES, ids=lambda b: b.__name__)
+def test_sample_program_matches_reference(build):
+    ref_sample, emu_sample = build(), build()
+    expect = ref_sample.compile("reference")(*ref_sample.args)
+    got = emu_sample.compile("cuda", emulate=True, gemm_tiles=TILES)(*emu_sample.args)
+    for r, g in zip(expect, got):
+        close(r, g, rtol=1e-4, atol=1e-5)
+    for key in ref_sample.updates and [p.node.attr("name") for p in ref_sample.updates]:
+        close(ref_sample.store[key], emu_sample.store[key], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("build", [cuda_samples.reductions, cuda_samples.matmul_epilogue,
+                                   cuda_samples.softmax_cross_entropy], ids=lambda b: b.__name__)
+def test_unfused_kernels_match_reference(build):
+    """fuse=False: one kernel per op, so every op's own CUDA lowering is checked on its own."""
+    ref_sample, emu_sample = build(), build()
+    expect = ref_sample.compile("reference")(*ref_sample.args)
+    got = emu_sample.compile("cuda", emulate=True, gemm_tiles=("s",), fuse=False)(*emu_sample.args)
+    for r, g in zip(expect, got):
+        close(r, g, rtol=1e-4, atol=1e-5)
+
+
+def test_kernel_values_match_the_reference_node_by_node():
+    from dlc.runtime.reference import evaluate
+
+    s = cuda_samples.softmax_cross_entropy()
+    fn = s.compile("cuda", emulate=True, gemm_tiles=TILES)
+    feeds, env, _ = fn.signature.bind(s.args, {})
+    values = fn.backend.kernel_values(feeds, env)
+    program = fn.backend.program
+    ref = evaluate(program.graph.nodes, feeds, s.store, env, keep=set(values))
+    assert values and set(values) == set(ref)
+    for key, got in values.items():
+        close(ref[key], got, rtol=1e-4, atol=1e-6)
+
+
+def test_new_batch_size_is_a_new_launch_not_a_new_compile():
+    s = cuda_samples.matmul_epilogue()
+    fn = s.compile("cuda", emulate=True, gemm_tiles=TILES)
+    launchers = fn.backend.launchers
+    ref = s.compile("reference")
+    for batch in (5, 1, 64):
+        b = cuda_samples.matmul_epilogue(batch)
+        for r, g in zip(ref(*b.args), fn(*b.args)):
+            close(r, g, rtol=1e-4, atol=1e-5)
+    assert fn.backend.launchers is launchers
+    assert all("i64 s_B" in k.source for k in fn.backend.module.kernels)  # the batch is an argument
+
+
+def test_vectorized_path_and_its_scalar_tail(rng):
+    x = dlc.input("x", ("N",))
+    y = dlc.input("y", ("N",))
+    fn = dlc.compile(dlc.gelu(x * 2.0 + y) - y, target="cuda", emulate=True)
+    assert "float4" in fn.backend.source()
+    ref = dlc.compile(dlc.gelu(x * 2.0 + y) - y)
+    for n in (4096, 4099, 3):
+        a, b = rng.standard_normal(n).astype(np.float32), rng.standard_normal(n).astype(np.float32)
+        close(ref(a, b), fn(a, b), rtol=1e-6, atol=1e-6)
+
+
+def test_take_index_out_of_range_is_an_index_error():
+    table = dlc.param(np.ones((4, 3), np.float32), name="table")
+    ids = dlc.input("ids", (2,), "int64")
+    fn = dlc.compile(dlc.take(table, ids), target="cuda", emulate=True)
+    np.testing.assert_array_equal(fn(np.array([-1, 3])), np.ones((2, 3), np.float32))
+    with pytest.raises(IndexError, match="out of range"):
+        fn(np.array([0, 4]))
+    fn(np.array([1, 2]))  # the error flag is cleared after being reported
+
+
+# ----------------------------------------------------------------------------
+# training on the device: several steps, parameters kept on the device
+
+
+def _train(sample, target, steps, **options):
+    fn = sample.compile(target, **options)
+    losses = [float(fn(*sample.args)[0]) for _ in range(steps)]
+    return losses, {k: sample.store[k].copy() for k in sample.store.keys()}
+
+
+@pytest.mark.parametrize("build", [cuda_samples.mlp_training_step, cuda_samples.cnn_training_step],
+                         ids=lambda b: b.__name__)
+def test_training_steps_match_reference_and_cpu(build):
+    ref_losses, ref_params = _train(build(), "reference", 4)
+    emu_losses, emu_params = _train(build(), "cuda", 4, emulate=True, gemm_tiles=TILES)
+    np.testing.assert_allclose(emu_losses, ref_losses, rtol=1e-4)
+    assert ref_losses[-1] < ref_losses[0]
+    for key in ref_params:
+        close(ref_params[key], emu_params[key], rtol=1e-3, atol=1e-5)
+    if build is not cuda_samples.mlp_training_step:
+        return  # the CPU backend's own tests cover its convolutions; its compile time is spent once here
+    try:
+        import dlc.runtime.cpu  # noqa: F401
+    except ImportError:
+        return
+    cpu_losses, _ = _train(build(), "cpu", 4)
+    np.testing.assert_allclose(emu_losses, cpu_losses, rtol=1e-4)
+
+
+def test_store_reads_see_device_updates_and_host_writes_reach_the_device():
+    s = cuda_samples.mlp_training_step()
+    fn = s.compile("cuda", emulate=True, gemm_tiles=TILES)
+    before = s.store["w0"].copy()
+    fn(*s.args)
+    after = s.store["w0"].copy()  # read through the Store: synced from the device
+    assert not np.array_equal(before, after)
+    ref = cuda_samples.mlp_training_step()
+    for key in s.store.keys():    # host writes: uploaded again before the next step
+        s.store[key] = ref.store[key]
+    np.testing.assert_allclose(fn(*s.args), ref.compile("reference")(*ref.args), rtol=1e-5)
+
+
+def test_two_functions_share_device_parameters():
+    """A GAN's two steps: the second must see the first one's updates without a host round trip."""
+    store = dlc.Store()
+    w = dlc.param(np.full((3,), 2.0, np.float32), name="w", store=store)
+    x = dlc.input("x", (3,))
+    step_a = dlc.compile(dlc.sum(w * x), updates={w: w * 0.5}, target="cuda", emulate=True, store=store)
+    step_b = dlc.compile(dlc.sum(w * x), updates={w: w + 1.0}, target="cuda", emulate=True, store=store)
+    ones = np.ones(3, np.float32)
+    assert float(step_a(ones)) == 6.0   # w: 2 -> 1
+    assert float(step_b(ones)) == 3.0   # w: 1 -> 2
+    assert float(step_a(ones)) == 6.0
+    np.testing.assert_array_equal(store["w"], np.full(3, 1.0, np.float32))
