@@ -219,15 +219,22 @@ def _report(fn, dot: str | None) -> str:
         from .inspect import report
     except ImportError:
         report = None
+    stamp = _mtime(dot)
     if report is not None:
-        return report(fn, env=None, dot=dot)
-    lines = [repr(fn), f"graph: {len(fn.graph)} nodes"]
-    lines += [f"  {op:<16} {count}" for op, count in fn.graph.op_counts().items()]
-    if dot:
+        text = report(fn, env=None, dot=dot)
+    else:
+        lines = [repr(fn), f"graph: {len(fn.graph)} nodes"]
+        lines += [f"  {op:<16} {count}" for op, count in fn.graph.op_counts().items()]
+        text = "\n".join(lines)
+    if dot and _mtime(dot) == stamp:  # the report did not draw it: the graph itself then
         with open(dot, "w") as f:
             f.write(fn.graph.to_dot())
-        lines.append(f"wrote the graph to {dot}")
-    return "\n".join(lines)
+        text += f"\nwrote the graph to {dot}"
+    return text
+
+
+def _mtime(path: str | None) -> float | None:
+    return os.path.getmtime(path) if path and os.path.exists(path) else None
 
 
 # ----------------------------------------------------------------------------
