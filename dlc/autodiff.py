@@ -19,8 +19,14 @@ def grad(y: Tensor, wrt, seed: Tensor | None = None):
     """
     from . import functional as F
 
+    if not isinstance(y, Tensor):
+        raise TypeError(f"grad differentiates a dlc Tensor, got {type(y).__name__}")
     single = isinstance(wrt, Tensor)
     wrt = [wrt] if single else list(wrt)
+    for t in wrt:
+        if not isinstance(t, Tensor):
+            raise TypeError(f"grad is taken with respect to dlc Tensors (inputs, params, intermediates), "
+                            f"got {type(t).__name__}")
     ys, seeds = (list(y), list(seed)) if isinstance(y, (list, tuple)) else ([y], [seed])
     if len(ys) != len(seeds):
         raise ValueError(f"grad of {len(ys)} outputs needs as many seeds, got {len(seeds)}")

@@ -182,3 +182,39 @@ def test_second_order_through_a_backward_op_raises_gradient_error(rng):
     np.testing.assert_allclose(dlc.compile(g)(np.ones(3)), np.full(3, 6.0))
     with pytest.raises(dlc.GradientError, match="test_scale_grad.*gradients of gradients"):
         dlc.grad(dlc.sum(g * g), x)  # ... the second goes through test_scale_grad, which has no rule
+
+
+def test_grad_refuses_non_tensors():
+    x = dlc.input("x", (2,), "float64")
+    with pytest.raises(TypeError, match="with respect to dlc Tensors.*ndarray"):
+        dlc.grad(dlc.sum(x), [x, np.zeros(2)])
+    with pytest.raises(TypeError, match="differentiates a dlc Tensor"):
+        dlc.grad(1.0, x)
+
+
+# ----------------------------------------------------------------------------
+# the checker itself: it must catch a wrong rule, and handle parameters
+
+
+def _wrong_rule_op():
+    if "test_wrong_square" not in OPS:
+        register("test_wrong_square", OPAQUE, lambda xs, a: (xs[0].shape, xs[0].dtype),
+                 lambda xs, a, shape: xs[0] * xs[0], lambda node, g, xs: [g * xs[0]])  # should be 2 g x
+    return lambda x: dlc.functional._apply("test_wrong_square", x)
+
+
+def test_check_grad_catches_a_wrong_rule(rng):
+    with pytest.raises(AssertionError, match="gradient of x0"):
+        check_grad(_wrong_rule_op(), [rng.normal(size=(3,))])
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_check_grad_differentiates_parameters(dtype, rng):
+    def layer(x):
+        w = dlc.param(rng.normal(size=(3, 2)), name="w", dtype=dtype)
+        b = dlc.param(rng.normal(size=(2,)), name="b", dtype=dtype)
+        frozen = dlc.param(np.ones((2,)), name="frozen", dtype=dtype, trainable=False)
+        return dlc.tanh(x @ w + b) * frozen
+
+    grads = check_grad(layer, [rng.normal(size=(4, 3)).astype(dtype)], params=True)
+    assert sorted(grads) == ["param:b", "param:w", "x0"]
