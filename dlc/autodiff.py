@@ -19,8 +19,6 @@ def grad(y: Tensor, wrt, seed: Tensor | None = None):
     """
     from . import functional as F
 
-    if not isinstance(y, Tensor):
-        raise TypeError(f"grad differentiates a dlc Tensor, got {type(y).__name__}")
     single = isinstance(wrt, Tensor)
     wrt = [wrt] if single else list(wrt)
     for t in wrt:
@@ -32,6 +30,8 @@ def grad(y: Tensor, wrt, seed: Tensor | None = None):
         raise ValueError(f"grad of {len(ys)} outputs needs as many seeds, got {len(seeds)}")
     grads: dict[int, Tensor] = {}
     for y, seed in zip(ys, seeds):
+        if not isinstance(y, Tensor):
+            raise TypeError(f"grad differentiates a dlc Tensor, got {type(y).__name__}")
         if seed is None:
             if y.shape != ():
                 raise ShapeError(f"grad needs a scalar y, got shape {shape_str(y.shape)}; pass seed=dL/dy")
