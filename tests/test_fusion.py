@@ -45,10 +45,14 @@ def graphs(draw, symbolic: bool = True, max_nodes: int = 14):
 
     for _ in range(draw(st.integers(2, max_nodes))):
         kind = draw(st.sampled_from(["unary", "binary", "binary", "reduce", "matmul", "reshape", "transpose",
-                                     "broadcast", "constant"]))
+                                     "broadcast", "constant", "chain"]))
         a = draw(st.sampled_from(pool))
         if kind == "unary":
             pool.append(draw(st.sampled_from(UNARY))(dlc.tanh(a) if draw(st.booleans()) else a))
+        elif kind == "chain":
+            for fn in draw(st.lists(st.sampled_from(UNARY), min_size=3, max_size=5)):
+                a = fn(dlc.tanh(a))
+            pool.append(a)
         elif kind == "binary":
             partners = [p for p in pool if _broadcastable(concrete(a.shape), concrete(p.shape))
                         and all(isinstance(d, int) or d == e or e == 1 or d == 1
@@ -183,7 +187,7 @@ def test_an_mlp_training_step_takes_a_few_kernels_per_layer():
             h = dlc.relu(h)
     loss = -dlc.mean(dlc.sum(dlc.log_softmax(h) * dlc.one_hot(labels, 10), axis=1))
     grads = dlc.grad(loss, params)
-    fn = dlc.compile(loss, updates={p: p - 0.1 * g for p, g in zip(params, grads)})
+    fn = dlc.compile(loss, inputs=[x, labels], updates={p: p - 0.1 * g for p, g in zip(params, grads)})
     program = optimize(fn.outputs, fn.updates, fn.inputs)
     check_program(program)
     ops = sum(1 for n in fn.graph.nodes if n.inputs)

@@ -18,7 +18,7 @@ def step():
     logits = x @ w + b
     loss = -dlc.mean(dlc.sum(dlc.log_softmax(logits) * dlc.one_hot(labels, 10), axis=1))
     gw, gb = dlc.grad(loss, [w, b])
-    return dlc.compile(loss, updates={w: w - 0.1 * gw, b: b - 0.1 * gb})
+    return dlc.compile(loss, inputs=[x, labels], updates={w: w - 0.1 * gw, b: b - 0.1 * gb})
 
 
 def test_report_shows_passes_kernels_refusals_and_memory(step):

@@ -19,11 +19,13 @@ from dlc.passes.schedule import order_peak
 def run_in_arena(program, plan, feeds, store, env):
     """Execute the program with every buffer living at its planned offset of one byte arena.
 
-    A kernel reads all its inputs before writing its outputs, as an elementwise
-    kernel with identity indexing does element by element; any overlap of two
-    live buffers corrupts a value and shows up in the results.
+    A kernel that writes over one of its inputs runs as a sequential loop:
+    element by element, each computed from the arena as it is at that moment
+    and stored at once, so reading an element already overwritten shows up.
+    Any overlap of two live buffers corrupts a value and shows up too.
     """
     arena = np.full(plan.arena_bytes + plan.alignment, 0xAB, dtype=np.uint8)
+    inplace = {id(o) for o, _ in plan.inplace}
 
     def view(node):
         shape = shape_eval(node.shape, env)
@@ -37,17 +39,23 @@ def run_in_arena(program, plan, feeds, store, env):
         return v if v is not None else view(node).copy()
 
     for k in program.kernels:
-        for node, value in [(o, v) for o, v in zip(k.outputs, run_kernel(k, read, env).values())]:
-            view(program.storage_of(node))[...] = value
+        if not any(id(o) in inplace for o in k.outputs):
+            for node, value in zip(k.outputs, run_kernel(k, read, env).values()):
+                view(program.storage_of(node))[...] = value
+            continue
+        for j in range(int(np.prod(shape_eval(k.outputs[0].shape, env)))):
+            values = run_kernel(k, read, env)
+            for node in k.outputs:
+                view(node).reshape(-1)[j] = values[id(node)].reshape(-1)[j]
     return [read(n) for n in program.outputs]
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(graphs(), st.sampled_from([64, 256]))
-def test_random_programs_run_correctly_inside_their_planned_arena(case, alignment):
+@given(graphs(), st.sampled_from([64, 256]), st.sampled_from([2, 3, 48]))
+def test_random_programs_run_correctly_inside_their_planned_arena(case, alignment, max_group):
     outputs, inputs, arrays, env = case
     want, feeds = reference_outputs(outputs, inputs, arrays, env)
-    program = optimize(outputs, [], inputs)
+    program = optimize(outputs, [], inputs, max_group=max_group)  # small groups: more in-place chances
     plan = plan_memory(program, env, alignment=alignment)
     check_plan(program, plan)
     assert all(off % alignment == 0 for off in plan.offsets.values())
@@ -126,7 +134,7 @@ def test_planning_beats_no_planning_on_a_training_step():
         h = dlc.relu(h) if n_out != 10 else h
     loss = -dlc.mean(dlc.sum(dlc.log_softmax(h) * dlc.one_hot(labels, 10), axis=1))
     grads = dlc.grad(loss, params)
-    fn = dlc.compile(loss, updates={p: p - 0.1 * g for p, g in zip(params, grads)})
+    fn = dlc.compile(loss, inputs=[x, labels], updates={p: p - 0.1 * g for p, g in zip(params, grads)})
     program = optimize(fn.outputs, fn.updates, fn.inputs)
     env = {"B": 256}
     plan = plan_memory(program, env)
