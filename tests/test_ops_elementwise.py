@@ -292,3 +292,14 @@ def test_clip_gradient_is_zero_outside_the_range(rng):
 def test_clip_rejects_an_empty_range():
     with pytest.raises(ValueError, match="lo=2.0 > hi=1.0"):
         dlc.clip(dlc.input("x", (3,)), 2.0, 1.0)
+
+
+@pytest.mark.parametrize("fn", [dlc.neg, dlc.abs, dlc.square])
+def test_integer_unary_ops_refuse_bool(fn):
+    with pytest.raises(dlc.DTypeError, match="bool is not supported"):
+        fn(dlc.input("m", (3,), "bool"))
+
+
+def test_stop_gradient_passes_any_dtype():
+    m = np.array([True, False])
+    np.testing.assert_array_equal(run(dlc.stop_gradient, m), m)

@@ -67,9 +67,13 @@ def unbroadcast(g, shape):
 # unary
 
 
-def _unary(name, ref, grad, scalar, float_only=True, doc=""):
+FLOATS = ("float32", "float64")
+NUMERIC = ("float32", "float64", "int32", "int64")
+
+
+def _unary(name, ref, grad, scalar, dtypes=FLOATS, doc=""):
     def infer(xs, attrs):
-        dtype = _same_dtype(xs, ("float32", "float64") if float_only else DTYPES)
+        dtype = _same_dtype(xs, dtypes)
         return xs[0].shape, dtype
 
     register(name, ELEMENTWISE, infer, ref, grad, scalar, doc)
@@ -123,9 +127,9 @@ def _elu_ref(x, a, shape):
     return np.where(x > 0, x, a["alpha"] * np.expm1(np.minimum(x, 0))).astype(x.dtype)
 
 
-_unary("neg", lambda xs, a, shape: -xs[0], _g(lambda F, x, y, g, a: -g), "-{0}", float_only=False)
+_unary("neg", lambda xs, a, shape: -xs[0], _g(lambda F, x, y, g, a: -g), "-{0}", dtypes=NUMERIC)
 _unary("abs", lambda xs, a, shape: np.abs(xs[0]), _g(lambda F, x, y, g, a: g * F.sign(x)), "abs({0})",
-       float_only=False)
+       dtypes=NUMERIC)
 _unary("sign", lambda xs, a, shape: np.sign(xs[0]), _g(lambda F, x, y, g, a: g * 0.0), "sign({0})")
 _unary("exp", lambda xs, a, shape: np.exp(xs[0]), _g(lambda F, x, y, g, a: g * y), "exp({0})")
 _unary("log", lambda xs, a, shape: np.log(xs[0]), _g(lambda F, x, y, g, a: g / x), "log({0})")
@@ -133,7 +137,7 @@ _unary("sqrt", lambda xs, a, shape: np.sqrt(xs[0]), _g(lambda F, x, y, g, a: g *
 _unary("rsqrt", lambda xs, a, shape: (1 / np.sqrt(xs[0])).astype(xs[0].dtype),
        _g(lambda F, x, y, g, a: g * -0.5 * y / x), "1 / sqrt({0})")
 _unary("square", lambda xs, a, shape: xs[0] * xs[0], _g(lambda F, x, y, g, a: g * 2.0 * x), "{0} * {0}",
-       float_only=False)
+       dtypes=NUMERIC)
 _unary("tanh", lambda xs, a, shape: np.tanh(xs[0]), _g(lambda F, x, y, g, a: g * (1.0 - y * y)), "tanh({0})")
 _unary("sigmoid", lambda xs, a, shape: _sigmoid_ref(xs[0], a, shape),
        _g(lambda F, x, y, g, a: g * y * (1.0 - y)), "sigmoid({0})")
@@ -155,7 +159,7 @@ _unary("softplus", lambda xs, a, shape: _softplus_ref(xs[0], a, shape),
 _unary("sin", lambda xs, a, shape: np.sin(xs[0]), _g(lambda F, x, y, g, a: g * F.cos(x)), "sin({0})")
 _unary("cos", lambda xs, a, shape: np.cos(xs[0]), _g(lambda F, x, y, g, a: -g * F.sin(x)), "cos({0})")
 # Identity whose gradient is zero: the max subtracted inside softmax and logsumexp.
-_unary("stop_gradient", lambda xs, a, shape: xs[0], lambda node, g, xs: [None], "{0}", float_only=False)
+_unary("stop_gradient", lambda xs, a, shape: xs[0], lambda node, g, xs: [None], "{0}", dtypes=DTYPES)
 
 
 def _logical_not_infer(xs, attrs):
@@ -223,8 +227,6 @@ def _b(fa, fb):
         return [da, db]
     return rule
 
-
-NUMERIC = ("float32", "float64", "int32", "int64")
 
 
 def _div_ref(xs, a, shape):
