@@ -287,3 +287,13 @@ def test_one_hot():
 def test_out_of_range_axes_are_errors_not_wrap_arounds(build):
     with pytest.raises(dlc.ShapeError, match=r"out of range for a tensor of shape \(2, 3\)"):
         build(dlc.input("x", (2, 3)))
+
+
+def test_slice_gradient_places_the_seed_into_zeros():
+    x = dlc.input("x", (5, 4), "float64")
+    seed = dlc.input("seed", (2, 3), "float64")
+    g = dlc.compile(dlc.grad(x[3:0:-2, 1:], x, seed=seed), inputs=[x, seed])
+    s = np.arange(1.0, 7.0).reshape(2, 3)
+    want = np.zeros((5, 4))
+    want[3:0:-2, 1:] = s
+    np.testing.assert_array_equal(g(np.zeros((5, 4)), s), want)
