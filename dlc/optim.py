@@ -57,7 +57,7 @@ class Optimizer:
         self.params = self._check_params(params)
         self.max_grad_norm = max_grad_norm
         self.prefix = _prefix(self.store, type(self).__name__.lower())
-        self._lr = self._state("lr", np.array(lr, np.float32))
+        self._lr = self._state("lr", np.array(lr, np.float64))  # cast to each parameter's dtype where used
 
     def _check_params(self, params) -> list[Tensor]:
         params = list(params.parameters() if hasattr(params, "parameters") else params)
@@ -80,7 +80,8 @@ class Optimizer:
         return params
 
     def _state(self, name: str, value) -> Tensor:
-        return F.param(value, name=f"{self.prefix}.{name}", store=self.store, trainable=False)
+        value = np.asarray(value)
+        return F.param(value, name=f"{self.prefix}.{name}", store=self.store, trainable=False, dtype=value.dtype)
 
     def _slot(self, p: Tensor, name: str) -> Tensor:
         """A zero-initialized per-parameter state array (a moment estimate)."""
@@ -95,9 +96,9 @@ class Optimizer:
     def lr(self, value: float) -> None:
         self.store[self._lr.node.attr("name")] = value
 
-    @property
-    def lr_tensor(self) -> Tensor:
-        return self._lr
+    def lr_for(self, p: Tensor) -> Tensor:
+        """The learning rate as a scalar of p's dtype."""
+        return F.cast(self._lr, p.dtype)
 
     # ---- building the update
     def updates(self, loss: Tensor) -> dict[Tensor, Tensor]:
@@ -139,11 +140,11 @@ class SGD(Optimizer):
     def rule(self, i, p, g):
         d = g + self.weight_decay * p if self.weight_decay else g
         if not self.momentum:
-            return {p: p - self._lr * d}
+            return {p: p - self.lr_for(p) * d}
         buf = self.bufs[i]
         new_buf = self.momentum * buf + d
         d = d + self.momentum * new_buf if self.nesterov else new_buf
-        return {buf: new_buf, p: p - self._lr * d}
+        return {buf: new_buf, p: p - self.lr_for(p) * d}
 
 
 class Adam(Optimizer):
@@ -155,7 +156,8 @@ class Adam(Optimizer):
                  store: Store | None = None, max_grad_norm: float | None = None):
         super().__init__(params, lr, store, max_grad_norm)
         self.betas, self.eps, self.weight_decay = tuple(betas), eps, weight_decay
-        self.t = self._state("t", np.array(0.0, np.float32))
+        # float64: the bias correction 1 - 0.999**t in float32 would lose 5 digits to cancellation
+        self.t = self._state("t", np.array(0.0, np.float64))
         self.m = [self._slot(p, "exp_avg") for p in self.params]
         self.v = [self._slot(p, "exp_avg_sq") for p in self.params]
 
@@ -173,9 +175,10 @@ class Adam(Optimizer):
             g = g + self.weight_decay * p
         new_m = b1 * m + (1.0 - b1) * g
         new_v = b2 * v + (1.0 - b2) * F.square(g)
-        step = (new_m / self._bias1) / (F.sqrt(new_v / self._bias2) + self.eps)
-        base = p * (1.0 - self._lr * self.weight_decay) if self.weight_decay and self.decoupled else p
-        return {m: new_m, v: new_v, p: base - self._lr * step}
+        bias1, bias2 = F.cast(self._bias1, p.dtype), F.cast(self._bias2, p.dtype)
+        step = (new_m / bias1) / (F.sqrt(new_v / bias2) + self.eps)
+        base = p * (1.0 - self.lr_for(p) * self.weight_decay) if self.weight_decay and self.decoupled else p
+        return {m: new_m, v: new_v, p: base - self.lr_for(p) * step}
 
 
 class AdamW(Adam):
@@ -209,7 +212,7 @@ class RMSprop(Optimizer):
             buf = self.bufs[i]
             d = self.momentum * buf + d
             out[buf] = d
-        out[p] = p - self._lr * d
+        out[p] = p - self.lr_for(p) * d
         return out
 
 
