@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DTypeError, ShapeError
-from ..graph import shape_str
+from ..graph import shape_str, user_location
 from .base import COMPLEX, register
 
 
@@ -55,6 +55,8 @@ def as_padding(padding, n: int, kernel=None, dilation=None, stride=None) -> tupl
                 raise ValueError("padding='same' needs stride 1")
             totals = [d * (k - 1) for k, d in zip(kernel, dilation or (1,) * n)]
             return tuple((t // 2, t - t // 2) for t in totals)
+        if padding == "same":
+            raise ValueError("padding='same' is only defined for conv1d and conv2d")
         raise ValueError(f"padding must be an int, pairs, 'valid' or 'same', got {padding!r}")
     entries = (padding,) * n if isinstance(padding, (int, np.integer)) else tuple(padding)
     if len(entries) != n:
@@ -304,11 +306,17 @@ register("conv_transpose2d", COMPLEX, lambda xs, a: _transposed_infer(xs, a, "in
 # user-facing functions
 
 
+def where() -> str:
+    """ " at file:line" of the user's call, for errors raised before an op is built."""
+    loc = user_location()
+    return f" at {loc}" if loc else ""
+
+
 def _add_bias(y, b):
     if b is None:
         return y
     if b.ndim != 1:
-        raise ShapeError(f"bias must be 1-d (C_out,), got {shape_str(b.shape)}")
+        raise ShapeError(f"bias must be 1-d (C_out,), got {shape_str(b.shape)}{where()}")
     return y + _F().reshape(b, (b.shape[0],) + (1,) * (y.ndim - 2))
 
 
@@ -336,7 +344,7 @@ def conv1d(x, w, b=None, stride=1, padding=0, dilation=1, groups=1):
     F = _F()
     if x.ndim != 3 or w.ndim != 3:
         raise ShapeError(f"conv1d needs x (N, C, L) and w (C_out, C_in/groups, k), got {shape_str(x.shape)} "
-                         f"and {shape_str(w.shape)}")
+                         f"and {shape_str(w.shape)}{where()}")
     (s,), (d,) = as_tuple(stride, 1, "stride"), as_tuple(dilation, 1, "dilation")
     (pad,) = as_padding(padding, 1, (w.shape[2],), (d,), (s,))
     x4 = F.reshape(x, (x.shape[0], x.shape[1], 1, x.shape[2]))
@@ -358,13 +366,14 @@ def conv_transpose2d(x, w, b=None, stride=1, padding=0, output_padding=0, groups
         raise ValueError(f"output_padding must be 2 ints, each >= 0 and smaller than the stride {stride}, "
                          f"got {output_padding!r}")
     if x.ndim != 4 or w.ndim != 4:
-        raise ShapeError(f"conv_transpose2d needs 4-d x and w, got {shape_str(x.shape)} and {shape_str(w.shape)}")
+        raise ShapeError(f"conv_transpose2d needs 4-d x and w, got {shape_str(x.shape)} and {shape_str(w.shape)}"
+                         f"{where()}")
     spatial_ints(x.shape, "conv_transpose2d input")
     size = tuple((i - 1) * s - sum(p) + d * (k - 1) + op + 1 for i, s, p, d, k, op in
                  zip(x.shape[2:], stride, padding, dilation, w.shape[2:], opad))
     if any(o < 1 for o in size):
         raise ShapeError(f"conv_transpose2d of {shape_str(x.shape)} with padding {padding} leaves no output "
-                         f"({size})")
+                         f"({size}){where()}")
     y = _F()._apply("conv_transpose2d", x, w, stride=stride, padding=padding, dilation=dilation,
                     groups=_check_groups_arg(groups), out_hw=size)
     return _add_bias(y, b)

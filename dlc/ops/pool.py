@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ShapeError
 from ..graph import shape_str
 from .base import COMPLEX, register
-from .conv import as_padding, as_tuple, crop_spatial, float_dtype, out_hw, pad_spatial, spatial_ints, windows
+from .conv import as_padding, as_tuple, crop_spatial, float_dtype, out_hw, pad_spatial, spatial_ints, where, windows
 
 
 def _F():
@@ -244,7 +244,7 @@ def adaptive_avg_pool2d(x, output_size):
     F = _F()
     oh, ow = as_tuple(output_size, 2, "output_size")
     if x.ndim != 4:
-        raise ShapeError(f"adaptive_avg_pool2d needs a 4-d (N, C, H, W) input, got {shape_str(x.shape)}")
+        raise ShapeError(f"adaptive_avg_pool2d needs a 4-d (N, C, H, W) input, got {shape_str(x.shape)}{where()}")
     h, w = spatial_ints(x.shape, "adaptive_avg_pool2d input")[1:]
     if (oh, ow) == (1, 1):
         return F.sum(x, axis=(2, 3), keepdims=True) * (1.0 / (h * w))
