@@ -349,7 +349,8 @@ def fuse(roots: list[Node], max_group: int = MAX_GROUP, duplicate: bool = True) 
     f = Fuser(roots, max_group, duplicate)
     f.form_units()
     groups = f.merge_units()
-    kernels = kernel_dag_order([f.kernel_of(g) for g in groups])
+    # a group none of whose values is read (a matmul only a size node looks at) need not run
+    kernels = kernel_dag_order([k for k in (f.kernel_of(g) for g in groups) if k.outputs])
     aliases = {id(n): n.inputs[0] for n in f.graph.nodes if n.op == "reshape"}
     return kernels, aliases, f.refusals
 
