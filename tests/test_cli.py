@@ -188,3 +188,22 @@ def test_bench_forwards_to_the_benchmark_runner(capfd):
     rc = main(["bench", "--", "--help"])
     assert rc == 0
     assert "usage:" in capfd.readouterr().out
+
+
+def test_export_a_training_step_script(capsys, tmp_path):
+    (tmp_path / "train.py").write_text(textwrap.dedent('''
+        import dlc
+        from dlc import nn
+
+        def dlc_model():
+            model = nn.Linear(3, 2)
+            x, y = dlc.input("x", ("B", 3)), dlc.input("y", ("B",), "int64")
+            opt = dlc.optim.SGD(model.parameters(), lr=0.1)
+            return nn.compile_step(lambda x, y: nn.cross_entropy(model(x), y), [x, y], opt, modules=model)
+    '''))
+    rc, out, err = run_cli(capsys, "export", tmp_path / "train.py", "-o", tmp_path / "t.dlc")
+    assert rc == 0, err
+    assert "training function" in out
+    step = dlc.load(tmp_path / "t.dlc", verify=True)
+    x, y = np.ones((4, 3), np.float32), np.array([0, 1, 1, 0])
+    assert step(x, y)["loss"] > step(x, y)["loss"]  # it keeps training
