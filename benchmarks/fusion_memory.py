@@ -87,7 +87,8 @@ def measure(name, fn, env) -> dict:
     t2 = time.perf_counter()
     base = unfused_program(fn.outputs, fn.updates, fn.inputs)
     topo = plan_memory(optimize(fn.outputs, fn.updates, fn.inputs, schedule=False), env)
-    return {"topo_arena": topo.arena_bytes, "name": name, "ops": computing_ops(fn), "unfused": len(base.kernels), "kernels": len(program.kernels),
+    return {"name": name, "ops": computing_ops(fn), "unfused": len(base.kernels), "kernels": len(program.kernels),
+            "topo_arena": topo.arena_bytes,
             "arena": plan.arena_bytes, "unplanned": plan.unplanned_bytes, "lower": plan.lower_bound_bytes,
             "baseline": unplanned_memory(base, env).arena_bytes, "inplace": len(plan.inplace),
             "optimize_ms": 1e3 * (t1 - t0), "plan_ms": 1e3 * (t2 - t1), "env": env}

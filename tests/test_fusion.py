@@ -199,7 +199,7 @@ def test_an_mlp_training_step_takes_a_few_kernels_per_layer():
     (got_loss,), got_updates = program_results(program, feeds, fn.store, env)
     ref = evaluate(fn.graph.nodes, feeds, fn.store, env)
     np.testing.assert_allclose(got_loss, ref[id(fn.outputs[0])], rtol=1e-5)
-    for (key, value), (_, node) in zip(got_updates, fn.updates):
+    for (_, value), (_, node) in zip(got_updates, fn.updates):
         np.testing.assert_allclose(value, ref[id(node)], rtol=1e-5, atol=1e-7)
 
 

@@ -34,7 +34,7 @@ def _x():
 
 @pytest.mark.parametrize("build", [
     lambda x: x * 1.0, lambda x: 1.0 * x, lambda x: x + 0.0, lambda x: 0.0 + x, lambda x: x - 0.0,
-    lambda x: x / 1.0, lambda x: -(-x), lambda x: dlc.transpose(dlc.transpose(x)),
+    lambda x: x / 1.0, lambda x: dlc.neg(dlc.neg(x)), lambda x: dlc.transpose(dlc.transpose(x)),
     lambda x: dlc.stop_gradient(x), lambda x: dlc.where(x > 0, x, x),
     lambda x: dlc.reshape(dlc.reshape(x, ("B", 2, 2)), ("B", 4)),
 ], ids=["x*1", "1*x", "x+0", "0+x", "x-0", "x/1", "neg-neg", "transpose-transpose", "stop_gradient", "where-same",

@@ -10,12 +10,12 @@ bit-exact except the ones under `reassociate`, which may change rounding.
 from __future__ import annotations
 
 import hashlib
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 from ..graph import Node, freeze_attrs, is_float, is_static, topo_order
-from ..ops import OPS, OPAQUE, SOURCE
+from ..ops import OPAQUE, OPS, SOURCE
 from ..ops.elementwise import broadcast_shapes
 
 Rule = Callable[[Node], "Node | None"]
