@@ -275,3 +275,19 @@ def test_duplicate_false_stores_every_shared_value(duplicate):
     p = fused([dlc.relu(h) @ w, dlc.sum(h, axis=1)], [x, w], duplicate=duplicate)
     stored = {n.op for k in p.kernels for n in k.outputs}
     assert ("mul" in stored) == (not duplicate)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(graphs())
+def test_gradients_of_random_graphs_fuse_and_match_the_reference(case):
+    # backward graphs bring broadcast_to + sum, where(x > 0, g, 0) and transposed products
+    outputs, inputs, arrays, env = case
+    loss = sum(dlc.sum(dlc.Tensor(o) * dlc.Tensor(o)) for o in outputs)
+    grads = dlc.grad(loss, [dlc.Tensor(n) for n in inputs])
+    nodes = [g.node for g in grads]
+    want, feeds = reference_outputs(nodes, inputs, arrays, env)
+    program = optimize(nodes, [], inputs)
+    check_program(program)
+    got, _ = program_results(program, feeds, {}, env)
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
