@@ -159,12 +159,12 @@ def literal(value, dtype: str) -> str:
     if dtype in ("int32", "int64"):
         v = int(value)
         return f"{v}LL" if dtype == "int64" else str(v)
-    v = float(np.float32(value)) if dtype == "float32" else float(value)
+    v = float(value)
     if math.isnan(v):
         return f"(({C_TYPE[dtype]})NAN)"
     if math.isinf(v):
         return f"(({C_TYPE[dtype]}){'-' if v < 0 else ''}INFINITY)"
-    text = repr(v)
+    text = str(np.float32(v)) if dtype == "float32" else repr(v)  # shortest text that round-trips
     if "e" not in text and "." not in text:
         text += ".0"
     return text + ("f" if dtype == "float32" else "")
@@ -460,10 +460,11 @@ class ValueRenderer:
 # kernel renderers
 
 
-def _signature(name: str, params: list[Param], launch_bounds: int | None = None) -> str:
-    bounds = f"__launch_bounds__({launch_bounds}) " if launch_bounds else ""
+def _signature(name: str, params: list[Param]) -> str:
+    # No __launch_bounds__: with (256) ptxas (nvcc 13) caps kernels at 48 registers and spills, while
+    # without it every kernel here fits (at most 124 registers, no spills; see tests/test_cuda_codegen.py).
     args = ",\n    ".join(f"{p.ctype} {p.name}" for p in params)
-    return f'extern "C" __global__ void {bounds}{name}(\n    {args})'
+    return f'extern "C" __global__ void {name}(\n    {args})'
 
 
 def _comment(kernel: Kernel) -> str:
@@ -493,7 +494,7 @@ def render_elementwise(kernel: Kernel, program: Program) -> RenderedKernel:
     vector = _vector_body(kernel, program, vr, outs, out_names, shape, idx)
     name = kernel.name
     n = numel_c(shape)
-    lines = [_comment(kernel), _signature(name, vr.final_params(), BLOCK) + " {", f"  const i64 n = {n};",
+    lines = [_comment(kernel), _signature(name, vr.final_params()) + " {", f"  const i64 n = {n};",
              "  const i64 stride = (i64)gridDim.x * blockDim.x;"]
     if vector:
         lines += ["  if (n % 4 == 0) {  // 16-byte loads and stores (buffers are 256-byte aligned)",
@@ -591,7 +592,7 @@ def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
         for o, name in zip(kernel.outputs, out_names):
             body.emit(f"{name}[o] = {vr.value(o, out_idx)};")
     name = kernel.name
-    lines = [_comment(kernel), _signature(name, vr.final_params(), BLOCK) + " {",
+    lines = [_comment(kernel), _signature(name, vr.final_params()) + " {",
              f"  const i64 n_out = {numel_c(kept)};", f"  const i64 R = {numel_c(reduced)};",
              "  for (i64 o = blockIdx.x; o < n_out; o += gridDim.x) {", body.text(), "  }", "}"]
     kept_, reduced_ = tuple(kept), tuple(reduced)
@@ -657,7 +658,7 @@ def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
         bm, bn, bk, tm, tn = GEMM_CONFIGS[tag]
         entry = f"{kernel.name}_{tag}"
         entries.append(entry)
-        chunks += [_signature(entry, params, (bm // tm) * (bn // tn)) + " {", pre.text(),
+        chunks += [_signature(entry, params) + " {", pre.text(),
                    f"  dlc_gemm_mainloop<{bm}, {bn}, {bk}, {tm}, {tn}, {ctype}>(M, N, K, load_a, load_b,",
                    f"      [&](i64 i, i64 j, {ctype} acc) {{", body.text(), "      });", "}"]
     mnk = (M, N, K)
@@ -714,7 +715,7 @@ def render_take(kernel: Kernel, program: Program) -> RenderedKernel:
     else:
         body.emit(f"atomicAdd(&{out}[{vr.linear(dst_idx, node.shape)}], {vr.value(g, idx)});")
     name = kernel.name
-    lines = [_comment(kernel), _signature(name, vr.final_params(), BLOCK) + " {", f"  const i64 n = {numel_c(space)};",
+    lines = [_comment(kernel), _signature(name, vr.final_params()) + " {", f"  const i64 n = {numel_c(space)};",
              "  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {",
              body.text(), "  }", "}"]
     space_ = tuple(space)
@@ -815,7 +816,7 @@ def render_conv(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> 
         bm, bn, bk, tm, tn = GEMM_CONFIGS[tag]
         entry = f"{kernel.name}_{tag}"
         entries.append(entry)
-        chunks += [_signature(entry, params, (bm // tm) * (bn // tn)) + " {", *pre,
+        chunks += [_signature(entry, params) + " {", *pre,
                    f"  dlc_gemm_mainloop<{bm}, {bn}, {bk}, {tm}, {tn}, {ctype}>(M, N, K, load_a, load_b,",
                    f"      [&](i64 i, i64 j, {ctype} acc) {{", body.text(), "      });", "}"]
 
@@ -833,7 +834,7 @@ def render_conv(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> 
 def _per_output_kernel(kernel: Kernel, vr: ValueRenderer, body: Body, space, head: list[str]) -> RenderedKernel:
     """A grid-stride loop over `space` around `body` (pooling, random numbers)."""
     name = kernel.name
-    lines = [_comment(kernel), _signature(name, vr.final_params(), BLOCK) + " {", *head,
+    lines = [_comment(kernel), _signature(name, vr.final_params()) + " {", *head,
              f"  const i64 n = {numel_c(space)};",
              "  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {",
              body.text(), "  }", "}"]
@@ -994,9 +995,10 @@ def nvcc_path() -> str | None:
 
 
 def nvcc_compile(source: str, archs=("sm_80", "sm_90"), extra=()) -> dict[str, dict[str, KernelResources]]:
-    """Compile a module to a fatbin for each architecture with warnings as errors; ptxas resources per entry.
+    """Compile a module to a cubin per architecture (in parallel) with every warning an error.
 
-    Results are cached on disk by a hash of the source, the architectures and nvcc's version.
+    Returns ptxas's resources per entry and architecture. Results are cached
+    on disk by a hash of the source, the flags and nvcc's version.
     """
     import hashlib
     import json
@@ -1009,9 +1011,7 @@ def nvcc_compile(source: str, archs=("sm_80", "sm_90"), extra=()) -> dict[str, d
         raise NvccError("nvcc is not on PATH (install the CUDA toolkit)")
     version = subprocess.run([nvcc, "--version"], capture_output=True, text=True).stdout
     flags = ["-std=c++17", "-O3", "-Werror", "all-warnings", "--resource-usage", *extra]
-    for arch in archs:
-        flags += ["-gencode", f"arch=compute_{arch[3:]},code={arch}"]
-    digest = hashlib.sha256((source + " ".join(flags) + version).encode()).hexdigest()[:20]
+    digest = hashlib.sha256((source + " ".join(flags) + " ".join(archs) + version).encode()).hexdigest()[:20]
     folder = cache_dir().parent / "nvcc"
     folder.mkdir(parents=True, exist_ok=True)
     report_file = folder / f"{digest}.json"
@@ -1020,13 +1020,28 @@ def nvcc_compile(source: str, archs=("sm_80", "sm_90"), extra=()) -> dict[str, d
         return {a: {k: KernelResources(**v) for k, v in e.items()} for a, e in raw.items()}
     src = folder / f"{digest}.cu"
     src.write_text(source)
-    proc = subprocess.run([nvcc, "--fatbin", *flags, "-o", str(folder / f"{digest}.fatbin"), str(src)],
-                          capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise NvccError(f"nvcc failed on {src}:\n{proc.stderr[-6000:]}")
-    report = parse_resource_usage(proc.stdout + proc.stderr)
+    procs = {arch: subprocess.Popen([nvcc, "-cubin", f"-arch={arch}", *flags, "-o", str(folder / f"{digest}.{arch}.cubin"),
+                                     str(src)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for arch in archs}
+    report: dict[str, dict[str, KernelResources]] = {}
+    for arch, proc in procs.items():
+        log, _ = proc.communicate()
+        if proc.returncode != 0:
+            raise NvccError(f"nvcc -arch={arch} failed on {src}:\n{log[-6000:]}")
+        report.update(parse_resource_usage(log))
     report_file.write_text(json.dumps({a: {k: vars(v) for k, v in e.items()} for a, e in report.items()}))
     return report
+
+
+def resource_table(report: dict[str, dict[str, KernelResources]]) -> str:
+    """A readable table of registers, shared memory and spills per entry and architecture."""
+    lines = [f"{'entry':40s} {'arch':6s} {'regs':>5s} {'smem':>6s} {'spill':>6s} {'stack':>6s}"]
+    for arch in sorted(report):
+        for entry in sorted(report[arch]):
+            r = report[arch][entry]
+            lines.append(f"{entry:40s} {arch:6s} {r.registers:5d} {r.smem_bytes:6d} "
+                         f"{r.spill_stores + r.spill_loads:6d} {r.stack_bytes:6d}")
+    return "\n".join(lines)
 
 
 _ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")

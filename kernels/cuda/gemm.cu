@@ -109,7 +109,7 @@ __device__ __forceinline__ void dlc_sgemm(const float* A, const float* B, float*
 }
 
 #define DLC_SGEMM_ENTRY(NAME, BM, BN, BK, TM, TN, TA, TB)                                                   \
-  extern "C" __global__ void __launch_bounds__((BM / TM) * (BN / TN))                                       \
+  extern "C" __global__ void                                                                                 \
       dlc_sgemm_##NAME(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C, i64 M, \
                        i64 N, i64 K, float alpha, float beta) {                                              \
     dlc_sgemm<BM, BN, BK, TM, TN, TA, TB>(A, B, C, M, N, K, alpha, beta);                                    \

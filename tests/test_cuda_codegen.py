@@ -1,0 +1,149 @@
+"""The CUDA renderer: what it emits, the errors it gives, and nvcc compiling all of it for sm_80 and sm_90."""
+
+import numpy as np
+import pytest
+
+import dlc
+from dlc.codegen import cuda_samples
+from dlc.codegen.cuda import (GEMM_CONFIGS, CudaUnsupportedError, choose_gemm_tile, library_source, literal,
+                              nvcc_compile, nvcc_path, parse_resource_usage, render_program, render_scalar,
+                              resource_table)
+from dlc.runtime.cuda import CudaUnavailableError, build_program
+
+# ----------------------------------------------------------------------------
+# rendering
+
+
+def test_scalar_templates_become_typed_c():
+    x = dlc.input("x", (3,))
+    d = dlc.input("d", (3,), "float64")
+    n = dlc.input("n", (3,), "int64")
+    assert render_scalar(dlc.relu(x).node, ["a"]) == "dlc_max((a), 0.0f)"
+    assert render_scalar(dlc.relu(d).node, ["a"]) == "dlc_max((a), 0.0)"
+    assert render_scalar(dlc.leaky_relu(x, 0.2).node, ["a"]) == "dlc_select((a) > 0.0f, (a), 0.2f * (a))"
+    assert render_scalar((n / n).node, ["a", "b"]) == "dlc_floordiv((a), (b))"
+    assert render_scalar(dlc.cast(x, "int32").node, ["a"]) == "(int)((a))"
+    assert render_scalar(dlc.logical_not(x > 0).node, ["a"]) == "dlc_not((a))"
+
+
+@pytest.mark.parametrize("value,dtype,text", [(0.1, "float32", "0.1f"), (2, "float64", "2.0"),
+                                              (-np.inf, "float32", "((float)-INFINITY)"), (7, "int64", "7LL"),
+                                              (True, "bool", "true"), (np.nan, "float64", "((double)NAN)")])
+def test_literals(value, dtype, text):
+    assert literal(value, dtype) == text
+
+
+def test_generated_source_is_shape_generic_and_commented():
+    s = cuda_samples.mlp_training_step()
+    fn = s.compile("reference")
+    module = render_program(build_program(fn, {}))
+    assert len(module.kernels) >= 5
+    for k in module.kernels:
+        assert "i64 s_B" in k.source                  # the batch size is an argument, never a literal
+        assert k.source.startswith(f"// {k.kernel.name} [{k.kernel.kind}]")
+        assert "//   from " in k.source                 # the user's line of every fused node
+    matmuls = [k for k in module.kernels if k.kernel.kind == "complex"]
+    assert matmuls and all(len(k.entries) == len(GEMM_CONFIGS) for k in matmuls)
+    assert any("dlc_gemm_mainloop<128, 128, 8, 8, 8, float>" in k.source for k in matmuls)
+
+
+def test_tile_choice_follows_problem_size():
+    assert choose_gemm_tile(4096, 4096, 1, 132 * 8) == "l"
+    assert choose_gemm_tile(2048, 2048, 1, 132 * 8) == "m"
+    assert choose_gemm_tile(16, 10, 1, 132 * 8) == "s"
+    assert choose_gemm_tile(4096, 4096, 1, 132 * 8, ("s",)) == "s"
+
+
+def test_scan_is_refused_with_a_clear_message():
+    from dlc.passes import unfused_program
+    from dlc.program import Kernel
+
+    x = dlc.input("x", (3,))
+    node = dlc.exp(x).node
+    fake = dlc.Node("scan", (node,), (), node.shape, node.dtype, node.loc)  # shape of a real scan is irrelevant
+    program = unfused_program([node], [], [x.node])
+    program.kernels.append(Kernel("k9", "opaque", (fake,), (node,), (fake,), fake))
+    with pytest.raises(CudaUnsupportedError, match="'scan'.*not supported on the CUDA backend yet.*target='cpu'"):
+        render_program(program)
+
+
+def test_op_without_a_cuda_lowering_is_named():
+    from dlc.passes import unfused_program
+    from dlc.program import Kernel
+
+    x = dlc.input("x", (2, 3, 8, 8))
+    node = dlc.adaptive_avg_pool2d(x, (3, 3)).node
+    program = unfused_program([node], [], [x.node])
+    program.kernels = [Kernel("k0", "complex", (node,), (x.node,), (node,), node)]
+    with pytest.raises(CudaUnsupportedError, match="adaptive_avg_pool2d.*test_cuda_codegen.py"):
+        render_program(program)
+
+
+def test_compiling_for_cuda_without_pycuda_says_what_is_missing():
+    pytest.importorskip("numpy")
+    try:
+        import pycuda.driver  # noqa: F401
+        pytest.skip("pycuda is installed here")
+    except ImportError:
+        pass
+    x = dlc.input("x", (3,))
+    with pytest.raises(CudaUnavailableError, match=r'pycuda.*pip install "dlc\[cuda\]"'):
+        dlc.compile(dlc.exp(x), target="cuda")
+
+
+def test_parse_resource_usage():
+    log = """ptxas info    : Compiling entry function 'k3_s' for 'sm_80'
+ptxas info    : Function properties for k3_s
+    8 bytes stack frame, 4 bytes spill stores, 4 bytes spill loads
+ptxas info    : Used 58 registers, used 1 barriers, 4224 bytes smem, 400 bytes cmem[0]
+ptxas info    : Compiling entry function 'k1' for 'sm_90'
+ptxas info    : Function properties for k1
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+ptxas info    : Used 32 registers, used 0 barriers"""
+    r = parse_resource_usage(log)
+    assert (r["sm_80"]["k3_s"].registers, r["sm_80"]["k3_s"].smem_bytes, r["sm_80"]["k3_s"].spill_stores) == (58, 4224, 4)
+    assert (r["sm_90"]["k1"].registers, r["sm_90"]["k1"].smem_bytes) == (32, 0)
+
+
+# ----------------------------------------------------------------------------
+# nvcc: every generated and hand-written kernel, sm_80 and sm_90
+
+
+def _all_kernels_module() -> tuple[str, list[str]]:
+    """One translation unit: the stand-alone SGEMM entries and every sample program's kernels (renamed apart)."""
+    parts, entries = [], [f"dlc_sgemm_{t}_{tr}" for t in GEMM_CONFIGS for tr in ("nn", "tn", "nt", "tt")]
+    for build in cuda_samples.SAMPLES:
+        s = build()
+        program = build_program(s.compile("reference"), {})
+        for k in program.kernels:
+            k.name = f"{s.name}_{k.name}"
+        # every tile for the CNN (convolutions and matmuls), the small one elsewhere
+        tiles = tuple(GEMM_CONFIGS) if build is cuda_samples.cnn_training_step else ("s",)
+        module = render_program(program, tiles)
+        parts.append(module.source.split("// ---- generated kernels ----")[1])
+        entries += [e for k in module.kernels for e in k.entries]
+    return "#define DLC_SGEMM_STANDALONE\n" + library_source() + "\n".join(parts), entries
+
+
+@pytest.mark.skipif(nvcc_path() is None, reason="nvcc is not installed")
+def test_every_kernel_compiles_for_sm80_and_sm90_without_warnings_or_spills():
+    source, entries = _all_kernels_module()
+    report = nvcc_compile(source, archs=("sm_80", "sm_90"))
+    print("\n" + resource_table(report))
+    for arch in ("sm_80", "sm_90"):
+        missing = set(entries) - set(report[arch])
+        assert not missing, f"{arch}: no ptxas report for {sorted(missing)[:5]}"
+        for entry in entries:
+            r = report[arch][entry]
+            assert r.spill_stores == 0 and r.spill_loads == 0, f"{entry} spills on {arch}: {r}"
+            assert r.registers <= 255 and r.smem_bytes <= 48 * 1024, f"{entry} on {arch}: {r}"
+    big = report["sm_80"]["dlc_sgemm_l_nn"]
+    assert big.smem_bytes == 2 * 8 * 129 * 4  # the two staged 8 x (128 + pad) tiles
+
+
+@pytest.mark.skipif(nvcc_path() is None, reason="nvcc is not installed")
+def test_nvcc_rejects_a_warning():
+    from dlc.codegen.cuda import NvccError
+
+    with pytest.raises(NvccError, match="declared but never referenced"):
+        nvcc_compile('extern "C" __global__ void k(float* x) { int unused = 3; x[0] = 1.0f; }\n', archs=("sm_80",))
