@@ -60,6 +60,8 @@ class Group:
 
 
 class Fuser:
+    """The state of one fusion run over a graph: units (step 1), then groups of units (step 2)."""
+
     def __init__(self, roots: list[Node], max_group: int = MAX_GROUP, duplicate: bool = True):
         self.graph = Graph(roots)
         self.order = {id(n): i for i, n in enumerate(self.graph.nodes)}
@@ -109,7 +111,10 @@ class Fuser:
                 return None
             targets |= self.units_of[id(c)]
         if len(targets) > 1:
-            if not self.duplicate or n.op not in CHEAP:
+            if not self.duplicate:
+                self.refuse(n, None, f"read by {len(targets)} kernels and recomputation is off: stored")
+                return None
+            if n.op not in CHEAP:
                 self.refuse(n, None, f"read by {len(targets)} kernels and too costly to recompute in each: stored")
                 return None
             if len(targets) > MAX_DUPLICATES:
