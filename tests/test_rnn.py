@@ -266,7 +266,7 @@ def test_lstm_digits_example_learns():
 
 
 def test_gru_charlm_example_beats_the_unigram_entropy():
-    out = _run_example("examples/gru_charlm.py", "--epochs", "1", "--steps-per-epoch", "40", "--hidden", "64",
+    out = _run_example("examples/gru_charlm.py", "--epochs", "1", "--steps-per-epoch", "60", "--hidden", "64",
                        "--seq-len", "32", "--samples", "40")
     unigram, val = map(float, re.search(r"unigram entropy of the text ([\d.]+) bits/char; validation ([\d.]+)",
                                         out).groups())
