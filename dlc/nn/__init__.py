@@ -22,4 +22,5 @@ from .losses import (
 )
 from .module import Module, ModuleList, Sequential, StateUpdates, collect_updates
 from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
+from .rnn import GRU, LSTM, RNN
 from ..train import History, TrainStep, compile_eval, compile_step, fit  # noqa: E402  (uses .module)
