@@ -468,6 +468,7 @@ def build_function(art: Artifact, target: str | None = None) -> Function:
     for key, w in art.manifest.get("weights", {}).items():
         if store.add(key, art.array(w["member"]), trainable=bool(w.get("trainable", True))) != key:
             raise ArtifactError(f"{art.path}: weight {key!r} is listed twice")
+    _check_weights(art, dec.nodes, store)
     spec = doc.get("function", {})
     try:
         inputs = [dec.node(i) for i in spec["inputs"]]
@@ -483,6 +484,20 @@ def build_function(art: Artifact, target: str | None = None) -> Function:
                   target=art.target if target is None else target, store=store, **options)
     fn.artifact = ArtifactInfo.of(art, fn)
     return fn
+
+
+def _check_weights(art: Artifact, nodes: list[Node], store: Store) -> None:
+    """Every array a param node reads has the node's shape and dtype: native code trusts them."""
+    for n in nodes:
+        if n.op != "param":
+            continue
+        key = n.attr("name")
+        if key not in store:
+            raise ArtifactError(f"{art.path}: the graph reads weight {key!r}, which the artifact does not carry")
+        w = store[key]
+        if w.shape != n.shape or w.dtype.name != n.dtype:
+            raise ArtifactError(f"{art.path}: weight {key!r} is {w.dtype.name}{w.shape}, but the graph reads it as "
+                                f"{n.dtype}{shape_str(n.shape)}")
 
 
 def _param_node(dec: GraphDecoder, key: str) -> Node:

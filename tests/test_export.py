@@ -427,3 +427,13 @@ def test_missing_file():
 def test_export_refuses_what_is_not_a_function(tmp_path):
     with pytest.raises(TypeError, match="takes a compiled dlc.Function \\(or a training step holding one\\)"):
         dlc.export(lambda x: x, tmp_path / "a.dlc")
+
+
+def test_weight_of_another_shape_than_its_node_is_refused(artifact, tmp_path):
+    """Hashes prove integrity, not intent: shapes are checked too, since native code trusts them."""
+    def widen(members):
+        members["weights/w1.npy"] = npy(np.zeros((7, 8), np.float32))
+
+    rewrite(artifact, tmp_path / "w.dlc", members=widen)
+    with pytest.raises(ArtifactError, match=r"weight 'w1' is float32\(7, 8\), but the graph reads it as float32\(6,"):
+        dlc.load(tmp_path / "w.dlc")
