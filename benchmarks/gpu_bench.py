@@ -182,8 +182,8 @@ def bench_elementwise(n: int, reps: int) -> dict:
     pairs = list(zip(backend.module.kernels, backend.launches))  # one fused kernel when fusion works
 
     def run_kernels():
-        for rk, launch in pairs:
-            backend._launch(rk, launch, env, ptrs)
+        for rk, launches in pairs:
+            backend._launch(rk, launches, env, ptrs)
 
     ms = time_device(run_kernels, reps)
     moved = 4 * n * 4  # three reads and one write

@@ -201,6 +201,22 @@ def test_vectorized_path_and_its_scalar_tail(rng):
         close(ref(a, b), fn(a, b), rtol=1e-6, atol=1e-6)
 
 
+def test_long_reductions_split_into_two_passes(rng):
+    x = dlc.input("x", ("N",))
+    y = dlc.input("y", (3, "N"))
+    outs = [dlc.sum(dlc.exp(x * 0.01)) * 2.0, dlc.argmax(x), dlc.max(y, axis=1), dlc.argmin(y, axis=1),
+            dlc.mean(y, axis=1)]
+    fn = dlc.compile(outs, target="cuda", emulate=True)
+    ref = dlc.compile(outs)
+    a, b = rng.standard_normal(50_000).astype(np.float32), rng.standard_normal((3, 50_000)).astype(np.float32)
+    a[100] = a[40_000] = 10.0           # a tie across two chunks: the first index wins
+    b[1, 7] = b[1, 45_000] = -10.0
+    for r, g in zip(ref(a, b), fn(a, b)):
+        close(r, g, rtol=1e-5, atol=1e-5)
+    phases = [[ln.scalars["phase"] for ln in launches] for launches in fn.backend.launches]
+    assert [1, 2] in phases  # the split path ran
+
+
 def test_take_index_out_of_range_is_an_index_error():
     table = dlc.param(np.ones((4, 3), np.float32), name="table")
     ids = dlc.input("ids", (2,), "int64")

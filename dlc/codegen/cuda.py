@@ -66,7 +66,9 @@ class Param:
 
     kind "ptr": the buffer of `node` (the runtime follows Program.storage_of);
     "sym": the value of a symbolic dim; "size": the runtime value of a "size"
-    node; "status": the program's int32 error word (an index out of range).
+    node; "status": the program's int32 error word (an index out of range);
+    "workspace": scratch memory of Launch.workspace bytes; "chunks"/"phase":
+    scalars each Launch sets (split reductions).
     """
 
     kind: str
@@ -77,18 +79,24 @@ class Param:
 
     @property
     def arg_kind(self) -> str:
-        if self.kind in ("ptr", "status"):
+        if self.kind in ("ptr", "status", "workspace"):
             return "ptr"
-        if self.kind == "sym":
+        if self.kind in ("sym", "chunks"):
             return "i64"
+        if self.kind == "phase":
+            return "i32"
         return ARG_KIND[self.node.dtype]
 
 
 @dataclass
 class Launch:
+    """One kernel launch: which entry, its grid and block, scalar arguments it sets, workspace bytes it needs."""
+
     entry: str
     grid: tuple[int, int, int]
     block: tuple[int, int, int]
+    scalars: dict = field(default_factory=dict)
+    workspace: int = 0
 
 
 @dataclass
@@ -99,7 +107,7 @@ class RenderedKernel:
     source: str
     params: list[Param]
     entries: list[str]
-    plan_launch: Callable[[dict, int], Launch]
+    plan_launch: Callable[[dict, int], Launch | list[Launch]]
     zero_outputs: bool = False  # scatter kernels accumulate into zeroed outputs
 
     def signatures(self):
@@ -544,8 +552,19 @@ def _vector_body(kernel, program, vr: ValueRenderer, outs, out_names, shape, idx
     return body.text()
 
 
+SPLIT_MIN_REDUCED = 1 << 14  # a reduction this long over few outputs is split across blocks
+SPLIT_CHUNK = 1 << 12        # reduced elements per block in the first pass (at least)
+
+
 def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
-    """One block per output element (grid-stride over outputs); threads stride over the reduced elements."""
+    """One block per output element (grid-stride over outputs); threads stride over the reduced elements.
+
+    A long reduction over few outputs (a loss over a big batch) would leave
+    most SMs idle, so it runs in two passes of the same kernel: `phase` 1
+    has `chunks` blocks per output each reduce one slice into a workspace,
+    phase 2 combines the partials and runs the epilogue; phase 0 is the
+    single pass.
+    """
     anchor = kernel.anchor
     x = anchor.inputs[0]
     axes = tuple(anchor.attr("axes"))
@@ -557,25 +576,36 @@ def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
     out_names = [vr.buffer(o, const=False) for o in kernel.outputs]
     ctype = C_TYPE[x.dtype]
     arg = anchor.op in ("argmax", "argmin")
+    is_max = str(anchor.op == "argmax").lower()
 
     kept_idx = vr.unravel("o", kept, "k")
     if arg:
         body.emit(f"{ctype} acc = dlc_{'lowest' if anchor.op == 'argmax' else 'highest'}<{ctype}>(); i64 at = -1;")
     else:
         body.emit(f"{ctype} acc = {REDUCE_FUNCTORS[anchor.op]}::id<{ctype}>();")
-    with body.scope("for (i64 r = threadIdx.x; r < R; r += blockDim.x)"):
-        red_idx = vr.unravel("r", reduced, "j")
-        full, ki, ri = [], iter(kept_idx), iter(red_idx)
-        for i in range(x.ndim):
-            full.append(next(ri) if i in axes else next(ki))
-        v = vr.value(x, tuple(full))
-        if arg:
-            body.emit(f"if (at < 0 || dlc_arg_better<{str(anchor.op == 'argmax').lower()}>({v}, r, acc, at)) "
-                      f"{{ acc = {v}; at = r; }}")
-        else:
-            body.emit(f"acc = {REDUCE_FUNCTORS[anchor.op]}::f(acc, {v});")
+    with body.scope("if (phase != 2)"):
+        body.emit("const i64 span = (R + chunks - 1) / chunks, r0 = (i64)blockIdx.y * span;")
+        body.emit("const i64 r1 = r0 + span < R ? r0 + span : R;")
+        with body.scope("for (i64 r = r0 + threadIdx.x; r < r1; r += blockDim.x)"):
+            red_idx = vr.unravel("r", reduced, "j")
+            full, ki, ri = [], iter(kept_idx), iter(red_idx)
+            for i in range(x.ndim):
+                full.append(next(ri) if i in axes else next(ki))
+            v = vr.value(x, tuple(full))
+            if arg:
+                body.emit(f"if (at < 0 || dlc_arg_better<{is_max}>({v}, r, acc, at)) {{ acc = {v}; at = r; }}")
+            else:
+                body.emit(f"acc = {REDUCE_FUNCTORS[anchor.op]}::f(acc, {v});")
+    with body.scope("else"):
+        with body.scope("for (i64 c = threadIdx.x; c < chunks; c += blockDim.x)"):
+            body.emit(f"const {ctype} v = ((const {ctype}*)ws)[o * chunks + c];")
+            if arg:
+                body.emit("const i64 i = ((const i64*)ws)[n_out * chunks + o * chunks + c];")
+                body.emit(f"if (i >= 0 && (at < 0 || dlc_arg_better<{is_max}>(v, i, acc, at))) {{ acc = v; at = i; }}")
+            else:
+                body.emit(f"acc = {REDUCE_FUNCTORS[anchor.op]}::f(acc, v);")
     if arg:
-        body.emit(f"dlc_block_arg_reduce<{str(anchor.op == 'argmax').lower()}>(acc, at);")
+        body.emit(f"dlc_block_arg_reduce<{is_max}>(acc, at);")
     else:
         body.emit(f"acc = dlc_block_reduce<{REDUCE_FUNCTORS[anchor.op]}>(acc);")
     out_idx = []
@@ -587,23 +617,44 @@ def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
         else:
             out_idx.append(next(ki))
     out_idx = tuple(out_idx)
-    with body.scope("if (threadIdx.x == 0)"):
+    with body.scope("if (threadIdx.x == 0 && phase == 1)"):
+        body.emit(f"(({ctype}*)ws)[o * chunks + blockIdx.y] = acc;")
+        if arg:
+            body.emit("((i64*)ws)[n_out * chunks + o * chunks + blockIdx.y] = at;")
+    with body.scope("else if (threadIdx.x == 0)"):
         body.remember((id(anchor), out_idx), "at" if arg else "acc")
         for o, name in zip(kernel.outputs, out_names):
             body.emit(f"{name}[o] = {vr.value(o, out_idx)};")
     name = kernel.name
-    lines = [_comment(kernel), _signature(name, vr.final_params()) + " {",
+    params = vr.final_params() + [Param("workspace", "ws", "void*"), Param("chunks", "chunks", "i64"),
+                                  Param("phase", "phase", "int")]
+    lines = [_comment(kernel), _signature(name, params) + " {",
              f"  const i64 n_out = {numel_c(kept)};", f"  const i64 R = {numel_c(reduced)};",
              "  for (i64 o = blockIdx.x; o < n_out; o += gridDim.x) {", body.text(), "  }", "}"]
     kept_, reduced_ = tuple(kept), tuple(reduced)
+    item = np.dtype(x.dtype).itemsize + (8 if arg else 0)
 
     def plan(env, max_blocks):
         n_out = int(np.prod(shape_eval(kept_, env), dtype=np.int64))
         r = int(np.prod(shape_eval(reduced_, env), dtype=np.int64))
-        threads = min(BLOCK, max(32, 1 << max(0, (r - 1).bit_length())))
-        return Launch(name, (max(1, min(n_out, 65535)), 1, 1), (threads, 1, 1))
+        grid = max(1, min(n_out, 65535))
+        chunks = reduction_chunks(n_out, r, max_blocks)
+        if chunks == 1:
+            threads = min(BLOCK, max(32, 1 << max(0, (r - 1).bit_length())))
+            return [Launch(name, (grid, 1, 1), (threads, 1, 1), {"chunks": 1, "phase": 0})]
+        return [Launch(name, (grid, chunks, 1), (BLOCK, 1, 1), {"chunks": chunks, "phase": 1},
+                       workspace=n_out * chunks * item),
+                Launch(name, (grid, 1, 1), (min(BLOCK, max(32, 1 << (chunks - 1).bit_length())), 1, 1),
+                       {"chunks": chunks, "phase": 2}, workspace=n_out * chunks * item)]
 
-    return RenderedKernel(kernel, "\n".join(lines), vr.final_params(), [name], plan)
+    return RenderedKernel(kernel, "\n".join(lines), params, [name], plan)
+
+
+def reduction_chunks(n_out: int, r: int, max_blocks: int) -> int:
+    """Blocks per output of a split reduction: 1 (one pass) unless few outputs reduce many elements each."""
+    if r < SPLIT_MIN_REDUCED or n_out >= max_blocks // 2:
+        return 1
+    return int(max(2, min(r // SPLIT_CHUNK, max_blocks // max(n_out, 1), 65535)))
 
 
 def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> RenderedKernel:

@@ -292,6 +292,8 @@ class CUDABackend:
         self._arena = None
         self._arena_bytes = 0
         self._input_buffers: dict[int, object] = {}
+        self._workspace = None  # scratch of split reductions, shared by their launches (they run in order)
+        self._workspace_bytes = 0
 
     # where each value lives ---------------------------------------------------
 
@@ -302,7 +304,11 @@ class CUDABackend:
             if self.plan.arena_bytes > self._arena_bytes:
                 self._arena = self.device.alloc(self.plan.arena_bytes)
                 self._arena_bytes = self.plan.arena_bytes
-            self.launches = [k.plan_launch(env, self.device.max_blocks) for k in self.module.kernels]
+            self.launches = [_as_list(k.plan_launch(env, self.device.max_blocks)) for k in self.module.kernels]
+            need = max((ln.workspace for ls in self.launches for ln in ls), default=0)
+            if need > self._workspace_bytes:
+                self._workspace = self.device.alloc(need)
+                self._workspace_bytes = need
             self._plan_key = key
 
     def _const_ptr(self, node) -> int:
@@ -323,7 +329,7 @@ class CUDABackend:
             return self._const_ptr(s)
         return self.device.ptr(self._arena) + self.plan.offsets[id(s)]
 
-    def _args(self, rk, env: dict, feeds_ptr) -> list:
+    def _args(self, rk, launch, env: dict, feeds_ptr) -> list:
         args = []
         for p in rk.params:
             if p.kind == "ptr":
@@ -332,6 +338,12 @@ class CUDABackend:
                 args.append(np.int64(env[p.symbol]))
             elif p.kind == "status":
                 args.append(self.device.ptr(self.status))
+            elif p.kind == "workspace":
+                args.append(self.device.ptr(self._workspace) if self._workspace is not None else 0)
+            elif p.kind == "chunks":
+                args.append(np.int64(launch.scalars["chunks"]))
+            elif p.kind == "phase":
+                args.append(np.int32(launch.scalars["phase"]))
             else:
                 args.append(size_value(p.node, env))
         return args
@@ -351,11 +363,12 @@ class CUDABackend:
 
     # running --------------------------------------------------------------
 
-    def _launch(self, rk, launch, env, feeds_ptr) -> None:
+    def _launch(self, rk, launches, env, feeds_ptr) -> None:
         if rk.zero_outputs:
             for o in rk.kernel.outputs:
                 self.device.zero(self._ptr(o, feeds_ptr), _nbytes(o, env))
-        self.launchers[launch.entry](launch.grid, launch.block, self._args(rk, env, feeds_ptr))
+        for launch in launches:
+            self.launchers[launch.entry](launch.grid, launch.block, self._args(rk, launch, env, feeds_ptr))
 
     def _fetch(self, node, env, feeds_ptr) -> np.ndarray:
         if node.op == "size":
@@ -376,8 +389,8 @@ class CUDABackend:
     def run(self, feeds: dict[int, np.ndarray], env: dict[str, int]) -> list[np.ndarray]:
         self._prepare(env)
         feeds_ptr = self._upload_inputs(feeds)
-        for rk, launch in zip(self.module.kernels, self.launches):
-            self._launch(rk, launch, env, feeds_ptr)
+        for rk, launches in zip(self.module.kernels, self.launches):
+            self._launch(rk, launches, env, feeds_ptr)
         self._check_status()
         outs = [self._fetch(n, env, feeds_ptr) for n in self.program.outputs]
         self._apply_updates(env, feeds_ptr)
@@ -405,8 +418,8 @@ class CUDABackend:
         self._prepare(env)
         feeds_ptr = self._upload_inputs(feeds)
         values = {}
-        for rk, launch in zip(self.module.kernels, self.launches):
-            self._launch(rk, launch, env, feeds_ptr)
+        for rk, launches in zip(self.module.kernels, self.launches):
+            self._launch(rk, launches, env, feeds_ptr)
             self.device.synchronize()
             for o in rk.kernel.outputs:
                 values[id(o)] = self._fetch(o, env, feeds_ptr)
@@ -420,6 +433,10 @@ class CUDABackend:
     def source(self) -> str:
         """The generated CUDA translation unit (library headers included)."""
         return self.module.source
+
+
+def _as_list(launch) -> list:
+    return launch if isinstance(launch, list) else [launch]
 
 
 def size_value(node, env):
