@@ -8,19 +8,19 @@ windows and samples one character at a time.
 
 import argparse
 import math
+from pydoc_data.topics import topics
 
 import numpy as np
-from pydoc_data.topics import topics
 
 import dlc
 from dlc import nn
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--epochs", type=int, default=3)
+parser.add_argument("--epochs", type=int, default=4)
 parser.add_argument("--steps-per-epoch", type=int, default=250)
 parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--seq-len", type=int, default=64)
-parser.add_argument("--hidden", type=int, default=256)
+parser.add_argument("--hidden", type=int, default=128)
 parser.add_argument("--samples", type=int, default=200, help="characters to generate per sample")
 parser.add_argument("--target", default=dlc.default_target(), help="reference | cpu | cuda")
 parser.add_argument("--seed", type=int, default=0)

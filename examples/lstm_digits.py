@@ -15,7 +15,7 @@ import dlc
 from dlc import nn
 
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-parser.add_argument("--epochs", type=int, default=25)
+parser.add_argument("--epochs", type=int, default=20)
 parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--hidden", type=int, default=64)
 parser.add_argument("--target", default=dlc.default_target(), help="reference | cpu | cuda")

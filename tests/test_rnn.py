@@ -7,13 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import check_grad
 
 import dlc
 from dlc.errors import ShapeError
 from dlc.graph import Graph
 from dlc.nn.rnn import GRU, LSTM, RNN
-
-from helpers import check_grad
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAYERS = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}

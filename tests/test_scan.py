@@ -2,13 +2,12 @@
 
 import numpy as np
 import pytest
+from helpers import check_grad
 
 import dlc
 from dlc.errors import GradientError, ShapeError
 from dlc.graph import TUPLE, Graph
 from dlc.ops.scan import Body
-
-from helpers import check_grad
 
 
 def _tanh_rnn(w):

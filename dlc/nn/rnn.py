@@ -50,11 +50,11 @@ ACTIVATIONS = {"tanh": F.tanh, "relu": F.relu}
 
 def project_inputs(x, weight_ih, bias=None):
     """W_ih x_t (+ bias) for every step at once: (T, B, I) -> (T, B, G*H), one matrix product."""
-    T, B, I = x.shape
-    p = F.matmul(F.reshape(x, (dim_mul(T, B), I)), F.transpose(weight_ih))
+    steps, batch, features = x.shape
+    p = F.matmul(F.reshape(x, (dim_mul(steps, batch), features)), F.transpose(weight_ih))
     if bias is not None:
         p = p + bias
-    return F.reshape(p, (T, B, weight_ih.shape[0]))
+    return F.reshape(p, (steps, batch, weight_ih.shape[0]))
 
 
 def rnn_cell(xp_t, h, w_hh_t, activation="tanh"):
@@ -135,13 +135,11 @@ class _Recurrent(Module):
         for layer in range(num_layers):
             size_in = input_size if layer == 0 else hidden_size * self.num_directions
             for suffix in self._suffixes():
-                def new(name, shape):
-                    self.add_param(f"{name}_l{layer}{suffix}", init.uniform(shape, -bound, bound, rng), dtype=dtype)
-                new("weight_ih", (gates, size_in))
-                new("weight_hh", (gates, hidden_size))
+                shapes = {"weight_ih": (gates, size_in), "weight_hh": (gates, hidden_size)}
                 if bias:
-                    new("bias_ih", (gates,))
-                    new("bias_hh", (gates,))
+                    shapes.update(bias_ih=(gates,), bias_hh=(gates,))
+                for name, shape in shapes.items():
+                    self.add_param(f"{name}_l{layer}{suffix}", init.uniform(shape, -bound, bound, rng), dtype=dtype)
 
     @property
     def num_directions(self) -> int:

@@ -58,8 +58,20 @@ import itertools
 import numpy as np
 
 from ..errors import DTypeError, GradientError, ShapeError
-from ..graph import (INT_DTYPES, TUPLE, Graph, Node, _factors, dim_eval, freeze_attrs, is_float, shape_eval,
-                     shape_str, topo_order, user_location)
+from ..graph import (
+    INT_DTYPES,
+    TUPLE,
+    Graph,
+    Node,
+    _factors,
+    dim_eval,
+    freeze_attrs,
+    is_float,
+    shape_eval,
+    shape_str,
+    topo_order,
+    user_location,
+)
 from .base import OPAQUE, apply, register
 
 _SCAN_IDS = itertools.count(1)
