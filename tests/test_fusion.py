@@ -291,3 +291,14 @@ def test_gradients_of_random_graphs_fuse_and_match_the_reference(case):
     got, _ = program_results(program, feeds, {}, env)
     for g, w in zip(got, want):
         np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4)
+
+
+def test_independent_scalar_arithmetic_shares_one_kernel():
+    # an optimizer's bias corrections and step size: small values read by many kernels
+    t, lr = dlc.input("t", ()), dlc.input("lr", (), "float64")
+    x = dlc.input("x", ("B", 8))
+    c1, c2, step = 1.0 - dlc.pow(0.9, t + 1.0), 1.0 - dlc.pow(0.999, t + 1.0), dlc.cast(lr, "float32")
+    outs = [(dlc.sum(x * float(i), axis=1) * c1 + step) / c2 for i in range(1, 7)]
+    p = fused(outs, [t, lr, x])
+    scalar = [k for k in p.kernels if k.outputs[0].shape == ()]
+    assert len(scalar) == 1 and len(scalar[0].outputs) >= 3

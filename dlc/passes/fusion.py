@@ -224,10 +224,10 @@ class Fuser:
                     return False
         return True
 
-    def merge_refusal(self, g: Group, h: Group, rid: int, producer: Node, groups) -> str | None:
-        """Why group h (holding unit rid) cannot join g, whose root `producer` it reads; None if it can."""
+    def merge_refusal(self, g: Group, h: Group, groups) -> str | None:
+        """Why group h cannot join group g (whose values it reads, if any); None if it can."""
         if g.kind == OPAQUE:
-            return f"{producer.op} is opaque"
+            return f"{g.anchor.op} is opaque"
         if g.anchor is not None and h.anchor is not None:
             return f"{g.anchor.op} and {h.anchor.op} are both anchors: one per kernel"
         if tuple(g.space) != tuple(h.space):
@@ -258,13 +258,24 @@ class Fuser:
                 g, h = self.group_of[id(p)], self.group_of[id(r)]
                 if g is h:
                     continue
-                reason = self.merge_refusal(g, h, id(r), p, groups)
+                reason = self.merge_refusal(g, h, groups)
                 if reason:
                     if not all(d == 1 for d in g.space) or all(d == 1 for d in h.space):
                         self.refuse(p, r, reason)  # (a scalar read by a broadcast is no missed fusion)
                     continue
                 self.absorb(g, h, groups)
+        self.merge_scalar_groups(groups)
         return list(groups.values())
+
+    def merge_scalar_groups(self, groups: dict[int, Group]) -> None:
+        """Independent elementwise kernels over one element (an optimizer's step-size arithmetic) run as one."""
+        first: dict[tuple, Group] = {}
+        for g in list(groups.values()):
+            if g.kind != ELEMENTWISE or not all(d == 1 for d in g.space):
+                continue
+            into = first.setdefault(tuple(g.space), g)
+            if into is not g and self.merge_refusal(into, g, groups) is None:
+                self.absorb(into, g, groups)
 
     def absorb(self, g: Group, h: Group, groups: dict[int, Group]) -> None:
         """Move h's units into g (or g's into h when h holds the anchor)."""

@@ -307,6 +307,24 @@ def transposed_products(uses: dict[int, int]) -> Rule:
     return rule
 
 
+def transposes_toward_products(uses: dict[int, int]) -> Rule:
+    """transpose(a + b) -> transpose(a) + transpose(b) when a or b is a product used once, so that
+    transposed_products can turn it around: a weight used twice in a step (a GAN's discriminator
+    on real and fake data) gets a gradient that is a sum of two products."""
+    def rule(n: Node) -> Node | None:
+        if n.op != "transpose" or uses.get(id(n.inputs[0]), 0) != 1:
+            return None
+        e = n.inputs[0]
+        if OPS[e.op].kind != "elementwise" or any(tuple(x.shape) != tuple(e.shape) for x in e.inputs):
+            return None
+        if not any(x.op in ("matmul", "transpose") and uses.get(id(x), 0) == 1 for x in e.inputs):
+            return None
+        perm = n.attr("perm")
+        return Node(e.op, tuple(make("transpose", [x], n.loc, perm=perm) for x in e.inputs), e.attrs,
+                    n.shape, e.dtype, n.loc)
+    return rule
+
+
 def use_counts(roots: list[Node]) -> dict[int, int]:
     counts: dict[int, int] = {}
     for n in topo_order(roots):
@@ -340,6 +358,10 @@ def rewrite(roots: list[Node], rules: list[Rule]) -> tuple[list[Node], int]:
     return [memo[id(r)] for r in roots], count
 
 
+def reassociation_rules(uses: dict[int, int]) -> list[Rule]:
+    return [reassociate_constants, transposed_products(uses), transposes_toward_products(uses)]
+
+
 def passes(reassociate: bool = True, fold_limit: int = 4096) -> list[tuple[str, Callable]]:
     """The simplification passes in the order they run: (name, roots -> its rules)."""
     algebra = [drop_identities, merge_shape_ops, exact_inverses, trivial_reductions, unit_reshapes,
@@ -350,7 +372,7 @@ def passes(reassociate: bool = True, fold_limit: int = 4096) -> list[tuple[str, 
         ("canonicalize", lambda roots: [implicit_broadcast, canonical_order]),
     ]
     if reassociate:
-        out.append(("reassociate", lambda roots: [reassociate_constants, transposed_products(use_counts(roots))]))
+        out.append(("reassociate", lambda roots: reassociation_rules(use_counts(roots))))
     return out
 
 
