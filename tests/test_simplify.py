@@ -66,6 +66,8 @@ def test_exp_log_pairs_go_only_where_exact():
     assert simplified(dlc.log(dlc.exp(dlc.tanh(x)))) is dlc.tanh(x).node      # |x| <= 1: no overflow
     assert ops_of(simplified(dlc.log(dlc.exp(x)))) == ["exp", "log"]          # exp(100) overflows
     assert value_range(dlc.sigmoid(x).node) == (0.0, 1.0)
+    (kept,), _ = simplify([dlc.exp(dlc.log(dlc.relu(x))).node], reassociate=False)  # rounds twice: not bit-exact
+    assert kept.op == "exp"
 
 
 def test_constants_fold_within_the_size_limit():
