@@ -247,6 +247,8 @@ class StepLR(LRSchedule):
     """lr = base * gamma ** (epoch // step_size)."""
 
     def __init__(self, optimizer, step_size: int, gamma: float = 0.1):
+        if step_size < 1:
+            raise ValueError(f"StepLR needs step_size >= 1 epochs, got {step_size}")
         self.step_size, self.gamma = step_size, gamma
         super().__init__(optimizer)
 
@@ -258,6 +260,8 @@ class CosineLR(LRSchedule):
     """Cosine annealing from base to eta_min over t_max epochs (then held at eta_min)."""
 
     def __init__(self, optimizer, t_max: int, eta_min: float = 0.0):
+        if t_max < 1:
+            raise ValueError(f"CosineLR needs t_max >= 1 epochs, got {t_max}")
         self.t_max, self.eta_min = t_max, eta_min
         super().__init__(optimizer)
 

@@ -1,4 +1,4 @@
-"""Basic layers: Linear, Embedding, Dropout, Flatten, Identity."""
+"""Basic layers: Linear, Embedding, Dropout, Flatten, Unflatten, Identity."""
 
 from __future__ import annotations
 
@@ -56,6 +56,21 @@ class Flatten(Module):
 
     def forward(self, x):
         return F.flatten(x, self.start_dim)
+
+
+class Unflatten(Module):
+    """Split dim into the given sizes: Unflatten(1, (64, 2, 2)) turns (B, 256) into (B, 64, 2, 2)."""
+
+    def __init__(self, dim: int, sizes):
+        super().__init__()
+        self.dim, self.sizes = dim, tuple(sizes)
+
+    def forward(self, x):
+        dim = self.dim % x.ndim
+        return F.reshape(x, tuple(x.shape[:dim]) + self.sizes + tuple(x.shape[dim + 1:]))
+
+    def extra_repr(self) -> str:
+        return f"{self.dim}, {self.sizes}"
 
 
 class Dropout(Module):
