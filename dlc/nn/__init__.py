@@ -1,5 +1,7 @@
 """dlc.nn: modules, layers, losses, initializers and the training API (compile_step, compile_eval, fit)."""
 
+# ruff: noqa: F401  (this module re-exports the layers, losses and training API)
+from ..train import History, TrainStep, compile_eval, compile_step, fit  # noqa: E402  (uses .module)
 from . import functional, init
 from .activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Softplus, Tanh
 from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, ConvTranspose2d, MaxPool2d
@@ -23,4 +25,3 @@ from .losses import (
 from .module import Module, ModuleList, Sequential, StateUpdates, collect_updates
 from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
 from .rnn import GRU, LSTM, RNN
-from ..train import History, TrainStep, compile_eval, compile_step, fit  # noqa: E402  (uses .module)
