@@ -1,7 +1,7 @@
 """dlc.nn: modules, layers, losses, initializers and the training API (compile_step, compile_eval, fit)."""
 
 # ruff: noqa: F401  (this module re-exports the layers, losses and training API)
-from ..train import History, TrainStep, compile_eval, compile_step, fit  # noqa: E402  (uses .module)
+from ..train import History, TrainStep, compile_eval, compile_step, fit
 from . import functional, init
 from .activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Softplus, Tanh
 from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, ConvTranspose2d, MaxPool2d
