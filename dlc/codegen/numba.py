@@ -23,6 +23,10 @@ from ..ops import OPS, SOURCE
 from ..program import Kernel, Program
 
 
+# Every local name a kernel body defines starts with P: an inlined kernel gets a prefix of its own.
+P = "_P_"
+
+
 class Unsupported(Exception):
     """This kernel has no native lowering; the backend runs it through the numpy reference."""
 
@@ -36,7 +40,7 @@ FUNCS = {
     ("sigmoid", "float64"): "sigmoid_f64", ("softplus", "float32"): "softplus_f32",
     ("softplus", "float64"): "softplus_f64",
     "exp": "math.exp", "tanh": "math.tanh", "log": "math.log", "sqrt": "np.sqrt", "erf": "math.erf",
-    "sin": "math.sin", "cos": "math.cos", "abs": "abs", "sign": "fsign", "pow": "_pow", "max": "fmax",
+    "sin": "math.sin", "cos": "math.cos", "abs": "abs", "sign": "fsign", "pow": "pow_", "max": "fmax",
     "min": "fmin", "select": "select", "and_": "and_", "or_": "or_", "not_": "not_",
 }
 
@@ -102,11 +106,28 @@ class KernelArg:
 
 @dataclass
 class RenderedKernel:
+    """A kernel's body (local names prefixed with P) and the arguments it reads them from."""
+
     kernel: Kernel
-    func_text: str     # the function with FUNC_NAME as its name
     args: list[KernelArg]
-    name: str = ""
-    comment: list[str] = field(default_factory=list)
+    lines: list[str]
+    comment: str
+    parallel: bool = False
+    name: str = ""        # the function name when emitted as a function of its own
+    inline: bool = True   # emitted into the outer function (its only use), or called
+
+    def function_text(self) -> str:
+        """The kernel as an @njit function: how a kernel used more than once is emitted."""
+        params = ", ".join(a.name for a in self.args).replace(P, "")
+        deco = "@njit(**JIT_PARALLEL)" if self.parallel else "@njit(**JIT)"
+        body = "\n".join(self.lines).replace(P, "")
+        return f'{deco}\ndef FUNC_NAME({params}):\n    """{self.comment}"""\n{body}'
+
+    def inline_lines(self, prefix: str, bind: list[str]) -> list[str]:
+        """The body for the outer function: arguments bound to views, locals renamed apart."""
+        head = [f"    # {self.kernel.name}: {self.comment}"]
+        head += [f"    {a.name.replace(P, prefix)} = {v}" for a, v in zip(self.args, bind)]
+        return head + [line.replace(P, prefix) for line in self.lines]
 
 
 # ----------------------------------------------------------------------------
@@ -185,7 +206,7 @@ class KernelRenderer:
         key = (id(node), kind, dim)
         if key not in self.arg_of:
             prefix = {"array": "a", "flat": "a", "scalar": "s", "dim": "d"}[kind]
-            name = f"{prefix}{len(self.args)}"
+            name = f"{P}{prefix}{len(self.args)}"
             self.arg_of[key] = name
             self.args.append(KernelArg(node, kind, name, dim))
         return self.arg_of[key]
@@ -198,7 +219,7 @@ class KernelRenderer:
 
     def fresh(self) -> str:
         self.tmp += 1
-        return f"t{self.tmp}"
+        return f"{P}t{self.tmp}"
 
     # ---- values
 
@@ -415,19 +436,15 @@ def render_kernel(program: Program, kernel: Kernel, parallel: bool = True) -> Re
 
 
 PARALLEL_MIN = 1 << 17   # elements below which a prange entry (~3.4 us) costs more than it saves
+PARALLEL_CHUNKS = 8
 
 
-def _finish(r: KernelRenderer, kernel: Kernel, comment: list[str], decorator: str = "@njit(**JIT)") -> RenderedKernel:
-    params = ", ".join(a.name for a in r.args)
-    head = [decorator, f"def FUNC_NAME({params}):"]
-    text = "\n".join(head + ["    " + c for c in comment] + r.w.lines)
-    return RenderedKernel(kernel, text, r.args, comment=comment)
+def _finish(r: KernelRenderer, kernel: Kernel, comment: str, parallel: bool = False) -> RenderedKernel:
+    return RenderedKernel(kernel, r.args, r.w.lines, comment, parallel)
 
 
-def _describe(kernel: Kernel) -> list[str]:
-    ops = " -> ".join(n.op for n in kernel.nodes)
-    lines = [f'"""{kernel.kind}: {ops}"""']
-    return lines
+def _describe(kernel: Kernel) -> str:
+    return f"{kernel.kind}: {' -> '.join(n.op for n in kernel.nodes)}"
 
 
 def _render_elementwise(program, kernel, parallel):
@@ -442,26 +459,26 @@ def _render_elementwise(program, kernel, parallel):
                 r.w(f"{n} = {out}.size")
                 if parallel:
                     # two copies of one loop: threads pay only on large arrays
-                    with r.w.block(f"if {n} >= {PARALLEL_MIN}:"):
-                        with r.w.block(f"for i in prange({n}):"):
-                            r.store_all(("i",))
-                    r.memo = {}
-                    with r.w.block("else:"):
-                        with r.w.block(f"for i in range({n}):"):
-                            r.store_all(("i",))
+                        # one chunk per thread on large arrays, a single chunk (no thread hand-off) on small ones
+                    c, lo, hi = f"{P}c", f"{P}lo", f"{P}hi"
+                    r.w(f"{P}chunks = {PARALLEL_CHUNKS} if {n} >= {PARALLEL_MIN} else 1")
+                    with r.w.block(f"for {c} in prange({P}chunks):"):
+                        r.w(f"{lo} = {c} * {n} // {P}chunks")
+                        r.w(f"{hi} = ({c} + 1) * {n} // {P}chunks")
+                        with r.w.block(f"for {P}i in range({lo}, {hi}):"):
+                            r.store_all((f"{P}i",))
                 else:
-                    with r.w.block(f"for i in range({n}):"):
-                        r.store_all(("i",))
+                    with r.w.block(f"for {P}i in range({n}):"):
+                        r.store_all((f"{P}i",))
             else:
-                names = [f"i{k}" for k in range(len(shape))]
+                names = [f"{P}i{k}" for k in range(len(shape))]
                 out = r.arg(kernel.outputs[0])
                 extents = [f"{out}.shape[{k}]" for k in range(len(shape))]
                 with r.loops(names, extents):
                     r.store_all(tuple(names))
         except _NotFlat:
             continue
-        deco = "@njit(**JIT_PARALLEL)" if (flat and parallel) else "@njit(**JIT)"
-        return _finish(r, kernel, _describe(kernel), deco)
+        return _finish(r, kernel, _describe(kernel), flat and parallel)
     raise AssertionError("unreachable")
 
 
@@ -479,11 +496,11 @@ def _render_reduce(program, kernel):
     r = KernelRenderer(program, kernel)
     ref = _space_array(r, x)
     kept = [a for a in range(x.ndim) if a not in axes]
-    names = {a: f"i{a}" for a in range(x.ndim)}
+    names = {a: f"{P}i{a}" for a in range(x.ndim)}
     dtype = anchor.dtype if op not in ("argmax", "argmin") else x.dtype
     acc_dtype = "float64" if (op == "sum" and dtype == "float32") else dtype
     with r.loops([names[a] for a in kept], [ref(a) for a in kept]):
-        acc = "acc"
+        acc, best = f"{P}acc", f"{P}best"
         if op in ("sum", "prod"):
             r.w(f"{acc} = {literal(int(REDUCE_INIT[op]), acc_dtype)}")
         elif op in ("max", "min"):
@@ -495,7 +512,7 @@ def _render_reduce(program, kernel):
                 init = str(info.min if op == "max" else info.max)
             r.w(f"{acc} = {NP_DTYPE[dtype]}({init})")
         else:
-            r.w(f"best = {NP_DTYPE[dtype]}(0)")
+            r.w(f"{best} = {NP_DTYPE[dtype]}(0)")
             r.w(f"{acc} = np.int64(0)")
         saved = r.memo
         r.memo = {}
@@ -511,8 +528,9 @@ def _render_reduce(program, kernel):
                 (ax,) = axes
                 better = ">" if op == "argmax" else "<"
                 first = names[ax]
-                r.w(f"if {first} == 0 or (best == best and ({v} {better} best or {v} != {v})):  # {where(anchor)}")
-                r.w(f"    best = {v}")
+                r.w(f"if {first} == 0 or ({best} == {best} and ({v} {better} {best} or {v} != {v})):"
+                    f"  # {where(anchor)}")
+                r.w(f"    {best} = {v}")
                 r.w(f"    {acc} = {first}")
         r.memo = saved
         out_idx = tuple(("0" if a in axes else names[a]) for a in range(x.ndim) if keep or a not in axes)
@@ -550,11 +568,11 @@ def _render_matmul(program, kernel):
     if target is not None:
         tgt = r.arg(target)
     else:
-        tgt = "acc"
+        tgt = f"{P}acc"
         shape_expr = ", ".join(r.dim(d) for d in anchor.shape)
-        r.w(f"acc = np.empty(({shape_expr},), {NP_DTYPE[anchor.dtype]})")
+        r.w(f"{tgt} = np.empty(({shape_expr},), {NP_DTYPE[anchor.dtype]})")
     nb = anchor.ndim - 2
-    names = [f"b{k}" for k in range(nb)]
+    names = [f"{P}b{k}" for k in range(nb)]
     with r.loops(names, [f"{tgt}.shape[{k}]" for k in range(nb)]):
         views = []
         for name, x, transposed in operands:
@@ -567,7 +585,7 @@ def _render_matmul(program, kernel):
         r.w(f"gemm({views[0]}, {views[1]}, {out})  # {where(anchor)}")
     epilogue = [n for n in kernel.nodes if n is not anchor and n in kernel.nodes[kernel.nodes.index(anchor):]]
     if epilogue or (target is not None and target is not anchor):
-        names = [f"i{k}" for k in range(anchor.ndim)]
+        names = [f"{P}i{k}" for k in range(anchor.ndim)]
         with r.loops(names, [f"{tgt}.shape[{k}]" for k in range(anchor.ndim)]):
             idx = tuple(names)
             t = r.fresh()
@@ -596,16 +614,17 @@ def _render_take(program, kernel):
     xa = r.arg(x) if node.op == "take" else out
     ia = r.arg(ind)
     sa = r.arg(space) if node.op == "take_grad" else out
-    names = [f"i{k}" for k in range(space.ndim)]
+    names = [f"{P}i{k}" for k in range(space.ndim)]
+    j, d = f"{P}j", f"{P}d"
     with r.loops(names, [f"{sa}.shape[{k}]" for k in range(space.ndim)]):
         iidx = names[ax:ax + ind.ndim]
-        r.w(f"j = np.int64({ia}[{', '.join(iidx) if iidx else '0'}])")
-        r.w(f"d = {xa}.shape[{ax}]")
-        r.w("if j < 0:")
-        r.w("    j += d")
-        r.w("if j < 0 or j >= d:")
+        r.w(f"{j} = np.int64({ia}[{', '.join(iidx) if iidx else '0'}])")
+        r.w(f"{d} = {xa}.shape[{ax}]")
+        r.w(f"if {j} < 0:")
+        r.w(f"    {j} += {d}")
+        r.w(f"if {j} < 0 or {j} >= {d}:")
         r.w(f"    raise IndexError('{node.op}: index out of range')")
-        xidx = names[:ax] + ["j"] + names[ax + ind.ndim:]
+        xidx = names[:ax] + [j] + names[ax + ind.ndim:]
         if node.op == "take":
             r.w(f"{out}[{', '.join(names) if names else '0'}] = {xa}[{', '.join(xidx)}]  # {where(node)}")
         else:
@@ -644,36 +663,15 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from dlc_cpu_fastmath import *  # noqa: F403  (kernels/cpu/fastmath.py: tanh_f32, exp_f32, fmax, ...)
+from dlc_cpu_gemm import copy_flat, gemm
+
 JIT = dict(cache=True, error_model="numpy", fastmath={fastmath}, boundscheck=False, nogil=True)
 JIT_PARALLEL = dict(JIT, parallel=True)
-
-
-@njit(**JIT)
-def _pow(a, b):
-    return a ** b
-
-
-@njit(**JIT)
-def gemm(a, b, out):
-    """out = a @ b through BLAS; empty operands give zeros (BLAS is never called on them)."""
-    if out.size == 0:
-        return
-    if a.shape[1] == 0:
-        out[:, :] = 0
-        return
-    np.dot(a, b, out)
-
-
-@njit(**JIT)
-def copy_flat(dst, src):
-    for i in range(dst.size):
-        dst[i] = src[i]
-
 '''
 
 
-def render_program(program: Program, title: str, fastmath: bool = False, parallel: bool = True,
-                   helpers: str = "") -> GeneratedModule:
+def render_program(program: Program, title: str, fastmath: bool = False, parallel: bool = False) -> GeneratedModule:
     """Render every kernel, dedupe identical ones, and write one outer function per native segment."""
     rendered: list[RenderedKernel | Kernel] = []
     funcs: dict[str, str] = {}
@@ -686,10 +684,15 @@ def render_program(program: Program, title: str, fastmath: bool = False, paralle
             k.notes = tuple(k.notes) + (f"numpy fallback: {e}",)
             rendered.append(k)
             continue
-        digest = hashlib.sha1(rk.func_text.encode()).hexdigest()[:10]
-        rk.name = f"k_{digest}"
-        funcs.setdefault(rk.name, rk.func_text.replace("FUNC_NAME", rk.name))
         rendered.append(rk)
+    # a kernel used once is inlined into its outer function (numba compiles one big function
+    # much faster than many small ones); identical kernels become one function, called
+    texts = [rk.function_text() if isinstance(rk, RenderedKernel) else None for rk in rendered]
+    for rk, text in zip(rendered, texts):
+        if text is not None and (texts.count(text) > 1 or rk.parallel):
+            rk.inline = False
+            rk.name = "k_" + hashlib.sha1(text.encode()).hexdigest()[:10]
+            funcs.setdefault(rk.name, text.replace("FUNC_NAME", rk.name))
     outer = _OuterBuilder(program)
     segments: list[Segment] = []
     for item in rendered:
@@ -707,11 +710,12 @@ def render_program(program: Program, title: str, fastmath: bool = False, paralle
             outer_texts.append(outer.render(seg, i == len(segments) - 1))
         else:
             seg.reason = seg.kernels[0].notes[-1]
-    source = HEADER.format(title=title, fastmath=fastmath) + helpers + "\n\n" + \
+    source = HEADER.format(title=title, fastmath=fastmath) + "\n\n" + \
         "\n\n\n".join(funcs.values()) + "\n\n\n" + "\n\n\n".join(outer_texts) + "\n"
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     native = [k for k in rendered if isinstance(k, RenderedKernel)]
-    return GeneratedModule(source, segments, outer.slots, outer.externals, native, len(funcs), digest)
+    return GeneratedModule(source, segments, outer.slots, outer.externals, native,
+                           len({t for t in texts if t is not None}), digest)
 
 
 class _OuterBuilder:
@@ -765,6 +769,7 @@ class _OuterBuilder:
     def render(self, seg: Segment, last: bool) -> str:
         w = Writer()
         names: dict = {}
+        parallel = False
         for rk in seg.kernels:
             args = []
             for a in rk.args:
@@ -774,7 +779,11 @@ class _OuterBuilder:
                     args.append(self.slot(("size", a.node)))
                 else:
                     args.append(self.dim(a.dim))
-            w(f"{rk.name}({', '.join(args)})  # {rk.kernel.name}: {' '.join(n.op for n in rk.kernel.nodes)}")
+            if rk.inline:
+                w.lines.extend(rk.inline_lines(f"{rk.kernel.name}_", args))
+                parallel = parallel or rk.parallel
+            else:
+                w(f"{rk.name}({', '.join(args)})  # {rk.kernel.name}: {rk.comment}")
         if last:
             for key, node in self.program.updates:
                 storage = self.program.storage_of(node)
@@ -786,7 +795,8 @@ class _OuterBuilder:
                 w(f"copy_flat({dst}, {src})  # update {key}")
         body = w.text() or "    pass"
         params = ", ".join(["arena", "S"] + [f"e{i}" for i in range(len(self.externals))])
-        return f"@njit(**JIT)\ndef {seg.func}({params}):\n{body}"
+        deco = "@njit(**JIT_PARALLEL)" if parallel else "@njit(**JIT)"
+        return f"{deco}\ndef {seg.func}({params}):\n{body}"
 
 
 def _itemsize(dtype: str) -> int:

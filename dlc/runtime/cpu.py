@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import passes
 from ..codegen.numba import GeneratedModule, RenderedKernel, is_scalar_node, render_program
-from ..graph import Node, dim_eval, shape_eval
+from ..graph import TUPLE, Node, dim_eval, shape_eval
 from ..ops import OPS
 
 log = logging.getLogger("dlc")
@@ -27,13 +27,19 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DLC_CACHE_DIR") or Path.home() / ".cache" / "dlc")
 
 
-def helper_source() -> str:
-    """The hand-written numba helpers, copied into every generated module."""
-    path = _KERNELS_DIR / "fastmath.py"
-    if not path.exists():
-        raise FileNotFoundError(f"the CPU backend's helper kernels are missing: {path}")
-    text = path.read_text()
-    return text.split('"""', 2)[2] if text.startswith('"""') else text
+def load_kernel_modules() -> None:
+    """Import the hand-written kernels (kernels/cpu/*.py) under the names generated modules import them by."""
+    for stem in ("fastmath", "gemm"):
+        name = f"dlc_cpu_{stem}"
+        if name in sys.modules:
+            continue
+        path = _KERNELS_DIR / f"{stem}.py"
+        if not path.exists():
+            raise FileNotFoundError(f"the CPU backend's hand-written kernels are missing: {path}")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
 
 
 def load_module(gen: GeneratedModule, directory: Path):
@@ -57,7 +63,7 @@ def load_module(gen: GeneratedModule, directory: Path):
 class _Plan:
     """Everything a call needs for one binding of the symbolic dims."""
 
-    __slots__ = ("env", "memory", "arena", "S", "out_views")
+    __slots__ = ("env", "memory", "arena", "S", "out_views", "objects")
 
 
 class CPUBackend:
@@ -65,7 +71,7 @@ class CPUBackend:
 
     name = "cpu"
 
-    def __init__(self, fn, fastmath: bool = False, parallel: bool = True, dump: str | None = None,
+    def __init__(self, fn, fastmath: bool = False, parallel: bool = False, dump: str | None = None,
                  cache: str | None = None, **optimizer_options):
         self.fn = fn
         self.stats: dict = {}
@@ -79,13 +85,13 @@ class CPUBackend:
             self.program = passes.unfused_program(fn.outputs, fn.updates, fn.inputs)
         self._plan_memory = getattr(passes, "plan_memory", None) or passes.unplanned_memory
         t1 = time.perf_counter()
-        self.generated = render_program(self.program, title=repr(fn), fastmath=fastmath, parallel=parallel,
-                                        helpers=helper_source())
+        self.generated = render_program(self.program, title=repr(fn), fastmath=fastmath, parallel=parallel)
         t2 = time.perf_counter()
         dump = dump or os.environ.get("DLC_DUMP")
         if dump:
             Path(dump).mkdir(parents=True, exist_ok=True)
             (Path(dump) / f"dlc_gen_{self.generated.digest}.py").write_text(self.generated.source)
+        load_kernel_modules()
         self.module = load_module(self.generated, Path(cache) if cache else cache_dir())
         t3 = time.perf_counter()
         self.stats.update(optimize_s=t1 - t0, render_s=t2 - t1, import_s=t3 - t2, numba_compile_s=0.0,
@@ -115,6 +121,7 @@ class CPUBackend:
                 self._externals.append((0, np.array(n.value, order="C")))
         self._ext_index = {id(n): i for i, n in enumerate(self.generated.externals)}
         self._plans: dict = {}
+        self._debug_functions: dict = {}
         self._python_updates = [(k, v) for k, v in self.program.updates
                                 if id(self.program.storage_of(v)) in self._ext_index]
 
@@ -130,6 +137,7 @@ class CPUBackend:
     def _make_plan(self, env: dict) -> _Plan:
         plan = _Plan()
         plan.env = dict(env)
+        plan.objects = {}  # values that are not arrays (a scan's tuple of results), by node id
         plan.memory = mem = self._plan_memory(self.program, env)
         plan.arena = np.empty(max(mem.arena_bytes, 1), dtype=np.uint8)
         plan.S = np.array([self._slot_value(s, mem, env) for s in self.generated.slots] or [0], dtype=np.int64)
@@ -165,6 +173,8 @@ class CPUBackend:
             return np.asarray(self._slot_value(("size", node), None, env), dtype=node.dtype)
         if node.op == "const":
             return node.value
+        if node.dtype == TUPLE:
+            return plan.objects[id(self.program.storage_of(node))]
         view = self._arena_view(node, plan)
         if view is not None:
             return view
@@ -212,9 +222,13 @@ class CPUBackend:
             values[id(n)] = self._value_view(n, plan, X, env)
         for n in kernel.nodes:
             args = [values[id(x)] if id(x) in values else self._value_view(x, plan, X, env) for x in n.inputs]
-            values[id(n)] = np.asarray(OPS[n.op].ref(args, n.a, shape_eval(n.shape, env)), dtype=n.dtype)
+            value = OPS[n.op].ref(args, n.a, shape_eval(n.shape, env))
+            values[id(n)] = value if n.dtype == TUPLE else np.asarray(value, dtype=n.dtype)
         for n in kernel.outputs:
-            np.copyto(self._value_view(n, plan, X, env), values[id(n)])
+            if n.dtype == TUPLE:
+                plan.objects[id(n)] = values[id(n)]
+            else:
+                np.copyto(self._value_view(n, plan, X, env), values[id(n)])
 
     # ---- debugging
 
@@ -226,14 +240,28 @@ class CPUBackend:
         for seg in self.generated.segments:
             for item in seg.kernels:
                 if isinstance(item, RenderedKernel):
-                    getattr(self.module, item.name)(*self._kernel_args(item, plan, X, env))
+                    self._debug_function(item)(*self._kernel_args(item, plan, X, env))
                     kernel = item.kernel
                 else:
                     self._fallback(item, plan, X, env)
                     kernel = item
                 for n in kernel.outputs:
-                    out[id(n)] = np.array(self._value_view(n, plan, X, env))
+                    if n.dtype != TUPLE:
+                        out[id(n)] = np.array(self._value_view(n, plan, X, env))
         return out
+
+    def _debug_function(self, rk: RenderedKernel):
+        """The kernel as a function of its own (inlined kernels have none in the module); compiled on demand."""
+        if not rk.inline:
+            return getattr(self.module, rk.name)
+        cached = self._debug_functions.get(id(rk))
+        if cached is None:
+            namespace = dict(self.module.__dict__)
+            namespace["JIT"] = dict(namespace["JIT"], cache=False)  # source from exec cannot be cached
+            namespace["JIT_PARALLEL"] = dict(namespace["JIT_PARALLEL"], cache=False)
+            exec(rk.function_text().replace("FUNC_NAME", "kernel"), namespace)
+            cached = self._debug_functions[id(rk)] = namespace["kernel"]
+        return cached
 
     def _kernel_args(self, rk: RenderedKernel, plan: _Plan, X: list, env: dict) -> list:
         args = []

@@ -2,8 +2,9 @@
 
 numba lowers math.tanh/exp on float32 to scalar libm calls (~28 ns each); the
 rational and polynomial forms below (after Eigen and Cephes) compile to a few
-fused multiply-adds that LLVM vectorizes. The code generator copies this file
-into every generated module, so a cached module needs nothing but numba.
+fused multiply-adds that LLVM vectorizes. The CPU backend imports this file as
+the module `dlc_cpu_fastmath` (numba caches it on disk like any module) and
+every generated module imports its functions from there.
 """
 
 import math
@@ -125,3 +126,8 @@ def or_(a, b):
 @njit(cache=True, error_model="numpy")
 def not_(a):
     return not a
+
+
+@njit(cache=True, error_model="numpy")
+def pow_(a, b):
+    return a ** b
