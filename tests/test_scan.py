@@ -220,3 +220,19 @@ def test_second_order_gradient_is_refused_clearly():
     g = dlc.grad(dlc.sum(h), w)
     with pytest.raises(GradientError, match="second-order"):
         dlc.grad(dlc.sum(g * g), w)
+
+
+def test_weight_used_only_from_the_right_gets_one_product_after_the_loop(rng):
+    """h @ W inside the body: the backward scan carries no running sum for W (two uses, one left operand computed)."""
+    def build(xs, h0, w):
+        def body(h, x):
+            h = dlc.tanh((dlc.tanh(h) * x) @ w + h @ w)
+            return h, h
+        h_final, ys = dlc.scan(body, h0, xs)
+        return dlc.sum(ys * ys) + dlc.sum(h_final)
+
+    check_grad(build, [rng.normal(size=(4, 2, 3)), rng.normal(size=(2, 3)), rng.normal(size=(3, 3)) * 0.5])
+    xs, h0, w = dlc.input("xs", (4, 2, 3)), dlc.input("h0", (2, 3)), dlc.input("w", (3, 3))
+    g_w = dlc.grad(build(xs, h0, w), w)
+    (backward,) = [n for n in Graph([g_w.node]).nodes if n.op == "scan" and not n.attr("save_carries")]
+    assert [p.shape for p in backward.attr("body").carry_in] == [(2, 3)]  # only dL/dh

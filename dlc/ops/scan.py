@@ -20,8 +20,8 @@ constants and placeholder "input" nodes, all named after the scan ("scan4.carry0
 A Body is compared and hashed by identity, so it can sit in a node's attrs.
 Two nodes stand for one loop:
 
-    %s = scan(init_0.., xs_0.., captured_0..; body, reverse, length) : tuple()
-    %o = scan_output(%s; index=k)                                   : dtype(shape)
+    %s = scan(init_0.., xs_0.., captured_0..; body, length, reverse, save_carries) : tuple()
+    %o = scan_output(%s; index=k)                                                 : dtype(shape)
 
 The scan node's dtype is `graph.TUPLE`: its value is a tuple of arrays, and a
 `scan_output` node picks one. With C carries and Y per-step outputs, index
@@ -29,7 +29,8 @@ The scan node's dtype is `graph.TUPLE`: its value is a tuple of arrays, and a
     0 .. C-1        the final carries
     C .. C+Y-1      the ys, stacked along a new axis 0: (T, *y_t shape)
     C+Y .. 2C+Y-1   the carries entering each step, stacked: (T, *carry shape);
-                    saved for backpropagation through time
+                    saved for backpropagation through time, present when
+                    save_carries (true for every scan but a gradient's own)
 
 `length` is axis 0 of the xs (an int or a symbolic dim such as "T"); without
 xs it must be an int. Step t binds carry_in to the current carries, x_in to
@@ -44,7 +45,11 @@ saved carries, the xs and the incoming gradients of the ys. Its body re-runs
 the forward body from the saved carry of step t and differentiates it with
 `dlc.grad(outputs, wrt, seed=...)`: the gradient of the next carry comes in as
 its carry, the gradients of the closed-over values are summed in its carry,
-and the gradient of each x_t is its per-step output.
+and the gradient of each x_t is its per-step output. A closed-over weight that
+the body only multiplies from the right (h @ W) gets no running sum: the
+backward scan emits each step's left operand and output gradient, and one
+matrix product over all steps after the loop gives the weight's gradient
+(the way the forward input projection is one product before it).
 
 Padded batches: `lengths` (int, (B,)) masks the steps past a sequence's end:
 there the carries keep their value and the ys are zero. Every carry and y leaf
@@ -206,15 +211,14 @@ def _substitute(order: list[Node], subst: dict[int, Node]) -> dict[int, Node]:
     return new
 
 
-def instantiate(body: Body, carries, xs, captured, step) -> tuple[list[Node], list[Node]]:
-    """The body's graph re-built on given nodes in place of its placeholders: (carry_out, y_out)."""
+def instantiate(body: Body, carries, xs, captured, step) -> dict[int, Node]:
+    """The body's graph re-built on given nodes in place of its placeholders: id(body node) -> new node."""
     subst = {}
     for p, v in zip(body.placeholders, list(carries) + list(xs) + list(captured) + [step]):
         if tuple(v.shape) != tuple(p.shape) or v.dtype != p.dtype:
             raise AssertionError(f"{p.attr('name')} is {_describe(p)}, cannot bind {_describe(v)}")
         subst[id(p)] = v
-    new = _substitute(body.graph.nodes, subst)
-    return [new[id(n)] for n in body.carry_out], [new[id(n)] for n in body.y_out]
+    return _substitute(body.graph.nodes, subst)
 
 
 # ----------------------------------------------------------------------------
@@ -274,8 +278,11 @@ def _mask(new: list, old: list, ys: list, step, lengths):
     return new, ys
 
 
-def scan_with_step(fn, init_carry, xs=None, length=None, reverse=False, lengths=None):
-    """scan whose body also gets the step index: fn(carry, x_t, t) -> (new_carry, y_t), t an int64 scalar."""
+def scan_with_step(fn, init_carry, xs=None, length=None, reverse=False, lengths=None, save_carries=True):
+    """scan whose body also gets the step index: fn(carry, x_t, t) -> (new_carry, y_t), t an int64 scalar.
+
+    save_carries=False leaves out the per-step carries (the scan cannot be differentiated then).
+    """
     Tensor = _Tensor()
     carry_leaves, carry_s = _flatten(init_carry, "init_carry")
     x_leaves, x_s = _flatten(xs if xs is not None else (), "xs")
@@ -305,7 +312,7 @@ def scan_with_step(fn, init_carry, xs=None, length=None, reverse=False, lengths=
     C = len(carry_in)
     body = Body(name, carry_in, x_in, captured_in, step_in, outs[:C], outs[C:])
     node = apply("scan", [t.node for t in carry_leaves + x_leaves] + captured, body=body,
-                 reverse=bool(reverse), length=T)
+                 reverse=bool(reverse), length=T, save_carries=bool(save_carries))
     results = [Tensor(apply("scan_output", [node], index=k)) for k in range(C + len(y_leaves))]
     return _unflatten(carry_s, results[:C]), _unflatten(y_s, results[C:])
 
@@ -354,10 +361,16 @@ def _output_infer(xs, attrs):
     if C <= k < C + Y:
         y = body.y_out[k - C]
         return (T,) + y.shape, y.dtype
-    if C + Y <= k < 2 * C + Y:
+    if C + Y <= k < 2 * C + Y and scan_node.attr("save_carries"):
         c = body.carry_in[k - C - Y]
         return (T,) + c.shape, c.dtype
-    raise ShapeError(f"{body.name} has {2 * C + Y} outputs, index {k} is out of range")
+    raise ShapeError(f"{body.name} has {_output_count(scan_node)} outputs, index {k} is out of range")
+
+
+def _output_count(scan_node) -> int:
+    body = scan_node.attr("body")
+    C, Y = len(body.carry_in), len(body.y_out)
+    return 2 * C + Y if scan_node.attr("save_carries") else C + Y
 
 
 def _bind_symbols(pairs) -> dict[str, int]:
@@ -381,7 +394,7 @@ def _bind_symbols(pairs) -> dict[str, int]:
     return env
 
 
-def run_scan(body: Body, arrays: list[np.ndarray], reverse: bool, length) -> tuple:
+def run_scan(body: Body, arrays: list[np.ndarray], reverse: bool, length, save_carries: bool = True) -> tuple:
     """The numpy reference of a scan: the body graph evaluated step by step."""
     from ..runtime.reference import evaluate
 
@@ -392,12 +405,13 @@ def run_scan(body: Body, arrays: list[np.ndarray], reverse: bool, length) -> tup
                         list(zip(body.x_in, (x.shape[1:] for x in xs))) +
                         list(zip(body.captured_in, (c.shape for c in captured))))
     ys = [np.empty((T,) + shape_eval(y.shape, env), y.dtype) for y in body.y_out]
-    saved = [np.empty((T,) + c.shape, c.dtype) for c in carries]
+    saved = [np.empty((T,) + c.shape, c.dtype) for c in carries] if save_carries else []
     feeds = {id(p): a for p, a in zip(body.captured_in, captured)}
     keep = {id(n) for n in body.graph.outputs}
     for t in (range(T - 1, -1, -1) if reverse else range(T)):
         for k, c in enumerate(carries):
-            saved[k][t] = c
+            if save_carries:
+                saved[k][t] = c
             feeds[id(body.carry_in[k])] = c
         for p, x in zip(body.x_in, xs):
             feeds[id(p)] = x[t]
@@ -410,7 +424,7 @@ def run_scan(body: Body, arrays: list[np.ndarray], reverse: bool, length) -> tup
 
 
 def _scan_ref(arrays, attrs, shape):
-    return run_scan(attrs["body"], arrays, attrs["reverse"], attrs["length"])
+    return run_scan(attrs["body"], arrays, attrs["reverse"], attrs["length"], attrs["save_carries"])
 
 
 class TupleCotangent:
@@ -434,15 +448,40 @@ def _zeros(shape, dtype):
     return F.broadcast_to(F.constant(0.0, dtype=dtype), shape)
 
 
+def _right_matmuls(body: Body, j: int) -> list[Node] | None:
+    """The matmuls `a @ w` that are the only use of captured 2-D value j in the body, else None."""
+    w = body.captured_in[j]
+    users = [n for n in body.graph.nodes if any(i is w for i in n.inputs)]
+    if w.ndim != 2 or not users or any(o is w for o in body.graph.outputs):
+        return None
+    if all(n.op == "matmul" and n.inputs[1] is w and n.inputs[0] is not w and n.inputs[0].ndim == 2
+           for n in users):
+        return users
+    return None
+
+
+def _stacked_product(a_steps, g_steps):
+    """sum over t of a_t.T @ g_t, as one matrix product over the (T, rows, .) stacks."""
+    F = _F()
+    rows = lambda x: F.reshape(x, (_dim_mul(x.shape[0], x.shape[1]), x.shape[2]))  # noqa: E731
+    return F.matmul(F.transpose(rows(a_steps)), rows(g_steps))
+
+
+def _dim_mul(a, b):
+    from ..graph import dim_mul
+
+    return dim_mul(a, b)
+
+
 def _scan_grad(node, g, xs):
     """Backpropagation through time: a scan in the other direction over the saved carries."""
     Tensor = _Tensor()
     body = node.attr("body")
     C, X, Y = len(body.carry_in), len(body.x_in), len(body.y_out)
     parts = g.parts
-    if any(k >= C + Y for k in parts):
-        raise GradientError(f"{body.name}: differentiating the carries a scan saves for its own gradient "
-                            f"(a second-order gradient through scan) is not supported")
+    if any(k >= C + Y for k in parts) or not node.attr("save_carries"):
+        raise GradientError(f"{body.name}: differentiating the carries a scan saves for its own gradient, or "
+                            f"a scan built for a gradient (a second-order gradient through scan), is not supported")
     init, seqs, captured = xs[:C], xs[C:C + X], xs[C + X:]
     fc = [k for k in range(C) if is_float(body.carry_in[k].dtype)]
     fx = [i for i in range(X) if is_float(body.x_in[i].dtype)]
@@ -451,30 +490,45 @@ def _scan_grad(node, g, xs):
     if not fc and not seeded_ys:
         return [None] * len(xs)
     saved = [Tensor(apply("scan_output", [node], index=C + Y + k)) for k in range(C)]
+    hoisted = {j: m for j in fk if (m := _right_matmuls(body, j)) is not None}
+    summed = [j for j in fk if j not in hoisted]
+    products = [m for j in hoisted for m in hoisted[j]]  # their left operands and output gradients leave the loop
+    # a left operand that is a carry or an x is already stacked outside; any other is emitted per step
+    outer_left = {id(p): v for p, v in zip(body.carry_in + body.x_in, saved + list(seqs))}
+    emitted = [m for m in products if id(m.inputs[0]) not in outer_left]
     g_final = [parts.get(k) if parts.get(k) is not None else _zeros(init[k].shape, init[k].dtype) for k in fc]
-    g_zero = [_zeros(captured[j].shape, captured[j].dtype) for j in fk]
+    g_zero = [_zeros(captured[j].shape, captured[j].dtype) for j in summed]
 
     def backward_step(carry, x, step):
-        g_carry, g_captured = carry
+        g_carry, g_summed = carry
         c_t, x_t, gy_t = x
-        carry_out, y_out = instantiate(body, [c.node for c in c_t], [v.node for v in x_t],
-                                       [c.node for c in captured], step.node)
-        outs = [Tensor(carry_out[k]) for k in fc] + [Tensor(y_out[j]) for j in seeded_ys]
-        wrt = [c_t[k] for k in fc] + [x_t[i] for i in fx] + [captured[j] for j in fk]
+        new = instantiate(body, [c.node for c in c_t], [v.node for v in x_t], [c.node for c in captured], step.node)
+        outs = [Tensor(new[id(body.carry_out[k])]) for k in fc] + [Tensor(new[id(body.y_out[j])]) for j in seeded_ys]
+        wrt = ([c_t[k] for k in fc] + [x_t[i] for i in fx] + [captured[j] for j in summed] +
+               [Tensor(new[id(m)]) for m in products])
         grads = _autodiff_grad(outs, wrt, list(g_carry) + list(gy_t))
-        dc, dx, dw = grads[:len(fc)], grads[len(fc):len(fc) + len(fx)], grads[len(fc) + len(fx):]
-        return (dc, [a + b for a, b in zip(g_captured, dw)]), dx
+        n1, n2, n3 = len(fc), len(fc) + len(fx), len(fc) + len(fx) + len(summed)
+        dc, dx, dw, dm = grads[:n1], grads[n1:n2], grads[n2:n3], grads[n3:]
+        lefts = [Tensor(new[id(m.inputs[0])]) for m in emitted]
+        return (dc, [a + b for a, b in zip(g_summed, dw)]), (dx, dm, lefts)
 
     gys = [parts[C + j] for j in seeded_ys]
-    (g_init, g_caps), g_seqs = scan_with_step(backward_step, (g_final, g_zero), (saved, list(seqs), gys),
-                                              length=node.attr("length"), reverse=not node.attr("reverse"))
+    (g_init, g_sums), (g_seqs, g_products, left_steps) = scan_with_step(
+        backward_step, (g_final, g_zero), (saved, list(seqs), gys), length=node.attr("length"),
+        reverse=not node.attr("reverse"), save_carries=False)
     out: list = [None] * len(xs)
     for k, gk in zip(fc, g_init):
         out[k] = gk
     for i, gi in zip(fx, g_seqs):
         out[C + i] = gi
-    for j, gj in zip(fk, g_caps):
+    for j, gj in zip(summed, g_sums):
         out[C + X + j] = gj
+    left_steps = dict(zip(map(id, emitted), left_steps))
+    for m, g_steps in zip(products, g_products):
+        j = next(j for j in hoisted if any(m is u for u in hoisted[j]))
+        a_steps = outer_left[id(m.inputs[0])] if id(m.inputs[0]) in outer_left else left_steps[id(m)]
+        dw = _stacked_product(a_steps, g_steps)
+        out[C + X + j] = dw if out[C + X + j] is None else out[C + X + j] + dw
     return out
 
 
