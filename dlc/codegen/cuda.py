@@ -559,6 +559,9 @@ SPLIT_CHUNK = 1 << 12        # reduced elements per block in the first pass (at 
 def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
     """One block per output element (grid-stride over outputs); threads stride over the reduced elements.
 
+    Rows of at most 32 elements (softmax over 10 classes) get one warp each,
+    8 rows a block, and reduce with shuffles alone.
+
     A long reduction over few outputs (a loss over a big batch) would leave
     most SMs idle, so it runs in two passes of the same kernel: `phase` 1
     has `chunks` blocks per output each reduce one slice into a workspace,
@@ -630,7 +633,9 @@ def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
                                   Param("phase", "phase", "int")]
     lines = [_comment(kernel), _signature(name, params) + " {",
              f"  const i64 n_out = {numel_c(kept)};", f"  const i64 R = {numel_c(reduced)};",
-             "  for (i64 o = blockIdx.x; o < n_out; o += gridDim.x) {", body.text(), "  }", "}"]
+             "  // one row per block, or per warp (blockDim.y rows a block) when the rows are short",
+             "  for (i64 o = (i64)blockIdx.x * blockDim.y + threadIdx.y; o < n_out; o += (i64)gridDim.x * blockDim.y) {",
+             body.text(), "  }", "}"]
     kept_, reduced_ = tuple(kept), tuple(reduced)
     item = np.dtype(x.dtype).itemsize + (8 if arg else 0)
 
@@ -639,12 +644,16 @@ def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
         r = int(np.prod(shape_eval(reduced_, env), dtype=np.int64))
         grid = max(1, min(n_out, 65535))
         chunks = reduction_chunks(n_out, r, max_blocks)
+        if chunks == 1 and r <= 32:
+            rows = BLOCK // 32
+            return [Launch(name, (max(1, min(-(-n_out // rows), 65535)), 1, 1), (32, rows, 1),
+                           {"chunks": 1, "phase": 0})]
         if chunks == 1:
-            threads = min(BLOCK, max(32, 1 << max(0, (r - 1).bit_length())))
+            threads = min(BLOCK, max(64, 1 << max(0, (r - 1).bit_length())))
             return [Launch(name, (grid, 1, 1), (threads, 1, 1), {"chunks": 1, "phase": 0})]
         return [Launch(name, (grid, chunks, 1), (BLOCK, 1, 1), {"chunks": chunks, "phase": 1},
                        workspace=n_out * chunks * item),
-                Launch(name, (grid, 1, 1), (min(BLOCK, max(32, 1 << (chunks - 1).bit_length())), 1, 1),
+                Launch(name, (grid, 1, 1), (min(BLOCK, max(64, 1 << (chunks - 1).bit_length())), 1, 1),
                        {"chunks": chunks, "phase": 2}, workspace=n_out * chunks * item)]
 
     return RenderedKernel(kernel, "\n".join(lines), params, [name], plan)

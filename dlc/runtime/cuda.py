@@ -219,6 +219,7 @@ def device_store(store, device) -> DeviceStore:
     if ds is None or not _alive(ds):
         ds = DeviceStore(store, device)
         _DEVICE_STORES[key] = ds
+        weakref.finalize(store, _DEVICE_STORES.pop, key, None)  # device buffers go with their Store
         hooks = store.__dict__.setdefault("_device_hooks", [])
         hooks.append(ds)
     return ds

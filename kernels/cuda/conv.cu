@@ -34,12 +34,14 @@ __device__ __forceinline__ T dlc_conv_pixel(const T* __restrict__ x, const DlcCo
 }
 
 template <class T> struct DlcConvFwdA {
+  static constexpr bool kRowsContiguous = false;
   const T* __restrict__ w; DlcConv2d q; int g;
   __device__ __forceinline__ T operator()(i64 m, i64 k) const {
     return w[((i64)g * q.og() + m) * (i64)(q.cg() * q.taps()) + k];
   }
 };
 template <class T> struct DlcConvFwdB {
+  static constexpr bool kRowsContiguous = false;
   const T* __restrict__ x; DlcConv2d q; int g;
   __device__ __forceinline__ T operator()(i64 k, i64 j) const {
     const int c = (int)(k / q.taps()), t = (int)(k % q.taps()), r = t / q.kw, s = t % q.kw;
@@ -49,6 +51,7 @@ template <class T> struct DlcConvFwdB {
 };
 
 template <class T> struct DlcConvDgradA {
+  static constexpr bool kRowsContiguous = false;
   const T* __restrict__ w; DlcConv2d q; int g;
   __device__ __forceinline__ T operator()(i64 c, i64 k) const {
     const i64 m = k / q.taps(), t = k % q.taps();
@@ -56,6 +59,7 @@ template <class T> struct DlcConvDgradA {
   }
 };
 template <class T> struct DlcConvDgradB {
+  static constexpr bool kRowsContiguous = false;
   const T* __restrict__ gy; DlcConv2d q; int g;
   __device__ __forceinline__ T operator()(i64 k, i64 j) const {
     const int m = (int)(k / q.taps()), t = (int)(k % q.taps()), r = t / q.kw, s = t % q.kw;
@@ -69,6 +73,7 @@ template <class T> struct DlcConvDgradB {
 };
 
 template <class T> struct DlcConvWgradA {
+  static constexpr bool kRowsContiguous = false;
   const T* __restrict__ gy; DlcConv2d q; int g;
   __device__ __forceinline__ T operator()(i64 m, i64 k) const {
     const i64 ow = k % q.Wo, rest = k / q.Wo, oh = rest % q.Ho, n = rest / q.Ho;
@@ -76,6 +81,7 @@ template <class T> struct DlcConvWgradA {
   }
 };
 template <class T> struct DlcConvWgradB {
+  static constexpr bool kRowsContiguous = true;
   const T* __restrict__ x; DlcConv2d q; int g;
   __device__ __forceinline__ T operator()(i64 k, i64 j) const {
     const int c = (int)(j / q.taps()), t = (int)(j % q.taps()), r = t / q.kw, s = t % q.kw;

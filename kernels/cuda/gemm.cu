@@ -44,15 +44,16 @@ __device__ __forceinline__ void dlc_gemm_mainloop(i64 M, i64 N, i64 K, LoadA loa
     for (int c = 0; c < TN; ++c) acc[r][c] = T(0);
 
   for (i64 k0 = 0; k0 < K; k0 += BK) {
-    // stage A's BM x BK slice (k fastest: row-major A reads coalesce) and
-    // B's BK x BN slice (j fastest); out-of-range elements are zeros
+    // stage A's BM x BK slice and B's BK x BN slice, consecutive threads
+    // reading consecutive addresses (the loaders say which index is
+    // contiguous in memory); out-of-range elements are zeros
     for (int e = tid; e < BM * BK; e += NT) {
-      const int kk = e % BK, i = e / BK;
+      const int kk = LoadA::kRowsContiguous ? e / BM : e % BK, i = LoadA::kRowsContiguous ? e % BM : e / BK;
       const i64 gi = row0 + i, gk = k0 + kk;
       As[kk][i] = (gi < M && gk < K) ? load_a(gi, gk) : T(0);
     }
     for (int e = tid; e < BN * BK; e += NT) {
-      const int j = e % BN, kk = e / BN;
+      const int j = LoadB::kRowsContiguous ? e / BK : e % BN, kk = LoadB::kRowsContiguous ? e % BK : e / BN;
       const i64 gj = col0 + j, gk = k0 + kk;
       Bs[kk][j] = (gj < N && gk < K) ? load_b(gk, gj) : T(0);
     }
@@ -84,13 +85,19 @@ __device__ __forceinline__ void dlc_gemm_mainloop(i64 M, i64 N, i64 K, LoadA loa
   }
 }
 
+// Loaders: a(i, k) and b(k, j) plus kRowsContiguous, whether consecutive
+// rows (i of A, k of B) are adjacent in memory, which picks the coalesced
+// staging order.
+//
 // Plain and transposed dense operands: A is M x K (TA: stored K x M), B is
 // K x N (TB: stored N x K), leading dimensions lda/ldb in elements.
 template <bool TA, class T> struct DlcDenseA {
+  static constexpr bool kRowsContiguous = TA;
   const T* __restrict__ p; i64 ld;
   __device__ __forceinline__ T operator()(i64 i, i64 k) const { return TA ? p[k * ld + i] : p[i * ld + k]; }
 };
 template <bool TB, class T> struct DlcDenseB {
+  static constexpr bool kRowsContiguous = TB;
   const T* __restrict__ p; i64 ld;
   __device__ __forceinline__ T operator()(i64 k, i64 j) const { return TB ? p[j * ld + k] : p[k * ld + j]; }
 };

@@ -83,8 +83,11 @@ template <class Op, class T> __device__ __forceinline__ T dlc_warp_reduce(T v) {
   return v;
 }
 
-// every thread of the block gets the result; blockDim.x must be a multiple of 32
+// every thread of the row gets the result. A row is the block (blockDim.x a
+// multiple of 32, blockDim.y 1) or, when blockDim.x == 32, one warp: then the
+// block holds blockDim.y independent rows and no shared memory is touched.
 template <class Op, class T> __device__ __forceinline__ T dlc_block_reduce(T v) {
+  if (blockDim.x == DLC_WARP) return dlc_warp_reduce<Op>(v);
   __shared__ T partial[32];
   const int lane = threadIdx.x % DLC_WARP, warp = threadIdx.x / DLC_WARP;
   const int nwarps = (blockDim.x + DLC_WARP - 1) / DLC_WARP;
@@ -116,6 +119,7 @@ template <bool IsMax, class T> __device__ __forceinline__ void dlc_block_arg_red
     i64 j = __shfl_xor_sync(0xffffffffu, i, d);
     if (dlc_arg_better<IsMax>(w, j, v, i)) { v = w; i = j; }
   }
+  if (blockDim.x == DLC_WARP) return;  // one warp per row: done
   if (lane == 0) { pv[warp] = v; pi[warp] = i; }
   __syncthreads();
   if (lane < nwarps) { v = pv[lane]; i = pi[lane]; } else { i = -1; }
