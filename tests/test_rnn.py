@@ -203,6 +203,17 @@ def test_one_compiled_training_gradient_serves_two_sequence_lengths(rng):
                 np.testing.assert_allclose(analytic.reshape(-1)[k], numeric, rtol=1e-5, atol=1e-7)
 
 
+def test_cpu_target_matches_the_reference(rng):
+    model = GRU(3, 4, bidirectional=True, dtype="float64")
+    x, lengths = dlc.input("x", ("T", "B", 3), "float64"), dlc.input("lengths", ("B",), "int64")
+    out, h_n = model(x, lengths=lengths)
+    loss = dlc.sum(out * out) + dlc.sum(h_n)
+    outputs = [loss] + dlc.grad(loss, [x] + model.parameters())
+    X, L = rng.normal(size=(5, 2, 3)), np.array([5, 3])
+    for want, got in zip(dlc.compile(outputs)(X, L), dlc.compile(outputs, target="cpu")(X, L)):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+
+
 # ----------------------------------------------------------------------------
 # the graph
 
