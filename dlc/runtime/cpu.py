@@ -27,9 +27,24 @@ def cache_dir() -> Path:
     return Path(os.environ.get("DLC_CACHE_DIR") or Path.home() / ".cache" / "dlc")
 
 
+def kernels_digest() -> str:
+    """A hash of the hand-written kernels and the numba version that compiled them."""
+    import hashlib
+
+    import numba
+
+    h = hashlib.sha256(numba.__version__.encode())
+    for stem in KERNEL_MODULES:
+        h.update((_KERNELS_DIR / f"{stem}.py").read_bytes())
+    return h.hexdigest()[:16]
+
+
+KERNEL_MODULES = ("fastmath", "gemm")
+
+
 def load_kernel_modules() -> None:
     """Import the hand-written kernels (kernels/cpu/*.py) under the names generated modules import them by."""
-    for stem in ("fastmath", "gemm"):
+    for stem in KERNEL_MODULES:
         name = f"dlc_cpu_{stem}"
         if name in sys.modules:
             continue
@@ -85,13 +100,14 @@ class CPUBackend:
             self.program = passes.unfused_program(fn.outputs, fn.updates, fn.inputs)
         self._plan_memory = getattr(passes, "plan_memory", None) or passes.unplanned_memory
         t1 = time.perf_counter()
-        self.generated = render_program(self.program, title=repr(fn), fastmath=fastmath, parallel=parallel)
+        load_kernel_modules()
+        self.generated = render_program(self.program, title=repr(fn), fastmath=fastmath, parallel=parallel,
+                                        kernels_digest=kernels_digest())
         t2 = time.perf_counter()
         dump = dump or os.environ.get("DLC_DUMP")
         if dump:
             Path(dump).mkdir(parents=True, exist_ok=True)
             (Path(dump) / f"dlc_gen_{self.generated.digest}.py").write_text(self.generated.source)
-        load_kernel_modules()
         self.module = load_module(self.generated, Path(cache) if cache else cache_dir())
         t3 = time.perf_counter()
         self.stats.update(optimize_s=t1 - t0, render_s=t2 - t1, import_s=t3 - t2, numba_compile_s=0.0,

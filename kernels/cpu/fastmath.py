@@ -23,7 +23,7 @@ def _i32_as_f32(typingctx, bits):
     return types.float32(types.int32), codegen
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def tanh_f32(x):
     """Eigen's rational minimax tanh on [-9, 9]: within a few ulp of float64."""
     c = min(max(x, np.float32(-9.0)), np.float32(9.0))
@@ -42,7 +42,7 @@ def tanh_f32(x):
     return x if x != x else r
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def exp_f32(x):
     """Cephes expf: x = n ln2 + r, a degree-6 polynomial in r, 2^n built from its exponent bits."""
     c = min(max(x, np.float32(-87.33654)), np.float32(88.37626))
@@ -62,72 +62,72 @@ def exp_f32(x):
     return x if x != x else y
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def sigmoid_f32(x):
     return np.float32(1.0) / (np.float32(1.0) + exp_f32(-x))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def sigmoid_f64(x):
     # exp of a non-positive number only: no overflow at either end
     e = math.exp(-abs(x))
     return 1.0 / (1.0 + e) if x >= 0 else e / (1.0 + e)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def softplus_f32(x):
     return max(x, np.float32(0.0)) + np.float32(math.log1p(exp_f32(-abs(x))))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def softplus_f64(x):
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def fmax(a, b):
     """numpy.maximum: NaN if either operand is NaN."""
     return a if (a > b or a != a) else b
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def fmin(a, b):
     """numpy.minimum: NaN if either operand is NaN."""
     return a if (a < b or a != a) else b
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def fsign(a):
     """numpy.sign: -1, 0 or 1 in a's type; NaN stays NaN."""
     return a if a != a else (a > 0) - (a < 0)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def select(c, a, b):
     return a if c else b
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def floordiv(a, b):
     """numpy.floor_divide on integers: 0 where the divisor is 0."""
     return a // b if b != 0 else a - a
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def and_(a, b):
     return a & b
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def or_(a, b):
     return a | b
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def not_(a):
     return not a
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", inline="always")
 def pow_(a, b):
     return a ** b

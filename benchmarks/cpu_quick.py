@@ -1,0 +1,215 @@
+"""Quick measurements of the numba CPU backend against peers in one run: W1, W5 (MLP), W6, W7 and compile times.
+
+    NUMBA_NUM_THREADS=2 OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python3 benchmarks/cpu_quick.py [W1 W5 W6 W7 compile]
+
+Timings are medians of interleaved rounds (dlc, then each peer, repeated), so
+ratios hold even when the shared machine's speed drifts. JAX runs in a
+subprocess when it is installed. Compile times use a fresh cache directory
+(cold) and then a new process on the same directory (warm).
+"""
+
+from __future__ import annotations
+
+import os
+
+for _var in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "2")
+
+import json  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+import workloads  # noqa: E402
+
+import dlc  # noqa: E402
+
+
+def median_times(fns: dict, rounds: int = 7, inner: int = 20) -> dict:
+    """Median seconds per call of each function, measured in interleaved rounds."""
+    for f in fns.values():
+        f()
+    samples = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            for _ in range(inner):
+                f()
+            samples[k].append((time.perf_counter() - t0) / inner)
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+# ----------------------------------------------------------------------------
+# the MLP of W1/W5 in dlc, built from raw functions
+
+
+def dlc_mlp(spec, train: bool, store=None):
+    store = store if store is not None else dlc.Store()
+    params = [dlc.param(p, name=f"p{i}", store=store) for i, p in enumerate(spec["params"])]
+    x = dlc.input("x", ("B", 784))
+    h = x
+    for i in range(0, len(params) - 2, 2):
+        h = dlc.relu(h @ params[i] + params[i + 1])
+    logits = h @ params[-2] + params[-1]
+    if not train:
+        return dlc.compile(logits, target="cpu", store=store)
+    labels = dlc.input("labels", ("B",), "int64")
+    loss = -dlc.mean(dlc.sum(dlc.log_softmax(logits) * dlc.one_hot(labels, 10), axis=1))
+    grads = dlc.grad(loss, params)
+    updates = {}
+    for i, (p, g) in enumerate(zip(params, grads)):
+        v = dlc.param(np.zeros(p.shape, np.float32), name=f"v{i}", store=store)
+        v_new = 0.9 * v + g
+        updates[v] = v_new
+        updates[p] = p - spec["lr"] * v_new
+    return dlc.compile(loss, updates=updates, target="cpu", store=store)
+
+
+JAX_W1 = r"""
+import os, json, time, sys
+import numpy as np
+sys.path.insert(0, sys.argv[1])
+import workloads, jax, jax.numpy as jnp
+s = workloads.spec("W1")
+params = [jnp.asarray(p) for p in s["params"]]
+vel = [jnp.zeros_like(p) for p in params]
+x, y = jnp.asarray(s["x"]), jnp.asarray(s["y"])
+def loss_fn(ps):
+    h = x
+    for i in range(0, len(ps) - 2, 2):
+        h = jax.nn.relu(h @ ps[i] + ps[i + 1])
+    logits = h @ ps[-2] + ps[-1]
+    return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(x.shape[0]), y])
+@jax.jit
+def step(ps, vs):
+    l, gs = jax.value_and_grad(loss_fn)(ps)
+    vs = [0.9 * v + g for v, g in zip(vs, gs)]
+    return l, [p - 0.01 * v for p, v in zip(ps, vs)], vs
+l, params, vel = step(params, vel); l.block_until_ready()
+ts = []
+for r in range(7):
+    t0 = time.perf_counter()
+    for _ in range(20):
+        l, params, vel = step(params, vel)
+    l.block_until_ready()
+    ts.append((time.perf_counter() - t0) / 20)
+print(json.dumps(float(np.median(ts))))
+"""
+
+
+def bench_w1() -> dict:
+    s = workloads.spec("W1")
+    step = dlc_mlp(s, train=True)
+    x, y = s["x"], s["y"]
+    numpy_step = workloads.numpy_mlp_step(s)
+    t = median_times({"dlc": lambda: step(x, y), "numpy": numpy_step})
+    out = {"dlc_ms": t["dlc"] * 1e3, "numpy_ms": t["numpy"] * 1e3}
+    try:
+        res = subprocess.run([sys.executable, "-c", JAX_W1, str(HERE)], capture_output=True, text=True,
+                             timeout=300, env=dict(os.environ, XLA_FLAGS="--xla_cpu_multi_thread_eigen=true"))
+        out["jax_ms"] = json.loads(res.stdout.strip().splitlines()[-1]) * 1e3
+        out["dlc/jax"] = out["dlc_ms"] / out["jax_ms"]
+    except Exception as e:  # noqa: BLE001  (JAX is optional)
+        out["jax"] = f"not measured: {type(e).__name__}"
+    out["dlc/numpy"] = out["dlc_ms"] / out["numpy_ms"]
+    return out
+
+
+def bench_w5() -> dict:
+    import torch
+
+    torch.set_num_threads(2)
+    s = workloads.spec("W5_mlp")
+    infer = dlc_mlp(s, train=False)
+    x = s["x"]
+    tp = [torch.from_numpy(p) for p in s["params"]]
+    tx = torch.from_numpy(x)
+
+    def torch_infer():
+        with torch.no_grad():
+            h = tx
+            for i in range(0, len(tp) - 2, 2):
+                h = torch.relu(h @ tp[i] + tp[i + 1])
+            return h @ tp[-2] + tp[-1]
+
+    np.testing.assert_allclose(infer(x), torch_infer().numpy(), rtol=1e-4, atol=1e-5)
+    t = median_times({"dlc": lambda: infer(x), "torch": torch_infer, "numpy":
+                      lambda: workloads.mlp_forward(s["params"], x)}, inner=200)
+    return {"dlc_us": t["dlc"] * 1e6, "torch_eager_us": t["torch"] * 1e6, "numpy_us": t["numpy"] * 1e6,
+            "dlc/torch": t["dlc"] / t["torch"]}
+
+
+def bench_w6() -> dict:
+    s = workloads.spec("W6")
+    x = dlc.input("x", ("N",))
+    y = dlc.gelu(x * float(s["a"]) + float(s["b"]), approximate="tanh")
+    out = {}
+    for parallel in (False, True):
+        fn = dlc.compile(y, target="cpu", parallel=parallel, store=dlc.Store())
+        np.testing.assert_allclose(fn(s["x"]), workloads.numpy_w6(s)(), rtol=1e-5, atol=1e-6)
+        t = median_times({"dlc": lambda: fn(s["x"])}, inner=10)["dlc"]
+        key = "parallel" if parallel else "serial"
+        out[f"{key}_ms"] = t * 1e3
+        out[f"{key}_GB/s"] = 2 * s["x"].nbytes / t / 1e9  # read x, write y
+    return out
+
+
+def bench_w7() -> dict:
+    s = workloads.spec("W7")
+    a = dlc.input("a", (1024, 1024))
+    b = dlc.input("b", (1024, 1024))
+    fn = dlc.compile(a @ b, target="cpu", store=dlc.Store())
+    t = median_times({"dlc": lambda: fn(s["a"], s["b"]), "numpy": workloads.numpy_w7(s)}, inner=5)
+    flop = 2 * 1024 ** 3
+    return {"dlc_GFLOP/s": flop / t["dlc"] / 1e9, "numpy_GFLOP/s": flop / t["numpy"] / 1e9,
+            "dlc/numpy": t["numpy"] / t["dlc"]}
+
+
+COMPILE = r"""
+import os, sys, time, json
+t0 = time.perf_counter()
+sys.path.insert(0, sys.argv[1]); sys.path.insert(0, os.path.dirname(sys.argv[1]))
+import cpu_quick, workloads
+s = workloads.spec("W1")
+t1 = time.perf_counter()
+step = cpu_quick.dlc_mlp(s, train=True)
+step(s["x"], s["y"])
+t2 = time.perf_counter()
+print(json.dumps({"imports_s": t1 - t0, "compile_s": t2 - t1, "stats": {k: v for k, v in step.backend.stats.items()
+                                                                        if k.endswith("_s") or k.endswith("kernels")}}))
+"""
+
+
+def bench_compile() -> dict:
+    with tempfile.TemporaryDirectory() as cache:
+        env = dict(os.environ, DLC_CACHE_DIR=cache)
+        runs = {}
+        for name in ("cold", "warm"):
+            res = subprocess.run([sys.executable, "-c", COMPILE, str(HERE)], capture_output=True, text=True, env=env,
+                                 timeout=600)
+            if res.returncode:
+                raise RuntimeError(res.stderr[-2000:])
+            runs[name] = json.loads(res.stdout.strip().splitlines()[-1])
+    return runs
+
+
+BENCHES = {"W1": bench_w1, "W5": bench_w5, "W6": bench_w6, "W7": bench_w7, "compile": bench_compile}
+
+
+def main(argv: list[str]) -> None:
+    names = argv or list(BENCHES)
+    for name in names:
+        result = BENCHES[name]()
+        print(name, json.dumps(result, indent=None, default=lambda v: round(v, 4) if isinstance(v, float) else v))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
