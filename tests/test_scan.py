@@ -70,6 +70,21 @@ def test_scan_without_xs_runs_length_steps():
     np.testing.assert_allclose(got_ys[:, 0], [1, 2, 4, 8])
 
 
+def test_symbols_that_only_the_body_separates_are_bound_from_the_outer_call():
+    """A carry shaped (B*T,) that the body reshapes to (B, T): the loop's shape lists B and T for the executor."""
+    x = dlc.input("x", ("B", "T"), "float64")
+
+    def body(c, _):
+        return c * 2.0, dlc.sum(dlc.reshape(c, ("B", "T")), axis=1)
+
+    final, ys = dlc.scan(body, dlc.reshape(x, (-1,)), length=3)
+    assert final.node.inputs[0].shape == ("B", "T")
+    X = np.arange(6.0).reshape(2, 3)
+    got_final, got_ys = dlc.compile([final, ys])(X)
+    np.testing.assert_allclose(got_final, 8 * X.reshape(-1))
+    np.testing.assert_allclose(got_ys, [X.sum(1), 2 * X.sum(1), 4 * X.sum(1)])
+
+
 def test_masked_steps_keep_the_carry_and_output_zeros(rng):
     X, H, W = rng.normal(size=(5, 3, 2)), rng.normal(size=(3, 2)), rng.normal(size=(2, 2))
     lengths = np.array([5, 2, 0])
@@ -185,7 +200,7 @@ def test_node_representation():
     w = dlc.param(np.eye(3))
     h_final, ys = dlc.scan(_tanh_rnn(w), h0, xs)
     node = h_final.node.inputs[0]
-    assert node.op == "scan" and node.dtype == TUPLE and node.shape == ()
+    assert node.op == "scan" and node.dtype == TUPLE and node.shape == ("B", "T")  # the loop's symbolic dims
     assert ys.node.op == "scan_output" and ys.node.attr("index") == 1 and ys.node.inputs[0] is node
     body = node.attr("body")
     assert isinstance(body, Body) and node.attr("length") == "T" and node.attr("reverse") is False

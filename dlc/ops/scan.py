@@ -20,11 +20,15 @@ constants and placeholder "input" nodes, all named after the scan ("scan4.carry0
 A Body is compared and hashed by identity, so it can sit in a node's attrs.
 Two nodes stand for one loop:
 
-    %s = scan(init_0.., xs_0.., captured_0..; body, length, reverse, save_carries) : tuple()
+    %s = scan(init_0.., xs_0.., captured_0..; body, length, reverse, save_carries) : tuple(B, T)
     %o = scan_output(%s; index=k)                                                 : dtype(shape)
 
 The scan node's dtype is `graph.TUPLE`: its value is a tuple of arrays, and a
-`scan_output` node picks one. With C carries and Y per-step outputs, index
+`scan_output` node picks one. Its shape is not an array's: it lists the
+symbolic dims of the loop (those of its body and its length, sorted), so an
+executor binds them the way it binds any node's shape; the numpy reference
+receives their values as its out_shape. With C carries and Y per-step
+outputs, index
 
     0 .. C-1        the final carries
     C .. C+Y-1      the ys, stacked along a new axis 0: (T, *y_t shape)
@@ -68,12 +72,12 @@ from ..graph import (
     TUPLE,
     Graph,
     Node,
-    _factors,
     dim_eval,
     freeze_attrs,
     is_float,
     shape_eval,
     shape_str,
+    symbols_of,
     topo_order,
     user_location,
 )
@@ -111,6 +115,7 @@ class Body:
         self.step_in = step_in
         self.carry_out, self.y_out = tuple(carry_out), tuple(y_out)
         self.graph = Graph(self.carry_out + self.y_out)
+        self.symbols = tuple(sorted(set().union(*(symbols_of(n.shape) for n in self.graph.nodes))))
 
     @property
     def placeholders(self) -> tuple[Node, ...]:
@@ -346,7 +351,12 @@ def _scan_infer(xs, attrs):
                              f"{p.dtype}{shape_str(want)}")
     if not X and not isinstance(T, int):
         raise ShapeError(f"{body.name}: a scan without xs needs an int length, got {T!r}")
-    return (), TUPLE
+    return loop_symbols(body, T), TUPLE
+
+
+def loop_symbols(body: Body, length) -> tuple[str, ...]:
+    """The symbolic dims a scan needs bound at run time: its body's and its length's (the node's shape)."""
+    return tuple(sorted(set(body.symbols) | symbols_of((length,))))
 
 
 def _output_infer(xs, attrs):
@@ -373,37 +383,24 @@ def _output_count(scan_node) -> int:
     return 2 * C + Y if scan_node.attr("save_carries") else C + Y
 
 
-def _bind_symbols(pairs) -> dict[str, int]:
-    """The symbolic dims of the body, from its placeholders' concrete shapes."""
-    env: dict[str, int] = {}
-    for node, shape in pairs:
-        if len(shape) != node.ndim:
-            raise ShapeError(f"{node.attr('name')} is {_describe(node)}, got an array of shape {shape}")
-        for d, v in zip(node.shape, shape):
-            if isinstance(d, str) and "*" not in d and env.setdefault(d, v) != v:
-                raise ShapeError(f"{node.attr('name')}: dim {d!r} is {v} here but {env[d]} elsewhere")
-    for node, shape in pairs:
-        for d, v in zip(node.shape, shape):
-            if isinstance(d, str) and "*" in d:
-                coef, syms = _factors(d)
-                unknown = [s for s in syms if s not in env]
-                if len(unknown) == 1:
-                    env[unknown[0]] = v // (coef * int(np.prod([env[s] for s in syms if s in env])))
-            if dim_eval(d, env) != v:
-                raise ShapeError(f"{node.attr('name')} is {_describe(node)}, got an array of shape {shape}")
-    return env
+def _check_arrays(body: Body, carries, xs, captured, env) -> None:
+    """The arrays a backend hands over must fit the placeholders (a clear error, not a numpy one deep inside)."""
+    pairs = (list(zip(body.carry_in, (c.shape for c in carries))) + list(zip(body.x_in, (x.shape[1:] for x in xs)))
+             + list(zip(body.captured_in, (c.shape for c in captured))))
+    for p, shape in pairs:
+        if shape_eval(p.shape, env) != tuple(shape):
+            raise ShapeError(f"{p.attr('name')} is {_describe(p)} with {env}, got an array of shape {shape}")
 
 
-def run_scan(body: Body, arrays: list[np.ndarray], reverse: bool, length, save_carries: bool = True) -> tuple:
-    """The numpy reference of a scan: the body graph evaluated step by step."""
+def run_scan(body: Body, arrays: list[np.ndarray], env: dict[str, int], reverse: bool, length,
+             save_carries: bool = True) -> tuple:
+    """The numpy reference of a scan: the body graph evaluated step by step; env binds the loop's symbols."""
     from ..runtime.reference import evaluate
 
     C, X = len(body.carry_in), len(body.x_in)
     carries, xs, captured = list(arrays[:C]), arrays[C:C + X], arrays[C + X:]
-    T = xs[0].shape[0] if xs else int(length)
-    env = _bind_symbols(list(zip(body.carry_in, (c.shape for c in carries))) +
-                        list(zip(body.x_in, (x.shape[1:] for x in xs))) +
-                        list(zip(body.captured_in, (c.shape for c in captured))))
+    T = xs[0].shape[0] if xs else dim_eval(length, env)
+    _check_arrays(body, carries, xs, captured, env)
     ys = [np.empty((T,) + shape_eval(y.shape, env), y.dtype) for y in body.y_out]
     saved = [np.empty((T,) + c.shape, c.dtype) for c in carries] if save_carries else []
     feeds = {id(p): a for p, a in zip(body.captured_in, captured)}
@@ -424,23 +421,25 @@ def run_scan(body: Body, arrays: list[np.ndarray], reverse: bool, length, save_c
 
 
 def _scan_ref(arrays, attrs, shape):
-    return run_scan(attrs["body"], arrays, attrs["reverse"], attrs["length"], attrs["save_carries"])
+    body, length = attrs["body"], attrs["length"]
+    env = dict(zip(loop_symbols(body, length), shape))
+    return run_scan(body, arrays, env, attrs["reverse"], length, attrs["save_carries"])
 
 
 class TupleCotangent:
     """The gradient reaching a multi-output node: {output index: Tensor}; autodiff sums these with +."""
 
-    shape = ()
     dtype = TUPLE
 
-    def __init__(self, parts: dict):
+    def __init__(self, parts: dict, shape: tuple):
         self.parts = dict(parts)
+        self.shape = shape  # the multi-output node's, as autodiff checks
 
     def __add__(self, other: TupleCotangent) -> TupleCotangent:
         merged = dict(self.parts)
         for k, g in other.parts.items():
             merged[k] = merged[k] + g if k in merged else g
-        return TupleCotangent(merged)
+        return TupleCotangent(merged, self.shape)
 
 
 def _zeros(shape, dtype):
@@ -541,7 +540,7 @@ def _autodiff_grad(outs, wrt, seeds):
 
 
 def _output_grad(node, g, xs):
-    return [TupleCotangent({node.attr("index"): g})]
+    return [TupleCotangent({node.attr("index"): g}, node.inputs[0].shape)]
 
 
 register("scan", OPAQUE, _scan_infer, _scan_ref, _scan_grad,
