@@ -28,7 +28,8 @@ args = parser.parse_args()
 
 text = "\n".join(topics[k] for k in sorted(topics))
 chars = sorted(set(text))
-data = np.array([chars.index(c) for c in text], dtype=np.int64)
+index = {c: i for i, c in enumerate(chars)}
+data = np.array([index[c] for c in text], dtype=np.int64)
 split = int(0.9 * len(data))
 train, val = data[:split], data[split:]
 counts = np.bincount(data, minlength=len(chars)) / len(data)
@@ -71,24 +72,19 @@ def windows(seq, starts, n):
 
 
 def bits_per_char(seq, n):
-    starts = np.arange(0, len(seq) - n - 1, n)
-    losses = [evaluate(windows(seq, part, n), windows(seq, part + 1, n)) for part in np.array_split(starts, 8)]
-    weights = [len(p) for p in np.array_split(starts, 8)]
-    return float(np.average([float(v) for v in losses], weights=weights)) / math.log(2)
+    parts = np.array_split(np.arange(0, len(seq) - n - 1, n), 8)
+    losses = [float(evaluate(windows(seq, p, n), windows(seq, p + 1, n))) for p in parts]
+    return np.average(losses, weights=[len(p) for p in parts]) / math.log(2)
 
 
 def sample(prefix, length, temperature=0.7):
-    h = np.zeros((1, 1, args.hidden), np.float32)
-    out = prefix
-    for c in prefix[:-1]:
-        _, h = next_char(np.array([[chars.index(c)]]), h)
-    c = prefix[-1]
-    for _ in range(length):
-        p, h = next_char(np.array([[chars.index(c)]]), h)
-        p = np.power(p[0].astype(np.float64), 1 / temperature)
-        c = chars[rng.choice(len(chars), p=p / p.sum())]
-        out += c
-    return out
+    ids, h = np.array([[index[c] for c in prefix]]), np.zeros((1, 1, args.hidden), np.float32)
+    for _ in range(length):  # the whole prefix first, then one character at a time
+        probs, h = next_char(ids, h)
+        p = probs[-1].astype(np.float64) ** (1 / temperature)
+        ids = np.array([[rng.choice(len(chars), p=p / p.sum())]])
+        prefix += chars[ids[0, 0]]
+    return prefix
 
 
 for epoch in range(1, args.epochs + 1):
