@@ -177,19 +177,17 @@ def bench_elementwise(n: int, reps: int) -> dict:
     ref = dlc.compile(dlc.gelu(x * a + b, approximate="tanh"))(*args)
     backend = fn.backend
     feeds, env, _ = fn.signature.bind(args, {})
-    backend._prepare(env)
-    ptrs = backend._upload_inputs(feeds)
-    pairs = list(zip(backend.module.kernels, backend.launches))  # one fused kernel when fusion works
+    ptrs = backend.upload_inputs(feeds)
+    kernels = len(backend.module.kernels)  # one fused kernel when fusion works
 
     def run_kernels():
-        for rk, launches in pairs:
-            backend._launch(rk, launches, env, ptrs)
+        backend.runner.run(env, ptrs)
 
     ms = time_device(run_kernels, reps)
     moved = 4 * n * 4  # three reads and one write
     src, dst = drv.mem_alloc(moved // 2), drv.mem_alloc(moved // 2)
     copy_ms = time_device(lambda: drv.memcpy_dtod(dst, src, moved // 2), reps)
-    return {"fused_gelu_kernels": len(pairs), "fused_gelu_gbs": round(moved / ms / 1e6, 1), "d2d_copy_gbs": round(moved / copy_ms / 1e6, 1),
+    return {"fused_gelu_kernels": kernels, "fused_gelu_gbs": round(moved / ms / 1e6, 1), "d2d_copy_gbs": round(moved / copy_ms / 1e6, 1),
             "fused_gelu_max_abs_err": float(np.max(np.abs(got - ref)))}
 
 

@@ -8,7 +8,7 @@ from dlc.codegen import cuda_samples
 from dlc.codegen.cuda import (GEMM_CONFIGS, CudaUnsupportedError, choose_gemm_tile, library_source, literal,
                               nvcc_compile, nvcc_path, parse_resource_usage, render_program, render_scalar,
                               resource_table)
-from dlc.runtime.cuda import CudaUnavailableError, build_program
+from dlc.runtime.cuda import CudaUnavailableError, build_program, programs_of
 
 # ----------------------------------------------------------------------------
 # rendering
@@ -54,17 +54,15 @@ def test_tile_choice_follows_problem_size():
     assert choose_gemm_tile(4096, 4096, 1, 132 * 8, ("s",)) == "s"
 
 
-def test_scan_is_refused_with_a_clear_message():
-    from dlc.passes import unfused_program
-    from dlc.program import Kernel
-
-    x = dlc.input("x", (3,))
-    node = dlc.exp(x).node
-    fake = dlc.Node("scan", (node,), (), node.shape, node.dtype, node.loc)  # shape of a real scan is irrelevant
-    program = unfused_program([node], [], [x.node])
-    program.kernels.append(Kernel("k9", "opaque", (fake,), (node,), (fake,), fake))
-    with pytest.raises(CudaUnsupportedError, match="'scan'.*not supported on the CUDA backend yet.*target='cpu'"):
-        render_program(program)
+def test_scan_runs_on_the_host_and_its_body_is_rendered():
+    s = cuda_samples.rnn_training_step()
+    program = build_program(s.compile("reference"), {})
+    module = render_program(program)
+    host = [k for k in program.kernels if k.anchor is not None and k.anchor.op in ("scan", "scan_output")]
+    assert host and not {k.name for k in host} & {rk.kernel.name for rk in module.kernels}
+    bodies = list(programs_of(program))[1:]
+    assert len(bodies) == 2  # the forward scan and its gradient, a reverse scan
+    assert all(render_program(b).kernels for b in bodies)
 
 
 def test_op_without_a_cuda_lowering_is_named():
@@ -114,14 +112,14 @@ def _all_kernels_module() -> tuple[str, list[str]]:
     parts, entries = [], [f"dlc_sgemm_{t}_{tr}" for t in GEMM_CONFIGS for tr in ("nn", "tn", "nt", "tt")]
     for build in cuda_samples.SAMPLES:
         s = build()
-        program = build_program(s.compile("reference"), {})
-        for k in program.kernels:
-            k.name = f"{s.name}_{k.name}"
-        # every tile for the CNN (convolutions and matmuls), the small one elsewhere
-        tiles = tuple(GEMM_CONFIGS) if build is cuda_samples.cnn_training_step else ("s",)
-        module = render_program(program, tiles)
-        parts.append(module.source.split("// ---- generated kernels ----")[1])
-        entries += [e for k in module.kernels for e in k.entries]
+        for n, program in enumerate(programs_of(build_program(s.compile("reference"), {}))):
+            for k in program.kernels:
+                k.name = f"{s.name}{n}_{k.name}"
+            # every tile for the CNN (convolutions and matmuls), the small one elsewhere
+            tiles = tuple(GEMM_CONFIGS) if build is cuda_samples.cnn_training_step else ("s",)
+            module = render_program(program, tiles)
+            parts.append(module.source.split("// ---- generated kernels ----")[1])
+            entries += [e for k in module.kernels for e in k.entries]
     return "#define DLC_SGEMM_STANDALONE\n" + library_source() + "\n".join(parts), entries
 
 

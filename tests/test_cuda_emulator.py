@@ -180,13 +180,13 @@ def test_kernel_values_match_the_reference_node_by_node():
 def test_new_batch_size_is_a_new_launch_not_a_new_compile():
     s = cuda_samples.matmul_epilogue()
     fn = s.compile("cuda", emulate=True, gemm_tiles=TILES)
-    launchers = fn.backend.launchers
+    launchers = fn.backend.runner.launchers
     ref = s.compile("reference")
     for batch in (5, 1, 64):
         b = cuda_samples.matmul_epilogue(batch)
         for r, g in zip(ref(*b.args), fn(*b.args)):
             close(r, g, rtol=1e-4, atol=1e-5)
-    assert fn.backend.launchers is launchers
+    assert fn.backend.runner.launchers is launchers
     assert all("i64 s_B" in k.source for k in fn.backend.module.kernels)  # the batch is an argument
 
 
@@ -213,7 +213,7 @@ def test_long_reductions_split_into_two_passes(rng):
     b[1, 7] = b[1, 45_000] = -10.0
     for r, g in zip(ref(a, b), fn(a, b)):
         close(r, g, rtol=1e-5, atol=1e-5)
-    phases = [[ln.scalars["phase"] for ln in launches] for launches in fn.backend.launches]
+    phases = [[ln.scalars["phase"] for ln in launches] for launches in fn.backend.runner.launches.values()]
     assert [1, 2] in phases  # the split path ran
 
 
@@ -237,8 +237,8 @@ def _train(sample, target, steps, **options):
     return losses, {k: sample.store[k].copy() for k in sample.store.keys()}
 
 
-@pytest.mark.parametrize("build", [cuda_samples.mlp_training_step, cuda_samples.cnn_training_step],
-                         ids=lambda b: b.__name__)
+@pytest.mark.parametrize("build", [cuda_samples.mlp_training_step, cuda_samples.cnn_training_step,
+                                   cuda_samples.rnn_training_step], ids=lambda b: b.__name__)
 def test_training_steps_match_reference_and_cpu(build):
     ref_losses, ref_params = _train(build(), "reference", 4)
     emu_losses, emu_params = _train(build(), "cuda", 4, emulate=True, gemm_tiles=TILES)

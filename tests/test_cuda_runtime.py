@@ -43,8 +43,8 @@ def test_sample_program_matches_reference_on_gpu(build):
         close(r, g)
 
 
-@pytest.mark.parametrize("build", [cuda_samples.mlp_training_step, cuda_samples.cnn_training_step],
-                         ids=lambda b: b.__name__)
+@pytest.mark.parametrize("build", [cuda_samples.mlp_training_step, cuda_samples.cnn_training_step,
+                                   cuda_samples.rnn_training_step], ids=lambda b: b.__name__)
 def test_training_steps_match_reference_on_gpu(build):
     ref, gpu = build(), build()
     f_ref, f_gpu = ref.compile("reference"), gpu.compile("cuda")

@@ -50,8 +50,6 @@ class CudaUnsupportedError(DlcError):
 
 def unsupported(node: Node, why: str = "") -> CudaUnsupportedError:
     where = f" (from {node.loc})" if node.loc else ""
-    if node.op == "scan":
-        why = why or "recurrent scans are not supported on the CUDA backend yet; compile with target='cpu'"
     return CudaUnsupportedError(f"the CUDA backend cannot render op {node.op!r}{where}: "
                                 f"{why or 'no CUDA lowering for it'}")
 
@@ -788,6 +786,9 @@ def render_take(kernel: Kernel, program: Program) -> RenderedKernel:
                           zero_outputs=node.op == "take_grad")
 
 
+# Run by the runtime, not rendered: a "size" is an argument of the kernels that read it; a scan launches its
+# body's kernels once per step (dlc/runtime/cuda.py, ScanRunner); a scan_output copies one of its results.
+HOST_OPS = ("size", "scan", "scan_output")
 CONV_OPS = {"conv2d": "fwd", "conv2d_grad_input": "dgrad", "conv_transpose2d": "dgrad",
             "conv2d_grad_weight": "wgrad"}
 POOL_OPS = ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad")
@@ -982,9 +983,9 @@ def render_random(kernel: Kernel, program: Program) -> RenderedKernel:
 
 
 def render_kernel(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> RenderedKernel | None:
-    """The kernel's CUDA text and launch rule; None for a "size" node (the runtime computes it on the host)."""
+    """The kernel's CUDA text and launch rule; None for the ops the runtime runs itself (HOST_OPS)."""
     anchor = kernel.anchor
-    if len(kernel.nodes) == 1 and kernel.nodes[0].op == "size":
+    if len(kernel.nodes) == 1 and kernel.nodes[0].op in HOST_OPS:
         return None
     if kernel.kind in ("elementwise", "injective"):
         for n in kernel.nodes:

@@ -160,6 +160,31 @@ def cnn_training_step(batch: int = 4, lr: float = 0.05) -> Sample:
     return Sample("cnn_training_step", [loss], [x, labels], args, store, updates)
 
 
+def rnn_training_step(batch: int = 3, steps: int = 5, hidden: int = 8, lr: float = 0.1) -> Sample:
+    """A tanh RNN over a symbolic-length sequence (a scan; its gradient is a reverse scan) and an SGD step."""
+    rng, store = _rng(10), dlc.Store()
+    xs = dlc.input("xs", ("T", "B", 4))
+    h0 = dlc.input("h0", ("B", hidden))
+    target = dlc.input("target", ("B", 3))
+    w = dlc.param((rng.standard_normal((4, hidden)) * 0.4).astype(np.float32), name="w", store=store)
+    u = dlc.param((rng.standard_normal((hidden, hidden)) * 0.3).astype(np.float32), name="u", store=store)
+    v = dlc.param((rng.standard_normal((hidden, 3)) * 0.3).astype(np.float32), name="v", store=store)
+
+    def cell(h, x):
+        h = dlc.tanh(x @ w + h @ u)
+        return h, dlc.sum(h * h, axis=1)
+
+    h_last, energies = dlc.scan(cell, h0, xs)
+    loss = dlc.mean((h_last @ v - target) ** 2.0) + 0.01 * dlc.mean(energies)
+    params = [w, u, v]
+    grads = dlc.grad(loss, params)
+    updates = {p: p - lr * g for p, g in zip(params, grads)}
+    args = [rng.standard_normal((steps, batch, 4)).astype(np.float32),
+            rng.standard_normal((batch, hidden)).astype(np.float32) * 0.1,
+            rng.standard_normal((batch, 3)).astype(np.float32)]
+    return Sample("rnn_training_step", [loss, energies], [xs, h0, target], args, store, updates)
+
+
 def float64_and_integers(batch: int = 4) -> Sample:
     """float64 math and matmul, int64 floor division, bool logic, casts."""
     rng, store = _rng(9), dlc.Store()
@@ -175,4 +200,4 @@ def float64_and_integers(batch: int = 4) -> Sample:
 
 
 SAMPLES = (elementwise_chain, reductions, matmul_epilogue, softmax_cross_entropy, gather_scatter, random_numbers,
-           float64_and_integers, mlp_training_step, cnn_training_step)
+           float64_and_integers, mlp_training_step, cnn_training_step, rnn_training_step)

@@ -268,59 +268,64 @@ def plan_memory(program, env: dict) -> MemoryPlan:
     return passes.unplanned_memory(program, env, alignment=ALIGNMENT)
 
 
-class CUDABackend:
-    """Runs a compiled function's Program as CUDA kernels; `emulate=True` runs them on the CPU instead."""
+class ProgramRunner:
+    """One Program on one device: its compiled module, its arena, and the order its kernels run in.
 
-    name = "cuda"
+    Kernels the renderer leaves to the host run here too: a "size" node needs
+    nothing (kernels take its value as an argument), a scan runs its body's
+    own ProgramRunner once per step, a scan_output copies one of its results.
+    """
 
-    def __init__(self, fn, emulate: bool = False, device=None, gemm_tiles=None, **options):
-        from ..codegen.cuda import GEMM_CONFIGS, render_program
+    def __init__(self, program, device, params: DeviceStore, tiles):
+        from ..codegen.cuda import render_program
 
-        self.fn = fn
-        self.device = device or (EmulatedDevice.shared() if emulate else PyCudaDevice())
-        self.program = build_program(fn, options)
-        tiles = tuple(gemm_tiles or GEMM_CONFIGS)
-        unknown = [t for t in tiles if t not in GEMM_CONFIGS]
-        if unknown:
-            raise ValueError(f"gemm_tiles {unknown} unknown; choose from {sorted(GEMM_CONFIGS)}")
-        self.module = render_program(self.program, tiles)  # raises CudaUnsupportedError naming the op
-        self.launchers = self.device.load(self.module)
-        self.params = device_store(fn.store, self.device)
-        self.consts: dict[int, object] = {}
-        self.status = self.device.alloc(4)
+        self.program = program
+        self.device = device
+        self.params = params
+        self.tiles = tiles
+        self.module = render_program(program, tiles)  # raises CudaUnsupportedError naming the op
+        self.launchers = device.load(self.module) if self.module.kernels else {}
+        rendered = {rk.kernel.name: rk for rk in self.module.kernels}
+        self.steps = [(k, rendered.get(k.name)) for k in program.kernels]
+        self.scans = {id(k.anchor): ScanRunner(k.anchor, device, params, tiles)
+                      for k, rk in self.steps if rk is None and k.anchor is not None and k.anchor.op == "scan"}
+        self.consts: dict[int, tuple] = {}
+        self.status = device.alloc(4)
         self.uses_status = any(p.kind == "status" for k in self.module.kernels for p in k.params)
         self._plan_key = None
         self._arena = None
         self._arena_bytes = 0
-        self._input_buffers: dict[int, object] = {}
         self._workspace = None  # scratch of split reductions, shared by their launches (they run in order)
         self._workspace_bytes = 0
 
     # where each value lives ---------------------------------------------------
 
-    def _prepare(self, env: dict):
+    def prepare(self, env: dict) -> None:
         key = tuple(sorted(env.items()))
-        if key != self._plan_key:
-            self.plan = plan_memory(self.program, env)
-            if self.plan.arena_bytes > self._arena_bytes:
-                self._arena = self.device.alloc(self.plan.arena_bytes)
-                self._arena_bytes = self.plan.arena_bytes
-            self.launches = [_as_list(k.plan_launch(env, self.device.max_blocks)) for k in self.module.kernels]
-            need = max((ln.workspace for ls in self.launches for ln in ls), default=0)
-            if need > self._workspace_bytes:
-                self._workspace = self.device.alloc(need)
-                self._workspace_bytes = need
-            self._plan_key = key
+        if key == self._plan_key:
+            return
+        self.plan = plan_memory(self.program, env)
+        if self.plan.arena_bytes > self._arena_bytes:
+            self._arena = self.device.alloc(self.plan.arena_bytes)
+            self._arena_bytes = self.plan.arena_bytes
+        self.launches = {k.name: _as_list(rk.plan_launch(env, self.device.max_blocks))
+                         for k, rk in self.steps if rk is not None}
+        need = max((ln.workspace for ls in self.launches.values() for ln in ls), default=0)
+        if need > self._workspace_bytes:
+            self._workspace = self.device.alloc(need)
+            self._workspace_bytes = need
+        self._plan_key = key
 
     def _const_ptr(self, node) -> int:
         if id(node) not in self.consts:
             value = np.ascontiguousarray(node.value)
             buf = self.device.alloc(value.nbytes)
             self.device.upload(self.device.ptr(buf), value)
-            self.consts[id(node)] = (buf, node)  # the node keeps its id unique while we hold it
+            self.consts[id(node)] = (buf, node)  # holding the node keeps its id unique
         return self.device.ptr(self.consts[id(node)][0])
 
-    def _ptr(self, node, feeds_ptr: dict[int, int]) -> int:
+    def ptr(self, node, feeds_ptr: dict[int, int]) -> int:
+        """The device address of a value: a fed input, a parameter, a constant or an arena slot."""
         s = self.program.storage_of(node)
         if s.op == "input":
             return feeds_ptr[id(s)]
@@ -334,7 +339,7 @@ class CUDABackend:
         args = []
         for p in rk.params:
             if p.kind == "ptr":
-                args.append(self._ptr(p.node, feeds_ptr))
+                args.append(self.ptr(p.node, feeds_ptr))
             elif p.kind == "sym":
                 args.append(np.int64(env[p.symbol]))
             elif p.kind == "status":
@@ -349,36 +354,41 @@ class CUDABackend:
                 args.append(size_value(p.node, env))
         return args
 
-    def _upload_inputs(self, feeds: dict[int, np.ndarray]) -> dict[int, int]:
-        ptrs = {}
-        for node in self.fn.inputs:
-            arr = feeds[id(node)]
-            buf, size = self._input_buffers.get(id(node), (None, -1))
-            if size < arr.nbytes:  # grows with the batch; never shrinks
-                buf = self.device.alloc(arr.nbytes)
-                self._input_buffers[id(node)] = (buf, arr.nbytes)
-            ptr = self.device.ptr(buf)
-            self.device.upload(ptr, arr)
-            ptrs[id(node)] = ptr
-        return ptrs
-
     # running --------------------------------------------------------------
 
-    def _launch(self, rk, launches, env, feeds_ptr) -> None:
-        if rk.zero_outputs:
-            for o in rk.kernel.outputs:
-                self.device.zero(self._ptr(o, feeds_ptr), _nbytes(o, env))
-        for launch in launches:
-            self.launchers[launch.entry](launch.grid, launch.block, self._args(rk, launch, env, feeds_ptr))
+    def run_kernel(self, kernel, rk, env: dict, feeds_ptr) -> None:
+        if rk is not None:
+            if rk.zero_outputs:
+                for o in kernel.outputs:
+                    self.device.zero(self.ptr(o, feeds_ptr), _nbytes(o, env))
+            for launch in self.launches[kernel.name]:
+                self.launchers[launch.entry](launch.grid, launch.block, self._args(rk, launch, env, feeds_ptr))
+        elif kernel.anchor is not None and kernel.anchor.op == "scan":
+            node = kernel.anchor
+            self.scans[id(node)].run([self.ptr(x, feeds_ptr) for x in node.inputs],
+                                     [shape_eval(x.shape, env) for x in node.inputs], env)
+        elif kernel.anchor is not None and kernel.anchor.op == "scan_output":
+            node = kernel.anchor
+            src = self.scans[id(self.program.storage_of(node.inputs[0]))].results[node.attr("index")]
+            self.device.copy(self.ptr(node, feeds_ptr), src, _nbytes(node, env))
 
-    def _fetch(self, node, env, feeds_ptr) -> np.ndarray:
+    def run(self, env: dict, feeds_ptr: dict[int, int], after_each=None) -> None:
+        """Every kernel in order; after_each(kernel) runs after each one (the debug path)."""
+        self.prepare(env)
+        for kernel, rk in self.steps:
+            self.run_kernel(kernel, rk, env, feeds_ptr)
+            if after_each is not None:
+                after_each(kernel)
+        self.check_status()
+
+    def fetch(self, node, env, feeds_ptr) -> np.ndarray:
         if node.op == "size":
             return np.asarray(size_value(node, env))
         out = np.empty(shape_eval(node.shape, env), dtype=node.dtype)
-        self.device.download(self._ptr(node, feeds_ptr), out)
+        self.device.download(self.ptr(node, feeds_ptr), out)
         return out
 
-    def _check_status(self) -> None:
+    def check_status(self) -> None:
         if not self.uses_status:
             return
         flag = np.zeros(1, np.int32)
@@ -387,13 +397,135 @@ class CUDABackend:
             self.device.zero(self.device.ptr(self.status), 4)
             raise IndexError("take: an index is out of range for the axis it indexes (CUDA backend)")
 
+
+class ScanRunner:
+    """A scan on the device: its body compiled once as a Program, launched once per step from the host.
+
+    x_t is a pointer into xs (no copy), the step index a pointer into a device
+    arange; the carries alternate between two buffers; each step's ys and
+    (for backpropagation) entering carries are copied into their stacks.
+    Results (final carries, ys, saved carries) stay in buffers owned here
+    until the scan_output kernels copy them out.
+    """
+
+    def __init__(self, node, device, params, tiles):
+        self.node = node
+        self.body = body = node.attr("body")
+        self.device = device
+        program = scan_body_program(node)
+        self.carry_out = program.outputs[:len(body.carry_out)]
+        self.y_out = program.outputs[len(body.carry_out):]
+        self.inner = ProgramRunner(program, device, params, tiles)
+        self.results: list[int] = []
+        self._buffers: dict = {}
+
+    def _allocate(self, key, sizes):
+        if self._buffers.get("key") != key:
+            self._buffers = {"key": key, "bufs": [self.device.alloc(max(n, 1)) for n in sizes]}
+        return [self.device.ptr(b) for b in self._buffers["bufs"]]
+
+    def run(self, ptrs: list[int], shapes: list[tuple], env: dict) -> None:
+        from ..graph import dim_eval
+        from ..ops.scan import _bind_symbols
+
+        body, node = self.body, self.node
+        C, X = len(body.carry_in), len(body.x_in)
+        carry_shapes, x_shapes, cap_shapes = shapes[:C], shapes[C:C + X], shapes[C + X:]
+        T = x_shapes[0][0] if X else int(dim_eval(node.attr("length"), env))
+        benv = _bind_symbols(list(zip(body.carry_in, carry_shapes)) + list(zip(body.x_in, (s[1:] for s in x_shapes)))
+                             + list(zip(body.captured_in, cap_shapes)))
+        cbytes = [_nbytes(c, benv) for c in body.carry_in]
+        xbytes = [_nbytes(x, benv) for x in body.x_in]
+        ybytes = [_nbytes(y, benv) for y in self.y_out]
+        save = node.attr("save_carries")
+        sizes = cbytes + cbytes + [T * b for b in ybytes] + ([T * b for b in cbytes] if save else []) + [8 * max(T, 1)]
+        bufs = self._allocate((T, tuple(sorted(benv.items()))), sizes)
+        pingpong = [bufs[:C], bufs[C:2 * C]]
+        ys = bufs[2 * C:2 * C + len(ybytes)]
+        saved = bufs[2 * C + len(ybytes):-1]
+        steps = bufs[-1]
+        self.device.upload(steps, np.arange(max(T, 1), dtype=np.int64))
+        feeds = {id(p): q for p, q in zip(body.captured_in, ptrs[C + X:])}
+        current = ptrs[:C]
+        order = range(T - 1, -1, -1) if node.attr("reverse") else range(T)
+        for s, t in enumerate(order):
+            for k in range(C):
+                feeds[id(body.carry_in[k])] = current[k]
+                if save:
+                    self.device.copy(saved[k] + t * cbytes[k], current[k], cbytes[k])
+            for j in range(X):
+                feeds[id(body.x_in[j])] = ptrs[C + j] + t * xbytes[j]
+            feeds[id(body.step_in)] = steps + 8 * t
+            self.inner.run(benv, feeds)
+            nxt = pingpong[s % 2]
+            for k in range(C):
+                self.device.copy(nxt[k], self.inner.ptr(self.carry_out[k], feeds), cbytes[k])
+            for j, y in enumerate(self.y_out):
+                self.device.copy(ys[j] + t * ybytes[j], self.inner.ptr(y, feeds), ybytes[j])
+            current = nxt
+        if T == 0:
+            for k in range(C):
+                self.device.copy(pingpong[0][k], current[k], cbytes[k])
+            current = pingpong[0]
+        self.results = list(current) + list(ys) + list(saved)
+
+
+def scan_body_program(node):
+    """The Program of a scan node's body: its placeholders are the inputs, carry_out + y_out the outputs."""
+    from .. import passes
+
+    body = node.attr("body")
+    outputs, inputs = list(body.carry_out) + list(body.y_out), list(body.placeholders)
+    optimize = getattr(passes, "optimize", None)
+    return optimize(outputs, [], inputs) if optimize else passes.unfused_program(outputs, [], inputs)
+
+
+def programs_of(program):
+    """The program and, depth first, the body program of every scan in it (what a module must compile)."""
+    yield program
+    for k in program.kernels:
+        if k.anchor is not None and k.anchor.op == "scan":
+            yield from programs_of(scan_body_program(k.anchor))
+
+
+class CUDABackend:
+    """Runs a compiled function's Program as CUDA kernels; `emulate=True` runs them on the CPU instead."""
+
+    name = "cuda"
+
+    def __init__(self, fn, emulate: bool = False, device=None, gemm_tiles=None, **options):
+        from ..codegen.cuda import GEMM_CONFIGS
+
+        self.fn = fn
+        self.device = device or (EmulatedDevice.shared() if emulate else PyCudaDevice())
+        tiles = tuple(gemm_tiles or GEMM_CONFIGS)
+        unknown = [t for t in tiles if t not in GEMM_CONFIGS]
+        if unknown:
+            raise ValueError(f"gemm_tiles {unknown} unknown; choose from {sorted(GEMM_CONFIGS)}")
+        self.params = device_store(fn.store, self.device)
+        self.runner = ProgramRunner(build_program(fn, options), self.device, self.params, tiles)
+        self.program = self.runner.program
+        self.module = self.runner.module
+        self._input_buffers: dict[int, tuple] = {}
+
+    def upload_inputs(self, feeds: dict[int, np.ndarray]) -> dict[int, int]:
+        """Copy the call's inputs to the device (buffers grow with the batch, never shrink)."""
+        ptrs = {}
+        for node in self.fn.inputs:
+            arr = feeds[id(node)]
+            buf, size = self._input_buffers.get(id(node), (None, -1))
+            if size < arr.nbytes:
+                buf = self.device.alloc(arr.nbytes)
+                self._input_buffers[id(node)] = (buf, arr.nbytes)
+            ptr = self.device.ptr(buf)
+            self.device.upload(ptr, arr)
+            ptrs[id(node)] = ptr
+        return ptrs
+
     def run(self, feeds: dict[int, np.ndarray], env: dict[str, int]) -> list[np.ndarray]:
-        self._prepare(env)
-        feeds_ptr = self._upload_inputs(feeds)
-        for rk, launches in zip(self.module.kernels, self.launches):
-            self._launch(rk, launches, env, feeds_ptr)
-        self._check_status()
-        outs = [self._fetch(n, env, feeds_ptr) for n in self.program.outputs]
+        feeds_ptr = self.upload_inputs(feeds)
+        self.runner.run(env, feeds_ptr)
+        outs = [self.runner.fetch(n, env, feeds_ptr) for n in self.program.outputs]
         self._apply_updates(env, feeds_ptr)
         return outs
 
@@ -401,7 +533,7 @@ class CUDABackend:
         """Copy each update's value into its parameter's device buffer, after every kernel read the old ones."""
         pending = []
         for key, node in self.program.updates:
-            src = self._ptr(node, feeds_ptr)
+            src = self.runner.ptr(node, feeds_ptr)
             nbytes = _nbytes(node, env)
             if self.program.storage_of(node).op == "param":  # p <- q: snapshot q before anything is written
                 tmp = self.device.alloc(nbytes)
@@ -416,15 +548,18 @@ class CUDABackend:
 
     def kernel_values(self, feeds: dict[int, np.ndarray], env: dict[str, int]) -> dict[int, np.ndarray]:
         """Debug: run kernel by kernel and return a copy of every kernel output right after its kernel."""
-        self._prepare(env)
-        feeds_ptr = self._upload_inputs(feeds)
+        from ..graph import TUPLE
+
+        feeds_ptr = self.upload_inputs(feeds)
         values = {}
-        for rk, launches in zip(self.module.kernels, self.launches):
-            self._launch(rk, launches, env, feeds_ptr)
+
+        def grab(kernel):
             self.device.synchronize()
-            for o in rk.kernel.outputs:
-                values[id(o)] = self._fetch(o, env, feeds_ptr)
-        self._check_status()
+            for o in kernel.outputs:
+                if o.dtype != TUPLE:
+                    values[id(o)] = self.runner.fetch(o, env, feeds_ptr)
+
+        self.runner.run(env, feeds_ptr, after_each=grab)
         return values
 
     def sync(self) -> None:
