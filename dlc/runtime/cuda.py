@@ -426,14 +426,14 @@ class ScanRunner:
 
     def run(self, ptrs: list[int], shapes: list[tuple], env: dict) -> None:
         from ..graph import dim_eval
-        from ..ops.scan import _bind_symbols
+        from ..ops.scan import loop_symbols
 
         body, node = self.body, self.node
         C, X = len(body.carry_in), len(body.x_in)
-        carry_shapes, x_shapes, cap_shapes = shapes[:C], shapes[C:C + X], shapes[C + X:]
+        x_shapes = shapes[C:C + X]
         T = x_shapes[0][0] if X else int(dim_eval(node.attr("length"), env))
-        benv = _bind_symbols(list(zip(body.carry_in, carry_shapes)) + list(zip(body.x_in, (s[1:] for s in x_shapes)))
-                             + list(zip(body.captured_in, cap_shapes)))
+        # the scan node's shape lists the loop's symbolic dims: the body's bindings
+        benv = dict(zip(loop_symbols(body, node.attr("length")), shape_eval(node.shape, env)))
         cbytes = [_nbytes(c, benv) for c in body.carry_in]
         xbytes = [_nbytes(x, benv) for x in body.x_in]
         ybytes = [_nbytes(y, benv) for y in self.y_out]
