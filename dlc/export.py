@@ -162,7 +162,8 @@ def backend_sources(fn: Function) -> dict[str, str]:
     if isinstance(sources, str):
         # named like the backend's cache file when it says which (the module's digest)
         digest = getattr(getattr(backend, "generated", None), "digest", None)
-        return {f"dlc_gen_{digest}.py" if digest else "module.py": sources}
+        suffix = {"cpu": ".py", "cuda": ".cu"}.get(fn.target, ".txt")
+        return {f"dlc_gen_{digest}{suffix}" if digest else f"module{suffix}": sources}
     return {str(k): str(v) for k, v in dict(sources).items()}
 
 

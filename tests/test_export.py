@@ -84,7 +84,7 @@ def lstm_model(train, target):
     return batch, dlc.compile(loss, updates={W: W - 0.5 * gW, b: b - 0.5 * gb}, target=target)
 
 
-def regression_model(train, target):
+def regression_model(train, target, **options):
     """The smallest training step worth compiling natively: numba compiles it in seconds."""
     rng = np.random.default_rng(4)
     x, t = dlc.input("x", ("B", 6)), dlc.input("t", ("B", 2))
@@ -94,7 +94,7 @@ def regression_model(train, target):
     loss = dlc.mean((y - t) * (y - t))
     batch = (rng.standard_normal((5, 6)).astype(np.float32), rng.standard_normal((5, 2)).astype(np.float32))
     updates = {w: w - 0.1 * dlc.grad(loss, w), b: b - 0.1 * dlc.grad(loss, b)} if train else None
-    return batch, dlc.compile((loss, y), updates=updates, target=target)
+    return batch, dlc.compile((loss, y), updates=updates, target=target, **options)
 
 
 MODELS = {"mlp": mlp_model, "cnn": cnn_model, "lstm": lstm_model}
@@ -135,6 +135,26 @@ def test_roundtrip_is_bit_identical_to_the_in_process_function(name, train, tmp_
 @pytest.mark.skipif("cpu" not in available_targets(), reason="no cpu backend")
 def test_cpu_training_roundtrip_is_bit_identical(tmp_path):
     check_roundtrip(regression_model, True, "cpu", tmp_path, forgotten=True)
+
+
+def has_cuda_emulator():
+    try:
+        from dlc.runtime.cuda import EmulatedDevice
+
+        EmulatedDevice.shared()
+    except (ImportError, OSError, RuntimeError):
+        return False
+    return True
+
+
+@pytest.mark.skipif(not has_cuda_emulator(), reason="no CUDA backend emulator")
+def test_cuda_training_roundtrip_is_bit_identical(tmp_path):
+    """The CUDA backend, its kernels run by the C emulator: the artifact keeps the .cu source and the option."""
+    model = lambda train, target: regression_model(train, target, emulate=True)
+    check_roundtrip(model, True, "cuda", tmp_path, forgotten=True)
+    art = open_artifact(tmp_path / "model.dlc")
+    assert art.manifest["options"] == {"emulate": True}
+    assert "__global__" in art.sources("cuda")["module.cu"]
 
 
 def check_roundtrip(model, train, target, tmp_path, forgotten):
