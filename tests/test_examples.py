@@ -1,0 +1,53 @@
+"""Short runs of the example scripts, each held to a weaker but real bar than its full run."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def run_example(name: str, *args: str, cwd: Path) -> str:
+    env = dict(os.environ, DLC_TARGET=os.environ.get("DLC_TARGET", "reference"),
+               # small matrices: BLAS threads only contend with each other here
+               OPENBLAS_NUM_THREADS="1", MPLBACKEND="Agg")
+    proc = subprocess.run([sys.executable, str(EXAMPLES / name), *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, f"{name} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def number_after(label: str, text: str) -> float:
+    match = re.search(re.escape(label) + r"\s+([-0-9.e+]+)", text)
+    assert match, f"no {label!r} in output:\n{text}"
+    return float(match.group(1))
+
+
+def test_mlp_digits_short_run_learns(tmp_path):
+    out = run_example("mlp_digits.py", "--epochs", "4", "--no-progress", cwd=tmp_path)
+    assert number_after("test accuracy", out) > 0.85
+
+
+def test_cnn_digits_short_run_learns(tmp_path):
+    out = run_example("cnn_digits.py", "--epochs", "2", "--no-progress", cwd=tmp_path)
+    assert number_after("test accuracy", out) > 0.90
+
+
+def test_gan_ring_short_run_moves_samples_onto_the_ring(tmp_path):
+    out = run_example("gan_ring.py", "--steps", "300", "--plot", "ring.png", cwd=tmp_path)
+    # an untrained generator puts its samples about 2 away from the ring (near the origin)
+    assert number_after("mean distance to the ring", out) < 0.5
+    assert re.search(r"modes covered \d / 8", out)
+    assert (tmp_path / "ring.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("steps", ["60"])
+def test_gan_digits_short_run_saves_a_grid_and_scores_it(tmp_path, steps):
+    out = run_example("gan_digits.py", "--steps", steps, "--plot", "grid.png", cwd=tmp_path)
+    assert number_after("D loss", out) > 0 and number_after("G loss", out) > 0
+    assert number_after("mean classifier confidence", out) > 0.3
+    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
