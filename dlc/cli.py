@@ -205,6 +205,10 @@ def cmd_inspect(args) -> int:
 
         print(describe(open_artifact(path)))
         fn = load(path)
+        match = fn.artifact.kernels_match
+        if match is not None:
+            print("  stored kernels: " + ("identical to the ones this dlc generates" if match else
+                                          "differ from the ones this dlc generates (it runs its own)"))
     print(_report(fn, args.dot))
     return 0
 

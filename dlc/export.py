@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import platform
 import re
@@ -180,22 +181,26 @@ def _backend_flags(fn: Function) -> dict:
         if p.kind == p.KEYWORD_ONLY or (p.kind == p.POSITIONAL_OR_KEYWORD and p.default is not p.empty):
             flags[p.name] = p.default
     flags.update(fn.options)
-    try:
-        return _encode_options(flags)
-    except TypeError:  # a flag value with no JSON form: record what it looks like
-        return {k: repr(v) for k, v in flags.items()}
+    return _encode_options(flags)
 
 
 def _encode_options(options: dict) -> dict:
-    enc = GraphEncoder()
-    return {str(k): enc.encode_value(v) for k, v in options.items()}
+    """Options as JSON; one with no JSON form (a device object) is described by its repr, not applied on load."""
+    enc, out = GraphEncoder(), {}
+    for k, v in options.items():
+        try:
+            out[str(k)] = enc.encode_value(v)
+        except TypeError:
+            out[str(k)] = {"$": "unrecorded", "v": repr(v)}
+    return out
 
 
 def _decode_options(doc) -> dict:
     if not isinstance(doc, dict):
         raise ArtifactError(f"{MANIFEST}: 'options' must be a map, got {type(doc).__name__}")
     dec = GraphDecoder({"schema": "dlc-graph/1"}, {})
-    return {k: dec.decode_value(v) for k, v in doc.items()}
+    return {k: dec.decode_value(v) for k, v in doc.items()
+            if not (isinstance(v, dict) and v.get("$") == "unrecorded")}
 
 
 def _versions() -> dict:
@@ -536,6 +541,10 @@ class ArtifactInfo:
         stored = art.sources(fn.target)
         regenerated = backend_sources(fn)
         match = (stored == regenerated) if stored and regenerated else None
+        if match is False:
+            logging.getLogger("dlc").warning(
+                "dlc: %s: this dlc generates other %s kernels than the artifact stores (written by dlc %s); "
+                "it runs its own", art.path, fn.target, art.manifest.get("versions", {}).get("dlc"))
         return cls(art.path, art.manifest, match)
 
 
