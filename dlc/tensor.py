@@ -96,8 +96,8 @@ class Tensor:
     def var(self, axis=None, keepdims=False, ddof=0): return F.var(self, axis, keepdims, ddof)
     def argmax(self, axis=-1, keepdims=False): return F.argmax(self, axis, keepdims)
     def argmin(self, axis=-1, keepdims=False): return F.argmin(self, axis, keepdims)
-    def reshape(self, *shape): return F.reshape(self, shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape)
-    def transpose(self, *perm): return F.transpose(self, perm[0] if len(perm) == 1 and isinstance(perm[0], (tuple, list)) else (perm or None))
+    def reshape(self, *shape): return F.reshape(self, _one_or_many(shape))
+    def transpose(self, *perm): return F.transpose(self, _one_or_many(perm) or None)
     def astype(self, dtype): return F.cast(self, dtype)
     def exp(self): return F.exp(self)
     def log(self): return F.log(self)
@@ -110,6 +110,11 @@ class Tensor:
     @property
     def T(self):
         return F.transpose(self)
+
+
+def _one_or_many(args: tuple):
+    """x.reshape(2, 3) and x.reshape((2, 3)) mean the same, as in numpy."""
+    return args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
 
 
 def is_tensor(x) -> bool:

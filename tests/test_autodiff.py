@@ -123,7 +123,8 @@ SECOND_ORDER = {
     "sin": (dlc.sin, (-3, 3)), "cos": (dlc.cos, (-3, 3)), "elu": (dlc.elu, (-2, 2)),
     "relu_times_x": (lambda x: dlc.relu(x) * x, (-2, 2)), "abs_cubed": (lambda x: dlc.abs(x) ** 3.0, (-2, 2)),
     "clip_sq": (lambda x: dlc.clip(x, -0.5, 0.5) * x * x, (-2, 2)),
-    "pow": (lambda x: x ** 3.5, (0.5, 2)), "exp_pow": (lambda x: 2.0 ** x, (-1, 1)), "div": (lambda x: 1.0 / x, (0.5, 2)),
+    "pow": (lambda x: x ** 3.5, (0.5, 2)), "exp_pow": (lambda x: 2.0 ** x, (-1, 1)),
+    "div": (lambda x: 1.0 / x, (0.5, 2)),
     "max": (lambda x: dlc.max(x * x, axis=1), (-2, 2)), "min": (lambda x: dlc.min(x * x * x, axis=0), (-2, 2)),
     "prod": (lambda x: dlc.prod(x, axis=1), (-2, 2)), "var": (lambda x: dlc.var(x, axis=0, ddof=1), (-2, 2)),
     "softmax": (lambda x: dlc.softmax(x) * dlc.sin(x), (-2, 2)), "log_softmax": (dlc.log_softmax, (-2, 2)),
@@ -146,7 +147,8 @@ def test_second_order(name, rng):
 
 def test_second_order_of_embedding_lookup(rng):
     ids = np.array([2, 0, 2, 1])
-    check_grad(lambda t, i: _first_grad(lambda t: dlc.take(t, i) ** 3.0)(t) * dlc.cos(t), [rng.normal(size=(3, 2)), ids])
+    check_grad(lambda t, i: _first_grad(lambda t: dlc.take(t, i) ** 3.0)(t) * dlc.cos(t),
+               [rng.normal(size=(3, 2)), ids])
 
 
 def test_hessian_vector_product_matches_the_analytic_hessian(rng):
@@ -165,18 +167,25 @@ def test_third_order(rng):
     check_grad(_first_grad(_first_grad(lambda x: dlc.sin(x) * dlc.exp(x))), [rng.normal(size=(4,))])
 
 
-def _no_double_grad_op():
-    """An op whose gradient rule exists but builds a node without one: the shape of conv/pool backward ops."""
-    if "test_scale" not in OPS:
-        register("test_scale_grad", OPAQUE, lambda xs, a: (xs[0].shape, xs[0].dtype),
-                 lambda xs, a, shape: 3.0 * xs[0], None)
-        register("test_scale", OPAQUE, lambda xs, a: (xs[0].shape, xs[0].dtype), lambda xs, a, shape: 3.0 * xs[0],
-                 lambda node, g, xs: [dlc.functional._apply("test_scale_grad", g)])
-    return lambda x: dlc.functional._apply("test_scale", x)
+@pytest.fixture
+def temporary_op():
+    """register() for one test: the ops are removed afterwards, so the registry others inspect stays clean."""
+    added = []
+
+    def make(name, ref, grad):
+        register(name, OPAQUE, lambda xs, a: (xs[0].shape, xs[0].dtype), ref, grad)
+        added.append(name)
+        return lambda x: dlc.functional._apply(name, x)
+
+    yield make
+    for name in added:
+        OPS.pop(name)
 
 
-def test_second_order_through_a_backward_op_raises_gradient_error(rng):
-    scale = _no_double_grad_op()
+def test_second_order_through_a_backward_op_raises_gradient_error(temporary_op):
+    # the shape of conv and pool backward ops: a gradient rule that builds a node without one
+    scale_grad = temporary_op("test_scale_grad", lambda xs, a, shape: 3.0 * xs[0], None)
+    scale = temporary_op("test_scale", lambda xs, a, shape: 3.0 * xs[0], lambda node, g, xs: [scale_grad(g)])
     x = dlc.input("x", (3,), "float64")
     g = dlc.grad(dlc.sum(scale(x) * x), x)  # the first order is fine ...
     np.testing.assert_allclose(dlc.compile(g)(np.ones(3)), np.full(3, 6.0))
@@ -196,16 +205,11 @@ def test_grad_refuses_non_tensors():
 # the checker itself: it must catch a wrong rule, and handle parameters
 
 
-def _wrong_rule_op():
-    if "test_wrong_square" not in OPS:
-        register("test_wrong_square", OPAQUE, lambda xs, a: (xs[0].shape, xs[0].dtype),
-                 lambda xs, a, shape: xs[0] * xs[0], lambda node, g, xs: [g * xs[0]])  # should be 2 g x
-    return lambda x: dlc.functional._apply("test_wrong_square", x)
-
-
-def test_check_grad_catches_a_wrong_rule(rng):
+def test_check_grad_catches_a_wrong_rule(temporary_op, rng):
+    wrong_square = temporary_op("test_wrong_square", lambda xs, a, shape: xs[0] * xs[0],
+                                lambda node, g, xs: [g * xs[0]])  # should be 2 g x
     with pytest.raises(AssertionError, match="gradient of x0"):
-        check_grad(_wrong_rule_op(), [rng.normal(size=(3,))])
+        check_grad(wrong_square, [rng.normal(size=(3,))])
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])

@@ -297,3 +297,11 @@ def test_slice_gradient_places_the_seed_into_zeros():
     want = np.zeros((5, 4))
     want[3:0:-2, 1:] = s
     np.testing.assert_array_equal(g(np.zeros((5, 4)), s), want)
+
+
+def test_tensor_methods_take_shapes_either_way():
+    x = _data((2, 3, 4))
+    out = run(lambda x: [x.reshape(4, 6), x.reshape((4, 6)), x.transpose(), x.transpose(2, 0, 1),
+                         x.transpose([2, 0, 1])], x)
+    for got, want in zip(out, [x.reshape(4, 6), x.reshape(4, 6), x.T, x.transpose(2, 0, 1), x.transpose(2, 0, 1)]):
+        np.testing.assert_array_equal(got, want)
