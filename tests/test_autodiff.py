@@ -222,3 +222,13 @@ def test_check_grad_differentiates_parameters(dtype, rng):
 
     grads = check_grad(layer, [rng.normal(size=(4, 3)).astype(dtype)], params=True)
     assert sorted(grads) == ["param:b", "param:w", "x0"]
+
+
+def test_concat_along_a_symbolic_dim_has_no_gradient_yet():
+    x = dlc.input("x", ("B", 3), "float64")
+    doubled = dlc.concat([x, x * 2.0], axis=0)
+    assert doubled.shape == ("2*B", 3)
+    with pytest.raises(dlc.GradientError, match="symbolic dim 'B'"):
+        dlc.grad(dlc.sum(doubled), x)
+    g = dlc.compile(dlc.grad(dlc.sum(dlc.concat([x, x * 2.0], axis=1)), x), inputs=[x])  # a static axis is fine
+    np.testing.assert_array_equal(g(np.zeros((2, 3))), np.full((2, 3), 3.0))

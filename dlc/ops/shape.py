@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DTypeError, ShapeError
+from ..errors import DTypeError, GradientError, ShapeError
 from ..graph import INT_DTYPES, dim_div, dim_mul, shape_str
 from .base import INJECTIVE, OPAQUE, register
 from .elementwise import broadcast_shapes
@@ -175,7 +175,9 @@ def _concat_grad(node, g, xs):
     for x in xs:
         d = x.shape[ax]
         if isinstance(d, str):
-            raise ShapeError("the gradient of a concat along a symbolic dim is not supported")
+            raise GradientError(f"the gradient of a concat along the symbolic dim {d!r} (built at "
+                                f"{node.loc or 'unknown location'}) is not supported: slices along symbolic "
+                                f"dims must be full; concat along a static axis instead")
         grads.append(F.take_slice(g, ax, start, start + d))
         start += d
     return grads
