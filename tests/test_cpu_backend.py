@@ -450,6 +450,11 @@ def test_identical_kernels_are_generated_once(rng):
     fn = dlc.compile(dlc.sum(x), updates={a: a * 0.5 + 1.0, b: b * 0.5 + 1.0}, target="cpu", fuse=False)
     stats = fn.backend.stats
     assert stats["distinct_kernels"] < stats["kernels"]
+    assert "def k_" in fn.backend.source()  # emitted once as a function, called twice
+    a0, b0 = dlc.default_store()["a"].copy(), dlc.default_store()["b"].copy()
+    assert_close(fn(rand(rng, (2, 4))), np.float32(0), {"float32": dict(rtol=1e9, atol=1e9)})
+    assert_close(dlc.default_store()["a"], a0 * np.float32(0.5) + np.float32(1.0))
+    assert_close(dlc.default_store()["b"], b0 * np.float32(0.5) + np.float32(1.0))
 
 
 def test_numpy_fallback_is_logged_once(caplog, rng):

@@ -113,8 +113,16 @@ class RenderedKernel:
     lines: list[str]
     comment: str
     parallel: bool = False
+    reads: dict = field(default_factory=dict)
+    writes: set = field(default_factory=set)
+    early_writes: set = field(default_factory=set)   # outputs written before the epilogue reads (GEMM targets)
     name: str = ""        # the function name when emitted as a function of its own
     inline: bool = True   # emitted into the outer function (its only use), or called
+
+    def reads_only_where_it_writes(self, node: Node) -> bool:
+        """Whether every read of node happens at the index an output is stored at (in-place safe)."""
+        idx = self.reads.get(id(node), set())
+        return len(self.writes) == 1 and idx <= self.writes
 
     def function_text(self) -> str:
         """The kernel as an @njit function: how a kernel used more than once is emitted."""
@@ -137,6 +145,7 @@ class RenderedKernel:
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
 _NUMBER = re.compile(r"(?<![\w.{])(\d+\.\d*(?:e[-+]?\d+)?|\d+)(?![\w.}])")
 _CALL = re.compile(r"\b([a-z_]+)\(")
+_COMMENT = re.compile(r"  # .*$|    \"\"\".*\"\"\"$", re.M)
 
 
 def compute_dtype(node: Node) -> str:
@@ -199,6 +208,9 @@ class KernelRenderer:
         self.memo: dict = {}
         self.tmp = 0
         self.flat = False
+        self.reads: dict[int, set] = {}     # id(node read from outside) -> the indices it is read at
+        self.store_index: set = set()       # the indices outputs are written at
+        self.early_writes: set = set()
 
     # ---- arguments
 
@@ -225,6 +237,7 @@ class KernelRenderer:
 
     def load(self, node: Node, idx: tuple) -> str:
         """An element of a value the kernel reads from outside (buffer, scalar, constant)."""
+        self.reads.setdefault(id(node), set()).add(idx)
         if node.op == "size":
             return f"{NP_DTYPE[node.dtype]}({self.arg(node, 'scalar')})"
         if node.op == "const" and is_scalar_node(node):
@@ -296,6 +309,7 @@ class KernelRenderer:
         return self.value(x, src)
 
     def value_of_view(self, node, idx):
+        self.reads.setdefault(id(node), set()).add(None)
         t = self.fresh()
         self.w(f"{t} = {self.arg(node)}[{', '.join(idx) if idx else '0'}]")
         return t
@@ -402,6 +416,7 @@ class KernelRenderer:
         return tuple(names)
 
     def store(self, out: Node, idx: tuple, val: str) -> None:
+        self.store_index.add(idx)
         if self.flat:
             self.w(f"{self.arg(out, 'flat')}[{idx[0]}] = {val}  # {where(out)}")
         else:
@@ -440,7 +455,7 @@ PARALLEL_CHUNKS = 8
 
 
 def _finish(r: KernelRenderer, kernel: Kernel, comment: str, parallel: bool = False) -> RenderedKernel:
-    return RenderedKernel(kernel, r.args, r.w.lines, comment, parallel)
+    return RenderedKernel(kernel, r.args, r.w.lines, comment, parallel, r.reads, r.store_index, r.early_writes)
 
 
 def _describe(kernel: Kernel) -> str:
@@ -499,6 +514,9 @@ def _render_reduce(program, kernel):
     names = {a: f"{P}i{a}" for a in range(x.ndim)}
     dtype = anchor.dtype if op not in ("argmax", "argmin") else x.dtype
     acc_dtype = "float64" if (op == "sum" and dtype == "float32") else dtype
+    if op == "sum" and kept and max(kept) > min(axes):
+        _sum_in_input_order(r, x, axes, kept, names, ref, acc_dtype, keep)
+        return _finish(r, kernel, _describe(kernel))
     with r.loops([names[a] for a in kept], [ref(a) for a in kept]):
         acc, best = f"{P}acc", f"{P}best"
         if op in ("sum", "prod"):
@@ -539,6 +557,27 @@ def _render_reduce(program, kernel):
     return _finish(r, kernel, _describe(kernel))
 
 
+def _sum_in_input_order(r, x, axes, kept, names, ref, acc_dtype, keep):
+    """A sum over leading or middle axes (a bias gradient): one pass over x in memory order, adding
+    each row into a vector of partial sums (contiguous, vectorized), then the epilogue over those."""
+    anchor = r.kernel.anchor
+    acc = f"{P}acc"
+    r.w(f"{acc} = np.zeros(({', '.join(ref(a) for a in kept)},), {NP_DTYPE[acc_dtype]})")
+    kept_idx = ", ".join(names[a] for a in kept)
+    saved = r.memo
+    r.memo = {}
+    with r.loops([names[a] for a in range(x.ndim)], [ref(a) for a in range(x.ndim)]):
+        v = r.value(x, tuple(names[a] for a in range(x.ndim)))
+        r.w(f"{acc}[{kept_idx}] += {v}  # {where(anchor)}")
+    r.memo = saved
+    with r.loops([names[a] for a in kept], [ref(a) for a in kept]):
+        out_idx = tuple(("0" if a in axes else names[a]) for a in range(x.ndim) if keep or a not in axes)
+        t = r.fresh()
+        r.w(f"{t} = {NP_DTYPE[anchor.dtype]}({acc}[{kept_idx}])")
+        r.memo[(id(anchor), out_idx)] = t
+        r.store_all(out_idx)
+
+
 def _space_array(r: KernelRenderer, x: Node):
     """Loop extents over the space of x: from x's own array when it is read, else from dims."""
     def extent(a):
@@ -562,11 +601,13 @@ def _render_matmul(program, kernel):
         if id(x) in r.inside:
             raise Unsupported(f"{x.op} before a matmul")
         operands.append((r.arg(x), x, transposed))
+        r.reads.setdefault(id(x), set()).add(None)  # read whole, by BLAS
     # the GEMM writes into an output of the anchor's dtype and shape; the epilogue then runs in place
     target = next((o for o in kernel.outputs if o is anchor), None) or \
         next((o for o in kernel.outputs if o.dtype == anchor.dtype and o.shape == anchor.shape), None)
     if target is not None:
         tgt = r.arg(target)
+        r.early_writes.add(id(target))
     else:
         tgt = f"{P}acc"
         shape_expr = ", ".join(r.dim(d) for d in anchor.shape)
@@ -613,6 +654,8 @@ def _render_take(program, kernel):
         r.w(f"{out}.fill(0)")
     xa = r.arg(x) if node.op == "take" else out
     ia = r.arg(ind)
+    for n in node.inputs:
+        r.reads.setdefault(id(n), set()).add(None)
     sa = r.arg(space) if node.op == "take_grad" else out
     names = [f"{P}i{k}" for k in range(space.ndim)]
     j, d = f"{P}j", f"{P}d"
@@ -655,6 +698,7 @@ class GeneratedModule:
     kernels: list[RenderedKernel]
     distinct_kernels: int
     digest: str
+    redirects: dict = field(default_factory=dict)   # id(update value) -> the param it is written into
 
 
 HEADER = '''"""Generated by dlc: {title}. Do not edit; regenerated from the graph."""
@@ -689,13 +733,15 @@ def render_program(program: Program, title: str, fastmath: bool = False, paralle
         rendered.append(rk)
     # a kernel used once is inlined into its outer function (numba compiles one big function
     # much faster than many small ones); identical kernels become one function, called
-    texts = [rk.function_text() if isinstance(rk, RenderedKernel) else None for rk in rendered]
+    # (compared without their comments: the same code on other nodes is the same kernel)
+    texts = [_COMMENT.sub("", rk.function_text()) if isinstance(rk, RenderedKernel) else None for rk in rendered]
     for rk, text in zip(rendered, texts):
         if text is not None and (texts.count(text) > 1 or rk.parallel):
             rk.inline = False
             rk.name = "k_" + hashlib.sha1(text.encode()).hexdigest()[:10]
-            funcs.setdefault(rk.name, text.replace("FUNC_NAME", rk.name))
-    outer = _OuterBuilder(program)
+            funcs.setdefault(rk.name, rk.function_text().replace("FUNC_NAME", rk.name))
+    redirects = direct_updates(program, rendered)
+    outer = _OuterBuilder(program, redirects)
     segments: list[Segment] = []
     for item in rendered:
         native = isinstance(item, RenderedKernel)
@@ -717,14 +763,41 @@ def render_program(program: Program, title: str, fastmath: bool = False, paralle
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     native = [k for k in rendered if isinstance(k, RenderedKernel)]
     return GeneratedModule(source, segments, outer.slots, outer.externals, native,
-                           len({t for t in texts if t is not None}), digest)
+                           len({t for t in texts if t is not None}), digest, redirects)
+
+
+def direct_updates(program: Program, rendered: list) -> dict[int, Node]:
+    """Parameter updates whose kernel can write straight into the parameter's array (no copy per step).
+
+    Safe when no later kernel reads the parameter's old value, and the writing
+    kernel itself reads it only at the index it writes (never through BLAS,
+    and never after a GEMM has filled the output). Returns id(update value) -> param.
+    """
+    params = {p.attr("name"): p for p in program.graph.nodes if p.op == "param"}
+    kernels = [it.kernel if isinstance(it, RenderedKernel) else it for it in rendered]
+    out: dict[int, Node] = {}
+    for key, value in program.updates:
+        param = params.get(key)
+        pos = next((i for i, k in enumerate(kernels) if any(o is value for o in k.outputs)), None)
+        if param is None or pos is None or program.storage_of(value) is not value or id(value) in out:
+            continue
+        item = rendered[pos]
+        if not isinstance(item, RenderedKernel) or id(value) in item.early_writes:
+            continue
+        if any(any(i is param for i in k.inputs) for k in kernels[pos + 1:]):
+            continue
+        if id(param) in item.reads and not item.reads_only_where_it_writes(param):
+            continue
+        out[id(value)] = param
+    return out
 
 
 class _OuterBuilder:
     """Writes the outer functions: typed arena views, kernel calls, and the parameter write-back."""
 
-    def __init__(self, program: Program):
+    def __init__(self, program: Program, redirects: dict):
         self.program = program
+        self.redirects = redirects
         self.slots: list[tuple] = []
         self.slot_of: dict[tuple, int] = {}
         self.externals: list[Node] = []
@@ -752,6 +825,7 @@ class _OuterBuilder:
         if key in names:
             return names[key]
         storage = self.program.storage_of(node)
+        storage = self.redirects.get(id(storage), storage)
         name = f"v{node.serial}" + ("f" if kind == "flat" else "")
         shape = [self.dim(d) for d in node.shape] or ["1"]
         if kind == "flat":
@@ -789,8 +863,8 @@ class _OuterBuilder:
         if last:
             for key, node in self.program.updates:
                 storage = self.program.storage_of(node)
-                if id(storage) in self.ext_of:
-                    continue  # the backend copies it in Python
+                if id(storage) in self.ext_of or id(storage) in self.redirects:
+                    continue  # written in place by its kernel, or copied by the backend in Python
                 param = next(p for p in self.program.graph.nodes if p.op == "param" and p.attr("name") == key)
                 dst = f"e{self.ext_of[id(param)]}.reshape({self.numel(param)})"
                 src = self.view(node, "flat", w, names)

@@ -139,7 +139,14 @@ class CPUBackend:
         self._plans: dict = {}
         self._debug_functions: dict = {}
         self._python_updates = [(k, v) for k, v in self.program.updates
-                                if id(self.program.storage_of(v)) in self._ext_index]
+                                if id(self._storage(v)) in self._ext_index and id(self.program.storage_of(v))
+                                not in self.generated.redirects]
+        self.stats["updates_in_place"] = len(self.generated.redirects)
+
+    def _storage(self, node: Node) -> Node:
+        """The node owning node's buffer: an arena value, or a source (an update may write into its param)."""
+        storage = self.program.storage_of(node)
+        return self.generated.redirects.get(id(storage), storage)
 
     # ---- plans
 
@@ -158,6 +165,12 @@ class CPUBackend:
         plan.arena = np.empty(max(mem.arena_bytes, 1), dtype=np.uint8)
         plan.S = np.array([self._slot_value(s, mem, env) for s in self.generated.slots] or [0], dtype=np.int64)
         plan.out_views = [self._arena_view(n, plan) for n in self.program.outputs]
+        # outputs living in a parameter an update writes into are read after the call
+        params = {id(p): a for (_, a), p in zip(self._externals, self.generated.externals) if p.op == "param"}
+        for i, n in enumerate(self.program.outputs):
+            storage = self._storage(n)
+            if plan.out_views[i] is None and id(self.program.storage_of(n)) in self.generated.redirects:
+                plan.out_views[i] = params[id(storage)].reshape(shape_eval(n.shape, env))
         self.stats["arena_bytes"] = mem.arena_bytes
         return plan
 
@@ -175,7 +188,7 @@ class CPUBackend:
 
     def _arena_view(self, node: Node, plan: _Plan):
         """node's value as a numpy view of the arena, or None when it lives outside it."""
-        storage = self.program.storage_of(node)
+        storage = self._storage(node)
         if id(storage) not in plan.memory.offsets:
             return None
         shape = shape_eval(node.shape, plan.env)
@@ -194,8 +207,7 @@ class CPUBackend:
         view = self._arena_view(node, plan)
         if view is not None:
             return view
-        storage = self.program.storage_of(node)
-        return X[self._ext_index[id(storage)]].reshape(shape_eval(node.shape, env))
+        return X[self._ext_index[id(self._storage(node))]].reshape(shape_eval(node.shape, env))
 
     # ---- calls
 
@@ -251,7 +263,8 @@ class CPUBackend:
     def kernel_values(self, feeds: dict, env: dict) -> dict[int, np.ndarray]:
         """Run kernel by kernel (slow) and return a copy of every kernel output, by node id."""
         plan = self._make_plan(env)
-        X = [feeds[i] if i else a for i, a in self._externals]
+        # parameters are copied: updates written in place must not reach the store from a debugging run
+        X = [feeds[i] if i else a.copy() for i, a in self._externals]
         out: dict[int, np.ndarray] = {}
         for seg in self.generated.segments:
             for item in seg.kernels:
