@@ -375,7 +375,7 @@ def test_mlp_training_steps_with_momentum(rng):
     fn = compare({"loss": loss}, feeds, GEMM_TOL, updates=updates, steps=3)
     # a new batch size reuses the compiled code: a new memory plan only
     compiled = fn.backend.stats["numba_compile_s"]
-    fn(rand(rng, (3, 12)), rng.integers(0, 5, size=3))
+    fn(x=rand(rng, (3, 12)), labels=rng.integers(0, 5, size=3))
     assert len(fn.backend._plans) == 2
     assert fn.backend.stats["numba_compile_s"] == compiled
 
@@ -452,7 +452,8 @@ def test_identical_kernels_are_generated_once(rng):
     assert stats["distinct_kernels"] < stats["kernels"]
     assert "def k_" in fn.backend.source()  # emitted once as a function, called twice
     a0, b0 = dlc.default_store()["a"].copy(), dlc.default_store()["b"].copy()
-    assert_close(fn(rand(rng, (2, 4))), np.float32(0), {"float32": dict(rtol=1e9, atol=1e9)})
+    xv = rand(rng, (2, 4))
+    assert_close(fn(xv), xv.sum(dtype=np.float32))
     assert_close(dlc.default_store()["a"], a0 * np.float32(0.5) + np.float32(1.0))
     assert_close(dlc.default_store()["b"], b0 * np.float32(0.5) + np.float32(1.0))
 

@@ -78,7 +78,7 @@ def load_module(gen: GeneratedModule, directory: Path):
 class _Plan:
     """Everything a call needs for one binding of the symbolic dims."""
 
-    __slots__ = ("env", "memory", "arena", "S", "out_views", "objects")
+    __slots__ = ("env", "memory", "arena", "S", "out_views", "objects", "has_early")
 
 
 class CPUBackend:
@@ -118,7 +118,7 @@ class CPUBackend:
                  len(self.program.kernels), self.generated.distinct_kernels, self.generated.digest)
         self._segments = [(getattr(self.module, s.func), None) if s.native else (None, s.kernels[0])
                           for s in self.generated.segments]
-        self._seen_signatures = [0] * len(self._segments)
+        self._seen_signatures = [-1] * len(self._segments)  # compiled signatures seen per segment
         for seg in self.generated.segments:
             if not seg.native:
                 op = seg.kernels[0].nodes[0].op
@@ -136,6 +136,7 @@ class CPUBackend:
             else:  # a writable copy: kernels shared with arena views then need no second compilation
                 self._externals.append((0, np.array(n.value, order="C")))
         self._ext_index = {id(n): i for i, n in enumerate(self.generated.externals)}
+        self._input_positions = [k for k, n in enumerate(self.generated.externals) if n.op == "input"]
         self._plans: dict = {}
         self._debug_functions: dict = {}
         self._python_updates = [(k, v) for k, v in self.program.updates
@@ -151,7 +152,7 @@ class CPUBackend:
     # ---- plans
 
     def _plan(self, env: dict) -> _Plan:
-        key = tuple(sorted(env.items()))
+        key = tuple(env.items())
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plans[key] = self._make_plan(env)
@@ -171,6 +172,7 @@ class CPUBackend:
             storage = self._storage(n)
             if plan.out_views[i] is None and id(self.program.storage_of(n)) in self.generated.redirects:
                 plan.out_views[i] = params[id(storage)].reshape(shape_eval(n.shape, env))
+        plan.has_early = any(v is None for v in plan.out_views)
         self.stats["arena_bytes"] = mem.arena_bytes
         return plan
 
@@ -212,32 +214,35 @@ class CPUBackend:
     # ---- calls
 
     def run(self, feeds: dict, env: dict) -> list[np.ndarray]:
-        plan = self._plan(env)
+        # the hot path of every call: kept to a plan lookup, one native call and the output copies
+        plan = self._plans.get(tuple(env.items())) or self._plan(env)
         X = [feeds[i] if i else a for i, a in self._externals]
-        X = [x if x.dtype.isnative else x.astype(x.dtype.newbyteorder("=")) for x in X]
+        for k in self._input_positions:
+            if not X[k].dtype.isnative:
+                X[k] = X[k].astype(X[k].dtype.newbyteorder("="))
         # values returned as they are before this call's updates (an output may be a parameter)
         early = {i: self._value_view(n, plan, X, env).copy() for i, n in enumerate(self.program.outputs)
-                 if plan.out_views[i] is None}
+                 if plan.out_views[i] is None} if plan.has_early else None
         pending = [(k, self._value_view(v, plan, X, env).copy()) for k, v in self._python_updates]
         for i, (func, kernel) in enumerate(self._segments):
-            if func is not None:
-                self._call(i, func, plan, X)
-            else:
+            if func is None:
                 self._fallback(kernel, plan, X, env)
+            elif self._seen_signatures[i] == len(func.overloads):
+                func(plan.arena, plan.S, *X)
+            else:
+                self._call(i, func, plan, X)
         outs = [early[i] if v is None else v.copy() for i, v in enumerate(plan.out_views)]
         for key, value in pending:
             self.fn.store[key] = value
         return outs
 
     def _call(self, i: int, func, plan: _Plan, X: list) -> None:
+        """A call that compiles: timed, and logged with the reason when it is not the first."""
         seen = self._seen_signatures[i]
-        if seen and len(func.overloads) == seen:
-            func(plan.arena, plan.S, *X)
-            return
         t0 = time.perf_counter()
         func(plan.arena, plan.S, *X)
         self.stats["numba_compile_s"] += time.perf_counter() - t0
-        if seen:
+        if seen > 0:
             log.info("dlc cpu: recompiled %s for new argument types (%s)", func.__name__,
                      ", ".join(str(getattr(x, "dtype", type(x))) + ("" if x.flags.writeable else " read-only")
                                for x in X))
