@@ -117,7 +117,7 @@ def bench_steps(reps: int) -> dict:
         fn, args = make()
         fn(*args)
         out[name.replace("_ms", "_first_call_s")] = round(time.perf_counter() - t0, 2)
-        out[name] = round(time_host(lambda: fn(*args), reps), 3)
+        out[name] = round(time_host(lambda fn=fn, args=args: fn(*args), reps), 3)
     return out
 
 
@@ -136,11 +136,12 @@ def bench_sgemm(n: int, reps: int) -> dict:
     da, db, dc = drv.to_device(a), drv.to_device(b), drv.mem_alloc(a.nbytes)
     flops = 2.0 * n ** 3
     out = {}
-    for tag, (bm, bn, bk, tm, tn) in GEMM_CONFIGS.items():
+    for tag, (bm, bn, _, tm, tn) in GEMM_CONFIGS.items():
         fn = mod.get_function(f"dlc_sgemm_{tag}_nn")
         fn.prepare("PPPqqqff")
         grid, block = (-(-n // bn), -(-n // bm), 1), ((bm // tm) * (bn // tn), 1, 1)
-        ms = time_device(lambda: fn.prepared_call(grid, block, da, db, dc, n, n, n, 1.0, 0.0), reps)
+        ms = time_device(lambda fn=fn, grid=grid, block=block: fn.prepared_call(grid, block, da, db, dc, n, n, n,
+                                                                                 1.0, 0.0), reps)
         out[f"sgemm_{n}_{tag}_gflops"] = round(flops / ms / 1e6, 1)
     c = np.empty_like(a)
     drv.memcpy_dtoh(c, dc)
@@ -187,7 +188,8 @@ def bench_elementwise(n: int, reps: int) -> dict:
     moved = 4 * n * 4  # three reads and one write
     src, dst = drv.mem_alloc(moved // 2), drv.mem_alloc(moved // 2)
     copy_ms = time_device(lambda: drv.memcpy_dtod(dst, src, moved // 2), reps)
-    return {"fused_gelu_kernels": kernels, "fused_gelu_gbs": round(moved / ms / 1e6, 1), "d2d_copy_gbs": round(moved / copy_ms / 1e6, 1),
+    return {"fused_gelu_kernels": kernels, "fused_gelu_gbs": round(moved / ms / 1e6, 1),
+            "d2d_copy_gbs": round(moved / copy_ms / 1e6, 1),
             "fused_gelu_max_abs_err": float(np.max(np.abs(got - ref)))}
 
 

@@ -5,9 +5,19 @@ import pytest
 
 import dlc
 from dlc.codegen import cuda_samples
-from dlc.codegen.cuda import (GEMM_CONFIGS, CudaUnsupportedError, choose_gemm_tile, library_source, literal,
-                              nvcc_compile, nvcc_path, parse_resource_usage, render_program, render_scalar,
-                              resource_table)
+from dlc.codegen.cuda import (
+    GEMM_CONFIGS,
+    CudaUnsupportedError,
+    choose_gemm_tile,
+    library_source,
+    literal,
+    nvcc_compile,
+    nvcc_path,
+    parse_resource_usage,
+    render_program,
+    render_scalar,
+    resource_table,
+)
 from dlc.runtime.cuda import CudaUnavailableError, build_program, programs_of
 
 # ----------------------------------------------------------------------------
@@ -99,7 +109,8 @@ ptxas info    : Function properties for k1
     0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
 ptxas info    : Used 32 registers, used 0 barriers"""
     r = parse_resource_usage(log)
-    assert (r["sm_80"]["k3_s"].registers, r["sm_80"]["k3_s"].smem_bytes, r["sm_80"]["k3_s"].spill_stores) == (58, 4224, 4)
+    k3 = r["sm_80"]["k3_s"]
+    assert (k3.registers, k3.smem_bytes, k3.spill_stores, k3.stack_bytes) == (58, 4224, 4, 8)
     assert (r["sm_90"]["k1"].registers, r["sm_90"]["k1"].smem_bytes) == (32, 0)
 
 

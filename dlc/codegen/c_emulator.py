@@ -114,7 +114,8 @@ static bool release() {
     }
   }
   if (!any && block_ready) {
-    for (unsigned t = 0; t < nthreads; ++t) if (threads[t].state == AT_BLOCK_BARRIER) { threads[t].state = RUNNING; any = true; }
+    for (unsigned t = 0; t < nthreads; ++t)
+      if (threads[t].state == AT_BLOCK_BARRIER) { threads[t].state = RUNNING; any = true; }
   }
   return any;
 }
@@ -274,8 +275,9 @@ class EmulatedModule:
         src = lib.with_suffix(".cpp")
         src.write_text(text)
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
-        cmd = ["g++", "-std=c++17", optimize, "-U_FORTIFY_SOURCE", "-shared", "-fPIC", "-fno-strict-aliasing", "-w", "-o", str(tmp),
-               str(src)]
+        # -U_FORTIFY_SOURCE: the fortified longjmp refuses to jump between coroutine stacks
+        cmd = ["g++", "-std=c++17", optimize, "-U_FORTIFY_SOURCE", "-shared", "-fPIC", "-fno-strict-aliasing", "-w",
+               "-o", str(tmp), str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise EmulatorError(f"g++ could not compile the emulated kernels ({src}):\n{proc.stderr[-4000:]}")

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -632,7 +632,8 @@ def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
     lines = [_comment(kernel), _signature(name, params) + " {",
              f"  const i64 n_out = {numel_c(kept)};", f"  const i64 R = {numel_c(reduced)};",
              "  // one row per block, or per warp (blockDim.y rows a block) when the rows are short",
-             "  for (i64 o = (i64)blockIdx.x * blockDim.y + threadIdx.y; o < n_out; o += (i64)gridDim.x * blockDim.y) {",
+             "  for (i64 o = (i64)blockIdx.x * blockDim.y + threadIdx.y; o < n_out;"
+             " o += (i64)gridDim.x * blockDim.y) {",
              body.text(), "  }", "}"]
     kept_, reduced_ = tuple(kept), tuple(reduced)
     item = np.dtype(x.dtype).itemsize + (8 if arg else 0)
@@ -957,8 +958,9 @@ def render_random(kernel: Kernel, program: Program) -> RenderedKernel:
     step = vr.value(node.inputs[0], ())
     seed = int(a["seed"]) & 0xFFFFFFFFFFFFFFFF
     body.emit(f"const unsigned long long st = (unsigned long long)(long long)({step});")
-    body.emit("const DlcPhilox w = dlc_philox4x32_10((unsigned)(i & 0xffffffffLL), (unsigned)((unsigned long long)i >> 32), "
-              f"(unsigned)(st & 0xffffffffULL), (unsigned)(st >> 32), {seed & 0xFFFFFFFF}u, {seed >> 32}u);")
+    body.emit("const DlcPhilox w = dlc_philox4x32_10((unsigned)(i & 0xffffffffLL), "
+              "(unsigned)((unsigned long long)i >> 32), (unsigned)(st & 0xffffffffULL), (unsigned)(st >> 32), "
+              f"{seed & 0xFFFFFFFF}u, {seed >> 32}u);")
     dtype = a.get("dtype", "float32")
     if node.op == "random_bernoulli":
         body.emit(f"const bool drawn = dlc_uniform01(w.v[0]) < {literal(a['p'], 'float32')};")
@@ -1081,8 +1083,9 @@ def nvcc_compile(source: str, archs=("sm_80", "sm_90"), extra=()) -> dict[str, d
         return {a: {k: KernelResources(**v) for k, v in e.items()} for a, e in raw.items()}
     src = folder / f"{digest}.cu"
     src.write_text(source)
-    procs = {arch: subprocess.Popen([nvcc, "-cubin", f"-arch={arch}", *flags, "-o", str(folder / f"{digest}.{arch}.cubin"),
-                                     str(src)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    procs = {arch: subprocess.Popen([nvcc, "-cubin", f"-arch={arch}", *flags, "-o",
+                                     str(folder / f"{digest}.{arch}.cubin"), str(src)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for arch in archs}
     report: dict[str, dict[str, KernelResources]] = {}
     for arch, proc in procs.items():
