@@ -302,3 +302,25 @@ def test_independent_scalar_arithmetic_shares_one_kernel():
     p = fused(outs, [t, lr, x])
     scalar = [k for k in p.kernels if k.outputs[0].shape == ()]
     assert len(scalar) == 1 and len(scalar[0].outputs) >= 3
+
+
+@pytest.mark.parametrize("reassociate", [True, False])
+def test_every_sample_program_fuses_plans_and_runs_kernel_by_kernel(reassociate):
+    # the backends' sample programs: scan, random numbers, gathers, float64 and integers, training steps
+    from dlc.codegen import cuda_samples
+    from dlc.passes import plan_memory
+    from dlc.passes.memory import check_plan
+
+    for build in cuda_samples.SAMPLES:
+        s = build()
+        fn = s.compile("reference")
+        feeds, env, _ = fn.signature.bind(tuple(s.args), {})
+        program = optimize(fn.outputs, fn.updates, fn.inputs, reassociate=reassociate)
+        check_program(program)
+        check_plan(program, plan_memory(program, env))
+        snapshot = {k: v.copy() for k, v in fn.store.items()}
+        outs, updates = program_results(program, feeds, snapshot, env)
+        results = list(fn.outputs) + [n for _, n in fn.updates]
+        ref = evaluate(fn.graph.nodes, feeds, snapshot, env, keep={id(n) for n in results})
+        for got, node in zip(outs + [v for _, v in updates], results):
+            np.testing.assert_allclose(got, ref[id(node)], rtol=1e-4, atol=1e-5, err_msg=s.name)

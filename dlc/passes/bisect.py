@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..graph import Node, shape_eval
+from ..graph import TUPLE, Node, shape_eval
 from ..ops import OPS
 from ..program import Kernel, Program
 from ..runtime.reference import evaluate
@@ -50,8 +50,9 @@ def run_kernel(kernel: Kernel, read, env: dict) -> dict[int, np.ndarray]:
                 raise AssertionError(f"kernel {kernel.name}: {n!r} reads {i!r}, which is neither computed "
                                      f"in the kernel nor one of its inputs")
         with np.errstate(all="ignore"):
-            v = np.asarray(OPS[n.op].ref(args, n.a, shape_eval(n.shape, env)))
-        local[id(n)] = v.astype(n.dtype, copy=False)
+            v = OPS[n.op].ref(args, n.a, shape_eval(n.shape, env))
+        # a multi-output node (scan) holds a tuple of arrays
+        local[id(n)] = v if n.dtype == TUPLE else np.asarray(v).astype(n.dtype, copy=False)
     missing = [o for o in kernel.outputs if id(o) not in local]
     if missing:
         raise AssertionError(f"kernel {kernel.name} does not compute its output(s) {missing}")
