@@ -268,12 +268,15 @@ class ValueRenderer:
         self.symbols: set[str] = set()
         self.loads: list[tuple[Node, tuple[str, ...]]] = []
         self.lane_loads: dict[int, str] | None = None  # vectorized path: buffer -> this lane's register
+        # The memory plan may give an elementwise kernel's output the buffer of an input it reads at the
+        # same index (in place), so there pointers may alias and are not declared __restrict__.
+        self.restrict = kernel.kind not in ("elementwise", "injective")
 
     # parameters ------------------------------------------------------------
 
     def buffer(self, node: Node, const: bool = True) -> str:
         if id(node) not in self._param_of:
-            ctype = ("const " if const else "") + C_TYPE[node.dtype] + "* __restrict__"
+            ctype = ("const " if const else "") + C_TYPE[node.dtype] + ("* __restrict__" if self.restrict else "*")
             p = Param("ptr", f"{'in' if const else 'out'}{len(self.params)}", ctype, node)
             self._param_of[id(node)] = p
             self.params.append(p)
@@ -670,7 +673,7 @@ def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
     anchor = kernel.anchor
     if anchor.op != "matmul":
         raise unsupported(anchor)
-    body = Body(depth=2)
+    body = Body(depth=3)
     vr = ValueRenderer(kernel, program, body)
     operands = []
     for operand in anchor.inputs:
@@ -693,9 +696,10 @@ def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
     batch = anchor.shape[:-2]
     vr.use_shape(anchor.shape)
 
-    pre = Body(depth=1)
+    # grid z strides over the batch (a grid holds at most 65535 z blocks)
+    pre = Body(depth=2)
     vr.body = pre
-    bidx = vr.unravel("(i64)blockIdx.z", batch, "b")
+    bidx = vr.unravel("bz", batch, "b")
     a_batch = vr.broadcast_index(bidx, a.shape[:-2])
     b_batch = vr.broadcast_index(bidx, b.shape[:-2])
     a_off = vr.linear(a_batch, a.shape[:-2]) if a_batch else "0"
@@ -717,9 +721,10 @@ def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
         bm, bn, bk, tm, tn = GEMM_CONFIGS[tag]
         entry = f"{kernel.name}_{tag}"
         entries.append(entry)
-        chunks += [_signature(entry, params) + " {", pre.text(),
-                   f"  dlc_gemm_mainloop<{bm}, {bn}, {bk}, {tm}, {tn}, {ctype}>(M, N, K, load_a, load_b,",
-                   f"      [&](i64 i, i64 j, {ctype} acc) {{", body.text(), "      });", "}"]
+        chunks += [_signature(entry, params) + " {", f"  const i64 n_batch = {numel_c(batch)};",
+                   "  for (i64 bz = blockIdx.z; bz < n_batch; bz += gridDim.z) {", pre.text(),
+                   f"    dlc_gemm_mainloop<{bm}, {bn}, {bk}, {tm}, {tn}, {ctype}>(M, N, K, load_a, load_b,",
+                   f"        [&](i64 i, i64 j, {ctype} acc) {{", body.text(), "        });", "  }", "}"]
     mnk = (M, N, K)
     batch_ = tuple(batch)
 
@@ -728,7 +733,8 @@ def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
         nb = int(np.prod(shape_eval(batch_, env), dtype=np.int64))
         tag = choose_gemm_tile(m, n, nb, max_blocks, tiles)
         bm, bn, _, tm, tn = GEMM_CONFIGS[tag]
-        return Launch(f"{kernel.name}_{tag}", (-(-n // bn), -(-m // bm), nb), ((bm // tm) * (bn // tn), 1, 1))
+        grid = (-(-n // bn), -(-m // bm), max(1, min(nb, 65535)))
+        return Launch(f"{kernel.name}_{tag}", grid, ((bm // tm) * (bn // tn), 1, 1))
 
     return RenderedKernel(kernel, "\n".join(chunks), params, entries, plan)
 
