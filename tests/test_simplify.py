@@ -169,3 +169,13 @@ def test_random_graphs_keep_their_values(case):
                 np.testing.assert_allclose(got, w, rtol=2e-5, atol=2e-6)
             else:
                 np.testing.assert_array_equal(got, w)
+
+
+def test_a_reshape_sinks_into_a_broadcast_scalar_when_nothing_else_reads_it():
+    s = dlc.input("s", ())
+    t = dlc.reshape(dlc.neg(dlc.broadcast_to(s, ("B",))), ("B", 1))
+    out = simplified(t)
+    assert out.op == "neg" and out.inputs[0].op == "broadcast_to" and out.inputs[0].shape == ("B", 1)
+    shared = dlc.neg(dlc.broadcast_to(s, ("B",)))
+    (a, b), _ = simplify([dlc.reshape(shared, ("B", 1)).node, shared.node])
+    assert a.op == "reshape"  # the neg has another reader: sinking would compute it twice

@@ -220,9 +220,26 @@ def unit_reshapes(n: Node) -> Node | None:
         if is_unit(y.shape) and len(y.shape) > len(n.shape):
             return None
         return make("broadcast_to", [y], n.loc, shape=n.shape) if is_unit(y.shape) or broadcasts_like(x) else None
-    if n.op == "reshape" and x.op == "broadcast_to" and x.inputs[0].shape == ():
+    if n.op == "reshape" and x.op == "broadcast_to" and is_unit(x.inputs[0].shape) and \
+            len(x.inputs[0].shape) <= len(n.shape):
         return make("broadcast_to", [x.inputs[0]], n.loc, shape=n.shape)
     return None
+
+
+def sink_reshapes(uses: dict[int, int]) -> Rule:
+    """reshape(neg(broadcast s)) -> neg(broadcast s) in the new shape, when nothing else reads the neg:
+    the reshape (a view that forces its input into memory) vanishes into the broadcast."""
+    def rule(n: Node) -> Node | None:
+        if n.op != "reshape" or uses.get(id(n.inputs[0]), 0) != 1:
+            return None
+        x = n.inputs[0]
+        if len(x.inputs) != 1 or OPS[x.op].kind != "elementwise":
+            return None
+        y = x.inputs[0]
+        if not (broadcasts_like(n) or y.op == "broadcast_to" and is_unit(y.inputs[0].shape)):
+            return None
+        return Node(x.op, (make("reshape", [y], n.loc, shape=n.shape),), x.attrs, n.shape, x.dtype, x.loc)
+    return rule
 
 
 def implicit_broadcast(n: Node) -> Node | None:
@@ -371,7 +388,7 @@ def passes(reassociate: bool = True, fold_limit: int = 4096) -> list[tuple[str, 
     out = [
         ("fold_constants", lambda roots: [fold_constants(fold_limit)]),
         ("algebraic", lambda roots: algebra),
-        ("canonicalize", lambda roots: [implicit_broadcast, canonical_order]),
+        ("canonicalize", lambda roots: [implicit_broadcast, canonical_order, sink_reshapes(use_counts(roots))]),
     ]
     if reassociate:
         out.append(("reassociate", lambda roots: reassociation_rules(use_counts(roots))))
