@@ -324,3 +324,11 @@ def test_every_sample_program_fuses_plans_and_runs_kernel_by_kernel(reassociate)
         ref = evaluate(fn.graph.nodes, feeds, snapshot, env, keep={id(n) for n in results})
         for got, node in zip(outs + [v for _, v in updates], results):
             np.testing.assert_allclose(got, ref[id(node)], rtol=1e-4, atol=1e-5, err_msg=s.name)
+
+
+def test_an_unknown_optimizer_option_is_an_error():
+    x = dlc.input("x", (4,))
+    with pytest.raises(TypeError, match="unknown optimizer option.s. reasociate; the optimizer takes simplify, fuse"):
+        optimize([dlc.tanh(x).node], [], [x.node], reasociate=False)
+    with pytest.raises(TypeError, match="reasociate"):
+        dlc.compile(dlc.tanh(x), target="cpu", reasociate=False)

@@ -51,15 +51,21 @@ def unplanned_memory(program: Program, env: dict, alignment: int = 64) -> Memory
     return MemoryPlan(dict(env), offsets, sizes, off, off, off, [], alignment)
 
 
+OPTIONS = ("simplify", "fuse", "reassociate", "max_group", "duplicate", "schedule")
+
+
 def optimize(outputs: list[Node], updates: list[tuple[str, Node]], inputs: list[Node], *,
              simplify: bool = True, fuse: bool = True, reassociate: bool = True, max_group: int = MAX_GROUP,
-             duplicate: bool = True, schedule: bool = True, **backend_options) -> Program:
+             duplicate: bool = True, schedule: bool = True, **unknown) -> Program:
     """Simplify, fuse and schedule the graph of `outputs` and `updates` into a Program.
 
     reassociate=False keeps every floating-point result bit-exact; fuse=False
     gives one kernel per op; duplicate=False never recomputes a value in
-    several kernels. Options meant for a backend are accepted and ignored.
+    several kernels; max_group caps the nodes of one kernel.
     """
+    if unknown:
+        raise TypeError(f"unknown optimizer option(s) {', '.join(sorted(unknown))}; the optimizer takes "
+                        f"{', '.join(OPTIONS)}")
     roots = list(outputs) + [n for _, n in updates]
     before = Graph(roots)
     if simplify:
