@@ -39,14 +39,17 @@ def tanh_f32(x):
     q = x2 * q + np.float32(2.26843463243900e-03)
     q = x2 * q + np.float32(4.89352518554385e-03)
     r = p / q
-    return x if x != x else r
+    return r if x == x else x
 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def exp_f32(x):
     """Cephes expf: x = n ln2 + r, a degree-6 polynomial in r, 2^n built from its exponent bits."""
     c = min(max(x, np.float32(-87.33654)), np.float32(88.37626))
-    n = math.floor(c * np.float32(1.44269504088896341) + np.float32(0.5))
+    # n = floor(z) without a libm call: truncate, then step down where truncation rounded up
+    z = c * np.float32(1.44269504088896341) + np.float32(0.5)
+    n = np.float32(np.int32(z))
+    n = n - np.float32(1.0) if n > z else n
     r = c - n * np.float32(0.693359375)
     r = r - n * np.float32(-2.12194440e-4)
     p = np.float32(1.9875691500e-4)
@@ -56,10 +59,10 @@ def exp_f32(x):
     p = p * r + np.float32(1.6666665459e-1)
     p = p * r + np.float32(5.0000001201e-1)
     y = p * r * r + r + np.float32(1.0)
-    y = y * _i32_as_f32(np.int32((np.int32(n) + np.int32(127)) << np.int32(23)))
-    y = np.float32(np.inf) if x > np.float32(88.72283) else y
-    y = np.float32(0.0) if x < np.float32(-103.97208) else y
-    return x if x != x else y
+    y = y * _i32_as_f32((np.int32(n) + np.int32(127)) << np.int32(23))
+    y = y if x <= np.float32(88.72283) else np.float32(np.inf)
+    y = y if x >= np.float32(-87.33654) else np.float32(0.0)  # flush what would be subnormal
+    return y if x == x else x
 
 
 @njit(cache=True, error_model="numpy", inline="always")
@@ -84,16 +87,19 @@ def softplus_f64(x):
     return max(x, 0.0) + math.log1p(math.exp(-abs(x)))
 
 
+# (simple selects, no `or`: short-circuit branches stop LLVM from vectorizing the loop)
 @njit(cache=True, error_model="numpy", inline="always")
 def fmax(a, b):
     """numpy.maximum: NaN if either operand is NaN."""
-    return a if (a > b or a != a) else b
+    m = a if a > b else b
+    return m if a == a else a
 
 
 @njit(cache=True, error_model="numpy", inline="always")
 def fmin(a, b):
     """numpy.minimum: NaN if either operand is NaN."""
-    return a if (a < b or a != a) else b
+    m = a if a < b else b
+    return m if a == a else a
 
 
 @njit(cache=True, error_model="numpy", inline="always")
