@@ -79,11 +79,24 @@ def test_op_without_a_cuda_lowering_is_named():
     from dlc.passes import unfused_program
     from dlc.program import Kernel
 
-    x = dlc.input("x", (2, 3, 8, 8))
-    node = dlc.adaptive_avg_pool2d(x, (3, 3)).node
+    x = dlc.input("x", (2, 3))
+    node = dlc.cast(x, "float64").node
     program = unfused_program([node], [], [x.node])
-    program.kernels = [Kernel("k0", "complex", (node,), (x.node,), (node,), node)]
-    with pytest.raises(CudaUnsupportedError, match="adaptive_avg_pool2d.*test_cuda_codegen.py"):
+    program.kernels = [Kernel("k0", "opaque", (node,), (x.node,), (node,), node)]  # no opaque lowering of cast
+    with pytest.raises(CudaUnsupportedError, match="op 'cast' .*test_cuda_codegen.py.*no CUDA lowering"):
+        render_program(program)
+
+
+def test_op_in_the_wrong_kind_of_kernel_is_named():
+    from dlc.passes import unfused_program
+    from dlc.program import Kernel
+
+    table = dlc.input("table", (4, 3))
+    ids = dlc.input("ids", (2,), "int64")
+    node = dlc.take(table, ids).node
+    program = unfused_program([node], [], [table.node, ids.node])
+    program.kernels = [Kernel("k0", "elementwise", (node,), (table.node, ids.node), (node,), None)]
+    with pytest.raises(CudaUnsupportedError, match="op 'take'.*cannot be part of an elementwise kernel"):
         render_program(program)
 
 

@@ -798,7 +798,8 @@ def render_take(kernel: Kernel, program: Program) -> RenderedKernel:
 HOST_OPS = ("size", "scan", "scan_output")
 CONV_OPS = {"conv2d": "fwd", "conv2d_grad_input": "dgrad", "conv_transpose2d": "dgrad",
             "conv2d_grad_weight": "wgrad"}
-POOL_OPS = ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad")
+POOL_OPS = ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad", "adaptive_avg_pool2d",
+            "adaptive_avg_pool2d_grad")
 RANDOM_OPS = ("random_uniform", "random_normal", "random_bernoulli")
 
 
@@ -924,6 +925,8 @@ def render_pool(kernel: Kernel, program: Program) -> RenderedKernel:
     vr = ValueRenderer(kernel, program, body)
     out_names = [vr.buffer(o, const=False) for o in kernel.outputs]
     ctype = C_TYPE[node.dtype]
+    if node.op.startswith("adaptive"):
+        return _adaptive_pool(kernel, node, vr, body, out_names)
     if node.op in ("max_pool2d", "avg_pool2d", "max_pool2d_grad"):
         x = node.inputs[0]
         _, c, h, wd = x.shape
@@ -951,6 +954,24 @@ def render_pool(kernel: Kernel, program: Program) -> RenderedKernel:
     body.emit(f"const {ctype} pooled = {expr};")
     _store_epilogue(vr, kernel, out_names, idx, "pooled")
     return _per_output_kernel(kernel, vr, body, node.shape, head)
+
+
+def _adaptive_pool(kernel: Kernel, node: Node, vr: ValueRenderer, body: Body, out_names) -> RenderedKernel:
+    """adaptive_avg_pool2d (bins of PyTorch's rule) and its gradient, one thread per output element."""
+    idx = vr.unravel("i", node.shape)
+    if node.op == "adaptive_avg_pool2d":
+        x = node.inputs[0]
+        _, c, h, w = x.shape
+        _, _, oh, ow = node.shape
+        call = f"dlc_adaptive_avg_window({vr.buffer(x)}, {h}, {w}, {oh}, {ow}"
+    else:
+        g = node.inputs[0]
+        _, c, oh, ow = g.shape
+        _, _, h, w = node.shape
+        call = f"dlc_adaptive_avg_grad_at({vr.buffer(g)}, {h}, {w}, {oh}, {ow}"
+    body.emit(f"const {C_TYPE[node.dtype]} pooled = {call}, {idx[0]} * {c} + {idx[1]}, {idx[2]}, {idx[3]});")
+    _store_epilogue(vr, kernel, out_names, idx, "pooled")
+    return _per_output_kernel(kernel, vr, body, node.shape, [])
 
 
 def render_random(kernel: Kernel, program: Program) -> RenderedKernel:

@@ -136,7 +136,7 @@ def mlp_training_step(batch: int = 16, sizes=(20, 32, 24, 10), lr: float = 0.1) 
 
 
 def cnn_training_step(batch: int = 4, lr: float = 0.05) -> Sample:
-    """conv (bias + relu epilogue) -> max pool -> conv (stride 2, groups 2) -> avg pool -> linear; an SGD step."""
+    """conv (bias + relu epilogue), max pool, grouped strided conv, avg pool, adaptive pool, linear; an SGD step."""
     rng, store = _rng(8), dlc.Store()
     x = dlc.input("x", ("B", 3, 12, 12))
     labels = dlc.input("labels", ("B",), "int64")
@@ -146,12 +146,13 @@ def cnn_training_step(batch: int = 4, lr: float = 0.05) -> Sample:
 
     w1, b1 = p("w1", (8, 3, 3, 3), 0.3), p("b1", (8,), 0.1)
     w2, b2 = p("w2", (6, 4, 3, 3), 0.2), p("b2", (6,), 0.1)
-    w3, b3 = p("w3", (6 * 3 * 3, 5), 0.2), p("b3", (5,), 0.1)
+    w3, b3 = p("w3", (6 * 2 * 2, 5), 0.2), p("b3", (5,), 0.1)
     h = dlc.relu(dlc.conv2d(x, w1, b1, padding=1))                      # (B, 8, 12, 12)
     h = dlc.max_pool2d(h, 2)                                            # (B, 8, 6, 6)
     h = dlc.tanh(dlc.conv2d(h, w2, b2, stride=2, padding=1, groups=2))  # (B, 6, 3, 3)
     h = dlc.avg_pool2d(h, 3, stride=1, padding=1)                       # (B, 6, 3, 3)
-    logits = dlc.reshape(h, ("B", 54)) @ w3 + b3
+    h = dlc.adaptive_avg_pool2d(h, (2, 2))                              # (B, 6, 2, 2), overlapping bins
+    logits = dlc.reshape(h, ("B", 24)) @ w3 + b3
     loss = -dlc.mean(dlc.sum(dlc.log_softmax(logits) * dlc.one_hot(labels, 5), axis=1))
     params = [w1, b1, w2, b2, w3, b3]
     grads = dlc.grad(loss, params)

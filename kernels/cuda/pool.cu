@@ -87,3 +87,40 @@ __device__ __forceinline__ T dlc_avg_pool_grad_at(const T* __restrict__ gy, cons
     for (i64 ow = ow0; ow <= ow1; ++ow) total += gy[(nc * q.Ho + oh) * q.Wo + ow] / dlc_avg_pool_divisor<T>(q, oh, ow);
   return total;
 }
+
+// Adaptive average pooling: output cell o of n averages input rows
+// [floor(o*size/n), ceil((o+1)*size/n)), PyTorch's bins (they may overlap).
+__device__ __forceinline__ void dlc_adaptive_bin(i64 o, int size, int n, i64& lo, i64& hi) {
+  lo = (o * size) / n;
+  hi = ((o + 1) * size + n - 1) / n;
+}
+
+template <class T>
+__device__ __forceinline__ T dlc_adaptive_avg_window(const T* __restrict__ x, int H, int W, int OH, int OW, i64 nc,
+                                                     i64 oh, i64 ow) {
+  i64 h0, h1, w0, w1;
+  dlc_adaptive_bin(oh, H, OH, h0, h1);
+  dlc_adaptive_bin(ow, W, OW, w0, w1);
+  T total = T(0);
+  for (i64 h = h0; h < h1; ++h)
+    for (i64 w = w0; w < w1; ++w) total += x[(nc * H + h) * W + w];
+  return total / T((h1 - h0) * (w1 - w0));
+}
+
+// the gradient: each input pixel gathers the share of every bin that holds it
+template <class T>
+__device__ __forceinline__ T dlc_adaptive_avg_grad_at(const T* __restrict__ gy, int H, int W, int OH, int OW, i64 nc,
+                                                      i64 h, i64 w) {
+  T total = T(0);
+  for (i64 oh = 0; oh < OH; ++oh) {
+    i64 h0, h1;
+    dlc_adaptive_bin(oh, H, OH, h0, h1);
+    if (h < h0 || h >= h1) continue;
+    for (i64 ow = 0; ow < OW; ++ow) {
+      i64 w0, w1;
+      dlc_adaptive_bin(ow, W, OW, w0, w1);
+      if (w >= w0 && w < w1) total += gy[(nc * OH + oh) * OW + ow] / T((h1 - h0) * (w1 - w0));
+    }
+  }
+  return total;
+}
