@@ -210,7 +210,8 @@ def test_cpu_target_matches_the_reference(rng):
     loss = dlc.sum(out * out) + dlc.sum(h_n)
     outputs = [loss] + dlc.grad(loss, [x] + model.parameters())
     X, L = rng.normal(size=(5, 2, 3)), np.array([5, 3])
-    for want, got in zip(dlc.compile(outputs)(X, L), dlc.compile(outputs, target="cpu")(X, L)):
+    inputs = [x, lengths]
+    for want, got in zip(dlc.compile(outputs, inputs)(X, L), dlc.compile(outputs, inputs, target="cpu")(X, L)):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
 
 

@@ -32,7 +32,7 @@ def test_forward_matches_a_numpy_loop(rng, reverse):
     w = dlc.param(W, dtype="float64")
     h_final, ys = dlc.scan(_tanh_rnn(w), h0, xs, reverse=reverse)
     assert h_final.shape == ("B", 3) and ys.shape == ("T", "B", 3)
-    got_h, got_ys = dlc.compile([h_final, ys])(X, H)
+    got_h, got_ys = dlc.compile([h_final, ys], inputs=[xs, h0])(X, H)
     want_h, want_ys = _numpy_rnn(X, H, W, reverse)
     np.testing.assert_allclose(got_h, want_h, rtol=1e-12)
     np.testing.assert_allclose(got_ys, want_ys, rtol=1e-12)
@@ -93,7 +93,7 @@ def test_masked_steps_keep_the_carry_and_output_zeros(rng):
         lens = dlc.input("lengths", ("B",), "int64")
         w = dlc.constant(W, "float64")
         h_final, ys = dlc.scan(_tanh_rnn(w), h0, xs, reverse=reverse, lengths=lens)
-        got_h, got_ys = dlc.compile([h_final, ys])(X, H, lengths)
+        got_h, got_ys = dlc.compile([h_final, ys], inputs=[xs, h0, lens])(X, H, lengths)
         for b, n in enumerate(lengths):
             want_h, want_ys = _numpy_rnn(X[:n, b], H[b], W, reverse)
             np.testing.assert_allclose(got_h[b], want_h, rtol=1e-12)

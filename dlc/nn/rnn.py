@@ -149,8 +149,9 @@ class _Recurrent(Module):
         return ("", "_reverse") if self.bidirectional else ("",)
 
     def _weights(self, layer: int, suffix: str):
-        get = lambda name: getattr(self, f"{name}_l{layer}{suffix}", None)  # noqa: E731
-        return get("weight_ih"), get("weight_hh"), get("bias_ih"), get("bias_hh")
+        """(weight_ih, weight_hh, bias_ih, bias_hh) of one layer and direction; biases None without bias."""
+        names = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
+        return tuple(getattr(self, f"{name}_l{layer}{suffix}", None) for name in names)
 
     def forward(self, x, state=None, lengths=None):
         """x: (T, B, input_size), or (B, T, input_size) with batch_first. state: h0, or (h0, c0) for an

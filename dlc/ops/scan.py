@@ -118,6 +118,11 @@ class Body:
         self.symbols = tuple(sorted(set().union(*(symbols_of(n.shape) for n in self.graph.nodes))))
 
     @property
+    def outputs(self) -> tuple[Node, ...]:
+        """carry_out + y_out: the outputs of the body's graph."""
+        return self.graph.outputs
+
+    @property
     def placeholders(self) -> tuple[Node, ...]:
         return self.carry_in + self.x_in + self.captured_in + (self.step_in,)
 
