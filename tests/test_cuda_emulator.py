@@ -281,3 +281,21 @@ def test_two_functions_share_device_parameters():
     assert float(step_b(ones)) == 3.0   # w: 1 -> 2
     assert float(step_a(ones)) == 6.0
     np.testing.assert_array_equal(store["w"], np.full(3, 1.0, np.float32))
+
+
+def test_cpu_and_cuda_functions_share_a_store_through_sync_and_invalidate():
+    pytest.importorskip("dlc.runtime.cpu")
+    from dlc.runtime.cuda import invalidate, sync
+
+    store = dlc.Store()
+    w = dlc.param(np.ones(3, np.float32), name="w", store=store)
+    x = dlc.input("x", (3,))
+    on_gpu = dlc.compile(dlc.sum(w * x), updates={w: w * 2.0}, target="cuda", emulate=True, store=store)
+    on_cpu = dlc.compile(dlc.sum(w * x), updates={w: w + 1.0}, target="cpu", store=store)
+    ones = np.ones(3, np.float32)
+    assert float(on_gpu(ones)) == 3.0   # w: 1 -> 2 on the device
+    sync(store)                         # the CPU function holds the Store's arrays: copy the device values back
+    assert float(on_cpu(ones)) == 6.0   # w: 2 -> 3 on the host, in place
+    invalidate(store)                   # the device copy is stale now
+    assert float(on_gpu(ones)) == 9.0   # w: 3 -> 6
+    np.testing.assert_array_equal(store["w"], np.full(3, 6.0, np.float32))
