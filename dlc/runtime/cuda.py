@@ -136,14 +136,12 @@ class EmulatedDevice:
 
     def __init__(self, max_blocks: int = 8):
         self.max_blocks = max_blocks
-        self._buffers: dict[int, np.ndarray] = {}
 
     def alloc(self, nbytes: int):
+        """A 256-byte aligned host buffer; it lives as long as the returned array (as a DeviceAllocation)."""
         raw = np.zeros(int(nbytes) + ALIGNMENT, dtype=np.uint8)
         start = (-raw.ctypes.data) % ALIGNMENT
-        buf = raw[start:start + max(int(nbytes), 1)]
-        self._buffers[buf.ctypes.data] = raw  # keeps the memory alive as long as the device
-        return buf
+        return raw[start:start + max(int(nbytes), 1)]
 
     @staticmethod
     def ptr(buf) -> int:
