@@ -299,3 +299,11 @@ def test_cpu_and_cuda_functions_share_a_store_through_sync_and_invalidate():
     invalidate(store)                   # the device copy is stale now
     assert float(on_gpu(ones)) == 9.0   # w: 3 -> 6
     np.testing.assert_array_equal(store["w"], np.full(3, 6.0, np.float32))
+
+
+def test_generated_cuda_is_dumped_on_request(tmp_path):
+    s = cuda_samples.rnn_training_step()
+    fn = s.compile("cuda", emulate=True, gemm_tiles=TILES, dump=str(tmp_path))
+    files = sorted(tmp_path.glob("dlc_gen_*.cu"))
+    assert len(files) == 3  # the step, the forward scan's body, the backward scan's body
+    assert fn.backend.source() in [f.read_text() for f in files]

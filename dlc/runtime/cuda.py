@@ -22,7 +22,10 @@ slow, for tests and for debugging kernels without a GPU.
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import os
 import weakref
+from pathlib import Path
 
 import numpy as np
 
@@ -491,7 +494,8 @@ class CUDABackend:
 
     name = "cuda"
 
-    def __init__(self, fn, emulate: bool = False, device=None, gemm_tiles=None, **options):
+    def __init__(self, fn, emulate: bool = False, device=None, gemm_tiles=None, dump: str | None = None,
+                 **options):
         from ..codegen.cuda import GEMM_CONFIGS
 
         self.fn = fn
@@ -505,6 +509,19 @@ class CUDABackend:
         self.program = self.runner.program
         self.module = self.runner.module
         self._input_buffers: dict[int, tuple] = {}
+        dump = dump or os.environ.get("DLC_DUMP")
+        if dump:
+            self.dump(dump)
+
+    def dump(self, folder: str) -> list[Path]:
+        """Write the generated CUDA of this function (and of each scan body) as dlc_gen_<hash>.cu files."""
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        paths = []
+        for module in [self.module] + [r.inner.module for r in _scan_runners(self.runner)]:
+            path = Path(folder) / f"dlc_gen_{hashlib.sha256(module.source.encode()).hexdigest()[:16]}.cu"
+            path.write_text(module.source)
+            paths.append(path)
+        return paths
 
     def upload_inputs(self, feeds: dict[int, np.ndarray]) -> dict[int, int]:
         """Copy the call's inputs to the device (buffers grow with the batch, never shrink)."""
@@ -567,6 +584,12 @@ class CUDABackend:
     def source(self) -> str:
         """The generated CUDA translation unit (library headers included)."""
         return self.module.source
+
+
+def _scan_runners(runner: ProgramRunner):
+    for scan in runner.scans.values():
+        yield scan
+        yield from _scan_runners(scan.inner)
 
 
 def _as_list(launch) -> list:
