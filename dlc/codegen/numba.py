@@ -806,6 +806,13 @@ class _OuterBuilder:
             if n.op in ("input", "param") or (n.op == "const" and not is_scalar_node(n)):
                 self.ext_of[id(n)] = len(self.externals)
                 self.externals.append(n)
+        # graph outputs are written straight into fresh arrays the caller gets (no copy out of the arena)
+        computed = {id(o) for k in program.kernels for o in k.outputs}
+        for n in program.outputs:
+            if id(n) in computed and program.storage_of(n) is n and id(n) not in redirects \
+                    and id(n) not in self.ext_of and n.dtype != "tuple":
+                self.ext_of[id(n)] = len(self.externals)
+                self.externals.append(n)
 
     def slot(self, key: tuple) -> str:
         if key not in self.slot_of:

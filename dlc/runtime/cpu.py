@@ -20,6 +20,7 @@ log = logging.getLogger("dlc")
 
 _KERNELS_DIR = Path(__file__).resolve().parents[2] / "kernels" / "cpu"
 _FALLBACK_LOGGED: set[str] = set()
+FIXED, INPUT, OUTPUT = 0, 1, 2
 
 
 def cache_dir() -> Path:
@@ -78,7 +79,7 @@ def load_module(gen: GeneratedModule, directory: Path):
 class _Plan:
     """Everything a call needs for one binding of the symbolic dims."""
 
-    __slots__ = ("env", "memory", "arena", "S", "out_views", "objects", "has_early")
+    __slots__ = ("env", "memory", "arena", "S", "out_views", "out_shapes", "objects", "has_early")
 
 
 class CPUBackend:
@@ -127,16 +128,22 @@ class CPUBackend:
                     log.warning("dlc cpu: %s runs through its numpy reference (%s)", op, seg.reason)
         # the arrays the outer functions take, in order: an input (fed per call) or a fixed array
         store = fn.store
-        self._externals = []
+        self._externals = []   # (kind, what): FIXED array, INPUT id(node), or OUTPUT position in program.outputs
+        self._output_externals = {}
         for n in self.generated.externals:
             if n.op == "input":
-                self._externals.append((id(n), None))
+                self._externals.append((INPUT, id(n)))
             elif n.op == "param":
-                self._externals.append((0, store[n.attr("name")]))
-            else:  # a writable copy: kernels shared with arena views then need no second compilation
-                self._externals.append((0, np.array(n.value, order="C")))
+                self._externals.append((FIXED, store[n.attr("name")]))
+            elif n.op == "const":  # a writable copy: kernels shared with arena views then need no second compilation
+                self._externals.append((FIXED, np.array(n.value, order="C")))
+            else:
+                pos = next(i for i, o in enumerate(self.program.outputs) if o is n)
+                self._externals.append((OUTPUT, pos))
+                self._output_externals[pos] = len(self._externals) - 1
         self._ext_index = {id(n): i for i, n in enumerate(self.generated.externals)}
         self._input_positions = [k for k, n in enumerate(self.generated.externals) if n.op == "input"]
+        self._out_dtypes = [np.dtype(n.dtype) for n in self.program.outputs]
         self._plans: dict = {}
         self._debug_functions: dict = {}
         self._python_updates = [(k, v) for k, v in self.program.updates
@@ -165,14 +172,16 @@ class CPUBackend:
         plan.memory = mem = self._plan_memory(self.program, env)
         plan.arena = np.empty(max(mem.arena_bytes, 1), dtype=np.uint8)
         plan.S = np.array([self._slot_value(s, mem, env) for s in self.generated.slots] or [0], dtype=np.int64)
-        plan.out_views = [self._arena_view(n, plan) for n in self.program.outputs]
+        plan.out_shapes = [shape_eval(n.shape, env) for n in self.program.outputs]
+        plan.out_views = [None if i in self._output_externals else self._arena_view(n, plan)
+                          for i, n in enumerate(self.program.outputs)]
         # outputs living in a parameter an update writes into are read after the call
         params = {id(p): a for (_, a), p in zip(self._externals, self.generated.externals) if p.op == "param"}
         for i, n in enumerate(self.program.outputs):
             storage = self._storage(n)
             if plan.out_views[i] is None and id(self.program.storage_of(n)) in self.generated.redirects:
                 plan.out_views[i] = params[id(storage)].reshape(shape_eval(n.shape, env))
-        plan.has_early = any(v is None for v in plan.out_views)
+        plan.has_early = any(v is None and i not in self._output_externals for i, v in enumerate(plan.out_views))
         self.stats["arena_bytes"] = mem.arena_bytes
         return plan
 
@@ -191,7 +200,7 @@ class CPUBackend:
     def _arena_view(self, node: Node, plan: _Plan):
         """node's value as a numpy view of the arena, or None when it lives outside it."""
         storage = self._storage(node)
-        if id(storage) not in plan.memory.offsets:
+        if id(storage) not in plan.memory.offsets or id(storage) in self._ext_index:
             return None
         shape = shape_eval(node.shape, plan.env)
         off = plan.memory.offsets[id(storage)]
@@ -216,13 +225,13 @@ class CPUBackend:
     def run(self, feeds: dict, env: dict) -> list[np.ndarray]:
         # the hot path of every call: kept to a plan lookup, one native call and the output copies
         plan = self._plans.get(tuple(env.items())) or self._plan(env)
-        X = [feeds[i] if i else a for i, a in self._externals]
+        X = self._arguments(feeds, plan)
         for k in self._input_positions:
             if not X[k].dtype.isnative:
                 X[k] = X[k].astype(X[k].dtype.newbyteorder("="))
         # values returned as they are before this call's updates (an output may be a parameter)
         early = {i: self._value_view(n, plan, X, env).copy() for i, n in enumerate(self.program.outputs)
-                 if plan.out_views[i] is None} if plan.has_early else None
+                 if plan.out_views[i] is None and i not in self._output_externals} if plan.has_early else None
         pending = [(k, self._value_view(v, plan, X, env).copy()) for k, v in self._python_updates]
         for i, (func, kernel) in enumerate(self._segments):
             if func is None:
@@ -231,10 +240,16 @@ class CPUBackend:
                 func(plan.arena, plan.S, *X)
             else:
                 self._call(i, func, plan, X)
-        outs = [early[i] if v is None else v.copy() for i, v in enumerate(plan.out_views)]
+        outs = [X[self._output_externals[i]] if i in self._output_externals else early[i] if v is None else v.copy()
+                for i, v in enumerate(plan.out_views)]
         for key, value in pending:
             self.fn.store[key] = value
         return outs
+
+    def _arguments(self, feeds: dict, plan: _Plan) -> list:
+        """The arrays the outer functions take: inputs, parameters, constants, and fresh output arrays."""
+        return [what if kind == FIXED else feeds[what] if kind == INPUT else
+                np.empty(plan.out_shapes[what], self._out_dtypes[what]) for kind, what in self._externals]
 
     def _call(self, i: int, func, plan: _Plan, X: list) -> None:
         """A call that compiles: timed, and logged with the reason when it is not the first."""
@@ -269,7 +284,7 @@ class CPUBackend:
         """Run kernel by kernel (slow) and return a copy of every kernel output, by node id."""
         plan = self._make_plan(env)
         # parameters are copied: updates written in place must not reach the store from a debugging run
-        X = [feeds[i] if i else a.copy() for i, a in self._externals]
+        X = [x.copy() if kind == FIXED else x for x, (kind, _) in zip(self._arguments(feeds, plan), self._externals)]
         out: dict[int, np.ndarray] = {}
         for seg in self.generated.segments:
             for item in seg.kernels:
