@@ -170,7 +170,9 @@ class Node:
 
     Two nodes built from the same op, inputs, attributes, shape and dtype are
     the same object, which gives common-subexpression elimination while
-    tracing. `value` holds the array of a constant (its digest is in attrs).
+    tracing. Graph inputs are the exception: each `dlc.input` call declares a
+    new one, so a function's default argument order is the order of the
+    declarations. `value` holds the array of a constant (its digest is in attrs).
     """
 
     __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "loc", "value", "serial", "__weakref__")
@@ -178,7 +180,7 @@ class Node:
     def __new__(cls, op: str, inputs: tuple, attrs: tuple, shape: Shape, dtype: str,
                 loc: SourceLoc | None = None, value: np.ndarray | None = None):
         key = (op, tuple(id(i) for i in inputs), attrs, shape, dtype)
-        node = _INTERN.get(key)
+        node = _INTERN.get(key) if op != "input" else None
         if node is not None:
             return node
         node = object.__new__(cls)
@@ -186,7 +188,8 @@ class Node:
         node.shape, node.dtype, node.loc, node.value = shape, dtype, loc, value
         _SERIAL[0] += 1
         node.serial = _SERIAL[0]
-        _INTERN[key] = node
+        if op != "input":
+            _INTERN[key] = node
         return node
 
     def attr(self, name: str, default=None):
