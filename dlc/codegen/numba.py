@@ -842,10 +842,13 @@ class _OuterBuilder:
             base = f"e{self.ext_of[id(storage)]}"
             w(f"{name} = {base}.reshape({shape_txt})  # {where(node)}")
         else:
-            off = self.slot(("offset", storage))
-            np_dtype = NP_DTYPE[node.dtype]
-            w(f"{name} = arena[{off}:{off} + {self.numel(node)} * {_itemsize(node.dtype)}]"
-              f".view({np_dtype}).reshape({shape_txt})  # {where(node)}")
+            # one typed view of the whole arena per dtype; buffers are slices of it (offsets are aligned)
+            base = f"arena_{node.dtype}"
+            if base not in names:
+                names[base] = base
+                w.lines.insert(0, f"    {base} = arena.view({NP_DTYPE[node.dtype]})")
+            start = self.slot(("index", storage, _itemsize(node.dtype)))
+            w(f"{name} = {base}[{start}:{start} + {self.numel(node)}].reshape({shape_txt})  # {where(node)}")
         names[key] = name
         return name
 

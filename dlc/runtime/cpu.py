@@ -170,7 +170,8 @@ class CPUBackend:
         plan.env = dict(env)
         plan.objects = {}  # values that are not arrays (a scan's tuple of results), by node id
         plan.memory = mem = self._plan_memory(self.program, env)
-        plan.arena = np.empty(max(mem.arena_bytes, 1), dtype=np.uint8)
+        # a whole number of 64-byte lines: the arena can be viewed as any dtype
+        plan.arena = np.empty(-(-max(mem.arena_bytes, 1) // 64) * 64, dtype=np.uint8)
         plan.S = np.array([self._slot_value(s, mem, env) for s in self.generated.slots] or [0], dtype=np.int64)
         plan.out_shapes = [shape_eval(n.shape, env) for n in self.program.outputs]
         plan.out_views = [None if i in self._output_externals else self._arena_view(n, plan)
@@ -187,7 +188,9 @@ class CPUBackend:
 
     @staticmethod
     def _slot_value(slot, mem, env) -> int:
-        kind, what = slot
+        kind, what = slot[:2]
+        if kind == "index":
+            return mem.offsets[id(what)] // slot[2]
         if kind == "dim":
             return dim_eval(what, env)
         if kind == "offset":
