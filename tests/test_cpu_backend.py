@@ -469,3 +469,21 @@ def test_numpy_fallback_is_logged_once(caplog, rng):
         dlc.compile(y * 2.0, target="cpu")
     if fn.backend.stats["fallbacks"]:
         assert sum("random_uniform" in r.message for r in caplog.records) == 1
+
+
+def test_parallel_and_fastmath_options(rng):
+    """parallel=True splits large elementwise loops over threads; fastmath=True lets LLVM reassociate."""
+    from dlc.codegen.numba import PARALLEL_MIN
+
+    x = dlc.input("x", ("N",))
+    y = dlc.gelu(x * 1.5 - 0.25) + dlc.sigmoid(x)
+    n = PARALLEL_MIN + 3  # above the threshold, and not a multiple of the chunk count
+    xv = rand(rng, (n,), lo=-6, hi=6)
+    want = dlc.compile(y)(xv)
+    par = dlc.compile(y, target="cpu", parallel=True)
+    assert "prange" in par.backend.source()
+    assert_close(par(xv), want)
+    assert_close(par(xv[:5]), want[:5])    # below the threshold: one chunk, no threads
+    fast = dlc.compile(dlc.sum(y), target="cpu", fastmath=True)
+    assert "fastmath=True" in fast.backend.source()
+    np.testing.assert_allclose(fast(xv), want.sum(dtype=np.float64), rtol=1e-4)
