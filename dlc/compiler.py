@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import DTypeError, ShapeError
-from .graph import Graph, Node, _factors, shape_str
+from .graph import Graph, Node, _factors, shape_str, symbols_of
 from .store import Store, default_store
 from .tensor import Tensor
 
@@ -148,12 +148,23 @@ class Function:
             if missing:
                 raise ValueError(f"the outputs depend on input(s) {missing} not listed in inputs=")
         self.signature = Signature(list(inputs))
+        self._check_symbols_bound()
         for p in self.graph.params():
             if p.attr("name") not in self.store:
                 raise KeyError(f"parameter {p.attr('name')!r} is not in this function's store")
         self.target = target
         self.options = options
         self.backend = make_backend(self, target, options)
+
+    def _check_symbols_bound(self) -> None:
+        """Every symbolic dim in the graph must be bound by some input's shape at call time."""
+        bound = set().union(*(symbols_of(n.shape) for n in self.signature.inputs))
+        for n in self.graph.nodes:
+            missing = symbols_of(n.shape) - bound
+            if missing:
+                where = f" (built at {n.loc})" if n.loc else ""
+                raise ShapeError(f"{n.op}{where} has symbolic dim(s) {sorted(missing)} that no input binds; "
+                                 f"list an input with that dim in inputs=[...]")
 
     def _check_updates(self, updates) -> list[tuple[str, Node]]:
         if updates is None:

@@ -64,7 +64,7 @@ def _factors(d: Dim) -> tuple[int, list[str]]:
 
 
 def _make_dim(coef: int, syms: list[str]) -> Dim:
-    if not syms:
+    if not syms or coef == 0:
         return coef
     syms = sorted(syms)
     return "*".join(([str(coef)] if coef != 1 else []) + syms)
@@ -97,7 +97,7 @@ def dim_eval(d: Dim, env: dict[str, int]) -> int:
     coef, syms = _factors(d)
     for s in syms:
         if s not in env:
-            raise KeyError(s)
+            raise KeyError(f"symbolic dim {s!r} is not bound (bound: {sorted(env) or 'none'})")
         coef *= env[s]
     return coef
 
@@ -119,11 +119,19 @@ def symbols_of(shape: Shape) -> set[str]:
 
 
 def as_shape(shape: Iterable) -> Shape:
+    """A user's shape checked: non-negative ints and symbols ("B", or products like "B*T")."""
     out = []
     for d in shape:
+        if isinstance(d, (bool, np.bool_)):
+            raise TypeError(f"a dim must be an int or a symbol name, got {d!r}")
         if isinstance(d, (int, np.integer)):
+            if d < 0:
+                raise ValueError(f"a dim cannot be negative, got {d} in {tuple(shape)}")
             out.append(int(d))
         elif isinstance(d, str):
+            parts = [p.strip() for p in d.split("*")]
+            if not all(p.isidentifier() or p.isdigit() for p in parts):
+                raise ValueError(f"a symbolic dim is a name or a product of names and ints like 'B*T', got {d!r}")
             out.append(_make_dim(*_factors(d)))
         else:
             raise TypeError(f"a dim must be an int or a symbol name, got {d!r}")

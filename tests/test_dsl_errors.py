@@ -78,3 +78,23 @@ def test_grad_of_non_scalar_needs_seed():
     x = dlc.input("x", (3,))
     with pytest.raises(dlc.ShapeError, match="scalar"):
         dlc.grad(dlc.exp(x), [x])
+
+
+def test_a_symbol_no_input_binds_is_refused_at_compile_time():
+    x = dlc.input("x", ("B", 3))
+    b = dlc.param(np.zeros(3, np.float32), name="b")
+    gb = dlc.grad(dlc.sum(x + b), b)
+    # the gradient of b is a sum over B rows: it needs B, but reads no input
+    with pytest.raises(dlc.ShapeError, match=r"symbolic dim\(s\) \['B'\] that no input binds"):
+        dlc.compile(gb)
+    f = dlc.compile(gb, inputs=[x])
+    np.testing.assert_allclose(f(np.zeros((4, 3), np.float32)), [4, 4, 4])
+
+
+def test_bad_dims_are_refused():
+    with pytest.raises(ValueError, match="negative"):
+        dlc.input("x", (-1, 3))
+    with pytest.raises(TypeError):
+        dlc.input("x", (True, 3))
+    with pytest.raises(ValueError, match="symbolic dim"):
+        dlc.input("x", ("B+1", 3))
