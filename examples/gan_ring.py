@@ -40,9 +40,9 @@ def noise(n):
     return rng.normal(size=(n, LATENT)).astype(np.float32)
 
 
-def mlp(n_in, n_out, hidden=128, depth=3):
+def mlp(n_in, n_out, hidden=256, depth=3):
     sizes = [n_in] + [hidden] * depth
-    layers = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.LeakyReLU(0.2))]
+    layers = [m for a, b in zip(sizes, sizes[1:]) for m in (nn.Linear(a, b), nn.ReLU())]
     return nn.Sequential(*layers, nn.Linear(hidden, n_out))
 
 
@@ -73,6 +73,7 @@ near = dist < 3 * STD
 covered = int(np.sum(near.mean(axis=0) >= 0.02))
 print(f"mean distance to the ring {np.abs(np.linalg.norm(samples, axis=1) - RADIUS).mean():.3f}")
 print(f"high-quality samples (within 3 std of a mode) {near.any(axis=1).mean():.3f}")
+print(f"fraction of samples at each mode {near.mean(axis=0).round(3).tolist()}")
 print(f"modes covered {covered} / {MODES}")
 
 if args.plot:

@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
@@ -38,16 +36,18 @@ def test_cnn_digits_short_run_learns(tmp_path):
 
 
 def test_gan_ring_short_run_moves_samples_onto_the_ring(tmp_path):
-    out = run_example("gan_ring.py", "--steps", "300", "--plot", "ring.png", cwd=tmp_path)
-    # an untrained generator puts its samples about 2 away from the ring (near the origin)
-    assert number_after("mean distance to the ring", out) < 0.5
+    out = run_example("gan_ring.py", "--steps", "300", "--batch-size", "128", "--plot", "ring.png", cwd=tmp_path)
+    # an untrained generator puts its samples near the origin, 1.8 away from the ring; 300 steps bring
+    # them to about 0.4-0.5 (seeds 0 and 1)
+    assert number_after("mean distance to the ring", out) < 0.9
     assert re.search(r"modes covered \d / 8", out)
     assert (tmp_path / "ring.png").read_bytes()[:4] == b"\x89PNG"
 
 
-@pytest.mark.parametrize("steps", ["60"])
-def test_gan_digits_short_run_saves_a_grid_and_scores_it(tmp_path, steps):
-    out = run_example("gan_digits.py", "--steps", steps, "--plot", "grid.png", cwd=tmp_path)
+def test_gan_digits_short_run_saves_a_grid_and_scores_it(tmp_path):
+    out = run_example("gan_digits.py", "--steps", "150", "--plot", "grid.png", cwd=tmp_path)
     assert number_after("D loss", out) > 0 and number_after("G loss", out) > 0
-    assert number_after("mean classifier confidence", out) > 0.3
+    # the classifier trusts an untrained generator's blobs 0.34 on average; 150 steps give digit-like
+    # (if not yet varied) samples at 0.86-0.90 (seeds 0 and 1)
+    assert number_after("mean classifier confidence", out) > 0.6
     assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
