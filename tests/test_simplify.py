@@ -179,3 +179,19 @@ def test_a_reshape_sinks_into_a_broadcast_scalar_when_nothing_else_reads_it():
     shared = dlc.neg(dlc.broadcast_to(s, ("B",)))
     (a, b), _ = simplify([dlc.reshape(shared, ("B", 1)).node, shared.node])
     assert a.op == "reshape"  # the neg has another reader: sinking would compute it twice
+
+
+def test_operand_order_does_not_depend_on_how_the_graph_was_built():
+    # a traced graph and the same graph read back from an artifact number their nodes differently:
+    # the program (and so the generated code) must come out the same
+    def build(y_first):
+        if y_first:
+            y, x = dlc.input("y", ("B", 4)), dlc.input("x", ("B", 4))
+            out = dlc.tanh(y) * 3.0 + dlc.exp(x) * 2.0
+        else:
+            x, y = dlc.input("x", ("B", 4)), dlc.input("y", ("B", 4))
+            out = dlc.exp(x) * 2.0 + dlc.tanh(y) * 3.0
+        (node,), _ = simplify([out.node])
+        return [(n.op, n.attr("name")) for n in Graph([node]).nodes]
+
+    assert build(True) == build(False)

@@ -260,18 +260,41 @@ def implicit_broadcast(n: Node) -> Node | None:
     return None
 
 
-def canonical_order(n: Node) -> Node | None:
+class StructuralKeys:
+    """A digest of each node's whole expression (ops, attrs, shapes, sources by name or value).
+
+    Orders operands the same way however the graph was built: traced, or read
+    back from an artifact, where serial numbers differ but the program (and so
+    the generated code and its cache entry) must not.
+    """
+
+    def __init__(self):
+        self.keys: dict[int, str] = {}
+        self.alive: list[Node] = []  # keeps keyed nodes alive so their ids stay theirs
+
+    def __call__(self, node: Node) -> str:
+        if id(node) not in self.keys:
+            for n in topo_order([node]):
+                if id(n) not in self.keys:
+                    attrs = repr([(k, v) for k, v in n.attrs if not hasattr(v, "nodes")])
+                    text = f"{n.op}|{attrs}|{n.shape}|{n.dtype}|" + ",".join(self.keys[id(i)] for i in n.inputs)
+                    self.keys[id(n)] = hashlib.sha1(text.encode()).hexdigest()
+                    self.alive.append(n)
+        return self.keys[id(node)]
+
+
+def canonical_order(keys: StructuralKeys) -> Rule:
     """Commutative operands in a fixed order (constants last), so equal expressions hash-cons together."""
-    if n.op not in COMMUTATIVE:
+    def rule(n: Node) -> Node | None:
+        if n.op not in COMMUTATIVE:
+            return None
+        a, b = n.inputs
+        if a is b:
+            return None
+        if (a.op == "const", keys(a)) > (b.op == "const", keys(b)):
+            return Node(n.op, (b, a), n.attrs, n.shape, n.dtype, n.loc)
         return None
-    a, b = n.inputs
-
-    def key(x):
-        return (x.op == "const", x.serial)
-
-    if key(a) > key(b):
-        return Node(n.op, (b, a), n.attrs, n.shape, n.dtype, n.loc)
-    return None
+    return rule
 
 
 def scale_by_power_of_two(n: Node) -> Node | None:
@@ -388,7 +411,8 @@ def passes(reassociate: bool = True, fold_limit: int = 4096) -> list[tuple[str, 
     out = [
         ("fold_constants", lambda roots: [fold_constants(fold_limit)]),
         ("algebraic", lambda roots: algebra),
-        ("canonicalize", lambda roots: [implicit_broadcast, canonical_order, sink_reshapes(use_counts(roots))]),
+        ("canonicalize", lambda roots: [implicit_broadcast, canonical_order(StructuralKeys()),
+                                        sink_reshapes(use_counts(roots))]),
     ]
     if reassociate:
         out.append(("reassociate", lambda roots: reassociation_rules(use_counts(roots))))
