@@ -127,3 +127,17 @@ def test_updates_read_old_values_and_outputs_are_not_aliased_to_parameters():
     np.testing.assert_array_equal(store["q"], [1.0, 2.0])
     out_p[...] = -1.0
     np.testing.assert_array_equal(store["p"], [3.0, 4.0])
+
+
+def test_repeated_and_reshaped_outputs(rng):
+    """An output listed twice, a reshape of an output, and an input returned as is."""
+    x = dlc.input("x", ("B", 3))
+    y = dlc.exp(x) * 2.0
+    outputs = [y, y, x, dlc.reshape(y, (-1,))]
+    cpu, ref = dlc.compile(outputs, target="cpu"), dlc.compile(outputs)
+    xv = rng.standard_normal((4, 3)).astype(np.float32)
+    for got, want in zip(cpu(xv), ref(xv)):
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+    got = cpu(xv)
+    got[2][...] = 0.0                      # the returned input is a copy
+    assert xv.any()

@@ -79,7 +79,7 @@ def load_module(gen: GeneratedModule, directory: Path):
 class _Plan:
     """Everything a call needs for one binding of the symbolic dims."""
 
-    __slots__ = ("env", "memory", "arena", "S", "out_views", "out_shapes", "objects", "has_early")
+    __slots__ = ("env", "memory", "arena", "S", "out_views", "out_shapes", "objects", "early", "late")
 
 
 class CPUBackend:
@@ -140,7 +140,9 @@ class CPUBackend:
             else:
                 pos = next(i for i, o in enumerate(self.program.outputs) if o is n)
                 self._externals.append((OUTPUT, pos))
-                self._output_externals[pos] = len(self._externals) - 1
+                for i, o in enumerate(self.program.outputs):  # (an output listed twice is one array)
+                    if o is n:
+                        self._output_externals[i] = len(self._externals) - 1
         self._ext_index = {id(n): i for i, n in enumerate(self.generated.externals)}
         self._input_positions = [k for k, n in enumerate(self.generated.externals) if n.op == "input"]
         self._out_dtypes = [np.dtype(n.dtype) for n in self.program.outputs]
@@ -174,15 +176,18 @@ class CPUBackend:
         plan.arena = np.empty(-(-max(mem.arena_bytes, 1) // 64) * 64, dtype=np.uint8)
         plan.S = np.array([self._slot_value(s, mem, env) for s in self.generated.slots] or [0], dtype=np.int64)
         plan.out_shapes = [shape_eval(n.shape, env) for n in self.program.outputs]
-        plan.out_views = [None if i in self._output_externals else self._arena_view(n, plan)
-                          for i, n in enumerate(self.program.outputs)]
-        # outputs living in a parameter an update writes into are read after the call
-        params = {id(p): a for (_, a), p in zip(self._externals, self.generated.externals) if p.op == "param"}
+        # how each output reaches the caller: its own fresh array, a copy of an arena view, or a copy
+        # taken before the call (a source: the value before this call's updates) or after it (a value
+        # in an output or parameter array: a reshape of an output, an update written in place)
+        plan.out_views, plan.early, plan.late = [], [], []
         for i, n in enumerate(self.program.outputs):
-            storage = self._storage(n)
-            if plan.out_views[i] is None and id(self.program.storage_of(n)) in self.generated.redirects:
-                plan.out_views[i] = params[id(storage)].reshape(shape_eval(n.shape, env))
-        plan.has_early = any(v is None and i not in self._output_externals for i, v in enumerate(plan.out_views))
+            view = None if i in self._output_externals else self._arena_view(n, plan)
+            plan.out_views.append(view)
+            if view is None and i not in self._output_externals:
+                storage = self.program.storage_of(n)
+                in_place = id(storage) in self.generated.redirects or id(storage) in self._ext_index and \
+                    storage.op not in ("input", "param", "const")
+                (plan.late if in_place else plan.early).append(i)
         self.stats["arena_bytes"] = mem.arena_bytes
         return plan
 
@@ -233,8 +238,7 @@ class CPUBackend:
             if not X[k].dtype.isnative:
                 X[k] = X[k].astype(X[k].dtype.newbyteorder("="))
         # values returned as they are before this call's updates (an output may be a parameter)
-        early = {i: self._value_view(n, plan, X, env).copy() for i, n in enumerate(self.program.outputs)
-                 if plan.out_views[i] is None and i not in self._output_externals} if plan.has_early else None
+        early = {i: self._value_view(self.program.outputs[i], plan, X, env).copy() for i in plan.early}
         pending = [(k, self._value_view(v, plan, X, env).copy()) for k, v in self._python_updates]
         for i, (func, kernel) in enumerate(self._segments):
             if func is None:
@@ -243,6 +247,8 @@ class CPUBackend:
                 func(plan.arena, plan.S, *X)
             else:
                 self._call(i, func, plan, X)
+        for i in plan.late:
+            early[i] = self._value_view(self.program.outputs[i], plan, X, env).copy()
         outs = [X[self._output_externals[i]] if i in self._output_externals else early[i] if v is None else v.copy()
                 for i, v in enumerate(plan.out_views)]
         for key, value in pending:
