@@ -882,7 +882,20 @@ class _OuterBuilder:
         body = w.text() or "    pass"
         params = ", ".join(["arena", "S"] + [f"e{i}" for i in range(len(self.externals))])
         deco = "@njit(**JIT_PARALLEL)" if parallel else "@njit(**JIT)"
-        return f"{deco}\ndef {seg.func}({params}):\n{body}"
+        return f"{deco}\ndef {seg.func}({params}):\n{self.docstring()}\n{body}"
+
+    def docstring(self) -> str:
+        """What each argument of an outer function holds."""
+        def what(n):
+            if n.op in ("input", "param"):
+                return f"{n.op} {n.attr('name')!r}"
+            return "constant" if n.op == "const" else f"output %{n.serial} {n.op}"
+        parts = [f"e{i}: {what(n)}" for i, n in enumerate(self.externals)]
+        lines = ["arena: every intermediate value; S: offsets and symbol values for this binding"]
+        while parts:
+            lines.append(", ".join(parts[:4]))
+            parts = parts[4:]
+        return '    """' + "\n    ".join(lines) + '"""'
 
 
 def _itemsize(dtype: str) -> int:
