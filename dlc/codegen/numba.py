@@ -67,10 +67,20 @@ def literal(value, dtype: str) -> str:
     return f"{NP_DTYPE[dtype]}({int(value)})"
 
 
+# Nodes are named in generated code by their position in the program's graph, not by their
+# process-wide serial: the same graph (rebuilt from an artifact, or traced in another process)
+# must render to the same text, hence the same file and the same numba cache entry.
+_NUMBERS: dict[int, int] = {}
+
+
+def number(node: Node) -> int:
+    return _NUMBERS.get(id(node), node.serial)
+
+
 def where(node: Node) -> str:
     """The comment naming a node and the user's line it came from."""
     loc = f" @ {node.loc.file.rsplit('/', 1)[-1]}:{node.loc.line}" if node.loc else ""
-    return f"%{node.serial} {node.op}{loc}"
+    return f"%{number(node)} {node.op}{loc}"
 
 
 class Writer:
@@ -719,6 +729,15 @@ JIT_PARALLEL = dict(JIT, parallel=True)
 def render_program(program: Program, title: str, fastmath: bool = False, parallel: bool = False,
                    kernels_digest: str = "") -> GeneratedModule:
     """Render every kernel, dedupe identical ones, and write one outer function per native segment."""
+    _NUMBERS.clear()
+    _NUMBERS.update({id(n): i for i, n in enumerate(program.graph.nodes)})
+    try:
+        return _render_program(program, title, fastmath, parallel, kernels_digest)
+    finally:
+        _NUMBERS.clear()
+
+
+def _render_program(program, title, fastmath, parallel, kernels_digest) -> GeneratedModule:
     rendered: list[RenderedKernel | Kernel] = []
     funcs: dict[str, str] = {}
     for k in program.kernels:
@@ -833,7 +852,7 @@ class _OuterBuilder:
             return names[key]
         storage = self.program.storage_of(node)
         storage = self.redirects.get(id(storage), storage)
-        name = f"v{node.serial}" + ("f" if kind == "flat" else "")
+        name = f"v{number(node)}" + ("f" if kind == "flat" else "")
         shape = [self.dim(d) for d in node.shape] or ["1"]
         if kind == "flat":
             shape = [self.numel(node)]
@@ -889,7 +908,7 @@ class _OuterBuilder:
         def what(n):
             if n.op in ("input", "param"):
                 return f"{n.op} {n.attr('name')!r}"
-            return "constant" if n.op == "const" else f"output %{n.serial} {n.op}"
+            return "constant" if n.op == "const" else f"output %{number(n)} {n.op}"
         parts = [f"e{i}: {what(n)}" for i, n in enumerate(self.externals)]
         lines = ["arena: every intermediate value; S: offsets and symbol values for this binding"]
         while parts:
