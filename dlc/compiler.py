@@ -21,7 +21,10 @@ def default_target() -> str:
         if target not in TARGETS:
             raise ValueError(f"DLC_TARGET={target!r} is not one of {', '.join(TARGETS)}")
         return target
-    return "reference"
+    import importlib.util
+
+    # the Numba backend when numba is importable (a required dependency; the check keeps a broken install usable)
+    return "cpu" if importlib.util.find_spec("numba") is not None else "reference"
 
 
 def _flatten_outputs(outputs):
