@@ -454,8 +454,12 @@ def render_kernel(program: Program, kernel: Kernel, parallel: bool = True) -> Re
         return _render_reduce(program, kernel)
     if kernel.kind == "complex" and kernel.anchor is not None and kernel.anchor.op == "matmul":
         return _render_matmul(program, kernel)
+    if kernel.kind == "complex" and kernel.anchor is not None and kernel.anchor.op in WINDOW_CALLS:
+        return _render_window(program, kernel)
     if kernel.kind == "opaque" and kernel.anchor is not None and kernel.anchor.op in ("take", "take_grad"):
         return _render_take(program, kernel)
+    if kernel.kind == "opaque" and kernel.anchor is not None and kernel.anchor.op in RANDOM_OPS:
+        return _render_random(program, kernel)
     anchor = kernel.anchor.op if kernel.anchor is not None else kernel.kind
     raise Unsupported(f"no native lowering for {anchor!r}")
 
@@ -648,6 +652,110 @@ def _render_matmul(program, kernel):
     return _finish(r, kernel, _describe(kernel))
 
 
+# ----------------------------------------------------------------------------
+# convolutions and pools: one call into kernels/cpu/conv.py or pool.py, then the epilogue
+
+
+def _conv_args(a: dict) -> str:
+    (pt, _), (pl, _) = a["padding"]
+    return f"{a['stride'][0]}, {a['stride'][1]}, {pt}, {pl}, {a['dilation'][0]}, {a['dilation'][1]}, {a['groups']}"
+
+
+def _pool_args(a: dict) -> str:
+    (pt, _), (pl, _) = a["padding"]
+    text = f"{a['kernel'][0]}, {a['kernel'][1]}, {a['stride'][0]}, {a['stride'][1]}, {pt}, {pl}"
+    return text + (f", {a['count_include_pad']}" if "count_include_pad" in a else "")
+
+
+# op -> (the hand-written function, its attribute arguments after the operands and the output);
+# conv_transpose2d is conv2d_grad_input under another weight name (the same computation).
+WINDOW_CALLS = {
+    "conv2d": ("conv2d", _conv_args),
+    "conv2d_grad_input": ("conv2d_grad_input", _conv_args),
+    "conv_transpose2d": ("conv2d_grad_input", _conv_args),
+    "conv2d_grad_weight": ("conv2d_grad_weight", _conv_args),
+    "max_pool2d": ("max_pool2d", _pool_args),
+    "max_pool2d_grad": ("max_pool2d_grad", _pool_args),
+    "avg_pool2d": ("avg_pool2d", _pool_args),
+    "avg_pool2d_grad": ("avg_pool2d_grad", _pool_args),
+    "adaptive_avg_pool2d": ("adaptive_avg_pool2d", lambda a: ""),
+    "adaptive_avg_pool2d_grad": ("adaptive_avg_pool2d_grad", lambda a: ""),
+}
+
+
+def _anchor_target(r: KernelRenderer, kernel: Kernel) -> str:
+    """Where a library call writes the anchor's value: an output of its dtype and shape (the epilogue then
+    runs in place over it), else a temporary."""
+    anchor = kernel.anchor
+    target = next((o for o in kernel.outputs if o is anchor), None) or \
+        next((o for o in kernel.outputs if o.dtype == anchor.dtype and o.shape == anchor.shape), None)
+    if target is not None:
+        r.early_writes.add(id(target))
+        return r.arg(target)
+    shape_expr = ", ".join(r.dim(d) for d in anchor.shape)
+    r.w(f"{P}acc = np.empty(({shape_expr},), {NP_DTYPE[anchor.dtype]})")
+    return f"{P}acc"
+
+
+def _render_epilogue(r: KernelRenderer, kernel: Kernel, tgt: str) -> None:
+    """The elementwise nodes after the anchor, over its output space, reading its value from tgt."""
+    anchor = kernel.anchor
+    rest = kernel.nodes[kernel.nodes.index(anchor) + 1:]
+    if not rest and all(o is anchor for o in kernel.outputs):
+        return
+    names = [f"{P}i{k}" for k in range(anchor.ndim)]
+    with r.loops(names, [f"{tgt}.shape[{k}]" for k in range(anchor.ndim)]):
+        idx = tuple(names)
+        t = r.fresh()
+        r.w(f"{t} = {tgt}[{', '.join(idx)}]")
+        r.memo[(id(anchor), idx)] = t
+        vals = [(o, r.value(o, idx)) for o in kernel.outputs if o is not anchor]
+        for o, v in vals:
+            r.store(o, idx, v)
+
+
+def _render_window(program, kernel):
+    anchor = kernel.anchor
+    if kernel.nodes[0] is not anchor:
+        raise Unsupported(f"{kernel.nodes[0].op} before a {anchor.op}")
+    r = KernelRenderer(program, kernel)
+    operands = []
+    for x in anchor.inputs:
+        operands.append(r.arg(x))
+        r.reads.setdefault(id(x), set()).add(None)  # read whole, by the hand-written kernel
+    tgt = _anchor_target(r, kernel)
+    func, attr_args = WINDOW_CALLS[anchor.op]
+    extra = attr_args(anchor.a)
+    r.w(f"{func}({', '.join(operands)}, {tgt}{', ' + extra if extra else ''})  # {where(anchor)}")
+    _render_epilogue(r, kernel, tgt)
+    return _finish(r, kernel, _describe(kernel))
+
+
+# ----------------------------------------------------------------------------
+# random numbers: Philox in kernels/cpu/random.py, over the flat output
+
+RANDOM_OPS = ("random_uniform", "random_normal", "random_bernoulli")
+
+
+def _render_random(program, kernel):
+    node = kernel.anchor
+    r = KernelRenderer(program, kernel)
+    out = r.arg(node, "flat")
+    step = r.value(node.inputs[0], ())
+    seed = int(node.attr("seed")) & 0xFFFFFFFFFFFFFFFF
+    key = f"{seed & 0xFFFFFFFF}, {seed >> 32}"
+    a = node.a
+    if node.op == "random_bernoulli":
+        call = f"random_bernoulli({out}, {key}, np.int64({step}), {float(a['p'])!r})"
+    else:
+        kind = "uniform" if node.op == "random_uniform" else "normal"
+        params = (a["low"], a["high"]) if kind == "uniform" else (a["mean"], a["std"])
+        suffix = "f32" if node.dtype == "float32" else "f64"
+        call = f"random_{kind}_{suffix}({out}, {key}, np.int64({step}), {float(params[0])!r}, {float(params[1])!r})"
+    r.w(f"{call}  # {where(node)}")
+    return _finish(r, kernel, _describe(kernel))
+
+
 def _render_take(program, kernel):
     node = kernel.anchor
     r = KernelRenderer(program, kernel)
@@ -720,6 +828,11 @@ from numba import njit, prange
 
 from dlc_cpu_fastmath import *  # noqa: F403  (kernels/cpu/fastmath.py: tanh_f32, exp_f32, fmax, ...)
 from dlc_cpu_gemm import copy_flat, gemm
+from dlc_cpu_conv import conv2d, conv2d_grad_input, conv2d_grad_weight
+from dlc_cpu_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_grad, avg_pool2d, avg_pool2d_grad, max_pool2d,
+                          max_pool2d_grad)
+from dlc_cpu_random import (random_bernoulli, random_normal_f32, random_normal_f64, random_uniform_f32,
+                            random_uniform_f64)
 
 JIT = dict(cache=True, error_model="numpy", fastmath={fastmath}, boundscheck=False, nogil=True)
 JIT_PARALLEL = dict(JIT, parallel=True)

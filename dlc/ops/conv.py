@@ -143,7 +143,8 @@ def _cols(x, kernel, a, out):
     """im2col per sample and group: (N, G, Cg*kh*kw, Ho*Wo), a plain copy of the window view."""
     n = x.shape[0]
     win = windows(pad_spatial(x, a["padding"]), kernel, a["stride"], a["dilation"], out)
-    return np.ascontiguousarray(win).reshape(n, a["groups"], -1, out[0] * out[1])
+    rows = x.shape[1] // a["groups"] * kernel[0] * kernel[1]  # explicit, not -1: a batch may be empty
+    return np.ascontiguousarray(win).reshape(n, a["groups"], rows, out[0] * out[1])
 
 
 # Batched over (N, G): numpy runs one small GEMM per sample, which on these

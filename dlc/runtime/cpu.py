@@ -40,7 +40,7 @@ def kernels_digest() -> str:
     return h.hexdigest()[:16]
 
 
-KERNEL_MODULES = ("fastmath", "gemm")
+KERNEL_MODULES = ("fastmath", "gemm", "conv", "pool", "random")
 
 
 def load_kernel_modules() -> None:

@@ -1,0 +1,189 @@
+"""Native CPU lowering of convolutions, pools and Philox random ops, against the numpy reference executor.
+
+Each test compiles one function holding many variants of an op (numba's
+compile time dominates this file), then runs it for several batch sizes,
+0 and odd ones included: a new batch is a new memory plan, not a new
+compilation. Float results go through BLAS or sum in another order, so they
+agree with numpy to a few ulp; random numbers agree bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dlc
+from dlc import functional as F
+
+TOL = {"float32": dict(rtol=1e-4, atol=1e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
+BATCHES = (3, 1, 0)
+# float64 normals go through cos and log1p in float64: numpy's vectorised versions and libm's (which numba
+# calls) may differ in the last bit; every other random number, float32 normals included, is bit-identical.
+ULP_ONLY = {"normal64"}
+
+
+def fresh_store_like(store: dlc.Store) -> dlc.Store:
+    copy = dlc.Store()
+    for key, value in store.items():
+        copy.add(key, value, store.is_trainable(key))
+    return copy
+
+
+def check_against_reference(outputs: dict, feeds_for, batches=BATCHES, exact=False, updates=None, steps=1):
+    """Compile outputs for the cpu and reference targets; compare every output for each batch size."""
+    store = dlc.default_store()
+    ref_store = fresh_store_like(store)
+    names = list(outputs)
+    cpu = dlc.compile([outputs[k] for k in names], updates=updates, target="cpu")
+    ref = dlc.compile([outputs[k] for k in names], updates=updates, target="reference", store=ref_store)
+    assert cpu.backend.stats["fallbacks"] == [], "every kernel must run natively"
+    assert cpu.backend.stats["segments"] == 1, "the whole function must be one native call"
+    for batch in batches:
+        feeds = feeds_for(batch)
+        for step in range(steps):
+            for name, got, want in zip(names, cpu(**feeds), ref(**feeds)):
+                what = f"{name} (batch {batch}, step {step})"
+                assert got.shape == want.shape and got.dtype == want.dtype, what
+                if exact and name not in ULP_ONLY:
+                    np.testing.assert_array_equal(got, want, err_msg=what)
+                elif exact:
+                    np.testing.assert_array_max_ulp(got, want, maxulp=2)
+                else:
+                    np.testing.assert_allclose(got, want, err_msg=what, **TOL[got.dtype.name])
+            for key, _ in cpu.updates:
+                np.testing.assert_allclose(store[key], ref_store[key], err_msg=f"{key} after step {step}",
+                                           **TOL.get(store[key].dtype.name, {}))
+    return cpu
+
+
+def uniform(rng, shape, dtype):
+    return rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
+
+
+# (stride, padding, dilation, groups, weight shape (C_out, C_in/groups, kh, kw)) over an input (B, 4, 9, 8)
+CONV_CASES = [
+    (1, 0, 1, 1, (3, 4, 3, 3)),
+    (2, 1, 1, 1, (5, 4, 3, 2)),
+    (1, ((2, 0), (1, 3)), 2, 1, (2, 4, 3, 3)),
+    ((2, 3), 2, (1, 2), 2, (4, 2, 3, 2)),
+    (1, 0, 1, 4, (4, 1, 1, 1)),     # depthwise 1x1: the columns are the input itself
+    (1, 0, 1, 2, (6, 2, 1, 1)),     # grouped pointwise
+    (3, 0, 1, 1, (2, 4, 1, 1)),     # strided 1x1
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conv_ops_match_reference(dtype):
+    rng = np.random.default_rng(0)
+    x = dlc.input("x", ("B", 4, 9, 8), dtype)
+    out = {}
+    for k, (stride, padding, dilation, groups, wshape) in enumerate(CONV_CASES):
+        w = dlc.param(uniform(rng, wshape, dtype), name=f"w{k}", dtype=dtype)
+        y = dlc.conv2d(x, w, stride=stride, padding=padding, dilation=dilation, groups=groups)
+        gy = dlc.constant(uniform(rng, (1,) + tuple(y.shape[1:]), dtype), dtype=dtype) + y * 0.5
+        attrs = y.node.a
+        out[f"conv{k}"] = y
+        out[f"grad_input{k}"] = F._apply("conv2d_grad_input", gy, w, out_hw=(9, 8), **attrs)
+        out[f"grad_weight{k}"] = F._apply("conv2d_grad_weight", x, gy, kernel=wshape[2:], **attrs)
+    wt = dlc.param(uniform(rng, (4, 3, 3, 2), dtype), name="wt", dtype=dtype)
+    out["transpose"] = dlc.conv_transpose2d(x, wt, stride=2, padding=1, output_padding=1)
+    wg = dlc.param(uniform(rng, (4, 1, 2, 2), dtype), name="wg", dtype=dtype)
+    out["transpose_grouped"] = dlc.conv_transpose2d(x, wg, stride=(1, 2), groups=2, dilation=2)
+    check_against_reference(out, lambda b: {"x": uniform(rng, (b, 4, 9, 8), dtype)})
+
+
+def test_pool_ops_match_reference():
+    rng = np.random.default_rng(1)
+    x = dlc.input("x", ("B", 3, 9, 7))
+    out = {}
+    pools = [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1), dict(kernel_size=(3, 2), stride=(1, 3),
+                                                                                  padding=((1, 0), (0, 1)))]
+    for k, p in enumerate(pools):
+        y = dlc.max_pool2d(x, **p)
+        g = y * y + 1.0
+        out[f"max{k}"] = y
+        out[f"max_grad{k}"] = F._apply("max_pool2d_grad", x, g, **y.node.a)
+        for include in (True, False):
+            a = dlc.avg_pool2d(x, count_include_pad=include, **p)
+            out[f"avg{k}_{include}"] = a
+            out[f"avg_grad{k}_{include}"] = F._apply("avg_pool2d_grad", a * 3.0, out_hw=(9, 7), **a.node.a)
+    z = dlc.input("z", ("B", 3, 9, 7))  # no infinities: the reference averages by matmul, where 0 * inf is NaN
+    adaptive = dlc.adaptive_avg_pool2d(z, (4, 3))      # bins of 2-3 rows and 2-3 columns, overlapping
+    out["adaptive"] = adaptive
+    out["adaptive_grad"] = F._apply("adaptive_avg_pool2d_grad", adaptive * 2.0, out_hw=(9, 7), output_size=(4, 3))
+
+    def feeds(b):
+        xv = uniform(rng, (b, 3, 9, 7), "float32")
+        xv[:, 0, :2, :2] = 0.5           # ties: the first maximal tap takes the gradient
+        xv[:, 1, 4, :] = -np.inf         # a window of -inf only
+        return {"x": xv, "z": uniform(rng, (b, 3, 9, 7), "float32")}
+    check_against_reference(out, feeds)
+
+
+def test_max_pool_propagates_nan_like_numpy():
+    x = dlc.input("x", ("B", 1, 4, 4))
+    y = dlc.max_pool2d(x, 2)
+    fn = dlc.compile([y, F._apply("max_pool2d_grad", x, y * 0.0 + 1.0, **y.node.a)], target="cpu")
+    xv = np.arange(16, dtype=np.float32).reshape(1, 1, 4, 4)
+    xv[0, 0, 0, 1] = np.nan
+    xv[0, 0, 3, 3] = np.nan
+    ref = dlc.compile([y, F._apply("max_pool2d_grad", x, y * 0.0 + 1.0, **y.node.a)], target="reference")
+    for got, want in zip(fn(xv), ref(xv)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_random_ops_are_bit_identical_to_reference():
+    x = dlc.input("x", ("B", 5, 3))
+    step = dlc.input("step", (), "int64")
+    out = {
+        "uniform32": dlc.random_uniform(x, 7, step, -1.0, 2.0),
+        "uniform64": dlc.random_uniform(("B", 4), 2 ** 40 + 3, step, dtype="float64"),
+        "normal32": dlc.random_normal(x, 3, step, mean=0.5, std=2.0),
+        "normal64": dlc.random_normal((7,), 2 ** 64 - 1, step, dtype="float64"),
+        "bernoulli": dlc.random_bernoulli(x, 0.3, 11, step),
+        "dropout": dlc.dropout(x, 0.5, 5, step),
+        "constant_step": dlc.random_uniform((3, 2), 9, 12345),
+    }
+    rng = np.random.default_rng(2)
+    for s in (0, 1, -7, 2 ** 40):
+        check_against_reference(out, lambda b: {"x": uniform(rng, (b, 5, 3), "float32"), "step": np.array(s)},
+                                batches=(4, 0), exact=True)
+
+
+def test_conv_bias_relu_epilogue_stays_fused():
+    rng = np.random.default_rng(3)
+    x = dlc.input("x", ("B", 2, 6, 6))
+    w = dlc.param(uniform(rng, (3, 2, 3, 3), "float32"), name="w")
+    b = dlc.param(uniform(rng, (3,), "float32"), name="b")
+    y = dlc.relu(dlc.conv2d(x, w, b, padding=1))
+    fn = check_against_reference({"y": y}, lambda n: {"x": uniform(rng, (n, 2, 6, 6), "float32")}, batches=(2,))
+    (kernel,) = fn.backend.program.kernels
+    assert kernel.anchor.op == "conv2d" and [n.op for n in kernel.nodes] == ["conv2d", "add", "relu"]
+    assert "conv2d(" in fn.backend.source()
+
+
+def _lenet(params, x):
+    h = dlc.max_pool2d(dlc.relu(dlc.conv2d(x, params[0], params[1], padding=2)), 2)
+    h = dlc.avg_pool2d(dlc.relu(dlc.conv2d(h, params[2], params[3])), 2)
+    h = dlc.relu(dlc.flatten(h) @ params[4] + params[5])
+    return h @ params[6] + params[7]
+
+
+def test_lenet_training_steps_run_as_one_native_call():
+    """A LeNet-5-shaped net on 16x16 inputs (conv, max and average pools, dropout): 3 SGD steps."""
+    rng = np.random.default_rng(4)
+    shapes = [(6, 1, 5, 5), (6,), (16, 6, 3, 3), (16,), (16 * 3 * 3, 32), (32,), (32, 10), (10,)]
+    params = [dlc.param(uniform(rng, s, "float32") * 0.5, name=f"p{i}") for i, s in enumerate(shapes)]
+    x = dlc.input("x", ("B", 1, 16, 16))
+    labels = dlc.input("labels", ("B",), "int64")
+    step = dlc.param(np.array(0, np.int64), name="step", trainable=False)
+    logits = dlc.dropout(_lenet(params, x), 0.25, 17, step)
+    loss = -dlc.mean(dlc.sum(dlc.log_softmax(logits) * dlc.one_hot(labels, 10), axis=1))
+    grads = dlc.grad(loss, params)
+    updates = {p: p - 0.05 * g for p, g in zip(params, grads)}
+    updates[step] = step + 1
+    feeds = {"x": uniform(rng, (5, 1, 16, 16), "float32"), "labels": rng.integers(0, 10, size=5)}
+    fn = check_against_reference({"loss": loss}, lambda b: feeds, batches=(5,), updates=updates, steps=3)
+    ops = {k.anchor.op for k in fn.backend.program.kernels if k.anchor is not None}
+    assert {"conv2d", "conv2d_grad_input", "conv2d_grad_weight", "max_pool2d_grad", "avg_pool2d_grad",
+            "random_bernoulli"} <= ops
