@@ -54,7 +54,7 @@ def _lstm(p, x, H):
         h = dlc.sigmoid(o) * dlc.tanh(c)
         return (h, c), h
 
-    zeros = dlc.constant(np.zeros((B, H), np.float32))
+    zeros = dlc.broadcast_to(dlc.constant(np.float32(0.0)), (B, H))  # B is symbolic
     (h, _), _ = dlc.scan(cell, (zeros, zeros), xp)
     return h @ hw + hb
 

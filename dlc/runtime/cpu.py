@@ -124,8 +124,14 @@ class CPUBackend:
         self._segments = [(getattr(self.module, s.func), None) if s.native else (None, s.kernels[0])
                           for s in self.generated.segments]
         self._seen_signatures = [-1] * len(self._segments)  # compiled signatures seen per segment
+        from .cpu_scan import lower_scans  # scan loops as native code, each body a program of its own
+
+        self._native = lower_scans(self, fastmath=fastmath, parallel=parallel, dump=dump, cache=cache,
+                                   **optimizer_options)
+        self.stats["fallbacks"] = [s.reason for s in self.generated.segments
+                                   if not s.native and id(s.kernels[0]) not in self._native]
         for seg in self.generated.segments:
-            if not seg.native:
+            if not seg.native and id(seg.kernels[0]) not in self._native:
                 op = seg.kernels[0].nodes[0].op
                 if op not in _FALLBACK_LOGGED:
                     _FALLBACK_LOGGED.add(op)
@@ -278,6 +284,9 @@ class CPUBackend:
 
     def _fallback(self, kernel, plan: _Plan, X: list, env: dict) -> None:
         """Run one kernel node by node with the numpy references, writing its outputs in place."""
+        native = self._native.get(id(kernel))
+        if native is not None:  # a scan, or one of its results (dlc/runtime/cpu_scan.py)
+            return native(plan, X, env)
         values = {}
         for n in kernel.inputs:
             values[id(n)] = self._value_view(n, plan, X, env)
