@@ -210,11 +210,6 @@ def unit_reshapes(n: Node) -> Node | None:
     removing them lets the surrounding elementwise code fuse.
     """
     x = n.inputs[0] if n.inputs else None
-    if n.op == "reshape" and x.op in ("sum", "prod", "max", "min") and x.attr("keepdims"):
-        axes = x.attr("axes")
-        dropped = tuple(d for i, d in enumerate(x.inputs[0].shape) if i not in axes)
-        if dropped == tuple(n.shape):
-            return make(x.op, [x.inputs[0]], n.loc, axes=axes, keepdims=False)
     if n.op == "broadcast_to" and x.op == "reshape" and (broadcasts_like(x) or is_unit(x.shape)):
         y = x.inputs[0]
         if is_unit(y.shape) and len(y.shape) > len(n.shape):
@@ -224,6 +219,23 @@ def unit_reshapes(n: Node) -> Node | None:
             len(x.inputs[0].shape) <= len(n.shape):
         return make("broadcast_to", [x.inputs[0]], n.loc, shape=n.shape)
     return None
+
+
+def reduce_reshapes(uses: dict[int, int]) -> Rule:
+    """reshape(sum(x, keepdims=True)) -> sum(x, keepdims=False) when nothing else reads the keepdims sum
+    (otherwise both forms would be computed: two reductions instead of one and a view)."""
+    def rule(n: Node) -> Node | None:
+        x = n.inputs[0] if n.inputs else None
+        if n.op != "reshape" or x.op not in ("sum", "prod", "max", "min") or not x.attr("keepdims"):
+            return None
+        if uses.get(id(x), 0) != 1:
+            return None
+        axes = x.attr("axes")
+        dropped = tuple(d for i, d in enumerate(x.inputs[0].shape) if i not in axes)
+        if dropped == tuple(n.shape):
+            return make(x.op, [x.inputs[0]], n.loc, axes=axes, keepdims=False)
+        return None
+    return rule
 
 
 def sink_reshapes(uses: dict[int, int]) -> Rule:
@@ -412,7 +424,7 @@ def passes(reassociate: bool = True, fold_limit: int = 4096) -> list[tuple[str, 
         ("fold_constants", lambda roots: [fold_constants(fold_limit)]),
         ("algebraic", lambda roots: algebra),
         ("canonicalize", lambda roots: [implicit_broadcast, canonical_order(StructuralKeys()),
-                                        sink_reshapes(use_counts(roots))]),
+                                        reduce_reshapes(use_counts(roots)), sink_reshapes(use_counts(roots))]),
     ]
     if reassociate:
         out.append(("reassociate", lambda roots: reassociation_rules(use_counts(roots))))
