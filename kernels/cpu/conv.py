@@ -62,8 +62,14 @@ def im2col(x, n, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
                         continue
                     for ow in range(lo):
                         cols[row, base + ow] = 0
-                    for ow in range(lo, hi):
-                        cols[row, base + ow] = x[n, c, ih, ow * sw + off]
+                    # rows are short (LeNet: 10 to 28): plain loops beat slice copies, and a unit
+                    # stride spelled out lets LLVM vectorise the copy
+                    if sw == 1:
+                        for ow in range(lo, hi):
+                            cols[row, base + ow] = x[n, c, ih, ow + off]
+                    else:
+                        for ow in range(lo, hi):
+                            cols[row, base + ow] = x[n, c, ih, ow * sw + off]
                     for ow in range(hi, wo):
                         cols[row, base + ow] = 0
 
@@ -84,8 +90,12 @@ def col2im(cols, out, n, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
                     if ih < 0 or ih >= H:
                         continue
                     base = oh * wo
-                    for ow in range(lo, hi):
-                        out[n, c, ih, ow * sw + off] += cols[row, base + ow]
+                    if sw == 1:
+                        for ow in range(lo, hi):
+                            out[n, c, ih, ow + off] += cols[row, base + ow]
+                    else:
+                        for ow in range(lo, hi):
+                            out[n, c, ih, ow * sw + off] += cols[row, base + ow]
 
 
 @njit(**JIT)

@@ -22,10 +22,65 @@ def tap_range(o, stride, pad, k, size):
 
 
 @njit(**JIT)
+def _is_2x2(kh, kw, sh, sw, pt, pl, H, W, ho, wo):
+    """The 2x2, stride-2 pool of every CNN, every window inside the input: unrolled below."""
+    return kh == 2 and kw == 2 and sh == 2 and sw == 2 and pt == 0 and pl == 0 and 2 * ho <= H and 2 * wo <= W
+
+
+@njit(inline="always", error_model="numpy")
+def _nanmax(a, b):
+    return b if (b > a or b != b) else a
+
+
+@njit(**JIT)
+def _max_pool_2x2(x, out):
+    N, C = x.shape[0], x.shape[1]
+    ho, wo = out.shape[2], out.shape[3]
+    for n in range(N):
+        for c in range(C):
+            for oh in range(ho):
+                for ow in range(wo):
+                    best = _nanmax(x[n, c, 2 * oh, 2 * ow], x[n, c, 2 * oh, 2 * ow + 1])
+                    best = _nanmax(best, x[n, c, 2 * oh + 1, 2 * ow])
+                    out[n, c, oh, ow] = _nanmax(best, x[n, c, 2 * oh + 1, 2 * ow + 1])
+
+
+@njit(**JIT)
+def _max_pool_grad_2x2(x, g, out):
+    N, C = x.shape[0], x.shape[1]
+    ho, wo = g.shape[2], g.shape[3]
+    zero = out.dtype.type(0)
+    if 2 * ho != x.shape[2] or 2 * wo != x.shape[3]:
+        out[:] = 0  # rows or columns no window covers
+    for n in range(N):
+        for c in range(C):
+            for oh in range(ho):
+                r = 2 * oh
+                for ow in range(wo):
+                    s = 2 * ow
+                    a, b, d, e = x[n, c, r, s], x[n, c, r, s + 1], x[n, c, r + 1, s], x[n, c, r + 1, s + 1]
+                    best, t = a, 0  # the first maximal tap, row-major; a NaN at tap 0 keeps it
+                    if b > best:
+                        best, t = b, 1
+                    if d > best:
+                        best, t = d, 2
+                    if e > best:
+                        t = 3
+                    v = zero + g[n, c, oh, ow]  # added to zeros, as the reference does (-0.0 becomes 0.0)
+                    out[n, c, r, s] = v if t == 0 else zero
+                    out[n, c, r, s + 1] = v if t == 1 else zero
+                    out[n, c, r + 1, s] = v if t == 2 else zero
+                    out[n, c, r + 1, s + 1] = v if t == 3 else zero
+
+
+@njit(**JIT)
 def max_pool2d(x, out, kh, kw, sh, sw, pt, pl):
     """out = the max of each window; padding counts as -inf and a NaN wins, as numpy's maximum."""
     N, C, H, W = x.shape
     ho, wo = out.shape[2], out.shape[3]
+    if _is_2x2(kh, kw, sh, sw, pt, pl, H, W, ho, wo):
+        _max_pool_2x2(x, out)
+        return
     for n in range(N):
         for c in range(C):
             for oh in range(ho):
@@ -46,6 +101,9 @@ def max_pool2d_grad(x, g, out, kh, kw, sh, sw, pt, pl):
     """out = each window's gradient added at its first maximal tap (row-major), as the reference's argmax."""
     N, C, H, W = x.shape
     ho, wo = g.shape[2], g.shape[3]
+    if _is_2x2(kh, kw, sh, sw, pt, pl, H, W, ho, wo):
+        _max_pool_grad_2x2(x, g, out)
+        return
     out[:] = 0
     for n in range(N):
         for c in range(C):
