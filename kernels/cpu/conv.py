@@ -8,9 +8,12 @@ all of `out`, whatever it held.
 
 Why per sample: the column matrix of one sample (C*kh*kw, Ho*Wo) stays in
 the L2 cache, and the GEMM writes straight into the NCHW output (its rows are
-output channels), so no transposing copy is needed. On LeNet-5's shapes this
-beat direct loops vectorised over the output width (see the report in
-tests/test_cpu_conv.py's module docstring for the numbers).
+output channels), so no transposing copy is needed. Measured on LeNet-5's
+shapes (2 cores, float32, a busy machine, so ratios only): against direct
+loops accumulating output rows tap by tap, im2col + GEMM took 0.23x the time
+for 1->6 5x5 pad 2 on 28x28 and 0.1x for 6->16 5x5 on 14x14 at batch 64, and
+0.25x and 0.05x at batch 1. Splitting the samples over two threads (prange)
+was slower: the threads fight BLAS's own pool.
 """
 
 import numpy as np
