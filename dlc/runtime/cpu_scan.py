@@ -59,6 +59,7 @@ class BodyFunction:
 def lower_scans(backend, **options) -> dict:
     """id(kernel) -> a runner(plan, X, env), for each scan kernel of the backend's program and its scan_outputs."""
     runners: dict = {}
+    loops: list[str] = []
     kernels = backend.program.kernels
     for pos, kernel in enumerate(kernels):
         if kernel.anchor is None or kernel.anchor.op != "scan":
@@ -69,6 +70,8 @@ def lower_scans(backend, **options) -> dict:
         runners[id(kernel)] = scan.run
         for index, (_, k) in readers.items():
             runners[id(k)] = scan.output_runner(index)
+        loops.append("native" if scan.loop is not None else "python")
+    backend.stats["scan_loops"] = loops  # per scan kernel: its loop in native code, or Python over its body
     return runners
 
 
