@@ -24,6 +24,7 @@ native lowering) still runs as a compiled program, called from a Python loop.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import time
@@ -34,7 +35,7 @@ import numpy as np
 
 from ..codegen.numba import NP_DTYPE, GeneratedModule, Writer
 from ..graph import TUPLE, Node, dim_eval, shape_eval
-from ..program import nbytes
+from ..program import Kernel, Program, nbytes
 from .cpu import FIXED, CPUBackend, cache_dir, load_module
 
 log = logging.getLogger("dlc")
@@ -72,7 +73,34 @@ def lower_scans(backend, **options) -> dict:
             runners[id(k)] = scan.output_runner(index)
         loops.append("native" if scan.loop is not None else "python")
     backend.stats["scan_loops"] = loops  # per scan kernel: its loop in native code, or Python over its body
+    if loops:
+        planner = backend._plan_memory
+        merged = results_at_their_scan(backend.program)
+        backend._plan_memory = lambda program, env: planner(merged if program is backend.program else program, env)
     return runners
+
+
+def results_at_their_scan(program: Program) -> Program:
+    """The program as the memory planner should see it here: a scan writes its results' buffers itself.
+
+    The scan's kernel takes over the outputs of its scan_output kernels, so
+    each result's buffer lives from the scan on and no value alive meanwhile
+    (the scan's own inputs included) shares its bytes. The kernels rendered
+    and run are unchanged; this copy only places buffers.
+    """
+    outputs_of: dict[int, list[Node]] = {}
+    for k in program.kernels:
+        if k.nodes[0].op == "scan_output":
+            outputs_of.setdefault(id(k.nodes[0].inputs[0]), []).extend(k.outputs)
+    kernels = []
+    for k in program.kernels:
+        if k.nodes[0].op == "scan_output":
+            continue
+        if k.anchor is not None and k.anchor.op == "scan":
+            results = tuple(outputs_of.get(id(k.anchor), ()))
+            k = Kernel(k.name, k.kind, k.nodes + results, k.inputs, results, k.anchor, k.notes)
+        kernels.append(k)
+    return dataclasses.replace(program, kernels=kernels)
 
 
 @dataclass
