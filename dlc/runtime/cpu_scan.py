@@ -126,7 +126,6 @@ class NativeScan:
         self.C, self.X, self.Y = len(body.carry_in), len(body.x_in), len(body.y_out)
         self.save = bool(node.attr("save_carries"))
         self.reverse = bool(node.attr("reverse"))
-        self.count = 2 * self.C + self.Y if self.save else self.C + self.Y
         self.body_backend = CPUBackend(BodyFunction(body), **options)
         self.step = np.zeros(1, np.int64)
         self.loop = None
