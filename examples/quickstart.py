@@ -14,7 +14,7 @@ import dlc
 
 parser = argparse.ArgumentParser(description=__doc__)
 parser.add_argument("--epochs", type=int, default=30)
-parser.add_argument("--target", default="reference", help="reference | cpu | cuda")
+parser.add_argument("--target", default=dlc.default_target(), help="reference | cpu | cuda")
 args = parser.parse_args()
 
 digits = load_digits()
