@@ -30,7 +30,7 @@ def fresh_store_like(store: dlc.Store) -> dlc.Store:
 def assert_same(got: list, want: list, what: str) -> None:
     for i, (g, w) in enumerate(zip(got, want)):
         g, w = np.asarray(g), np.asarray(w)
-        assert g.shape == w.shape and g.dtype == w.dtype, f"{what}, output {i}: {g.dtype}{g.shape} vs {w.dtype}{w.shape}"
+        assert (g.shape, g.dtype) == (w.shape, w.dtype), f"{what}, output {i}: {g.dtype}{g.shape} vs {w.dtype}{w.shape}"
         if g.dtype.kind == "f":
             np.testing.assert_allclose(g, w, err_msg=f"{what}, output {i}", **TOL[g.dtype.name])
         else:
