@@ -656,15 +656,21 @@ def _render_matmul(program, kernel):
 # convolutions and pools: one call into kernels/cpu/conv.py or pool.py, then the epilogue
 
 
+def _ints(*values) -> str:
+    """Attribute arguments typed int64, not literals: numba would compile the hand-written kernel once per
+    distinct stride and padding, where one compilation per dtype serves them all."""
+    return ", ".join(f"np.int64({int(v)})" for v in values)
+
+
 def _conv_args(a: dict) -> str:
     (pt, _), (pl, _) = a["padding"]
-    return f"{a['stride'][0]}, {a['stride'][1]}, {pt}, {pl}, {a['dilation'][0]}, {a['dilation'][1]}, {a['groups']}"
+    return _ints(*a["stride"], pt, pl, *a["dilation"], a["groups"])
 
 
 def _pool_args(a: dict) -> str:
     (pt, _), (pl, _) = a["padding"]
-    text = f"{a['kernel'][0]}, {a['kernel'][1]}, {a['stride'][0]}, {a['stride'][1]}, {pt}, {pl}"
-    return text + (f", {a['count_include_pad']}" if "count_include_pad" in a else "")
+    text = _ints(*a["kernel"], *a["stride"], pt, pl)
+    return text + (f", np.bool_({a['count_include_pad']})" if "count_include_pad" in a else "")
 
 
 # op -> (the hand-written function, its attribute arguments after the operands and the output);
@@ -743,7 +749,7 @@ def _render_random(program, kernel):
     out = r.arg(node, "flat")
     step = r.value(node.inputs[0], ())
     seed = int(node.attr("seed")) & 0xFFFFFFFFFFFFFFFF
-    key = f"{seed & 0xFFFFFFFF}, {seed >> 32}"
+    key = _ints(seed & 0xFFFFFFFF, seed >> 32)
     a = node.a
     if node.op == "random_bernoulli":
         call = f"random_bernoulli({out}, {key}, np.int64({step}), {float(a['p'])!r})"
