@@ -146,7 +146,7 @@ def test_random_ops_are_bit_identical_to_reference():
     }
     rng = np.random.default_rng(2)
     for s in (0, 1, -7, 2 ** 40):
-        check_against_reference(out, lambda b: {"x": uniform(rng, (b, 5, 3), "float32"), "step": np.array(s)},
+        check_against_reference(out, lambda b, s=s: {"x": uniform(rng, (b, 5, 3), "float32"), "step": np.array(s)},
                                 batches=(4, 0), exact=True)
 
 
