@@ -3,7 +3,8 @@
     python benchmarks/run.py            # everything installed, ~10-15 minutes
     python benchmarks/run.py --quick    # W1, W5, W6, W7 against numpy and PyTorch eager, < 2 minutes
 
-Each (workload, framework) runs in its own process with 2 threads. Before
+Each (workload, framework) runs in its own process with 2 threads (no two
+frameworks share a process: their BLAS thread pools slow each other). Before
 anything is timed, the first steps' losses (or the outputs) are checked
 against the numpy reference: a fast wrong answer is not a result. dlc runs
 twice, with an empty kernel cache (cold compile) and again in a new process
@@ -83,8 +84,9 @@ def _dlc_stats(fns):
         program = getattr(fn.backend, "program", None)
         if program is not None:
             out["kernels"] += len(program.kernels)
-        plan = stats.get("memory_plan") or getattr(fn.backend, "last_plan", None)
-        if plan is not None:
+        plans = fn.backend.memory_plans() if hasattr(fn.backend, "memory_plans") else []
+        if plans:
+            plan = plans[-1]
             out["arena_bytes"] += plan.arena_bytes
             out["unplanned_bytes"] += plan.unplanned_bytes
             out["lower_bound_bytes"] += plan.lower_bound_bytes
@@ -103,8 +105,6 @@ def worker(workload, framework, reps):
 
     mod = _load_framework(framework)
     s = W.spec(workload)
-    ref_step = W.numpy_step(workload, W.spec(workload))
-    ref = [ref_step() for _ in range(3)]
 
     t0 = time.perf_counter()
     extra = {}
@@ -120,29 +120,28 @@ def worker(workload, framework, reps):
     t0 = time.perf_counter()
     got = [step()]
     t_first = time.perf_counter() - t0
-    got += [step() for _ in range(2)]
-    elementwise = workload in ("W5_mlp", "W5_cnn", "W6", "W7")
+    got = [np.array(g, copy=True) for g in got + [step() for _ in range(2)]]
+
+    for _ in range(2):
+        step()
+    # No interleaving with another framework in this process: numpy's OpenBLAS threads keep spinning after a
+    # call and slow the next one down, and numba's np.dot goes through scipy's own OpenBLAS, a second pool.
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    if framework == "dlc":
+        extra.update(_dlc_stats(fns))
+    # the numpy reference runs after the timing (its BLAS threads would otherwise slow the first reps down);
+    # a result whose first steps disagree with it is reported as a mismatch, never as a timing
+    ref_step = W.numpy_step(workload, W.spec(workload))
+    ref = [ref_step() for _ in range(3)]
     rtol, atol = (2e-3, 2e-3) if workload == "W7" else (1e-3, 1e-4)
     numerics_ok = all(_close(a, b, rtol, atol) for a, b in zip(got, ref))
     if not numerics_ok:
         detail = [(np.asarray(a).ravel()[:3].tolist(), np.asarray(b).ravel()[:3].tolist()) for a, b in zip(got, ref)]
         extra["numerics_detail"] = str(detail)[:400]
-
-    for _ in range(2):
-        step()
-    times, same_process_numpy = [], []
-    ref_timer = W.numpy_step(workload, W.spec(workload)) if framework == "dlc" else None
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-        if ref_timer is not None:  # interleaved A/B in one process: drift cancels in the ratio
-            t0 = time.perf_counter()
-            ref_timer()
-            same_process_numpy.append(time.perf_counter() - t0)
-    if framework == "dlc":
-        extra.update(_dlc_stats(fns))
-        extra["numpy_same_process_ms"] = float(np.median(same_process_numpy) * 1e3)
     if workload == "W6":
         x = s["x"]
         dst = np.empty_like(x)
@@ -244,14 +243,15 @@ def table(results, frameworks):
     by = {(r["workload"], r["framework"]): r for r in results}
     wls = [w for w in WORKLOADS if any(r["workload"] == w for r in results)]
     fws = [f for f in frameworks if any(r["framework"] == f for r in results)]
-    head = "| workload | " + " | ".join(fws) + " | dlc / best peer | dlc / numpy (same process) |"
+    head = "| workload | " + " | ".join(fws) + " | dlc / best peer | dlc / numpy |"
     lines = [head, "|" + "---|" * (len(fws) + 3)]
     for w in wls:
         d = by.get((w, "dlc"))
         peers = [by[(w, p)]["median_ms"] for p in PEERS if (w, p) in by and "error" not in by[(w, p)]]
         ratio = f"{d['median_ms'] / min(peers):.2f}" if d and "error" not in d and peers else "—"
-        same = (f"{d['median_ms'] / d['numpy_same_process_ms']:.2f}"
-                if d and "error" not in d and d.get("numpy_same_process_ms") else "—")
+        npy = by.get((w, "numpy"))
+        same = (f"{d['median_ms'] / npy['median_ms']:.2f}"
+                if d and "error" not in d and npy and "error" not in npy else "—")
         lines.append(f"| {w} | " + " | ".join(_cell(by.get((w, f))) for f in fws) + f" | {ratio} | {same} |")
     return "\n".join(lines)
 

@@ -348,6 +348,10 @@ class CPUBackend:
                 args.append(v.reshape(-1) if a.kind == "flat" or v.ndim == 0 else v)
         return args
 
+    def memory_plans(self) -> list:
+        """The memory plan of each binding of the symbolic dims this function has been called with."""
+        return [p.memory for p in self._plans.values()]
+
     def source(self) -> str:
         """The generated module's Python source."""
         return self.generated.source
