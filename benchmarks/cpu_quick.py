@@ -196,7 +196,7 @@ def bench_w6() -> dict:
     for parallel in (False, True):
         fn = dlc.compile(y, target="cpu", parallel=parallel, store=dlc.Store())
         np.testing.assert_allclose(fn(s["x"]), workloads.numpy_w6(s)(), rtol=1e-5, atol=1e-6)
-        t = median_times({"dlc": lambda: fn(s["x"])}, inner=10)
+        t = median_times({"dlc": lambda fn=fn: fn(s["x"])}, inner=10)
         key = "parallel" if parallel else "serial"
         out[f"{key}_ms"] = t["dlc"] * 1e3
         out[f"{key}_GB/s"] = 2 * s["x"].nbytes / t["dlc"] / 1e9  # read x, write y

@@ -100,7 +100,6 @@ def worker(workload, framework, reps):
     import resource
 
     import numpy as np
-
     import workloads as W
 
     mod = _load_framework(framework)
@@ -261,7 +260,7 @@ def dlc_table(results):
     lines = ["| workload | ops | kernels per step | arena MB | unplanned MB | lower bound MB | peak RSS MB |",
              "|---|---|---|---|---|---|---|"]
     for r in rows:
-        mb = lambda k: f"{r.get(k, 0) / 1e6:.2f}" if r.get(k) else "—"  # noqa: E731
+        mb = lambda k, r=r: f"{r.get(k, 0) / 1e6:.2f}" if r.get(k) else "—"  # noqa: E731
         lines.append(f"| {r['workload']} | {r.get('ops', '—')} | {r.get('kernels') or '—'} | {mb('arena_bytes')} | "
                      f"{mb('unplanned_bytes')} | {mb('lower_bound_bytes')} | {r['peak_rss_mb']:.0f} |")
     return "\n".join(lines)

@@ -73,10 +73,10 @@ def spec(name: str, seed: int = 0) -> dict:
         return dict(params=params, x=rng.standard_normal((batch, 1, 28, 28)).astype(F32),
                     y=rng.integers(0, 10, batch), lr=0.01)
     if name == "W3":
-        T, B, I, H = 32, 32, 64, 128
-        params = [_uniform(rng, H, (I, 4 * H)), _uniform(rng, H, (H, 4 * H)), _uniform(rng, H, (4 * H,)),
+        T, B, n_in, H = 32, 32, 64, 128
+        params = [_uniform(rng, H, (n_in, 4 * H)), _uniform(rng, H, (H, 4 * H)), _uniform(rng, H, (4 * H,)),
                   *_linear(rng, H, 10)]
-        return dict(params=params, x=rng.standard_normal((T, B, I)).astype(F32), y=rng.integers(0, 10, B),
+        return dict(params=params, x=rng.standard_normal((T, B, n_in)).astype(F32), y=rng.integers(0, 10, B),
                     lr=0.01, H=H)
     if name == "W4":
         g_params, d_params = [], []

@@ -10,6 +10,7 @@ step into native code:
 """
 
 from . import functional as _functional
+from . import nn, optim  # noqa: F401  (layers, losses, optimizers and the training API)
 from .autodiff import grad
 from .compiler import Function, compile, default_target
 from .errors import ArtifactError, DlcError, DTypeError, GradientError, ShapeError
@@ -23,7 +24,6 @@ from .ops.scan import scan
 from .passes.bisect import bisect
 from .store import Store, default_store, reset_default_store
 from .tensor import Tensor
-from . import nn, optim  # noqa: E402  (layers, losses, optimizers and the training API)
 
 __version__ = "0.1.0"
 

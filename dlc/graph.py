@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 import sys
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Union
 
 import numpy as np
 
@@ -46,7 +46,7 @@ def is_float(dtype: str) -> bool:
 # "B", "T", "B*T", "4*B". Products appear when a reshape merges a symbolic dim
 # with others (an LSTM's (T, B, H) -> (T*B, H)).
 
-Dim = Union[int, str]
+Dim = int | str
 Shape = tuple
 
 
@@ -169,7 +169,7 @@ def user_location() -> SourceLoc | None:
 # ----------------------------------------------------------------------------
 # nodes
 
-_INTERN: "weakref.WeakValueDictionary[tuple, Node]" = weakref.WeakValueDictionary()
+_INTERN: weakref.WeakValueDictionary[tuple, Node] = weakref.WeakValueDictionary()
 _SERIAL = [0]
 
 

@@ -1,4 +1,4 @@
-"""LeNet-5 as a model script for the dlc command: `dlc inspect examples/lenet.py`, `dlc export examples/lenet.py -o lenet.dlc`.
+"""LeNet-5 as a model script for the dlc command (`dlc inspect` / `dlc export examples/lenet.py`).
 
 The command runs this file and calls dlc_model(), which returns the compiled
 function to inspect or export (here a whole training step: forward, backward

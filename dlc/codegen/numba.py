@@ -22,7 +22,6 @@ from ..graph import Node
 from ..ops import OPS, SOURCE
 from ..program import Kernel, Program
 
-
 # Every local name a kernel body defines starts with P: an inlined kernel gets a prefix of its own.
 P = "_P_"
 
