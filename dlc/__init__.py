@@ -10,7 +10,7 @@ step into native code:
 """
 
 from . import functional as _functional
-from . import nn, optim  # noqa: F401  (layers, losses, optimizers and the training API)
+from . import nn, optim  # layers, losses, optimizers and the training API
 from .autodiff import grad
 from .compiler import Function, compile, default_target
 from .errors import ArtifactError, DlcError, DTypeError, GradientError, ShapeError
@@ -29,8 +29,6 @@ __version__ = "0.1.0"
 
 __all__ = ["grad", "compile", "default_target", "Function", "Tensor", "Graph", "Node", "Store", "default_store",
            "reset_default_store", "DlcError", "ShapeError", "DTypeError", "GradientError", "ArtifactError",
-           "export", "load", "__version__"] + list(_functional.__all__)
-__all__ += ["conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
-            "random_uniform", "random_normal", "random_bernoulli", "dropout"]
-__all__ += ["scan"]
-__all__ += ["bisect"]
+           "export", "load", "bisect", "scan", "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d",
+           "adaptive_avg_pool2d", "random_uniform", "random_normal", "random_bernoulli", "dropout", "nn", "optim",
+           "__version__"] + list(_functional.__all__)
