@@ -2,11 +2,12 @@
 
 Two networks, two optimizers, two compiled steps over one store: the
 discriminator step updates only D's weights, the generator step only G's,
-and both read the same values.
-
-With the default seed on the reference backend the samples cover all 8
-modes (87% of them within 3 std of one). GAN training is chaotic: another
-seed, or another backend's rounding, can collapse onto fewer modes.
+and both read the same values. The discriminator is regularised with the R1
+penalty (gamma/2 times the squared norm of its input gradient on real data,
+Mescheder et al. 2018): a gradient inside the loss, so the compiled step
+differentiates twice. Without it (--r1-gamma 0) the generator collapses onto
+a few modes for most seeds; with it, seeds 0, 1 and 2 cover all 8 modes on
+the CPU backend.
 """
 
 import argparse
@@ -24,6 +25,7 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--steps", type=int, default=3000)
 parser.add_argument("--batch-size", type=int, default=256)
 parser.add_argument("--lr", type=float, default=1e-3)
+parser.add_argument("--r1-gamma", type=float, default=1.0, help="weight of the R1 penalty (0: none)")
 parser.add_argument("--target", default=dlc.default_target(), help="reference | cpu | cuda")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--plot", default="gan_ring.png", help="where to save the scatter plot ('' for none)")
@@ -56,8 +58,15 @@ opt_d = dlc.optim.Adam(D.parameters(), lr=args.lr, betas=(0.5, 0.999))
 opt_g = dlc.optim.Adam(G.parameters(), lr=args.lr, betas=(0.5, 0.999))
 
 # D minimizes -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z)))); G the non-saturating -log sigmoid(D(G(z))).
-d_step = nn.compile_step(lambda real, z: dlc.mean(dlc.softplus(-D(real))) + dlc.mean(dlc.softplus(D(G(z)))),
-                         [real, z], opt_d, modules=[D, G], target=args.target)
+def d_objective(real, z):
+    loss = dlc.mean(dlc.softplus(-D(real))) + dlc.mean(dlc.softplus(D(G(z))))
+    if args.r1_gamma:
+        grad_real = dlc.grad(dlc.sum(D(real)), real)      # dD/dx at the real samples, one row each
+        loss = loss + 0.5 * args.r1_gamma * dlc.sum(dlc.square(grad_real)) / dlc.size(real, 0)
+    return loss
+
+
+d_step = nn.compile_step(d_objective, [real, z], opt_d, modules=[D, G], target=args.target)
 g_step = nn.compile_step(lambda z: dlc.mean(dlc.softplus(-D(G(z)))), [z], opt_g, modules=[D, G], target=args.target)
 sample = nn.compile_eval(lambda z: G(z), [z], modules=G, target=args.target)
 # annealing both learning rates to zero lets the generator settle on modes only 0.02 wide
