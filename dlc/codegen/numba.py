@@ -639,15 +639,7 @@ def _render_matmul(program, kernel):
         r.w(f"gemm({views[0]}, {views[1]}, {out})  # {where(anchor)}")
     epilogue = [n for n in kernel.nodes if n is not anchor and n in kernel.nodes[kernel.nodes.index(anchor):]]
     if epilogue or (target is not None and target is not anchor):
-        names = [f"{P}i{k}" for k in range(anchor.ndim)]
-        with r.loops(names, [f"{tgt}.shape[{k}]" for k in range(anchor.ndim)]):
-            idx = tuple(names)
-            t = r.fresh()
-            r.w(f"{t} = {tgt}[{', '.join(idx)}]")
-            r.memo[(id(anchor), idx)] = t
-            vals = [(o, r.value(o, idx)) for o in kernel.outputs if o is not anchor]
-            for o, v in vals:
-                r.store(o, idx, v)
+        _epilogue_loop(r, kernel, tgt)
     return _finish(r, kernel, _describe(kernel))
 
 
@@ -708,6 +700,12 @@ def _render_epilogue(r: KernelRenderer, kernel: Kernel, tgt: str) -> None:
     rest = kernel.nodes[kernel.nodes.index(anchor) + 1:]
     if not rest and all(o is anchor for o in kernel.outputs):
         return
+    _epilogue_loop(r, kernel, tgt)
+
+
+def _epilogue_loop(r: KernelRenderer, kernel: Kernel, tgt: str) -> None:
+    """One loop over the anchor's output space: read its value from tgt, compute and store the other outputs."""
+    anchor = kernel.anchor
     names = [f"{P}i{k}" for k in range(anchor.ndim)]
     with r.loops(names, [f"{tgt}.shape[{k}]" for k in range(anchor.ndim)]):
         idx = tuple(names)
