@@ -824,6 +824,14 @@ def _only_epilogue(kernel: Kernel) -> None:
             raise unsupported(o, f"an output of a {kernel.anchor.op} kernel must have the {kernel.anchor.op}'s shape")
 
 
+def _epilogue_kernel_start(kernel: Kernel, program: Program):
+    """What every anchor-plus-epilogue kernel (conv, pooling, random) starts with: (body, values, output names)."""
+    _only_epilogue(kernel)
+    body = Body(depth=2)
+    vr = ValueRenderer(kernel, program, body)
+    return body, vr, [vr.buffer(o, const=False) for o in kernel.outputs]
+
+
 def _conv_geometry(node: Node):
     """(batch dim, C, H, W, Co, Ho, Wo, kh, kw, strides, top/left pads, dilations, groups) of any conv op."""
     a = node.a
@@ -845,13 +853,10 @@ def _conv_geometry(node: Node):
 def render_conv(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> RenderedKernel:
     """conv2d and its gradients as implicit GEMMs (conv.cu) with the kernel's epilogue fused."""
     node = kernel.anchor
-    _only_epilogue(kernel)
+    body, vr, out_names = _epilogue_kernel_start(kernel, program)
     mode = CONV_OPS[node.op]
     batch, geo = _conv_geometry(node)
     c, h, wd, co, ho, wo, kh, kw, *_rest, groups = geo
-    body = Body(depth=2)
-    vr = ValueRenderer(kernel, program, body)
-    out_names = [vr.buffer(o, const=False) for o in kernel.outputs]
     ctype = C_TYPE[node.dtype]
     if mode == "fwd":
         x, w = node.inputs
@@ -919,11 +924,8 @@ def _per_output_kernel(kernel: Kernel, vr: ValueRenderer, body: Body, space, hea
 def render_pool(kernel: Kernel, program: Program) -> RenderedKernel:
     """Max/average pooling and their gradients (pool.cu), one thread per output element, epilogue fused."""
     node = kernel.anchor
-    _only_epilogue(kernel)
+    body, vr, out_names = _epilogue_kernel_start(kernel, program)
     a = node.a
-    body = Body(depth=2)
-    vr = ValueRenderer(kernel, program, body)
-    out_names = [vr.buffer(o, const=False) for o in kernel.outputs]
     ctype = C_TYPE[node.dtype]
     if node.op.startswith("adaptive"):
         return _adaptive_pool(kernel, node, vr, body, out_names)
@@ -977,11 +979,8 @@ def _adaptive_pool(kernel: Kernel, node: Node, vr: ValueRenderer, body: Body, ou
 def render_random(kernel: Kernel, program: Program) -> RenderedKernel:
     """Philox4x32-10 of counter (i, step) under key seed, bits to numbers exactly as dlc/ops/random.py."""
     node = kernel.anchor
-    _only_epilogue(kernel)
+    body, vr, out_names = _epilogue_kernel_start(kernel, program)
     a = node.a
-    body = Body(depth=2)
-    vr = ValueRenderer(kernel, program, body)
-    out_names = [vr.buffer(o, const=False) for o in kernel.outputs]
     step = vr.value(node.inputs[0], ())
     seed = int(a["seed"]) & 0xFFFFFFFFFFFFFFFF
     body.emit(f"const unsigned long long st = (unsigned long long)(long long)({step});")
