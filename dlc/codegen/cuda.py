@@ -28,7 +28,7 @@ from ..graph import Node, _factors, shape_eval
 from ..ops import OPS
 from ..program import Kernel, Program
 
-KERNEL_DIR = Path(__file__).resolve().parents[2] / "kernels" / "cuda"
+KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels" / "cuda"
 
 C_TYPE = {"float32": "float", "float64": "double", "int32": "int", "int64": "long long", "bool": "bool"}
 # how a scalar argument crosses to the device (names shared with the emulator and the runtime)

@@ -18,7 +18,7 @@ from ..ops import OPS
 
 log = logging.getLogger("dlc")
 
-_KERNELS_DIR = Path(__file__).resolve().parents[2] / "kernels" / "cpu"
+_KERNELS_DIR = Path(__file__).resolve().parents[1] / "kernels" / "cpu"
 _FALLBACK_LOGGED: set[str] = set()
 FIXED, INPUT, OUTPUT = 0, 1, 2
 
@@ -44,7 +44,7 @@ KERNEL_MODULES = ("fastmath", "gemm", "conv", "pool", "random")
 
 
 def load_kernel_modules() -> None:
-    """Import the hand-written kernels (kernels/cpu/*.py) under the names generated modules import them by."""
+    """Import the hand-written kernels (dlc/kernels/cpu/*.py) under the names generated modules import them by."""
     for stem in KERNEL_MODULES:
         name = f"dlc_cpu_{stem}"
         if name in sys.modules:
