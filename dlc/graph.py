@@ -147,6 +147,7 @@ class SourceLoc:
     file: str
     line: int
     code: str = ""
+    scope: str = ""  # the module path that made the node ("features.0.conv"), "" outside nn modules
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}"

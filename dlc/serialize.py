@@ -164,7 +164,7 @@ class GraphEncoder:
         entry = {"op": n.op, "inputs": [self.ids[id(i)] for i in n.inputs], "attrs": attrs,
                  "shape": list(n.shape), "dtype": n.dtype}
         if n.loc is not None:
-            entry["loc"] = [n.loc.file, n.loc.line]
+            entry["loc"] = [n.loc.file, n.loc.line] + ([n.loc.scope] if n.loc.scope else [])
         if n.value is not None:
             key = f"{len(self.table)}"
             self.arrays[key] = np.asarray(n.value)
@@ -238,7 +238,8 @@ class GraphDecoder:
         inputs = tuple(self.node(i) for i in e["inputs"])
         shape = as_shape(e["shape"])
         dtype = _check_dtype(e["dtype"])
-        loc = SourceLoc(str(e["loc"][0]), int(e["loc"][1])) if e.get("loc") else None
+        loc = SourceLoc(str(e["loc"][0]), int(e["loc"][1]), scope=str(e["loc"][2]) if len(e["loc"]) > 2 else "") \
+            if e.get("loc") else None
         value = None
         if "value" in e:
             value = self._array(e["value"], shape, dtype)
