@@ -27,6 +27,8 @@ from ..errors import DlcError
 from ..graph import Node, _factors, shape_eval
 from ..ops import OPS
 from ..program import Kernel, Program
+from . import kernel_ir as ir
+from .math_functions import cuda_name
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels" / "cuda"
 
@@ -34,11 +36,7 @@ C_TYPE = {"float32": "float", "float64": "double", "int32": "int", "int64": "lon
 # how a scalar argument crosses to the device (names shared with the emulator and the runtime)
 ARG_KIND = {"float32": "f32", "float64": "f64", "int32": "i32", "int64": "i64", "bool": "i32"}
 
-SCALAR_FUNCTIONS = ("select", "max", "min", "exp", "log", "sqrt", "tanh", "sigmoid", "erf", "softplus", "sin", "cos",
-                    "abs", "sign", "pow")
-LOGICAL_FUNCTIONS = {"and_": "dlc_and", "or_": "dlc_or", "not_": "dlc_not"}
 REDUCE_FUNCTORS = {"sum": "DlcSum", "prod": "DlcProd", "max": "DlcMax", "min": "DlcMin"}
-INDEX_REMAPS = ("transpose", "broadcast_to", "reshape", "slice", "slice_grad", "pad", "concat")
 
 BLOCK = 256  # threads per block of elementwise kernels
 GEMM_CONFIGS = {"s": (32, 32, 16, 2, 2), "m": (64, 64, 8, 4, 4), "l": (128, 128, 8, 8, 8)}  # = gemm.cu
@@ -178,8 +176,7 @@ def literal(value, dtype: str) -> str:
 
 _NUMBER = re.compile(r"(?<![\w.{])(\d+\.\d*(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)(?![\w.}])")
 _LITERAL = re.compile(r"-?\d+(\.\d*)?([eE][-+]?\d+)?f?(LL)?|true|false")
-_FUNC = re.compile(r"\b(" + "|".join(SCALAR_FUNCTIONS) + r")\(")
-_LOGICAL = re.compile(r"\b(and_|or_|not_)\(")
+_FUNC = re.compile(r"\b([a-z_]\w*)\(")
 
 
 def render_scalar(node: Node, operands: list[str]) -> str:
@@ -191,11 +188,18 @@ def render_scalar(node: Node, operands: list[str]) -> str:
     lit_dtype = node.dtype if node.dtype != "bool" else operand_dtype
     if lit_dtype in ("float32", "float64"):
         template = _NUMBER.sub(lambda m: literal(float(m.group(1)), lit_dtype), template)
-    if node.op == "div" and node.dtype in ("int32", "int64"):
-        template = "dlc_floordiv({0}, {1})"
-    template = _FUNC.sub(lambda m: f"dlc_{m.group(1)}(", template)
-    template = _LOGICAL.sub(lambda m: LOGICAL_FUNCTIONS[m.group(1)] + "(", template)
     template = template.replace("cast(", f"({C_TYPE[node.dtype]})(")
+
+    def call(m):
+        name = cuda_name(m.group(1))
+        if name is None:
+            raise unsupported(node, f"its scalar template calls {m.group(1)!r}, which dlc/codegen/math_functions.py "
+                                    f"does not list")
+        return name + "("
+
+    template = _FUNC.sub(call, template)
+    if node.op == "div" and node.dtype in ("int32", "int64"):
+        template = "dlc_floordiv({0}, {1})"  # numpy's floor division, not C's truncation
     attrs = {k: literal(v, lit_dtype if isinstance(v, float) else ("bool" if isinstance(v, bool) else "int64"))
              for k, v in node.a.items() if isinstance(v, (int, float, bool))}
     text = template
@@ -309,12 +313,11 @@ class ValueRenderer:
     def linear(self, idx, shape) -> str:
         """Row-major offset of a multi-index (Horner form, unit dims skipped)."""
         self.use_shape(shape)
-        expr = None
-        for i, d in zip(idx, shape):
-            if d == 1:
-                continue
-            expr = i if expr is None else f"({expr}) * {dim_c(d)} + {i}"
-        return expr or "0"
+        return ir.print_index(ir.linear(tuple(ir.as_index(i) for i in idx), shape), ir.C, self.dim)
+
+    def dim(self, d) -> str:
+        self.use_shape((d,))
+        return dim_c(d)
 
     def unravel(self, flat: str, shape, prefix: str = "i") -> tuple[str, ...]:
         """Emit the multi-index of a flat row-major offset; returns its per-dim names."""
@@ -341,10 +344,10 @@ class ValueRenderer:
         return tuple(names)
 
     @staticmethod
-    def broadcast_index(idx, shape) -> tuple[str, ...]:
-        """The index into an operand broadcast up to len(idx) dims (numpy rules)."""
-        lead = len(idx) - len(shape)
-        return tuple("0" if d == 1 else idx[lead + i] for i, d in enumerate(shape))
+    def broadcast_index(idx, out_shape, in_shape) -> tuple[str, ...]:
+        """The index into an operand broadcast up to out_shape (numpy rules)."""
+        return tuple(ir.print_index(e, ir.C, dim_c)
+                     for e in ir.broadcast_index(tuple(ir.as_index(i) for i in idx), out_shape, in_shape))
 
     # values ----------------------------------------------------------------
 
@@ -385,84 +388,37 @@ class ValueRenderer:
         op = node.op
         kind = OPS[op].kind
         if kind == "elementwise":
-            operands = [self.value(x, self.broadcast_index(idx, x.shape)) for x in node.inputs]
+            operands = [self.value(x, self.broadcast_index(idx, node.shape, x.shape)) for x in node.inputs]
             return render_scalar(node, operands)
-        if op == "broadcast_to":
-            return self.value(node.inputs[0], self.broadcast_index(idx, node.inputs[0].shape))
-        if op == "transpose":
-            perm = node.attr("perm")
-            inner = [""] * len(perm)
-            for j, p in enumerate(perm):
-                inner[p] = idx[j]
-            return self.value(node.inputs[0], tuple(inner))
-        if op == "reshape":
-            flat = self.body.fresh("r")
-            self.body.emit(f"const i64 {flat} = {self.linear(idx, node.shape)};")
-            return self.value(node.inputs[0], self.unravel(flat, node.inputs[0].shape))
-        if op == "slice":
-            return self.value(node.inputs[0], self._slice_index(node, idx))
-        if op in ("pad", "slice_grad", "concat"):
-            return self._conditional(node, idx)
+        if op in ir.REMAP_OPS:
+            return self.remap(node, idx)
         raise unsupported(node, f"a {kind} op cannot be part of a fused elementwise kernel")
 
-    def _slice_index(self, node, idx):
-        x = node.inputs[0]
-        out = []
-        for i, d, b, e, s in zip(idx, x.shape, node.attr("begin"), node.attr("end"), node.attr("step")):
-            if isinstance(d, str) or (b, e, s) == (0, None, 1):
-                out.append(i)
-                continue
-            start = slice(b, e, s).indices(d)[0]
-            out.append(f"({i}) * {s} + {start}" if s != 1 else (f"({i}) + {start}" if start else i))
-        return tuple(out)
-
-    def _conditional(self, node: Node, idx) -> str:
-        """pad, slice_grad and concat: a value only some indices read from the input."""
+    def remap(self, node: Node, idx) -> str:
+        """An index remap (codegen/kernel_ir.py); a conditional read keeps each branch's loads inside it."""
+        m = ir.remap(node, tuple(ir.as_index(i) for i in idx), self.bind)
+        reads = [(r.source, tuple(ir.index_text(e, ir.C, self.dim) for e in r.index), r.when) for r in m.reads]
+        if len(reads) == 1 and reads[0][2] is None:
+            return self.value(reads[0][0], reads[0][1])
         ctype = C_TYPE[node.dtype]
         name = self.body.fresh("v")
-        if node.op == "concat":
-            self.body.emit(f"{ctype} {name};")
-            ax, start = node.attr("axis"), "0"
-            for k, x in enumerate(node.inputs):
-                end = f"{start} + {dim_c(x.shape[ax])}" if start != "0" else dim_c(x.shape[ax])
-                self.use_shape(x.shape)
-                inner = tuple(f"({i}) - ({start})" if a == ax and start != "0" else i for a, i in enumerate(idx))
-                header = ("if" if k == 0 else "else if") + f" ({idx[ax]} < {end})"
-                if k == len(node.inputs) - 1:
-                    header = "else" if k else "if (true)"
-                with self.body.scope(header):
-                    self.body.emit(f"{name} = {self.value(x, inner)};")
-                start = f"({end})"
-            return name
-        fill = literal(node.attr("value", 0), node.dtype) if node.op == "pad" else literal(0, node.dtype)
-        conds, inner = self._gather_conditions(node, idx)
-        self.body.emit(f"{ctype} {name} = {fill};")
-        with self.body.scope(f"if ({' && '.join(conds) or 'true'})"):
-            self.body.emit(f"{name} = {self.value(node.inputs[0], inner)};")
+        self.body.emit(f"{ctype} {name}" + (f" = {literal(m.fill, node.dtype)};" if m.fill is not None else ";"))
+        for k, (src, src_idx, when) in enumerate(reads):
+            if when is None:
+                header = "else" if k else "if (true)"
+            else:
+                header = ("if" if k == 0 else "else if") + f" ({ir.print_index(when, ir.C, self.dim)})"
+            with self.body.scope(header):
+                self.body.emit(f"{name} = {self.value(src, src_idx)};")
         return name
 
-    def _gather_conditions(self, node: Node, idx):
-        x = node.inputs[0]
-        conds, inner = [], []
-        if node.op == "pad":
-            for i, d, (lo, hi) in zip(idx, x.shape, node.attr("pads")):
-                if (lo, hi) == (0, 0):
-                    inner.append(i)
-                    continue
-                j = f"({i} - {lo})"
-                conds.append(f"{j} >= 0 && {j} < {dim_c(d)}")
-                inner.append(j)
-            return conds, tuple(inner)
-        for i, d, gd, b, e, s in zip(idx, node.shape, x.shape, node.attr("begin"), node.attr("end"), node.attr("step")):
-            if isinstance(d, str) or (b, e, s) == (0, None, 1):
-                inner.append(i)
-                continue
-            start = slice(b, e, s).indices(d)[0]
-            q = self.body.fresh("g")
-            self.body.emit(f"const i64 {q} = ({i} - {start}) / {s};")
-            conds.append(f"({q}) * {s} == {i} - {start} && {q} >= 0 && {q} < {dim_c(gd)}")
-            inner.append(q)
-        return conds, tuple(inner)
+    def bind(self, e):
+        """Name an index subexpression read more than once."""
+        if isinstance(e, (ir.Var, ir.Lit)):
+            return e
+        name = self.body.fresh("g")
+        self.body.emit(f"const i64 {name} = {ir.print_index(e, ir.C, self.dim)};")
+        return ir.Var(name)
 
 
 # ----------------------------------------------------------------------------
@@ -700,8 +656,8 @@ def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
     pre = Body(depth=2)
     vr.body = pre
     bidx = vr.unravel("bz", batch, "b")
-    a_batch = vr.broadcast_index(bidx, a.shape[:-2])
-    b_batch = vr.broadcast_index(bidx, b.shape[:-2])
+    a_batch = vr.broadcast_index(bidx, batch, a.shape[:-2])
+    b_batch = vr.broadcast_index(bidx, batch, b.shape[:-2])
     a_off = vr.linear(a_batch, a.shape[:-2]) if a_batch else "0"
     b_off = vr.linear(b_batch, b.shape[:-2]) if b_batch else "0"
     c_off = vr.linear(bidx, batch) if bidx else "0"
@@ -1018,7 +974,7 @@ def render_kernel(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
     if kernel.kind in ("elementwise", "injective"):
         for n in kernel.nodes:
             if OPS[n.op].kind not in ("elementwise", "injective") or (
-                    OPS[n.op].kind == "injective" and n.op not in INDEX_REMAPS):
+                    OPS[n.op].kind == "injective" and n.op not in ir.REMAP_OPS):
                 raise unsupported(n, f"it cannot be part of an {kernel.kind} kernel")
         return render_elementwise(kernel, program)
     if anchor is None:

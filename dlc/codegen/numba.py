@@ -21,6 +21,8 @@ import numpy as np
 from ..graph import Node
 from ..ops import OPS, SOURCE
 from ..program import Kernel, Program
+from . import kernel_ir as ir
+from .math_functions import numba_name
 
 # Every local name a kernel body defines starts with P: an inlined kernel gets a prefix of its own.
 P = "_P_"
@@ -32,19 +34,6 @@ class Unsupported(Exception):
 
 NP_DTYPE = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32", "int64": "np.int64",
             "bool": "np.bool_"}
-
-# Template functions -> numba code; a (name, dtype) entry beats a name-only one.
-FUNCS = {
-    ("exp", "float32"): "exp_f32", ("tanh", "float32"): "tanh_f32", ("sigmoid", "float32"): "sigmoid_f32",
-    ("sigmoid", "float64"): "sigmoid_f64", ("softplus", "float32"): "softplus_f32",
-    ("softplus", "float64"): "softplus_f64",
-    "exp": "math.exp", "tanh": "math.tanh", "log": "math.log", "sqrt": "np.sqrt", "erf": "math.erf",
-    "sin": "math.sin", "cos": "math.cos", "abs": "abs", "sign": "fsign", "pow": "pow_", "max": "fmax",
-    "min": "fmin", "select": "select", "and_": "and_", "or_": "or_", "not_": "not_",
-}
-
-REMAPS = ("transpose", "broadcast_to", "slice", "slice_grad", "pad", "concat", "reshape")
-
 
 def is_scalar_node(node: Node) -> bool:
     """A value with one element known at render time: inlined as a literal when constant."""
@@ -183,7 +172,7 @@ def render_template(node: Node, args: list[str]) -> str:
 
     def call(m):
         name = m.group(1)
-        fn = FUNCS.get((name, dtype), FUNCS.get(name))
+        fn = numba_name(name, dtype)
         if fn is None:
             raise Unsupported(f"template function {name!r} of op {op!r}")
         return fn + "("
@@ -275,10 +264,10 @@ class KernelRenderer:
 
     def compute(self, node: Node, idx: tuple) -> str:
         kind = OPS[node.op].kind
-        if node.op in REMAPS:
+        if node.op in ir.REMAP_OPS:
             if self.flat:
                 raise _NotFlat()
-            return getattr(self, "remap_" + node.op)(node, idx)
+            return self.remap(node, idx)
         if kind != "elementwise":
             raise Unsupported(f"{node.op} inside an elementwise group")
         args = [self.value(x, self.broadcast_index(idx, node.shape, x)) for x in node.inputs]
@@ -292,120 +281,52 @@ class KernelRenderer:
             if x.shape != shape and not is_scalar_node(x):
                 raise _NotFlat()
             return idx
-        lead = len(shape) - len(x.shape)
-        return tuple("0" if (d == 1 and shape[lead + k] != 1) else idx[lead + k] for k, d in enumerate(x.shape))
+        return self.index_text(ir.broadcast_index(self.index_ir(idx), shape, x.shape))
 
-    # ---- index remaps (an element of the output read from the input)
+    # ---- index remaps (an element of the output read from the input): the algebra is codegen/kernel_ir.py's
 
-    def remap_transpose(self, node, idx):
-        perm = node.attr("perm")
-        src = [None] * len(perm)
-        for k, p in enumerate(perm):
-            src[p] = idx[k]
-        return self.value(node.inputs[0], tuple(src))
+    def index_ir(self, idx: tuple) -> tuple:
+        return tuple(ir.as_index(i) for i in idx)
 
-    def remap_broadcast_to(self, node, idx):
-        return self.value(node.inputs[0], self.broadcast_index(idx, node.shape, node.inputs[0]))
+    def index_text(self, idx: tuple) -> tuple:
+        return tuple(ir.index_text(e, ir.PYTHON, self.dim) for e in idx)
 
-    def remap_reshape(self, node, idx):
+    def bind(self, e):
+        """Name an index subexpression read more than once."""
+        if isinstance(e, (ir.Var, ir.Lit)):
+            return e
+        t = self.fresh()
+        self.w(f"{t} = {ir.print_index(e, ir.PYTHON, self.dim)}")
+        return ir.Var(t)
+
+    def remap(self, node, idx):
         x = node.inputs[0]
-        if id(x) not in self.inside:
+        if node.op == "reshape" and id(x) not in self.inside:
             # a reshape of a buffer is a view of it: read the view directly
             return self.value_of_view(node, idx)
-        linear = self.linear(idx, node.shape)
-        strides = self.strides(x.shape)
-        src = tuple(f"(({linear}) // {s}) % {self.dim(d)}" for s, d in zip(strides, x.shape))
-        return self.value(x, src)
+        m = ir.remap(node, self.index_ir(idx), self.bind)
+        reads = [(r.source, self.index_text(r.index), r.when) for r in m.reads]
+        if len(reads) == 1 and reads[0][2] is None:
+            return self.value(reads[0][0], reads[0][1])
+        # a conditional read: each branch's loads stay inside its branch
+        t = self.fresh()
+        saved = self.memo
+        for k, (src, src_idx, when) in enumerate(reads):
+            cond = ir.print_index(when, ir.PYTHON, self.dim) if when is not None else None
+            header = "else:" if cond is None else (f"if {cond}:" if k == 0 else f"elif {cond}:")
+            with self.w.block(header):
+                self.memo = dict(saved)
+                self.w(f"{t} = {self.value(src, src_idx)}  # {where(node)}")
+        self.memo = saved
+        if m.fill is not None:
+            with self.w.block("else:"):
+                self.w(f"{t} = {literal(m.fill, node.dtype)}")
+        return t
 
     def value_of_view(self, node, idx):
         self.reads.setdefault(id(node), set()).add(None)
         t = self.fresh()
         self.w(f"{t} = {self.arg(node)}[{', '.join(idx) if idx else '0'}]")
-        return t
-
-    def linear(self, idx, shape) -> str:
-        terms = [f"{i} * {s}" for i, s in zip(idx, self.strides(shape))]
-        return " + ".join(terms) if terms else "0"
-
-    def strides(self, shape) -> list[str]:
-        out, acc = [], "1"
-        for d in reversed(shape):
-            out.append(acc)
-            acc = f"{acc} * {self.dim(d)}" if acc != "1" else self.dim(d)
-        return list(reversed(out))
-
-    def remap_slice(self, node, idx):
-        x = node.inputs[0]
-        src = []
-        for i, d, b, e, s in zip(idx, x.shape, node.attr("begin"), node.attr("end"), node.attr("step")):
-            if isinstance(d, str):
-                src.append(i)
-            else:
-                start = range(*slice(b, e, s).indices(d)).start
-                src.append(f"({start} + {s} * {i})")
-        return self.value(x, tuple(src))
-
-    def conditional(self, node, cond: str, then, otherwise: str) -> str:
-        """t = then() if cond else otherwise, with then()'s loads guarded by the condition."""
-        t = self.fresh()
-        saved = self.memo
-        with self.w.block(f"if {cond}:"):
-            self.memo = dict(saved)
-            self.w(f"{t} = {then()}  # {where(node)}")
-        self.memo = saved
-        with self.w.block("else:"):
-            self.w(f"{t} = {otherwise}")
-        return t
-
-    def remap_pad(self, node, idx):
-        x = node.inputs[0]
-        src, conds = [], []
-        for i, d, (lo, hi) in zip(idx, x.shape, node.attr("pads")):
-            if lo == 0 and hi == 0:
-                src.append(i)
-                continue
-            j = f"({i} - {lo})"
-            src.append(j)
-            conds.append(f"0 <= {j} < {self.dim(d)}")
-        if not conds:
-            return self.value(x, tuple(src))
-        return self.conditional(node, " and ".join(conds), lambda: self.value(x, tuple(src)),
-                                literal(node.attr("value"), node.dtype))
-
-    def remap_slice_grad(self, node, idx):
-        x = node.inputs[0]
-        src, conds = [], []
-        for i, d, b, e, s, n in zip(idx, node.shape, node.attr("begin"), node.attr("end"), node.attr("step"),
-                                    x.shape):
-            if isinstance(d, str):
-                src.append(i)
-                continue
-            start = range(*slice(b, e, s).indices(d)).start
-            q = f"(({i} - {start}) // {s})"
-            src.append(q)
-            conds.append(f"({i} - {start}) % {s} == 0 and 0 <= {q} < {n}")
-        if not conds:
-            return self.value(x, tuple(src))
-        return self.conditional(node, " and ".join(conds), lambda: self.value(x, tuple(src)),
-                                literal(0, node.dtype))
-
-    def remap_concat(self, node, idx):
-        ax = node.attr("axis")
-        offsets, off = [], "0"
-        for x in node.inputs:
-            offsets.append(off)
-            off = f"{off} + {self.dim(x.shape[ax])}" if off != "0" else self.dim(x.shape[ax])
-        t = self.fresh()
-        saved = self.memo
-        for k, x in enumerate(node.inputs):
-            src = tuple(f"({i} - ({offsets[k]}))" if a == ax else i for a, i in enumerate(idx))
-            last = k == len(node.inputs) - 1
-            header = "else:" if last else (f"if {idx[ax]} < {offsets[k + 1]}:" if k == 0
-                                           else f"elif {idx[ax]} < {offsets[k + 1]}:")
-            with self.w.block(header):
-                self.memo = dict(saved)
-                self.w(f"{t} = {self.value(x, src)}  # {where(node)}")
-        self.memo = saved
         return t
 
     # ---- loops

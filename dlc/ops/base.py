@@ -31,7 +31,13 @@ class OpDef:
     grad(node, g, xs) -> list with one Tensor (or None) per input, built from
         Tensor operations; None when the op is not differentiable.
     scalar: for elementwise ops, a C-like expression over {0}, {1}, ... that
-        the code generators render (numba and CUDA share it).
+        the code generators render (numba and CUDA share it); the math
+        functions it may call are listed in dlc/codegen/math_functions.py.
+    cheap: recomputing the op in every kernel that reads it costs less than
+        storing it once (fusion duplicates cheap producers into consumers).
+    value_range: what the simplifier may assume of every element: a (lo, hi)
+        interval, or a function (node, range_of) -> interval or None, where
+        range_of gives an input's interval.
     """
 
     name: str
@@ -41,6 +47,8 @@ class OpDef:
     grad: Callable | None = None
     scalar: str | None = None
     doc: str = ""
+    cheap: bool = False
+    value_range: tuple | Callable | None = None
 
 
 OPS: dict[str, OpDef] = {}
@@ -53,6 +61,21 @@ def register(name: str, kind: str, infer, ref, grad=None, scalar=None, doc="") -
     op = OpDef(name, kind, infer, ref, grad, scalar, doc)
     OPS[name] = op
     return op
+
+
+def facts(names, *, cheap: bool | None = None, value_range=None) -> None:
+    """Record what the optimizer may assume about registered ops (see OpDef.cheap and OpDef.value_range)."""
+    for name in names.split():
+        op = OPS[name]
+        if cheap is not None:
+            op.cheap = cheap
+        if value_range is not None:
+            op.value_range = value_range
+
+
+def same_range_as_input(node: Node, range_of):
+    """The value range of an op that moves its input's elements without changing them."""
+    return range_of(node.inputs[0])
 
 
 def describe_operands(nodes) -> str:

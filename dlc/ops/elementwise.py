@@ -9,7 +9,7 @@ from scipy import special
 
 from ..errors import DTypeError, ShapeError
 from ..graph import DTYPES, is_float, shape_str
-from .base import ELEMENTWISE, register
+from .base import ELEMENTWISE, facts, register, same_range_as_input
 
 
 def _F():
@@ -286,3 +286,13 @@ def _where_grad(node, g, xs):
 
 register("where", ELEMENTWISE, _where_infer, lambda xs, a, shape: np.where(xs[0], xs[1], xs[2]), _where_grad,
          "select({0}, {1}, {2})")
+
+
+# What the optimizer may assume (OpDef.cheap, OpDef.value_range).
+facts("add sub mul div neg abs sign square relu leaky_relu maximum minimum clip where cast stop_gradient "
+      "eq ne lt le gt ge logical_and logical_or logical_not", cheap=True)
+facts("exp sqrt relu abs square softplus", value_range=(0.0, math.inf))
+facts("sigmoid", value_range=(0.0, 1.0))
+facts("tanh", value_range=(-1.0, 1.0))
+facts("clip", value_range=lambda node, range_of: (float(node.attr("lo")), float(node.attr("hi"))))
+facts("stop_gradient", value_range=same_range_as_input)

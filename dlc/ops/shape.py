@@ -6,7 +6,7 @@ import numpy as np
 
 from ..errors import DTypeError, GradientError, ShapeError
 from ..graph import INT_DTYPES, dim_div, dim_mul, shape_str
-from .base import INJECTIVE, OPAQUE, register
+from .base import INJECTIVE, OPAQUE, facts, register, same_range_as_input
 from .elementwise import broadcast_shapes
 
 
@@ -270,3 +270,8 @@ def _take_grad_grad(node, g, xs):
 # Scatter-add of g (rows picked by the indices) into zeros of the gathered
 # tensor's shape (attribute "shape").
 register("take_grad", OPAQUE, _take_grad_infer, _take_grad_ref, _take_grad_grad)
+
+
+# What the optimizer may assume (OpDef.cheap, OpDef.value_range).
+facts("broadcast_to transpose slice slice_grad pad concat", cheap=True)
+facts("broadcast_to reshape transpose", value_range=same_range_as_input)

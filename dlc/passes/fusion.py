@@ -21,9 +21,6 @@ from ..ops import COMPLEX, ELEMENTWISE, INJECTIVE, OPAQUE, OPS, REDUCE, SOURCE
 from ..program import Kernel, Program
 
 # Cheap enough to recompute in every kernel that reads them instead of storing them once.
-CHEAP = {"add", "sub", "mul", "neg", "abs", "sign", "square", "relu", "leaky_relu", "maximum", "minimum",
-         "clip", "where", "cast", "div", "eq", "ne", "lt", "le", "gt", "ge", "logical_and", "logical_or", "logical_not",
-         "broadcast_to", "transpose", "slice", "slice_grad", "pad", "concat", "stop_gradient"}
 MAX_GROUP = 48          # nodes in one kernel: bounds generated code size and register pressure
 MAX_DUPLICATES = 4      # kernels one cheap value may be recomputed in
 
@@ -114,7 +111,7 @@ class Fuser:
             if not self.duplicate:
                 self.refuse(n, None, f"read by {len(targets)} kernels and recomputation is off: stored")
                 return None
-            if n.op not in CHEAP:
+            if not OPS[n.op].cheap:
                 self.refuse(n, None, f"read by {len(targets)} kernels and too costly to recompute in each: stored")
                 return None
             if len(targets) > MAX_DUPLICATES:

@@ -82,18 +82,10 @@ def value_range(node: Node, depth: int = 0) -> tuple[float, float] | None:
     c = const_value(node)
     if c is not None and c.size and is_float(str(c.dtype)):
         return float(np.min(c)), float(np.max(c))
-    op = node.op
-    if op in ("exp", "sqrt", "relu", "abs", "square", "softplus"):
-        return (0.0, np.inf)
-    if op == "sigmoid":
-        return (0.0, 1.0)
-    if op == "tanh":
-        return (-1.0, 1.0)
-    if op == "clip":
-        return (float(node.attr("lo")), float(node.attr("hi")))
-    if op in ("broadcast_to", "reshape", "transpose", "stop_gradient"):
-        return value_range(node.inputs[0], depth + 1)
-    return None
+    known = OPS[node.op].value_range
+    if callable(known):
+        return known(node, lambda x: value_range(x, depth + 1))
+    return known
 
 
 # ----------------------------------------------------------------------------

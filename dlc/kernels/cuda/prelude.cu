@@ -20,8 +20,9 @@ template <class T> __device__ __forceinline__ T dlc_max(T a, T b) { return (a > 
 template <class T> __device__ __forceinline__ T dlc_min(T a, T b) { return (a < b || a != a) ? a : b; }
 template <class T> __device__ __forceinline__ T dlc_abs(T a) { return a < T(0) ? -a : a; }
 template <class T> __device__ __forceinline__ T dlc_sign(T a) { return T((a > T(0)) - (a < T(0))); }
-// integer division floors like numpy's // (C truncates toward zero)
+// integer division floors like numpy's // (C truncates toward zero); x // 0 is 0, as in numpy
 template <class T> __device__ __forceinline__ T dlc_floordiv(T a, T b) {
+  if (b == T(0)) return T(0);
   T q = a / b;
   return (q * b != a && ((a < T(0)) != (b < T(0)))) ? q - T(1) : q;
 }

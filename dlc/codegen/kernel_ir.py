@@ -1,0 +1,300 @@
+"""The kernel IR's index algebra: which input element an injective op reads for an output index, as data.
+
+A fused elementwise kernel reads through index remaps (transpose, broadcast,
+reshape, slice, pad, the gradient of a slice, concat). Both renderers need the
+same arithmetic; it lives here once, as small expression trees, and each
+renderer prints them in its dialect (`print_index` with a `Dialect`): Python
+for numba, C for CUDA. An index expression is built from loop variables,
+integer literals and the program's dims (an int, or a symbol such as "B" that
+the renderer turns into an argument).
+
+Division is integer division of non-negative operands, except where a
+condition rejects the result (the gradient of a strided slice): Python's `//`
+and C's `/` differ only on negative operands, and both renderers print the
+same condition, which holds for neither then.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..graph import Node
+
+# ----------------------------------------------------------------------------
+# expressions
+
+
+@dataclass(frozen=True)
+class Var:
+    """Text the renderer defined: a loop variable, a bound temporary, or an index it computed itself.
+
+    Compound text (atomic=False) is parenthesized where it is an operand, and kept verbatim where it is a whole
+    index, so an index that passes through a remap unchanged keeps its exact text (renderers key caches on it).
+    """
+    name: str
+    atomic: bool = True
+
+
+@dataclass(frozen=True)
+class Lit:
+    value: int
+
+
+@dataclass(frozen=True)
+class Dim:
+    """A dim of a shape: an int, or a symbol the renderer reads from an argument."""
+    dim: int | str
+
+
+@dataclass(frozen=True)
+class Bin:
+    """a op b, op one of + - * // % < <= == and."""
+    op: str
+    a: Expr
+    b: Expr
+
+
+Expr = Var | Lit | Dim | Bin
+ZERO, ONE = Lit(0), Lit(1)
+
+
+def lit_or_dim(d) -> Expr:
+    return Lit(d) if isinstance(d, int) else Dim(d)
+
+
+def add(a: Expr, b: Expr) -> Expr:
+    if a == ZERO:
+        return b
+    if b == ZERO:
+        return a
+    if isinstance(a, Lit) and isinstance(b, Lit):
+        return Lit(a.value + b.value)
+    return Bin("+", a, b)
+
+
+def sub(a: Expr, b: Expr) -> Expr:
+    if b == ZERO:
+        return a
+    if isinstance(a, Lit) and isinstance(b, Lit):
+        return Lit(a.value - b.value)
+    return Bin("-", a, b)
+
+
+def mul(a: Expr, b: Expr) -> Expr:
+    if a == ONE:
+        return b
+    if b == ONE:
+        return a
+    if ZERO in (a, b):
+        return ZERO
+    if isinstance(a, Lit) and isinstance(b, Lit):
+        return Lit(a.value * b.value)
+    return Bin("*", a, b)
+
+
+def floordiv(a: Expr, b: Expr) -> Expr:
+    return a if b == ONE else Bin("//", a, b)
+
+
+def mod(a: Expr, b: Expr) -> Expr:
+    return ZERO if b == ONE else Bin("%", a, b)
+
+
+def less(a: Expr, b: Expr) -> Expr:
+    return Bin("<", a, b)
+
+
+def all_of(terms: list[Expr]) -> Expr | None:
+    """The conjunction of the terms (None: no condition)."""
+    out = None
+    for t in terms:
+        out = t if out is None else Bin("and", out, t)
+    return out
+
+
+def in_range(i: Expr, n: Expr) -> list[Expr]:
+    """0 <= i < n."""
+    return [Bin("<=", ZERO, i), less(i, n)]
+
+
+# ----------------------------------------------------------------------------
+# printing
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one target language spells integer index arithmetic."""
+    floordiv: str
+    and_: str
+
+
+PYTHON = Dialect(floordiv="//", and_="and")
+C = Dialect(floordiv="/", and_="&&")
+
+_PRECEDENCE = {"and": 0, "<": 1, "<=": 1, "==": 1, "+": 2, "-": 2, "*": 3, "//": 3, "%": 3}
+
+
+def print_index(e: Expr, dialect: Dialect, dim: Callable[[int | str], str], parent: int = -1,
+                right: bool = False) -> str:
+    """The expression as source text; `dim` prints a symbolic dim (an argument or a parameter name)."""
+    if isinstance(e, Var):
+        return e.name if e.atomic or parent < 0 else f"({e.name})"
+    if isinstance(e, Lit):
+        return str(e.value) if e.value >= 0 or parent < 0 else f"({e.value})"
+    if isinstance(e, Dim):
+        return str(e.dim) if isinstance(e.dim, int) else dim(e.dim)
+    prec = _PRECEDENCE[e.op]
+    op = {"//": dialect.floordiv, "and": dialect.and_}.get(e.op, e.op)
+    text = f"{print_index(e.a, dialect, dim, prec)} {op} {print_index(e.b, dialect, dim, prec, True)}"
+    # every operator here is left-associative: a right operand of equal precedence keeps its parentheses
+    return f"({text})" if prec < parent or (prec == parent and right) else text
+
+
+def as_index(text: str) -> Expr:
+    """A renderer's index text as an expression (kept verbatim; compound text is parenthesized)."""
+    if text.isdigit():
+        return Lit(int(text))
+    return Var(text, atomic=text.isidentifier() or _one_group(text))
+
+
+def index_text(e: Expr, dialect: Dialect, dim: Callable[[int | str], str]) -> str:
+    """An index expression as text that is safe to use as an operand (compound text is parenthesized)."""
+    text = print_index(e, dialect, dim)
+    return text if isinstance(e, (Var, Lit)) or (isinstance(e, Dim) and isinstance(e.dim, int)) else f"({text})"
+
+
+
+def _one_group(text: str) -> bool:
+    """Whether text is one parenthesized group: "(a + b)" but not "(a) + (b)"."""
+    if not (text.startswith("(") and text.endswith(")")):
+        return False
+    depth = 0
+    for k, ch in enumerate(text):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if depth == 0 and k < len(text) - 1:
+            return False
+    return True
+
+
+# ----------------------------------------------------------------------------
+# row-major offsets
+
+
+def strides(shape) -> list[Expr]:
+    """Row-major strides of a shape, as expressions."""
+    out, acc = [], ONE
+    for d in reversed(shape):
+        out.append(acc)
+        acc = mul(acc, lit_or_dim(d))
+    return list(reversed(out))
+
+
+def linear(idx: tuple[Expr, ...], shape) -> Expr:
+    """The row-major offset of a multi-index, in Horner form (dims of extent 1 contribute nothing)."""
+    out = None
+    for i, d in zip(idx, shape):
+        if d != 1:
+            out = i if out is None else add(mul(out, lit_or_dim(d)), i)
+    return out or ZERO
+
+
+def delinearize(flat: Expr, shape) -> tuple[Expr, ...]:
+    """The multi-index of a row-major offset."""
+    out = []
+    for k, (s, d) in enumerate(zip(strides(shape), shape)):
+        if d == 1:
+            out.append(ZERO)
+        elif k == 0:
+            out.append(floordiv(flat, s))
+        else:
+            out.append(mod(floordiv(flat, s), lit_or_dim(d)))
+    return tuple(out)
+
+
+# ----------------------------------------------------------------------------
+# remaps: what an injective op reads
+
+
+@dataclass(frozen=True)
+class Read:
+    """Read `source` at `index` when `when` holds (None: always)."""
+    source: Node
+    index: tuple[Expr, ...]
+    when: Expr | None = None
+
+
+@dataclass(frozen=True)
+class Remap:
+    """The reads are tried in order, the first whose condition holds wins; `fill` when none does."""
+    reads: tuple[Read, ...]
+    fill: float | int | bool | None = None
+
+
+def broadcast_index(idx: tuple[Expr, ...], out_shape, in_shape) -> tuple[Expr, ...]:
+    """The index of an operand that numpy broadcasting reads for the element at idx of out_shape."""
+    lead = len(out_shape) - len(in_shape)
+    return tuple(ZERO if d == 1 and out_shape[lead + k] != 1 else idx[lead + k] for k, d in enumerate(in_shape))
+
+
+def _slice_start(b, e, s, d: int) -> int:
+    return range(*slice(b, e, s).indices(d)).start
+
+
+def remap(node: Node, idx: tuple[Expr, ...], bind: Callable[[Expr], Expr] = lambda e: e) -> Remap:
+    """What `node` (an injective op) reads from its inputs for its element at idx.
+
+    `bind` lets a renderer name a subexpression used more than once (it returns
+    the name as a Var, or the expression itself to inline it).
+    """
+    op, x = node.op, node.inputs[0]
+    if op == "transpose":
+        src = [ZERO] * len(idx)
+        for k, p in enumerate(node.attr("perm")):
+            src[p] = idx[k]
+        return Remap((Read(x, tuple(src)),))
+    if op == "broadcast_to":
+        return Remap((Read(x, broadcast_index(idx, node.shape, x.shape)),))
+    if op == "reshape":
+        return Remap((Read(x, delinearize(bind(linear(idx, node.shape)), x.shape)),))
+    if op == "slice":
+        src = []
+        for i, d, b, e, s in zip(idx, x.shape, node.attr("begin"), node.attr("end"), node.attr("step")):
+            # a slice along a symbolic dim is always the whole dim (the shape rule enforces it)
+            src.append(i if isinstance(d, str) else add(mul(i, Lit(s)), Lit(_slice_start(b, e, s, d))))
+        return Remap((Read(x, tuple(src)),))
+    if op == "pad":
+        src, conds = [], []
+        for i, d, (lo, _hi) in zip(idx, x.shape, node.attr("pads")):
+            j = sub(i, Lit(lo))
+            src.append(j)
+            if _hi or lo:
+                conds += in_range(j, lit_or_dim(d))
+        return Remap((Read(x, tuple(src), all_of(conds)),), fill=node.attr("value"))
+    if op == "slice_grad":
+        src, conds = [], []
+        for i, d, b, e, s, n in zip(idx, node.shape, node.attr("begin"), node.attr("end"), node.attr("step"),
+                                    x.shape):
+            if isinstance(d, str) or (b, e, s) == (0, None, 1):
+                src.append(i)
+                continue
+            offset = sub(i, Lit(_slice_start(b, e, s, d)))
+            q = bind(floordiv(offset, Lit(s)))
+            src.append(q)
+            if s != 1:
+                conds.append(Bin("==", mod(offset, Lit(s)), ZERO))
+            conds += in_range(q, lit_or_dim(n))
+        return Remap((Read(x, tuple(src), all_of(conds)),), fill=0)
+    if op == "concat":
+        ax, start, reads = node.attr("axis"), ZERO, []
+        for k, part in enumerate(node.inputs):
+            end = add(start, lit_or_dim(part.shape[ax]))
+            src = tuple(sub(i, start) if a == ax else i for a, i in enumerate(idx))
+            last = k == len(node.inputs) - 1
+            reads.append(Read(part, src, None if last else less(idx[ax], end)))
+            start = end
+        return Remap(tuple(reads))
+    raise ValueError(f"{op} is not an index remap")
+
+
+REMAP_OPS = ("transpose", "broadcast_to", "reshape", "slice", "pad", "slice_grad", "concat")
