@@ -2,9 +2,10 @@
 
 A Program is the optimized graph cut into kernels (fused groups of nodes) in
 execution order, plus, per concrete set of symbol bindings, a memory plan that
-places every intermediate value in one arena. Backends (numba, CUDA, the
-kernel-by-kernel reference used for bisection) render and run Programs; they
-never look at the user's graph directly.
+places every intermediate value in one arena. The native backends (numba,
+CUDA) and the kernel-by-kernel reference used for bisection render and run
+Programs; only the reference backend runs the user's graph as it is, node by
+node, since it is the oracle the optimizer is checked against.
 """
 
 from __future__ import annotations

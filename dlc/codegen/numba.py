@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..graph import Node
-from ..ops import OPS, SOURCE
+from ..ops import OPS
 from ..program import Kernel, Program
 from . import kernel_ir as ir
 from .math_functions import numba_name
@@ -407,8 +407,7 @@ def _render_elementwise(program, kernel, parallel):
                 out = r.arg(kernel.outputs[0], "flat")
                 r.w(f"{n} = {out}.size")
                 if parallel:
-                    # two copies of one loop: threads pay only on large arrays
-                        # one chunk per thread on large arrays, a single chunk (no thread hand-off) on small ones
+                    # one chunk per thread on large arrays, a single chunk (no thread hand-off) on small ones
                     c, lo, hi = f"{P}c", f"{P}lo", f"{P}hi"
                     r.w(f"{P}chunks = {PARALLEL_CHUNKS} if {n} >= {PARALLEL_MIN} else 1")
                     with r.w.block(f"for {c} in prange({P}chunks):"):
@@ -956,7 +955,3 @@ class _OuterBuilder:
 
 def _itemsize(dtype: str) -> int:
     return {"float32": 4, "float64": 8, "int32": 4, "int64": 8, "bool": 1}[dtype]
-
-
-def is_source(node: Node) -> bool:
-    return OPS[node.op].kind == SOURCE

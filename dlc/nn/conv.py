@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 from ..ops.conv import conv1d, conv2d, conv_transpose2d
 from ..ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from . import init
@@ -114,8 +112,3 @@ class AdaptiveAvgPool2d(Module):
 
     def extra_repr(self) -> str:
         return f"output_size={self.output_size}"
-
-
-def conv_output_size(size: int, kernel: int, stride: int = 1, padding: int = 0, dilation: int = 1) -> int:
-    """The output length of a convolution or pooling window along one axis."""
-    return math.floor((size + 2 * padding - dilation * (kernel - 1) - 1) / stride) + 1

@@ -27,7 +27,8 @@ class OpDef:
 
     infer(inputs, attrs) -> (shape, dtype); raise ShapeError/DTypeError with a
         message about the operands (the location is added by `apply`).
-    ref(arrays, attrs, node) -> ndarray: the numpy reference.
+    ref(arrays, attrs, out_shape) -> ndarray: the numpy reference (out_shape: the
+        node's shape with its symbolic dims bound).
     grad(node, g, xs) -> list with one Tensor (or None) per input, built from
         Tensor operations; None when the op is not differentiable.
     scalar: for elementwise ops, a C-like expression over {0}, {1}, ... that
