@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DTypeError, GradientError, ShapeError
-from ..graph import INT_DTYPES, dim_div, dim_mul, shape_str
+from ..errors import DTypeError, GradientError, IndexRangeError, ShapeError
+from ..graph import DTYPES, INT_DTYPES, dim_div, dim_mul, shape_str
 from .base import INJECTIVE, OPAQUE, register
+from .checks import is_int
 from .elementwise import broadcast_shapes
 
 
@@ -221,6 +222,9 @@ register("pad", INJECTIVE, _pad_infer,
 
 # ----------------------------------------------------------------------------
 # take (gather along one axis) and its gradient, a scatter-add
+#
+# Indices follow numpy's rule on every backend: -n..-1 count from the end of
+# an axis of size n; anything outside [-n, n) raises IndexRangeError.
 
 
 def _take_infer(xs, attrs):
@@ -236,8 +240,9 @@ def _take_infer(xs, attrs):
 def _take_ref(xs, a, shape):
     x, idx = xs
     d = x.shape[a["axis"]]
-    if idx.size and (idx.min() < -d or idx.max() >= d):
-        raise IndexError(f"take: index out of range for an axis of size {d}")
+    bad = (idx < -d) | (idx >= d)
+    if bad.any():
+        raise IndexRangeError("take", idx[bad].flat[0], -d, d)
     return np.take(x, idx, axis=a["axis"])
 
 
@@ -270,3 +275,38 @@ def _take_grad_grad(node, g, xs):
 # Scatter-add of g (rows picked by the indices) into zeros of the gathered
 # tensor's shape (attribute "shape").
 register("take_grad", OPAQUE, _take_grad_infer, _take_grad_ref, _take_grad_grad)
+
+
+# ----------------------------------------------------------------------------
+# one_hot: class labels to rows of zeros with a one, labels checked
+
+
+def _one_hot_infer(xs, attrs):
+    (labels,) = xs
+    depth, ignore, dtype = attrs["depth"], attrs["ignore_index"], attrs["dtype"]
+    if labels.dtype not in INT_DTYPES:
+        raise DTypeError(f"one_hot's labels must be int32 or int64, got {labels.dtype}")
+    if not is_int(depth) or depth < 1:
+        raise ShapeError(f"one_hot depth must be an int >= 1, got {depth!r}")
+    if ignore is not None and not is_int(ignore):
+        raise ShapeError(f"one_hot ignore_index must be an int or None, got {ignore!r}")
+    if dtype not in DTYPES:
+        raise DTypeError(f"one_hot dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return labels.shape + (depth,), dtype
+
+
+def one_hot_ref(xs, a, shape):
+    (labels,) = xs
+    depth, ignore = a["depth"], a["ignore_index"]
+    kept = labels != ignore if ignore is not None else np.ones(labels.shape, bool)
+    bad = kept & ((labels < 0) | (labels >= depth))
+    if bad.any():
+        raise IndexRangeError("one_hot", labels[bad].flat[0], 0, depth)
+    hot = (labels[..., None] == np.arange(depth)) & kept[..., None]
+    return hot.astype(a["dtype"])
+
+
+# Labels outside [0, depth) raise IndexRangeError (negative ones too); a label
+# equal to ignore_index (an int, or None for none) gives a row of zeros.
+register("one_hot", OPAQUE, _one_hot_infer, one_hot_ref, lambda node, g, xs: [None],
+         doc="labels (...) -> (..., depth): 1 at each label, 0 elsewhere; labels checked")
