@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 
 from ..errors import ShapeError
+from ..graph import as_shape
 
 # Attribute ints beyond this are refused: no real stride, padding, size or
 # axis comes near it, and it keeps index arithmetic far from int64 overflow.
@@ -77,13 +78,15 @@ def check_axes(axes, ndim: int, what: str = "axes") -> tuple:
 
 
 def check_shape(shape, what: str = "shape") -> tuple:
-    """A shape: ints >= 0 or symbolic dim names."""
+    """A shape: ints >= 0 or symbolic dims (names, or products like "B*T")."""
     if not isinstance(shape, (tuple, list)):
         raise ShapeError(f"{what} must be a tuple of dims, got {shape!r}")
     for d in shape:
         if isinstance(d, str):
-            if not d.isidentifier():
-                raise ShapeError(f"{what}: a symbolic dim must be a name, got {d!r}")
+            try:
+                as_shape((d,))
+            except (TypeError, ValueError) as err:
+                raise ShapeError(f"{what}: {err}") from None
         else:
             check_int(d, what, 0)
     return tuple(shape)
