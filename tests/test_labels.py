@@ -135,3 +135,21 @@ def test_a_bad_take_writes_nothing_into_a_parameter_updated_in_place(options):
     with pytest.raises(IndexRangeError):
         fn(np.array([2, 1, 7]))
     np.testing.assert_array_equal(fn.store["w"], before)
+
+
+@pytest.mark.parametrize("options", TARGETS)
+def test_labels_checked_inside_a_scan_body(options):
+    seq = dlc.input("seq", (3, 2), "int64")
+    table = dlc.input("table", (4, 2))
+
+    def body(carry, labels):
+        return carry + dlc.sum(dlc.one_hot(labels, 4), axis=0) + dlc.sum(dlc.take(table, labels), axis=0)[0], labels
+
+    total, _ = dlc.scan(body, dlc.constant(np.zeros(4, np.float32)), seq)
+    fn = dlc.compile(total, inputs=[seq, table], **options)
+    tab = np.ones((4, 2), np.float32)
+    np.testing.assert_allclose(fn(np.array([[0, 1], [1, 3], [3, 3]]), tab), [7, 8, 6, 9])
+    with pytest.raises(IndexRangeError, match=r"(one_hot|take) at .*test_labels.py:\d+: (label|index) 4 is out of"):
+        fn(np.array([[0, 1], [1, 4], [3, 3]]), tab)  # bad for both ops: whichever kernel runs first reports
+    with pytest.raises(IndexRangeError, match=r"one_hot at .*test_labels.py:\d+: label -1 is out of range \[0, 4\)"):
+        fn(np.array([[0, 1], [1, 3], [-1, 3]]), tab)  # -1 is a valid index for take, not a label
