@@ -15,7 +15,6 @@ import numpy as np
 import pytest
 
 import dlc
-from dlc import nn
 from dlc.errors import ArtifactError, DTypeError, ShapeError
 from dlc.graph import topo_order
 from dlc.ops import ELEMENTWISE, OPS, SOURCE, apply

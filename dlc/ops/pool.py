@@ -14,7 +14,18 @@ from ..errors import ShapeError
 from ..graph import shape_str
 from .base import COMPLEX, register
 from .checks import check_bool, check_ints
-from .conv import as_padding, check_window_attrs, as_tuple, crop_spatial, float_dtype, out_hw, pad_spatial, spatial_ints, where, windows
+from .conv import (
+    as_padding,
+    as_tuple,
+    check_window_attrs,
+    crop_spatial,
+    float_dtype,
+    out_hw,
+    pad_spatial,
+    spatial_ints,
+    where,
+    windows,
+)
 
 
 def _F():
