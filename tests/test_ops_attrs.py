@@ -185,6 +185,7 @@ def _edit_graph(src, dst, op, key, value):
     ("conv2d", "groups", 0), ("conv2d", "dilation", [True, 1]), ("conv2d", "stride", [0, 1]),
     ("max_pool2d", "stride", [2 ** 40, 2 ** 40]), ("max_pool2d", "kernel", [-1, 2]),
     ("max_pool2d", "padding", [[-3, 0], [0, 0]]), ("sum", "axes", [7]),
+    ("conv2d", "padding", [[2 ** 30, 2 ** 30], [2 ** 30, 2 ** 30]]),
 ])
 def test_a_decoded_graph_with_bad_attributes_is_refused(tmp_path, op, key, value):
     path = tmp_path / "good.dlc"
@@ -194,3 +195,14 @@ def test_a_decoded_graph_with_bad_attributes_is_refused(tmp_path, op, key, value
     _edit_graph(path, bad, op, key, value)
     with pytest.raises(ArtifactError, match=rf"\({op}\) does not type-check"):
         dlc.load(bad)
+
+
+@pytest.mark.parametrize("build", [
+    lambda x: dlc.conv2d(x, dlc.input("w", (2, 2, 3, 3)), padding=2 ** 30),
+    lambda x: dlc.pad(x, ((0, 0), (0, 0), (2 ** 30, 0), (2 ** 30, 0))),
+    lambda x: dlc.broadcast_to(dlc.reshape(x, (1, 50)), (2 ** 31 - 1, 2 ** 31 - 1, 50)),
+])
+def test_results_too_large_to_index_are_refused(build):
+    """Sizes whose byte counts would overflow int64 (and so under-allocate a buffer) never reach a backend."""
+    with pytest.raises(ShapeError, match="elements"):
+        build(dlc.input("x", (1, 2, 5, 5)))
