@@ -106,7 +106,7 @@ def _arg_infer(xs, attrs):
     axes = check_axes(attrs["axes"], x.ndim)
     check_bool(attrs["keepdims"], "keepdims")
     if len(axes) != 1:
-        raise ShapeError(f"{'argmax/argmin'} reduces exactly one axis, got {axes}")
+        raise ShapeError(f"argmax/argmin reduce exactly one axis, got {axes}")
     (ax,) = axes
     return reduced_shape(x.shape, (ax,), attrs["keepdims"]), "int64"
 

@@ -292,6 +292,7 @@ class ProgramRunner:
                       for k, rk in self.steps if rk is None and k.anchor is not None and k.anchor.op == "scan"}
         self.consts: dict[int, tuple] = {}
         self.status = device.alloc(16)  # int32 [site, value low, value high, count]: see codegen/cuda.py _report_index
+        device.zero(device.ptr(self.status), 16)  # device memory starts uninitialised
         self.uses_status = any(p.kind == "status" for k in self.module.kernels for p in k.params)
         self._plan_key = None
         self._arena = None
