@@ -19,3 +19,31 @@ class GradientError(DlcError):
 
 class ArtifactError(DlcError):
     """A corrupt, tampered, foreign or newer-version artifact file."""
+
+
+class IndexRangeError(DlcError, IndexError):
+    """An index (take) or class label (one_hot, the classification losses) outside what the op accepts.
+
+    Raised at run time by every backend: the numpy references, the generated
+    Numba code (which raises it before writing anything) and the CUDA runtime
+    (from the status word a kernel sets). `where` is " at file:line" of the
+    user's line that built the op, or "".
+    """
+
+    def __init__(self, op: str, value: int, low: int, high: int, where: str = ""):
+        self.op, self.value, self.low, self.high = str(op), int(value), int(low), int(high)
+        if self.op.startswith("take"):
+            what = f"index {self.value} is out of range [{self.low}, {self.high}) for an axis of size {self.high}"
+        else:
+            what = f"label {self.value} is out of range [{self.low}, {self.high}) for {self.high} classes"
+        super().__init__(f"{self.op}{where}: {what}")
+        self.where = str(where)
+
+    def __reduce__(self):
+        return type(self), (self.op, self.value, self.low, self.high, self.where)
+
+    def located(self, loc) -> "IndexRangeError":
+        """The same error naming the user's line `loc` (a SourceLoc or None), unless it already names one."""
+        if self.where or loc is None:
+            return self
+        return type(self)(self.op, self.value, self.low, self.high, f" at {loc}")

@@ -456,7 +456,11 @@ def pad(x, pads, value=0.0):
 
 
 def take(x, indices, axis=0):
-    """Gather along one axis (an embedding lookup is take(table, ids, 0))."""
+    """Gather along one axis (an embedding lookup is take(table, ids, 0)).
+
+    Indices follow numpy's rule on every backend: -n..-1 count from the end of
+    an axis of size n; an index outside [-n, n) raises IndexRangeError (an IndexError).
+    """
     axis = _norm_axis(axis, x.ndim, x.shape)
     return _apply("take", x, indices, axis=axis)
 
@@ -464,9 +468,12 @@ def take(x, indices, axis=0):
 gather = take
 
 
-def one_hot(indices, depth: int, dtype="float32"):
-    iota = constant(np.arange(depth, dtype=indices.dtype))
-    return cast(expand_dims(indices, -1) == iota, dtype)
+def one_hot(indices, depth: int, dtype="float32", ignore_index=None):
+    """(..., depth) rows with a 1 at each label; labels outside [0, depth) raise IndexRangeError at run time.
+
+    A label equal to ignore_index (None: no label is ignored) gives a row of zeros.
+    """
+    return _apply("one_hot", indices, depth=depth, dtype=as_dtype(dtype), ignore_index=ignore_index)
 
 
 # ----------------------------------------------------------------------------

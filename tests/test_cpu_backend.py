@@ -161,7 +161,7 @@ def case_take(rng, dtype="float32"):
     g = dlc.input("g", ("B", 3), dtype)
     out = {"take": dlc.take(table, idx, axis=0), "take1": dlc.take(table, dlc.clip(idx, 0, 2), axis=1),
            "take_grad": F._apply("take_grad", g, idx, axis=0, shape=(5, 3)),
-           "one_hot": dlc.one_hot(idx, 5)}
+           "one_hot": dlc.one_hot(idx, 5, ignore_index=-1)}  # -1: a valid take index, an ignored label
     return out, {"table": rand(rng, (5, 3), dtype), "idx": np.array([0, 4, 4, -1]), "g": rand(rng, (4, 3), dtype)}, TOL
 
 

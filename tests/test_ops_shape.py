@@ -265,7 +265,7 @@ def test_take_gradient_adds_up_repeated_indices(rng):
 def test_take_index_dtypes_and_errors(dtype):
     table = _data((4, 2))
     np.testing.assert_array_equal(run(dlc.take, table, np.array([3, 0], dtype=dtype)), table[[3, 0]])
-    with pytest.raises(IndexError, match="out of range for an axis of size 4"):
+    with pytest.raises(IndexError, match=r"index 4 is out of range \[-4, 4\) for an axis of size 4"):
         run(dlc.take, table, np.array([4], dtype=dtype))
     with pytest.raises(dlc.DTypeError, match="indices must be int32 or int64"):
         dlc.take(dlc.input("t", (4, 2)), dlc.input("f", (3,)))
@@ -276,7 +276,10 @@ def test_one_hot():
     out = run(lambda i: dlc.one_hot(i, 4), labels)
     assert out.dtype == np.float32 and out.shape == (2, 2, 4)
     np.testing.assert_array_equal(out, np.eye(4, dtype=np.float32)[labels])
-    np.testing.assert_array_equal(run(lambda i: dlc.one_hot(i, 3, "int32"), np.array([1, 5])), [[0, 1, 0], [0, 0, 0]])
+    with pytest.raises(IndexError, match=r"one_hot at .*: label 5 is out of range \[0, 3\)"):
+        run(lambda i: dlc.one_hot(i, 3, "int32"), np.array([1, 5]))
+    np.testing.assert_array_equal(run(lambda i: dlc.one_hot(i, 3, "int32", ignore_index=5), np.array([1, 5])),
+                                  [[0, 1, 0], [0, 0, 0]])  # an ignored label gives a row of zeros
 
 
 @pytest.mark.parametrize("build", [

@@ -726,10 +726,10 @@ def render_take(kernel: Kernel, program: Program) -> RenderedKernel:
         idx = vr.unravel("i", space)
         ii = idx[ax:ax + ind.ndim]
         dst_idx, dim = list(idx[:ax]) + ["t"] + list(idx[ax + ind.ndim:]), node.shape[ax]
-    body.emit(f"i64 t = (i64){vr.value(ind, tuple(ii))};")
-    body.emit(f"if (t < 0) t += {dim_c(dim)};")
+    body.emit(f"const i64 t0 = (i64){vr.value(ind, tuple(ii))};")
+    body.emit(f"const i64 t = t0 < 0 ? t0 + {dim_c(dim)} : t0;  // numpy's rule: -n..-1 count from the end")
     with body.scope(f"if (t < 0 || t >= {dim_c(dim)})"):
-        body.emit(f"atomicExch({status}, 1);  // reported by the runtime as an IndexError")
+        _report_index(body, status, program, kernel, "t0")
         body.emit("continue;")
     if node.op == "take":
         body.emit(f"{out}[i] = {vr.value(x, tuple(src_idx))};")
@@ -747,6 +747,44 @@ def render_take(kernel: Kernel, program: Program) -> RenderedKernel:
 
     return RenderedKernel(kernel, "\n".join(lines), vr.final_params(), [name], plan,
                           zero_outputs=node.op == "take_grad")
+
+
+def _report_index(body: Body, status: str, program: Program, kernel: Kernel, value: str) -> None:
+    """Record a bad index for the runtime (an IndexRangeError): the first thread to fail writes
+    status[0] = 1 + the kernel's position in the program and status[1], status[2] = the value's 32-bit halves."""
+    site = program.kernels.index(kernel) + 1
+    with body.scope(f"if (atomicAdd(&{status}[3], 1) == 0)"):
+        body.emit(f"{status}[0] = {site}; {status}[1] = (int)({value} & 0xffffffff); "
+                  f"{status}[2] = (int)({value} >> 32);")
+
+
+def render_one_hot(kernel: Kernel, program: Program) -> RenderedKernel:
+    """one_hot: one thread per output element; a label outside [0, depth) (not ignore_index) is reported."""
+    node = kernel.anchor
+    (labels,) = node.inputs
+    body = Body(depth=2)
+    vr = ValueRenderer(kernel, program, body)
+    status = vr.status_param()
+    out = vr.buffer(node, const=False)
+    depth, ignore = int(node.attr("depth")), node.attr("ignore_index")
+    idx = vr.unravel("i", node.shape)
+    body.emit(f"const i64 t = (i64){vr.value(labels, tuple(idx[:-1]))};")
+    keep = f"t != {int(ignore)}LL" if ignore is not None else "true"
+    with body.scope(f"if ({keep} && (t < 0 || t >= {depth}))"):
+        _report_index(body, status, program, kernel, "t")
+        body.emit("continue;")
+    body.emit(f"{out}[i] = ({keep} && t == {idx[-1]}) ? 1 : 0;")
+    name = kernel.name
+    lines = [_comment(kernel), _signature(name, vr.final_params()) + " {", f"  const i64 n = {numel_c(node.shape)};",
+             "  for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (i64)gridDim.x * blockDim.x) {",
+             body.text(), "  }", "}"]
+    space = tuple(node.shape)
+
+    def plan(env, max_blocks):
+        count = int(np.prod(shape_eval(space, env), dtype=np.int64))
+        return Launch(name, (_grid_for(count, BLOCK, max_blocks), 1, 1), (BLOCK, 1, 1))
+
+    return RenderedKernel(kernel, "\n".join(lines), vr.final_params(), [name], plan)
 
 
 # Run by the runtime, not rendered: a "size" is an argument of the kernels that read it; a scan launches its
@@ -985,6 +1023,8 @@ def render_kernel(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
         return render_matmul(kernel, program, tiles)
     if anchor.op in ("take", "take_grad"):
         return render_take(kernel, program)
+    if anchor.op == "one_hot":
+        return render_one_hot(kernel, program)
     if anchor.op in CONV_OPS:
         return render_conv(kernel, program, tiles)
     if anchor.op in POOL_OPS:

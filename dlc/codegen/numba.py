@@ -378,6 +378,8 @@ def render_kernel(program: Program, kernel: Kernel, parallel: bool = True) -> Re
         return _render_window(program, kernel)
     if kernel.kind == "opaque" and kernel.anchor is not None and kernel.anchor.op in ("take", "take_grad"):
         return _render_take(program, kernel)
+    if kernel.kind == "opaque" and kernel.anchor is not None and kernel.anchor.op == "one_hot":
+        return _render_one_hot(program, kernel)
     if kernel.kind == "opaque" and kernel.anchor is not None and kernel.anchor.op in RANDOM_OPS:
         return _render_random(program, kernel)
     anchor = kernel.anchor.op if kernel.anchor is not None else kernel.kind
@@ -679,6 +681,26 @@ def _render_random(program, kernel):
     return _finish(r, kernel, _describe(kernel))
 
 
+def _error_where(node: Node) -> str:
+    """The user's line as a Python literal for a runtime error message (repr: a safe literal for any text)."""
+    return repr(f" at {node.loc.file.rsplit('/', 1)[-1]}:{int(node.loc.line)}" if node.loc else "")
+
+
+def _check_labels(r: KernelRenderer, node: Node, labels: Node, low: str, high: str, ignore=None) -> None:
+    """A loop over every index or label that raises IndexRangeError before the kernel writes anything.
+
+    take wraps -n..-1 (low is -n); one_hot refuses negatives except its ignore_index.
+    """
+    la = r.arg(labels)
+    names = [f"{P}c{k}" for k in range(labels.ndim)]
+    v = f"{P}v"
+    with r.loops(names, [f"{la}.shape[{k}]" for k in range(labels.ndim)]):
+        r.w(f"{v} = np.int64({la}[{', '.join(names) if names else '0'}])")
+        skip = f"{v} != {int(ignore)} and " if ignore is not None else ""
+        r.w(f"if {skip}({v} < {low} or {v} >= {high}):")
+        r.w(f"    raise IndexRangeError({node.op!r}, {v}, {low}, {high}, {_error_where(node)})")
+
+
 def _render_take(program, kernel):
     node = kernel.anchor
     r = KernelRenderer(program, kernel)
@@ -692,27 +714,46 @@ def _render_take(program, kernel):
         x = node
         out = r.arg(node)
         space = g
-        r.w(f"{out}.fill(0)")
     xa = r.arg(x) if node.op == "take" else out
     ia = r.arg(ind)
     for n in node.inputs:
         r.reads.setdefault(id(n), set()).add(None)
     sa = r.arg(space) if node.op == "take_grad" else out
+    d = f"{P}d"
+    r.w(f"{d} = {xa}.shape[{ax}]")
+    _check_labels(r, node, ind, f"-{d}", d)
+    if node.op == "take_grad":
+        r.w(f"{out}.fill(0)")
     names = [f"{P}i{k}" for k in range(space.ndim)]
-    j, d = f"{P}j", f"{P}d"
+    j = f"{P}j"
     with r.loops(names, [f"{sa}.shape[{k}]" for k in range(space.ndim)]):
         iidx = names[ax:ax + ind.ndim]
         r.w(f"{j} = np.int64({ia}[{', '.join(iidx) if iidx else '0'}])")
-        r.w(f"{d} = {xa}.shape[{ax}]")
         r.w(f"if {j} < 0:")
         r.w(f"    {j} += {d}")
-        r.w(f"if {j} < 0 or {j} >= {d}:")
-        r.w(f"    raise IndexError('{node.op}: index out of range')")
         xidx = names[:ax] + [j] + names[ax + ind.ndim:]
         if node.op == "take":
             r.w(f"{out}[{', '.join(names) if names else '0'}] = {xa}[{', '.join(xidx)}]  # {where(node)}")
         else:
             r.w(f"{out}[{', '.join(xidx)}] += {sa}[{', '.join(names) if names else '0'}]  # {where(node)}")
+    return _finish(r, kernel, _describe(kernel))
+
+
+def _render_one_hot(program, kernel):
+    node = kernel.anchor
+    (labels,) = node.inputs
+    r = KernelRenderer(program, kernel)
+    r.reads.setdefault(id(labels), set()).add(None)
+    depth, ignore = int(node.attr("depth")), node.attr("ignore_index")
+    _check_labels(r, node, labels, "0", str(depth), ignore)
+    out, la = r.arg(node), r.arg(labels)
+    names = [f"{P}i{k}" for k in range(node.ndim)]
+    v = f"{P}v"
+    with r.loops(names, [f"{out}.shape[{k}]" for k in range(node.ndim)]):
+        lidx = names[:-1]
+        r.w(f"{v} = np.int64({la}[{', '.join(lidx) if lidx else '0'}])")
+        hot = f"{v} == {names[-1]}" + (f" and {v} != {int(ignore)}" if ignore is not None else "")
+        r.w(f"{out}[{', '.join(names)}] = 1 if {hot} else 0  # {where(node)}")
     return _finish(r, kernel, _describe(kernel))
 
 
@@ -749,6 +790,7 @@ import math
 import numpy as np
 from numba import njit, prange
 
+from dlc.errors import IndexRangeError
 from dlc_cpu_fastmath import *  # noqa: F403  (kernels/cpu/fastmath.py: tanh_f32, exp_f32, fmax, ...)
 from dlc_cpu_gemm import copy_flat, gemm
 from dlc_cpu_conv import conv2d, conv2d_grad_input, conv2d_grad_weight

@@ -7,6 +7,8 @@ positive number, so logits of +-1e4 give finite losses and gradients.
 
 from __future__ import annotations
 
+import operator
+
 from .. import functional as F
 from ..errors import DTypeError, ShapeError
 from ..graph import INT_DTYPES, shape_str, user_location
@@ -42,26 +44,55 @@ def _classes_last(x, labels, what: str):
     return x
 
 
-def nll_loss(log_probs, labels, reduction: str = "mean"):
-    """-log_probs[label] per sample; log_probs (N, C, ...) as log_softmax gives them, labels (N, ...)."""
+def _check_ignore_index(ignore_index):
+    if ignore_index is None:
+        return None
+    if isinstance(ignore_index, bool) or not hasattr(type(ignore_index), "__index__"):
+        raise TypeError(f"ignore_index must be an int or None, got {ignore_index!r}")
+    return operator.index(ignore_index)
+
+
+def _reduce_labelled(per_row, hot, reduction: str, ignore_index):
+    """Reduce per-row losses; "mean" divides by the rows whose label is not ignored, as PyTorch."""
+    if reduction == "mean" and ignore_index is not None:
+        return F.sum(per_row) / F.sum(hot)
+    return _reduce(per_row, reduction)
+
+
+def nll_loss(log_probs, labels, reduction: str = "mean", ignore_index: int | None = -100):
+    """-log_probs[label] per sample; log_probs (N, C, ...) as log_softmax gives them, labels (N, ...).
+
+    Labels must be in [0, C): any other label raises IndexRangeError (an
+    IndexError) when the function runs, on every target, except a label equal
+    to ignore_index (-100 by default, as PyTorch; None ignores nothing): such
+    rows contribute 0 and the mean is over the other rows.
+    """
     lp = _classes_last(log_probs, labels, "nll_loss")
-    return _reduce(-F.sum(lp * F.one_hot(labels, lp.shape[-1], lp.dtype), axis=-1), reduction)
+    hot = F.one_hot(labels, lp.shape[-1], lp.dtype, _check_ignore_index(ignore_index))
+    return _reduce_labelled(-F.sum(lp * hot, axis=-1), hot, reduction, ignore_index)
 
 
-def cross_entropy(logits, labels, reduction: str = "mean", label_smoothing: float = 0.0):
+def cross_entropy(logits, labels, reduction: str = "mean", label_smoothing: float = 0.0,
+                  ignore_index: int | None = -100):
     """Softmax cross-entropy from logits (N, C, ...) and integer labels (N, ...).
 
-    With label smoothing e the target is (1 - e) * one_hot + e / C.
+    With label smoothing e the target is (1 - e) * one_hot + e / C. Labels must
+    be in [0, C) (else IndexRangeError at run time, on every target), except
+    a label equal to ignore_index (-100 by default, as PyTorch; None ignores
+    nothing): such rows contribute 0 and the mean is over the other rows.
     """
     if not 0.0 <= label_smoothing <= 1.0:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
     z = _classes_last(logits, labels, "cross_entropy")
     lp = F.log_softmax(z, axis=-1)
-    nll = -F.sum(lp * F.one_hot(labels, z.shape[-1], z.dtype), axis=-1)
+    hot = F.one_hot(labels, z.shape[-1], z.dtype, _check_ignore_index(ignore_index))
+    nll = -F.sum(lp * hot, axis=-1)
     if label_smoothing:
         smooth = -F.mean(lp, axis=-1)
+        if ignore_index is not None:
+            smooth = smooth * F.sum(hot, axis=-1)  # 0 on ignored rows
         nll = (1.0 - label_smoothing) * nll + label_smoothing * smooth
-    return _reduce(nll, reduction)
+    return _reduce_labelled(nll, hot, reduction, ignore_index)
 
 
 def _same_shape(a, b, what: str) -> None:
@@ -119,17 +150,22 @@ class _Loss(Module):
 
 
 class CrossEntropyLoss(_Loss):
-    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0):
+    def __init__(self, reduction: str = "mean", label_smoothing: float = 0.0, ignore_index: int | None = -100):
         super().__init__(reduction)
         self.label_smoothing = label_smoothing
+        self.ignore_index = _check_ignore_index(ignore_index)
 
     def forward(self, logits, labels):
-        return cross_entropy(logits, labels, self.reduction, self.label_smoothing)
+        return cross_entropy(logits, labels, self.reduction, self.label_smoothing, self.ignore_index)
 
 
 class NLLLoss(_Loss):
+    def __init__(self, reduction: str = "mean", ignore_index: int | None = -100):
+        super().__init__(reduction)
+        self.ignore_index = _check_ignore_index(ignore_index)
+
     def forward(self, log_probs, labels):
-        return nll_loss(log_probs, labels, self.reduction)
+        return nll_loss(log_probs, labels, self.reduction, self.ignore_index)
 
 
 class BCEWithLogitsLoss(_Loss):

@@ -55,11 +55,32 @@ class OpDef:
 OPS: dict[str, OpDef] = {}
 
 
+# The most elements a value may have: far beyond any machine, and small enough
+# that no byte count or offset a backend computes in int64 can overflow.
+MAX_ELEMENTS = 2 ** 48
+
+
+def _bounded(infer):
+    """The shape rule, refusing a result too large to index (a crafted padding or size of 2**30)."""
+    def rule(xs, attrs):
+        shape, dtype = infer(xs, attrs)
+        n = 1
+        for d in shape:
+            if isinstance(d, int):
+                n *= d
+        if n > MAX_ELEMENTS:
+            raise ShapeError(f"the result {shape_str(tuple(shape))} would have {n} elements (at most "
+                             f"{MAX_ELEMENTS} are allowed)")
+        return shape, dtype
+    rule.__wrapped__ = infer
+    return rule
+
+
 def register(name: str, kind: str, infer, ref, grad=None, scalar=None, doc="") -> OpDef:
     assert kind in KINDS, kind
     if name in OPS:
         raise ValueError(f"op {name!r} registered twice")
-    op = OpDef(name, kind, infer, ref, grad, scalar, doc)
+    op = OpDef(name, kind, _bounded(infer), ref, grad, scalar, doc)
     OPS[name] = op
     return op
 

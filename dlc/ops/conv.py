@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import DTypeError, ShapeError
 from ..graph import shape_str, user_location
 from .base import COMPLEX, register
+from .checks import check_int, check_ints, check_pairs
 
 
 def _F():
@@ -191,11 +192,26 @@ def conv2d_grad_weight_ref(x: np.ndarray, gy: np.ndarray, a: dict) -> np.ndarray
 # shape rules
 
 
+def check_window_attrs(attrs, dilation: bool = True) -> None:
+    """stride and dilation 2 ints >= 1, padding 2 (before, after) pairs >= 0; with groups an int >= 1."""
+    check_ints(attrs["stride"], 2, "stride", 1)
+    check_pairs(attrs["padding"], 2, "padding")
+    if dilation:
+        check_ints(attrs["dilation"], 2, "dilation", 1)
+    if "groups" in attrs:
+        check_int(attrs["groups"], "groups", 1)
+    for key in ("out_hw", "kernel", "output_size"):
+        if key in attrs:
+            check_ints(attrs[key], 2, key, 1)
+
+
 def _check_rank4(x, w):
     if x.ndim != 4:
         raise ShapeError(f"input must be 4-d (N, C, H, W), got {shape_str(x.shape)}")
     if w.ndim != 4:
         raise ShapeError(f"weight must be 4-d, got {shape_str(w.shape)}")
+    if not all(isinstance(d, int) for d in w.shape) or min(w.shape[2:]) < 1:
+        raise ShapeError(f"weight {shape_str(w.shape)} needs static dims and a kernel of at least 1x1")
 
 
 def _check_groups(c_in, c_out, groups, w_cin, in_name, w_name):
@@ -208,6 +224,7 @@ def _check_groups(c_in, c_out, groups, w_cin, in_name, w_name):
 
 
 def _conv2d_infer(xs, attrs):
+    check_window_attrs(attrs)
     x, w = xs
     dtype = float_dtype(xs)
     _check_rank4(x, w)
@@ -221,6 +238,7 @@ def _conv2d_infer(xs, attrs):
 
 def _transposed_infer(xs, attrs, what):
     """conv2d_grad_input / conv_transpose2d: gy (N, C_out, Ho, Wo) and w (C_out, C_in/G, kh, kw) -> (N, C_in, H, W)."""
+    check_window_attrs(attrs)
     gy, w = xs
     dtype = float_dtype(xs)
     _check_rank4(gy, w)
@@ -241,6 +259,7 @@ def _transposed_infer(xs, attrs, what):
 
 
 def _conv2d_grad_weight_infer(xs, attrs):
+    check_window_attrs(attrs)
     x, gy = xs
     dtype = float_dtype(xs)
     if x.ndim != 4 or gy.ndim != 4:

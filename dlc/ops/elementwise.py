@@ -10,6 +10,7 @@ from scipy import special
 from ..errors import DTypeError, ShapeError
 from ..graph import DTYPES, is_float, shape_str
 from .base import ELEMENTWISE, facts, register, same_range_as_input
+from .checks import check_float
 
 
 def _F():
@@ -74,6 +75,8 @@ NUMERIC = ("float32", "float64", "int32", "int64")
 def _unary(name, ref, grad, scalar, dtypes=FLOATS, doc=""):
     def infer(xs, attrs):
         dtype = _same_dtype(xs, dtypes)
+        if "alpha" in attrs or "{alpha}" in scalar:  # leaky_relu, elu
+            check_float(attrs["alpha"], "alpha")
         return xs[0].shape, dtype
 
     register(name, ELEMENTWISE, infer, ref, grad, scalar, doc)
@@ -176,6 +179,9 @@ register("logical_not", ELEMENTWISE, _logical_not_infer, lambda xs, a, shape: ~x
 
 
 def _clip_infer(xs, attrs):
+    lo, hi = check_float(attrs["lo"], "clip lo", finite=False), check_float(attrs["hi"], "clip hi", finite=False)
+    if not lo <= hi:
+        raise ShapeError(f"clip needs lo <= hi, got lo={attrs['lo']!r}, hi={attrs['hi']!r}")
     return xs[0].shape, _same_dtype(xs, ("float32", "float64", "int32", "int64"))
 
 
@@ -191,6 +197,8 @@ register("clip", ELEMENTWISE, _clip_infer,
 
 
 def _cast_infer(xs, attrs):
+    if attrs["dtype"] not in DTYPES:
+        raise DTypeError(f"cast to {attrs['dtype']!r}: the dtypes are {', '.join(DTYPES)}")
     return xs[0].shape, attrs["dtype"]
 
 

@@ -13,7 +13,19 @@ import numpy as np
 from ..errors import ShapeError
 from ..graph import shape_str
 from .base import COMPLEX, register
-from .conv import as_padding, as_tuple, crop_spatial, float_dtype, out_hw, pad_spatial, spatial_ints, where, windows
+from .checks import check_bool, check_ints
+from .conv import (
+    as_padding,
+    as_tuple,
+    check_window_attrs,
+    crop_spatial,
+    float_dtype,
+    out_hw,
+    pad_spatial,
+    spatial_ints,
+    where,
+    windows,
+)
 
 
 def _F():
@@ -27,7 +39,10 @@ def _F():
 
 
 def _pool_out(shape, attrs, what="input"):
-    """(N, C, Ho, Wo) of a pool over an input of this shape, checking rank, dims and padding."""
+    """(N, C, Ho, Wo) of a pool over an input of this shape, checking attributes, rank, dims and padding."""
+    check_window_attrs(attrs, dilation=False)
+    if "count_include_pad" in attrs:
+        check_bool(attrs["count_include_pad"], "count_include_pad")
     if len(shape) != 4:
         raise ShapeError(f"{what} must be 4-d (N, C, H, W), got {shape_str(shape)}")
     c, h, w = spatial_ints(shape, what)
@@ -54,6 +69,7 @@ def _max_pool_grad_infer(xs, attrs):
 
 def _grad_from_out_hw_infer(xs, attrs):
     """avg_pool2d_grad: g (N, C, Ho, Wo) -> (N, C) + out_hw, checking that a pool over out_hw gives Ho, Wo."""
+    check_window_attrs(attrs, dilation=False)
     g = xs[0]
     dtype = float_dtype(xs)
     if g.ndim != 4:
@@ -168,7 +184,7 @@ def _adaptive_infer(xs, attrs):
     if x.ndim != 4:
         raise ShapeError(f"input must be 4-d (N, C, H, W), got {shape_str(x.shape)}")
     c, h, w = spatial_ints(x.shape, "input")
-    oh, ow = attrs["output_size"]
+    oh, ow = check_ints(attrs["output_size"], 2, "output_size", 1)
     if oh > h or ow > w:
         raise ShapeError(f"output size {(oh, ow)} is larger than the input's {(h, w)}")
     return (x.shape[0], c, oh, ow), dtype
@@ -178,6 +194,10 @@ def _adaptive_grad_infer(xs, attrs):
     g = xs[0]
     if g.ndim != 4:
         raise ShapeError(f"gradient must be 4-d, got {shape_str(g.shape)}")
+    out = check_ints(attrs["output_size"], 2, "output_size", 1)
+    h, w = check_ints(attrs["out_hw"], 2, "out_hw", 1)
+    if tuple(spatial_ints(g.shape, "gradient")[1:]) != out or out[0] > h or out[1] > w:
+        raise ShapeError(f"gradient {shape_str(g.shape)} does not match an adaptive pool of {(h, w)} to {out}")
     return (g.shape[0], g.shape[1]) + tuple(attrs["out_hw"]), float_dtype(xs)
 
 

@@ -25,6 +25,7 @@ import numpy as np
 from ..errors import DTypeError, ShapeError
 from ..graph import INT_DTYPES, as_dtype, as_shape, shape_str
 from .base import OPAQUE, register
+from .checks import check_float, check_int, check_shape
 
 # Philox4x32 constants (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11).
 PHILOX_M0 = np.uint64(0xD2511F53)
@@ -104,7 +105,17 @@ def _random_infer(out_dtype=None):
             raise DTypeError(f"step must be an int64 (or int32) scalar, got {step.dtype}")
         if step.shape != ():
             raise ShapeError(f"step must be a scalar, got shape {shape_str(step.shape)}")
-        return attrs["shape"], out_dtype or attrs["dtype"]
+        shape = check_shape(attrs["shape"])
+        check_int(attrs["seed"], "seed", 0, 2 ** 64 - 1)
+        dtype = out_dtype or attrs["dtype"]
+        if out_dtype is None and dtype not in ("float32", "float64"):
+            raise DTypeError(f"random numbers are float32 or float64, got {dtype!r}")
+        for key in ("low", "high", "mean", "std"):
+            if key in attrs:
+                check_float(attrs[key], key)
+        if "p" in attrs and not 0.0 <= check_float(attrs["p"], "p") <= 1.0:
+            raise ShapeError(f"a Bernoulli probability must be in [0, 1], got {attrs['p']!r}")
+        return shape, dtype
     return infer
 
 

@@ -11,6 +11,7 @@ import numpy as np
 from ..errors import DTypeError, ShapeError
 from ..graph import dim_mul
 from .base import REDUCE, SOURCE, register
+from .checks import check_axes, check_bool
 
 
 def _F():
@@ -28,10 +29,8 @@ def reduced_shape(shape, axes, keepdims):
 def _infer(dtypes=None, out_dtype=None):
     def infer(xs, attrs):
         x = xs[0]
-        axes = attrs["axes"]
-        for ax in axes:
-            if not 0 <= ax < x.ndim:
-                raise ShapeError(f"axis {ax} is out of range for a {x.ndim}-d tensor")
+        axes = check_axes(attrs["axes"], x.ndim)
+        check_bool(attrs["keepdims"], "keepdims")
         if x.dtype == "bool":
             raise DTypeError("cannot reduce a bool tensor; cast it first")
         if dtypes and x.dtype not in dtypes:
@@ -104,9 +103,11 @@ register("min", REDUCE, _infer(), lambda xs, a, shape: np.min(xs[0], axis=_axes(
 
 def _arg_infer(xs, attrs):
     x = xs[0]
-    (ax,) = attrs["axes"]
-    if not 0 <= ax < x.ndim:
-        raise ShapeError(f"axis {ax} is out of range for a {x.ndim}-d tensor")
+    axes = check_axes(attrs["axes"], x.ndim)
+    check_bool(attrs["keepdims"], "keepdims")
+    if len(axes) != 1:
+        raise ShapeError(f"argmax/argmin reduce exactly one axis, got {axes}")
+    (ax,) = axes
     return reduced_shape(x.shape, (ax,), attrs["keepdims"]), "int64"
 
 
@@ -123,6 +124,9 @@ register("argmin", REDUCE, _arg_infer, _arg_ref(np.argmin), None, "argmin")
 
 
 def _size_infer(xs, attrs):
+    check_axes(attrs["axes"], xs[0].ndim)
+    if attrs["dtype"] not in ("int32", "int64", "float32", "float64"):
+        raise DTypeError(f"size dtype must be numeric, got {attrs['dtype']!r}")
     return (), attrs["dtype"]
 
 

@@ -82,6 +82,7 @@ from ..graph import (
     user_location,
 )
 from .base import OPAQUE, apply, register
+from .checks import check_bool, check_int, check_shape
 
 _SCAN_IDS = itertools.count(1)
 
@@ -346,6 +347,14 @@ def scan(body, init_carry, xs=None, length=None, reverse=False, lengths=None):
 
 def _scan_infer(xs, attrs):
     body, T = attrs["body"], attrs["length"]
+    if not isinstance(body, Body):
+        raise ShapeError(f"scan body must be a traced body, got {type(body).__name__}")
+    if isinstance(T, str):
+        check_shape((T,), "scan length")
+    else:
+        check_int(T, "scan length", 0)
+    check_bool(attrs["reverse"], "reverse")
+    check_bool(attrs["save_carries"], "save_carries")
     C, X = len(body.carry_in), len(body.x_in)
     if len(xs) != C + X + len(body.captured_in):
         raise ShapeError(f"{body.name} takes {C + X + len(body.captured_in)} inputs, got {len(xs)}")
@@ -370,7 +379,7 @@ def _output_infer(xs, attrs):
         raise ShapeError(f"scan_output reads a scan node, got {scan_node.op}")
     body, T = scan_node.attr("body"), scan_node.attr("length")
     C, Y = len(body.carry_out), len(body.y_out)
-    k = attrs["index"]
+    k = check_int(attrs["index"], "scan_output index", 0)
     if 0 <= k < C:
         return body.carry_out[k].shape, body.carry_out[k].dtype
     if C <= k < C + Y:

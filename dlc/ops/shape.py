@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DTypeError, GradientError, ShapeError
-from ..graph import INT_DTYPES, dim_div, dim_mul, shape_str
+from ..errors import DTypeError, GradientError, IndexRangeError, ShapeError
+from ..graph import DTYPES, INT_DTYPES, dim_div, dim_mul, shape_str
 from .base import INJECTIVE, OPAQUE, facts, register, same_range_as_input
+from .checks import MAX_ATTR_INT, check_float, check_int, check_ints, check_shape, is_int
 from .elementwise import broadcast_shapes
 
 
@@ -38,7 +39,9 @@ def resolve_reshape(src, shape):
 
 
 def _reshape_infer(xs, attrs):
-    return resolve_reshape(xs[0].shape, attrs["shape"]), xs[0].dtype
+    shape = attrs["shape"]
+    check_shape(tuple(d for d in shape if d != -1) if isinstance(shape, (tuple, list)) else shape, "reshape's shape")
+    return resolve_reshape(xs[0].shape, shape), xs[0].dtype
 
 
 # Reference implementations receive the node's concrete output shape (its
@@ -52,7 +55,7 @@ register("reshape", INJECTIVE, _reshape_infer, lambda xs, a, shape: xs[0].reshap
 
 
 def _transpose_infer(xs, attrs):
-    perm = attrs["perm"]
+    perm = check_ints(attrs["perm"], xs[0].ndim, "perm")
     if sorted(perm) != list(range(xs[0].ndim)):
         raise ShapeError(f"perm {perm} is not a permutation of the {xs[0].ndim} axes")
     return tuple(xs[0].shape[p] for p in perm), xs[0].dtype
@@ -72,7 +75,7 @@ register("transpose", INJECTIVE, _transpose_infer, lambda xs, a, shape: np.trans
 
 
 def _broadcast_infer(xs, attrs):
-    shape = attrs["shape"]
+    shape = check_shape(attrs["shape"])
     try:
         fits = broadcast_shapes(xs[0].shape, shape) == tuple(shape)
     except ShapeError:
@@ -96,12 +99,29 @@ register("broadcast_to", INJECTIVE, _broadcast_infer,
 # slice: begin/end/step per axis, numpy semantics; symbolic dims only as full slices
 
 
+SLICE_BOUND = 2 ** 62  # slice bounds beyond this are refused (numpy clamps them; generated code uses int64)
+
+
+def check_slice_attrs(attrs, ndim: int) -> None:
+    """begin, end (ints or None) and step (ints != 0), one per axis."""
+    begin, end, step = attrs["begin"], attrs["end"], attrs["step"]
+    for name, v in (("begin", begin), ("end", end), ("step", step)):
+        if not isinstance(v, (tuple, list)) or len(v) != ndim:
+            raise ShapeError(f"slice {name} needs one entry per axis ({ndim}), got {v!r}")
+    for b, e, st in zip(begin, end, step):
+        check_int(b, "slice begin", -SLICE_BOUND, SLICE_BOUND)
+        if e is not None:
+            check_int(e, "slice end", -SLICE_BOUND, SLICE_BOUND)
+        check_int(st, "slice step", -SLICE_BOUND, SLICE_BOUND)
+        if st == 0:
+            raise ShapeError("slice step cannot be 0")
+
+
 def _slice_infer(xs, attrs):
     x = xs[0]
+    check_slice_attrs(attrs, x.ndim)
     out = []
     for d, b, e, s in zip(x.shape, attrs["begin"], attrs["end"], attrs["step"]):
-        if s == 0:
-            raise ShapeError("slice step cannot be 0")
         if isinstance(d, str):
             if (b, e, s) != (0, None, 1):
                 raise ShapeError(f"only a full slice ':' is allowed along the symbolic dim {d!r}")
@@ -124,7 +144,19 @@ register("slice", INJECTIVE, _slice_infer, _slice_ref, _slice_grad)
 
 
 def _slice_grad_infer(xs, attrs):
-    return attrs["shape"], xs[0].dtype
+    shape = check_shape(attrs["shape"])
+    sliced, _ = _slice_infer((_Like(shape, xs[0].dtype),), attrs)
+    if tuple(sliced) != tuple(xs[0].shape):
+        raise ShapeError(f"the gradient {shape_str(xs[0].shape)} does not match a slice of {shape_str(shape)}, "
+                         f"which is {shape_str(sliced)}")
+    return shape, xs[0].dtype
+
+
+class _Like:
+    """A stand-in operand with a shape and dtype, to run another op's shape rule on an attribute's shape."""
+
+    def __init__(self, shape, dtype):
+        self.shape, self.dtype, self.ndim = tuple(shape), dtype, len(shape)
 
 
 def _slice_grad_ref(xs, a, shape):
@@ -144,7 +176,9 @@ register("slice_grad", INJECTIVE, _slice_grad_infer, _slice_grad_ref,
 
 
 def _concat_infer(xs, attrs):
-    ax = attrs["axis"]
+    if not xs:
+        raise ShapeError("concat needs at least one tensor")
+    ax = check_int(attrs["axis"], "axis")
     first = xs[0]
     dtypes = {x.dtype for x in xs}
     if len(dtypes) > 1:
@@ -193,8 +227,11 @@ register("concat", INJECTIVE, _concat_infer, lambda xs, a, shape: np.concatenate
 def _pad_infer(xs, attrs):
     x = xs[0]
     pads = attrs["pads"]
-    if len(pads) != x.ndim:
-        raise ShapeError(f"pad needs one (before, after) pair per axis: {x.ndim}, got {len(pads)}")
+    check_float(attrs["value"], "pad value", finite=False)
+    if not isinstance(pads, (tuple, list)) or len(pads) != x.ndim:
+        raise ShapeError(f"pad needs one (before, after) pair per axis: {x.ndim}, got {pads!r}")
+    for pair in pads:
+        check_ints(pair, 2, "pad amounts")
     if any(lo < 0 or hi < 0 for lo, hi in pads):
         raise ShapeError(f"pad amounts must not be negative, got {pads}; crop with slicing instead")
     out = []
@@ -221,11 +258,14 @@ register("pad", INJECTIVE, _pad_infer,
 
 # ----------------------------------------------------------------------------
 # take (gather along one axis) and its gradient, a scatter-add
+#
+# Indices follow numpy's rule on every backend: -n..-1 count from the end of
+# an axis of size n; anything outside [-n, n) raises IndexRangeError.
 
 
 def _take_infer(xs, attrs):
     x, idx = xs
-    ax = attrs["axis"]
+    ax = check_int(attrs["axis"], "axis")
     if idx.dtype not in INT_DTYPES:
         raise DTypeError(f"take's indices must be int32 or int64, got {idx.dtype}")
     if not 0 <= ax < x.ndim:
@@ -236,8 +276,9 @@ def _take_infer(xs, attrs):
 def _take_ref(xs, a, shape):
     x, idx = xs
     d = x.shape[a["axis"]]
-    if idx.size and (idx.min() < -d or idx.max() >= d):
-        raise IndexError(f"take: index out of range for an axis of size {d}")
+    bad = (idx < -d) | (idx >= d)
+    if bad.any():
+        raise IndexRangeError("take", idx[bad].flat[0], -d, d)
     return np.take(x, idx, axis=a["axis"])
 
 
@@ -249,7 +290,13 @@ register("take", OPAQUE, _take_infer, _take_ref, _take_grad)
 
 
 def _take_grad_infer(xs, attrs):
-    return attrs["shape"], xs[0].dtype
+    """g (the gathered shape) and the indices -> the table's shape (attribute "shape"), which must agree."""
+    shape = check_shape(attrs["shape"])
+    gathered, _ = _take_infer((_Like(shape, xs[0].dtype), xs[1]), attrs)
+    if tuple(gathered) != tuple(xs[0].shape):
+        raise ShapeError(f"the gradient {shape_str(xs[0].shape)} does not match a take from "
+                         f"{shape_str(shape)}, which gives {shape_str(gathered)}")
+    return shape, xs[0].dtype
 
 
 def _take_grad_ref(xs, a, shape):
@@ -270,6 +317,41 @@ def _take_grad_grad(node, g, xs):
 # Scatter-add of g (rows picked by the indices) into zeros of the gathered
 # tensor's shape (attribute "shape").
 register("take_grad", OPAQUE, _take_grad_infer, _take_grad_ref, _take_grad_grad)
+
+
+# ----------------------------------------------------------------------------
+# one_hot: class labels to rows of zeros with a one, labels checked
+
+
+def _one_hot_infer(xs, attrs):
+    (labels,) = xs
+    depth, ignore, dtype = attrs["depth"], attrs["ignore_index"], attrs["dtype"]
+    if labels.dtype not in INT_DTYPES:
+        raise DTypeError(f"one_hot's labels must be int32 or int64, got {labels.dtype}")
+    if not is_int(depth) or not 1 <= depth <= MAX_ATTR_INT:
+        raise ShapeError(f"one_hot depth must be an int >= 1, got {depth!r}")
+    if ignore is not None and (not is_int(ignore) or abs(ignore) > 2 ** 62):
+        raise ShapeError(f"one_hot ignore_index must be an int or None, got {ignore!r}")
+    if dtype not in DTYPES:
+        raise DTypeError(f"one_hot dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    return labels.shape + (depth,), dtype
+
+
+def one_hot_ref(xs, a, shape):
+    (labels,) = xs
+    depth, ignore = a["depth"], a["ignore_index"]
+    kept = labels != ignore if ignore is not None else np.ones(labels.shape, bool)
+    bad = kept & ((labels < 0) | (labels >= depth))
+    if bad.any():
+        raise IndexRangeError("one_hot", labels[bad].flat[0], 0, depth)
+    hot = (labels[..., None] == np.arange(depth)) & kept[..., None]
+    return hot.astype(a["dtype"])
+
+
+# Labels outside [0, depth) raise IndexRangeError (negative ones too); a label
+# equal to ignore_index (an int, or None for none) gives a row of zeros.
+register("one_hot", OPAQUE, _one_hot_infer, one_hot_ref, lambda node, g, xs: [None],
+         doc="labels (...) -> (..., depth): 1 at each label, 0 elsewhere; labels checked")
 
 
 # What the optimizer may assume (OpDef.cheap, OpDef.value_range).

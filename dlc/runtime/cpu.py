@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import passes
 from ..codegen.numba import GeneratedModule, RenderedKernel, is_scalar_node, render_program
+from ..errors import IndexRangeError
 from ..graph import TUPLE, Node, dim_eval, shape_eval
 from ..ops import OPS
 
@@ -292,7 +293,10 @@ class CPUBackend:
             values[id(n)] = self._value_view(n, plan, X, env)
         for n in kernel.nodes:
             args = [values[id(x)] if id(x) in values else self._value_view(x, plan, X, env) for x in n.inputs]
-            value = OPS[n.op].ref(args, n.a, shape_eval(n.shape, env))
+            try:
+                value = OPS[n.op].ref(args, n.a, shape_eval(n.shape, env))
+            except IndexRangeError as e:  # a bad index or label: name the user's line
+                raise e.located(n.loc) from None
             values[id(n)] = value if n.dtype == TUPLE else np.asarray(value, dtype=n.dtype)
         for n in kernel.outputs:
             if n.dtype == TUPLE:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DlcError
+from ..errors import DlcError, IndexRangeError
 from ..graph import shape_eval
 from ..program import MemoryPlan
 
@@ -291,7 +291,8 @@ class ProgramRunner:
         self.scans = {id(k.anchor): ScanRunner(k.anchor, device, params, tiles)
                       for k, rk in self.steps if rk is None and k.anchor is not None and k.anchor.op == "scan"}
         self.consts: dict[int, tuple] = {}
-        self.status = device.alloc(4)
+        self.status = device.alloc(16)  # int32 [site, value low, value high, count]: see codegen/cuda.py _report_index
+        device.zero(device.ptr(self.status), 16)  # device memory starts uninitialised
         self.uses_status = any(p.kind == "status" for k in self.module.kernels for p in k.params)
         self._plan_key = None
         self._arena = None
@@ -380,7 +381,7 @@ class ProgramRunner:
             self.run_kernel(kernel, rk, env, feeds_ptr)
             if after_each is not None:
                 after_each(kernel)
-        self.check_status()
+        self.check_status(env)
 
     def fetch(self, node, env, feeds_ptr) -> np.ndarray:
         if node.op == "size":
@@ -389,14 +390,28 @@ class ProgramRunner:
         self.device.download(self.ptr(node, feeds_ptr), out)
         return out
 
-    def check_status(self) -> None:
+    def check_status(self, env: dict) -> None:
+        """Raise the IndexRangeError a take or one_hot kernel recorded (then clear the record)."""
         if not self.uses_status:
             return
-        flag = np.zeros(1, np.int32)
-        self.device.download(self.device.ptr(self.status), flag)
-        if flag[0]:
-            self.device.zero(self.device.ptr(self.status), 4)
-            raise IndexError("take: an index is out of range for the axis it indexes (CUDA backend)")
+        word = np.zeros(4, np.int32)
+        self.device.download(self.device.ptr(self.status), word)
+        if word[3]:
+            self.device.zero(self.device.ptr(self.status), 16)
+            raise index_error(self.program, int(word[0]), int(word[1]) & 0xFFFFFFFF | int(word[2]) << 32, env)
+
+
+def index_error(program, site: int, value: int, env: dict) -> IndexRangeError:
+    """The error for a bad index or label that kernel number site - 1 of the program recorded."""
+    node = program.kernels[site - 1].anchor if 0 < site <= len(program.kernels) else None
+    if node is None or node.op not in ("take", "take_grad", "one_hot"):
+        return IndexRangeError("take", value, 0, 0)
+    where = f" at {node.loc}" if node.loc else ""
+    if node.op == "one_hot":
+        return IndexRangeError("one_hot", value, 0, node.attr("depth"), where)
+    size = node.shape if node.op == "take_grad" else node.inputs[0].shape
+    d = shape_eval(size, env)[node.attr("axis")]
+    return IndexRangeError(node.op, value, -d, d, where)
 
 
 class ScanRunner:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import IndexRangeError
 from ..graph import TUPLE, Node, shape_eval
 from ..ops import OPS
 
@@ -30,7 +31,10 @@ def evaluate(order: list[Node], feeds: dict[int, np.ndarray], store, env: dict[s
             v = n.value
         else:
             shape = shape_eval(n.shape, env)
-            v = OPS[n.op].ref([values[id(x)] for x in n.inputs], n.a, shape)
+            try:
+                v = OPS[n.op].ref([values[id(x)] for x in n.inputs], n.a, shape)
+            except IndexRangeError as e:  # a bad index or label: name the user's line
+                raise e.located(n.loc) from None
             if n.dtype != TUPLE:  # a multi-output node's value is a tuple of arrays
                 v = np.asarray(v)
                 if v.dtype.name != n.dtype:
