@@ -27,6 +27,7 @@ from ..errors import DlcError
 from ..graph import Node, _factors, shape_eval
 from ..ops import OPS
 from ..program import Kernel, Program
+from . import source_text
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels" / "cuda"
 
@@ -159,7 +160,8 @@ def symbols_of_shapes(shapes) -> set[str]:
 
 
 def literal(value, dtype: str) -> str:
-    """A Python/numpy scalar as a C literal of the given dtype."""
+    """A Python/numpy scalar as a C literal of the given dtype; only numbers are accepted, never a string."""
+    value = source_text.checked_number(value)
     if dtype == "bool":
         return "true" if bool(value) else "false"
     if dtype in ("int32", "int64"):
@@ -477,9 +479,23 @@ def _signature(name: str, params: list[Param]) -> str:
 
 
 def _comment(kernel: Kernel) -> str:
-    lines = [f"// {kernel.name} [{kernel.kind}]: {' -> '.join(n.op for n in kernel.nodes)}"]
-    lines += [f"//   from {loc}" for loc in kernel.source_lines()]
+    """The kernel's comment: its ops and the user's lines (escaped: locations may come from an artifact)."""
+    lines = [f"// {source_text.comment(f'{kernel.name} [{kernel.kind}]: ' + ' -> '.join(n.op for n in kernel.nodes))}"]
+    lines += [f"//   from {source_text.comment(loc)}" for loc in _source_lines(kernel)]
     return "\n".join(lines)
+
+
+def _source_lines(kernel: Kernel) -> list[str]:
+    """file:line (and the module scope, when known) of each distinct user line the kernel's nodes came from."""
+    out = []
+    for n in kernel.nodes:
+        if n.loc is not None:
+            scope = getattr(n.loc, "scope", "")
+            base = n.loc.file.replace("\\", "/").rsplit("/", 1)[-1]  # the same text in-process and from an artifact
+            text = f"{base}:{int(n.loc.line)}" + (f" in {scope}" if scope else "")
+            if text not in out:
+                out.append(text)
+    return out
 
 
 def _grid_for(n: int, per_block: int, max_blocks: int) -> int:
