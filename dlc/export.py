@@ -79,8 +79,8 @@ def export(fn: Function, path, golden_inputs=None, key=None) -> str:
     members: dict[str, bytes] = {}
     doc, keys = _function_doc(fn, members)
     members[GRAPH] = _json_bytes(doc)
-    for key in keys:
-        members[f"weights/{key}.npy"] = _npy_bytes(fn.store[key])
+    for name in keys:
+        members[f"weights/{name}.npy"] = _npy_bytes(fn.store[name])
     kernels = _kernel_members(fn, members)
     golden = _golden_members(fn, golden_inputs, keys, members)
     manifest = {
