@@ -303,6 +303,9 @@ ATTRS: dict[str, dict] = {
 }
 
 
+ATTRS_OF_SOURCES = {"input": {"name"}, "param": {"name"}, "const": {"digest"}}
+
+
 def check_attr_value(v, what: str, depth: int = 0) -> None:
     """The generic rule for any attr value: numbers in range, plain short words, dtypes, nodes, bodies, and
     tuples of these. Nothing else (above all no free text) can be an attribute."""
@@ -340,6 +343,9 @@ def check_attrs(op: str, attrs: tuple, where: str) -> None:
             if k not in known:
                 raise ArtifactError(f"{what}: {op} has no such attribute (it has {', '.join(known) or 'none'})")
             known[k](v, what)
+    if known is not None and ATTRS_OF_SOURCES.get(op, set()) - set(names):
+        # source ops have no shape rule to miss them: the name of an input or param is required here
+        raise ArtifactError(f"{where}: a {op} node needs the attribute(s) {', '.join(sorted(ATTRS_OF_SOURCES[op]))}")
 
 
 def check_loc(raw, where: str) -> SourceLoc | None:
