@@ -212,7 +212,7 @@ def _encode_options(options: dict) -> dict:
         try:
             out[str(k)] = enc.encode_value(v)
         except TypeError:
-            out[str(k)] = {"$": "unrecorded", "v": repr(v)}
+            out[str(k)] = {"$": "unrecorded", "v": re.sub(r"[^\x20-\x7e]", "?", repr(v))[:200]}
     return out
 
 
@@ -636,7 +636,8 @@ def _is_gemm_tiles(v) -> bool:
 
 
 def _is_unrecorded(v) -> bool:
-    return isinstance(v, dict) and set(v) == {"$", "v"} and v["$"] == "unrecorded" and isinstance(v["v"], str)
+    return isinstance(v, dict) and set(v) == {"$", "v"} and v["$"] == "unrecorded" and isinstance(v["v"], str) \
+        and _KEY.fullmatch(v["v"] or " ") is not None  # a repr, shown by describe(): printable ASCII only
 
 
 # Every compile option an artifact may carry, with its type. A backend that grows an option adds it here; an

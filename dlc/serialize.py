@@ -303,7 +303,29 @@ ATTRS: dict[str, dict] = {
 }
 
 
-ATTRS_OF_SOURCES = {"input": {"name"}, "param": {"name"}, "const": {"digest"}}
+# op -> how many inputs it takes (None: any number); an elementwise op takes as many as its scalar template
+# names. Shape rules read only the inputs they expect, so a node with more is refused here.
+ARITY = {
+    "input": 0, "param": 0, "const": 0, "size": 1,
+    **{op: 2 for op in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv_transpose2d", "matmul",
+                        "max_pool2d_grad", "take", "take_grad")},
+    **{op: 1 for op in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "avg_pool2d_grad",
+                        "adaptive_avg_pool2d_grad", "sum", "prod", "max", "min", "argmax", "argmin", "reshape",
+                        "transpose", "broadcast_to", "slice", "slice_grad", "pad", "random_uniform", "random_normal",
+                        "random_bernoulli", "scan_output")},
+    "concat": None, "scan": None,
+}
+
+
+def arity(opdef) -> int | None:
+    if opdef.name in ARITY:
+        return ARITY[opdef.name]
+    if opdef.kind == "elementwise" and opdef.scalar:
+        return len(set(re.findall(r"\{(\d+)\}", opdef.scalar)))
+    return None
+
+
+ATTRS_OF_SOURCES = {"input": {"name"}, "param": {"name"}, "const": {"digest"}, "size": {"axes", "dtype"}}
 
 
 def check_attr_value(v, what: str, depth: int = 0) -> None:
@@ -497,6 +519,9 @@ class GraphDecoder:
         if not isinstance(e["inputs"], list):
             raise ArtifactError(f"{where}: 'inputs' must be a list of node ids")
         inputs = tuple(self.node(i) for i in e["inputs"])
+        n = arity(ops[op])
+        if n is not None and len(inputs) != n:
+            raise ArtifactError(f"{where}: {op} takes {n} input(s), the node has {len(inputs)}")
         shape = as_shape(_shape(e["shape"], f"{where}: shape"))
         dtype = _check_dtype(e["dtype"])
         loc = check_loc(e.get("loc"), where)
@@ -521,8 +546,13 @@ class GraphDecoder:
     def _check_inferred(self, node: Node, ops) -> None:
         """Re-run the op's shape rule: a graph from another dlc whose ops changed meaning is refused."""
         opdef = ops[node.op]
-        if opdef.kind == "source":
-            return
+        if node.op == "size":  # a source op with an input: its axes must name the input's axes
+            (x,) = node.inputs
+            if not all(0 <= a < x.ndim for a in node.attr("axes")):
+                raise ArtifactError(f"graph: node {len(self.nodes)} (size) counts axes {node.attr('axes')} of a "
+                                    f"{x.ndim}-d value")
+        if opdef.kind == "source" and not node.inputs:
+            return  # input, param, const: built with their shape and dtype given
         try:
             shape, dtype = opdef.infer(node.inputs, dict(node.attrs))
         except Exception as err:  # noqa: BLE001  (any failure means this dlc cannot run the node)

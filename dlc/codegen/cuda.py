@@ -50,7 +50,7 @@ class CudaUnsupportedError(DlcError):
 
 
 def unsupported(node: Node, why: str = "") -> CudaUnsupportedError:
-    where = f" (from {node.loc})" if node.loc else ""
+    where = f" (from {source_text.comment(node.loc)})" if node.loc else ""  # one plain line, whatever the loc
     return CudaUnsupportedError(f"the CUDA backend cannot render op {node.op!r}{where}: "
                                 f"{why or 'no CUDA lowering for it'}")
 
