@@ -662,6 +662,7 @@ def check_manifest(m: dict) -> None:
     does not. Text that is shown (versions, names) is plain; options are known ones of their types."""
     from .compiler import TARGETS
 
+    listed = m["members"]  # every member a manifest entry names must be one it lists
     _need(m["target"] in TARGETS, f"'target' must be one of {', '.join(TARGETS)}, got {m['target']!r:.80}")
     _need(m.get("kind", "inference") in _KINDS, f"'kind' must be one of {', '.join(_KINDS)}")
     for name, entry in m["members"].items():
@@ -688,18 +689,21 @@ def check_manifest(m: dict) -> None:
     _need(isinstance(weights, dict), "'weights' must be a map")
     for k, w in weights.items():
         _need(_NAME.fullmatch(k) is not None, f"weight name {k!r:.80} is not a plain name")
-        _need(isinstance(w, dict) and _is_member(w.get("member")) and _is_bool(w.get("trainable", True)),
+        _need(isinstance(w, dict) and _is_member(w.get("member"), listed) and _is_bool(w.get("trainable", True)),
               f"weight {k!r} must be {{member: a member name, trainable: a bool}}")
     kernels = m.get("kernels", {})
-    _need(isinstance(kernels, dict) and all(t in TARGETS and isinstance(v, list) and all(map(_is_member, v))
-                                            for t, v in kernels.items()), "'kernels' must map targets to members")
+    _need(isinstance(kernels, dict) and all(t in TARGETS and _are_members(v, listed) for t, v in kernels.items()),
+          "'kernels' must map targets to lists of listed members")
     golden = m.get("golden") or {}
     _need(isinstance(golden, dict), "'golden' must be a map")
     if golden:
-        _need(golden.get("target") in TARGETS and all(isinstance(golden.get(k), list) and all(map(_is_member,
-                                                                                               golden[k]))
-                                                      for k in ("inputs", "outputs")),
-              "'golden' must be {target, inputs: members, outputs: members}")
+        _need(golden.get("target") in TARGETS and _are_members(golden.get("inputs"), listed)
+              and _are_members(golden.get("outputs"), listed),
+              "'golden' must be {target, inputs: listed members, outputs: listed members}")
+
+
+def _are_members(v, listed: dict) -> bool:
+    return isinstance(v, list) and all(_is_member(n, listed) for n in v)
 
 
 def _check_signature_doc(sig) -> None:
@@ -726,8 +730,9 @@ def _is_scalar(v) -> bool:
     return v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and _VERSION.fullmatch(v) is not None)
 
 
-def _is_member(v) -> bool:
-    return isinstance(v, str) and _MEMBER.fullmatch(v) is not None
+def _is_member(v, listed: dict) -> bool:
+    """v names a member, one the manifest lists."""
+    return isinstance(v, str) and _MEMBER.fullmatch(v) is not None and v in listed
 
 
 def _need(ok, message: str) -> None:
@@ -914,7 +919,7 @@ def describe(art: Artifact) -> str:
     if sig.get("symbols"):
         lines.append("  symbols: " + ", ".join(_describe_symbol(s, r) for s, r in sig["symbols"].items()))
     weights = m.get("weights", {})
-    nbytes = sum(len(art.members[w["member"]]) for w in weights.values())
+    nbytes = sum(len(art.member(w["member"])) for w in weights.values())
     lines.append(f"  weights: {len(weights)} arrays, {nbytes / 1e6:.2f} MB")
     for t, names in m.get("kernels", {}).items():
         lines.append(f"  kernels ({t}): " + ", ".join(names))

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import graph as _graph
+from .codegen.source_text import file_name
 from .errors import ArtifactError
 from .graph import DTYPES, Graph, Node, SourceLoc, as_shape, shape_str, topo_order
 
@@ -154,14 +155,8 @@ def _register_op_module_types() -> None:
 # the forms of names, locations and attribute values
 
 
-_FILE_BAD = re.compile(r"[^A-Za-z0-9_.<>\-]")
 _SCOPE_BAD = re.compile(r"[^A-Za-z0-9_.]")
-
-
-def safe_file_name(path: str) -> str:
-    """A source file as an artifact records it: its base name, with any other character than _FILE's made "_"."""
-    base = str(path).replace("\\", "/").rsplit("/", 1)[-1]
-    return _FILE_BAD.sub("_", base)[:MAX_TEXT] or "_"
+safe_file_name = file_name  # what an artifact records of a node's file: its plain base name
 
 
 def _int(v, what: str, lo: int = -MAX_INT, hi: int = MAX_INT) -> int:

@@ -491,8 +491,7 @@ def _source_lines(kernel: Kernel) -> list[str]:
     for n in kernel.nodes:
         if n.loc is not None:
             scope = getattr(n.loc, "scope", "")
-            base = n.loc.file.replace("\\", "/").rsplit("/", 1)[-1]  # the same text in-process and from an artifact
-            text = f"{base}:{int(n.loc.line)}" + (f" in {scope}" if scope else "")
+            text = f"{source_text.file_name(n.loc.file)}:{int(n.loc.line)}" + (f" in {scope}" if scope else "")
             if text not in out:
                 out.append(text)
     return out

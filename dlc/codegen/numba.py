@@ -85,7 +85,7 @@ def where(node: Node) -> str:
     loc = ""
     if node.loc:
         scope = f" in {node.loc.scope}" if getattr(node.loc, "scope", "") else ""
-        loc = f" @ {node.loc.file.replace(chr(92), '/').rsplit('/', 1)[-1]}:{int(node.loc.line)}{scope}"
+        loc = f" @ {source_text.file_name(node.loc.file)}:{int(node.loc.line)}{scope}"
     return source_text.comment(f"%{number(node)} {node.op}{loc}")
 
 

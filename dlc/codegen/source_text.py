@@ -35,6 +35,16 @@ def comment(text) -> str:
     return s
 
 
+_FILE_UNSAFE = re.compile(r"[^A-Za-z0-9_.<>\-]")
+
+
+def file_name(path) -> str:
+    """A source file as generated code and artifacts name it: its base name, any character but letters, digits
+    and `_.<>-` made "_" (so the same text in-process and after a round trip through an artifact)."""
+    base = str(path).replace("\\", "/").rsplit("/", 1)[-1]
+    return _FILE_UNSAFE.sub("_", base)[:MAX_COMMENT] or "_"
+
+
 def docstring(lines, indent: str = "    ") -> str:
     """A triple-quoted docstring of the given lines, each escaped like a comment."""
     body = ("\n" + indent).join(comment(line) for line in lines)
