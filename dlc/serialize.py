@@ -275,7 +275,7 @@ ATTRS: dict[str, dict] = {
     "avg_pool2d_grad": {**_POOL, "count_include_pad": _check_bool, "out_hw": _check_ints},
     "adaptive_avg_pool2d": {"output_size": _check_ints},
     "adaptive_avg_pool2d_grad": {"output_size": _check_ints, "out_hw": _check_ints},
-    **{op: _REDUCE for op in ("sum", "prod", "max", "min", "argmax", "argmin", "mean")},
+    **{op: _REDUCE for op in ("sum", "prod", "max", "min", "argmax", "argmin")},
     "size": {"axes": _check_ints, "dtype": _check_dtype_name},
     "reshape": {"shape": _check_dims},
     "broadcast_to": {"shape": _check_dims},
@@ -295,6 +295,11 @@ ATTRS: dict[str, dict] = {
     "random_bernoulli": {**_RANDOM, "p": _check_float},
     "scan": {"body": _check_body, "length": _check_dim, "reverse": _check_bool, "save_carries": _check_bool},
     "scan_output": {"index": _check_int},
+    # the ops without attributes
+    **{op: {} for op in ("neg", "abs", "sign", "exp", "log", "sqrt", "rsqrt", "square", "tanh", "sigmoid", "relu",
+                         "gelu_tanh", "gelu_erf", "erf", "softplus", "sin", "cos", "stop_gradient", "logical_not",
+                         "add", "sub", "mul", "div", "pow", "maximum", "minimum", "eq", "ne", "lt", "le", "gt", "ge",
+                         "logical_and", "logical_or", "where", "matmul")},
 }
 
 
@@ -320,7 +325,11 @@ def arity(opdef) -> int | None:
     return None
 
 
-ATTRS_OF_SOURCES = {"input": {"name"}, "param": {"name"}, "const": {"digest"}, "size": {"axes", "dtype"}}
+# the attributes of ATTRS an op may leave out (older graphs, defaults); every other one is required: shape rules do
+# not read every attribute (a leaky_relu's alpha), and a node without one would fail only when run
+OPTIONAL_ATTRS = {**{op: {"dilation"} for op in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight",
+                                                  "conv_transpose2d")},
+                  **{op: {"dtype"} for op in ("random_uniform", "random_normal", "random_bernoulli")}}
 
 
 def check_attr_value(v, what: str, depth: int = 0) -> None:
@@ -360,9 +369,9 @@ def check_attrs(op: str, attrs: tuple, where: str) -> None:
             if k not in known:
                 raise ArtifactError(f"{what}: {op} has no such attribute (it has {', '.join(known) or 'none'})")
             known[k](v, what)
-    if known is not None and ATTRS_OF_SOURCES.get(op, set()) - set(names):
-        # source ops have no shape rule to miss them: the name of an input or param is required here
-        raise ArtifactError(f"{where}: a {op} node needs the attribute(s) {', '.join(sorted(ATTRS_OF_SOURCES[op]))}")
+    missing = set(known or ()) - set(names) - OPTIONAL_ATTRS.get(op, set())
+    if missing:
+        raise ArtifactError(f"{where}: a {op} node needs the attribute(s) {', '.join(sorted(missing))}")
 
 
 def check_loc(raw, where: str) -> SourceLoc | None:

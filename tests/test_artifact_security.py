@@ -390,3 +390,13 @@ def test_format_version_1_artifacts_still_load(artifact, tmp_path):
     assert dlc.load(tmp_path / "v1.dlc", verify=True)
     with pytest.raises(ArtifactError, match="not signed"):
         dlc.load(tmp_path / "v1.dlc", key=b"k")
+
+
+def test_every_builtin_op_has_its_attributes_declared():
+    """The decoder checks each op's attributes from serialize.ATTRS: an op added to dlc needs an entry there (an
+    extension's op, registered elsewhere, gets the generic rules only)."""
+    from dlc.ops import OPS
+    from dlc.serialize import ATTRS
+
+    builtin = {name for name, op in OPS.items() if op.infer.__module__.startswith("dlc.ops.")}
+    assert sorted(builtin - set(ATTRS)) == []
