@@ -214,6 +214,24 @@ def _check_ints(v, what, allow_none=False):
             _int(x, what)
 
 
+def _check_int_pair(v, what):
+    _check_ints(v, what)
+    if len(v) != 2:
+        raise ArtifactError(f"{what} must be [height, width], got {v!r:.80}")
+
+
+def _check_axes(v, what):
+    _check_ints(v, what)
+    if len(set(v)) != len(v):
+        raise ArtifactError(f"{what} must name distinct axes, got {v!r:.80}")
+
+
+def _check_hw_padding(v, what):
+    _check_pairs(v, what)
+    if len(v) != 2:
+        raise ArtifactError(f"{what} must be [[top, bottom], [left, right]], got {v!r:.80}")
+
+
 def _check_ints_or_none(v, what):
     _check_ints(v, what, allow_none=True)
 
@@ -253,9 +271,9 @@ def _check_digest(v, what):
     _text(v, _DIGEST, what)
 
 
-_CONV = {"stride": _check_ints, "padding": _check_pairs, "dilation": _check_ints, "groups": _check_int}
-_POOL = {"kernel": _check_ints, "stride": _check_ints, "padding": _check_pairs}
-_REDUCE = {"axes": _check_ints, "keepdims": _check_bool}
+_CONV = {"stride": _check_int_pair, "padding": _check_hw_padding, "dilation": _check_int_pair, "groups": _check_int}
+_POOL = {"kernel": _check_int_pair, "stride": _check_int_pair, "padding": _check_hw_padding}
+_REDUCE = {"axes": _check_axes, "keepdims": _check_bool}
 _RANDOM = {"seed": _check_int, "shape": _check_dims, "dtype": _check_dtype_name}
 
 # op -> {attr: check(value, what)}: the attributes each op may have and their types. Value ranges (stride >= 1)
@@ -266,20 +284,20 @@ ATTRS: dict[str, dict] = {
     "param": {"name": _check_name},
     "const": {"digest": _check_digest},
     "conv2d": _CONV,
-    "conv2d_grad_input": {**_CONV, "out_hw": _check_ints},
-    "conv_transpose2d": {**_CONV, "out_hw": _check_ints},
-    "conv2d_grad_weight": {**_CONV, "kernel": _check_ints},
+    "conv2d_grad_input": {**_CONV, "out_hw": _check_int_pair},
+    "conv_transpose2d": {**_CONV, "out_hw": _check_int_pair},
+    "conv2d_grad_weight": {**_CONV, "kernel": _check_int_pair},
     "max_pool2d": _POOL,
     "max_pool2d_grad": _POOL,
     "avg_pool2d": {**_POOL, "count_include_pad": _check_bool},
-    "avg_pool2d_grad": {**_POOL, "count_include_pad": _check_bool, "out_hw": _check_ints},
-    "adaptive_avg_pool2d": {"output_size": _check_ints},
-    "adaptive_avg_pool2d_grad": {"output_size": _check_ints, "out_hw": _check_ints},
+    "avg_pool2d_grad": {**_POOL, "count_include_pad": _check_bool, "out_hw": _check_int_pair},
+    "adaptive_avg_pool2d": {"output_size": _check_int_pair},
+    "adaptive_avg_pool2d_grad": {"output_size": _check_int_pair, "out_hw": _check_int_pair},
     **{op: _REDUCE for op in ("sum", "prod", "max", "min", "argmax", "argmin")},
-    "size": {"axes": _check_ints, "dtype": _check_dtype_name},
+    "size": {"axes": _check_axes, "dtype": _check_dtype_name},
     "reshape": {"shape": _check_dims},
     "broadcast_to": {"shape": _check_dims},
-    "transpose": {"perm": _check_ints},
+    "transpose": {"perm": _check_axes},
     "slice": {"begin": _check_ints, "end": _check_ints_or_none, "step": _check_ints},
     "slice_grad": {"begin": _check_ints, "end": _check_ints_or_none, "step": _check_ints, "shape": _check_dims},
     "concat": {"axis": _check_int},
