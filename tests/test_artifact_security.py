@@ -98,6 +98,45 @@ def test_injected_text_is_refused_at_decode_and_runs_nothing(cpu_artifact, in_tm
     assert no_canary(in_tmp)
 
 
+# payloads that ran code on dlc.load before names and options were checked (the generated module's header
+# docstring, then the @njit options, took them as code)
+EXPLOITS = {
+    "input name": dict(graph=lambda d: set_input_name(d, f'x""";{PY_PAYLOAD}; _ = """')),
+    "fastmath option": dict(manifest=lambda m: m["options"].update(fastmath=f"False); {PY_PAYLOAD}; X = dict(a=1")),
+}
+
+
+@pytest.mark.parametrize("where", list(EXPLOITS))
+def test_payloads_that_once_ran_code_are_refused(cpu_artifact, in_tmp, where):
+    reseal(cpu_artifact, in_tmp / "evil.dlc", **EXPLOITS[where])
+    with pytest.raises(ArtifactError, match="must match|wrong type"):
+        dlc.load(in_tmp / "evil.dlc")
+    assert no_canary(in_tmp)
+
+
+def has_emulator():
+    try:
+        from dlc.runtime.cuda import EmulatedDevice
+
+        EmulatedDevice.shared()
+    except (ImportError, OSError, RuntimeError):
+        return False
+    return True
+
+
+@pytest.mark.skipif(not has_emulator(), reason="no CUDA emulator (g++)")
+def test_c_in_a_loc_never_reaches_the_emulators_compiler(in_tmp):
+    """Before locations were checked, this file name put a constructor into the library the emulator compiles
+    and loads: it ran on the first call."""
+    x = dlc.input("x", ("B", 4))
+    dlc.export(dlc.compile(dlc.exp(x) * 2.0, target="cuda", emulate=True), in_tmp / "base.dlc")
+    evil = f'm.py\nextern "C" int system(const char*); {C_PAYLOAD}\n//'
+    reseal(in_tmp / "base.dlc", in_tmp / "evil.dlc", graph=lambda d: set_loc(d, 0, evil))
+    with pytest.raises(ArtifactError, match="the file of 'loc' must match"):
+        dlc.load(in_tmp / "evil.dlc")
+    assert no_canary(in_tmp)
+
+
 def test_an_honest_artifact_still_loads_and_matches_its_kernels(cpu_artifact):
     fn = dlc.load(cpu_artifact, verify=True)
     assert fn.artifact.kernels_match is True
