@@ -5,8 +5,8 @@ the reference backend computes for the same file, on dlc.load, on
 dlc.load(verify=True) (where a function that loads has passed its golden
 self-test) and on `dlc inspect`; and no payload may ever run (the canary file
 stays absent). Every place in both documents gets one mutation, and a
-deterministic sample of the other hostile strings follows (about 1500 of the
-5000 or so in all; DLC_FUZZ_ALL=1 runs every one, and lets the native targets
+deterministic sample of the other hostile strings follows (about 1500 of some
+11000 in all; DLC_FUZZ_ALL=1 runs every one, and lets the native targets
 take in-range numbers too, which compile new modules); the kernel cache is the
 usual one, so a rerun compiles nothing.
 """
