@@ -78,6 +78,8 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", "-o", metavar="OUT.npz", help="save the outputs here instead of printing them")
     run.add_argument("--target", choices=_targets(), help="run on this backend instead of the artifact's own")
     run.add_argument("--verify", action="store_true", help="run the artifact's golden self-test first")
+    run.add_argument("--key-file", metavar="FILE", help="refuse the artifact unless it is signed with the key in "
+                                                        "FILE (its bytes; one trailing newline is ignored)")
     run.set_defaults(handler=cmd_run)
 
     ins = sub.add_parser("inspect", help="describe an artifact or a model script",
@@ -86,6 +88,7 @@ def _build_parser() -> argparse.ArgumentParser:
     ins.add_argument("path", metavar="ARTIFACT|SCRIPT", help="an artifact file, or a Python script defining "
                                                               f"{ENTRY_POINT}()")
     ins.add_argument("--dot", metavar="FILE", help="also write the graph in Graphviz DOT format to FILE")
+    ins.add_argument("--key-file", metavar="FILE", help="refuse the artifact unless it is signed with the key in FILE")
     ins.set_defaults(handler=cmd_inspect)
 
     exp = sub.add_parser("export", help="export the model a script defines to an artifact",
@@ -96,6 +99,7 @@ def _build_parser() -> argparse.ArgumentParser:
     exp.add_argument("-o", "--output", required=True, metavar="ARTIFACT", help="the artifact file to write")
     exp.add_argument("--golden", metavar="FILE.npz", help="inputs (by name) of the golden self-test pair; by "
                                                            "default generated from the signature with batch 2")
+    exp.add_argument("--key-file", metavar="FILE", help="sign the artifact with the key in FILE (HMAC-SHA256)")
     exp.set_defaults(handler=cmd_export)
 
     bench = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py)",
@@ -119,7 +123,7 @@ def _targets():
 def cmd_run(args) -> int:
     from .export import load
 
-    fn = load(args.artifact, verify=args.verify, target=args.target)
+    fn = load(args.artifact, verify=args.verify, target=args.target, key=read_key_file(args.key_file))
     given = _read_inputs(args, fn)
     _, _, arrays = fn.signature.bind((), given)
     outputs = _named_outputs(fn, fn(*arrays))
@@ -132,6 +136,18 @@ def cmd_run(args) -> int:
     if fn.updates:
         print(f"note: {os.path.basename(args.artifact)} is a training step; the updated weights were not saved")
     return 0
+
+
+def read_key_file(file: str | None) -> bytes | None:
+    """The signing key in a file: its bytes, less one trailing newline (as editors add); None without a file."""
+    if file is None:
+        return None
+    with open(_existing(file), "rb") as f:
+        key = f.read()
+    key = key[:-2] if key.endswith(b"\r\n") else key[:-1] if key.endswith(b"\n") else key
+    if not key:
+        raise UsageError(f"--key-file {file}: the file is empty")
+    return key
 
 
 def _read_inputs(args, fn) -> dict[str, np.ndarray]:
@@ -203,8 +219,9 @@ def cmd_inspect(args) -> int:
     else:
         from .export import describe, load, open_artifact
 
-        print(describe(open_artifact(path)))
-        fn = load(path)
+        key = read_key_file(args.key_file)
+        print(describe(open_artifact(path, key=key)))
+        fn = load(path, key=key)
         match = fn.artifact.kernels_match
         if match is not None:
             print("  stored kernels: " + ("identical to the ones this dlc generates" if match else
@@ -253,7 +270,7 @@ def cmd_export(args) -> int:
     if args.golden:
         with np.load(_existing(args.golden), allow_pickle=False) as z:
             golden = {k: z[k] for k in z.files}
-    export(fn, args.output, golden_inputs=golden)
+    export(fn, args.output, golden_inputs=golden, key=read_key_file(args.key_file))
     print(describe(open_artifact(args.output)))
     return 0
 

@@ -4,6 +4,8 @@ Layout of an artifact (format version 1; docs/artifact.md is the full spec):
 
     manifest.json           format and versions, target and compile flags, the
                             signature, and the sha256 and size of every other member
+    integrity.json          the sha256 of manifest.json, and with a key the HMAC-SHA256
+                            of the manifest and every member (the signature)
     graph.json              the node table (dlc/serialize.py) and the function's
                             inputs, outputs and parameter updates
     consts/<i>.npy          constant arrays of graph nodes
@@ -11,21 +13,25 @@ Layout of an artifact (format version 1; docs/artifact.md is the full spec):
     kernels/<target>/<name> generated kernel source, as the backend reported it
     golden/inputs/<name>.npy, golden/outputs/<i>.npy   a small self-test pair
 
-Nothing is ever unpickled (np.load(allow_pickle=False), JSON) and no code from
-the file is run: the loader rebuilds the kernels from the graph with this
-dlc's own code generator, and stored sources are only compared against them.
+Nothing is ever unpickled (.npy members are parsed here: plain numeric arrays
+only, JSON) and no code from the file is run: the loader rebuilds the kernels
+from the graph with this dlc's own code generator, from names, locations and
+attributes checked by type and form (dlc/serialize.py), and stored sources are
+only compared against them. Sizes are capped before anything is decompressed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import json
 import logging
+import math
 import os
 import platform
 import re
-import tempfile
+import secrets
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -33,16 +39,24 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .compiler import Function
-from .errors import ArtifactError
-from .graph import Node, dim_eval, shape_str, symbols_of
-from .serialize import GraphDecoder, GraphEncoder, graph_from_json, graph_to_json
+from .errors import ArtifactError, DlcError
+from .graph import DTYPES, Node, dim_eval, shape_str, symbols_of
+from .serialize import _NAME, GraphDecoder, GraphEncoder, _shape, graph_from_json, graph_to_json
 from .store import Store
 from .tensor import Tensor
 
 FORMAT = "dlc-artifact"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2      # 2: integrity.json (the manifest's hash, the optional signature)
 MANIFEST = "manifest.json"
+INTEGRITY = "integrity.json"
 GRAPH = "graph.json"
+HMAC_CONTEXT = b"dlc-artifact hmac-sha256 v1\n"
+# what reading an artifact may cost, unless load() is told otherwise
+MAX_BYTES = 2 << 30          # all members, uncompressed
+MAX_RATIO = 200              # uncompressed / compressed size of a member bigger than RATIO_FREE_BYTES
+RATIO_FREE_BYTES = 1 << 20
+MAX_MEMBERS = 100_000
+MAX_JSON_BYTES = 256 << 20   # manifest.json, graph.json
 GOLDEN_BATCH = 2
 # compile options that name places on the exporting machine: recorded, not applied on load
 LOCAL_OPTIONS = ("dump", "cache")
@@ -52,19 +66,21 @@ LOCAL_OPTIONS = ("dump", "cache")
 # export
 
 
-def export(fn: Function, path, golden_inputs=None) -> str:
+def export(fn: Function, path, golden_inputs=None, key=None) -> str:
     """Write `fn` (inference or training step) to one artifact file at `path`; returns the path.
 
     golden_inputs: the inputs of the self-test pair (a dict by input name, or a
     list in call order); by default generated from the signature with every
     symbolic dim set to 2. The golden run does not change the function's store.
+    key (bytes or str): sign the artifact with HMAC-SHA256 under this secret;
+    `load(path, key=...)` then accepts it and refuses anything else.
     """
     fn = as_function(fn)
     members: dict[str, bytes] = {}
     doc, keys = _function_doc(fn, members)
     members[GRAPH] = _json_bytes(doc)
-    for key in keys:
-        members[f"weights/{key}.npy"] = _npy_bytes(fn.store[key])
+    for name in keys:
+        members[f"weights/{name}.npy"] = _npy_bytes(fn.store[name])
     kernels = _kernel_members(fn, members)
     golden = _golden_members(fn, golden_inputs, keys, members)
     manifest = {
@@ -79,11 +95,16 @@ def export(fn: Function, path, golden_inputs=None) -> str:
         "weights": {k: {"member": f"weights/{k}.npy", "trainable": bool(fn.store.is_trainable(k))} for k in keys},
         "kernels": kernels,
         "golden": golden,
-        "members": {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
-                    for name, data in sorted(members.items())},
+        "members": member_hashes(members),
     }
-    _write_zip(os.fspath(path), manifest, members)
+    write_artifact(os.fspath(path), manifest, members, key=key)
     return os.fspath(path)
+
+
+def member_hashes(members: dict[str, bytes]) -> dict:
+    """The manifest's "members" entry: the sha256 and size of each member."""
+    return {name: {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+            for name, data in sorted(members.items())}
 
 
 def as_function(obj) -> Function:
@@ -191,16 +212,13 @@ def _encode_options(options: dict) -> dict:
         try:
             out[str(k)] = enc.encode_value(v)
         except TypeError:
-            out[str(k)] = {"$": "unrecorded", "v": repr(v)}
+            out[str(k)] = {"$": "unrecorded", "v": re.sub(r"[^\x20-\x7e]", "?", repr(v))[:200]}
     return out
 
 
 def _decode_options(doc) -> dict:
-    if not isinstance(doc, dict):
-        raise ArtifactError(f"{MANIFEST}: 'options' must be a map, got {type(doc).__name__}")
-    dec = GraphDecoder({"schema": "dlc-graph/1"}, {})
-    return {k: dec.decode_value(v) for k, v in doc.items()
-            if not (isinstance(v, dict) and v.get("$") == "unrecorded")}
+    """The options a manifest records (already checked by `check_manifest`), minus those recorded by repr only."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in doc.items() if not _is_unrecorded(v)}
 
 
 def _versions() -> dict:
@@ -278,13 +296,25 @@ def _json_bytes(doc) -> bytes:
     return json.dumps(doc, indent=1, allow_nan=False).encode("utf-8")
 
 
-def _write_zip(path: str, manifest: dict, members: dict[str, bytes]) -> None:
-    """Write to a temporary file and rename it, so a crash never leaves half an artifact at `path`."""
+def write_artifact(path, manifest: dict, members: dict[str, bytes], key=None) -> None:
+    """Write manifest.json, integrity.json (signed with `key` when given) and the members to one zip file.
+
+    The manifest is written as given (its "members" entry is the caller's).
+    Written to a temporary file and renamed, so a crash never leaves half an
+    artifact at `path`; the file's mode follows the umask, like any file.
+    """
+    path = os.fspath(path)
+    manifest_bytes = _json_bytes(manifest)
+    integrity = {"manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest()}
+    if key is not None:
+        integrity["hmac_sha256"] = _hmac(_key_bytes(key), manifest_bytes, members)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".dlc-export-", dir=folder)
+    tmp = os.path.join(folder, f".dlc-export-{secrets.token_hex(8)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies, as for open()
     try:
         with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w") as zf:
-            zf.writestr(_zipinfo(MANIFEST, zipfile.ZIP_DEFLATED), _json_bytes(manifest))
+            zf.writestr(_zipinfo(MANIFEST, zipfile.ZIP_DEFLATED), manifest_bytes)
+            zf.writestr(_zipinfo(INTEGRITY, zipfile.ZIP_DEFLATED), _json_bytes(integrity))
             for name, data in sorted(members.items()):
                 # arrays are stored uncompressed: float weights barely compress
                 method = zipfile.ZIP_STORED if name.endswith(".npy") else zipfile.ZIP_DEFLATED
@@ -302,6 +332,25 @@ def _zipinfo(name: str, method: int) -> zipfile.ZipInfo:
     info.compress_type = method
     info.external_attr = 0o644 << 16
     return info
+
+
+def _key_bytes(key) -> bytes:
+    if isinstance(key, str):
+        key = key.encode("utf-8")
+    if not isinstance(key, (bytes, bytearray, memoryview)):
+        raise TypeError(f"an artifact key is bytes or str, got {type(key).__name__}")
+    if len(key) == 0:
+        raise ValueError("an artifact key must not be empty")
+    return bytes(key)
+
+
+def _hmac(key: bytes, manifest_bytes: bytes, members: dict[str, bytes]) -> str:
+    """HMAC-SHA256 over the manifest and every member (by name and sha256), in name order."""
+    mac = hmac.new(key, HMAC_CONTEXT, hashlib.sha256)
+    mac.update(hashlib.sha256(manifest_bytes).digest())
+    for name in sorted(members):
+        mac.update(name.encode("utf-8") + b"\0" + hashlib.sha256(members[name]).digest())
+    return mac.hexdigest()
 
 
 # ----------------------------------------------------------------------------
@@ -331,6 +380,7 @@ class Artifact:
     path: str
     manifest: dict
     members: dict[str, bytes] = field(repr=False)
+    signed: bool = False  # verified against a key
 
     @property
     def kind(self) -> str:
@@ -341,29 +391,103 @@ class Artifact:
         return self.manifest["target"]
 
     def json(self, name: str):
-        try:
-            return json.loads(self.members[name].decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise ArtifactError(f"{self.path}: member {name!r} is not valid JSON ({e})") from None
+        return _parse_json(self.path, name, self.member(name))
+
+    def member(self, name: str) -> bytes:
+        if not isinstance(name, str) or name not in self.members:
+            raise ArtifactError(f"{self.path}: the manifest refers to member {name!r:.80}, which it does not list")
+        return self.members[name]
 
     def array(self, name: str) -> np.ndarray:
-        if name not in self.members:
-            raise ArtifactError(f"{self.path}: the manifest refers to member {name!r}, which it does not list")
+        """A member as a native-endian C-ordered array of one of dlc's dtypes (see `read_npy`)."""
         try:
-            return np.load(io.BytesIO(self.members[name]), allow_pickle=False)
+            return read_npy(self.member(name))
         except ValueError as e:
-            raise ArtifactError(f"{self.path}: member {name!r} is not a plain .npy array ({e}); "
-                                f"object arrays are refused because loading them would unpickle") from None
+            raise ArtifactError(f"{self.path}: member {name!r} is not a plain .npy array: {e}") from None
 
     def sources(self, target: str) -> dict[str, str]:
         names = self.manifest.get("kernels", {}).get(target, [])
         prefix = f"kernels/{target}/"
-        return {n[len(prefix):]: self.members[n].decode("utf-8") for n in names}
+        out = {}
+        for n in names:
+            if not n.startswith(prefix):
+                raise ArtifactError(f"{self.path}: kernel member {n!r:.80} is not under {prefix}")
+            try:
+                out[n[len(prefix):]] = self.member(n).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ArtifactError(f"{self.path}: kernel member {n!r} is not UTF-8 text") from None
+        return out
 
 
-def open_artifact(path) -> Artifact:
-    """Open and check an artifact: zip structure, member paths, format version, members against the manifest, hashes."""
+def read_npy(data: bytes) -> np.ndarray:
+    """A .npy file's array, parsed here: a header and raw numbers of one of dlc's dtypes, nothing else.
+
+    Never unpickles (object arrays are refused), refuses structured and other
+    dtypes, checks that the data is exactly as long as the header says before
+    allocating anything, and converts big-endian data to native byte order.
+    Raises ValueError saying what is wrong.
+    """
+    f = io.BytesIO(data)
+    fmt = np.lib.format
+    try:
+        version = fmt.read_magic(f)
+        reader = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+        if reader is None:
+            raise ValueError(f".npy format version {version} is not read here")
+        shape, fortran, dtype = reader(f)
+    except (ValueError, OSError, SyntaxError, TypeError) as e:
+        raise ValueError(f"its header is malformed ({e})") from None
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects; object arrays are refused because loading them would unpickle")
+    native = dtype.newbyteorder("=") if dtype.byteorder in "<>" else dtype
+    if dtype.names is not None or dtype.subdtype is not None or native.name not in DTYPES:
+        raise ValueError(f"its dtype {dtype.str} is not one of {', '.join(DTYPES)}")
+    if not isinstance(shape, tuple) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ValueError(f"its shape {shape!r:.80} is not a tuple of sizes")
+    count = math.prod(shape)
+    if count * dtype.itemsize != len(data) - f.tell():
+        raise ValueError(f"its header says {dtype.str}{shape} ({count * dtype.itemsize} bytes), the data has "
+                         f"{len(data) - f.tell()} bytes")
+    arr = np.frombuffer(data, dtype=dtype, count=count, offset=f.tell()).reshape(shape, order="F" if fortran else "C")
+    return np.ascontiguousarray(arr.astype(native, copy=False)) if native != dtype else np.array(arr, order="C")
+
+
+def open_artifact(path, key=None, max_bytes: int = MAX_BYTES, max_ratio: float = MAX_RATIO) -> Artifact:
+    """Open and check an artifact: zip structure and sizes, member paths, the signature when a key is given,
+    the manifest's hash and form, members against the manifest, their hashes.
+
+    key: refuse the file unless it is signed with this key (see `export`).
+    max_bytes, max_ratio: refuse an archive whose members uncompress to more
+    than max_bytes in all, or a member bigger than 1 MiB that expands more than
+    max_ratio times (a zip bomb); both are checked before anything is read.
+    """
     path = os.fspath(path)
+    raw = _read_archive(path, max_bytes, max_ratio)
+    if key is not None:
+        _check_signature(path, raw, _key_bytes(key))
+    manifest_bytes = raw.pop(MANIFEST)
+    integrity = raw.pop(INTEGRITY, None)
+    manifest = _parse_manifest(path, manifest_bytes)
+    if manifest["format_version"] >= 2:
+        _check_manifest_hash(path, manifest_bytes, integrity)
+    elif integrity is not None:
+        raise ArtifactError(f"{path}: member {INTEGRITY!r} is in a format version 1 artifact, which has none")
+    listed = manifest["members"]
+    extra = sorted(set(raw) - set(listed))
+    if extra:
+        raise ArtifactError(f"{path}: member {extra[0]!r} is in the archive but not listed in the manifest "
+                            f"(the manifest does not match the members)")
+    missing = sorted(set(listed) - set(raw))
+    if missing:
+        raise ArtifactError(f"{path}: the manifest lists member {missing[0]!r}, which the archive does not have "
+                            f"(the manifest does not match the members)")
+    for name in sorted(listed):
+        _check_member(path, name, listed[name], raw[name])
+    return Artifact(path, manifest, raw, signed=key is not None)
+
+
+def _read_archive(path: str, max_bytes: int, max_ratio: float) -> dict[str, bytes]:
+    """Every member's bytes, by name, after checking names and sizes in the zip directory."""
     if not os.path.isfile(path):
         raise ArtifactError(f"{path}: no such artifact file")
     with open(path, "rb") as f:
@@ -375,8 +499,13 @@ def open_artifact(path) -> Artifact:
             raise ArtifactError(f"{path}: truncated or damaged artifact: the zip directory at the end of the file is "
                                 f"missing (was the copy cut short?)") from None
         raise ArtifactError(f"{path}: not a dlc artifact: the file is not a zip archive") from None
+    except (OSError, ValueError, EOFError) as e:
+        raise ArtifactError(f"{path}: truncated or damaged artifact ({e})") from None
     with zf:
-        names = [i.filename for i in zf.infolist()]
+        infos = zf.infolist()
+        if len(infos) > MAX_MEMBERS:
+            raise ArtifactError(f"{path}: the archive has {len(infos)} members, more than {MAX_MEMBERS}")
+        names = [i.filename for i in infos]
         for name in names:
             _check_member_name(name)
         dup = sorted({n for n in names if names.count(n) > 1})
@@ -384,79 +513,250 @@ def open_artifact(path) -> Artifact:
             raise ArtifactError(f"{path}: member {dup[0]!r} appears twice in the archive")
         if MANIFEST not in names:
             raise ArtifactError(f"{path}: not a dlc artifact: there is no {MANIFEST}")
-        manifest = _parse_manifest(path, _read_member(zf, path, MANIFEST))
-        listed = manifest["members"]
-        for name in listed:
-            _check_member_name(name)
-        extra = sorted(set(names) - set(listed) - {MANIFEST})
-        if extra:
-            raise ArtifactError(f"{path}: member {extra[0]!r} is in the archive but not listed in the manifest "
-                                f"(the manifest does not match the members)")
-        missing = sorted(set(listed) - set(names))
-        if missing:
-            raise ArtifactError(f"{path}: the manifest lists member {missing[0]!r}, which the archive does not have "
-                                f"(the manifest does not match the members)")
-        members = {name: _checked_member(zf, path, name, listed[name]) for name in sorted(listed)}
-    return Artifact(path, manifest, members)
+        _check_sizes(path, infos, max_bytes, max_ratio)
+        return {i.filename: _read_member(zf, path, i) for i in infos}
 
 
-def _read_member(zf: zipfile.ZipFile, path: str, name: str) -> bytes:
+def _check_sizes(path: str, infos: list[zipfile.ZipInfo], max_bytes: int, max_ratio: float) -> None:
+    """Refuse a zip bomb from the sizes its directory declares (reading never yields more than declared)."""
+    total = sum(i.file_size for i in infos)
+    if total > max_bytes:
+        raise ArtifactError(f"{path}: the members uncompress to {total} bytes, more than the {max_bytes} allowed "
+                            f"(pass max_bytes= to dlc.load to allow more)")
+    for i in infos:
+        if i.file_size > RATIO_FREE_BYTES and i.file_size > max_ratio * max(i.compress_size, 1):
+            raise ArtifactError(f"{path}: member {i.filename!r} expands from {i.compress_size} to {i.file_size} "
+                                f"bytes, more than {max_ratio} times (a zip bomb?; pass max_ratio= to allow it)")
+        limit = 4096 if i.filename == INTEGRITY else MAX_JSON_BYTES
+        if i.filename in (MANIFEST, GRAPH, INTEGRITY) and i.file_size > limit:
+            raise ArtifactError(f"{path}: {i.filename} is {i.file_size} bytes, more than {limit}")
+
+
+def _read_member(zf: zipfile.ZipFile, path: str, info: zipfile.ZipInfo) -> bytes:
     try:
-        return zf.read(name)
-    except (zipfile.BadZipFile, zlib.error, EOFError) as e:
-        raise ArtifactError(f"{path}: member {name!r} is corrupted (the archive's own checksum failed: {e})") from None
-
-
-def _checked_member(zf: zipfile.ZipFile, path: str, name: str, entry) -> bytes:
-    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
-        raise ArtifactError(f"{path}: the manifest entry of member {name!r} has no sha256")
-    size = zf.getinfo(name).file_size
-    if size != entry.get("bytes"):
-        raise ArtifactError(f"{path}: member {name!r} is {size} bytes, the manifest says {entry.get('bytes')} "
-                            f"(the manifest does not match the members)")
-    data = _read_member(zf, path, name)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != entry["sha256"]:
-        raise ArtifactError(f"{path}: member {name!r} fails its sha256 check (manifest {entry['sha256'][:16]}..., "
-                            f"file {digest[:16]}...): it was modified after export")
+        with zf.open(info) as f:
+            data = f.read(info.file_size + 1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: member {info.filename!r} is corrupted (the archive's own checksum failed: "
+                            f"{e})") from None
+    if len(data) != info.file_size:
+        raise ArtifactError(f"{path}: member {info.filename!r} is corrupted (it is not as long as the archive says)")
     return data
 
 
-def _parse_manifest(path: str, data: bytes) -> dict:
+def _check_signature(path: str, raw: dict[str, bytes], key: bytes) -> None:
+    """With a key, the file must carry an HMAC of its manifest and members under that key: checked before
+    anything in it is parsed (integrity.json is read only for the HMAC's hex digits)."""
+    doc = _parse_json(path, INTEGRITY, raw[INTEGRITY]) if INTEGRITY in raw else None
+    given = doc.get("hmac_sha256") if isinstance(doc, dict) else None
+    if not isinstance(given, str) or not re.fullmatch(r"[0-9a-f]{64}", given):
+        raise ArtifactError(f"{path}: the artifact is not signed, and a key was given: refused (it was exported "
+                            f"without key=, or its signature was removed)")
+    members = {n: b for n, b in raw.items() if n not in (MANIFEST, INTEGRITY)}
+    want = _hmac(key, raw[MANIFEST], members)
+    if not hmac.compare_digest(want, given):
+        raise ArtifactError(f"{path}: the artifact's signature does not match this key: it was signed with another "
+                            f"key, or changed after it was signed")
+
+
+def _check_manifest_hash(path: str, manifest_bytes: bytes, integrity: bytes | None) -> None:
+    if integrity is None:
+        raise ArtifactError(f"{path}: the artifact has no {INTEGRITY} (format version 2 and later have one)")
+    doc = _parse_json(path, INTEGRITY, integrity)
+    want = doc.get("manifest_sha256") if isinstance(doc, dict) else None
+    got = hashlib.sha256(manifest_bytes).hexdigest()
+    if not isinstance(want, str) or not hmac.compare_digest(want, got):
+        raise ArtifactError(f"{path}: {MANIFEST} fails its sha256 check ({INTEGRITY} says {str(want)[:16]}..., "
+                            f"file {got[:16]}...): it was modified after export")
+
+
+def _check_member(path: str, name: str, entry, data: bytes) -> None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str):
+        raise ArtifactError(f"{path}: the manifest entry of member {name!r} has no sha256")
+    if len(data) != entry.get("bytes"):
+        raise ArtifactError(f"{path}: member {name!r} is {len(data)} bytes, the manifest says "
+                            f"{entry.get('bytes')!r:.40} (the manifest does not match the members)")
+    digest = hashlib.sha256(data).hexdigest()
+    if not hmac.compare_digest(digest, entry["sha256"]):
+        raise ArtifactError(f"{path}: member {name!r} fails its sha256 check (manifest {entry['sha256'][:16]}..., "
+                            f"file {digest[:16]}...): it was modified after export")
+
+
+def _parse_json(path: str, name: str, data: bytes):
     try:
-        m = json.loads(data.decode("utf-8"))
+        return json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ArtifactError(f"{path}: {MANIFEST} is not valid JSON ({e})") from None
+        raise ArtifactError(f"{path}: member {name!r} is not valid JSON ({e})") from None
+    except RecursionError:
+        raise ArtifactError(f"{path}: member {name!r} is nested too deeply to be an artifact's JSON") from None
+
+
+def _parse_manifest(path: str, data: bytes) -> dict:
+    m = _parse_json(path, MANIFEST, data)
     if not isinstance(m, dict) or m.get("format") != FORMAT:
         raise ArtifactError(f"{path}: not a dlc artifact: {MANIFEST} does not say format {FORMAT!r}")
     version = m.get("format_version")
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-        raise ArtifactError(f"{path}: {MANIFEST} has an invalid format_version {version!r}")
+        raise ArtifactError(f"{path}: {MANIFEST} has an invalid format_version {version!r:.40}")
     if version > FORMAT_VERSION:
+        versions = m.get("versions") if isinstance(m.get("versions"), dict) else {}
         raise ArtifactError(f"{path}: the artifact has format version {version}, newer than this dlc reads "
-                            f"(up to {FORMAT_VERSION}); it was written by dlc {m.get('versions', {}).get('dlc')}: "
+                            f"(up to {FORMAT_VERSION}); it was written by dlc {str(versions.get('dlc'))[:20]}: "
                             f"upgrade dlc to load it")
     for key in ("target", "members", "signature"):
         if key not in m:
             raise ArtifactError(f"{path}: {MANIFEST} has no {key!r} entry")
     if not isinstance(m["members"], dict):
         raise ArtifactError(f"{path}: {MANIFEST}: 'members' must map member names to their hashes")
+    try:
+        check_manifest(m)
+    except ArtifactError as e:
+        raise ArtifactError(f"{path}: {MANIFEST}: {e}") from None
     return m
+
+
+# ----------------------------------------------------------------------------
+# the manifest's form
+
+
+def _is_bool(v) -> bool:
+    return isinstance(v, bool)
+
+
+def _is_int_in(lo: int, hi: int):
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
+
+
+def _is_text_or_none(v) -> bool:
+    return v is None or (isinstance(v, str) and len(v) <= 4096)
+
+
+def _is_gemm_tiles(v) -> bool:
+    return v is None or (isinstance(v, list) and len(v) <= 8 and all(t in ("s", "m", "l") for t in v))
+
+
+def _is_unrecorded(v) -> bool:
+    return isinstance(v, dict) and set(v) == {"$", "v"} and v["$"] == "unrecorded" and isinstance(v["v"], str) \
+        and _KEY.fullmatch(v["v"] or " ") is not None  # a repr, shown by describe(): printable ASCII only
+
+
+# Every compile option an artifact may carry, with its type. A backend that grows an option adds it here; an
+# option not listed is refused on load. dump and cache are recorded but never applied (LOCAL_OPTIONS); device
+# has no JSON form and is recorded by its repr only.
+COMPILE_OPTIONS = {
+    "fastmath": _is_bool, "parallel": _is_bool, "emulate": _is_bool,
+    "simplify": _is_bool, "fuse": _is_bool, "reassociate": _is_bool, "duplicate": _is_bool, "schedule": _is_bool,
+    "max_group": _is_int_in(1, 1 << 20),
+    "gemm_tiles": _is_gemm_tiles,
+    "dump": _is_text_or_none, "cache": _is_text_or_none,
+    "device": _is_unrecorded,
+}
+_KINDS = ("inference", "training")
+_VERSION = re.compile(r"[A-Za-z0-9_.+\-]{0,64}")
+_MEMBER = re.compile(r"[A-Za-z0-9_.\-/]{1,400}")
+_KEY = re.compile(r"[\x20-\x7e]{1,200}")   # an output dict's key: never rendered into source, only returned
+
+
+def check_manifest(m: dict) -> None:
+    """Every entry the loader or `describe` reads has its type and form: ArtifactError naming the first that
+    does not. Text that is shown (versions, names) is plain; options are known ones of their types."""
+    from .compiler import TARGETS
+
+    listed = m["members"]  # every member a manifest entry names must be one it lists
+    _need(m["target"] in TARGETS, f"'target' must be one of {', '.join(TARGETS)}, got {m['target']!r:.80}")
+    _need(m.get("kind", "inference") in _KINDS, f"'kind' must be one of {', '.join(_KINDS)}")
+    for name, entry in m["members"].items():
+        _need(isinstance(entry, dict) and isinstance(entry.get("sha256"), str)
+              and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"]) is not None
+              and _is_int_in(0, 1 << 62)(entry.get("bytes")), f"the entry of member {name!r:.80} is not "
+                                                               f"{{sha256: 64 hex digits, bytes: a size}}")
+    options = m.get("options", {})
+    _need(isinstance(options, dict), "'options' must be a map")
+    for k, v in options.items():
+        check = COMPILE_OPTIONS.get(k)
+        _need(check is not None, f"unknown compile option {k!r:.80} (this dlc knows {', '.join(COMPILE_OPTIONS)})")
+        _need(check(v) or (_is_unrecorded(v) and k not in ("fastmath", "parallel", "emulate")),
+              f"compile option {k!r} has a value of the wrong type: {v!r:.80}")
+    flags = m.get("backend_flags", {})
+    _need(isinstance(flags, dict) and all(_NAME.fullmatch(k) and (_is_scalar(v) or _is_unrecorded(v))
+                                          for k, v in flags.items()), "'backend_flags' must map names to values")
+    versions = m.get("versions", {})
+    _need(isinstance(versions, dict) and all(_NAME.fullmatch(k) and (v is None or (isinstance(v, str) and
+                                                                                   _VERSION.fullmatch(v)))
+                                             for k, v in versions.items()), "'versions' must map names to versions")
+    _check_signature_doc(m["signature"])
+    weights = m.get("weights", {})
+    _need(isinstance(weights, dict), "'weights' must be a map")
+    for k, w in weights.items():
+        _need(_NAME.fullmatch(k) is not None, f"weight name {k!r:.80} is not a plain name")
+        _need(isinstance(w, dict) and _is_member(w.get("member"), listed) and _is_bool(w.get("trainable", True)),
+              f"weight {k!r} must be {{member: a member name, trainable: a bool}}")
+    kernels = m.get("kernels", {})
+    _need(isinstance(kernels, dict) and all(t in TARGETS and _are_members(v, listed) for t, v in kernels.items()),
+          "'kernels' must map targets to lists of listed members")
+    golden = m.get("golden") or {}
+    _need(isinstance(golden, dict), "'golden' must be a map")
+    if golden:
+        _need(golden.get("target") in TARGETS and _are_members(golden.get("inputs"), listed)
+              and _are_members(golden.get("outputs"), listed),
+              "'golden' must be {target, inputs: listed members, outputs: listed members}")
+
+
+def _are_members(v, listed: dict) -> bool:
+    return isinstance(v, list) and all(_is_member(n, listed) for n in v)
+
+
+def _check_signature_doc(sig) -> None:
+    _need(isinstance(sig, dict) and isinstance(sig.get("inputs"), list) and isinstance(sig.get("outputs"), list),
+          "'signature' must hold lists of inputs and outputs")
+    for i in sig["inputs"]:
+        _need(isinstance(i, dict) and isinstance(i.get("name"), str) and _NAME.fullmatch(i["name"]) is not None,
+              f"a signature input must have a plain name, got {i!r:.80}")
+    for i in sig["inputs"] + sig["outputs"]:
+        _need(isinstance(i, dict) and i.get("dtype") in DTYPES + ("tuple",), f"a signature dtype is wrong: {i!r:.80}")
+        try:
+            _shape(i.get("shape"), "a signature shape")
+        except ArtifactError as e:
+            raise ArtifactError(str(e)) from None
+    symbols = sig.get("symbols", {})
+    _need(isinstance(symbols, dict), "'symbols' must be a map")
+    for s, r in symbols.items():
+        _need(_NAME.fullmatch(s) is not None and isinstance(r, dict)
+              and all(r.get(k) is None or _is_int_in(0, 1 << 62)(r.get(k)) for k in ("min", "max")),
+              f"symbol {s!r:.40} must have a range {{min, max}} of sizes or nulls")
+
+
+def _is_scalar(v) -> bool:
+    return v is None or isinstance(v, (bool, int, float)) or (isinstance(v, str) and _VERSION.fullmatch(v) is not None)
+
+
+def _is_member(v, listed: dict) -> bool:
+    """v names a member, one the manifest lists."""
+    return isinstance(v, str) and _MEMBER.fullmatch(v) is not None and v in listed
+
+
+def _need(ok, message: str) -> None:
+    if not ok:
+        raise ArtifactError(message)
 
 
 # ----------------------------------------------------------------------------
 # load
 
 
-def load(path, verify: bool = False, target: str | None = None) -> Function:
+def load(path, verify: bool = False, target: str | None = None, key=None, max_bytes: int = MAX_BYTES,
+         max_ratio: float = MAX_RATIO) -> Function:
     """Rebuild the compiled function stored at `path`, over a fresh Store holding the artifact's weights.
 
-    Every member's sha256 is checked first. target overrides the artifact's
+    Every member's sha256 is checked first (and with `key`, the artifact's
+    HMAC signature, before anything else). target overrides the artifact's
     target (its compile options are kept only when the target is the same).
     verify=True runs the golden self-test (on a copy of the weights' state).
+    max_bytes / max_ratio cap what the archive may uncompress to (see
+    `open_artifact`). Anything wrong with the file is an ArtifactError.
     The result is a dlc.Function; `fn.artifact` describes where it came from.
     """
-    art = open_artifact(path)
+    art = open_artifact(path, key=key, max_bytes=max_bytes, max_ratio=max_ratio)
     fn = build_function(art, target)
     if verify:
         verify_golden(fn, art)
@@ -464,7 +764,19 @@ def load(path, verify: bool = False, target: str | None = None) -> Function:
 
 
 def build_function(art: Artifact, target: str | None = None) -> Function:
+    """The function an opened artifact describes; whatever in its graph or wiring is malformed is an ArtifactError
+    (a bug of this dlc's own, or a missing backend, keeps its own error type)."""
+    try:
+        return _build_function(art, target)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RecursionError) as e:
+        raise ArtifactError(f"{art.path}: the artifact's graph or wiring is malformed: {type(e).__name__}: "
+                            f"{str(e)[:300]}") from e
+
+
+def _build_function(art: Artifact, target: str | None) -> Function:
     doc = art.json(GRAPH)
+    if not isinstance(doc, dict):
+        raise ArtifactError(f"{art.path}: graph.json must be a JSON object")
     consts = doc.get("consts", {})
     if not isinstance(consts, dict):
         raise ArtifactError(f"{art.path}: graph.json: 'consts' must be a map")
@@ -476,18 +788,28 @@ def build_function(art: Artifact, target: str | None = None) -> Function:
             raise ArtifactError(f"{art.path}: weight {key!r} is listed twice")
     _check_weights(art, dec.nodes, store)
     spec = doc.get("function", {})
+    if not isinstance(spec, dict):
+        raise ArtifactError(f"{art.path}: graph.json: 'function' must be a map")
     try:
         inputs = [dec.node(i) for i in spec["inputs"]]
         outputs = _structured([Tensor(dec.node(i)) for i in spec["outputs"]], spec["structure"], dec)
         updates = [(_param_node(dec, k), dec.node(i)) for k, i in spec["updates"]]
     except (KeyError, TypeError, ValueError) as e:
         raise ArtifactError(f"{art.path}: graph.json: the function's wiring is malformed ({e})") from None
+    if not all(n.op == "input" for n in inputs) or len({id(n) for n in inputs}) != len(inputs):
+        raise ArtifactError(f"{art.path}: graph.json: the function's inputs must be distinct input nodes")
     same_target = target is None or target == art.target
     options = _decode_options(art.manifest.get("options", {})) if same_target else {}
     for key in LOCAL_OPTIONS:  # paths on the exporting machine mean nothing here
         options.pop(key, None)
-    fn = Function(outputs, inputs=[Tensor(n) for n in inputs], updates=updates,
-                  target=art.target if target is None else target, store=store, **options)
+    try:
+        fn = Function(outputs, inputs=[Tensor(n) for n in inputs], updates=updates,
+                      target=art.target if target is None else target, store=store, **options)
+    except DlcError:
+        raise
+    except Exception as e:  # noqa: BLE001  (a checked graph this dlc still cannot compile: the file is at fault)
+        raise ArtifactError(f"{art.path}: this dlc cannot compile the artifact's graph: {type(e).__name__}: "
+                            f"{str(e)[:300]}") from e
     fn.artifact = ArtifactInfo.of(art, fn)
     return fn
 
@@ -524,6 +846,10 @@ def _structured(tensors: list[Tensor], structure, dec: GraphDecoder):
         return tuple(tensors)
     if isinstance(structure, dict) and "dict" in structure:
         keys = dec.decode_value(structure["dict"])
+        if not isinstance(keys, tuple) or len(keys) != len(tensors) or len(set(keys)) != len(keys) or not all(
+                (isinstance(k, str) and _KEY.fullmatch(k)) or (isinstance(k, int) and not isinstance(k, bool))
+                for k in keys):
+            raise ArtifactError("graph.json: the output dict's keys must be distinct plain names, one per output")
         return dict(zip(keys, tensors))
     raise ArtifactError(f"graph.json: unknown output structure {structure!r}")
 
@@ -555,7 +881,13 @@ def verify_golden(fn: Function, art: Artifact) -> None:
         raise ArtifactError(f"{art.path}: the artifact carries no golden input/output pair to verify")
     inputs = [art.array(m) for m in golden["inputs"]]
     expected = [art.array(m) for m in golden["outputs"]]
-    got = run_without_side_effects(fn, inputs, list(art.manifest.get("weights", {})))
+    if len(inputs) != len(fn.inputs) or len(expected) != len(fn.outputs):
+        raise ArtifactError(f"{art.path}: the golden pair has {len(inputs)} inputs and {len(expected)} outputs, the "
+                            f"function {len(fn.inputs)} and {len(fn.outputs)}")
+    try:
+        got = run_without_side_effects(fn, inputs, list(art.manifest.get("weights", {})))
+    except (DlcError, TypeError, ValueError, IndexError) as e:
+        raise ArtifactError(f"{art.path}: golden self-test failed: the golden inputs do not run ({e})") from e
     exact = golden.get("target") == fn.target
     for i, (e, g) in enumerate(zip(expected, got)):
         ok = e.shape == g.shape and e.dtype == g.dtype and (
@@ -587,7 +919,7 @@ def describe(art: Artifact) -> str:
     if sig.get("symbols"):
         lines.append("  symbols: " + ", ".join(_describe_symbol(s, r) for s, r in sig["symbols"].items()))
     weights = m.get("weights", {})
-    nbytes = sum(len(art.members[w["member"]]) for w in weights.values())
+    nbytes = sum(len(art.member(w["member"])) for w in weights.values())
     lines.append(f"  weights: {len(weights)} arrays, {nbytes / 1e6:.2f} MB")
     for t, names in m.get("kernels", {}).items():
         lines.append(f"  kernels ({t}): " + ", ".join(names))

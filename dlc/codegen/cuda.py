@@ -28,6 +28,7 @@ from ..graph import Node, _factors, shape_eval
 from ..ops import OPS
 from ..program import Kernel, Program
 from . import kernel_ir as ir
+from . import source_text
 from .math_functions import cuda_name
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels" / "cuda"
@@ -47,7 +48,7 @@ class CudaUnsupportedError(DlcError):
 
 
 def unsupported(node: Node, why: str = "") -> CudaUnsupportedError:
-    where = f" (from {node.loc})" if node.loc else ""
+    where = f" (from {source_text.comment(node.loc)})" if node.loc else ""  # one plain line, whatever the loc
     return CudaUnsupportedError(f"the CUDA backend cannot render op {node.op!r}{where}: "
                                 f"{why or 'no CUDA lowering for it'}")
 
@@ -157,7 +158,8 @@ def symbols_of_shapes(shapes) -> set[str]:
 
 
 def literal(value, dtype: str) -> str:
-    """A Python/numpy scalar as a C literal of the given dtype."""
+    """A Python/numpy scalar as a C literal of the given dtype; only numbers are accepted, never a string."""
+    value = source_text.checked_number(value)
     if dtype == "bool":
         return "true" if bool(value) else "false"
     if dtype in ("int32", "int64"):
@@ -433,9 +435,22 @@ def _signature(name: str, params: list[Param]) -> str:
 
 
 def _comment(kernel: Kernel) -> str:
-    lines = [f"// {kernel.name} [{kernel.kind}]: {' -> '.join(n.op for n in kernel.nodes)}"]
-    lines += [f"//   from {loc}" for loc in kernel.source_lines()]
+    """The kernel's comment: its ops and the user's lines (escaped: locations may come from an artifact)."""
+    lines = [f"// {source_text.comment(f'{kernel.name} [{kernel.kind}]: ' + ' -> '.join(n.op for n in kernel.nodes))}"]
+    lines += [f"//   from {source_text.comment(loc)}" for loc in _source_lines(kernel)]
     return "\n".join(lines)
+
+
+def _source_lines(kernel: Kernel) -> list[str]:
+    """file:line (and the module scope, when known) of each distinct user line the kernel's nodes came from."""
+    out = []
+    for n in kernel.nodes:
+        if n.loc is not None:
+            scope = getattr(n.loc, "scope", "")
+            text = f"{source_text.file_name(n.loc.file)}:{int(n.loc.line)}" + (f" in {scope}" if scope else "")
+            if text not in out:
+                out.append(text)
+    return out
 
 
 def _grid_for(n: int, per_block: int, max_blocks: int) -> int:

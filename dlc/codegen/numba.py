@@ -22,6 +22,7 @@ from ..graph import Node
 from ..ops import OPS
 from ..program import Kernel, Program
 from . import kernel_ir as ir
+from . import source_text
 from .math_functions import numba_name
 
 # Every local name a kernel body defines starts with P: an inlined kernel gets a prefix of its own.
@@ -41,6 +42,8 @@ def is_scalar_node(node: Node) -> bool:
 
 
 def literal(value, dtype: str) -> str:
+    """A scalar as a numpy-typed literal; only numbers are accepted (never a string, whatever it holds)."""
+    value = source_text.checked_number(value)
     if dtype == "bool":
         return "True" if value else "False"
     if dtype.startswith("float"):
@@ -50,9 +53,9 @@ def literal(value, dtype: str) -> str:
         elif value in (float("inf"), float("-inf")):
             text = ("-" if value < 0 else "") + "np.inf"
         else:
-            text = repr(value)
+            text = source_text.number(value)
         return f"{NP_DTYPE[dtype]}({text})"
-    return f"{NP_DTYPE[dtype]}({int(value)})"
+    return f"{NP_DTYPE[dtype]}({source_text.number(int(value))})"
 
 
 # Nodes are named in generated code by their position in the program's graph, not by their
@@ -66,9 +69,13 @@ def number(node: Node) -> int:
 
 
 def where(node: Node) -> str:
-    """The comment naming a node and the user's line it came from."""
-    loc = f" @ {node.loc.file.rsplit('/', 1)[-1]}:{node.loc.line}" if node.loc else ""
-    return f"%{number(node)} {node.op}{loc}"
+    """The comment naming a node, the user's line and the module scope it came from (escaped: it may come from
+    an artifact)."""
+    loc = ""
+    if node.loc:
+        scope = f" in {node.loc.scope}" if getattr(node.loc, "scope", "") else ""
+        loc = f" @ {source_text.file_name(node.loc.file)}:{int(node.loc.line)}{scope}"
+    return source_text.comment(f"%{number(node)} {node.op}{loc}")
 
 
 class Writer:
@@ -127,11 +134,11 @@ class RenderedKernel:
         params = ", ".join(a.name for a in self.args).replace(P, "")
         deco = "@njit(**JIT_PARALLEL)" if self.parallel else "@njit(**JIT)"
         body = "\n".join(self.lines).replace(P, "")
-        return f'{deco}\ndef FUNC_NAME({params}):\n    """{self.comment}"""\n{body}'
+        return f'{deco}\ndef FUNC_NAME({params}):\n{source_text.docstring([self.comment])}\n{body}'
 
     def inline_lines(self, prefix: str, bind: list[str]) -> list[str]:
         """The body for the outer function: arguments bound to views, locals renamed apart."""
-        head = [f"    # {self.kernel.name}: {self.comment}"]
+        head = [f"    # {source_text.comment(f'{self.kernel.name}: {self.comment}')}"]
         head += [f"    {a.name.replace(P, prefix)} = {v}" for a, v in zip(self.args, bind)]
         return head + [line.replace(P, prefix) for line in self.lines]
 
@@ -572,7 +579,7 @@ def _render_matmul(program, kernel):
 def _ints(*values) -> str:
     """Attribute arguments typed int64, not literals: numba would compile the hand-written kernel once per
     distinct stride and padding, where one compilation per dtype serves them all."""
-    return ", ".join(f"np.int64({int(v)})" for v in values)
+    return ", ".join(f"np.int64({source_text.number(int(source_text.checked_number(v)))})" for v in values)
 
 
 def _conv_args(a: dict) -> str:
@@ -583,7 +590,11 @@ def _conv_args(a: dict) -> str:
 def _pool_args(a: dict) -> str:
     (pt, _), (pl, _) = a["padding"]
     text = _ints(*a["kernel"], *a["stride"], pt, pl)
-    return text + (f", np.bool_({a['count_include_pad']})" if "count_include_pad" in a else "")
+    if "count_include_pad" not in a:
+        return text
+    if not isinstance(a["count_include_pad"], bool):
+        raise TypeError(f"count_include_pad must be a bool, got {type(a['count_include_pad']).__name__}")
+    return text + f", np.bool_({source_text.number(a['count_include_pad'])})"
 
 
 # op -> (the hand-written function, its attribute arguments after the operands and the output);
@@ -662,6 +673,10 @@ def _render_window(program, kernel):
 RANDOM_OPS = ("random_uniform", "random_normal", "random_bernoulli")
 
 
+def _float(value) -> str:
+    return source_text.number(float(source_text.checked_number(value)))
+
+
 def _render_random(program, kernel):
     node = kernel.anchor
     r = KernelRenderer(program, kernel)
@@ -671,19 +686,19 @@ def _render_random(program, kernel):
     key = _ints(seed & 0xFFFFFFFF, seed >> 32)
     a = node.a
     if node.op == "random_bernoulli":
-        call = f"random_bernoulli({out}, {key}, np.int64({step}), {float(a['p'])!r})"
+        call = f"random_bernoulli({out}, {key}, np.int64({step}), {_float(a['p'])})"
     else:
         kind = "uniform" if node.op == "random_uniform" else "normal"
         params = (a["low"], a["high"]) if kind == "uniform" else (a["mean"], a["std"])
         suffix = "f32" if node.dtype == "float32" else "f64"
-        call = f"random_{kind}_{suffix}({out}, {key}, np.int64({step}), {float(params[0])!r}, {float(params[1])!r})"
+        call = f"random_{kind}_{suffix}({out}, {key}, np.int64({step}), {_float(params[0])}, {_float(params[1])})"
     r.w(f"{call}  # {where(node)}")
     return _finish(r, kernel, _describe(kernel))
 
 
 def _error_where(node: Node) -> str:
-    """The user's line as a Python literal for a runtime error message (repr: a safe literal for any text)."""
-    return repr(f" at {node.loc.file.rsplit('/', 1)[-1]}:{int(node.loc.line)}" if node.loc else "")
+    """The user's line as a Python literal for a runtime error message (the file name escaped, then repr'd)."""
+    return repr(f" at {source_text.file_name(node.loc.file)}:{int(node.loc.line)}" if node.loc else "")
 
 
 def _check_labels(r: KernelRenderer, node: Node, labels: Node, low: str, high: str, ignore=None) -> None:
@@ -855,12 +870,20 @@ def _render_program(program, title, fastmath, parallel, kernels_digest) -> Gener
             outer_texts.append(outer.render(seg, i == len(segments) - 1))
         else:
             seg.reason = seg.kernels[0].notes[-1]
-    source = HEADER.format(title=title, fastmath=fastmath, kernels_digest=kernels_digest) + "\n\n" + \
+    source = HEADER.format(title=source_text.comment(title), fastmath=_jit_flag(fastmath),
+                           kernels_digest=source_text.comment(kernels_digest)) + "\n\n" + \
         "\n\n\n".join(funcs.values()) + "\n\n\n" + "\n\n\n".join(outer_texts) + "\n"
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     native = [k for k in rendered if isinstance(k, RenderedKernel)]
     return GeneratedModule(source, segments, outer.slots, outer.externals, native,
                            len({t for t in texts if t is not None}), digest, redirects)
+
+
+def _jit_flag(value) -> str:
+    """A boolean @njit option as source: only a real bool is rendered (options may come from a manifest)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"fastmath must be True or False, got {type(value).__name__}")
+    return source_text.number(bool(value))
 
 
 def direct_updates(program: Program, rendered: list) -> dict[int, Node]:
@@ -966,7 +989,7 @@ class _OuterBuilder:
                 w.lines.extend(rk.inline_lines(f"{rk.kernel.name}_", args))
                 parallel = parallel or rk.parallel
             else:
-                w(f"{rk.name}({', '.join(args)})  # {rk.kernel.name}: {rk.comment}")
+                w(f"{rk.name}({', '.join(args)})  # {source_text.comment(f'{rk.kernel.name}: {rk.comment}')}")
         if last:
             for key, node in self.program.updates:
                 storage = self.program.storage_of(node)
@@ -975,7 +998,7 @@ class _OuterBuilder:
                 param = next(p for p in self.program.graph.nodes if p.op == "param" and p.attr("name") == key)
                 dst = f"e{self.ext_of[id(param)]}.reshape({self.numel(param)})"
                 src = self.view(node, "flat", w, names)
-                w(f"copy_flat({dst}, {src})  # update {key}")
+                w(f"copy_flat({dst}, {src})  # {source_text.comment(f'update {key}')}")
         body = w.text() or "    pass"
         params = ", ".join(["arena", "S"] + [f"e{i}" for i in range(len(self.externals))])
         deco = "@njit(**JIT_PARALLEL)" if parallel else "@njit(**JIT)"
@@ -992,7 +1015,7 @@ class _OuterBuilder:
         while parts:
             lines.append(", ".join(parts[:4]))
             parts = parts[4:]
-        return '    """' + "\n    ".join(lines) + '"""'
+        return source_text.docstring(lines)
 
 
 def _itemsize(dtype: str) -> int:

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..codegen import source_text
 from ..codegen.numba import NP_DTYPE, GeneratedModule, Writer
 from ..graph import TUPLE, Node, dim_eval, shape_eval
 from ..program import Kernel, Program, nbytes
@@ -455,8 +456,9 @@ class LoopRenderer:
             [f"work{k}{s}" for k in range(C) for s in "ab"]
         params += [name for name, _ in self.consts] + ["bounds"]
         direction = "reverse" if scan.reverse else "forward"
-        doc = (f'    """{body.name} {direction} over T steps: carries {C}, xs {X}, captured {len(body.captured_in)}, '
-               f'ys {Y}{"; carries saved" if scan.save else ""}."""')
+        saved = "; carries saved" if scan.save else ""
+        doc = source_text.docstring([f"{body.name} {direction} over T steps: carries {C}, xs {X}, "
+                                     f"captured {len(body.captured_in)}, ys {Y}{saved}."])
         module = f"dlc_gen_{bb.generated.digest}"
         head = LOOP_HEADER.format(module=module, func=bb.generated.segments[0].func)
         return f"{head}\n\n@njit(**JIT)\ndef scan_loop({', '.join(params)}):\n{doc}\n{w.text()}\n"
