@@ -304,6 +304,8 @@ ATTRS: dict[str, dict] = {
     "pad": {"pads": _check_pairs, "value": _check_float},
     "take": {"axis": _check_int},
     "take_grad": {"axis": _check_int, "shape": _check_dims},
+    "one_hot": {"depth": _check_int, "ignore_index": lambda v, what: v is None or _check_int(v, what),
+                "dtype": _check_dtype_name},
     "cast": {"dtype": _check_dtype_name},
     "clip": {"lo": _check_number, "hi": _check_number},
     "elu": {"alpha": _check_float},
@@ -330,7 +332,7 @@ ARITY = {
     **{op: 1 for op in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "avg_pool2d_grad",
                         "adaptive_avg_pool2d_grad", "sum", "prod", "max", "min", "argmax", "argmin", "reshape",
                         "transpose", "broadcast_to", "slice", "slice_grad", "pad", "random_uniform", "random_normal",
-                        "random_bernoulli", "scan_output")},
+                        "random_bernoulli", "scan_output", "one_hot")},
     "concat": None, "scan": None,
 }
 
