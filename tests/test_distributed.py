@@ -1,0 +1,232 @@
+"""Data-parallel training on MPI: collectives, gradient averaging, cross-rank checks, launched with mpirun -n 2."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import dlc
+from dlc import distributed
+
+ROOT = Path(__file__).resolve().parents[1]
+TIME_LIMIT = 240  # seconds for one mpirun (compiling on a loaded 2-core machine included)
+
+
+def _mpi_missing() -> str | None:
+    if importlib.util.find_spec("mpi4py") is None:
+        return "mpi4py is not installed (pip install 'dlc[mpi]')"
+    if shutil.which("mpirun") is None:
+        return "mpirun is not on PATH (pip install 'dlc[mpi]' installs Open MPI)"
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_mpi_missing() is not None, reason=str(_mpi_missing()))
+if _mpi_missing():
+    print(f"test_distributed: mpirun tests skipped: {_mpi_missing()}", file=sys.stderr)
+
+
+def mpirun(script: str, ranks: int, tmp_path: Path, *args: str):
+    """Run `script` (Python source) on `ranks` ranks; returns (returncode, stdout + stderr, seconds)."""
+    path = tmp_path / f"worker_{ranks}.py"
+    path.write_text(textwrap.dedent(script))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OMPI_MCA_rmaps_base_oversubscribe="1")
+    cmd = ["mpirun", "-n", str(ranks), "--oversubscribe", sys.executable, str(path), *args]
+    t0 = time.monotonic()
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIME_LIMIT, cwd=tmp_path)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"mpirun -n {ranks} did not end within {TIME_LIMIT} s (a hang); output:\n{e.stdout}\n{e.stderr}")
+    return proc.returncode, proc.stdout + proc.stderr, time.monotonic() - t0
+
+
+# ----------------------------------------------------------------------------
+# one process: the world of one rank
+
+
+def test_collectives_are_the_identity_in_a_world_of_one_rank():
+    x = dlc.input("x", (3, 2))
+    f = dlc.compile([distributed.all_reduce(x), distributed.all_reduce(x, "mean"), distributed.broadcast(x, 0),
+                     distributed.all_gather(x), distributed.reduce(x, 0), distributed.reduce_scatter(x)],
+                    inputs=[x], target="reference")
+    v = np.arange(6, dtype=np.float32).reshape(3, 2)
+    for out in f(v):
+        np.testing.assert_array_equal(out, v)
+    assert distributed.rank() == 0 and distributed.world_size() == 1
+
+
+def test_collective_errors_name_the_problem():
+    x = dlc.input("x", (3,), "int64")
+    with pytest.raises(dlc.DTypeError, match="collectives take float32, float64"):
+        distributed.all_reduce(x, "mean")
+    with pytest.raises(ValueError, match="'sum' or 'mean'"):
+        distributed.all_reduce(dlc.input("y", (3,)), "max")
+    with pytest.raises(ValueError, match=r"root must be a rank in \[0, 1\)"):
+        distributed.broadcast(dlc.input("z", (3,)), root=1)
+
+
+def test_gradient_buckets_keep_values_and_order():
+    grads = [dlc.constant(np.full(s, i, np.float32)) for i, s in enumerate([(3, 2), (5,), (2, 2)])]
+    assert distributed._buckets(grads, bucket_bytes=40) == [[2, 1], [0]]  # last gradient first, <= 40 bytes
+
+
+# ----------------------------------------------------------------------------
+# two ranks
+
+TRAIN = """
+    import sys
+    import numpy as np
+    import dlc
+    from dlc import distributed, nn
+
+    target, batch, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    rank, world = distributed.rank(), distributed.world_size()
+    nn.manual_seed(rank)  # ranks start from different weights: compiling the step copies rank 0's
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+    x, y = dlc.input("x", ("B", 8)), dlc.input("y", ("B",), "int64")
+    opt = dlc.optim.Adam(model.parameters(), lr=1e-2)
+    step = nn.compile_step(lambda x, y: nn.cross_entropy(model(x), y), [x, y], opt, modules=model, target=target,
+                           data_parallel=True)
+    rng = np.random.default_rng(42)
+    X, Y = rng.normal(size=(20 * 64, 8)).astype(np.float32), rng.integers(0, 4, 20 * 64)
+    losses = []
+    for s in range(20):
+        rows = slice(s * 64 + rank * batch, s * 64 + (rank + 1) * batch)
+        losses.append(step(X[rows], Y[rows]))
+    trained = {k: model.store[k] for k in model.store.keys() if model.store.is_trainable(k)}
+    np.savez(f"{out}/rank{rank}_of{world}.npz", losses=np.array(losses), **trained)
+    print(f"rank {rank} of {world} done", flush=True)
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_two_ranks_match_one_process_with_the_whole_batch(tmp_path, target):
+    # the program does not depend on the number of ranks: the 2-rank run finds the 1-process run's
+    # compiled module in the (shared, usually warm) cache
+    rc, log, _ = mpirun(TRAIN, 1, tmp_path, target, "64", str(tmp_path))
+    assert rc == 0, log
+    rc, log, _ = mpirun(TRAIN, 2, tmp_path, target, "32", str(tmp_path))
+    assert rc == 0, log
+    one, r0, r1 = (np.load(tmp_path / f) for f in ("rank0_of1.npz", "rank0_of2.npz", "rank1_of2.npz"))
+    keys = [k for k in one.files if k != "losses"]
+    assert len(keys) == 4 and sorted(r0.files) == sorted(one.files)
+    for k in keys:
+        np.testing.assert_array_equal(r0[k], r1[k], err_msg=f"ranks hold different {k}")
+        np.testing.assert_allclose(r0[k], one[k], rtol=2e-4, atol=2e-5, err_msg=k)
+    # the reported loss is the mean over ranks, so it is the whole batch's loss too
+    np.testing.assert_array_equal(r0["losses"], r1["losses"])
+    np.testing.assert_allclose(r0["losses"], one["losses"], rtol=1e-4)
+    assert not np.allclose(one["losses"][0], one["losses"][-1])  # it trained
+
+
+FIT = """
+    import numpy as np
+    import dlc
+    from dlc import distributed, nn
+
+    nn.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x, y = dlc.input("x", ("B", 4)), dlc.input("y", ("B",), "int64")
+    opt = dlc.optim.SGD(model.parameters(), lr=0.1)
+    seen = []
+
+    def loss_fn(x, y):
+        return {"loss": nn.cross_entropy(model(x), y), "acc": nn.accuracy(model(x), y)}
+
+    step = nn.compile_step(loss_fn, [x, y], opt, modules=model, target="reference", data_parallel=True)
+
+    def recording(x, ids):  # the step, noting which rows this rank trained on
+        seen.extend(ids.tolist())
+        return step(x, ids % 3)
+
+    recording.data_parallel = True  # fit shards the batches of steps that say they are data-parallel
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(50, 4)).astype(np.float32)
+    history = nn.fit(recording, X, np.arange(50), epochs=1, batch_size=8, progress=False,
+                     log=lambda *a: print(*a, flush=True))
+    seen = np.array(seen)
+    everyone = np.empty(100, np.int64)
+    distributed.communicator().Allgather(np.pad(seen, (0, 50 - len(seen)), constant_values=-1), everyone)
+    rows = sorted(r for r in everyone.tolist() if r >= 0)
+    print(f"rank {distributed.rank()} trained on {len(seen)} rows; history {history[0]} rows {rows}", flush=True)
+"""
+
+
+@needs_mpi
+def test_fit_shards_batches_and_agrees_on_records(tmp_path):
+    rc, log, _ = mpirun(FIT, 2, tmp_path)
+    assert rc == 0, log
+    rows = [line for line in log.splitlines() if " history " in line]
+    assert len(rows) == 2, log
+    r0, r1 = (line.split(" history ", 1)[1] for line in sorted(rows))
+    assert r0 == r1  # the same averaged record on both ranks
+    assert r0.endswith(f"rows {list(range(50))}")  # every row once: the shares are disjoint and cover the data
+    assert "rank 0 trained on 26 rows" in log and "rank 1 trained on 24 rows" in log  # 4 batches of 13,13,12,12
+
+
+MISMATCH = """
+    import dlc
+    from dlc import distributed, nn
+
+    hidden = 16 if distributed.rank() == 0 else 12
+    model = nn.Sequential(nn.Linear(8, hidden), nn.Tanh(), nn.Linear(hidden, 4))
+    x, y = dlc.input("x", ("B", 8)), dlc.input("y", ("B",), "int64")
+    opt = dlc.optim.SGD(model.parameters(), lr=0.1)
+    try:
+        nn.compile_step(lambda x, y: nn.cross_entropy(model(x), y), [x, y], opt, modules=model,
+                        target="reference", data_parallel=True)
+    except distributed.DistributedError as e:
+        print(f"rank {distributed.rank()} caught: {e}", flush=True)
+    else:
+        print(f"rank {distributed.rank()} went on without an error", flush=True)
+"""
+
+
+@needs_mpi
+def test_a_program_mismatch_is_an_error_on_every_rank(tmp_path):
+    rc, log, seconds = mpirun(MISMATCH, 2, tmp_path)
+    assert rc == 0, log
+    for r in (0, 1):
+        assert f"rank {r} caught: rank {r}: the training step differs across ranks: rank(s) [1]" in log, log
+    assert "went on without an error" not in log
+
+
+FAILURE = """
+    import time
+    import numpy as np
+    import dlc
+    from dlc import distributed, nn
+
+    model = nn.Sequential(nn.Linear(8, 4))
+    x, y = dlc.input("x", ("B", 8)), dlc.input("y", ("B",), "int64")
+    opt = dlc.optim.SGD(model.parameters(), lr=0.1)
+    step = nn.compile_step(lambda x, y: nn.cross_entropy(model(x), y), [x, y], opt, modules=model,
+                           target="reference", data_parallel=True)
+    X, Y = np.ones((4, 8), np.float32), np.zeros(4, np.int64)
+    for s in range(1000):
+        if s == 3 and distributed.rank() == 1:
+            raise RuntimeError("bad batch on purpose")
+        step(X, Y)
+    print("rank", distributed.rank(), "finished: it should have been stopped", flush=True)
+"""
+
+
+@needs_mpi
+def test_a_failing_rank_stops_every_rank_with_an_error_naming_it(tmp_path):
+    rc, log, seconds = mpirun(FAILURE, 2, tmp_path)
+    assert rc != 0, log
+    assert "RuntimeError: bad batch on purpose" in log
+    assert "dlc.distributed: rank 1 of 2 raised RuntimeError: bad batch on purpose; aborting every rank" in log
+    assert "finished" not in log  # rank 0, waiting in the Allreduce of step 4, was stopped
