@@ -10,7 +10,7 @@ step into native code:
 """
 
 from . import functional as _functional
-from . import nn, optim  # layers, losses, optimizers and the training API
+from . import distributed, nn, optim  # MPI data parallelism; layers, losses, optimizers and the training API
 from .autodiff import grad
 from .compiler import Function, compile, default_target
 from .errors import ArtifactError, DlcError, DTypeError, GradientError, ShapeError
