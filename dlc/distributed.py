@@ -3,14 +3,17 @@
     mpirun -n 4 python3 train.py          # every rank runs the same script
     step = dlc.nn.compile_step(loss_fn, [x, y], opt, modules=model, data_parallel=True)
 
-Without mpi4py, or in a process not started by mpirun, the world is one rank
-and every collective is the identity, so the same script runs alone. See
+In a process not started by mpirun (or srun) the world is one rank, MPI is
+not initialized, and every collective is the identity: the same script, and
+the same compiled step, runs alone. See
 docs/distributed.md for the design.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
 import sys
 import threading
 
@@ -22,6 +25,7 @@ from .tensor import Tensor
 BUCKET_BYTES = 4 << 20   # gradients are averaged in flat buckets of about this size (one Allreduce each)
 _STATE = {"comm": None, "initialized": False, "hook": None}
 _LOCK = threading.Lock()
+_LOCAL = threading.local()  # .depth > 0 inside this_rank_only()
 
 
 class DistributedError(DlcError):
@@ -42,21 +46,53 @@ def init(abort_on_error: bool = True):
     with _LOCK:
         if _STATE["initialized"]:
             return _STATE["comm"]
-        try:
-            from mpi4py import MPI
-        except ImportError:
-            comm = None
-        else:
-            comm = MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+        comm = _world() if launched_by_mpi() else None
         _STATE["comm"], _STATE["initialized"] = comm, True
     if comm is not None and abort_on_error:
         _install_abort_hook(comm)
     return comm
 
 
+LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_by_mpi() -> bool:
+    """Whether mpirun (or srun) started this process; DLC_MPI=1 or 0 overrides the guess."""
+    forced = os.environ.get("DLC_MPI")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return any(v in os.environ for v in LAUNCHER_VARIABLES)
+
+
+def _world():
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise DistributedError(f"this process was started by an MPI launcher but mpi4py is missing ({e}); "
+                               f"pip install 'dlc[mpi]'") from None
+    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+
+
 def communicator():
     """The MPI communicator of the world, or None when it has one rank (collectives are then the identity)."""
+    if getattr(_LOCAL, "depth", 0):
+        return None
     return _STATE["comm"] if _STATE["initialized"] else init()
+
+
+@contextlib.contextmanager
+def this_rank_only():
+    """Run as a world of one rank for a while (this thread): collectives become the identity.
+
+    For work one rank does alone, such as rank 0 exporting an artifact,
+    whose self-test runs the step once: a real collective there would wait
+    forever for the other ranks.
+    """
+    _LOCAL.depth = getattr(_LOCAL, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _LOCAL.depth -= 1
 
 
 def rank() -> int:
@@ -241,6 +277,16 @@ def check_same_program(fn, what: str = "the training step") -> None:
             f"run the same script on the same model")
 
 
+def synchronize(fn, what: str = "the training step") -> None:
+    """Check that every rank compiled the same program, then give every rank rank 0's parameters and state.
+
+    compile_step(data_parallel=True) does this; call it on a step loaded from
+    an artifact (dlc.load) on every rank before training it.
+    """
+    check_same_program(fn, what)
+    broadcast_parameters(fn)
+
+
 def broadcast_parameters(fn, root: int = 0) -> None:
     """Overwrite every parameter and optimizer state array `fn` reads with rank root's (buffer-based Bcast)."""
     comm = communicator()
@@ -267,4 +313,4 @@ def all_ranks_mean(values: dict[str, float]) -> dict[str, float]:
 
 __all__ = ["init", "communicator", "rank", "world_size", "is_main", "all_reduce", "broadcast", "all_gather",
            "reduce", "reduce_scatter", "average_gradients", "average_metrics", "check_same_program",
-           "broadcast_parameters", "program_fingerprint", "DistributedError", "BUCKET_BYTES"]
+           "broadcast_parameters", "program_fingerprint", "this_rank_only", "synchronize", "DistributedError", "BUCKET_BYTES"]

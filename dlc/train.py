@@ -145,8 +145,7 @@ def _start_ranks_in_step(fn) -> None:
     """Every rank must have compiled the same program; then all start from rank 0's parameters and state."""
     from . import distributed
 
-    distributed.check_same_program(fn)
-    distributed.broadcast_parameters(fn)
+    distributed.synchronize(fn)
 
 
 def _check_stores(modules, store) -> None:

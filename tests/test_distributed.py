@@ -35,12 +35,13 @@ if _mpi_missing():
 
 
 def mpirun(script: str, ranks: int, tmp_path: Path, *args: str):
-    """Run `script` (Python source) on `ranks` ranks; returns (returncode, stdout + stderr, seconds)."""
+    """Run `script` (Python source) on `ranks` ranks (0: one plain process); returns (returncode, output, seconds)."""
     path = tmp_path / f"worker_{ranks}.py"
     path.write_text(textwrap.dedent(script))
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
                OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", OMPI_MCA_rmaps_base_oversubscribe="1")
-    cmd = ["mpirun", "-n", str(ranks), "--oversubscribe", sys.executable, str(path), *args]
+    launcher = ["mpirun", "-n", str(ranks), "--oversubscribe"] if ranks else []
+    cmd = [*launcher, sys.executable, str(path), *args]
     t0 = time.monotonic()
     try:
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=TIME_LIMIT, cwd=tmp_path)
@@ -88,25 +89,47 @@ TRAIN = """
     import dlc
     from dlc import distributed, nn
 
-    target, batch, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    target, batch, out, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    resume = sys.argv[5] if len(sys.argv) > 5 else None
     rank, world = distributed.rank(), distributed.world_size()
-    nn.manual_seed(rank)  # ranks start from different weights: compiling the step copies rank 0's
-
-    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
-    x, y = dlc.input("x", ("B", 8)), dlc.input("y", ("B",), "int64")
-    opt = dlc.optim.Adam(model.parameters(), lr=1e-2)
-    step = nn.compile_step(lambda x, y: nn.cross_entropy(model(x), y), [x, y], opt, modules=model, target=target,
-                           data_parallel=True)
     rng = np.random.default_rng(42)
     X, Y = rng.normal(size=(20 * 64, 8)).astype(np.float32), rng.integers(0, 4, 20 * 64)
+    if resume:  # a step exported after 10 steps, trained on for 10 more
+        step, first = dlc.load(resume), 10
+        distributed.synchronize(step)
+        store = step.store
+    else:
+        nn.manual_seed(rank)  # ranks start from different weights: compiling the step copies rank 0's
+        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+        x, y = dlc.input("x", ("B", 8)), dlc.input("y", ("B",), "int64")
+        opt = dlc.optim.Adam(model.parameters(), lr=1e-2)
+        step = nn.compile_step(lambda x, y: nn.cross_entropy(model(x), y), [x, y], opt, modules=model,
+                               target=target, data_parallel=True)
+        store, first = model.store, 0
     losses = []
-    for s in range(20):
+    for s in range(first, 20):
+        if s == 10 and rank == 0 and not resume:
+            dlc.export(step, f"{out}/{tag}_at10.dlc")
         rows = slice(s * 64 + rank * batch, s * 64 + (rank + 1) * batch)
-        losses.append(step(X[rows], Y[rows]))
-    trained = {k: model.store[k] for k in model.store.keys() if model.store.is_trainable(k)}
-    np.savez(f"{out}/rank{rank}_of{world}.npz", losses=np.array(losses), **trained)
+        loss = step(X[rows], Y[rows])
+        losses.append(float(loss["loss"] if isinstance(loss, dict) else loss))
+    np.savez(f"{out}/{tag}_rank{rank}.npz", losses=np.array(losses), **{k: store[k] for k in store.keys()})
     print(f"rank {rank} of {world} done", flush=True)
 """
+
+
+def saved(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return dict(f)
+
+
+def check_same_training(ranks: list[dict], reference: dict):
+    """Every array of every rank close to the reference run's; the ranks' bit-identical to each other."""
+    assert sorted(ranks[0]) == sorted(reference) and len(reference) > 4
+    for k in reference:
+        for r in ranks[1:]:
+            np.testing.assert_array_equal(ranks[0][k], r[k], err_msg=f"ranks hold different {k}")
+        np.testing.assert_allclose(ranks[0][k], reference[k], rtol=2e-4, atol=2e-5, err_msg=k)
 
 
 @needs_mpi
@@ -114,20 +137,32 @@ TRAIN = """
 def test_two_ranks_match_one_process_with_the_whole_batch(tmp_path, target):
     # the program does not depend on the number of ranks: the 2-rank run finds the 1-process run's
     # compiled module in the (shared, usually warm) cache
-    rc, log, _ = mpirun(TRAIN, 1, tmp_path, target, "64", str(tmp_path))
-    assert rc == 0, log
-    rc, log, _ = mpirun(TRAIN, 2, tmp_path, target, "32", str(tmp_path))
-    assert rc == 0, log
-    one, r0, r1 = (np.load(tmp_path / f) for f in ("rank0_of1.npz", "rank0_of2.npz", "rank1_of2.npz"))
-    keys = [k for k in one.files if k != "losses"]
-    assert len(keys) == 4 and sorted(r0.files) == sorted(one.files)
-    for k in keys:
-        np.testing.assert_array_equal(r0[k], r1[k], err_msg=f"ranks hold different {k}")
-        np.testing.assert_allclose(r0[k], one[k], rtol=2e-4, atol=2e-5, err_msg=k)
-    # the reported loss is the mean over ranks, so it is the whole batch's loss too
-    np.testing.assert_array_equal(r0["losses"], r1["losses"])
-    np.testing.assert_allclose(r0["losses"], one["losses"], rtol=1e-4)
+    for ranks, batch in [(1, 64), (2, 32)]:
+        rc, log, _ = mpirun(TRAIN, ranks, tmp_path, target, str(batch), str(tmp_path), f"world{ranks}")
+        assert rc == 0, log
+    one, r0, r1 = (saved(tmp_path / f) for f in ("world1_rank0.npz", "world2_rank0.npz", "world2_rank1.npz"))
+    # weights, Adam's moments and step, and the reported loss (the mean over ranks, so the whole batch's)
+    check_same_training([r0, r1], one)
     assert not np.allclose(one["losses"][0], one["losses"][-1])  # it trained
+
+
+@needs_mpi
+def test_artifacts_move_between_one_process_and_two_ranks(tmp_path):
+    for ranks, batch in [(1, 64), (2, 32)]:
+        rc, log, _ = mpirun(TRAIN, ranks, tmp_path, "reference", str(batch), str(tmp_path), f"world{ranks}")
+        assert rc == 0, log
+    one = saved(tmp_path / "world1_rank0.npz")
+    last_ten = dict(one, losses=one["losses"][10:])
+    # rank 0's export of the 2-rank run trains on in a plain process (no mpirun)
+    rc, log, _ = mpirun(TRAIN, 0, tmp_path, "reference", "64", str(tmp_path), "alone",
+                        str(tmp_path / "world2_at10.dlc"))
+    assert rc == 0, log
+    check_same_training([saved(tmp_path / "alone_rank0.npz")], last_ten)
+    # the single-process export resumes on 2 ranks
+    rc, log, _ = mpirun(TRAIN, 2, tmp_path, "reference", "32", str(tmp_path), "resumed",
+                        str(tmp_path / "world1_at10.dlc"))
+    assert rc == 0, log
+    check_same_training([saved(tmp_path / f"resumed_rank{r}.npz") for r in (0, 1)], last_ten)
 
 
 FIT = """
