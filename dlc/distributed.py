@@ -313,4 +313,5 @@ def all_ranks_mean(values: dict[str, float]) -> dict[str, float]:
 
 __all__ = ["init", "communicator", "rank", "world_size", "is_main", "all_reduce", "broadcast", "all_gather",
            "reduce", "reduce_scatter", "average_gradients", "average_metrics", "check_same_program",
-           "broadcast_parameters", "program_fingerprint", "this_rank_only", "synchronize", "DistributedError", "BUCKET_BYTES"]
+           "broadcast_parameters", "program_fingerprint", "this_rank_only", "synchronize", "launched_by_mpi",
+           "DistributedError", "BUCKET_BYTES"]
