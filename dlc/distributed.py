@@ -26,6 +26,7 @@ BUCKET_BYTES = 4 << 20   # gradients are averaged in flat buckets of about this 
 _STATE = {"comm": None, "initialized": False, "hook": None}
 _LOCK = threading.Lock()
 _LOCAL = threading.local()  # .depth > 0 inside this_rank_only()
+STATS: dict[str, list] = {}  # op -> [calls, bytes, seconds] of the collectives this process ran (benchmarks)
 
 
 class DistributedError(DlcError):
@@ -174,6 +175,13 @@ def _check_root(root) -> int:
     if not isinstance(root, (int, np.integer)) or not 0 <= int(root) < world_size():
         raise ValueError(f"root must be a rank in [0, {world_size()}), got {root!r}")
     return int(root)
+
+
+def record_collective(op: str, nbytes: int, seconds: float) -> None:
+    entry = STATS.setdefault(op, [0, 0, 0.0])
+    entry[0] += 1
+    entry[1] += nbytes
+    entry[2] += seconds
 
 
 # ----------------------------------------------------------------------------

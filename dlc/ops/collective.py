@@ -12,6 +12,8 @@ waits for, which chains collectives into one order.
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from ..errors import DTypeError, ShapeError
@@ -63,7 +65,9 @@ def _all_reduce_ref(xs, a, shape):
     if comm is None:
         return x.copy()
     total = np.empty_like(x)
+    t0 = time.perf_counter()
     comm.Allreduce(x, total)
+    _D().record_collective("all_reduce", x.nbytes, time.perf_counter() - t0)
     if a["reduce"] == "mean":
         total /= x.dtype.type(comm.Get_size())
     return total
