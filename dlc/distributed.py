@@ -22,7 +22,7 @@ import numpy as np
 from .errors import DlcError
 from .tensor import Tensor
 
-BUCKET_BYTES = 4 << 20   # gradients are averaged in flat buckets of about this size (one Allreduce each)
+BUCKET_BYTES = 16 << 20  # gradients are averaged in flat buckets up to this size (one Allreduce each)
 _STATE = {"comm": None, "initialized": False, "hook": None}
 _LOCK = threading.Lock()
 _LOCAL = threading.local()  # .depth > 0 inside this_rank_only()
