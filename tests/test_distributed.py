@@ -83,6 +83,42 @@ def test_gradient_buckets_keep_values_and_order():
 # ----------------------------------------------------------------------------
 # two ranks
 
+COLLECTIVES = """
+    import numpy as np
+    import dlc
+    from dlc import distributed as D
+
+    rank, world = D.rank(), D.world_size()
+    x = dlc.input("x", (4, 3))
+    w = dlc.param(np.full((4, 3), 1.0 + rank, np.float32), name="w")
+    c = np.arange(24, dtype=np.float32).reshape(8, 3)
+    loss = dlc.sum(D.all_gather(x * w) * dlc.constant(c))  # rank r's x * w lands in rows 4r..4r+3
+    f = dlc.compile({"sum": D.all_reduce(x), "mean": D.all_reduce(x, "mean"), "bcast": D.broadcast(x, 1),
+                     "gather": D.all_gather(x), "reduce": D.reduce(x, 0), "scatter": D.reduce_scatter(x),
+                     "gw": dlc.grad(loss, [w])[0], "gx": dlc.grad(dlc.sum(D.broadcast(x, 1) * x), [x])[0]},
+                    inputs=[x], target="reference")
+    xs = [np.arange(12, dtype=np.float32).reshape(4, 3) + 100 * r for r in range(world)]
+    got = f(xs[rank])
+    total = sum(xs)
+    want = {"sum": total, "mean": total / world, "bcast": xs[1], "gather": np.concatenate(xs),
+            "reduce": total if rank == 0 else 0 * total, "scatter": total[2 * rank:2 * rank + 2],
+            # every rank's loss depends on every rank's w: the gradient sums over the ranks' losses
+            "gw": world * c[4 * rank:4 * rank + 4] * xs[rank],
+            # d/dx_r of sum_s sum(x_1 * x_s): x_1 from the own term, plus sum_s x_s on the root
+            "gx": xs[1] + (total if rank == 1 else 0)}
+    for k, v in want.items():
+        np.testing.assert_allclose(got[k], v, rtol=1e-6, err_msg=k)
+    print(f"rank {rank}: every collective matches numpy", flush=True)
+"""
+
+
+@needs_mpi
+def test_collectives_and_their_gradients_on_two_ranks_match_numpy(tmp_path):
+    rc, log, _ = mpirun(COLLECTIVES, 2, tmp_path)
+    assert rc == 0, log
+    assert "rank 0: every collective matches numpy" in log and "rank 1: every collective matches numpy" in log
+
+
 TRAIN = """
     import sys
     import numpy as np
