@@ -301,3 +301,15 @@ def test_a_failing_rank_stops_every_rank_with_an_error_naming_it(tmp_path):
     assert "RuntimeError: bad batch on purpose" in log
     assert "dlc.distributed: rank 1 of 2 raised RuntimeError: bad batch on purpose; aborting every rank" in log
     assert "finished" not in log  # rank 0, waiting in the Allreduce of step 4, was stopped
+
+
+@needs_mpi
+def test_mlp_digits_example_trains_on_two_ranks(tmp_path):
+    pytest.importorskip("sklearn")
+    example = (ROOT / "examples" / "mlp_digits.py").read_text()
+    rc, log, _ = mpirun(example, 2, tmp_path, "--data-parallel", "--epochs", "3", "--target", "reference",
+                        "--batch-size", "32", "--no-progress")
+    assert rc == 0, log
+    assert log.count("test accuracy") == 1, log  # rank 0 reports
+    accuracy = float(log.split("test accuracy")[1].split()[0])
+    assert accuracy > 0.6, log  # 3 short epochs (chance: 0.1)
