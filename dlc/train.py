@@ -239,6 +239,9 @@ class _Ranks:
         """Rank r's near-equal r-th piece of every batch: the same number of steps on every rank."""
         if self.size == 1:
             return parts
+        if len(parts[-1]) < self.size:
+            raise ValueError(f"fit: a batch of {len(parts[-1])} rows cannot be shared by {self.size} ranks; "
+                             f"give fit more rows than ranks")
         return [np.array_split(idx, self.size)[self.rank] for idx in parts]
 
     def mean(self, values: dict[str, float]) -> dict[str, float]:

@@ -232,6 +232,14 @@ FIT = """
     distributed.communicator().Allgather(np.pad(seen, (0, 50 - len(seen)), constant_values=-1), everyone)
     rows = sorted(r for r in everyone.tolist() if r >= 0)
     print(f"rank {distributed.rank()} trained on {len(seen)} rows; history {history[0]} rows {rows}", flush=True)
+
+    def diverging(x, ids):
+        return float("nan")
+
+    diverging.data_parallel = True
+    stopped = nn.fit(diverging, X, np.arange(50), batch_size=8, progress=False,
+                     log=lambda *a: print(f"rank {distributed.rank()} logged:", *a, flush=True))
+    print(f"rank {distributed.rank()} stopped: {stopped.stopped}", flush=True)
 """
 
 
@@ -245,6 +253,9 @@ def test_fit_shards_batches_and_agrees_on_records(tmp_path):
     assert r0 == r1  # the same averaged record on both ranks
     assert r0.endswith(f"rows {list(range(50))}")  # every row once: the shares are disjoint and cover the data
     assert "rank 0 trained on 26 rows" in log and "rank 1 trained on 24 rows" in log  # 4 batches of 13,13,12,12
+    # only rank 0 logs (and shows progress bars); both ranks stop
+    assert "rank 0 logged: fit: loss is nan at epoch 1, step 1" in log and "rank 1 logged" not in log, log
+    assert "rank 1 stopped: loss is nan at epoch 1, step 1" in log
 
 
 MISMATCH = """
