@@ -5,8 +5,7 @@
 
 In a process not started by mpirun (or srun) the world is one rank, MPI is
 not initialized, and every collective is the identity: the same script, and
-the same compiled step, runs alone. See
-docs/distributed.md for the design.
+the same compiled step, runs alone. docs/distributed.md explains the design.
 """
 
 from __future__ import annotations
