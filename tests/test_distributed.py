@@ -125,8 +125,8 @@ TRAIN = """
     import dlc
     from dlc import distributed, nn
 
-    target, batch, out, tag = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    resume = sys.argv[5] if len(sys.argv) > 5 else None
+    target, batch, out, tag, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+    resume = sys.argv[6] if len(sys.argv) > 6 else None
     rank, world = distributed.rank(), distributed.world_size()
     rng = np.random.default_rng(42)
     X, Y = rng.normal(size=(20 * 64, 8)).astype(np.float32), rng.integers(0, 4, 20 * 64)
@@ -136,7 +136,11 @@ TRAIN = """
         store = step.store
     else:
         nn.manual_seed(rank)  # ranks start from different weights: compiling the step copies rank 0's
-        model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+        if kind == "mlp":
+            model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
+        else:  # batch statistics over every rank's rows (no bias before it: its gradient is rounding noise)
+            model = nn.Sequential(nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16, sync=True), nn.Tanh(),
+                                  nn.Linear(16, 4))
         x, y = dlc.input("x", ("B", 8)), dlc.input("y", ("B",), "int64")
         opt = dlc.optim.Adam(model.parameters(), lr=1e-2)
         step = nn.compile_step(lambda x, y: nn.cross_entropy(model(x), y), [x, y], opt, modules=model,
@@ -174,7 +178,7 @@ def test_two_ranks_match_one_process_with_the_whole_batch(tmp_path, target):
     # the program does not depend on the number of ranks: the 2-rank run finds the 1-process run's
     # compiled module in the (shared, usually warm) cache
     for ranks, batch in [(1, 64), (2, 32)]:
-        rc, log, _ = mpirun(TRAIN, ranks, tmp_path, target, str(batch), str(tmp_path), f"world{ranks}")
+        rc, log, _ = mpirun(TRAIN, ranks, tmp_path, target, str(batch), str(tmp_path), f"world{ranks}", "mlp")
         assert rc == 0, log
     one, r0, r1 = (saved(tmp_path / f) for f in ("world1_rank0.npz", "world2_rank0.npz", "world2_rank1.npz"))
     # weights, Adam's moments and step, and the reported loss (the mean over ranks, so the whole batch's)
@@ -183,19 +187,29 @@ def test_two_ranks_match_one_process_with_the_whole_batch(tmp_path, target):
 
 
 @needs_mpi
+def test_synchronised_batch_norm_on_two_ranks_matches_one_process(tmp_path):
+    for ranks, batch in [(1, 64), (2, 32)]:
+        rc, log, _ = mpirun(TRAIN, ranks, tmp_path, "reference", str(batch), str(tmp_path), f"bn{ranks}", "syncbn")
+        assert rc == 0, log
+    one, r0, r1 = (saved(tmp_path / f) for f in ("bn1_rank0.npz", "bn2_rank0.npz", "bn2_rank1.npz"))
+    assert any("running_var" in k for k in one)
+    check_same_training([r0, r1], one)  # the running statistics too: they are the whole batch's
+
+
+@needs_mpi
 def test_artifacts_move_between_one_process_and_two_ranks(tmp_path):
     for ranks, batch in [(1, 64), (2, 32)]:
-        rc, log, _ = mpirun(TRAIN, ranks, tmp_path, "reference", str(batch), str(tmp_path), f"world{ranks}")
+        rc, log, _ = mpirun(TRAIN, ranks, tmp_path, "reference", str(batch), str(tmp_path), f"world{ranks}", "mlp")
         assert rc == 0, log
     one = saved(tmp_path / "world1_rank0.npz")
     last_ten = dict(one, losses=one["losses"][10:])
     # rank 0's export of the 2-rank run trains on in a plain process (no mpirun)
-    rc, log, _ = mpirun(TRAIN, 0, tmp_path, "reference", "64", str(tmp_path), "alone",
+    rc, log, _ = mpirun(TRAIN, 0, tmp_path, "reference", "64", str(tmp_path), "alone", "mlp",
                         str(tmp_path / "world2_at10.dlc"))
     assert rc == 0, log
     check_same_training([saved(tmp_path / "alone_rank0.npz")], last_ten)
     # the single-process export resumes on 2 ranks
-    rc, log, _ = mpirun(TRAIN, 2, tmp_path, "reference", "32", str(tmp_path), "resumed",
+    rc, log, _ = mpirun(TRAIN, 2, tmp_path, "reference", "32", str(tmp_path), "resumed", "mlp",
                         str(tmp_path / "world1_at10.dlc"))
     assert rc == 0, log
     check_same_training([saved(tmp_path / f"resumed_rank{r}.npz") for r in (0, 1)], last_ten)
