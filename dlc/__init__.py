@@ -9,8 +9,12 @@ step into native code:
     step = dlc.compile(loss, updates={w: w - 0.1 * dlc.grad(loss, w)})
 """
 
+from . import (  # layers, losses, optimizers and the training API
+           distributed,  # noqa: F401  (data-parallel training on MPI: dlc.distributed)
+           nn,
+           optim,
+)
 from . import functional as _functional
-from . import nn, optim  # layers, losses, optimizers and the training API
 from .autodiff import grad
 from .compiler import Function, compile, default_target
 from .errors import ArtifactError, DlcError, DTypeError, GradientError, ShapeError

@@ -277,10 +277,13 @@ def example_inputs(fn: Function, batch: int = GOLDEN_BATCH, seed: int = 0) -> di
 
 def run_without_side_effects(fn: Function, arrays: list[np.ndarray], keys: list[str]) -> list[np.ndarray]:
     """Call fn and put every store value it may update back as it was (the golden run of a training step)."""
+    from .distributed import this_rank_only  # one rank exports: its collectives must not wait for the others
+
     saved = {k: fn.store[k].copy() for k in keys}
     try:
         feeds, env, _ = fn.signature.bind(tuple(arrays), {})
-        return [np.array(a, copy=True) for a in fn.backend.run(feeds, env)]
+        with this_rank_only():
+            return [np.array(a, copy=True) for a in fn.backend.run(feeds, env)]
     finally:
         for k, v in saved.items():
             fn.store[k] = v

@@ -101,9 +101,15 @@ class Optimizer:
         return F.cast(self._lr, p.dtype)
 
     # ---- building the update
-    def updates(self, loss: Tensor) -> dict[Tensor, Tensor]:
-        """{param or state: new value} for one step on `loss`, ready for dlc.compile(updates=...)."""
+    def updates(self, loss: Tensor, reduce_grads=None) -> dict[Tensor, Tensor]:
+        """{param or state: new value} for one step on `loss`, ready for dlc.compile(updates=...).
+
+        reduce_grads(grads) -> grads runs between the backward pass and the
+        update (data-parallel training averages the gradients over ranks there).
+        """
         grads = _grad(loss, self.params)
+        if reduce_grads is not None:
+            grads = reduce_grads(grads)
         if self.max_grad_norm is not None:
             grads = clip_by_global_norm(grads, self.max_grad_norm)
         out: dict[Tensor, Tensor] = {}

@@ -65,8 +65,9 @@ class TrainStep:
     floats instead. `function` is the underlying dlc.Function.
     """
 
-    def __init__(self, function: Function, names: list[str], optimizer):
+    def __init__(self, function: Function, names: list[str], optimizer, data_parallel: bool = False):
         self.function, self.names, self.optimizer = function, names, optimizer
+        self.data_parallel = data_parallel
 
     def __call__(self, *batch, **named):
         values = self.function(*batch, **named)
@@ -82,26 +83,36 @@ class TrainStep:
         return f"<TrainStep ({self.function.signature.describe()}) -> {', '.join(self.names)}; {self.optimizer}>"
 
 
-def compile_step(loss_fn, inputs, optimizer, modules=None, target: str | None = None, **options) -> TrainStep:
+def compile_step(loss_fn, inputs, optimizer, modules=None, target: str | None = None, data_parallel: bool = False,
+                 **options) -> TrainStep:
     """Trace loss_fn(*inputs) with `modules` in training mode and compile forward + backward + update.
 
     loss_fn returns the scalar loss, or a dict of scalar metrics with a 'loss'
     entry. The compiled step updates the optimizer's parameters and state and
     every state the traced layers record (batch-norm running statistics,
     dropout step counters). target defaults to dlc.default_target().
+
+    data_parallel=True (run under mpirun, see docs/distributed.md) averages
+    the gradients over the ranks before the update and the returned metrics
+    after it, checks that every rank compiled the same program, and copies
+    rank 0's parameters and optimizer state to every rank.
     """
     inputs = list(inputs)
     with _Mode(modules, True), collect_updates() as state:
         outputs = _outputs_of(loss_fn(*inputs), "loss_fn")
-    updates = optimizer.updates(outputs["loss"])
+    updates = optimizer.updates(outputs["loss"], _averaged_over_ranks if data_parallel else None)
     for p, v in state.updates().items():
         if any(p.node is q.node for q in updates):
             raise ValueError(f"{p.node.attr('name')!r} is both optimized and updated as layer state")
         updates[p] = v
     _check_stores(modules, optimizer.store)
+    if data_parallel:
+        outputs = _metrics_averaged_over_ranks(outputs)
     fn = compile(outputs, inputs=inputs, updates=updates, target=target or default_target(), store=optimizer.store,
                  **options)
-    return TrainStep(fn, list(outputs), optimizer)
+    if data_parallel:
+        _start_ranks_in_step(fn)
+    return TrainStep(fn, list(outputs), optimizer, data_parallel)
 
 
 def compile_eval(fn, inputs, modules=None, target: str | None = None, store=None, **options) -> Function:
@@ -113,6 +124,28 @@ def compile_eval(fn, inputs, modules=None, target: str | None = None, store=None
     if store is None and mods:
         store = mods[0].store
     return compile(outputs, inputs=inputs, target=target or default_target(), store=store, **options)
+
+
+# data-parallel training: dlc/distributed.py does the work
+
+
+def _averaged_over_ranks(grads):
+    from . import distributed
+
+    return distributed.average_gradients(grads)
+
+
+def _metrics_averaged_over_ranks(outputs):
+    from . import distributed
+
+    return distributed.average_metrics(outputs)
+
+
+def _start_ranks_in_step(fn) -> None:
+    """Every rank must have compiled the same program; then all start from rank 0's parameters and state."""
+    from . import distributed
+
+    distributed.synchronize(fn)
 
 
 def _check_stores(modules, store) -> None:
@@ -147,6 +180,11 @@ def fit(step, *arrays, epochs: int = 1, batch_size: int = 32, shuffle: bool = Tr
     every metric; `validate(epoch)` may add entries (a dict); `schedule.step()`
     runs after each epoch. A NaN or infinite loss stops training at once, with
     a message naming the epoch and step.
+
+    With a data-parallel step (under mpirun) batch_size is per rank: each
+    epoch's shuffled batches of batch_size * world_size rows are split between
+    the ranks (the same seed everywhere gives disjoint shares), the records are
+    averaged over the ranks, and only rank 0 logs and shows progress.
     """
     if not arrays:
         raise ValueError("fit needs the training arrays, e.g. fit(step, X, y)")
@@ -155,10 +193,13 @@ def fit(step, *arrays, epochs: int = 1, batch_size: int = 32, shuffle: bool = Tr
         if len(a) != n:
             raise ValueError(f"fit: array {i} has {len(a)} rows, array 0 has {n}")
     rng = np.random.default_rng(seed)
+    ranks = _Ranks(step)
+    progress, log = progress and ranks.is_main, log if ranks.is_main else _silent
     history = History()
     for epoch in range(1, epochs + 1):
         sums: dict[str, float] = {}
-        parts = batches(n, batch_size, shuffle, rng)
+        parts = ranks.shard(batches(n, batch_size * ranks.size, shuffle, rng))
+        seen = sum(len(idx) for idx in parts)
         bar = _progress(parts, epoch, epochs, progress)
         for k, idx in enumerate(bar, start=1):
             out = step(*(a[idx] for a in arrays))
@@ -173,7 +214,7 @@ def fit(step, *arrays, epochs: int = 1, batch_size: int = 32, shuffle: bool = Tr
                 sums[key] = sums.get(key, 0.0) + float(v) * len(idx)
             if progress:
                 bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
-        record = {"epoch": epoch, **{k: v / n for k, v in sums.items()}}
+        record = {"epoch": epoch, **ranks.mean({k: v / seen for k, v in sums.items()})}
         if schedule is not None:
             record["lr"] = schedule.optimizer.lr
             schedule.step()
@@ -181,6 +222,38 @@ def fit(step, *arrays, epochs: int = 1, batch_size: int = 32, shuffle: bool = Tr
             record.update(validate(epoch))
         history.append(record)
     return history
+
+
+class _Ranks:
+    """fit's view of data-parallel training: this rank's share of each batch, and records averaged over ranks."""
+
+    def __init__(self, step):
+        self.size, self.rank = 1, 0
+        if getattr(step, "data_parallel", False):
+            from . import distributed
+
+            self.size, self.rank = distributed.world_size(), distributed.rank()
+        self.is_main = self.rank == 0
+
+    def shard(self, parts: list[np.ndarray]) -> list[np.ndarray]:
+        """Rank r's near-equal r-th piece of every batch: the same number of steps on every rank."""
+        if self.size == 1:
+            return parts
+        if len(parts[-1]) < self.size:
+            raise ValueError(f"fit: a batch of {len(parts[-1])} rows cannot be shared by {self.size} ranks; "
+                             f"give fit more rows than ranks")
+        return [np.array_split(idx, self.size)[self.rank] for idx in parts]
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        if self.size == 1:
+            return values
+        from . import distributed
+
+        return distributed.all_ranks_mean(values)
+
+
+def _silent(*args, **kwargs) -> None:
+    pass
 
 
 def _progress(parts, epoch: int, epochs: int, enabled: bool):

@@ -215,11 +215,25 @@ def case_scan(rng):
     return {"h": h, "ys": ys, "gw": gw}, {"xs": rand(rng, (4, 2, 3))}, GEMM_TOL
 
 
+def case_collective(rng):
+    """MPI collectives in a world of one rank (the identity): host calls between native segments, and their grads."""
+    from dlc import distributed as D
+
+    x = dlc.input("x", (4, 3), "float32")
+    w = dlc.param(rand(rng, (4, 3)), name="w_collective")
+    h = D.all_reduce(dlc.tanh(x * w), "mean")
+    h = D.all_reduce(D.broadcast(h, 0) * 2.0, "sum", after=h)
+    y = D.reduce_scatter(D.all_gather(D.reduce(h, 0)))
+    loss = dlc.sum(y * x)
+    (gw,) = dlc.grad(loss, [w])
+    return {"y": y, "loss": loss, "gw": gw}, {"x": rand(rng, (4, 3))}, TOL
+
+
 CASES = {"unary32": case_unary, "unary64": lambda rng: case_unary(rng, "float64"), "binary32": case_binary,
          "binary64": lambda rng: case_binary(rng, "float64"), "integer": case_integer, "reduce32": case_reduce,
          "reduce64": lambda rng: case_reduce(rng, "float64"), "shape": case_shape, "take": case_take,
          "matmul32": case_matmul, "matmul64": lambda rng: case_matmul(rng, "float64"), "conv_pool": case_conv_pool,
-         "random": case_random, "scan": case_scan}
+         "random": case_random, "scan": case_scan, "collective": case_collective}
 
 
 @pytest.mark.parametrize("name", list(CASES))

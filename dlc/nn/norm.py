@@ -22,14 +22,19 @@ class _BatchNorm(Module):
     Training: the batch mean and biased variance normalize; the running mean
     and the unbiased variance move by `momentum` (PyTorch's convention:
     running = (1 - momentum) * running + momentum * batch). Eval: the running
-    statistics normalize.
+    statistics normalize. In data-parallel training each rank normalizes with
+    its own batch's statistics; sync=True averages them over the ranks (two
+    all_reduces per layer; every rank's batch must have the same size), so N
+    ranks compute what one process with the N batches together would.
     """
 
     ndims: tuple[int, ...] = ()
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True):
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+                 sync: bool = False):
         super().__init__()
         self.num_features, self.eps, self.momentum, self.affine = num_features, eps, momentum, affine
+        self.sync = sync
         if affine:
             self.add_param("weight", init.ones((num_features,)))
             self.add_param("bias", init.zeros((num_features,)))
@@ -47,10 +52,8 @@ class _BatchNorm(Module):
         axes = (0,) + tuple(range(2, x.ndim))
         bshape = (1, self.num_features) + (1,) * (x.ndim - 2)
         if self.training:
-            mean = F.mean(x, axes, keepdims=True)
-            var = F.var(x, axes, keepdims=True)
-            self._update_running(F.reshape(mean, (self.num_features,)), F.reshape(var, (self.num_features,)),
-                                 F.size(x, axes))
+            mean, var, n = self._batch_statistics(x, axes)
+            self._update_running(F.reshape(mean, (self.num_features,)), F.reshape(var, (self.num_features,)), n)
         else:
             mean = F.reshape(self.running_mean, bshape)
             var = F.reshape(self.running_var, bshape)
@@ -58,6 +61,16 @@ class _BatchNorm(Module):
         if self.affine:
             y = y * F.reshape(self.weight, bshape) + F.reshape(self.bias, bshape)
         return y
+
+    def _batch_statistics(self, x, axes):
+        """(mean, biased variance, rows) of this rank's batch, or of every rank's batches with sync."""
+        if not self.sync:
+            return F.mean(x, axes, keepdims=True), F.var(x, axes, keepdims=True), F.size(x, axes)
+        from .. import distributed
+
+        mean = distributed.all_reduce(F.mean(x, axes, keepdims=True), "mean")
+        var = distributed.all_reduce(F.mean(F.square(x - mean), axes, keepdims=True), "mean", after=mean)
+        return mean, var, F.size(x, axes) * distributed.world_size()
 
     def _update_running(self, mean, var, n) -> None:
         m = self.momentum
@@ -67,7 +80,8 @@ class _BatchNorm(Module):
         record_update(self, self.running_var, F.stop_gradient((1.0 - m) * rv + m * unbiased))
 
     def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}"
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, affine={self.affine}" + \
+            (", sync=True" if self.sync else "")
 
 
 class BatchNorm1d(_BatchNorm):

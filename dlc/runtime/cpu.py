@@ -16,6 +16,7 @@ from ..codegen.numba import GeneratedModule, RenderedKernel, is_scalar_node, ren
 from ..errors import IndexRangeError
 from ..graph import TUPLE, Node, dim_eval, shape_eval
 from ..ops import OPS
+from ..ops.collective import HOST_CALLS
 
 log = logging.getLogger("dlc")
 
@@ -134,7 +135,7 @@ class CPUBackend:
         for seg in self.generated.segments:
             if not seg.native and id(seg.kernels[0]) not in self._native:
                 op = seg.kernels[0].nodes[0].op
-                if op not in _FALLBACK_LOGGED:
+                if op not in _FALLBACK_LOGGED and op not in HOST_CALLS:  # a collective is a host call by design
                     _FALLBACK_LOGGED.add(op)
                     log.warning("dlc cpu: %s runs through its numpy reference (%s)", op, seg.reason)
         # the arrays the outer functions take, in order: an input (fed per call) or a fixed array

@@ -1,0 +1,324 @@
+"""Data-parallel training on MPI (mpi4py): the process group, collective graph ops, gradient buckets, cross-rank checks.
+
+    mpirun -n 4 python3 train.py          # every rank runs the same script
+    step = dlc.nn.compile_step(loss_fn, [x, y], opt, modules=model, data_parallel=True)
+
+In a process not started by mpirun (or srun) the world is one rank, MPI is
+not initialized, and every collective is the identity: the same script, and
+the same compiled step, runs alone. docs/distributed.md explains the design.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import threading
+
+import numpy as np
+
+from .errors import DlcError
+from .tensor import Tensor
+
+BUCKET_BYTES = 16 << 20  # gradients are averaged in flat buckets up to this size (one Allreduce each)
+_STATE = {"comm": None, "initialized": False, "hook": None}
+_LOCK = threading.Lock()
+_LOCAL = threading.local()  # .depth > 0 inside this_rank_only()
+STATS: dict[str, list] = {}  # op -> [calls, bytes, seconds] of the collectives this process ran (benchmarks)
+
+
+class DistributedError(DlcError):
+    """Ranks that disagree (different programs or parameters), or a collective that cannot run."""
+
+
+# ----------------------------------------------------------------------------
+# the process group
+
+
+def init(abort_on_error: bool = True):
+    """Join the MPI world (once per process) and return the communicator, or None for a world of one rank.
+
+    abort_on_error installs a sys.excepthook that, when this rank dies of an
+    uncaught exception, prints it with the rank and aborts the whole job
+    (MPI_Abort), so the other ranks stop instead of waiting in a collective.
+    """
+    with _LOCK:
+        if _STATE["initialized"]:
+            return _STATE["comm"]
+        comm = _world() if launched_by_mpi() else None
+        _STATE["comm"], _STATE["initialized"] = comm, True
+    if comm is not None and abort_on_error:
+        _install_abort_hook(comm)
+    return comm
+
+
+LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_by_mpi() -> bool:
+    """Whether mpirun (or srun) started this process; DLC_MPI=1 or 0 overrides the guess."""
+    forced = os.environ.get("DLC_MPI")
+    if forced in ("0", "1"):
+        return forced == "1"
+    return any(v in os.environ for v in LAUNCHER_VARIABLES)
+
+
+def _world():
+    try:
+        from mpi4py import MPI
+    except ImportError as e:
+        raise DistributedError(f"this process was started by an MPI launcher but mpi4py is missing ({e}); "
+                               f"pip install 'dlc[mpi]'") from None
+    return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+
+
+def communicator():
+    """The MPI communicator of the world, or None when it has one rank (collectives are then the identity)."""
+    if getattr(_LOCAL, "depth", 0):
+        return None
+    return _STATE["comm"] if _STATE["initialized"] else init()
+
+
+@contextlib.contextmanager
+def this_rank_only():
+    """Run as a world of one rank for a while (this thread): collectives become the identity.
+
+    For work one rank does alone, such as rank 0 exporting an artifact,
+    whose self-test runs the step once: a real collective there would wait
+    forever for the other ranks.
+    """
+    _LOCAL.depth = getattr(_LOCAL, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _LOCAL.depth -= 1
+
+
+def rank() -> int:
+    comm = communicator()
+    return 0 if comm is None else comm.Get_rank()
+
+
+def world_size() -> int:
+    comm = communicator()
+    return 1 if comm is None else comm.Get_size()
+
+
+def is_main() -> bool:
+    """True on rank 0, the rank that prints, shows progress and writes files."""
+    return rank() == 0
+
+
+def _install_abort_hook(comm) -> None:
+    previous = sys.excepthook
+
+    def abort_all(kind, value, tb):
+        previous(kind, value, tb)
+        sys.stderr.write(f"dlc.distributed: rank {comm.Get_rank()} of {comm.Get_size()} raised "
+                         f"{kind.__name__}: {value}; aborting every rank\n")
+        sys.stderr.flush()
+        comm.Abort(1)
+
+    sys.excepthook = _STATE["hook"] = abort_all
+
+
+# ----------------------------------------------------------------------------
+# collectives as graph ops (dlc/ops/collective.py holds their rules)
+
+
+def _collective(op: str, x, **attrs) -> Tensor:
+    from .functional import _apply
+
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{op} takes a dlc Tensor, got {type(x).__name__}")
+    return _apply(op, x, **attrs)
+
+
+def all_reduce(x: Tensor, op: str = "sum", after: Tensor | None = None) -> Tensor:
+    """The elementwise sum (or mean) of x over every rank, on every rank.
+
+    after: a tensor this reduction must wait for (another collective's
+    result); it orders collectives identically on every rank.
+    """
+    if op not in ("sum", "mean"):
+        raise ValueError(f"all_reduce op must be 'sum' or 'mean', got {op!r}")
+    if after is None:
+        return _collective("all_reduce", x, reduce=op)
+    from .functional import _apply
+
+    return _apply("all_reduce", x, after, reduce=op)
+
+
+def broadcast(x: Tensor, root: int = 0) -> Tensor:
+    """Rank root's x, on every rank."""
+    return _collective("broadcast", x, root=_check_root(root))
+
+
+def all_gather(x: Tensor) -> Tensor:
+    """Every rank's x concatenated along axis 0, in rank order (shape (world_size * x.shape[0], ...))."""
+    return _collective("all_gather", x, world=world_size())
+
+
+def reduce(x: Tensor, root: int = 0) -> Tensor:
+    """The sum of x over every rank on rank root; zeros on the others (the gradient of broadcast)."""
+    return _collective("reduce", x, root=_check_root(root))
+
+
+def reduce_scatter(x: Tensor) -> Tensor:
+    """The sum over ranks of x, split along axis 0; rank r keeps part r (the gradient of all_gather)."""
+    return _collective("reduce_scatter", x, world=world_size())
+
+
+def _check_root(root) -> int:
+    if not isinstance(root, (int, np.integer)) or not 0 <= int(root) < world_size():
+        raise ValueError(f"root must be a rank in [0, {world_size()}), got {root!r}")
+    return int(root)
+
+
+def record_collective(op: str, nbytes: int, seconds: float) -> None:
+    entry = STATS.setdefault(op, [0, 0, 0.0])
+    entry[0] += 1
+    entry[1] += nbytes
+    entry[2] += seconds
+
+
+# ----------------------------------------------------------------------------
+# gradient averaging
+
+
+def average_gradients(grads: list[Tensor], bucket_bytes: int = BUCKET_BYTES) -> list[Tensor]:
+    """The mean of each gradient over the ranks, packed into flat buckets: concat -> one all_reduce -> split.
+
+    Buckets are filled from the last gradient to the first (the order the
+    backward pass finishes them) and chained, so every rank runs the same
+    Allreduces in the same order. A world of one rank builds the same graph
+    (its collectives are the identity): the program, and its compiled code,
+    do not depend on the number of ranks.
+    """
+    from . import functional as F
+
+    out: list[Tensor | None] = [None] * len(grads)
+    previous = None
+    for bucket in _buckets(grads, bucket_bytes):
+        flat = F.concat([F.reshape(grads[i], (_size(grads[i]),)) for i in bucket])
+        reduced = all_reduce(flat, "mean", after=previous)
+        previous = reduced
+        start = 0
+        for i in bucket:
+            size = _size(grads[i])
+            part = F.slice_(reduced, (start,), (start + size,)) if len(bucket) > 1 else reduced
+            out[i] = F.reshape(part, grads[i].shape)
+            start += size
+    return out
+
+
+def _size(t: Tensor) -> int:
+    return int(np.prod(t.shape, dtype=np.int64))
+
+
+def _buckets(grads: list[Tensor], bucket_bytes: int) -> list[list[int]]:
+    """Indices of grads in buckets of one dtype and about bucket_bytes each, last gradient first."""
+    buckets: list[list[int]] = []
+    size = 0
+    for i in reversed(range(len(grads))):
+        g = grads[i]
+        if not all(isinstance(d, (int, np.integer)) for d in g.shape):
+            raise DistributedError(f"gradient {i} has a symbolic shape {g.shape}; parameters need static shapes")
+        nbytes = int(np.prod(g.shape, dtype=np.int64)) * np.dtype(g.dtype).itemsize
+        if buckets and size + nbytes <= bucket_bytes and grads[buckets[-1][0]].dtype == g.dtype:
+            buckets[-1].append(i)
+            size += nbytes
+        else:
+            buckets.append([i])
+            size = nbytes
+    return buckets
+
+
+def average_metrics(metrics: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Each scalar metric averaged over the ranks with one all_reduce."""
+    from . import functional as F
+
+    keys = list(metrics)
+    packed = F.stack([F.cast(metrics[k], "float64") for k in keys])
+    mean = all_reduce(packed, "mean")
+    return {k: F.cast(F.reshape(F.slice_(mean, (i,), (i + 1,)), ()), metrics[k].dtype) for i, k in enumerate(keys)}
+
+
+# ----------------------------------------------------------------------------
+# checks and state across ranks
+
+
+def program_fingerprint(fn) -> str:
+    """A hash of a compiled function's graph (ops, attributes, shapes, dtypes, wiring) and its parameters' shapes."""
+    h = hashlib.sha256()
+    index: dict[int, int] = {}
+    for i, n in enumerate(fn.graph.nodes):
+        index[id(n)] = i
+        wiring = ",".join(str(index[id(x)]) for x in n.inputs)
+        h.update(f"{n.op}({wiring});{n.attrs!r};{n.shape!r};{n.dtype}\n".encode())
+    for name, node in fn.updates:
+        h.update(f"update {name} <- {index[id(node)]}\n".encode())
+    for key in sorted(_store_keys(fn)):
+        value = np.asarray(fn.store[key])
+        h.update(f"param {key} {value.shape} {value.dtype}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _store_keys(fn) -> list[str]:
+    return sorted({n.attr("name") for n in fn.graph.nodes if n.op == "param"})
+
+
+def check_same_program(fn, what: str = "the training step") -> None:
+    """Raise DistributedError on every rank unless every rank compiled the same program with the same shapes."""
+    comm = communicator()
+    if comm is None:
+        return
+    mine = program_fingerprint(fn)
+    every = comm.allgather(mine)  # a few short strings, once per compilation
+    differ = [r for r, h in enumerate(every) if h != every[0]]
+    if differ:
+        raise DistributedError(
+            f"rank {comm.Get_rank()}: {what} differs across ranks: rank(s) {differ} compiled a program or "
+            f"parameter shapes other than rank 0's (fingerprints {dict(enumerate(every))}); every rank must "
+            f"run the same script on the same model")
+
+
+def synchronize(fn, what: str = "the training step") -> None:
+    """Check that every rank compiled the same program, then give every rank rank 0's parameters and state.
+
+    compile_step(data_parallel=True) does this; call it on a step loaded from
+    an artifact (dlc.load) on every rank before training it.
+    """
+    check_same_program(fn, what)
+    broadcast_parameters(fn)
+
+
+def broadcast_parameters(fn, root: int = 0) -> None:
+    """Overwrite every parameter and optimizer state array `fn` reads with rank root's (buffer-based Bcast)."""
+    comm = communicator()
+    if comm is None:
+        return
+    for key in _store_keys(fn):
+        buf = np.array(fn.store[key], order="C")
+        comm.Bcast(buf, root=root)
+        if comm.Get_rank() != root:
+            fn.store[key] = buf
+
+
+def all_ranks_mean(values: dict[str, float]) -> dict[str, float]:
+    """Host-side mean of a few floats over the ranks (fit's epoch records)."""
+    comm = communicator()
+    if comm is None or not values:
+        return values
+    keys = sorted(values)
+    local = np.array([values[k] for k in keys], np.float64)
+    total = np.empty_like(local)
+    comm.Allreduce(local, total)
+    return dict(zip(keys, (total / comm.Get_size()).tolist()))
+
+
+__all__ = ["init", "communicator", "rank", "world_size", "is_main", "all_reduce", "broadcast", "all_gather",
+           "reduce", "reduce_scatter", "average_gradients", "average_metrics", "check_same_program",
+           "broadcast_parameters", "program_fingerprint", "this_rank_only", "synchronize", "launched_by_mpi",
+           "DistributedError", "BUCKET_BYTES"]

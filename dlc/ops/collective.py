@@ -1,0 +1,170 @@
+"""Collectives across MPI ranks: all_reduce, broadcast, all_gather, reduce, reduce_scatter.
+
+Each op's reference calls mpi4py's buffer-based collective (numpy arrays,
+no pickling) on dlc.distributed's communicator; in a world of one rank it is
+the identity. They are opaque host calls: the reference backend runs them
+node by node, and the CPU backend ends a native segment before one and
+starts the next after it (its numpy-fallback path), so a data-parallel step
+is still one compiled function. Every rank must run the same collectives in
+the same order: all_reduce takes an optional second input, a tensor it only
+waits for, which chains collectives into one order.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..errors import DTypeError, ShapeError
+from ..graph import shape_str
+from .base import OPAQUE, register
+
+FLOATS = ("float32", "float64")
+REDUCIBLE = FLOATS + ("int32", "int64")
+
+
+def _D():
+    from .. import distributed
+
+    return distributed
+
+
+def _comm():
+    return _D().communicator()
+
+
+def _contiguous(x) -> np.ndarray:
+    """x as a C-contiguous array MPI can read (np.ascontiguousarray would turn a 0-d array into 1-d)."""
+    x = np.asarray(x)
+    return x if x.flags.c_contiguous else x.copy(order="C")
+
+
+def _check_dtype(x, allowed):
+    if x.dtype not in allowed:
+        raise DTypeError(f"collectives take {', '.join(allowed)}, got {x.dtype}")
+
+
+def _check_world(world: int) -> None:
+    if world != _D().world_size():
+        raise _D().DistributedError(f"this op was built for {world} ranks but the world has "
+                                    f"{_D().world_size()}; rebuild the graph in this world")
+
+
+# ---- all_reduce (input 1, if present, only orders it after another collective)
+
+
+def _all_reduce_infer(xs, attrs):
+    _check_dtype(xs[0], FLOATS if attrs["reduce"] == "mean" else REDUCIBLE)
+    return xs[0].shape, xs[0].dtype
+
+
+def _all_reduce_ref(xs, a, shape):
+    x = _contiguous(xs[0])
+    comm = _comm()
+    if comm is None:
+        return x.copy()
+    total = np.empty_like(x)
+    t0 = time.perf_counter()
+    comm.Allreduce(x, total)
+    _D().record_collective("all_reduce", x.nbytes, time.perf_counter() - t0)
+    if a["reduce"] == "mean":
+        total /= x.dtype.type(comm.Get_size())
+    return total
+
+
+def _all_reduce_grad(node, g, xs):
+    # the output on every rank depends on x on every rank: the gradient is the same reduction of g
+    return [_D().all_reduce(g, node.attr("reduce"))] + [None] * (len(xs) - 1)
+
+
+register("all_reduce", OPAQUE, _all_reduce_infer, _all_reduce_ref, _all_reduce_grad,
+         doc="sum or mean of x over every rank (MPI Allreduce)")
+
+
+# ---- broadcast and its gradient, reduce
+
+
+def _same_infer(xs, attrs):
+    _check_dtype(xs[0], REDUCIBLE)
+    return xs[0].shape, xs[0].dtype
+
+
+def _broadcast_ref(xs, a, shape):
+    comm = _comm()
+    buf = np.array(xs[0], order="C")
+    if comm is not None:
+        comm.Bcast(buf, root=a["root"])
+    return buf
+
+
+def _reduce_ref(xs, a, shape):
+    x = _contiguous(xs[0])
+    comm = _comm()
+    if comm is None:
+        return x.copy()
+    total = np.zeros_like(x)
+    comm.Reduce(x, total, root=a["root"])
+    return total if comm.Get_rank() == a["root"] else np.zeros_like(x)
+
+
+register("broadcast", OPAQUE, _same_infer, _broadcast_ref,
+         lambda node, g, xs: [_D().reduce(g, node.attr("root"))], doc="rank root's x on every rank (MPI Bcast)")
+register("reduce", OPAQUE, _same_infer, _reduce_ref,
+         lambda node, g, xs: [_D().broadcast(g, node.attr("root"))],
+         doc="sum of x over the ranks on rank root, zeros elsewhere (MPI Reduce)")
+
+
+# ---- all_gather and its gradient, reduce_scatter
+
+
+def _leading(x, what):
+    if x.ndim == 0 or not isinstance(x.shape[0], int):
+        raise ShapeError(f"{what} needs a static leading axis, got {shape_str(x.shape)}")
+    return x.shape[0]
+
+
+def _all_gather_infer(xs, attrs):
+    _check_dtype(xs[0], REDUCIBLE)
+    return (_leading(xs[0], "all_gather") * attrs["world"],) + tuple(xs[0].shape[1:]), xs[0].dtype
+
+
+def _all_gather_ref(xs, a, shape):
+    _check_world(a["world"])
+    x = _contiguous(xs[0])
+    comm = _comm()
+    if comm is None:
+        return x.copy()
+    out = np.empty(shape, x.dtype)
+    comm.Allgather(x, out)
+    return out
+
+
+def _reduce_scatter_infer(xs, attrs):
+    _check_dtype(xs[0], REDUCIBLE)
+    d0, world = _leading(xs[0], "reduce_scatter"), attrs["world"]
+    if d0 % world:
+        raise ShapeError(f"reduce_scatter over {world} ranks needs a leading axis divisible by {world}, "
+                         f"got {shape_str(xs[0].shape)}")
+    return (d0 // world,) + tuple(xs[0].shape[1:]), xs[0].dtype
+
+
+def _reduce_scatter_ref(xs, a, shape):
+    _check_world(a["world"])
+    x = _contiguous(xs[0])
+    comm = _comm()
+    if comm is None:
+        return x.copy()
+    out = np.empty(shape, x.dtype)
+    comm.Reduce_scatter_block(x, out)
+    return out
+
+
+register("all_gather", OPAQUE, _all_gather_infer, _all_gather_ref,
+         lambda node, g, xs: [_D().reduce_scatter(g)],
+         doc="every rank's x concatenated along axis 0 in rank order (MPI Allgather)")
+register("reduce_scatter", OPAQUE, _reduce_scatter_infer, _reduce_scatter_ref,
+         lambda node, g, xs: [_D().all_gather(g)],
+         doc="the sum over ranks, split along axis 0: rank r keeps part r (MPI Reduce_scatter_block)")
+
+HOST_CALLS = ("all_reduce", "broadcast", "reduce", "all_gather", "reduce_scatter")
