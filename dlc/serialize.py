@@ -263,6 +263,11 @@ def _check_body(v, what):
         raise ArtifactError(f"{what} must be a scan body, got {type(v).__name__}")
 
 
+def _check_reduction(v, what):
+    if v not in ("sum", "mean"):
+        raise ArtifactError(f"{what} must be 'sum' or 'mean', got {v!r:.80}")
+
+
 def _check_name(v, what):
     _text(v, _NAME, what)
 
@@ -307,6 +312,11 @@ ATTRS: dict[str, dict] = {
     "one_hot": {"depth": _check_int, "ignore_index": lambda v, what: v is None or _check_int(v, what),
                 "dtype": _check_dtype_name},
     "cast": {"dtype": _check_dtype_name},
+    "all_reduce": {"reduce": _check_reduction},
+    "broadcast": {"root": _check_int},
+    "reduce": {"root": _check_int},
+    "all_gather": {"world": _check_int},
+    "reduce_scatter": {"world": _check_int},
     "clip": {"lo": _check_number, "hi": _check_number},
     "elu": {"alpha": _check_float},
     "leaky_relu": {"alpha": _check_float},
@@ -332,7 +342,8 @@ ARITY = {
     **{op: 1 for op in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "avg_pool2d_grad",
                         "adaptive_avg_pool2d_grad", "sum", "prod", "max", "min", "argmax", "argmin", "reshape",
                         "transpose", "broadcast_to", "slice", "slice_grad", "pad", "random_uniform", "random_normal",
-                        "random_bernoulli", "scan_output", "one_hot")},
+                        "random_bernoulli", "scan_output", "one_hot", "broadcast", "reduce", "all_gather",
+                        "reduce_scatter")},
     "concat": None, "scan": None,
 }
 
