@@ -602,9 +602,9 @@ def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
                 body.emit(f"acc = {REDUCE_FUNCTORS[anchor.op]}::f(acc, {v});")
     with body.scope("else"):
         with body.scope("for (i64 c = threadIdx.x; c < chunks; c += blockDim.x)"):
-            body.emit(f"const {ctype} v = ((const {ctype}*)ws)[o * chunks + c];")
+            body.emit(f"const {ctype} v = ws_acc[o * chunks + c];")
             if arg:
-                body.emit("const i64 i = ((const i64*)ws)[n_out * chunks + o * chunks + c];")
+                body.emit("const i64 i = ws_at[o * chunks + c];")
                 body.emit(f"if (i >= 0 && (at < 0 || dlc_arg_better<{is_max}>(v, i, acc, at))) {{ acc = v; at = i; }}")
             else:
                 body.emit(f"acc = {REDUCE_FUNCTORS[anchor.op]}::f(acc, v);")
@@ -622,18 +622,24 @@ def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
             out_idx.append(next(ki))
     out_idx = tuple(out_idx)
     with body.scope("if (threadIdx.x == 0 && phase == 1)"):
-        body.emit(f"(({ctype}*)ws)[o * chunks + blockIdx.y] = acc;")
+        body.emit("ws_acc[o * chunks + blockIdx.y] = acc;")
         if arg:
-            body.emit("((i64*)ws)[n_out * chunks + o * chunks + blockIdx.y] = at;")
+            body.emit("ws_at[o * chunks + blockIdx.y] = at;")
     with body.scope("else if (threadIdx.x == 0)"):
         body.remember((id(anchor), out_idx), "at" if arg else "acc")
         for o, name in zip(kernel.outputs, out_names):
             body.emit(f"{name}[o] = {vr.value(o, out_idx)};")
+    # the workspace of a split pass: argmax/argmin indices first (8-byte aligned), then the partial values
+    if arg:
+        workspace_layout = f"  i64* const ws_at = (i64*)ws; {ctype}* const ws_acc = ({ctype}*)(ws_at + n_out * chunks);"
+    else:
+        workspace_layout = f"  {ctype}* const ws_acc = ({ctype}*)ws;"
     name = kernel.name
     params = vr.final_params() + [Param("workspace", "ws", "void*"), Param("chunks", "chunks", "i64"),
                                   Param("phase", "phase", "int")]
     lines = [_comment(kernel), _signature(name, params) + " {",
              f"  const i64 n_out = {numel_c(kept)};", f"  const i64 R = {numel_c(reduced)};",
+             workspace_layout,
              "  // one row per block, or per warp (blockDim.y rows a block) when the rows are short",
              "  for (i64 o = (i64)blockIdx.x * blockDim.y + threadIdx.y; o < n_out;"
              " o += (i64)gridDim.x * blockDim.y) {",
