@@ -21,8 +21,10 @@ slow, for tests and for debugging kernels without a GPU.
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 import hashlib
+import mmap
 import os
 import weakref
 from pathlib import Path
@@ -124,31 +126,109 @@ def _prepared(fn):
     return launch
 
 
+# the emulated devices: max_blocks as on a small GPU (the tests' default) or as on an H100 (132 SMs x 8
+# resident blocks), which takes other GEMM tiles and other reduction paths
+EMULATED_DEVICES = {"small": 8, "h100": 132 * 8}
+POISON = 0xFF    # fresh device memory reads as NaN (floats) and -1 (integers), never as zeros
+CANARY = 0xCD    # the bytes around every buffer, checked after each launch
+PAGE = mmap.PAGESIZE
+
+
+class GuardedBuffer:
+    """Host memory standing in for one device allocation: poison-filled, 256-byte aligned, between guard pages.
+
+    The buffer ends at most 255 bytes before an inaccessible page (the bytes in between, and before the
+    buffer, are canaries): a write just past its end changes a canary, one further faults.
+    """
+
+    def __init__(self, nbytes: int):
+        self.nbytes = max(int(nbytes), 1)
+        data = -(-(self.nbytes + ALIGNMENT - 1) // PAGE) * PAGE
+        self._map = mmap.mmap(-1, data + 2 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        whole = np.frombuffer(self._map, np.uint8)
+        base = whole.ctypes.data
+        _protect(base, PAGE)
+        _protect(base + PAGE + data, PAGE)
+        start = PAGE + (data - self.nbytes) // ALIGNMENT * ALIGNMENT
+        self.head = whole[PAGE:start]
+        self.array = whole[start:start + self.nbytes]
+        self.tail = whole[start + self.nbytes:PAGE + data]
+        self.head[:] = CANARY
+        self.tail[:] = CANARY
+        self.array[:] = POISON
+        self.ptr = self.array.ctypes.data
+
+    def intact(self) -> bool:
+        return bool((self.head == CANARY).all() and (self.tail == CANARY).all())
+
+
+def _protect(address: int, nbytes: int) -> None:
+    if _LIBC.mprotect(ctypes.c_void_p(address), ctypes.c_size_t(nbytes), 0) != 0:  # PROT_NONE
+        raise OSError(ctypes.get_errno(), "mprotect failed on an emulated device buffer's guard page")
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+
+
 class EmulatedDevice:
-    """The CPU standing in for a GPU: host memory as device memory, kernels run by dlc.codegen.c_emulator."""
+    """The CPU standing in for a GPU: host memory as device memory, kernels run by dlc.codegen.c_emulator.
+
+    Stricter than the GPU where it can be: allocations are poison-filled and guarded, and after every
+    launch the canaries around each buffer the kernel was given are checked (EmulatorError naming the
+    kernel); blocks run in a scrambled order; CUDA's grid and block limits are enforced.
+    """
 
     name = "cuda-emulator"
-    _shared = None
+    _shared: dict[str, EmulatedDevice] = {}
 
     @classmethod
-    def shared(cls) -> EmulatedDevice:
-        """The process's one emulated device (parameter buffers are shared across functions, as on a GPU)."""
-        if cls._shared is None:
-            cls._shared = cls()
-        return cls._shared
+    def shared(cls, config: str = "small") -> EmulatedDevice:
+        """The process's emulated device of one configuration (parameter buffers are shared, as on a GPU)."""
+        if config not in EMULATED_DEVICES:
+            raise ValueError(f"emulate={config!r}: choose True or one of {sorted(EMULATED_DEVICES)}")
+        if config not in cls._shared:
+            cls._shared[config] = cls(EMULATED_DEVICES[config])
+        return cls._shared[config]
 
-    def __init__(self, max_blocks: int = 8):
+    def __init__(self, max_blocks: int = EMULATED_DEVICES["small"]):
         self.max_blocks = max_blocks
+        self._starts: list[int] = []               # sorted buffer addresses
+        self._buffers: dict[int, weakref.ref] = {}  # address -> its GuardedBuffer
 
     def alloc(self, nbytes: int):
-        """A 256-byte aligned host buffer; it lives as long as the returned array (as a DeviceAllocation)."""
-        raw = np.zeros(int(nbytes) + ALIGNMENT, dtype=np.uint8)
-        start = (-raw.ctypes.data) % ALIGNMENT
-        return raw[start:start + max(int(nbytes), 1)]
+        """A guarded buffer (as a DeviceAllocation: it lives as long as the returned object)."""
+        buf = GuardedBuffer(nbytes)
+        bisect.insort(self._starts, buf.ptr)
+        self._buffers[buf.ptr] = weakref.ref(buf)
+        weakref.finalize(buf, self._forget, buf.ptr)
+        return buf
+
+    def _forget(self, ptr: int) -> None:
+        self._buffers.pop(ptr, None)
+        i = bisect.bisect_left(self._starts, ptr)
+        if i < len(self._starts) and self._starts[i] == ptr:
+            del self._starts[i]
+
+    def buffer_at(self, ptr: int) -> GuardedBuffer | None:
+        """The live buffer that holds address ptr, if any."""
+        i = bisect.bisect_right(self._starts, ptr) - 1
+        if i < 0:
+            return None
+        buf = self._buffers[self._starts[i]]()
+        return buf if buf is not None and ptr < buf.ptr + buf.nbytes else None
+
+    def check_guards(self, name: str, args) -> None:
+        """Raise if the kernel wrote past the start or the end of a buffer it was given."""
+        for a in args:
+            buf = self.buffer_at(int(a)) if isinstance(a, int) else None
+            if buf is not None and not buf.intact():
+                from ..codegen.c_emulator import EmulatorError
+
+                raise EmulatorError(f"kernel {name} wrote outside its buffer of {buf.nbytes} bytes at {buf.ptr:#x}")
 
     @staticmethod
     def ptr(buf) -> int:
-        return buf.ctypes.data
+        return buf.ptr
 
     def upload(self, ptr: int, array: np.ndarray) -> None:
         array = np.ascontiguousarray(array)
@@ -167,8 +247,14 @@ class EmulatedDevice:
         from ..codegen.c_emulator import EmulatedModule
 
         mod = EmulatedModule(module.source, module.signatures())
-        return {name: (lambda n: lambda grid, block, args: mod.launch(n, grid, block, args))(name)
-                for name in mod.signatures}
+
+        def launcher(name):
+            def launch(grid, block, args):
+                mod.launch(name, grid, block, args)
+                self.check_guards(name, args)
+            return launch
+
+        return {name: launcher(name) for name in mod.signatures}
 
     def synchronize(self) -> None:
         pass
@@ -292,6 +378,7 @@ class ProgramRunner:
                       for k, rk in self.steps if rk is None and k.anchor is not None and k.anchor.op == "scan"}
         self.consts: dict[int, tuple] = {}
         self.status = device.alloc(4)
+        device.zero(device.ptr(self.status), 4)  # device memory starts with whatever was there before
         self.uses_status = any(p.kind == "status" for k in self.module.kernels for p in k.params)
         self._plan_key = None
         self._arena = None
@@ -494,12 +581,14 @@ class CUDABackend:
 
     name = "cuda"
 
-    def __init__(self, fn, emulate: bool = False, device=None, gemm_tiles=None, dump: str | None = None,
+    def __init__(self, fn, emulate: bool | str = False, device=None, gemm_tiles=None, dump: str | None = None,
                  **options):
         from ..codegen.cuda import GEMM_CONFIGS
 
         self.fn = fn
-        self.device = device or (EmulatedDevice.shared() if emulate else PyCudaDevice())
+        if device is None and emulate:
+            device = EmulatedDevice.shared("small" if emulate is True else emulate)
+        self.device = device or PyCudaDevice()
         tiles = tuple(gemm_tiles or GEMM_CONFIGS)
         unknown = [t for t in tiles if t not in GEMM_CONFIGS]
         if unknown:
