@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dlc  # noqa: E402
-from dlc.codegen.cuda import GEMM_CONFIGS, library_source  # noqa: E402
+from dlc.codegen.cuda import GEMM_CONFIGS, gemm_grid, library_source  # noqa: E402
 
 
 def _events():
@@ -139,7 +139,7 @@ def bench_sgemm(n: int, reps: int) -> dict:
     for tag, (bm, bn, _, tm, tn) in GEMM_CONFIGS.items():
         fn = mod.get_function(f"dlc_sgemm_{tag}_nn")
         fn.prepare("PPPqqqff")
-        grid, block = (-(-n // bn), -(-n // bm), 1), ((bm // tm) * (bn // tn), 1, 1)
+        grid, block = gemm_grid(tag, n, n), ((bm // tm) * (bn // tn), 1, 1)
         ms = time_device(lambda fn=fn, grid=grid, block=block: fn.prepared_call(grid, block, da, db, dc, n, n, n,
                                                                                  1.0, 0.0), reps)
         out[f"sgemm_{n}_{tag}_gflops"] = round(flops / ms / 1e6, 1)

@@ -169,3 +169,13 @@ def test_nvcc_rejects_a_warning():
 
     with pytest.raises(NvccError, match="declared but never referenced"):
         nvcc_compile('extern "C" __global__ void k(float* x) { int unused = 3; x[0] = 1.0f; }\n', archs=("sm_80",))
+
+
+def test_matmul_launch_stays_within_cuda_grid_limits_for_a_tall_matrix():
+    """ceil(M / BM) tiles once went on gridDim.y (at most 65535): a 3M-row matmul could not launch."""
+    from dlc.codegen.c_emulator import launch_problem
+
+    a, b = dlc.input("a", ("M", 8)), dlc.input("b", (8, 8))
+    module = render_program(build_program(dlc.compile(dlc.relu(a @ b), target="reference"), {}), ("s",))
+    (launch,) = [k.plan_launch({"M": 3_000_000}, 1056) for k in module.kernels]
+    assert launch_problem(launch.grid, launch.block) is None, launch

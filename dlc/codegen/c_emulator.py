@@ -305,6 +305,16 @@ CTYPES = {"ptr": ctypes.c_void_p, "i64": ctypes.c_longlong, "i32": ctypes.c_int,
 C_TYPES = {"ptr": "void*", "i64": "long long", "i32": "int", "f32": "float", "f64": "double", "u32": "unsigned"}
 
 
+def launch_problem(grid, block) -> str | None:
+    """What breaks CUDA's launch limits (compute capability 9.0) in a grid and block, or None."""
+    grid, block = tuple(grid) + (1,) * (3 - len(grid)), tuple(block) + (1,) * (3 - len(block))
+    if min(block) < 1 or block[0] > 1024 or block[1] > 1024 or block[2] > 64 or block[0] * block[1] * block[2] > 1024:
+        return f"block {block}: {_RC[3]}"
+    if min(grid) < 1 or grid[0] >= 2**31 or grid[1] > 65535 or grid[2] > 65535:
+        return f"grid {grid}: {_RC[7]}"
+    return None
+
+
 @dataclass(frozen=True)
 class KernelSignature:
     """A __global__ function's name and its parameters as (C type written in the source, arg kind)."""
@@ -382,8 +392,9 @@ class EmulatedModule:
         sig = self.signatures[name]
         if len(args) != len(sig.params):
             raise EmulatorError(f"kernel {name} takes {len(sig.params)} arguments, got {len(args)}")
-        if not all(0 <= int(d) < 2**32 for d in grid + block):
-            raise EmulatorError(f"kernel {name}: grid {grid} and block {block} must be unsigned 32-bit dimensions")
+        problem = launch_problem(grid, block)
+        if problem:
+            raise EmulatorError(f"kernel {name}: {problem}")
         converted = [_convert(a, kind) for a, (_, kind) in zip(args, sig.params)]
         with _LAUNCH_LOCK:  # the emulated built-ins (threadIdx, the thread table) are process-wide
             rc = getattr(self.lib, f"emu_{name}")(*grid, *block, int(scrambled), *converted)

@@ -739,10 +739,16 @@ def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
         nb = int(np.prod(shape_eval(batch_, env), dtype=np.int64))
         tag = choose_gemm_tile(m, n, nb, max_blocks, tiles)
         bm, bn, _, tm, tn = GEMM_CONFIGS[tag]
-        grid = (-(-n // bn), -(-m // bm), max(1, min(nb, 65535)))
-        return Launch(f"{kernel.name}_{tag}", grid, ((bm // tm) * (bn // tn), 1, 1))
+        return Launch(f"{kernel.name}_{tag}", gemm_grid(tag, m, n, max(1, min(nb, 65535))),
+                      ((bm // tm) * (bn // tn), 1, 1))
 
     return RenderedKernel(kernel, "\n".join(chunks), params, entries, plan)
+
+
+def gemm_grid(tag: str, m: int, n: int, z: int = 1) -> tuple[int, int, int]:
+    """The grid of dlc_gemm_mainloop: every BM x BN tile of C along x (up to 2**31 - 1 tiles), z as given."""
+    bm, bn = GEMM_CONFIGS[tag][:2]
+    return (max(1, -(-m // bm) * -(-n // bn)), 1, z)
 
 
 def choose_gemm_tile(m: int, n: int, batch: int, max_blocks: int, tiles=tuple(GEMM_CONFIGS)) -> str:
@@ -906,7 +912,7 @@ def render_conv(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> 
                 "wgrad": (co // groups, (c // groups) * kh * kw)}[mode]
         tag = choose_gemm_tile(m, n, groups, max_blocks, tiles)
         bm, bn, _, tm, tn = GEMM_CONFIGS[tag]
-        return Launch(f"{kernel.name}_{tag}", (-(-n // bn), -(-m // bm), groups), ((bm // tm) * (bn // tn), 1, 1))
+        return Launch(f"{kernel.name}_{tag}", gemm_grid(tag, m, n, groups), ((bm // tm) * (bn // tn), 1, 1))
 
     return RenderedKernel(kernel, "\n".join(chunks), params, entries, plan)
 

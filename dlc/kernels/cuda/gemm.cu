@@ -35,7 +35,10 @@ __device__ __forceinline__ void dlc_gemm_mainloop(i64 M, i64 N, i64 K, LoadA loa
   __shared__ T Bs[BK][BN + DLC_GEMM_PAD];
   const int tid = threadIdx.x;
   const int tr = tid / TCOLS, tc = tid % TCOLS;
-  const i64 row0 = (i64)blockIdx.y * BM, col0 = (i64)blockIdx.x * BN;
+  // the tiles of C are numbered along blockIdx.x alone (row-major: neighbouring blocks share A's rows);
+  // gridDim.y would cap the rows at 65535 tiles
+  const i64 tiles_n = (N + BN - 1) / BN, tile = blockIdx.x;
+  const i64 row0 = tile / tiles_n * BM, col0 = tile % tiles_n * BN;
 
   T acc[TM][TN];
 #pragma unroll
