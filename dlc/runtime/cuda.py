@@ -159,7 +159,11 @@ class GuardedBuffer:
         self.ptr = self.array.ctypes.data
 
     def intact(self) -> bool:
-        return bool((self.head == CANARY).all() and (self.tail == CANARY).all())
+        """Whether the canaries are untouched (they are rewritten, so that one overrun is reported once)."""
+        ok = bool((self.head == CANARY).all() and (self.tail == CANARY).all())
+        self.head[:] = CANARY
+        self.tail[:] = CANARY
+        return ok
 
 
 def _protect(address: int, nbytes: int) -> None:
