@@ -412,3 +412,18 @@ def test_generated_cuda_is_dumped_on_request(tmp_path):
     files = sorted(tmp_path.glob("dlc_gen_*.cu"))
     assert len(files) == 3  # the step, the forward scan's body, the backward scan's body
     assert fn.backend.source() in [f.read_text() for f in files]
+
+
+def test_concurrent_calls_of_one_function_are_correct():
+    """Calls from several threads share one arena and one emulator: the device serializes them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = dlc.input("x", ("N", 64))
+    w = dlc.param(np.linspace(-1, 1, 64 * 32).astype(np.float32).reshape(64, 32), name="w")
+    out = dlc.sum(dlc.tanh(x @ w), axis=1)
+    fn, ref = dlc.compile(out, target="cuda", emulate=True), dlc.compile(out)
+    batches = [np.random.default_rng(i).standard_normal((40, 64)).astype(np.float32) for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda b: fn(b), batches * 3))
+    for b, g in zip(batches * 3, got):
+        close(ref(b), g, rtol=1e-4, atol=1e-4)

@@ -22,10 +22,12 @@ slow, for tests and for debugging kernels without a GPU.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import hashlib
 import mmap
 import os
+import threading
 import weakref
 from pathlib import Path
 
@@ -49,81 +51,123 @@ class CudaUnavailableError(DlcError, RuntimeError):
 
 
 class PyCudaDevice:
-    """An NVIDIA GPU through pycuda (one context for the process, made on first use)."""
+    """An NVIDIA GPU through pycuda, in device 0's primary context (the one the CUDA runtime and torch use).
+
+    The context is retained once per process and made current around every call (push/pop, so any
+    thread may call and the caller's own current context is left alone); an RLock serializes the calls
+    (one arena per compiled program, one stream). DLC_CUDA_SYNC=1 (or sync_launches=True) synchronizes
+    after every launch, so an asynchronous fault is reported at the kernel that made it.
+    """
 
     name = "cuda"
     _context = None
+    _lock = threading.RLock()
+    _depth = threading.local()
 
-    def __init__(self):
+    def __init__(self, sync_launches: bool | None = None):
         try:
             import pycuda.driver as drv
         except ImportError as e:
             raise CudaUnavailableError(f"target='cuda' needs pycuda, which is not installed ({e}); "
                                        f"{INSTALL_HINT}") from None
+        self.drv = drv
         try:
-            drv.init()
-            if drv.Device.count() == 0:
-                raise CudaUnavailableError("target='cuda': pycuda is installed but no NVIDIA GPU is visible "
-                                           "(check nvidia-smi and CUDA_VISIBLE_DEVICES)")
-            if PyCudaDevice._context is None:
-                import pycuda.autoinit  # noqa: F401  (creates the context and pops it at exit)
-
-                PyCudaDevice._context = pycuda.autoinit.context
+            with PyCudaDevice._lock:
+                drv.init()
+                if drv.Device.count() == 0:
+                    raise CudaUnavailableError("target='cuda': pycuda is installed but no NVIDIA GPU is visible "
+                                               "(check nvidia-smi and CUDA_VISIBLE_DEVICES)")
+                if PyCudaDevice._context is None:
+                    PyCudaDevice._context = drv.Device(0).retain_primary_context()
         except drv.Error as e:
             raise CudaUnavailableError(f"target='cuda': the CUDA driver failed to start ({e}); is an NVIDIA "
                                        f"driver installed and a GPU visible?") from None
-        self.drv = drv
-        dev = PyCudaDevice._context.get_device()
-        self.sm_count = dev.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT)
+        if sync_launches is None:
+            sync_launches = os.environ.get("DLC_CUDA_SYNC", "") not in ("", "0")
+        self.sync_launches = sync_launches
+        with self.active():
+            dev = drv.Context.get_device()
+            self.sm_count = dev.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT)
+            major, minor = dev.compute_capability()
         self.max_blocks = self.sm_count * 8
-        major, minor = dev.compute_capability()
         self.arch = f"sm_{major}{minor}"
 
+    @contextlib.contextmanager
+    def active(self):
+        """The primary context current on this thread, and this thread alone in the device (reentrant)."""
+        with PyCudaDevice._lock:
+            depth = getattr(PyCudaDevice._depth, "n", 0)
+            if depth == 0:
+                PyCudaDevice._context.push()
+            PyCudaDevice._depth.n = depth + 1
+            try:
+                yield
+            finally:
+                PyCudaDevice._depth.n = depth
+                if depth == 0:
+                    self.drv.Context.pop()
+
     def alloc(self, nbytes: int):
-        return self.drv.mem_alloc(max(int(nbytes), 1))
+        with self.active():
+            return self.drv.mem_alloc(max(int(nbytes), 1))
 
     @staticmethod
     def ptr(buf) -> int:
         return int(buf)
 
     def upload(self, ptr: int, array: np.ndarray) -> None:
-        self.drv.memcpy_htod(ptr, np.ascontiguousarray(array))
+        with self.active():
+            self.drv.memcpy_htod(ptr, np.ascontiguousarray(array))
 
     def download(self, ptr: int, array: np.ndarray) -> None:
-        self.drv.memcpy_dtoh(array, ptr)
+        with self.active():
+            self.drv.memcpy_dtoh(array, ptr)
 
     def copy(self, dst: int, src: int, nbytes: int) -> None:
         if nbytes:
-            self.drv.memcpy_dtod(dst, src, nbytes)
+            with self.active():
+                self.drv.memcpy_dtod(dst, src, nbytes)
 
     def zero(self, ptr: int, nbytes: int) -> None:
         if nbytes:
-            self.drv.memset_d8(ptr, 0, nbytes)
+            with self.active():
+                self.drv.memset_d8(ptr, 0, nbytes)
 
     def load(self, module) -> dict:
         from pycuda.compiler import SourceModule
 
         from ..codegen.c_emulator import cache_dir
 
-        # pycuda caches the cubin on disk by a hash of source and options
-        mod = SourceModule(module.source, no_extern_c=True, arch=self.arch,
-                           options=["-std=c++17", "-O3"], cache_dir=str(cache_dir().parent / "pycuda"))
-        types = {"ptr": "P", "i64": "q", "i32": "i", "f32": "f", "f64": "d", "u32": "I"}
-        launchers = {}
-        for sig in module.signatures():
-            fn = mod.get_function(sig.name)
-            fn.prepare("".join(types[kind] for _, kind in sig.params))
-            launchers[sig.name] = _prepared(fn)
+        with self.active():
+            # pycuda caches the cubin on disk by a hash of source and options
+            mod = SourceModule(module.source, no_extern_c=True, arch=self.arch,
+                               options=["-std=c++17", "-O3"], cache_dir=str(cache_dir().parent / "pycuda"))
+            types = {"ptr": "P", "i64": "q", "i32": "i", "f32": "f", "f64": "d", "u32": "I"}
+            launchers = {}
+            for sig in module.signatures():
+                fn = mod.get_function(sig.name)
+                fn.prepare("".join(types[kind] for _, kind in sig.params))
+                launchers[sig.name] = self._launcher(sig.name, fn, mod)
         return launchers
 
+    def _launcher(self, name: str, fn, module):
+        def launch(grid, block, args, module=module):  # holding the module keeps its code loaded
+            with self.active():
+                fn.prepared_call(grid, block, *args)
+                if self.sync_launches:
+                    try:
+                        self.drv.Context.synchronize()
+                    except self.drv.Error as e:
+                        raise CudaLaunchError(f"kernel {name} (grid {grid}, block {block}) failed: {e}") from None
+        return launch
+
     def synchronize(self) -> None:
-        self.drv.Context.synchronize()
+        with self.active():
+            self.drv.Context.synchronize()
 
 
-def _prepared(fn):
-    def launch(grid, block, args):
-        fn.prepared_call(grid, block, *args)
-    return launch
+class CudaLaunchError(DlcError, RuntimeError):
+    """A kernel failed on the device (seen at the next synchronization, or at once with DLC_CUDA_SYNC=1)."""
 
 
 # the emulated devices: max_blocks as on a small GPU (the tests' default) or as on an H100 (132 SMs x 8
@@ -196,8 +240,13 @@ class EmulatedDevice:
 
     def __init__(self, max_blocks: int = EMULATED_DEVICES["small"]):
         self.max_blocks = max_blocks
+        self._lock = threading.RLock()
         self._starts: list[int] = []               # sorted buffer addresses
         self._buffers: dict[int, weakref.ref] = {}  # address -> its GuardedBuffer
+
+    def active(self):
+        """One thread at a time in the device (as PyCudaDevice: a compiled program has one arena)."""
+        return self._lock
 
     def alloc(self, nbytes: int):
         """A guarded buffer (as a DeviceAllocation: it lives as long as the returned object)."""
@@ -631,11 +680,12 @@ class CUDABackend:
         return ptrs
 
     def run(self, feeds: dict[int, np.ndarray], env: dict[str, int]) -> list[np.ndarray]:
-        feeds_ptr = self.upload_inputs(feeds)
-        self.runner.run(env, feeds_ptr)
-        outs = [self.runner.fetch(n, env, feeds_ptr) for n in self.program.outputs]
-        self._apply_updates(env, feeds_ptr)
-        return outs
+        with self.device.active():  # one call at a time: the input buffers and the arena are shared
+            feeds_ptr = self.upload_inputs(feeds)
+            self.runner.run(env, feeds_ptr)
+            outs = [self.runner.fetch(n, env, feeds_ptr) for n in self.program.outputs]
+            self._apply_updates(env, feeds_ptr)
+            return outs
 
     def _apply_updates(self, env, feeds_ptr) -> None:
         """Copy each update's value into its parameter's device buffer, after every kernel read the old ones."""
@@ -658,7 +708,6 @@ class CUDABackend:
         """Debug: run kernel by kernel and return a copy of every kernel output right after its kernel."""
         from ..graph import TUPLE
 
-        feeds_ptr = self.upload_inputs(feeds)
         values = {}
 
         def grab(kernel):
@@ -667,7 +716,9 @@ class CUDABackend:
                 if o.dtype != TUPLE:
                     values[id(o)] = self.runner.fetch(o, env, feeds_ptr)
 
-        self.runner.run(env, feeds_ptr, after_each=grab)
+        with self.device.active():
+            feeds_ptr = self.upload_inputs(feeds)
+            self.runner.run(env, feeds_ptr, after_each=grab)
         return values
 
     def sync(self) -> None:
