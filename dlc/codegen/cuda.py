@@ -42,6 +42,7 @@ INDEX_REMAPS = ("transpose", "broadcast_to", "reshape", "slice", "slice_grad", "
 
 BLOCK = 256  # threads per block of elementwise kernels
 GEMM_CONFIGS = {"s": (32, 32, 16, 2, 2), "m": (64, 64, 8, 4, 4), "l": (128, 128, 8, 8, 8)}  # = gemm.cu
+GEMM_LAUNCH_BOUNDS = {"l": "__launch_bounds__(256, 2)"}  # = gemm.cu: 128 registers, two blocks an SM
 
 
 class CudaUnsupportedError(DlcError):
@@ -469,11 +470,11 @@ class ValueRenderer:
 # kernel renderers
 
 
-def _signature(name: str, params: list[Param]) -> str:
-    # No __launch_bounds__: with (256) ptxas (nvcc 13) caps kernels at 48 registers and spills, while
-    # without it every kernel here fits (at most 124 registers, no spills; see tests/test_cuda_codegen.py).
+def _signature(name: str, params: list[Param], bounds: str = "") -> str:
+    # __launch_bounds__ only where measured (GEMM_LAUNCH_BOUNDS, the resource table in docs/cuda.md):
+    # every other kernel fits its block without it (no spills; see tests/test_cuda_codegen.py).
     args = ",\n    ".join(f"{p.ctype} {p.name}" for p in params)
-    return f'extern "C" __global__ void {name}(\n    {args})'
+    return f'extern "C" __global__ void {bounds + " " if bounds else ""}{name}(\n    {args})'
 
 
 def _comment(kernel: Kernel) -> str:
@@ -727,7 +728,8 @@ def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
         bm, bn, bk, tm, tn = GEMM_CONFIGS[tag]
         entry = f"{kernel.name}_{tag}"
         entries.append(entry)
-        chunks += [_signature(entry, params) + " {", f"  const i64 n_batch = {numel_c(batch)};",
+        chunks += [_signature(entry, params, GEMM_LAUNCH_BOUNDS.get(tag, "")) + " {",
+                   f"  const i64 n_batch = {numel_c(batch)};",
                    "  for (i64 bz = blockIdx.z; bz < n_batch; bz += gridDim.z) {", pre.text(),
                    f"    dlc_gemm_mainloop<{bm}, {bn}, {bk}, {tm}, {tn}, {ctype}>(M, N, K, load_a, load_b,",
                    f"        [&](i64 i, i64 j, {ctype} acc) {{", body.text(), "        });", "  }", "}"]
@@ -902,7 +904,7 @@ def render_conv(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> 
         bm, bn, bk, tm, tn = GEMM_CONFIGS[tag]
         entry = f"{kernel.name}_{tag}"
         entries.append(entry)
-        chunks += [_signature(entry, params) + " {", *pre,
+        chunks += [_signature(entry, params, GEMM_LAUNCH_BOUNDS.get(tag, "")) + " {", *pre,
                    f"  dlc_gemm_mainloop<{bm}, {bn}, {bk}, {tm}, {tn}, {ctype}>(M, N, K, load_a, load_b,",
                    f"      [&](i64 i, i64 j, {ctype} acc) {{", body.text(), "      });", "}"]
 
