@@ -63,10 +63,17 @@ def test_every_gemm_tile_on_gpu(tag, rng):
     close(np.maximum(x @ y, 0), fn(x, y), rtol=1e-4, atol=1e-3)
 
 
-def test_random_streams_are_bit_identical_to_the_reference_on_gpu():
+def test_random_streams_match_the_reference_on_gpu():
+    """Philox's bits are exact, so dropout keeps the very same elements; the transforms round differently.
+
+    Uniforms are low + (high - low) * u (nvcc contracts it to one FMA: 1 ulp); normals are computed in
+    float64 through CUDA's log1p and cos (within 2 ulp of glibc's), then scaled.
+    """
     ref, gpu = cuda_samples.random_numbers(), cuda_samples.random_numbers()
-    for r, g in zip(ref.compile("reference")(*ref.args), gpu.compile("cuda")(*gpu.args)):
-        close(r, g, rtol=1e-6, atol=1e-7)  # uniform bits are exact; normals go through libm (an ulp apart at most)
+    expect, got = ref.compile("reference")(*ref.args), gpu.compile("cuda")(*gpu.args)
+    for r, g in zip(expect, got):
+        close(r, g, rtol=1e-6, atol=1e-6 if r.dtype == np.float32 else 1e-12)
+    np.testing.assert_array_equal(got[-1] == 0, expect[-1] == 0)  # dropout: the same mask
 
 
 def test_kernel_values_on_gpu_match_the_reference_and_the_emulator():
