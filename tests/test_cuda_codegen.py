@@ -182,3 +182,26 @@ def test_matmul_launch_stays_within_cuda_grid_limits_for_a_tall_matrix():
     module = render_program(build_program(dlc.compile(dlc.relu(a @ b), target="reference"), {}), ("s",))
     (launch,) = [k.plan_launch({"M": 3_000_000}, 1056) for k in module.kernels]
     assert launch_problem(launch.grid, launch.block) is None, launch
+
+
+def _staging_conflicts(rows: int, bk: int, pad: int) -> int:
+    """Bank conflicts of one warp's first staging store of a row-major A (or transposed B) tile in gemm.cu.
+
+    Thread e stores element (kk = e % BK, i = e / BK) at word kk * (rows + pad) + i of the BK x (rows + pad)
+    tile: the ways of the worst bank (1: conflict-free).
+    """
+    words = {e: (e % bk) * (rows + pad) + e // bk for e in range(32)}
+    banks: dict[int, set[int]] = {}
+    for w in words.values():
+        banks.setdefault(w % 32, set()).add(w)
+    return max(len(ws) for ws in banks.values())
+
+
+def test_gemm_staging_stores_are_free_of_bank_conflicts():
+    import re
+
+    pad = int(re.search(r"#define DLC_GEMM_PAD (\d+)", library_source(("gemm",))).group(1))
+    for tag, (bm, bn, bk, _, _) in GEMM_CONFIGS.items():
+        worst = max(_staging_conflicts(bm, bk, pad), _staging_conflicts(bn, bk, pad))
+        assert worst <= (1 if bk == 8 else 2), (tag, pad, worst)  # s (BK = 16, small problems): 2-way with pad 4
+    assert _staging_conflicts(128, 8, 1) == 4  # the padding of one word this replaced
