@@ -218,7 +218,8 @@ def test_sgemm_tiles_and_transposes(sgemm_module, rng, tag, trans):
     b = rng.standard_normal((n, k) if trans[1] == "t" else (k, n)).astype(np.float32)
     c = rng.standard_normal((m, n)).astype(np.float32)
     expect = 1.5 * ((a.T if trans[0] == "t" else a) @ (b.T if trans[1] == "t" else b)) + 0.5 * c
-    sgemm_module.launch(f"dlc_sgemm_{tag}_{trans}", gemm_grid(tag, m, n), ((bm // tm) * (bn // tn),), [a, b, c, m, n, k, 1.5, 0.5])
+    sgemm_module.launch(f"dlc_sgemm_{tag}_{trans}", gemm_grid(tag, m, n), ((bm // tm) * (bn // tn),),
+                        [a, b, c, m, n, k, 1.5, 0.5])
     np.testing.assert_allclose(c, expect, rtol=1e-5, atol=1e-5)
 
 

@@ -9,6 +9,15 @@ all live threads wait at the barrier; a shuffle is a warp-wide barrier with
 a value exchange. Kernels therefore run unmodified, barriers included, and
 a barrier some threads never reach is reported as a deadlock, not hung on.
 Kernels without barriers run each thread as a plain call (much faster).
+
+Stricter than a GPU where it can be (with the guarded allocations of
+dlc.runtime.cuda.EmulatedDevice): blocks run in a scrambled order; CUDA's
+grid and block limits are enforced; a shuffle's lane mask must name the
+lanes that reach it; each thread's stack has a guard page, and a fault in a
+kernel (an access outside every buffer, a stack overflow) is caught and
+reported as an EmulatorError instead of killing or corrupting the process.
+Launches are serialized (the built-ins are process-wide). With
+DLC_EMULATOR_SANITIZE=1 the kernels are built with AddressSanitizer.
 """
 
 from __future__ import annotations
@@ -210,7 +219,8 @@ static int run_grid(dim3 grid, bool scrambled) {
 
 static int launch(dim3 grid, dim3 block, bool with_barriers, bool scrambled, const std::function<void()>& fn) {
   // CUDA's launch limits (compute capability 9.0)
-  if (block.x == 0 || block.y == 0 || block.z == 0 || block.x > 1024 || block.y > 1024 || block.z > 64) return BAD_BLOCK;
+  if (block.x == 0 || block.y == 0 || block.z == 0) return BAD_BLOCK;
+  if (block.x > 1024 || block.y > 1024 || block.z > 64) return BAD_BLOCK;
   if ((unsigned long long)block.x * block.y * block.z > 1024) return BAD_BLOCK;
   if (grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535)
     return BAD_GRID;
@@ -378,8 +388,8 @@ class EmulatedModule:
         src.write_text(text)
         tmp = lib.with_suffix(f".{os.getpid()}.tmp")
         # -U_FORTIFY_SOURCE: the fortified longjmp refuses to jump between coroutine stacks
-        cmd = ["g++", "-std=c++17", *optimize.split(), "-U_FORTIFY_SOURCE", "-shared", "-fPIC", "-fno-strict-aliasing", "-w",
-               "-o", str(tmp), str(src)]
+        cmd = ["g++", "-std=c++17", *optimize.split(), "-U_FORTIFY_SOURCE", "-shared", "-fPIC",
+               "-fno-strict-aliasing", "-w", "-o", str(tmp), str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise EmulatorError(f"g++ could not compile the emulated kernels ({src}):\n{proc.stderr[-4000:]}")
