@@ -62,6 +62,8 @@ def test_tile_choice_follows_problem_size():
     assert choose_gemm_tile(2048, 2048, 1, 132 * 8) == "m"
     assert choose_gemm_tile(16, 10, 1, 132 * 8) == "s"
     assert choose_gemm_tile(4096, 4096, 1, 132 * 8, ("s",)) == "s"
+    assert choose_gemm_tile(6, 64 * 24 * 24, 1, 132 * 8) == "s"  # LeNet's first conv: 6 rows, not a 128-row tile
+    assert choose_gemm_tile(65536, 40, 1, 132 * 8) == "m"         # 40 columns: 64 wide, not 128
 
 
 def test_scan_runs_on_the_host_and_its_body_is_rendered():

@@ -758,6 +758,8 @@ def choose_gemm_tile(m: int, n: int, batch: int, max_blocks: int, tiles=tuple(GE
     by_size = sorted(tiles, key=lambda t: GEMM_CONFIGS[t][0] * GEMM_CONFIGS[t][1], reverse=True)
     for tag in by_size[:-1]:
         bm, bn = GEMM_CONFIGS[tag][:2]
+        if bm > 2 * m or bn > 2 * n:  # most of the tile would compute padding (a conv with 6 output channels)
+            continue
         if -(-m // bm) * -(-n // bn) * batch >= max_blocks // 4:
             return tag
     return by_size[-1]
