@@ -324,12 +324,14 @@ class DeviceStore:
         self.store = weakref.proxy(store)
         self.device = device
         self.buffers: dict[str, object] = {}
+        self.sizes: dict[str, int] = {}  # bytes of each buffer: a copy never runs past one
         self.device_newer: set[str] = set()
 
     def ptr(self, key: str) -> int:
-        if key not in self.buffers:
-            host = self.store._values[key]
+        host = self.store._values[key]
+        if key not in self.buffers or self.sizes[key] != host.nbytes:  # a value replaced by one of another size
             self.buffers[key] = self.device.alloc(host.nbytes)
+            self.sizes[key] = host.nbytes
             self.device.upload(self.device.ptr(self.buffers[key]), host)
         return self.device.ptr(self.buffers[key])
 
@@ -339,15 +341,19 @@ class DeviceStore:
     def sync(self) -> None:
         """Copy every value a CUDA step changed back into the Store's arrays (in place)."""
         for key in sorted(self.device_newer):
-            self.device.download(self.device.ptr(self.buffers[key]), self.store._values[key])
+            host = self.store._values[key]
+            if self.sizes[key] == host.nbytes:  # else the host replaced the value since: the host's is newer
+                self.device.download(self.device.ptr(self.buffers[key]), host)
         self.device_newer.clear()
 
     def invalidate(self, key: str | None = None) -> None:
         """The host wrote these values: upload them again before the next use."""
         for k in [key] if key is not None else list(self.buffers):
             self.device_newer.discard(k)
-            if k in self.buffers:
+            if k in self.buffers and self.sizes[k] == self.store._values[k].nbytes:
                 self.device.upload(self.device.ptr(self.buffers[k]), self.store._values[k])
+            else:
+                self.buffers.pop(k, None)  # allocated again, at the new size, on its next use
 
 
 _DEVICE_STORES: dict[tuple[int, str], DeviceStore] = {}
