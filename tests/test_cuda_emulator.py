@@ -428,3 +428,30 @@ def test_concurrent_calls_of_one_function_are_correct():
         got = list(pool.map(lambda b: fn(b), batches * 3))
     for b, g in zip(batches * 3, got):
         close(ref(b), g, rtol=1e-4, atol=1e-4)
+
+
+def _one_channel_discriminator_step(target, **options):
+    rng = np.random.default_rng(5)
+    store = dlc.Store()
+    x = dlc.input("x", ("B", 1, 6, 6))
+    w = dlc.param(rng.standard_normal((3, 1, 3, 3)).astype(np.float32), name="w", store=store)
+    v = dlc.param(rng.standard_normal((48, 1)).astype(np.float32), name="v", store=store)
+    score = dlc.sigmoid(dlc.reshape(dlc.relu(dlc.conv2d(x, w)), ("B", 48)) @ v + 0.5)
+    loss = dlc.mean(score)
+    gw, gv = dlc.grad(loss, [w, v])
+    fn = dlc.compile([score, loss], updates={w: w - 0.1 * gw, v: v - 0.1 * gv}, target=target, store=store,
+                     **options)
+    a = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
+    return [fn(a) for _ in range(2)], store
+
+
+def test_epilogues_of_anchors_with_size_one_dims():
+    """An operand read indexes a size-1 dim with "0": a one-column matmul (a discriminator's head) and the SGD
+    update fused into a one-input-channel conv's weight gradient once found no value there and did not compile."""
+    expect, ref_store = _one_channel_discriminator_step("reference")
+    got, emu_store = _one_channel_discriminator_step("cuda", emulate=True)
+    for e, g in zip(expect, got):
+        for r, o in zip(e, g):
+            close(r, o, rtol=1e-5, atol=1e-6)
+    for key in ("w", "v"):
+        close(ref_store[key], emu_store[key], rtol=1e-5, atol=1e-6)

@@ -627,7 +627,7 @@ def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
         if arg:
             body.emit("ws_at[o * chunks + blockIdx.y] = at;")
     with body.scope("else if (threadIdx.x == 0)"):
-        body.remember((id(anchor), out_idx), "at" if arg else "acc")
+        _remember_anchor(vr, anchor, out_idx, "at" if arg else "acc")
         for o, name in zip(kernel.outputs, out_names):
             body.emit(f"{name}[o] = {vr.value(o, out_idx)};")
     # the workspace of a split pass: argmax/argmin indices first (8-byte aligned), then the partial values
@@ -719,7 +719,7 @@ def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
 
     vr.body = body
     out_idx = tuple(bidx) + ("i", "j")
-    body.remember((id(anchor), out_idx), "acc")
+    _remember_anchor(vr, anchor, out_idx, "acc")
     for o, name in zip(kernel.outputs, out_names):
         body.emit(f"{name}[c_base + i * N + j] = {vr.value(o, out_idx)};")
     params = vr.final_params()
@@ -819,10 +819,16 @@ POOL_OPS = ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad", "a
 RANDOM_OPS = ("random_uniform", "random_normal", "random_bernoulli")
 
 
+def _remember_anchor(vr: ValueRenderer, anchor: Node, idx, name: str) -> None:
+    """The anchor's value at idx is `name`, also under the index an operand read uses (its size-1 dims are "0")."""
+    vr.body.remember((id(anchor), tuple(idx)), name)
+    vr.body.remember((id(anchor), vr.broadcast_index(tuple(idx), anchor.shape)), name)
+
+
 def _store_epilogue(vr: ValueRenderer, kernel: Kernel, out_names, out_idx, value: str) -> None:
     """The anchor's value at out_idx is `value`: evaluate the epilogue there and store every output."""
     body = vr.body
-    body.remember((id(kernel.anchor), tuple(out_idx)), value)
+    _remember_anchor(vr, kernel.anchor, out_idx, value)
     flat = body.fresh("f")
     body.emit(f"const i64 {flat} = {vr.linear(out_idx, kernel.anchor.shape)};")
     for o, name in zip(kernel.outputs, out_names):
