@@ -7,7 +7,7 @@ import pytest
 
 import dlc
 from dlc.codegen import cuda_samples
-from dlc.codegen.c_emulator import EmulatedModule, EmulatorError, KernelSignature
+from dlc.codegen.c_emulator import EmulatedModule, EmulatorError, KernelSignature, sanitized
 from dlc.codegen.cuda import GEMM_CONFIGS, gemm_grid, library_source
 from dlc.ops.random import philox4x32
 
@@ -149,25 +149,28 @@ def test_fresh_device_memory_is_poison_not_zeros():
     assert np.isnan(out).all() and buf.ptr % 256 == 0
 
 
-@pytest.mark.parametrize("index", [-1, 10, 13, 300])
+@pytest.mark.parametrize("index", [-1, 10, 13])
 def test_write_just_outside_a_buffer_is_an_error_naming_the_kernel(strict_module, index):
     from dlc.runtime.cuda import EmulatedDevice
 
     device = EmulatedDevice()
     buf = device.alloc(40)  # 10 floats
-    with pytest.raises(EmulatorError, match="write_at (wrote outside its buffer|.*memory fault)"):
+    with pytest.raises(EmulatorError, match="write_at wrote outside its buffer"):
         _device_launch(device, strict_module, "write_at", (1,), (1,), [buf.ptr, index])
     _device_launch(device, strict_module, "write_at", (1,), (1,), [buf.ptr, 9])  # the last element is fine
 
 
-def test_write_far_outside_every_buffer_is_a_memory_fault_not_a_crash(strict_module):
+@pytest.mark.skipif(sanitized(), reason="under AddressSanitizer, ASan reports faults itself")
+@pytest.mark.parametrize("index", [300, -1100, 1 << 40])  # the guard pages, and nowhere near any buffer
+def test_write_far_outside_every_buffer_is_a_memory_fault_not_a_crash(strict_module, index):
     from dlc.runtime.cuda import EmulatedDevice
 
     buf = EmulatedDevice().alloc(40)
     with pytest.raises(EmulatorError, match="memory fault"):
-        strict_module.launch("write_at", (1,), (1,), [buf.ptr, 1 << 40])
+        strict_module.launch("write_at", (1,), (1,), [buf.ptr, index])
 
 
+@pytest.mark.skipif(sanitized(), reason="under AddressSanitizer, ASan reports faults itself")
 def test_stack_overflow_is_an_error(strict_module):
     out = np.zeros(32, np.int32)
     strict_module.launch("recurse", (1,), (32,), [out, 20])

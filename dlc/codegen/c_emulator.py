@@ -48,6 +48,9 @@ EMULATOR_PRELUDE = r"""
 #include <csignal>
 #include <sys/mman.h>
 #include <ucontext.h>
+#ifdef __SANITIZE_ADDRESS__
+#include <sanitizer/asan_interface.h>
+#endif
 
 struct dim3 { unsigned x, y, z; dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {} };
 struct uint3 { unsigned x, y, z; };
@@ -159,6 +162,10 @@ static int run_block() {
   for (unsigned t = 0; t < nthreads; ++t) {
     if (!coroutines) { set_thread(t); (*body)(); if (error) return error; continue; }
     getcontext(&threads[t].ctx);
+#ifdef __SANITIZE_ADDRESS__
+    // frames left by _longjmp keep their redzones in ASan's shadow: a reused stack starts clean
+    __asan_unpoison_memory_region(stack_of(t), kStack);
+#endif
     threads[t].ctx.uc_stack.ss_sp = stack_of(t);
     threads[t].ctx.uc_stack.ss_size = kStack;
     threads[t].ctx.uc_link = nullptr;
@@ -234,6 +241,9 @@ static int launch(dim3 grid, dim3 block, bool with_barriers, bool scrambled, con
   body = &fn; coroutines = with_barriers; error = OK;
   gridDim = grid; blockDim = block;
 
+#ifdef __SANITIZE_ADDRESS__
+  return run_grid(grid, scrambled);  // AddressSanitizer reports faults itself
+#else
   stack_t alt{}, old_alt;
   alt.ss_sp = fault_stack; alt.ss_size = sizeof fault_stack; alt.ss_flags = 0;
   struct sigaction on{}, old_segv, old_bus;
@@ -248,6 +258,7 @@ static int launch(dim3 grid, dim3 block, bool with_barriers, bool scrambled, con
   sigaction(SIGBUS, &old_bus, nullptr);
   sigaltstack(&old_alt, nullptr);
   return rc;
+#endif
 }
 
 template <class T> static T exchange(unsigned mask, T v, unsigned src, bool valid) {
