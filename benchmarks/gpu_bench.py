@@ -5,13 +5,18 @@ Run on a machine with an NVIDIA GPU and pycuda (benchmarks/gpu_check.sh does):
     python3 benchmarks/gpu_bench.py [--quick] [--json results.json]
 
 - W1 MLP train step (B=128, 784-512-512-10) and a LeNet-5-like CNN step (B=64,
-  1x28x28): ms per step, inputs uploaded and the loss downloaded every step;
+  1x28x28): ms per step, inputs uploaded and the loss downloaded every step,
+  against the same steps in PyTorch eager on the same card when torch has CUDA;
 - SGEMM 4096^3 (dlc's tiled kernel, each tile configuration) against
   torch.matmul with TF32 off when torch with CUDA is installed;
 - gelu_tanh(x*a+b) over 64M floats: the fused generated kernel's GB/s
   against a device-to-device copy of the same bytes (the roofline here).
-Kernel-only timings use CUDA events around launches on data already on the
-device; each number is the median of several repetitions.
+Kernel-only timings use CUDA events around launches whose arguments are built
+beforehand, on data already on the device; each number is the median of
+several repetitions of a batch of back-to-back launches (host overhead
+between launches overlaps the device's work instead of being timed).
+Results are written to --json after every section, so a timeout keeps what
+was measured; a section that fails records its error and the next one runs.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import dlc  # noqa: E402
-from dlc.codegen.cuda import GEMM_CONFIGS, library_source  # noqa: E402
+from dlc.codegen.cuda import GEMM_CONFIGS, gemm_grid, library_source  # noqa: E402
 
 
 def _events():
@@ -37,17 +42,18 @@ def _events():
     return drv.Event(), drv.Event()
 
 
-def time_device(fn, reps: int) -> float:
-    """Median milliseconds of fn() measured with CUDA events (after one warm-up call)."""
+def time_device(fn, reps: int, batch: int = 5) -> float:
+    """Median milliseconds of one fn() measured with CUDA events over `batch` back-to-back calls (after a warm-up)."""
     fn()
     times = []
     for _ in range(reps):
         start, end = _events()
         start.record()
-        fn()
+        for _ in range(batch):
+            fn()
         end.record()
         end.synchronize()
-        times.append(end.time_since(start))
+        times.append(end.time_since(start) / batch)
     return statistics.median(times)
 
 
@@ -110,14 +116,47 @@ def cnn_step(batch=64):
     return fn, args
 
 
+def torch_step(kind: str, args):
+    """The same step in PyTorch eager on the same card (fp32, TF32 off): inputs uploaded, the loss read back."""
+    import torch
+    from torch import nn
+
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    if kind == "mlp":
+        model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+    else:
+        model = nn.Sequential(nn.Conv2d(1, 6, 5), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(6, 16, 5), nn.ReLU(),
+                              nn.MaxPool2d(2), nn.Flatten(), nn.Linear(256, 120), nn.ReLU(), nn.Linear(120, 10))
+    model = model.cuda()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x_host, y_host = torch.from_numpy(args[0]), torch.from_numpy(args[1])
+
+    def step():
+        x, y = x_host.cuda(), y_host.cuda()
+        opt.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        return loss.item()
+
+    return step
+
+
 def bench_steps(reps: int) -> dict:
     out = {}
-    for name, make in (("mlp_train_step_ms", mlp_step), ("cnn_train_step_ms", cnn_step)):
+    for kind, make in (("mlp", mlp_step), ("cnn", cnn_step)):
         t0 = time.perf_counter()
         fn, args = make()
         fn(*args)
-        out[name.replace("_ms", "_first_call_s")] = round(time.perf_counter() - t0, 2)
-        out[name] = round(time_host(lambda fn=fn, args=args: fn(*args), reps), 3)
+        out[f"{kind}_train_step_first_call_s"] = round(time.perf_counter() - t0, 2)
+        out[f"{kind}_train_step_ms"] = round(time_host(lambda fn=fn, args=args: fn(*args), reps), 3)
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                out[f"torch_{kind}_train_step_ms"] = round(time_host(torch_step(kind, args), reps), 3)
+        except ImportError:
+            out[f"torch_{kind}_train_step"] = "torch not installed"
     return out
 
 
@@ -139,7 +178,7 @@ def bench_sgemm(n: int, reps: int) -> dict:
     for tag, (bm, bn, _, tm, tn) in GEMM_CONFIGS.items():
         fn = mod.get_function(f"dlc_sgemm_{tag}_nn")
         fn.prepare("PPPqqqff")
-        grid, block = (-(-n // bn), -(-n // bm), 1), ((bm // tm) * (bn // tn), 1, 1)
+        grid, block = gemm_grid(tag, n, n), ((bm // tm) * (bn // tn), 1, 1)
         ms = time_device(lambda fn=fn, grid=grid, block=block: fn.prepared_call(grid, block, da, db, dc, n, n, n,
                                                                                  1.0, 0.0), reps)
         out[f"sgemm_{n}_{tag}_gflops"] = round(flops / ms / 1e6, 1)
@@ -180,9 +219,14 @@ def bench_elementwise(n: int, reps: int) -> dict:
     feeds, env, _ = fn.signature.bind(args, {})
     ptrs = backend.upload_inputs(feeds)
     kernels = len(backend.module.kernels)  # one fused kernel when fusion works
+    runner = backend.runner
+    runner.prepare(env)
+    calls = [(runner.launchers[ln.entry], ln.grid, ln.block, runner._args(rk, ln, env, ptrs))
+             for k, rk in runner.steps if rk is not None for ln in runner.launches[k.name]]
 
-    def run_kernels():
-        backend.runner.run(env, ptrs)
+    def run_kernels():  # the arguments are built once, outside the timed region
+        for launch, grid, block, call_args in calls:
+            launch(grid, block, call_args)
 
     ms = time_device(run_kernels, reps)
     moved = 4 * n * 4  # three reads and one write
@@ -193,24 +237,44 @@ def bench_elementwise(n: int, reps: int) -> dict:
             "fused_gelu_max_abs_err": float(np.max(np.abs(got - ref)))}
 
 
+def write_json(path: str | None, results: dict) -> None:
+    """Replace the JSON file with the results so far (a rename: never a half-written file)."""
+    if path:
+        tmp = Path(path).with_suffix(".tmp")
+        tmp.write_text(json.dumps(results, indent=2))
+        tmp.replace(path)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repetitions (the GPU check uses it)")
-    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--json", help="also write the results to this file, after every section")
     opts = parser.parse_args(argv)
     reps = 5 if opts.quick else 20
-    import pycuda.autoinit  # noqa: F401
+    import pycuda.driver as drv
 
-    results = {"device": pycuda.autoinit.device.name()}
-    results.update(bench_steps(reps * 4))
-    results.update(bench_sgemm(4096, reps))
-    results.update(bench_elementwise(1 << 26, reps))
-    width = max(len(k) for k in results)
-    for k, v in results.items():
-        print(f"{k:{width}s}  {v}")
-    if opts.json:
-        Path(opts.json).write_text(json.dumps(results, indent=2))
-    return 0
+    from dlc.runtime.cuda import PyCudaDevice
+
+    device = PyCudaDevice()  # dlc's context (the device's primary context, which torch shares)
+    failed = 0
+    with device.active():
+        results = {"device": drv.Context.get_device().name(), "cuda_driver": drv.get_driver_version(),
+                   "pycuda_cuda_version": ".".join(map(str, drv.get_version()))}
+        write_json(opts.json, results)
+        sections = [("steps", lambda: bench_steps(reps * 4)), ("sgemm", lambda: bench_sgemm(4096, reps)),
+                    ("elementwise", lambda: bench_elementwise(1 << 26, reps))]
+        for name, section in sections:
+            t0 = time.perf_counter()
+            try:
+                got = section()
+            except Exception as e:  # noqa: BLE001  (recorded; the next section still runs)
+                got, failed = {f"{name}_error": f"{type(e).__name__}: {e}"}, failed + 1
+            got[f"{name}_section_s"] = round(time.perf_counter() - t0, 1)
+            for k, v in got.items():
+                print(f"{k:32s}  {v}", flush=True)
+            results.update(got)
+            write_json(opts.json, results)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -647,7 +647,7 @@ def _is_unrecorded(v) -> bool:
 # option not listed is refused on load. dump and cache are recorded but never applied (LOCAL_OPTIONS); device
 # has no JSON form and is recorded by its repr only.
 COMPILE_OPTIONS = {
-    "fastmath": _is_bool, "parallel": _is_bool, "emulate": _is_bool,
+    "fastmath": _is_bool, "parallel": _is_bool, "emulate": lambda v: _is_bool(v) or v in ("small", "h100"),
     "simplify": _is_bool, "fuse": _is_bool, "reassociate": _is_bool, "duplicate": _is_bool, "schedule": _is_bool,
     "max_group": _is_int_in(1, 1 << 20),
     "gemm_tiles": _is_gemm_tiles,

@@ -62,6 +62,8 @@ def test_tile_choice_follows_problem_size():
     assert choose_gemm_tile(2048, 2048, 1, 132 * 8) == "m"
     assert choose_gemm_tile(16, 10, 1, 132 * 8) == "s"
     assert choose_gemm_tile(4096, 4096, 1, 132 * 8, ("s",)) == "s"
+    assert choose_gemm_tile(6, 64 * 24 * 24, 1, 132 * 8) == "s"  # LeNet's first conv: 6 rows, not a 128-row tile
+    assert choose_gemm_tile(65536, 40, 1, 132 * 8) == "m"         # 40 columns: 64 wide, not 128
 
 
 def test_scan_runs_on_the_host_and_its_body_is_rendered():
@@ -160,7 +162,10 @@ def test_every_kernel_compiles_for_sm80_and_sm90_without_warnings_or_spills():
             assert r.spill_stores == 0 and r.spill_loads == 0, f"{entry} spills on {arch}: {r}"
             assert r.registers <= 255 and r.smem_bytes <= 48 * 1024, f"{entry} on {arch}: {r}"
     big = report["sm_80"]["dlc_sgemm_l_nn"]
-    assert big.smem_bytes == 2 * 8 * 129 * 4  # the two staged 8 x (128 + pad) tiles
+    assert big.smem_bytes == 2 * 8 * 132 * 4  # the two staged 8 x (128 + 4) tiles
+    for arch in ("sm_80", "sm_90"):  # __launch_bounds__(256, 2): two blocks of tile l fit an SM's registers
+        large = [r for entry, r in report[arch].items() if entry.endswith("_l") or entry.startswith("dlc_sgemm_l")]
+        assert large and all(r.registers <= 128 for r in large), [(r.registers) for r in large]
 
 
 @pytest.mark.skipif(nvcc_path() is None, reason="nvcc is not installed")
@@ -169,3 +174,36 @@ def test_nvcc_rejects_a_warning():
 
     with pytest.raises(NvccError, match="declared but never referenced"):
         nvcc_compile('extern "C" __global__ void k(float* x) { int unused = 3; x[0] = 1.0f; }\n', archs=("sm_80",))
+
+
+def test_matmul_launch_stays_within_cuda_grid_limits_for_a_tall_matrix():
+    """ceil(M / BM) tiles once went on gridDim.y (at most 65535): a 3M-row matmul could not launch."""
+    from dlc.codegen.c_emulator import launch_problem
+
+    a, b = dlc.input("a", ("M", 8)), dlc.input("b", (8, 8))
+    module = render_program(build_program(dlc.compile(dlc.relu(a @ b), target="reference"), {}), ("s",))
+    (launch,) = [k.plan_launch({"M": 3_000_000}, 1056) for k in module.kernels]
+    assert launch_problem(launch.grid, launch.block) is None, launch
+
+
+def _staging_conflicts(rows: int, bk: int, pad: int) -> int:
+    """Bank conflicts of one warp's first staging store of a row-major A (or transposed B) tile in gemm.cu.
+
+    Thread e stores element (kk = e % BK, i = e / BK) at word kk * (rows + pad) + i of the BK x (rows + pad)
+    tile: the ways of the worst bank (1: conflict-free).
+    """
+    words = {e: (e % bk) * (rows + pad) + e // bk for e in range(32)}
+    banks: dict[int, set[int]] = {}
+    for w in words.values():
+        banks.setdefault(w % 32, set()).add(w)
+    return max(len(ws) for ws in banks.values())
+
+
+def test_gemm_staging_stores_are_free_of_bank_conflicts():
+    import re
+
+    pad = int(re.search(r"#define DLC_GEMM_PAD (\d+)", library_source(("gemm",))).group(1))
+    for tag, (bm, bn, bk, _, _) in GEMM_CONFIGS.items():
+        worst = max(_staging_conflicts(bm, bk, pad), _staging_conflicts(bn, bk, pad))
+        assert worst <= (1 if bk == 8 else 2), (tag, pad, worst)  # s (BK = 16, small problems): 2-way with pad 4
+    assert _staging_conflicts(128, 8, 1) == 4  # the padding of one word this replaced

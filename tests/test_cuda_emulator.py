@@ -7,8 +7,8 @@ import pytest
 
 import dlc
 from dlc.codegen import cuda_samples
-from dlc.codegen.c_emulator import EmulatedModule, EmulatorError, KernelSignature
-from dlc.codegen.cuda import GEMM_CONFIGS, library_source
+from dlc.codegen.c_emulator import EmulatedModule, EmulatorError, KernelSignature, sanitized
+from dlc.codegen.cuda import GEMM_CONFIGS, gemm_grid, library_source
 from dlc.ops.random import philox4x32
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the CUDA emulator needs g++")
@@ -112,6 +112,95 @@ def test_philox_matches_the_numpy_generator(barrier_module, counter, key):
 
 
 # ----------------------------------------------------------------------------
+# the emulator is stricter than a GPU where it can be: bad memory accesses, launches and masks are errors
+
+STRICT_KERNELS = r"""
+extern "C" __global__ void write_at(float* out, long long i) { out[i] = 1.0f; }
+__device__ int deep(int n) { volatile char pad[1024]; pad[0] = (char)n; return n ? deep(n - 1) + pad[0] : 0; }
+extern "C" __global__ void recurse(int* out, int depth) { __syncthreads(); out[threadIdx.x] = deep(depth); }
+extern "C" __global__ void half_mask(float* out) { out[threadIdx.x] = __shfl_xor_sync(0xffffu, out[threadIdx.x], 1); }
+extern "C" __global__ void block_order(unsigned* out, unsigned* count) {
+  if (threadIdx.x == 0) out[atomicAdd(count, 1u)] = blockIdx.x + gridDim.x * blockIdx.y;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def strict_module():
+    p = ("float*", "ptr")
+    sigs = [KernelSignature("write_at", (p, ("long long", "i64"))), KernelSignature("recurse", (("int*", "ptr"),
+            ("int", "i32"))), KernelSignature("half_mask", (p,)),
+            KernelSignature("block_order", (("unsigned*", "ptr"), ("unsigned*", "ptr")))]
+    return EmulatedModule(library_source(("prelude",)) + STRICT_KERNELS, sigs)
+
+
+def _device_launch(device, module, name, grid, block, args):
+    """A launch the way the runtime makes it: then the guards of each buffer passed are checked."""
+    module.launch(name, grid, block, args)
+    device.check_guards(name, args)
+
+
+def test_fresh_device_memory_is_poison_not_zeros():
+    from dlc.runtime.cuda import EmulatedDevice
+
+    buf = EmulatedDevice().alloc(12)
+    out = np.zeros(3, np.float32)
+    EmulatedDevice().download(buf.ptr, out)
+    assert np.isnan(out).all() and buf.ptr % 256 == 0
+
+
+@pytest.mark.parametrize("index", [-1, 10, 13])
+def test_write_just_outside_a_buffer_is_an_error_naming_the_kernel(strict_module, index):
+    from dlc.runtime.cuda import EmulatedDevice
+
+    device = EmulatedDevice()
+    buf = device.alloc(40)  # 10 floats
+    with pytest.raises(EmulatorError, match="write_at wrote outside its buffer"):
+        _device_launch(device, strict_module, "write_at", (1,), (1,), [buf.ptr, index])
+    _device_launch(device, strict_module, "write_at", (1,), (1,), [buf.ptr, 9])  # the last element is fine
+
+
+@pytest.mark.skipif(sanitized(), reason="under AddressSanitizer, ASan reports faults itself")
+@pytest.mark.parametrize("index", [300, -1100, 1 << 40])  # the guard pages, and nowhere near any buffer
+def test_write_far_outside_every_buffer_is_a_memory_fault_not_a_crash(strict_module, index):
+    from dlc.runtime.cuda import EmulatedDevice
+
+    buf = EmulatedDevice().alloc(40)
+    with pytest.raises(EmulatorError, match="memory fault"):
+        strict_module.launch("write_at", (1,), (1,), [buf.ptr, index])
+
+
+@pytest.mark.skipif(sanitized(), reason="under AddressSanitizer, ASan reports faults itself")
+def test_stack_overflow_is_an_error(strict_module):
+    out = np.zeros(32, np.int32)
+    strict_module.launch("recurse", (1,), (32,), [out, 20])
+    with pytest.raises(EmulatorError, match="overflowed its stack"):
+        strict_module.launch("recurse", (1,), (32,), [out, 100_000])
+    strict_module.launch("recurse", (1,), (32,), [out, 20])  # and the emulator still works
+
+
+@pytest.mark.parametrize("grid,block", [((1,), (1025,)), ((1,), (1, 1, 65)), ((1, 65536), (32,)), ((0,), (32,)),
+                                        ((1, 1, 70000), (32,)), ((2**31,), (32,))])
+def test_cuda_launch_limits_are_enforced(strict_module, grid, block):
+    with pytest.raises(EmulatorError, match="grid|block"):
+        strict_module.launch("write_at", grid, block, [np.zeros(1, np.float32), 0])
+
+
+def test_shuffle_mask_must_name_the_lanes_that_reach_it(strict_module):
+    with pytest.raises(EmulatorError, match="lane mask"):
+        strict_module.launch("half_mask", (1,), (32,), [np.zeros(32, np.float32)])
+
+
+def test_blocks_run_in_a_scrambled_order(strict_module):
+    out, count = np.zeros(40, np.uint32), np.zeros(1, np.uint32)
+    strict_module.launch("block_order", (8, 5), (32,), [out, count])
+    assert sorted(out) == list(range(40)) and list(out) != sorted(out)
+    count[:] = 0
+    strict_module.launch("block_order", (8, 5), (32,), [out, count], scrambled=False)
+    assert list(out) == list(range(40))
+
+
+# ----------------------------------------------------------------------------
 # the hand-written SGEMM: every tile configuration and transpose pair
 
 
@@ -132,8 +221,8 @@ def test_sgemm_tiles_and_transposes(sgemm_module, rng, tag, trans):
     b = rng.standard_normal((n, k) if trans[1] == "t" else (k, n)).astype(np.float32)
     c = rng.standard_normal((m, n)).astype(np.float32)
     expect = 1.5 * ((a.T if trans[0] == "t" else a) @ (b.T if trans[1] == "t" else b)) + 0.5 * c
-    grid = (-(-n // bn), -(-m // bm), 1)
-    sgemm_module.launch(f"dlc_sgemm_{tag}_{trans}", grid, ((bm // tm) * (bn // tn),), [a, b, c, m, n, k, 1.5, 0.5])
+    sgemm_module.launch(f"dlc_sgemm_{tag}_{trans}", gemm_grid(tag, m, n), ((bm // tm) * (bn // tn),),
+                        [a, b, c, m, n, k, 1.5, 0.5])
     np.testing.assert_allclose(c, expect, rtol=1e-5, atol=1e-5)
 
 
@@ -164,14 +253,7 @@ def test_unfused_kernels_match_reference(build):
 
 
 def test_kernel_values_match_the_reference_node_by_node():
-    from dlc.runtime.reference import evaluate
-
-    s = cuda_samples.softmax_cross_entropy()
-    fn = s.compile("cuda", emulate=True, gemm_tiles=TILES)
-    feeds, env, _ = fn.signature.bind(s.args, {})
-    values = fn.backend.kernel_values(feeds, env)
-    program = fn.backend.program
-    ref = evaluate(program.graph.nodes, feeds, s.store, env, keep=set(values))
+    values, ref = cuda_samples.softmax_cross_entropy().kernel_values_and_reference(emulate=True, gemm_tiles=TILES)
     assert values and set(values) == set(ref)
     for key, got in values.items():
         close(ref[key], got, rtol=1e-4, atol=1e-6)
@@ -201,12 +283,13 @@ def test_vectorized_path_and_its_scalar_tail(rng):
         close(ref(a, b), fn(a, b), rtol=1e-6, atol=1e-6)
 
 
-def test_long_reductions_split_into_two_passes(rng):
+@pytest.mark.parametrize("config", ["small", "h100"])
+def test_long_reductions_split_into_two_passes(rng, config):
     x = dlc.input("x", ("N",))
     y = dlc.input("y", (3, "N"))
     outs = [dlc.sum(dlc.exp(x * 0.01)) * 2.0, dlc.argmax(x), dlc.max(y, axis=1), dlc.argmin(y, axis=1),
             dlc.mean(y, axis=1)]
-    fn = dlc.compile(outs, target="cuda", emulate=True)
+    fn = dlc.compile(outs, target="cuda", emulate=config)
     ref = dlc.compile(outs)
     a, b = rng.standard_normal(50_000).astype(np.float32), rng.standard_normal((3, 50_000)).astype(np.float32)
     a[100] = a[40_000] = 10.0           # a tie across two chunks: the first index wins
@@ -215,6 +298,18 @@ def test_long_reductions_split_into_two_passes(rng):
         close(r, g, rtol=1e-5, atol=1e-5)
     phases = [[ln.scalars["phase"] for ln in launches] for launches in fn.backend.runner.launches.values()]
     assert [1, 2] in phases  # the split path ran
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int32", "float64"])
+@pytest.mark.parametrize("config", ["small", "h100"])
+def test_split_argmax_workspace_fits_every_dtype(rng, dtype, config):
+    """The split pass's index region once started at 8 * n_out * chunks bytes: past a float32 workspace's end."""
+    x = dlc.input("x", ("N",), dtype)
+    fn = dlc.compile([dlc.argmax(x), dlc.argmin(x)], target="cuda", emulate=config)
+    a = (rng.standard_normal(40_000) * 1000).astype(dtype)
+    assert [int(v) for v in fn(a)] == [int(np.argmax(a)), int(np.argmin(a))]
+    launches = fn.backend.runner.launches.values()
+    assert any(ln.scalars["phase"] == 1 and ln.grid[1] > 2 for ls in launches for ln in ls)  # split, many chunks
 
 
 def test_take_index_out_of_range_is_an_index_error():
@@ -254,6 +349,20 @@ def test_training_steps_match_reference_and_cpu(build):
         return
     cpu_losses, _ = _train(build(), "cpu", 4)
     np.testing.assert_allclose(emu_losses, cpu_losses, rtol=1e-4)
+
+
+def test_h100_configuration_matches_reference():
+    """1056 resident blocks: other GEMM tiles and reduction paths than the small default device takes."""
+    ref = cuda_samples.mlp_training_step(batch=512)
+    expect = [ref.compile("reference")(*ref.args)[0] for _ in range(2)]
+    entries = {}
+    for config in ("small", "h100"):
+        emu = cuda_samples.mlp_training_step(batch=512)
+        fn = emu.compile("cuda", emulate=config, gemm_tiles=tuple(GEMM_CONFIGS))
+        for e in expect:
+            close(e, fn(*emu.args)[0], rtol=1e-4, atol=1e-5)
+        entries[config] = {ln.entry for ls in fn.backend.runner.launches.values() for ln in ls}
+    assert entries["small"] != entries["h100"]
 
 
 def test_store_reads_see_device_updates_and_host_writes_reach_the_device():
@@ -307,3 +416,45 @@ def test_generated_cuda_is_dumped_on_request(tmp_path):
     files = sorted(tmp_path.glob("dlc_gen_*.cu"))
     assert len(files) == 3  # the step, the forward scan's body, the backward scan's body
     assert fn.backend.source() in [f.read_text() for f in files]
+
+
+def test_concurrent_calls_of_one_function_are_correct():
+    """Calls from several threads share one arena and one emulator: the device serializes them."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    x = dlc.input("x", ("N", 64))
+    w = dlc.param(np.linspace(-1, 1, 64 * 32).astype(np.float32).reshape(64, 32), name="w")
+    out = dlc.sum(dlc.tanh(x @ w), axis=1)
+    fn, ref = dlc.compile(out, target="cuda", emulate=True), dlc.compile(out)
+    batches = [np.random.default_rng(i).standard_normal((40, 64)).astype(np.float32) for i in range(8)]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda b: fn(b), batches * 3))
+    for b, g in zip(batches * 3, got):
+        close(ref(b), g, rtol=1e-4, atol=1e-4)
+
+
+def _one_channel_discriminator_step(target, **options):
+    rng = np.random.default_rng(5)
+    store = dlc.Store()
+    x = dlc.input("x", ("B", 1, 6, 6))
+    w = dlc.param(rng.standard_normal((3, 1, 3, 3)).astype(np.float32), name="w", store=store)
+    v = dlc.param(rng.standard_normal((48, 1)).astype(np.float32), name="v", store=store)
+    score = dlc.sigmoid(dlc.reshape(dlc.relu(dlc.conv2d(x, w)), ("B", 48)) @ v + 0.5)
+    loss = dlc.mean(score)
+    gw, gv = dlc.grad(loss, [w, v])
+    fn = dlc.compile([score, loss], updates={w: w - 0.1 * gw, v: v - 0.1 * gv}, target=target, store=store,
+                     **options)
+    a = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
+    return [fn(a) for _ in range(2)], store
+
+
+def test_epilogues_of_anchors_with_size_one_dims():
+    """An operand read indexes a size-1 dim with "0": a one-column matmul (a discriminator's head) and the SGD
+    update fused into a one-input-channel conv's weight gradient once found no value there and did not compile."""
+    expect, ref_store = _one_channel_discriminator_step("reference")
+    got, emu_store = _one_channel_discriminator_step("cuda", emulate=True)
+    for e, g in zip(expect, got):
+        for r, o in zip(e, g):
+            close(r, o, rtol=1e-5, atol=1e-6)
+    for key in ("w", "v"):
+        close(ref_store[key], emu_store[key], rtol=1e-5, atol=1e-6)

@@ -63,19 +63,28 @@ def test_every_gemm_tile_on_gpu(tag, rng):
     close(np.maximum(x @ y, 0), fn(x, y), rtol=1e-4, atol=1e-3)
 
 
-def test_random_streams_are_bit_identical_to_the_reference_on_gpu():
+def test_random_streams_match_the_reference_on_gpu():
+    """Philox's bits are exact, so dropout keeps the very same elements; the transforms round differently.
+
+    Uniforms are low + (high - low) * u (nvcc contracts it to one FMA: 1 ulp); normals are computed in
+    float64 through CUDA's log1p and cos (within 2 ulp of glibc's), then scaled.
+    """
     ref, gpu = cuda_samples.random_numbers(), cuda_samples.random_numbers()
-    for r, g in zip(ref.compile("reference")(*ref.args), gpu.compile("cuda")(*gpu.args)):
-        close(r, g, rtol=1e-6, atol=1e-7)  # uniform bits are exact; normals go through libm (an ulp apart at most)
+    expect, got = ref.compile("reference")(*ref.args), gpu.compile("cuda")(*gpu.args)
+    for r, g in zip(expect, got):
+        close(r, g, rtol=1e-6, atol=1e-6 if r.dtype == np.float32 else 1e-12)
+    np.testing.assert_array_equal(got[-1] == 0, expect[-1] == 0)  # dropout: the same mask
 
 
-def test_kernel_values_on_gpu_match_the_emulator():
+def test_kernel_values_on_gpu_match_the_reference_and_the_emulator():
+    """Node by node against the reference; outputs against the emulator (each function bound to its own nodes)."""
+    values, ref = cuda_samples.softmax_cross_entropy().kernel_values_and_reference()
+    assert values and set(values) == set(ref)
+    for key, got in values.items():
+        close(ref[key], got, rtol=1e-5, atol=1e-6)
     s1, s2 = cuda_samples.softmax_cross_entropy(), cuda_samples.softmax_cross_entropy()
-    gpu, emu = s1.compile("cuda"), s2.compile("cuda", emulate=True)
-    feeds, env, _ = gpu.signature.bind(s1.args, {})
-    got, expect = gpu.backend.kernel_values(feeds, env), emu.backend.kernel_values(feeds, env)
-    for key in expect:
-        close(expect[key], got[key], rtol=1e-5, atol=1e-6)
+    for g, e in zip(s1.compile("cuda")(*s1.args), s2.compile("cuda", emulate=True)(*s2.args)):
+        close(e, g, rtol=1e-5, atol=1e-6)
 
 
 def test_take_index_error_on_gpu():

@@ -41,6 +41,7 @@ REDUCE_FUNCTORS = {"sum": "DlcSum", "prod": "DlcProd", "max": "DlcMax", "min": "
 
 BLOCK = 256  # threads per block of elementwise kernels
 GEMM_CONFIGS = {"s": (32, 32, 16, 2, 2), "m": (64, 64, 8, 4, 4), "l": (128, 128, 8, 8, 8)}  # = gemm.cu
+GEMM_LAUNCH_BOUNDS = {"l": "__launch_bounds__(256, 2)"}  # = gemm.cu: 128 registers, two blocks an SM
 
 
 class CudaUnsupportedError(DlcError):
@@ -427,11 +428,11 @@ class ValueRenderer:
 # kernel renderers
 
 
-def _signature(name: str, params: list[Param]) -> str:
-    # No __launch_bounds__: with (256) ptxas (nvcc 13) caps kernels at 48 registers and spills, while
-    # without it every kernel here fits (at most 124 registers, no spills; see tests/test_cuda_codegen.py).
+def _signature(name: str, params: list[Param], bounds: str = "") -> str:
+    # __launch_bounds__ only where measured (GEMM_LAUNCH_BOUNDS, the resource table in docs/cuda.md):
+    # every other kernel fits its block without it (no spills; see tests/test_cuda_codegen.py).
     args = ",\n    ".join(f"{p.ctype} {p.name}" for p in params)
-    return f'extern "C" __global__ void {name}(\n    {args})'
+    return f'extern "C" __global__ void {bounds + " " if bounds else ""}{name}(\n    {args})'
 
 
 def _comment(kernel: Kernel) -> str:
@@ -573,9 +574,9 @@ def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
                 body.emit(f"acc = {REDUCE_FUNCTORS[anchor.op]}::f(acc, {v});")
     with body.scope("else"):
         with body.scope("for (i64 c = threadIdx.x; c < chunks; c += blockDim.x)"):
-            body.emit(f"const {ctype} v = ((const {ctype}*)ws)[o * chunks + c];")
+            body.emit(f"const {ctype} v = ws_acc[o * chunks + c];")
             if arg:
-                body.emit("const i64 i = ((const i64*)ws)[n_out * chunks + o * chunks + c];")
+                body.emit("const i64 i = ws_at[o * chunks + c];")
                 body.emit(f"if (i >= 0 && (at < 0 || dlc_arg_better<{is_max}>(v, i, acc, at))) {{ acc = v; at = i; }}")
             else:
                 body.emit(f"acc = {REDUCE_FUNCTORS[anchor.op]}::f(acc, v);")
@@ -593,18 +594,24 @@ def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
             out_idx.append(next(ki))
     out_idx = tuple(out_idx)
     with body.scope("if (threadIdx.x == 0 && phase == 1)"):
-        body.emit(f"(({ctype}*)ws)[o * chunks + blockIdx.y] = acc;")
+        body.emit("ws_acc[o * chunks + blockIdx.y] = acc;")
         if arg:
-            body.emit("((i64*)ws)[n_out * chunks + o * chunks + blockIdx.y] = at;")
+            body.emit("ws_at[o * chunks + blockIdx.y] = at;")
     with body.scope("else if (threadIdx.x == 0)"):
-        body.remember((id(anchor), out_idx), "at" if arg else "acc")
+        _remember_anchor(vr, anchor, out_idx, "at" if arg else "acc")
         for o, name in zip(kernel.outputs, out_names):
             body.emit(f"{name}[o] = {vr.value(o, out_idx)};")
+    # the workspace of a split pass: argmax/argmin indices first (8-byte aligned), then the partial values
+    if arg:
+        workspace_layout = f"  i64* const ws_at = (i64*)ws; {ctype}* const ws_acc = ({ctype}*)(ws_at + n_out * chunks);"
+    else:
+        workspace_layout = f"  {ctype}* const ws_acc = ({ctype}*)ws;"
     name = kernel.name
     params = vr.final_params() + [Param("workspace", "ws", "void*"), Param("chunks", "chunks", "i64"),
                                   Param("phase", "phase", "int")]
     lines = [_comment(kernel), _signature(name, params) + " {",
              f"  const i64 n_out = {numel_c(kept)};", f"  const i64 R = {numel_c(reduced)};",
+             workspace_layout,
              "  // one row per block, or per warp (blockDim.y rows a block) when the rows are short",
              "  for (i64 o = (i64)blockIdx.x * blockDim.y + threadIdx.y; o < n_out;"
              " o += (i64)gridDim.x * blockDim.y) {",
@@ -683,7 +690,7 @@ def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
 
     vr.body = body
     out_idx = tuple(bidx) + ("i", "j")
-    body.remember((id(anchor), out_idx), "acc")
+    _remember_anchor(vr, anchor, out_idx, "acc")
     for o, name in zip(kernel.outputs, out_names):
         body.emit(f"{name}[c_base + i * N + j] = {vr.value(o, out_idx)};")
     params = vr.final_params()
@@ -692,7 +699,8 @@ def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
         bm, bn, bk, tm, tn = GEMM_CONFIGS[tag]
         entry = f"{kernel.name}_{tag}"
         entries.append(entry)
-        chunks += [_signature(entry, params) + " {", f"  const i64 n_batch = {numel_c(batch)};",
+        chunks += [_signature(entry, params, GEMM_LAUNCH_BOUNDS.get(tag, "")) + " {",
+                   f"  const i64 n_batch = {numel_c(batch)};",
                    "  for (i64 bz = blockIdx.z; bz < n_batch; bz += gridDim.z) {", pre.text(),
                    f"    dlc_gemm_mainloop<{bm}, {bn}, {bk}, {tm}, {tn}, {ctype}>(M, N, K, load_a, load_b,",
                    f"        [&](i64 i, i64 j, {ctype} acc) {{", body.text(), "        });", "  }", "}"]
@@ -704,10 +712,16 @@ def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
         nb = int(np.prod(shape_eval(batch_, env), dtype=np.int64))
         tag = choose_gemm_tile(m, n, nb, max_blocks, tiles)
         bm, bn, _, tm, tn = GEMM_CONFIGS[tag]
-        grid = (-(-n // bn), -(-m // bm), max(1, min(nb, 65535)))
-        return Launch(f"{kernel.name}_{tag}", grid, ((bm // tm) * (bn // tn), 1, 1))
+        return Launch(f"{kernel.name}_{tag}", gemm_grid(tag, m, n, max(1, min(nb, 65535))),
+                      ((bm // tm) * (bn // tn), 1, 1))
 
     return RenderedKernel(kernel, "\n".join(chunks), params, entries, plan)
+
+
+def gemm_grid(tag: str, m: int, n: int, z: int = 1) -> tuple[int, int, int]:
+    """The grid of dlc_gemm_mainloop: every BM x BN tile of C along x (up to 2**31 - 1 tiles), z as given."""
+    bm, bn = GEMM_CONFIGS[tag][:2]
+    return (max(1, -(-m // bm) * -(-n // bn)), 1, z)
 
 
 def choose_gemm_tile(m: int, n: int, batch: int, max_blocks: int, tiles=tuple(GEMM_CONFIGS)) -> str:
@@ -715,6 +729,8 @@ def choose_gemm_tile(m: int, n: int, batch: int, max_blocks: int, tiles=tuple(GE
     by_size = sorted(tiles, key=lambda t: GEMM_CONFIGS[t][0] * GEMM_CONFIGS[t][1], reverse=True)
     for tag in by_size[:-1]:
         bm, bn = GEMM_CONFIGS[tag][:2]
+        if bm > 2 * m or bn > 2 * n:  # most of the tile would compute padding (a conv with 6 output channels)
+            continue
         if -(-m // bm) * -(-n // bn) * batch >= max_blocks // 4:
             return tag
     return by_size[-1]
@@ -812,10 +828,16 @@ POOL_OPS = ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad", "a
 RANDOM_OPS = ("random_uniform", "random_normal", "random_bernoulli")
 
 
+def _remember_anchor(vr: ValueRenderer, anchor: Node, idx, name: str) -> None:
+    """The anchor's value at idx is `name`, also under the index an operand read uses (its size-1 dims are "0")."""
+    vr.body.remember((id(anchor), tuple(idx)), name)
+    vr.body.remember((id(anchor), vr.broadcast_index(tuple(idx), anchor.shape)), name)
+
+
 def _store_epilogue(vr: ValueRenderer, kernel: Kernel, out_names, out_idx, value: str) -> None:
     """The anchor's value at out_idx is `value`: evaluate the epilogue there and store every output."""
     body = vr.body
-    body.remember((id(kernel.anchor), tuple(out_idx)), value)
+    _remember_anchor(vr, kernel.anchor, out_idx, value)
     flat = body.fresh("f")
     body.emit(f"const i64 {flat} = {vr.linear(out_idx, kernel.anchor.shape)};")
     for o, name in zip(kernel.outputs, out_names):
@@ -899,7 +921,7 @@ def render_conv(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> 
         bm, bn, bk, tm, tn = GEMM_CONFIGS[tag]
         entry = f"{kernel.name}_{tag}"
         entries.append(entry)
-        chunks += [_signature(entry, params) + " {", *pre,
+        chunks += [_signature(entry, params, GEMM_LAUNCH_BOUNDS.get(tag, "")) + " {", *pre,
                    f"  dlc_gemm_mainloop<{bm}, {bn}, {bk}, {tm}, {tn}, {ctype}>(M, N, K, load_a, load_b,",
                    f"      [&](i64 i, i64 j, {ctype} acc) {{", body.text(), "      });", "}"]
 
@@ -909,7 +931,7 @@ def render_conv(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> 
                 "wgrad": (co // groups, (c // groups) * kh * kw)}[mode]
         tag = choose_gemm_tile(m, n, groups, max_blocks, tiles)
         bm, bn, _, tm, tn = GEMM_CONFIGS[tag]
-        return Launch(f"{kernel.name}_{tag}", (-(-n // bn), -(-m // bm), groups), ((bm // tm) * (bn // tn), 1, 1))
+        return Launch(f"{kernel.name}_{tag}", gemm_grid(tag, m, n, groups), ((bm // tm) * (bn // tn), 1, 1))
 
     return RenderedKernel(kernel, "\n".join(chunks), params, entries, plan)
 

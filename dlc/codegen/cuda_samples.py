@@ -29,6 +29,20 @@ class Sample:
         return dlc.compile(self.outputs, inputs=self.inputs, updates=self.updates or None, target=target,
                            store=self.store, **options)
 
+    def kernel_values_and_reference(self, **options) -> tuple[dict, dict]:
+        """Compiled for cuda with `options`: every kernel output right after its kernel, and the reference's.
+
+        Both dicts are keyed by the compiled program's node ids: each compiled function is bound to its
+        own arguments (another compile of the same sample has other nodes).
+        """
+        from ..runtime.reference import evaluate
+
+        fn = self.compile("cuda", **options)
+        feeds, env, _ = fn.signature.bind(self.args, {})
+        values = fn.backend.kernel_values(feeds, env)
+        ref = evaluate(fn.backend.program.graph.nodes, feeds, self.store, env, keep=set(values))
+        return values, ref
+
 
 def _rng(seed=0):
     return np.random.default_rng(seed)

@@ -21,9 +21,13 @@ slow, for tests and for debugging kernels without a GPU.
 
 from __future__ import annotations
 
+import bisect
+import contextlib
 import ctypes
 import hashlib
+import mmap
 import os
+import threading
 import weakref
 from pathlib import Path
 
@@ -47,108 +51,237 @@ class CudaUnavailableError(DlcError, RuntimeError):
 
 
 class PyCudaDevice:
-    """An NVIDIA GPU through pycuda (one context for the process, made on first use)."""
+    """An NVIDIA GPU through pycuda, in device 0's primary context (the one the CUDA runtime and torch use).
+
+    The context is retained once per process and made current around every call (push/pop, so any
+    thread may call and the caller's own current context is left alone); an RLock serializes the calls
+    (one arena per compiled program, one stream). DLC_CUDA_SYNC=1 (or sync_launches=True) synchronizes
+    after every launch, so an asynchronous fault is reported at the kernel that made it.
+    """
 
     name = "cuda"
     _context = None
+    _lock = threading.RLock()
+    _depth = threading.local()
 
-    def __init__(self):
+    def __init__(self, sync_launches: bool | None = None):
         try:
             import pycuda.driver as drv
         except ImportError as e:
             raise CudaUnavailableError(f"target='cuda' needs pycuda, which is not installed ({e}); "
                                        f"{INSTALL_HINT}") from None
+        self.drv = drv
         try:
-            drv.init()
-            if drv.Device.count() == 0:
-                raise CudaUnavailableError("target='cuda': pycuda is installed but no NVIDIA GPU is visible "
-                                           "(check nvidia-smi and CUDA_VISIBLE_DEVICES)")
-            if PyCudaDevice._context is None:
-                import pycuda.autoinit  # noqa: F401  (creates the context and pops it at exit)
-
-                PyCudaDevice._context = pycuda.autoinit.context
+            with PyCudaDevice._lock:
+                drv.init()
+                if drv.Device.count() == 0:
+                    raise CudaUnavailableError("target='cuda': pycuda is installed but no NVIDIA GPU is visible "
+                                               "(check nvidia-smi and CUDA_VISIBLE_DEVICES)")
+                if PyCudaDevice._context is None:
+                    PyCudaDevice._context = drv.Device(0).retain_primary_context()
         except drv.Error as e:
             raise CudaUnavailableError(f"target='cuda': the CUDA driver failed to start ({e}); is an NVIDIA "
                                        f"driver installed and a GPU visible?") from None
-        self.drv = drv
-        dev = PyCudaDevice._context.get_device()
-        self.sm_count = dev.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT)
+        if sync_launches is None:
+            sync_launches = os.environ.get("DLC_CUDA_SYNC", "") not in ("", "0")
+        self.sync_launches = sync_launches
+        with self.active():
+            dev = drv.Context.get_device()
+            self.sm_count = dev.get_attribute(drv.device_attribute.MULTIPROCESSOR_COUNT)
+            major, minor = dev.compute_capability()
         self.max_blocks = self.sm_count * 8
-        major, minor = dev.compute_capability()
         self.arch = f"sm_{major}{minor}"
 
+    @contextlib.contextmanager
+    def active(self):
+        """The primary context current on this thread, and this thread alone in the device (reentrant)."""
+        with PyCudaDevice._lock:
+            depth = getattr(PyCudaDevice._depth, "n", 0)
+            if depth == 0:
+                PyCudaDevice._context.push()
+            PyCudaDevice._depth.n = depth + 1
+            try:
+                yield
+            finally:
+                PyCudaDevice._depth.n = depth
+                if depth == 0:
+                    self.drv.Context.pop()
+
     def alloc(self, nbytes: int):
-        return self.drv.mem_alloc(max(int(nbytes), 1))
+        with self.active():
+            return self.drv.mem_alloc(max(int(nbytes), 1))
 
     @staticmethod
     def ptr(buf) -> int:
         return int(buf)
 
     def upload(self, ptr: int, array: np.ndarray) -> None:
-        self.drv.memcpy_htod(ptr, np.ascontiguousarray(array))
+        with self.active():
+            self.drv.memcpy_htod(ptr, np.ascontiguousarray(array))
 
     def download(self, ptr: int, array: np.ndarray) -> None:
-        self.drv.memcpy_dtoh(array, ptr)
+        with self.active():
+            self.drv.memcpy_dtoh(array, ptr)
 
     def copy(self, dst: int, src: int, nbytes: int) -> None:
         if nbytes:
-            self.drv.memcpy_dtod(dst, src, nbytes)
+            with self.active():
+                self.drv.memcpy_dtod(dst, src, nbytes)
 
     def zero(self, ptr: int, nbytes: int) -> None:
         if nbytes:
-            self.drv.memset_d8(ptr, 0, nbytes)
+            with self.active():
+                self.drv.memset_d8(ptr, 0, nbytes)
 
     def load(self, module) -> dict:
         from pycuda.compiler import SourceModule
 
         from ..codegen.c_emulator import cache_dir
 
-        # pycuda caches the cubin on disk by a hash of source and options
-        mod = SourceModule(module.source, no_extern_c=True, arch=self.arch,
-                           options=["-std=c++17", "-O3"], cache_dir=str(cache_dir().parent / "pycuda"))
-        types = {"ptr": "P", "i64": "q", "i32": "i", "f32": "f", "f64": "d", "u32": "I"}
-        launchers = {}
-        for sig in module.signatures():
-            fn = mod.get_function(sig.name)
-            fn.prepare("".join(types[kind] for _, kind in sig.params))
-            launchers[sig.name] = _prepared(fn)
+        with self.active():
+            # pycuda caches the cubin on disk by a hash of source and options
+            mod = SourceModule(module.source, no_extern_c=True, arch=self.arch,
+                               options=["-std=c++17", "-O3"], cache_dir=str(cache_dir().parent / "pycuda"))
+            types = {"ptr": "P", "i64": "q", "i32": "i", "f32": "f", "f64": "d", "u32": "I"}
+            launchers = {}
+            for sig in module.signatures():
+                fn = mod.get_function(sig.name)
+                fn.prepare("".join(types[kind] for _, kind in sig.params))
+                launchers[sig.name] = self._launcher(sig.name, fn, mod)
         return launchers
 
+    def _launcher(self, name: str, fn, module):
+        def launch(grid, block, args, module=module):  # holding the module keeps its code loaded
+            with self.active():
+                fn.prepared_call(grid, block, *args)
+                if self.sync_launches:
+                    try:
+                        self.drv.Context.synchronize()
+                    except self.drv.Error as e:
+                        raise CudaLaunchError(f"kernel {name} (grid {grid}, block {block}) failed: {e}") from None
+        return launch
+
     def synchronize(self) -> None:
-        self.drv.Context.synchronize()
+        with self.active():
+            self.drv.Context.synchronize()
 
 
-def _prepared(fn):
-    def launch(grid, block, args):
-        fn.prepared_call(grid, block, *args)
-    return launch
+class CudaLaunchError(DlcError, RuntimeError):
+    """A kernel failed on the device (seen at the next synchronization, or at once with DLC_CUDA_SYNC=1)."""
+
+
+# the emulated devices: max_blocks as on a small GPU (the tests' default) or as on an H100 (132 SMs x 8
+# resident blocks), which takes other GEMM tiles and other reduction paths
+EMULATED_DEVICES = {"small": 8, "h100": 132 * 8}
+POISON = 0xFF    # fresh device memory reads as NaN (floats) and -1 (integers), never as zeros
+CANARY = 0xCD    # the bytes around every buffer, checked after each launch
+PAGE = mmap.PAGESIZE
+
+
+class GuardedBuffer:
+    """Host memory standing in for one device allocation: poison-filled, 256-byte aligned, between guard pages.
+
+    The buffer ends at most 255 bytes before an inaccessible page (the bytes in between, and before the
+    buffer, are canaries): a write just past its end changes a canary, one further faults.
+    """
+
+    def __init__(self, nbytes: int):
+        self.nbytes = max(int(nbytes), 1)
+        data = -(-(self.nbytes + ALIGNMENT - 1) // PAGE) * PAGE
+        self._map = mmap.mmap(-1, data + 2 * PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        whole = np.frombuffer(self._map, np.uint8)
+        base = whole.ctypes.data
+        _protect(base, PAGE)
+        _protect(base + PAGE + data, PAGE)
+        start = PAGE + (data - self.nbytes) // ALIGNMENT * ALIGNMENT
+        self.head = whole[PAGE:start]
+        self.array = whole[start:start + self.nbytes]
+        self.tail = whole[start + self.nbytes:PAGE + data]
+        self.head[:] = CANARY
+        self.tail[:] = CANARY
+        self.array[:] = POISON
+        self.ptr = self.array.ctypes.data
+
+    def intact(self) -> bool:
+        """Whether the canaries are untouched (they are rewritten, so that one overrun is reported once)."""
+        ok = bool((self.head == CANARY).all() and (self.tail == CANARY).all())
+        self.head[:] = CANARY
+        self.tail[:] = CANARY
+        return ok
+
+
+def _protect(address: int, nbytes: int) -> None:
+    if _LIBC.mprotect(ctypes.c_void_p(address), ctypes.c_size_t(nbytes), 0) != 0:  # PROT_NONE
+        raise OSError(ctypes.get_errno(), "mprotect failed on an emulated device buffer's guard page")
+
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
 
 
 class EmulatedDevice:
-    """The CPU standing in for a GPU: host memory as device memory, kernels run by dlc.codegen.c_emulator."""
+    """The CPU standing in for a GPU: host memory as device memory, kernels run by dlc.codegen.c_emulator.
+
+    Stricter than the GPU where it can be: allocations are poison-filled and guarded, and after every
+    launch the canaries around each buffer the kernel was given are checked (EmulatorError naming the
+    kernel); blocks run in a scrambled order; CUDA's grid and block limits are enforced.
+    """
 
     name = "cuda-emulator"
-    _shared = None
+    _shared: dict[str, EmulatedDevice] = {}
 
     @classmethod
-    def shared(cls) -> EmulatedDevice:
-        """The process's one emulated device (parameter buffers are shared across functions, as on a GPU)."""
-        if cls._shared is None:
-            cls._shared = cls()
-        return cls._shared
+    def shared(cls, config: str = "small") -> EmulatedDevice:
+        """The process's emulated device of one configuration (parameter buffers are shared, as on a GPU)."""
+        if config not in EMULATED_DEVICES:
+            raise ValueError(f"emulate={config!r}: choose True or one of {sorted(EMULATED_DEVICES)}")
+        if config not in cls._shared:
+            cls._shared[config] = cls(EMULATED_DEVICES[config])
+        return cls._shared[config]
 
-    def __init__(self, max_blocks: int = 8):
+    def __init__(self, max_blocks: int = EMULATED_DEVICES["small"]):
         self.max_blocks = max_blocks
+        self._lock = threading.RLock()
+        self._starts: list[int] = []               # sorted buffer addresses
+        self._buffers: dict[int, weakref.ref] = {}  # address -> its GuardedBuffer
+
+    def active(self):
+        """One thread at a time in the device (as PyCudaDevice: a compiled program has one arena)."""
+        return self._lock
 
     def alloc(self, nbytes: int):
-        """A 256-byte aligned host buffer; it lives as long as the returned array (as a DeviceAllocation)."""
-        raw = np.zeros(int(nbytes) + ALIGNMENT, dtype=np.uint8)
-        start = (-raw.ctypes.data) % ALIGNMENT
-        return raw[start:start + max(int(nbytes), 1)]
+        """A guarded buffer (as a DeviceAllocation: it lives as long as the returned object)."""
+        buf = GuardedBuffer(nbytes)
+        bisect.insort(self._starts, buf.ptr)
+        self._buffers[buf.ptr] = weakref.ref(buf)
+        weakref.finalize(buf, self._forget, buf.ptr)
+        return buf
+
+    def _forget(self, ptr: int) -> None:
+        self._buffers.pop(ptr, None)
+        i = bisect.bisect_left(self._starts, ptr)
+        if i < len(self._starts) and self._starts[i] == ptr:
+            del self._starts[i]
+
+    def buffer_at(self, ptr: int) -> GuardedBuffer | None:
+        """The live buffer that holds address ptr, if any."""
+        i = bisect.bisect_right(self._starts, ptr) - 1
+        if i < 0:
+            return None
+        buf = self._buffers[self._starts[i]]()
+        return buf if buf is not None and ptr < buf.ptr + buf.nbytes else None
+
+    def check_guards(self, name: str, args) -> None:
+        """Raise if the kernel wrote past the start or the end of a buffer it was given."""
+        for a in args:
+            buf = self.buffer_at(int(a)) if isinstance(a, int) else None
+            if buf is not None and not buf.intact():
+                from ..codegen.c_emulator import EmulatorError
+
+                raise EmulatorError(f"kernel {name} wrote outside its buffer of {buf.nbytes} bytes at {buf.ptr:#x}")
 
     @staticmethod
     def ptr(buf) -> int:
-        return buf.ctypes.data
+        return buf.ptr
 
     def upload(self, ptr: int, array: np.ndarray) -> None:
         array = np.ascontiguousarray(array)
@@ -167,8 +300,14 @@ class EmulatedDevice:
         from ..codegen.c_emulator import EmulatedModule
 
         mod = EmulatedModule(module.source, module.signatures())
-        return {name: (lambda n: lambda grid, block, args: mod.launch(n, grid, block, args))(name)
-                for name in mod.signatures}
+
+        def launcher(name):
+            def launch(grid, block, args):
+                mod.launch(name, grid, block, args)
+                self.check_guards(name, args)
+            return launch
+
+        return {name: launcher(name) for name in mod.signatures}
 
     def synchronize(self) -> None:
         pass
@@ -185,12 +324,14 @@ class DeviceStore:
         self.store = weakref.proxy(store)
         self.device = device
         self.buffers: dict[str, object] = {}
+        self.sizes: dict[str, int] = {}  # bytes of each buffer: a copy never runs past one
         self.device_newer: set[str] = set()
 
     def ptr(self, key: str) -> int:
-        if key not in self.buffers:
-            host = self.store._values[key]
+        host = self.store._values[key]
+        if key not in self.buffers or self.sizes[key] != host.nbytes:  # a value replaced by one of another size
             self.buffers[key] = self.device.alloc(host.nbytes)
+            self.sizes[key] = host.nbytes
             self.device.upload(self.device.ptr(self.buffers[key]), host)
         return self.device.ptr(self.buffers[key])
 
@@ -200,15 +341,19 @@ class DeviceStore:
     def sync(self) -> None:
         """Copy every value a CUDA step changed back into the Store's arrays (in place)."""
         for key in sorted(self.device_newer):
-            self.device.download(self.device.ptr(self.buffers[key]), self.store._values[key])
+            host = self.store._values[key]
+            if self.sizes[key] == host.nbytes:  # else the host replaced the value since: the host's is newer
+                self.device.download(self.device.ptr(self.buffers[key]), host)
         self.device_newer.clear()
 
     def invalidate(self, key: str | None = None) -> None:
         """The host wrote these values: upload them again before the next use."""
         for k in [key] if key is not None else list(self.buffers):
             self.device_newer.discard(k)
-            if k in self.buffers:
+            if k in self.buffers and self.sizes[k] == self.store._values[k].nbytes:
                 self.device.upload(self.device.ptr(self.buffers[k]), self.store._values[k])
+            else:
+                self.buffers.pop(k, None)  # allocated again, at the new size, on its next use
 
 
 _DEVICE_STORES: dict[tuple[int, str], DeviceStore] = {}
@@ -509,12 +654,14 @@ class CUDABackend:
 
     name = "cuda"
 
-    def __init__(self, fn, emulate: bool = False, device=None, gemm_tiles=None, dump: str | None = None,
+    def __init__(self, fn, emulate: bool | str = False, device=None, gemm_tiles=None, dump: str | None = None,
                  **options):
         from ..codegen.cuda import GEMM_CONFIGS
 
         self.fn = fn
-        self.device = device or (EmulatedDevice.shared() if emulate else PyCudaDevice())
+        if device is None and emulate:
+            device = EmulatedDevice.shared("small" if emulate is True else emulate)
+        self.device = device or PyCudaDevice()
         tiles = tuple(gemm_tiles or GEMM_CONFIGS)
         unknown = [t for t in tiles if t not in GEMM_CONFIGS]
         if unknown:
@@ -553,11 +700,12 @@ class CUDABackend:
         return ptrs
 
     def run(self, feeds: dict[int, np.ndarray], env: dict[str, int]) -> list[np.ndarray]:
-        feeds_ptr = self.upload_inputs(feeds)
-        self.runner.run(env, feeds_ptr)
-        outs = [self.runner.fetch(n, env, feeds_ptr) for n in self.program.outputs]
-        self._apply_updates(env, feeds_ptr)
-        return outs
+        with self.device.active():  # one call at a time: the input buffers and the arena are shared
+            feeds_ptr = self.upload_inputs(feeds)
+            self.runner.run(env, feeds_ptr)
+            outs = [self.runner.fetch(n, env, feeds_ptr) for n in self.program.outputs]
+            self._apply_updates(env, feeds_ptr)
+            return outs
 
     def _apply_updates(self, env, feeds_ptr) -> None:
         """Copy each update's value into its parameter's device buffer, after every kernel read the old ones."""
@@ -580,7 +728,6 @@ class CUDABackend:
         """Debug: run kernel by kernel and return a copy of every kernel output right after its kernel."""
         from ..graph import TUPLE
 
-        feeds_ptr = self.upload_inputs(feeds)
         values = {}
 
         def grab(kernel):
@@ -589,7 +736,9 @@ class CUDABackend:
                 if o.dtype != TUPLE:
                     values[id(o)] = self.runner.fetch(o, env, feeds_ptr)
 
-        self.runner.run(env, feeds_ptr, after_each=grab)
+        with self.device.active():
+            feeds_ptr = self.upload_inputs(feeds)
+            self.runner.run(env, feeds_ptr, after_each=grab)
         return values
 
     def sync(self) -> None:

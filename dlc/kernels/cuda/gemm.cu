@@ -18,14 +18,18 @@
 #pragma once
 
 #ifndef DLC_GEMM_PAD
-#define DLC_GEMM_PAD 1  // breaks shared-memory bank conflicts on the staging stores
+// Staging a row-major operand, consecutive threads store down a column of the BK x (BM + PAD) tile:
+// with BK = 8, words kk * (BM + PAD) + i fall in 8 * 4 distinct banks only when PAD is 4 (PAD 1: 4-way
+// conflicts). The padding costs 4 words a row.
+#define DLC_GEMM_PAD 4
 #endif
 
-// (name, BM, BN, BK, TM, TN): 256 threads each
-#define DLC_GEMM_CONFIGS(X) \
-  X(s, 32, 32, 16, 2, 2)    \
-  X(m, 64, 64, 8, 4, 4)     \
-  X(l, 128, 128, 8, 8, 8)
+// (name, BM, BN, BK, TM, TN, launch bounds): 256 threads each. `l` keeps 64 accumulators a thread:
+// unbounded, ptxas gives it 130 registers (one block an SM); (256, 2) fits it in 128, without spills.
+#define DLC_GEMM_CONFIGS(X)         \
+  X(s, 32, 32, 16, 2, 2, )          \
+  X(m, 64, 64, 8, 4, 4, )           \
+  X(l, 128, 128, 8, 8, 8, __launch_bounds__(256, 2))
 
 template <int BM, int BN, int BK, int TM, int TN, class T, class LoadA, class LoadB, class Epi>
 __device__ __forceinline__ void dlc_gemm_mainloop(i64 M, i64 N, i64 K, LoadA load_a, LoadB load_b, Epi epi) {
@@ -35,7 +39,10 @@ __device__ __forceinline__ void dlc_gemm_mainloop(i64 M, i64 N, i64 K, LoadA loa
   __shared__ T Bs[BK][BN + DLC_GEMM_PAD];
   const int tid = threadIdx.x;
   const int tr = tid / TCOLS, tc = tid % TCOLS;
-  const i64 row0 = (i64)blockIdx.y * BM, col0 = (i64)blockIdx.x * BN;
+  // the tiles of C are numbered along blockIdx.x alone (row-major: neighbouring blocks share A's rows);
+  // gridDim.y would cap the rows at 65535 tiles
+  const i64 tiles_n = (N + BN - 1) / BN, tile = blockIdx.x;
+  const i64 row0 = tile / tiles_n * BM, col0 = tile % tiles_n * BN;
 
   T acc[TM][TN];
 #pragma unroll
@@ -115,17 +122,17 @@ __device__ __forceinline__ void dlc_sgemm(const float* A, const float* B, float*
   });
 }
 
-#define DLC_SGEMM_ENTRY(NAME, BM, BN, BK, TM, TN, TA, TB)                                                   \
-  extern "C" __global__ void                                                                                 \
+#define DLC_SGEMM_ENTRY(NAME, BM, BN, BK, TM, TN, BOUNDS, TA, TB)                                           \
+  extern "C" __global__ void BOUNDS                                                                          \
       dlc_sgemm_##NAME(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C, i64 M, \
                        i64 N, i64 K, float alpha, float beta) {                                              \
     dlc_sgemm<BM, BN, BK, TM, TN, TA, TB>(A, B, C, M, N, K, alpha, beta);                                    \
   }
-#define DLC_SGEMM_ALL_TRANSPOSES(NAME, BM, BN, BK, TM, TN) \
-  DLC_SGEMM_ENTRY(NAME##_nn, BM, BN, BK, TM, TN, false, false) \
-  DLC_SGEMM_ENTRY(NAME##_tn, BM, BN, BK, TM, TN, true, false)  \
-  DLC_SGEMM_ENTRY(NAME##_nt, BM, BN, BK, TM, TN, false, true)  \
-  DLC_SGEMM_ENTRY(NAME##_tt, BM, BN, BK, TM, TN, true, true)
+#define DLC_SGEMM_ALL_TRANSPOSES(NAME, BM, BN, BK, TM, TN, BOUNDS) \
+  DLC_SGEMM_ENTRY(NAME##_nn, BM, BN, BK, TM, TN, BOUNDS, false, false) \
+  DLC_SGEMM_ENTRY(NAME##_tn, BM, BN, BK, TM, TN, BOUNDS, true, false)  \
+  DLC_SGEMM_ENTRY(NAME##_nt, BM, BN, BK, TM, TN, BOUNDS, false, true)  \
+  DLC_SGEMM_ENTRY(NAME##_tt, BM, BN, BK, TM, TN, BOUNDS, true, true)
 
 #ifdef DLC_SGEMM_STANDALONE
 DLC_GEMM_CONFIGS(DLC_SGEMM_ALL_TRANSPOSES)
