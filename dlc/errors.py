@@ -19,3 +19,7 @@ class GradientError(DlcError):
 
 class ArtifactError(DlcError):
     """A corrupt, tampered, foreign or newer-version artifact file."""
+
+
+class DTypeWarning(UserWarning):
+    """Data converted to a narrower dtype on its way in (float64 arrays to float32): said once per entry point."""
