@@ -50,9 +50,8 @@ def param(value, name: str | None = None, store=None, trainable: bool = True, dt
     become float32 unless dtype says otherwise; a float64 numpy array is
     converted with a one-time DTypeWarning (the rule of every entry point).
     """
-    from .store import default_store
-
     from .compiler import as_data
+    from .store import default_store
 
     store = store if store is not None else default_store()
     arr = np.asarray(value)
