@@ -50,6 +50,7 @@ class Signature:
             raise ValueError(f"two different inputs are named {sorted(dup)}")
         self.inputs = inputs
         self.names = names
+        self.warned: set = set()  # the dtype conversions already warned about (once per input)
 
     def describe(self) -> str:
         return ", ".join(f"{n.attr('name')}: {n.dtype}{shape_str(n.shape)}" for n in self.inputs)
@@ -101,11 +102,10 @@ class Signature:
                         raise ShapeError(f"input {node.attr('name')!r}: dim {d!r} does not match size {v}")
         return {id(n): a for n, a in zip(self.inputs, arrays)}, env, arrays
 
-    @staticmethod
-    def _as_array(name: str, node: Node, value) -> np.ndarray:
+    def _as_array(self, name: str, node: Node, value) -> np.ndarray:
         if isinstance(value, Tensor):
             raise TypeError(f"input {name!r}: got a symbolic Tensor; a compiled function takes numpy arrays")
-        arr = as_data(value, node.dtype, f"input {name!r}")
+        arr = as_data(value, node.dtype, f"input {name!r}", self.warned)
         # a non-contiguous view is copied: native code assumes C order
         return arr if arr.flags.c_contiguous else arr.copy(order="C")
 
@@ -114,14 +114,13 @@ class Signature:
 # the dtype rule for data entering dlc (compiled-function arguments, dlc.param, nn.fit's arrays)
 
 _KINDS_ACCEPTED = {"f": "biuf", "i": "biu", "u": "biu", "b": "b"}  # declared kind -> kinds converted to it
-_WARNED: set[tuple] = set()
 
 
-def as_data(value, dtype: str, what: str, stacklevel: int = 5) -> np.ndarray:
+def as_data(value, dtype: str, what: str, warned: set, stacklevel: int = 5) -> np.ndarray:
     """value as an array of `dtype`, by one rule: numbers convert within their kind (floats to a float dtype;
     ints and bools to a float or int dtype); a numpy array of a wider type of the same kind (float64 for
-    float32) is cast with a DTypeWarning, once per entry point; floats for an integer or bool dtype, and
-    anything non-numeric, are refused."""
+    float32) is cast with a DTypeWarning, once per entry point (`warned` holds what it was said about);
+    floats for an integer or bool dtype, and anything non-numeric, are refused."""
     if isinstance(value, np.ndarray):
         arr = value
     else:
@@ -144,8 +143,8 @@ def as_data(value, dtype: str, what: str, stacklevel: int = 5) -> np.ndarray:
             raise DTypeError(f"{what}: {arr.dtype.name} values outside the range of {dtype}")
     if narrowing and isinstance(value, np.ndarray):
         key = (what, arr.dtype.name, dtype)
-        if key not in _WARNED:
-            _WARNED.add(key)
+        if key not in warned:
+            warned.add(key)
             import warnings
 
             warnings.warn(f"{what}: {arr.dtype.name} data converted to {dtype} (said once; pass {dtype} "

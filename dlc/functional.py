@@ -42,6 +42,9 @@ def constant(value, dtype=None) -> Tensor:
                        user_location(), arr))
 
 
+_PARAM_WARNED: set = set()  # dlc.param's dtype conversions already warned about (once per process)
+
+
 def param(value, name: str | None = None, store=None, trainable: bool = True, dtype=None) -> Tensor:
     """A value that lives in a Store between calls: a weight, or optimizer state.
 
@@ -57,7 +60,7 @@ def param(value, name: str | None = None, store=None, trainable: bool = True, dt
     arr = np.asarray(value)
     if dtype is None:  # floats are float32 unless asked for; other numbers keep their dtype
         dtype = "float32" if arr.dtype.kind == "f" else arr.dtype
-    arr = np.array(as_data(value, as_dtype(dtype), "dlc.param", stacklevel=3))
+    arr = np.array(as_data(value, as_dtype(dtype), "dlc.param", _PARAM_WARNED, stacklevel=3))
     key = store.add(name, arr, trainable=trainable)
     return Tensor(Node("param", (), freeze_attrs({"name": key}), tuple(arr.shape), as_dtype(arr.dtype),
                        user_location()))

@@ -149,9 +149,7 @@ def test_non_numeric_operands_are_clear_type_errors():
 
 
 def test_float64_data_is_cast_once_with_a_warning_everywhere(rng):
-    from dlc import compiler
-
-    compiler._WARNED.clear()
+    F._PARAM_WARNED.clear()
     x = dlc.input("x", ("B", 2))
     w = dlc.param(np.ones((2, 2), np.float32), name="w")
     f = dlc.compile(x @ w)
