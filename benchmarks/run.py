@@ -336,12 +336,15 @@ def main(argv=None):
         if f not in FRAMEWORKS:
             ap.error(f"unknown framework {f!r}; choose from {', '.join(FRAMEWORKS)}")
     print(f"dlc benchmarks on {machine()}, {THREADS} threads")
+    missing = [f for f in frameworks if not available(f)]
     results = measure(workloads, frameworks, args.quick)
     os.makedirs(args.out, exist_ok=True)
     stamp = datetime.date.today().isoformat()
+    note = "".join(f"\n\nNot measured: {f} ({'torch' if f.startswith('torch') else f} was not found; install it "
+                   f"to compare)." for f in missing)
     md = (f"Measured {stamp} on {machine()}, {THREADS} threads; medians in ms per step "
           f"(c = cold compile, w = warm compile in a new process with the kernel cache).\n\n"
-          + table(results, frameworks) + "\n\ndlc program statistics:\n\n" + dlc_table(results) + "\n")
+          + table(results, frameworks) + note + "\n\ndlc program statistics:\n\n" + dlc_table(results) + "\n")
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
     with open(os.path.join(args.out, "results.json"), "w") as f:

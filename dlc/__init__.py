@@ -7,19 +7,18 @@ step into native code:
     w = dlc.param(init, name="w")
     loss = dlc.mean(dlc.relu(x @ w))
     step = dlc.compile(loss, updates={w: w - 0.1 * dlc.grad(loss, w)})
+
+The public names are those in __all__; dlc.nn, dlc.optim and dlc.inspect are
+usable after a plain `import dlc`.
 """
 
-from . import (  # layers, losses, optimizers and the training API
-           distributed,  # noqa: F401  (data-parallel training on MPI: dlc.distributed)
-           nn,
-           optim,
-)
+from . import distributed, inspect, nn, optim  # MPI data parallelism, the inspector, layers/training API, optimizers
 from . import functional as _functional
 from .autodiff import grad
 from .compiler import Function, compile, default_target
-from .errors import ArtifactError, DlcError, DTypeError, GradientError, ShapeError
+from .errors import ArtifactError, DlcError, DTypeError, DTypeWarning, GradientError, ShapeError
 from .export import export, load  # (the functions shadow the dlc.export module name on purpose)
-from .functional import *  # noqa: F401,F403  (the DSL's functions: dlc.exp, dlc.sum, ...)
+from .functional import *  # noqa: F401,F403  (the DSL's functions: dlc.exp, dlc.sum, ..., listed in its __all__)
 from .graph import Graph, Node
 from .ops.conv import conv1d, conv2d, conv_transpose2d
 from .ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
@@ -29,10 +28,24 @@ from .passes.bisect import bisect
 from .store import Store, default_store, reset_default_store
 from .tensor import Tensor
 
+# dlc.tensor is the function (as torch.tensor), not the dlc/tensor.py module that defines the Tensor class
+tensor = _functional.tensor
+
 __version__ = "0.1.0"
 
-__all__ = ["grad", "compile", "default_target", "Function", "Tensor", "Graph", "Node", "Store", "default_store",
-           "reset_default_store", "DlcError", "ShapeError", "DTypeError", "GradientError", "ArtifactError",
-           "export", "load", "bisect", "scan", "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d",
-           "adaptive_avg_pool2d", "random_uniform", "random_normal", "random_bernoulli", "dropout", "nn", "optim",
-           "__version__"] + list(_functional.__all__)
+__all__ = [
+    # compiling and differentiating
+    "compile", "Function", "grad", "default_target", "bisect",
+    # values and graphs
+    "Tensor", "Graph", "Node", "Store", "default_store", "reset_default_store",
+    # artifacts
+    "export", "load",
+    # errors and warnings
+    "DlcError", "ShapeError", "DTypeError", "GradientError", "ArtifactError", "DTypeWarning",
+    # ops beyond dlc.functional
+    "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "scan",
+    "random_uniform", "random_normal", "random_bernoulli", "dropout",
+    # submodules
+    "nn", "optim", "inspect",
+    "__version__",
+] + list(_functional.__all__)

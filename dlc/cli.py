@@ -28,11 +28,14 @@ class _Parser(argparse.ArgumentParser):
 def main(argv=None) -> int:
     """Entry point of the console script; returns the exit status."""
     parser = _build_parser()
+    argv, bench_args = _split_bench(list(sys.argv[1:] if argv is None else argv))
     try:
         args = parser.parse_args(argv)
     except UsageError as e:
         print(f"dlc: error: {e}", file=sys.stderr)
         return 2
+    if bench_args is not None:
+        args.args = bench_args
     if args.command is None:
         parser.print_help()
         return 2
@@ -104,7 +107,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
     bench = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py)",
                            description="Forward every argument to benchmarks/run.py (try 'dlc bench --quick' or "
-                                       "'dlc bench -- --help').", add_help=True)
+                                       "'dlc bench -- --help'). The suite is in the source repository, not in "
+                                       "the installed package: run it inside a checkout.", add_help=True)
     bench.add_argument("args", nargs=argparse.REMAINDER, help="arguments for benchmarks/run.py")
     bench.set_defaults(handler=cmd_bench)
     return p
@@ -310,12 +314,27 @@ def load_script_model(script: str):
 # dlc bench
 
 
+def _split_bench(argv: list[str]) -> tuple[list[str], list[str] | None]:
+    """`dlc [--debug] bench ARGS...`: ARGS go to benchmarks/run.py untouched (`dlc bench --quick`), except a
+    lone --help/-h, which shows this command's help; a leading `--` is dropped."""
+    if "bench" not in argv:
+        return argv, None
+    i = argv.index("bench")
+    if not all(a == "--debug" for a in argv[:i]):
+        return argv, None
+    rest = argv[i + 1:]
+    if rest in (["--help"], ["-h"]):
+        return argv, None
+    return argv[:i + 1], rest[1:] if rest[:1] == ["--"] else rest
+
+
 def cmd_bench(args) -> int:
     script = _bench_script()
     if script is None:
-        raise UsageError("the benchmark suite (benchmarks/run.py) is not here: run 'dlc bench' from a checkout "
-                         "of the dlc repository")
-    rest = [a for a in args.args if a != "--"] if args.args[:1] == ["--"] else args.args
+        raise UsageError("the benchmark suite is not part of the installed package: it lives in benchmarks/ of the "
+                         "dlc source repository; run 'dlc bench' (or 'python benchmarks/run.py') inside a checkout "
+                         "of it")
+    rest = args.args[1:] if args.args[:1] == ["--"] else args.args
     return subprocess.call([sys.executable, script, *rest])
 
 

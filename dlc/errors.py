@@ -47,3 +47,7 @@ class IndexRangeError(DlcError, IndexError):
         if self.where or loc is None:
             return self
         return type(self)(self.op, self.value, self.low, self.high, f" at {loc}")
+
+
+class DTypeWarning(UserWarning):
+    """Data converted to a narrower dtype on its way in (float64 arrays to float32): said once per entry point."""

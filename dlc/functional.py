@@ -42,30 +42,44 @@ def constant(value, dtype=None) -> Tensor:
                        user_location(), arr))
 
 
+_PARAM_WARNED: set = set()  # dlc.param's dtype conversions already warned about (once per process)
+
+
 def param(value, name: str | None = None, store=None, trainable: bool = True, dtype=None) -> Tensor:
     """A value that lives in a Store between calls: a weight, or optimizer state.
 
     The initial value is put in the store (the default store unless one is
     given) under `name`, or name_1, name_2... if taken. Floating-point values
-    become float32 unless dtype says otherwise.
+    become float32 unless dtype says otherwise; a float64 numpy array is
+    converted with a one-time DTypeWarning (the rule of every entry point).
     """
+    from .compiler import as_data
     from .store import default_store
 
     store = store if store is not None else default_store()
-    arr = np.array(value)
-    if dtype is not None:
-        arr = arr.astype(as_dtype(dtype))
-    elif arr.dtype.kind == "f":
-        arr = arr.astype(np.float32)
+    arr = np.asarray(value)
+    if dtype is None:  # floats are float32 unless asked for; other numbers keep their dtype
+        dtype = "float32" if arr.dtype.kind == "f" else arr.dtype
+    arr = np.array(as_data(value, as_dtype(dtype), "dlc.param", _PARAM_WARNED, stacklevel=3))
     key = store.add(name, arr, trainable=trainable)
     return Tensor(Node("param", (), freeze_attrs({"name": key}), tuple(arr.shape), as_dtype(arr.dtype),
                        user_location()))
+
+
+def _check_numeric(x) -> None:
+    """A clear TypeError for an operand no array can be made of (x * 'a', x + None)."""
+    ok = isinstance(x, (bool, int, float, np.number, np.bool_)) or (
+        isinstance(x, (np.ndarray, list, tuple)) and np.asarray(x).dtype.kind in "biuf")
+    if not ok:
+        raise TypeError(f"unsupported operand {x!r} of type {type(x).__name__}: a Tensor combines with Tensors, "
+                        f"numbers and numeric arrays" + (f" (at {user_location()})" if user_location() else ""))
 
 
 def _lift(x, like: Tensor | None) -> Tensor:
     """A Python or numpy scalar becomes a constant of the tensor operand's dtype."""
     if isinstance(x, Tensor):
         return x
+    _check_numeric(x)
     if isinstance(x, np.ndarray) and x.ndim > 0:
         if like is not None and x.dtype.kind == "f" and is_float(like.dtype):
             return constant(x, dtype=like.dtype)  # a float array follows the tensor's precision
@@ -192,11 +206,22 @@ def _norm_axes(x, axis) -> tuple:
     return tuple(sorted(set(out)))
 
 
+def _alias(name: str, value, alias: str, alias_value, default=None):
+    """A numpy keyword or its PyTorch spelling (axis/dim, keepdims/keepdim), not both."""
+    if alias_value is None:
+        return default if value is None else value
+    if value is not None:
+        raise TypeError(f"give {name}= or {alias}= (its PyTorch spelling), not both")
+    return alias_value
+
+
 def _reduce(op):
-    def fn(x, axis=None, keepdims=False):
+    def fn(x, axis=None, keepdims=None, *, dim=None, keepdim=None):
+        axis = _alias("axis", axis, "dim", dim)
+        keepdims = _alias("keepdims", keepdims, "keepdim", keepdim, False)
         return _apply(op, x, axes=_norm_axes(x, axis), keepdims=bool(keepdims))
     fn.__name__ = op
-    fn.__doc__ = f"{op} over axis (an int, a tuple, or None for all), numpy-style."
+    fn.__doc__ = f"{op} over axis (an int, a tuple, or None for all), numpy-style; dim=/keepdim= also accepted."
     return fn
 
 
@@ -234,8 +259,10 @@ def size(x, axis=None, dtype=None) -> Tensor:
     return _apply("size", x, axes=axes, dtype=dtype)
 
 
-def mean(x, axis=None, keepdims=False):
+def mean(x, axis=None, keepdims=None, *, dim=None, keepdim=None):
     """The average over axis; an integer tensor is averaged in float32."""
+    axis = _alias("axis", axis, "dim", dim)
+    keepdims = _alias("keepdims", keepdims, "keepdim", keepdim, False)
     if not is_float(x.dtype):
         x = cast(x, "float32")
     return sum(x, axis, keepdims) / size(x, axis)
@@ -259,12 +286,16 @@ def logsumexp(x, axis=None, keepdims=False):
     return out if keepdims else reshape(out, _reduced(x, axis))
 
 
-def softmax(x, axis=-1):
+def softmax(x, axis=None, *, dim=None):
+    """exp(x) / sum(exp(x)) along axis (default the last; dim= is the PyTorch spelling)."""
+    axis = _alias("axis", axis, "dim", dim, -1)
     e = exp(x - stop_gradient(max(x, axis, keepdims=True)))
     return e / sum(e, axis, keepdims=True)
 
 
-def log_softmax(x, axis=-1):
+def log_softmax(x, axis=None, *, dim=None):
+    """log(softmax(x)) along axis, computed stably (default the last axis; dim= also accepted)."""
+    axis = _alias("axis", axis, "dim", dim, -1)
     z = x - stop_gradient(max(x, axis, keepdims=True))
     return z - log(sum(exp(z), axis, keepdims=True))
 
@@ -313,6 +344,11 @@ def broadcast_to(x, shape):
 def expand_dims(x, axis):
     axis = _norm_axis(axis, x.ndim + 1, x.shape)  # the new axis may also go last
     return reshape(x, x.shape[:axis] + (1,) + x.shape[axis:])
+
+
+def unsqueeze(x, dim):
+    """PyTorch's name for expand_dims: a new axis of size 1 at dim."""
+    return expand_dims(x, dim)
 
 
 def squeeze(x, axis=None):
@@ -422,6 +458,16 @@ def concat(xs, axis=0):
     return Tensor(apply("concat", [x.node for x in xs], axis=axis))
 
 
+def cat(tensors, dim=0):
+    """PyTorch's name for concat (numpy's is concatenate)."""
+    return concat(tensors, dim)
+
+
+def concatenate(arrays, axis=0):
+    """numpy's name for concat."""
+    return concat(arrays, axis)
+
+
 def stack(xs, axis=0):
     xs = list(xs)
     if not xs:
@@ -477,6 +523,67 @@ def one_hot(indices, depth: int, dtype="float32", ignore_index=None):
 
 
 # ----------------------------------------------------------------------------
+# array creation (numpy's semantics, except the default float dtype: float32, as in PyTorch)
+
+
+def tensor(data, dtype=None) -> Tensor:
+    """A constant Tensor from data (like torch.tensor): floats become float32, ints int64, unless dtype says."""
+    return constant(data, dtype)
+
+
+def _default_dtype(value, dtype):
+    if dtype is not None:
+        return as_dtype(dtype)
+    if isinstance(value, (bool, np.bool_)):
+        return "bool"
+    return "int64" if isinstance(value, (int, np.integer)) else "float32"
+
+
+def full(shape, fill_value, dtype=None) -> Tensor:
+    """A tensor of `shape` (dims may be symbols like "B") filled with fill_value."""
+    _check_numeric(fill_value)
+    shape = (shape,) if isinstance(shape, (int, np.integer, str)) else shape
+    return broadcast_to(constant(fill_value, _default_dtype(fill_value, dtype)), shape)
+
+
+def zeros(shape, dtype="float32") -> Tensor:
+    """A tensor of zeros; dims may be symbols like "B"."""
+    return full(shape, 0, dtype)
+
+
+def ones(shape, dtype="float32") -> Tensor:
+    """A tensor of ones; dims may be symbols like "B"."""
+    return full(shape, 1, dtype)
+
+
+def full_like(x, fill_value, dtype=None) -> Tensor:
+    """A tensor shaped like x, filled with fill_value, of x's dtype unless dtype says."""
+    return full(x.shape, fill_value, dtype or x.dtype)
+
+
+def zeros_like(x, dtype=None) -> Tensor:
+    return full_like(x, 0, dtype)
+
+
+def ones_like(x, dtype=None) -> Tensor:
+    return full_like(x, 1, dtype)
+
+
+def arange(start, stop=None, step=1, dtype=None) -> Tensor:
+    """Evenly spaced values in [start, stop), as numpy.arange; int64 for ints, float32 for floats."""
+    if stop is None:
+        start, stop = 0, start
+    dtype = dtype or ("int64" if builtins.all(isinstance(v, (int, np.integer)) for v in (start, stop, step))
+                      else "float32")
+    return constant(np.arange(start, stop, step), dtype)
+
+
+def eye(n: int, m: int | None = None, k: int = 0, dtype="float32") -> Tensor:
+    """The n x m identity (ones on diagonal k), as numpy.eye."""
+    return constant(np.eye(n, m, k), dtype)
+
+
+# ----------------------------------------------------------------------------
 # linear algebra
 
 
@@ -488,5 +595,22 @@ def dot(a, b):
     return matmul(a, b)
 
 
-__all__ = [n for n in dir() if not n.startswith("_") and n not in ("annotations", "builtins", "hashlib", "np",
-                                                                    "Node", "Tensor")]
+__all__ = [
+    # sources
+    "input", "constant", "param", "tensor",
+    # array creation
+    "zeros", "ones", "full", "zeros_like", "ones_like", "full_like", "arange", "eye",
+    # elementwise
+    "neg", "abs", "sign", "exp", "log", "sqrt", "rsqrt", "square", "tanh", "sigmoid", "relu", "erf", "softplus",
+    "sin", "cos", "leaky_relu", "elu", "gelu", "stop_gradient", "add", "sub", "mul", "div", "pow", "maximum",
+    "minimum", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal", "logical_and", "logical_or",
+    "logical_not", "where", "cast", "clip",
+    # reductions
+    "sum", "prod", "max", "min", "mean", "var", "std", "argmax", "argmin", "size", "logsumexp", "softmax",
+    "log_softmax",
+    # shapes
+    "reshape", "transpose", "permute", "swapaxes", "broadcast_to", "expand_dims", "unsqueeze", "squeeze", "flatten",
+    "slice_", "take_slice", "concat", "cat", "concatenate", "stack", "split", "pad", "take", "gather", "one_hot",
+    # linear algebra
+    "matmul", "dot",
+]

@@ -150,19 +150,21 @@ class SourceLoc:
     scope: str = ""  # the module path that made the node ("features.0.conv"), "" outside nn modules
 
     def __str__(self) -> str:
-        return f"{self.file}:{self.line}"
+        return f"{self.file}:{self.line}" + (f" (in {self.scope})" if self.scope else "")
 
 
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+# The module paths being traced, innermost last ("features", "features.0"); dlc.nn's Module.__call__ pushes them.
+SCOPES: list[str] = []
 
 
 def user_location() -> SourceLoc | None:
-    """The first stack frame outside the dlc package: the user's DSL line."""
+    """The first stack frame outside the dlc package (the user's DSL line), with the module path being traced."""
     f = sys._getframe(1)
     while f is not None:
         fn = f.f_code.co_filename
         if not os.path.abspath(fn).startswith(_PKG_DIR + os.sep):
-            return SourceLoc(fn, f.f_lineno)
+            return SourceLoc(fn, f.f_lineno, scope=SCOPES[-1] if SCOPES else "")
         f = f.f_back
     return None
 

@@ -66,11 +66,19 @@ def passes_section(program: Program) -> list[str]:
     return lines
 
 
+def layers_of(kernel) -> list[str]:
+    """The distinct module paths (dlc.nn layers, "features.0.conv") that the kernel's nodes came from."""
+    scopes = [n.loc.scope for n in kernel.nodes if n.loc is not None and n.loc.scope]
+    return list(dict.fromkeys(scopes))
+
+
 def kernels_section(program: Program) -> list[str]:
     lines = [f"## Kernels ({len(program.kernels)}, in execution order)"]
     for k in program.kernels:
         anchor = f" around {k.anchor.op}" if k.anchor is not None else ""
-        lines.append(f"  {k.name} [{k.kind}{anchor}] " + " -> ".join(n.op for n in k.nodes))
+        layers = layers_of(k)
+        lines.append(f"  {k.name} [{k.kind}{anchor}] " + " -> ".join(n.op for n in k.nodes)
+                     + (f"  (layer {', '.join(layers)})" if layers else ""))
         lines.append("      reads  " + (", ".join(f"{name_of(i)} {shape_str(i.shape)}" for i in k.inputs) or "-"))
         lines.append("      writes " + ", ".join(f"{name_of(o)} {o.dtype}{shape_str(o.shape)}" for o in k.outputs))
         for src in k.source_lines():

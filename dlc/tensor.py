@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from .graph import Node, shape_str
 
 
@@ -88,11 +86,12 @@ class Tensor:
         return F.getitem(self, index)
 
     # ---- methods mirroring the functions
-    def sum(self, axis=None, keepdims=False): return F.sum(self, axis, keepdims)
-    def mean(self, axis=None, keepdims=False): return F.mean(self, axis, keepdims)
-    def max(self, axis=None, keepdims=False): return F.max(self, axis, keepdims)
-    def min(self, axis=None, keepdims=False): return F.min(self, axis, keepdims)
-    def prod(self, axis=None, keepdims=False): return F.prod(self, axis, keepdims)
+    # (reductions also take PyTorch's dim= and keepdim=)
+    def sum(self, axis=None, keepdims=None, **torch_names): return F.sum(self, axis, keepdims, **torch_names)
+    def mean(self, axis=None, keepdims=None, **torch_names): return F.mean(self, axis, keepdims, **torch_names)
+    def max(self, axis=None, keepdims=None, **torch_names): return F.max(self, axis, keepdims, **torch_names)
+    def min(self, axis=None, keepdims=None, **torch_names): return F.min(self, axis, keepdims, **torch_names)
+    def prod(self, axis=None, keepdims=None, **torch_names): return F.prod(self, axis, keepdims, **torch_names)
     def var(self, axis=None, keepdims=False, ddof=0): return F.var(self, axis, keepdims, ddof)
     def argmax(self, axis=-1, keepdims=False): return F.argmax(self, axis, keepdims)
     def argmin(self, axis=-1, keepdims=False): return F.argmin(self, axis, keepdims)
@@ -106,6 +105,20 @@ class Tensor:
     def relu(self): return F.relu(self)
     def sqrt(self): return F.sqrt(self)
     def flatten(self, start_axis=1): return F.flatten(self, start_axis)
+    def softmax(self, axis=None, **torch_names): return F.softmax(self, axis, **torch_names)
+    def unsqueeze(self, dim): return F.unsqueeze(self, dim)
+
+    # ---- PyTorch spellings
+    def size(self, dim=None):
+        """The shape (as torch's Tensor.size()), or one dim of it; symbolic dims are names like "B"."""
+        return self.shape if dim is None else self.shape[dim]
+
+    def view(self, *shape): return F.reshape(self, _one_or_many(shape))
+    def float(self): return F.cast(self, "float32")
+    def double(self): return F.cast(self, "float64")
+    def long(self): return F.cast(self, "int64")
+    def int(self): return F.cast(self, "int32")
+    def bool(self): return F.cast(self, "bool")
 
     @property
     def T(self):
@@ -123,4 +136,4 @@ def is_tensor(x) -> bool:
 
 from . import functional as F  # noqa: E402  (the operators above call into it)
 
-__all__ = ["Tensor", "is_tensor", "np"]
+__all__ = ["Tensor", "is_tensor"]

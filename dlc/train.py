@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+import time
 
 import numpy as np
 
@@ -65,9 +67,11 @@ class TrainStep:
     floats instead. `function` is the underlying dlc.Function.
     """
 
-    def __init__(self, function: Function, names: list[str], optimizer, data_parallel: bool = False):
+    def __init__(self, function: Function, names: list[str], optimizer, trace=None, data_parallel: bool = False):
         self.function, self.names, self.optimizer = function, names, optimizer
         self.data_parallel = data_parallel
+        self._trace = trace  # (loss_fn, inputs, modules, target, options): what evaluate() compiles in eval mode
+        self._eval: Function | None = None
 
     def __call__(self, *batch, **named):
         values = self.function(*batch, **named)
@@ -78,6 +82,25 @@ class TrainStep:
     @property
     def input_names(self) -> list[str]:
         return self.function.signature.names
+
+    def evaluate(self, *arrays, batch_size: int = 256) -> dict[str, float]:
+        """The step's metrics on data, with the modules in eval mode and no update (compiled on first use).
+
+        Returns the batch-size weighted mean of each metric, e.g. {"loss": ..., "acc": ...}.
+        """
+        if self._eval is None:
+            if self._trace is None:
+                raise TypeError("this TrainStep was not made by dlc.nn.compile_step, so it cannot be evaluated")
+            loss_fn, inputs, modules, target, options = self._trace
+            with _Mode(modules, False):
+                outputs = _outputs_of(loss_fn(*inputs), "loss_fn")
+            self._eval = compile(outputs, inputs=inputs, target=target, store=self.optimizer.store, **options)
+        n = _check_rows(arrays)
+        sums: dict[str, float] = {}
+        for idx in batches(n, batch_size, False, None):
+            for k, v in self._eval(*(a[idx] for a in arrays)).items():
+                sums[k] = sums.get(k, 0.0) + float(v) * len(idx)
+        return {k: v / n for k, v in sums.items()}
 
     def __repr__(self) -> str:
         return f"<TrainStep ({self.function.signature.describe()}) -> {', '.join(self.names)}; {self.optimizer}>"
@@ -108,11 +131,12 @@ def compile_step(loss_fn, inputs, optimizer, modules=None, target: str | None = 
     _check_stores(modules, optimizer.store)
     if data_parallel:
         outputs = _metrics_averaged_over_ranks(outputs)
-    fn = compile(outputs, inputs=inputs, updates=updates, target=target or default_target(), store=optimizer.store,
-                 **options)
+    target = target or default_target()
+    fn = compile(outputs, inputs=inputs, updates=updates, target=target, store=optimizer.store, **options)
     if data_parallel:
         _start_ranks_in_step(fn)
-    return TrainStep(fn, list(outputs), optimizer, data_parallel)
+    return TrainStep(fn, list(outputs), optimizer, trace=(loss_fn, inputs, modules, target, options),
+                     data_parallel=data_parallel)
 
 
 def compile_eval(fn, inputs, modules=None, target: str | None = None, store=None, **options) -> Function:
@@ -165,63 +189,159 @@ class History(list):
     stopped: str | None = None
 
 
-def batches(n: int, batch_size: int, shuffle: bool, rng: np.random.Generator) -> list[np.ndarray]:
+def batches(n: int, batch_size: int, shuffle: bool, rng: np.random.Generator | None) -> list[np.ndarray]:
     """Index arrays covering range(n) in ceil(n / batch_size) near-equal batches (no tiny last batch)."""
     order = rng.permutation(n) if shuffle else np.arange(n)
     return np.array_split(order, max(1, math.ceil(n / batch_size)))
 
 
-def fit(step, *arrays, epochs: int = 1, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
-        schedule=None, validate=None, progress: bool = True, log=print) -> History:
-    """Train `step` (a TrainStep, or any callable returning the loss or a dict with 'loss') for some epochs.
-
-    arrays (X, y, ...) share their first dim and are passed batch by batch
-    in that order. Each epoch's record holds the batch-size weighted mean of
-    every metric; `validate(epoch)` may add entries (a dict); `schedule.step()`
-    runs after each epoch. A NaN or infinite loss stops training at once, with
-    a message naming the epoch and step.
-
-    With a data-parallel step (under mpirun) batch_size is per rank: each
-    epoch's shuffled batches of batch_size * world_size rows are split between
-    the ranks (the same seed everywhere gives disjoint shares), the records are
-    averaged over the ranks, and only rank 0 logs and shows progress.
-    """
+def _check_rows(arrays) -> int:
     if not arrays:
         raise ValueError("fit needs the training arrays, e.g. fit(step, X, y)")
     n = len(arrays[0])
     for i, a in enumerate(arrays):
         if len(a) != n:
             raise ValueError(f"fit: array {i} has {len(a)} rows, array 0 has {n}")
-    rng = np.random.default_rng(seed)
+    return n
+
+
+def fit(step, *arrays, epochs: int = 1, batch_size: int = 32, shuffle: bool = True, seed: int = 0,
+        schedule=None, validate=None, validation_data=None, verbose: int = 1, progress: bool | None = None,
+        log=print) -> History:
+    """Train `step` (a TrainStep, or any callable returning the loss or a dict with 'loss') for some epochs.
+
+    arrays (X, y, ...) share their first dim and are passed batch by batch
+    in that order. Each epoch's record holds the batch-size weighted mean of
+    every metric; validation_data=(X_val, y_val, ...) adds the step's metrics
+    on it in eval mode as val_loss, val_acc, ... (a TrainStep only);
+    `validate(epoch)` may add entries (a dict); `schedule.step()` runs after
+    each epoch. verbose=0 is silent, 1 shows a progress bar per epoch that
+    stays with the epoch's metrics, 2 prints one line per epoch; the bar's rate
+    and ETA leave out the first call, which compiles. A NaN or infinite loss
+    stops training at once, with a message naming the epoch and step.
+    progress=False is the older spelling of verbose=0.
+
+    With a data-parallel step (under mpirun) batch_size is per rank: each
+    epoch's shuffled batches of batch_size * world_size rows are split between
+    the ranks (the same seed everywhere gives disjoint shares), the records are
+    averaged over the ranks, and only rank 0 logs and shows progress.
+    """
+    n = _check_rows(arrays)
+    if progress is not None:
+        verbose = verbose if progress else 0
+    if verbose not in (0, 1, 2):
+        raise ValueError(f"verbose must be 0 (silent), 1 (progress bars) or 2 (a line per epoch), got {verbose!r}")
+    if validation_data is not None and not hasattr(step, "evaluate"):
+        raise TypeError("validation_data needs a TrainStep made by dlc.nn.compile_step (it evaluates the same "
+                        "loss in eval mode); for another callable pass validate=")
     ranks = _Ranks(step)
-    progress, log = progress and ranks.is_main, log if ranks.is_main else _silent
+    if not ranks.is_main:
+        verbose, log = 0, _silent
+    rng = np.random.default_rng(seed)
     history = History()
+    first_call = True
     for epoch in range(1, epochs + 1):
         sums: dict[str, float] = {}
         parts = ranks.shard(batches(n, batch_size * ranks.size, shuffle, rng))
         seen = sum(len(idx) for idx in parts)
-        bar = _progress(parts, epoch, epochs, progress)
-        for k, idx in enumerate(bar, start=1):
+        bar = _Progress(len(parts), f"epoch {epoch}/{epochs}", verbose == 1)
+        for k, idx in enumerate(parts, start=1):
+            if first_call:
+                bar.compiling()
             out = step(*(a[idx] for a in arrays))
+            if first_call:
+                bar.compiled()
+                first_call = False
             metrics = out if isinstance(out, dict) else {"loss": out}
             loss = float(metrics["loss"])
             if not math.isfinite(loss):
+                bar.close()
                 history.stopped = (f"loss is {loss} at epoch {epoch}, step {k} of {len(parts)} "
                                    f"(batch rows {idx[:4].tolist()}{'...' if len(idx) > 4 else ''}); training stopped")
                 log(f"fit: {history.stopped}")
                 return history
             for key, v in metrics.items():
                 sums[key] = sums.get(key, 0.0) + float(v) * len(idx)
-            if progress:
-                bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            bar.step(loss)
         record = {"epoch": epoch, **ranks.mean({k: v / seen for k, v in sums.items()})}
         if schedule is not None:
             record["lr"] = schedule.optimizer.lr
             schedule.step()
+        if validation_data is not None:
+            with bar.paused("compiling the evaluation step…" if epoch == 1 else "validating…"):
+                scores = step.evaluate(*validation_data, batch_size=batch_size)
+            record.update({f"val_{k}": v for k, v in scores.items()})
         if validate is not None:
             record.update(validate(epoch))
         history.append(record)
+        bar.close(_describe(record))
+        if verbose == 2:
+            log(f"epoch {epoch}/{epochs}  {_describe(record)}")
     return history
+
+
+def _describe(record: dict) -> str:
+    return "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()
+                     if k != "epoch")
+
+
+class _Progress:
+    """One epoch's progress bar (tqdm, on stderr): says "compiling…" during the first call, whose time it then
+    leaves out of the rate and ETA, and stays on screen with the epoch's metrics."""
+
+    def __init__(self, total: int, desc: str, enabled: bool):
+        self.desc = desc
+        self.bar = None
+        self.counted = False
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, leave=True, file=sys.stderr, unit="batch")
+
+    def compiling(self) -> None:
+        self.note("compiling…")
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(f"{self.desc} ({text})")
+
+    @contextlib.contextmanager
+    def paused(self, text: str):
+        """Work that is not a training step (validation): shown, and left out of the rate."""
+        self.note(text)
+        start = time.time()
+        try:
+            yield
+        finally:
+            if self.bar is not None:
+                pause = time.time() - start
+                self.bar.start_t += pause
+                self.bar.last_print_t += pause
+                self.bar.set_description_str(self.desc, refresh=False)
+
+    def compiled(self) -> None:
+        """The first batch is done: restart the clock so that the rate counts only compiled steps."""
+        if self.bar is not None:
+            self.bar.set_description_str(self.desc, refresh=False)
+            self.bar.reset()
+            self.bar.n = self.bar.last_print_n = self.bar.initial = 1
+            self.counted = True
+            self.bar.refresh()
+
+    def step(self, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+            if self.counted:
+                self.counted = False  # compiled() already counted the first batch
+            else:
+                self.bar.update(1)
+
+    def close(self, summary: str | None = None) -> None:
+        if self.bar is not None:
+            self.bar.set_description_str(self.desc, refresh=False)
+            if summary:
+                self.bar.set_postfix_str(summary, refresh=False)
+            self.bar.close()
 
 
 class _Ranks:

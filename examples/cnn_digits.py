@@ -21,6 +21,8 @@ parser.add_argument("--target", default=dlc.default_target(), help="reference | 
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 args = parser.parse_args()
+print(f"cnn_digits: training a conv net on scikit-learn's digits for {args.epochs} epochs on target "
+      f"{args.target}", flush=True)
 
 digits = load_digits()
 X = (digits.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
@@ -61,7 +63,7 @@ step = nn.compile_step(loss_fn, [x, labels], opt, modules=model, target=args.tar
 predict = nn.compile_eval(lambda x: dlc.argmax(model(x), axis=1), [x], modules=model, target=args.target)
 
 history = nn.fit(step, X_train, y_train, epochs=args.epochs, batch_size=args.batch_size, schedule=schedule,
-                 seed=args.seed, progress=not args.no_progress)
+                 seed=args.seed, verbose=0 if args.no_progress else 1)
 for h in history[4::5]:
     print(f"epoch {h['epoch']:3d}  loss {h['loss']:.4f}  train acc {h['acc']:.4f}")
 print(f"{model.num_parameters()} parameters, target {args.target}")

@@ -22,9 +22,11 @@ from dlc import nn
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--epochs", type=int, default=8)
 parser.add_argument("--target", default=dlc.default_target(), help="reference | cpu | cuda")
-parser.add_argument("--out", help="where to write the artifact (default: a temporary folder)")
+parser.add_argument("--out", default="runs", help="folder for the artifact (created if missing)")
 parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 args = parser.parse_args()
+print(f"export_cnn: training a small conv net on scikit-learn's digits for {args.epochs} epochs on target "
+      f"{args.target}, then exporting it", flush=True)
 
 digits = load_digits()
 X = (digits.data / 16.0).astype(np.float32).reshape(-1, 1, 8, 8)
@@ -41,22 +43,23 @@ x, labels = dlc.input("x", ("B", 1, 8, 8)), dlc.input("labels", ("B",), "int64")
 opt = dlc.optim.Adam(model.parameters(), lr=1e-2)
 step = nn.compile_step(lambda x, labels: nn.cross_entropy(model(x), labels), [x, labels], opt, modules=model,
                        target=args.target)
-nn.fit(step, X_train, y_train, epochs=args.epochs, batch_size=32, progress=not args.no_progress, log=lambda *a: None)
+nn.fit(step, X_train, y_train, epochs=args.epochs, batch_size=32, verbose=0 if args.no_progress else 1)
 
 # the deployable function: eval mode, logits out
 predict = nn.compile_eval(lambda x: {"logits": model(x)}, [x], modules=model, target=args.target)
-folder = tempfile.mkdtemp(prefix="dlc-export-cnn-")
-artifact = args.out or os.path.join(folder, "cnn_digits.dlc")
+os.makedirs(args.out, exist_ok=True)
+artifact = os.path.join(args.out, "cnn_digits.dlc")
 dlc.export(predict, artifact, golden_inputs={"x": X_test[:4]})
 print(f"exported {artifact} ({os.path.getsize(artifact) / 1e3:.1f} kB, target {args.target})")
 
-# run it from a fresh process with the dlc command, on inputs and outputs in files
-np.save(os.path.join(folder, "x_test.npy"), X_test)
-outputs = os.path.join(folder, "logits.npz")
-subprocess.run([sys.executable, "-m", "dlc", "run", artifact, "--verify", "--input", f"x={folder}/x_test.npy",
-                "--output", outputs], check=True)
-with np.load(outputs) as out:
-    logits = out["logits"]
+# run it from a fresh process with the dlc command, on inputs and outputs in files (removed afterwards)
+with tempfile.TemporaryDirectory(prefix="dlc-export-cnn-") as folder:
+    np.save(os.path.join(folder, "x_test.npy"), X_test)
+    outputs = os.path.join(folder, "logits.npz")
+    subprocess.run([sys.executable, "-m", "dlc", "run", artifact, "--verify", "--input", f"x={folder}/x_test.npy",
+                    "--output", outputs], check=True)
+    with np.load(outputs) as out:
+        logits = out["logits"]
 
 accuracy = np.mean(np.argmax(logits, axis=1) == y_test)
 same = np.array_equal(logits, predict(X_test)["logits"])

@@ -6,6 +6,7 @@ cover, and how confidently they are recognized.
 """
 
 import argparse
+import os
 
 import matplotlib
 
@@ -24,8 +25,11 @@ parser.add_argument("--batch-size", type=int, default=64)
 parser.add_argument("--lr", type=float, default=1e-3)
 parser.add_argument("--target", default=dlc.default_target(), help="reference | cpu | cuda")
 parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--plot", default="gan_digits.png", help="where to save the sample grid ('' for none)")
+parser.add_argument("--plot", default="gan_digits.png", help="file name of the plot in --out ('' for none)")
+parser.add_argument("--out", default="runs", help="folder for the outputs (created if missing)")
 args = parser.parse_args()
+print(f"gan_digits: training a GAN on scikit-learn's digits for {args.steps} steps on target {args.target}; the first "
+      "step compiles", flush=True)
 
 LATENT = 32
 digits = load_digits()
@@ -60,6 +64,8 @@ def noise(n):
 for i in range(1, args.steps + 1):
     d_loss = d_step(images[rng.integers(0, len(images), args.batch_size)], noise(args.batch_size))
     g_loss = g_step(noise(args.batch_size))
+    if i == 1:
+        print("compiled; training", flush=True)
     if i % 500 == 0 or i == args.steps:
         print(f"step {i:5d}  D loss {d_loss:.4f}  G loss {g_loss:.4f}")
 
@@ -71,10 +77,12 @@ print(f"classes covered (>= 2% of samples) {int(np.sum(counts >= 20))} / 10, sam
 print(f"mean classifier confidence {probs.max(axis=1).mean():.3f}")
 
 if args.plot:
+    os.makedirs(args.out, exist_ok=True)
+    plot = os.path.join(args.out, args.plot)
     fig, axes = plt.subplots(8, 8, figsize=(6, 6))
     for ax, img in zip(axes.flat, fakes):
         ax.imshow(img[0], cmap="gray_r", vmin=-1, vmax=1)
         ax.axis("off")
     fig.suptitle(f"dlc GAN samples after {args.steps} steps")
-    fig.savefig(args.plot, dpi=80, bbox_inches="tight")
-    print(f"saved {args.plot}")
+    fig.savefig(plot, dpi=80, bbox_inches="tight")
+    print(f"saved {plot}")

@@ -11,6 +11,7 @@ the CPU backend.
 """
 
 import argparse
+import os
 
 import matplotlib
 
@@ -28,8 +29,11 @@ parser.add_argument("--lr", type=float, default=1e-3)
 parser.add_argument("--r1-gamma", type=float, default=1.0, help="weight of the R1 penalty (0: none)")
 parser.add_argument("--target", default=dlc.default_target(), help="reference | cpu | cuda")
 parser.add_argument("--seed", type=int, default=0)
-parser.add_argument("--plot", default="gan_ring.png", help="where to save the scatter plot ('' for none)")
+parser.add_argument("--plot", default="gan_ring.png", help="file name of the plot in --out ('' for none)")
+parser.add_argument("--out", default="runs", help="folder for the outputs (created if missing)")
 args = parser.parse_args()
+print(f"gan_ring: training a GAN on a ring of 8 Gaussians for {args.steps} steps on target {args.target}; the first "
+      "step compiles", flush=True)
 
 RADIUS, STD, MODES, LATENT = 2.0, 0.02, 8, 16
 angles = 2 * np.pi * np.arange(MODES) / MODES
@@ -75,6 +79,8 @@ schedules = [dlc.optim.CosineLR(opt, t_max=args.steps) for opt in (opt_d, opt_g)
 for i in range(1, args.steps + 1):
     d_loss = d_step(real_batch(args.batch_size), noise(args.batch_size))
     g_loss = g_step(noise(args.batch_size))
+    if i == 1:
+        print("compiled; training", flush=True)
     for schedule in schedules:
         schedule.step()
     if i % 500 == 0 or i == args.steps:
@@ -90,11 +96,13 @@ print(f"fraction of samples at each mode {near.mean(axis=0).round(3).tolist()}")
 print(f"modes covered {covered} / {MODES}")
 
 if args.plot:
+    os.makedirs(args.out, exist_ok=True)
+    plot = os.path.join(args.out, args.plot)
     plt.figure(figsize=(5, 5))
     plt.scatter(samples[:, 0], samples[:, 1], s=2, alpha=0.4, label="generated")
     plt.scatter(centers[:, 0], centers[:, 1], s=40, c="red", marker="x", label="modes")
     plt.gca().set_aspect("equal")
     plt.legend(loc="upper right")
     plt.title(f"GAN on a ring of 8 Gaussians: {covered}/8 modes")
-    plt.savefig(args.plot, dpi=100, bbox_inches="tight")
-    print(f"saved {args.plot}")
+    plt.savefig(plot, dpi=100, bbox_inches="tight")
+    print(f"saved {plot}")

@@ -25,6 +25,8 @@ parser.add_argument("--samples", type=int, default=200, help="characters to gene
 parser.add_argument("--target", default=dlc.default_target(), help="reference | cpu | cuda")
 parser.add_argument("--seed", type=int, default=0)
 args = parser.parse_args()
+print(f"gru_charlm: training a GRU character model for {args.epochs} epochs of {args.steps_per_epoch} steps on target "
+      f"{args.target}; the first step compiles", flush=True)
 
 text = "\n".join(topics[k] for k in sorted(topics))
 chars = sorted(set(text))
@@ -92,6 +94,8 @@ for epoch in range(1, args.epochs + 1):
     for _ in range(args.steps_per_epoch):
         starts = rng.integers(0, len(train) - args.seq_len - 1, args.batch_size)
         losses.append(float(step(windows(train, starts, args.seq_len), windows(train, starts + 1, args.seq_len))))
+        if epoch == 1 and len(losses) == 1:
+            print("compiled; training", flush=True)
     schedule.step()
     print(f"epoch {epoch}  train {np.mean(losses[-50:]) / math.log(2):.3f} bits/char  "
           f"validation {bits_per_char(val, args.seq_len):.3f} bits/char")

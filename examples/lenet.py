@@ -33,6 +33,7 @@ def dlc_model(target=None):
 
 
 if __name__ == "__main__":
+    print("lenet: one training step of LeNet-5 on random data (the first call compiles)", flush=True)
     step = dlc_model()
     rng = np.random.default_rng(0)
     images, labels = rng.standard_normal((64, 1, 28, 28)).astype(np.float32), rng.integers(0, 10, 64)

@@ -24,6 +24,8 @@ parser.add_argument("--no-progress", action="store_true", help="no progress bar"
 parser.add_argument("--data-parallel", action="store_true",
                     help="average gradients over MPI ranks: mpirun -n 2 python3 examples/mlp_digits.py --data-parallel")
 args = parser.parse_args()
+print(f"mlp_digits: training an MLP on scikit-learn's digits for {args.epochs} epochs on target "
+      f"{args.target}", flush=True)
 
 digits = load_digits()
 X = (digits.data / 16.0).astype(np.float32)
@@ -61,7 +63,7 @@ predict = nn.compile_eval(lambda x: dlc.argmax(model(x), axis=1), [x], modules=m
 
 # with --data-parallel, batch_size is per rank
 history = nn.fit(step, X_train, y_train, epochs=args.epochs, batch_size=args.batch_size, schedule=schedule,
-                 seed=args.seed, progress=not args.no_progress)
+                 seed=args.seed, verbose=0 if args.no_progress else 1)
 if args.data_parallel and not dlc.distributed.is_main():
     raise SystemExit  # rank 0 reports; every rank holds the same weights
 for h in history[9::10]:

@@ -63,8 +63,12 @@ def test_compiled_call_checks_arguments():
         f(np.ones((4, 2), np.float32), good[1])
     with pytest.raises(dlc.ShapeError, match="'B' is 5 here but 4"):
         f(good[0], np.arange(5))
-    with pytest.raises(dlc.DTypeError, match="expected dtype float32, got float64"):
-        f(np.ones((4, 3)), good[1])
+    # the dtype rule: float64 data is cast to the declared float32 (with a DTypeWarning); floats for an int input
+    # are refused
+    with pytest.warns(dlc.DTypeWarning, match="input 'x': float64 data converted to float32"):
+        np.testing.assert_allclose(f(np.ones((4, 3)), good[1]), 3 + np.arange(4))
+    with pytest.raises(dlc.DTypeError, match="input 'n': expected dtype int64, got floating-point values"):
+        f(good[0], np.arange(4.0))
     with pytest.raises(TypeError, match="missing input"):
         f(good[0])
     with pytest.raises(TypeError, match="unexpected input 'y'"):

@@ -41,13 +41,29 @@ def test_gan_ring_short_run_moves_samples_onto_the_ring(tmp_path):
     # them to about 0.4-0.5 (seeds 0 and 1)
     assert number_after("mean distance to the ring", out) < 0.9
     assert re.search(r"modes covered \d / 8", out)
-    assert (tmp_path / "ring.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "runs" / "ring.png").read_bytes()[:4] == b"\x89PNG"  # under the default --out
 
 
 def test_gan_digits_short_run_saves_a_grid_and_scores_it(tmp_path):
-    out = run_example("gan_digits.py", "--steps", "150", "--plot", "grid.png", cwd=tmp_path)
+    out = run_example("gan_digits.py", "--steps", "150", "--plot", "grid.png", "--out", "figs", cwd=tmp_path)
     assert number_after("D loss", out) > 0 and number_after("G loss", out) > 0
     # the classifier trusts an untrained generator's blobs 0.34 on average; 150 steps give digit-like
     # (if not yet varied) samples at 0.86-0.90 (seeds 0 and 1)
     assert number_after("mean classifier confidence", out) > 0.6
-    assert (tmp_path / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "figs" / "grid.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_examples_say_what_they_do_first(tmp_path):
+    """Each example's first line of output says what it is doing (it appears before any training)."""
+    out = run_example("quickstart.py", "--epochs", "1", cwd=tmp_path)
+    assert out.splitlines()[0].startswith("quickstart: training")
+
+
+def test_export_cnn_writes_its_artifact_under_out_and_leaves_no_temporary_files(tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    out = run_example("export_cnn.py", "--epochs", "1", "--no-progress", "--out", "art", cwd=tmp_path)
+    assert (tmp_path / "art" / "cnn_digits.dlc").is_file()
+    assert "identical to the in-process model's logits: True" in out
+    assert not any(p.name.startswith("dlc-export-cnn-") for p in scratch.iterdir())

@@ -28,8 +28,11 @@ def test_inconsistent_symbol_names_both_sizes():
 
 def test_wrong_dtype_names_the_input_and_both_dtypes():
     f = _affine()
-    with pytest.raises(dlc.DTypeError, match="input 'x': expected dtype float32, got float64"):
+    # float64 data is converted to the declared float32 (the dtype rule); floats for an int input are refused
+    with pytest.warns(dlc.DTypeWarning, match="input 'x': float64 data converted to float32"):
         f(np.zeros((4, 3)), np.zeros(4, np.int64))
+    with pytest.raises(dlc.DTypeError, match="input 'x': expected dtype float32, got str"):
+        f(np.full((4, 3), "a"), np.zeros(4, np.int64))
     with pytest.raises(dlc.DTypeError, match="input 'n': expected dtype int64, got floating-point"):
         f(np.zeros((4, 3), np.float32), [0.5, 1.0, 2.0, 3.0])
 

@@ -22,6 +22,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .. import functional as F
+from ..graph import SCOPES
 from ..store import Store, default_store
 from ..tensor import Tensor
 
@@ -87,6 +88,33 @@ def record_update(module: Module, param: Tensor, value: Tensor) -> None:
         warnings.warn(f"{type(module).__name__} traced in training mode outside dlc.nn.compile_step or "
                       f"dlc.nn.collect_updates(): its state ({param.node.attr('name')}) will not be updated",
                       stacklevel=3)
+
+
+# ----------------------------------------------------------------------------
+# scopes: the module path each traced node records ("features.0.conv")
+
+_CALLING: list[Module] = []  # the modules whose forward is being traced, innermost last
+
+
+@contextlib.contextmanager
+def name_scope(name: str):
+    """Nodes built in this block record `name` under the current module path ("lstm" -> "lstm.l0")."""
+    SCOPES.append(f"{SCOPES[-1]}.{name}" if SCOPES and SCOPES[-1] else name)
+    try:
+        yield
+    finally:
+        SCOPES.pop()
+
+
+def _name_in_caller(module: Module) -> str | None:
+    """The module's path below the module tracing it; None for the outermost module (the model itself)."""
+    if not _CALLING:
+        return None
+    parent = _CALLING[-1]
+    for name, child in parent._modules.items():
+        if child is module:
+            return name
+    return type(module).__name__.lower()  # called by a module that does not own it
 
 
 # ----------------------------------------------------------------------------
@@ -251,7 +279,15 @@ class Module(metaclass=_ModuleMeta):
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        name = _name_in_caller(self)
+        _CALLING.append(self)
+        try:
+            if name is None:
+                return self.forward(*args, **kwargs)
+            with name_scope(name):
+                return self.forward(*args, **kwargs)
+        finally:
+            _CALLING.pop()
 
     def extra_repr(self) -> str:
         return ""

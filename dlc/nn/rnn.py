@@ -38,7 +38,7 @@ from ..errors import ShapeError
 from ..graph import dim_mul, shape_str, user_location
 from ..ops.scan import scan
 from . import init
-from .module import Module
+from .module import Module, name_scope
 
 GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
 ACTIVATIONS = {"tanh": F.tanh, "relu": F.relu}
@@ -171,8 +171,9 @@ class _Recurrent(Module):
             for d, suffix in enumerate(self._suffixes()):
                 k = layer * self.num_directions + d
                 s0 = tuple(s[k] for s in states) if self.mode == "LSTM" else states[0][k]
-                ys, final = recurrent_layer(self.mode, x, s0, *self._weights(layer, suffix), reverse=d == 1,
-                                            lengths=lengths, nonlinearity=self.nonlinearity)
+                with name_scope(f"l{layer}{suffix}"):
+                    ys, final = recurrent_layer(self.mode, x, s0, *self._weights(layer, suffix), reverse=d == 1,
+                                                lengths=lengths, nonlinearity=self.nonlinearity)
                 outputs.append(ys)
                 finals.append(final if self.mode == "LSTM" else (final,))
             x = F.concat(outputs, axis=2)

@@ -107,7 +107,9 @@ class BisectReport:
             return f"all {self.checked} kernels match the reference" + \
                 "".join(f"\n  {n}" for n in self.notes)
         k = self.kernel
-        lines = [f"first mismatch in kernel {k.name} [{k.kind}] (after {self.checked} good kernels):",
+        scopes = list(dict.fromkeys(n.loc.scope for n in k.nodes if n.loc is not None and n.loc.scope))
+        layer = f" in layer {', '.join(scopes)}" if scopes else ""
+        lines = [f"first mismatch in kernel {k.name} [{k.kind}]{layer} (after {self.checked} good kernels):",
                  f"  output {self.node!r}: max abs error {self.max_error:.3g}",
                  "  nodes: " + " -> ".join(n.op for n in k.nodes)]
         lines += [f"  from {src}" for src in k.source_lines()]
