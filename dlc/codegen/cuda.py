@@ -829,9 +829,9 @@ RANDOM_OPS = ("random_uniform", "random_normal", "random_bernoulli")
 
 
 def _remember_anchor(vr: ValueRenderer, anchor: Node, idx, name: str) -> None:
-    """The anchor's value at idx is `name`, also under the index an operand read uses (its size-1 dims are "0")."""
+    """The anchor's value at idx is `name`. An epilogue has the anchor's shape, so its operand reads of the anchor
+    (kernel_ir.broadcast_index) use idx as it is, size-1 dims included."""
     vr.body.remember((id(anchor), tuple(idx)), name)
-    vr.body.remember((id(anchor), vr.broadcast_index(tuple(idx), anchor.shape)), name)
 
 
 def _store_epilogue(vr: ValueRenderer, kernel: Kernel, out_names, out_idx, value: str) -> None:
