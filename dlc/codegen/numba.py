@@ -20,6 +20,7 @@ import numpy as np
 
 from ..graph import Node
 from ..ops import OPS, SOURCE
+from ..passes.memory import anchor_target, inplace_updates
 from ..program import Kernel, Program
 
 # Every local name a kernel body defines starts with P: an inlined kernel gets a prefix of its own.
@@ -122,16 +123,8 @@ class RenderedKernel:
     lines: list[str]
     comment: str
     parallel: bool = False
-    reads: dict = field(default_factory=dict)
-    writes: set = field(default_factory=set)
-    early_writes: set = field(default_factory=set)   # outputs written before the epilogue reads (GEMM targets)
     name: str = ""        # the function name when emitted as a function of its own
     inline: bool = True   # emitted into the outer function (its only use), or called
-
-    def reads_only_where_it_writes(self, node: Node) -> bool:
-        """Whether every read of node happens at the index an output is stored at (in-place safe)."""
-        idx = self.reads.get(id(node), set())
-        return len(self.writes) == 1 and idx <= self.writes
 
     def function_text(self) -> str:
         """The kernel as an @njit function: how a kernel used more than once is emitted."""
@@ -217,9 +210,6 @@ class KernelRenderer:
         self.memo: dict = {}
         self.tmp = 0
         self.flat = False
-        self.reads: dict[int, set] = {}     # id(node read from outside) -> the indices it is read at
-        self.store_index: set = set()       # the indices outputs are written at
-        self.early_writes: set = set()
 
     # ---- arguments
 
@@ -246,7 +236,6 @@ class KernelRenderer:
 
     def load(self, node: Node, idx: tuple) -> str:
         """An element of a value the kernel reads from outside (buffer, scalar, constant)."""
-        self.reads.setdefault(id(node), set()).add(idx)
         if node.op == "size":
             return f"{NP_DTYPE[node.dtype]}({self.arg(node, 'scalar')})"
         if node.op == "const" and is_scalar_node(node):
@@ -318,7 +307,6 @@ class KernelRenderer:
         return self.value(x, src)
 
     def value_of_view(self, node, idx):
-        self.reads.setdefault(id(node), set()).add(None)
         t = self.fresh()
         self.w(f"{t} = {self.arg(node)}[{', '.join(idx) if idx else '0'}]")
         return t
@@ -425,7 +413,6 @@ class KernelRenderer:
         return tuple(names)
 
     def store(self, out: Node, idx: tuple, val: str) -> None:
-        self.store_index.add(idx)
         if self.flat:
             self.w(f"{self.arg(out, 'flat')}[{idx[0]}] = {val}  # {where(out)}")
         else:
@@ -468,7 +455,7 @@ PARALLEL_CHUNKS = 8
 
 
 def _finish(r: KernelRenderer, kernel: Kernel, comment: str, parallel: bool = False) -> RenderedKernel:
-    return RenderedKernel(kernel, r.args, r.w.lines, comment, parallel, r.reads, r.store_index, r.early_writes)
+    return RenderedKernel(kernel, r.args, r.w.lines, comment, parallel)
 
 
 def _describe(kernel: Kernel) -> str:
@@ -614,13 +601,10 @@ def _render_matmul(program, kernel):
         if id(x) in r.inside:
             raise Unsupported(f"{x.op} before a matmul")
         operands.append((r.arg(x), x, transposed))
-        r.reads.setdefault(id(x), set()).add(None)  # read whole, by BLAS
     # the GEMM writes into an output of the anchor's dtype and shape; the epilogue then runs in place
-    target = next((o for o in kernel.outputs if o is anchor), None) or \
-        next((o for o in kernel.outputs if o.dtype == anchor.dtype and o.shape == anchor.shape), None)
+    target = anchor_target(kernel)
     if target is not None:
         tgt = r.arg(target)
-        r.early_writes.add(id(target))
     else:
         tgt = f"{P}acc"
         shape_expr = ", ".join(r.dim(d) for d in anchor.shape)
@@ -684,10 +668,8 @@ def _anchor_target(r: KernelRenderer, kernel: Kernel) -> str:
     """Where a library call writes the anchor's value: an output of its dtype and shape (the epilogue then
     runs in place over it), else a temporary."""
     anchor = kernel.anchor
-    target = next((o for o in kernel.outputs if o is anchor), None) or \
-        next((o for o in kernel.outputs if o.dtype == anchor.dtype and o.shape == anchor.shape), None)
+    target = anchor_target(kernel)
     if target is not None:
-        r.early_writes.add(id(target))
         return r.arg(target)
     shape_expr = ", ".join(r.dim(d) for d in anchor.shape)
     r.w(f"{P}acc = np.empty(({shape_expr},), {NP_DTYPE[anchor.dtype]})")
@@ -725,7 +707,6 @@ def _render_window(program, kernel):
     operands = []
     for x in anchor.inputs:
         operands.append(r.arg(x))
-        r.reads.setdefault(id(x), set()).add(None)  # read whole, by the hand-written kernel
     tgt = _anchor_target(r, kernel)
     func, attr_args = WINDOW_CALLS[anchor.op]
     extra = attr_args(anchor.a)
@@ -775,8 +756,6 @@ def _render_take(program, kernel):
         r.w(f"{out}.fill(0)")
     xa = r.arg(x) if node.op == "take" else out
     ia = r.arg(ind)
-    for n in node.inputs:
-        r.reads.setdefault(id(n), set()).add(None)
     sa = r.arg(space) if node.op == "take_grad" else out
     names = [f"{P}i{k}" for k in range(space.ndim)]
     j, d = f"{P}j", f"{P}d"
@@ -902,29 +881,10 @@ def _render_program(program, title, fastmath, parallel, kernels_digest) -> Gener
 
 
 def direct_updates(program: Program, rendered: list) -> dict[int, Node]:
-    """Parameter updates whose kernel can write straight into the parameter's array (no copy per step).
-
-    Safe when no later kernel reads the parameter's old value, and the writing
-    kernel itself reads it only at the index it writes (never through BLAS,
-    and never after a GEMM has filled the output). Returns id(update value) -> param.
-    """
-    params = {p.attr("name"): p for p in program.graph.nodes if p.op == "param"}
-    kernels = [it.kernel if isinstance(it, RenderedKernel) else it for it in rendered]
-    out: dict[int, Node] = {}
-    for key, value in program.updates:
-        param = params.get(key)
-        pos = next((i for i, k in enumerate(kernels) if any(o is value for o in k.outputs)), None)
-        if param is None or pos is None or program.storage_of(value) is not value or id(value) in out:
-            continue
-        item = rendered[pos]
-        if not isinstance(item, RenderedKernel) or id(value) in item.early_writes:
-            continue
-        if any(any(i is param for i in k.inputs) for k in kernels[pos + 1:]):
-            continue
-        if id(param) in item.reads and not item.reads_only_where_it_writes(param):
-            continue
-        out[id(value)] = param
-    return out
+    """The memory planner's in-place parameter updates (passes.memory.inplace_updates) whose kernel is
+    native code; a kernel run through numpy writes to the arena. Returns id(update value) -> param."""
+    native = {id(o) for it in rendered if isinstance(it, RenderedKernel) for o in it.kernel.outputs}
+    return {k: p for k, p in inplace_updates(program).items() if k in native}
 
 
 class _OuterBuilder:
