@@ -3,8 +3,9 @@
     NUMBA_NUM_THREADS=1 python3 benchmarks/call_overhead.py [--calls 2000] [--rounds 30] [--threads 4]
 
 Prints the CPU time per call (microseconds, process time: a shared machine's
-other load does not count) from one thread, the fastest round and the median, then the calls per second of `--threads` threads calling the same
-inference function at once (each call checks out an arena of its own).
+other load does not count) from one thread, the fastest round and the median,
+then the calls per second of `--threads` threads calling the same inference
+function at once (each call checks out an arena of its own; wall time).
 """
 
 from __future__ import annotations

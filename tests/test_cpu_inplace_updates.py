@@ -208,7 +208,7 @@ def graphs_with_updates(draw):
     return outputs, [x], updates, feeds
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(graphs_with_updates())
 def test_random_graphs_with_updates_run_the_same_on_cpu_and_reference(case):
     outputs, inputs, updates, feeds = case

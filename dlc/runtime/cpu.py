@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from .. import passes
+from ..cache import cache_dir as checked_cache_dir
+from ..cache import digest, ensure_file, replace_unusable
 from ..codegen.numba import GeneratedModule, RenderedKernel, is_scalar_node, render_program
 from ..graph import TUPLE, Node, dim_eval, shape_eval
 from ..ops import OPS
@@ -33,9 +35,10 @@ _FALLBACK_LOGGED: set[str] = set()
 FIXED, INPUT, OUTPUT = 0, 1, 2
 
 
-def cache_dir() -> Path:
-    """Where generated modules (and numba's cache of them) live: $DLC_CACHE_DIR, else ~/.cache/dlc."""
-    return Path(os.environ.get("DLC_CACHE_DIR") or Path.home() / ".cache" / "dlc")
+def cache_dir(root: str | os.PathLike | None = None) -> Path:
+    """Where generated modules (and numba's cache of them) live: the folder "cpu" of dlc.cache's directory,
+    or `root` (the `cache=` option) itself; checked, with a private temporary folder if unusable."""
+    return checked_cache_dir(root=root) if root else checked_cache_dir("cpu")
 
 
 def kernels_digest() -> str:
@@ -69,16 +72,23 @@ def load_kernel_modules() -> None:
 
 
 def load_module(gen: GeneratedModule, directory: Path):
-    """Write the source under its hash (once: numba's cache keys on the file) and import it."""
+    """Write the source under its hash and import it; a cached file is used only if it is that source.
+
+    numba's cache keys on the file, so an unchanged file is kept as it is; a
+    missing, truncated or edited one is rewritten (atomically) before the import.
+    """
     name = f"dlc_gen_{gen.digest}"
     if name in sys.modules:
         return sys.modules[name]
-    directory.mkdir(parents=True, exist_ok=True)
+    source = gen.source.encode()
+    if digest(source, len(gen.digest)) != gen.digest:
+        raise ValueError(f"generated module {name}: its name is not the hash of its source")
     path = directory / f"{name}.py"
-    if not path.exists():
-        tmp = directory / f".{name}.{os.getpid()}.tmp"
-        tmp.write_text(gen.source)
-        os.replace(tmp, path)
+    try:
+        ensure_file(path, source)
+    except OSError as e:  # the folder stopped being writable (full, read-only): a private one instead
+        path = replace_unusable(directory, e) / f"{name}.py"
+        ensure_file(path, source)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -133,7 +143,7 @@ class CPUBackend:
         if dump:
             Path(dump).mkdir(parents=True, exist_ok=True)
             (Path(dump) / f"dlc_gen_{self.generated.digest}.py").write_text(self.generated.source)
-        self.module = load_module(self.generated, Path(cache) if cache else cache_dir())
+        self.module = load_module(self.generated, cache_dir(cache))
         t3 = time.perf_counter()
         self.stats.update(optimize_s=t1 - t0 - t_kernels, render_s=t2 - t1, import_s=t3 - t2 + t_kernels,
                           numba_compile_s=0.0,

@@ -143,7 +143,7 @@ class NativeScan:
                 Path(dump).mkdir(parents=True, exist_ok=True)
                 (Path(dump) / f"dlc_gen_{gen.digest}.py").write_text(source)
             cache = options.get("cache")
-            self.loop = load_module(gen, Path(cache) if cache else cache_dir()).scan_loop
+            self.loop = load_module(gen, cache_dir(cache)).scan_loop
             self.loop_source = source
         else:
             log.info("dlc cpu: %s: its body has numpy fallbacks, the loop runs in Python", body.name)
