@@ -46,6 +46,6 @@ __all__ = [
     "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "scan",
     "random_uniform", "random_normal", "random_bernoulli", "dropout",
     # submodules
-    "nn", "optim", "inspect",
+    "nn", "optim", "inspect", "distributed",
     "__version__",
 ] + list(_functional.__all__)

@@ -649,7 +649,7 @@ def _is_unrecorded(v) -> bool:
 COMPILE_OPTIONS = {
     "fastmath": _is_bool, "parallel": _is_bool, "emulate": lambda v: _is_bool(v) or v in ("small", "h100"),
     "simplify": _is_bool, "fuse": _is_bool, "reassociate": _is_bool, "duplicate": _is_bool, "schedule": _is_bool,
-    "max_group": _is_int_in(1, 1 << 20),
+    "max_group": _is_int_in(1, 1 << 20), "max_plans": _is_int_in(1, 1 << 20),
     "gemm_tiles": _is_gemm_tiles,
     "dump": _is_text_or_none, "cache": _is_text_or_none,
     "device": _is_unrecorded,

@@ -18,7 +18,7 @@ PUBLIC = {
     "compile", "Function", "grad", "default_target", "bisect", "Tensor", "Graph", "Node", "Store", "default_store",
     "reset_default_store", "export", "load", "DlcError", "ShapeError", "DTypeError", "GradientError", "ArtifactError",
     "DTypeWarning", "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
-    "scan", "random_uniform", "random_normal", "random_bernoulli", "dropout", "nn", "optim", "inspect",
+    "scan", "random_uniform", "random_normal", "random_bernoulli", "dropout", "nn", "optim", "inspect", "distributed",
     "__version__",
     "input", "constant", "param", "tensor", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
     "arange", "eye", "neg", "abs", "sign", "exp", "log", "sqrt", "rsqrt", "square", "tanh", "sigmoid", "relu",

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cache import cache_dir as checked_cache_dir
+from ..cache import read_checked, replace_unusable, write_atomic
 from ..errors import DlcError
 
 EMULATOR_PRELUDE = r"""
@@ -345,10 +347,17 @@ class KernelSignature:
 
 
 def cache_dir() -> Path:
-    root = Path(os.environ.get("DLC_CACHE_DIR", Path(tempfile.gettempdir()) / f"dlc-cache-{os.getuid()}"))
-    path = root / "cuda-emulator"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """The emulator's compiled libraries: the folder "cuda-emulator" of dlc.cache's directory."""
+    return checked_cache_dir("cuda-emulator")
+
+
+def _library_is_intact(lib: Path) -> bool:
+    """Whether lib hashes to the digest its sidecar recorded right after it was compiled."""
+    try:
+        recorded = lib.with_name(lib.name + ".sha256").read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return False
+    return len(recorded) == 64 and read_checked(lib, recorded) is not None
 
 
 SANITIZE_FLAGS = ("-fsanitize=address", "-fno-omit-frame-pointer")
@@ -383,9 +392,14 @@ class EmulatedModule:
             _wrapper(s, uses_barriers(source)) for s in signatures)
         optimize = optimize + (" " + " ".join(SANITIZE_FLAGS) if sanitized() else "")
         digest = hashlib.sha256((text + optimize).encode()).hexdigest()[:20]
-        lib = cache_dir() / f"emu_{digest}.so"
-        if not lib.exists():
-            self._compile(text, lib, optimize)
+        folder = cache_dir()
+        lib = folder / f"emu_{digest}.so"
+        if not _library_is_intact(lib):  # missing, truncated or edited: compiled again, never loaded
+            try:
+                self._compile(text, lib, optimize)
+            except OSError as e:  # the folder stopped being writable: a private one instead
+                lib = replace_unusable(folder, e) / lib.name
+                self._compile(text, lib, optimize)
         self.lib = ctypes.CDLL(str(lib))
         self.text = text
         for s in signatures:
@@ -395,16 +409,22 @@ class EmulatedModule:
 
     @staticmethod
     def _compile(text: str, lib: Path, optimize: str) -> None:
+        """Compile into a fresh temporary name, then rename it over lib (a loaded library is never rewritten in
+        place) and record its hash in a sidecar."""
         src = lib.with_suffix(".cpp")
-        src.write_text(text)
-        tmp = lib.with_suffix(f".{os.getpid()}.tmp")
+        write_atomic(src, text.encode())
+        fd, tmp = tempfile.mkstemp(dir=lib.parent, prefix=f".{lib.name}.", suffix=".tmp")
+        os.close(fd)
         # -U_FORTIFY_SOURCE: the fortified longjmp refuses to jump between coroutine stacks
         cmd = ["g++", "-std=c++17", *optimize.split(), "-U_FORTIFY_SOURCE", "-shared", "-fPIC",
                "-fno-strict-aliasing", "-w", "-o", str(tmp), str(src)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
+            Path(tmp).unlink(missing_ok=True)
             raise EmulatorError(f"g++ could not compile the emulated kernels ({src}):\n{proc.stderr[-4000:]}")
+        built = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
         os.replace(tmp, lib)
+        write_atomic(lib.with_name(lib.name + ".sha256"), built.encode())
 
     def launch(self, name: str, grid, block, args, *, scrambled: bool = True) -> None:
         """Run one kernel; blocks run in a scrambled order unless `scrambled=False` (0, 1, 2, ...)."""

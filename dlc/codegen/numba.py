@@ -20,6 +20,7 @@ import numpy as np
 
 from ..graph import Node
 from ..ops import OPS
+from ..passes.memory import anchor_target, inplace_updates
 from ..program import Kernel, Program
 from . import kernel_ir as ir
 from . import source_text
@@ -118,16 +119,8 @@ class RenderedKernel:
     lines: list[str]
     comment: str
     parallel: bool = False
-    reads: dict = field(default_factory=dict)
-    writes: set = field(default_factory=set)
-    early_writes: set = field(default_factory=set)   # outputs written before the epilogue reads (GEMM targets)
     name: str = ""        # the function name when emitted as a function of its own
     inline: bool = True   # emitted into the outer function (its only use), or called
-
-    def reads_only_where_it_writes(self, node: Node) -> bool:
-        """Whether every read of node happens at the index an output is stored at (in-place safe)."""
-        idx = self.reads.get(id(node), set())
-        return len(self.writes) == 1 and idx <= self.writes
 
     def function_text(self) -> str:
         """The kernel as an @njit function: how a kernel used more than once is emitted."""
@@ -213,9 +206,6 @@ class KernelRenderer:
         self.memo: dict = {}
         self.tmp = 0
         self.flat = False
-        self.reads: dict[int, set] = {}     # id(node read from outside) -> the indices it is read at
-        self.store_index: set = set()       # the indices outputs are written at
-        self.early_writes: set = set()
 
     # ---- arguments
 
@@ -242,7 +232,6 @@ class KernelRenderer:
 
     def load(self, node: Node, idx: tuple) -> str:
         """An element of a value the kernel reads from outside (buffer, scalar, constant)."""
-        self.reads.setdefault(id(node), set()).add(idx)
         if node.op == "size":
             return f"{NP_DTYPE[node.dtype]}({self.arg(node, 'scalar')})"
         if node.op == "const" and is_scalar_node(node):
@@ -331,7 +320,6 @@ class KernelRenderer:
         return t
 
     def value_of_view(self, node, idx):
-        self.reads.setdefault(id(node), set()).add(None)
         t = self.fresh()
         self.w(f"{t} = {self.arg(node)}[{', '.join(idx) if idx else '0'}]")
         return t
@@ -353,7 +341,6 @@ class KernelRenderer:
         return tuple(names)
 
     def store(self, out: Node, idx: tuple, val: str) -> None:
-        self.store_index.add(idx)
         if self.flat:
             self.w(f"{self.arg(out, 'flat')}[{idx[0]}] = {val}  # {where(out)}")
         else:
@@ -398,7 +385,7 @@ PARALLEL_CHUNKS = 8
 
 
 def _finish(r: KernelRenderer, kernel: Kernel, comment: str, parallel: bool = False) -> RenderedKernel:
-    return RenderedKernel(kernel, r.args, r.w.lines, comment, parallel, r.reads, r.store_index, r.early_writes)
+    return RenderedKernel(kernel, r.args, r.w.lines, comment, parallel)
 
 
 def _describe(kernel: Kernel) -> str:
@@ -543,13 +530,10 @@ def _render_matmul(program, kernel):
         if id(x) in r.inside:
             raise Unsupported(f"{x.op} before a matmul")
         operands.append((r.arg(x), x, transposed))
-        r.reads.setdefault(id(x), set()).add(None)  # read whole, by BLAS
     # the GEMM writes into an output of the anchor's dtype and shape; the epilogue then runs in place
-    target = next((o for o in kernel.outputs if o is anchor), None) or \
-        next((o for o in kernel.outputs if o.dtype == anchor.dtype and o.shape == anchor.shape), None)
+    target = anchor_target(kernel)
     if target is not None:
         tgt = r.arg(target)
-        r.early_writes.add(id(target))
     else:
         tgt = f"{P}acc"
         shape_expr = ", ".join(r.dim(d) for d in anchor.shape)
@@ -617,10 +601,8 @@ def _anchor_target(r: KernelRenderer, kernel: Kernel) -> str:
     """Where a library call writes the anchor's value: an output of its dtype and shape (the epilogue then
     runs in place over it), else a temporary."""
     anchor = kernel.anchor
-    target = next((o for o in kernel.outputs if o is anchor), None) or \
-        next((o for o in kernel.outputs if o.dtype == anchor.dtype and o.shape == anchor.shape), None)
+    target = anchor_target(kernel)
     if target is not None:
-        r.early_writes.add(id(target))
         return r.arg(target)
     shape_expr = ", ".join(r.dim(d) for d in anchor.shape)
     r.w(f"{P}acc = np.empty(({shape_expr},), {NP_DTYPE[anchor.dtype]})")
@@ -658,7 +640,6 @@ def _render_window(program, kernel):
     operands = []
     for x in anchor.inputs:
         operands.append(r.arg(x))
-        r.reads.setdefault(id(x), set()).add(None)  # read whole, by the hand-written kernel
     tgt = _anchor_target(r, kernel)
     func, attr_args = WINDOW_CALLS[anchor.op]
     extra = attr_args(anchor.a)
@@ -731,8 +712,6 @@ def _render_take(program, kernel):
         space = g
     xa = r.arg(x) if node.op == "take" else out
     ia = r.arg(ind)
-    for n in node.inputs:
-        r.reads.setdefault(id(n), set()).add(None)
     sa = r.arg(space) if node.op == "take_grad" else out
     d = f"{P}d"
     r.w(f"{d} = {xa}.shape[{ax}]")
@@ -758,7 +737,6 @@ def _render_one_hot(program, kernel):
     node = kernel.anchor
     (labels,) = node.inputs
     r = KernelRenderer(program, kernel)
-    r.reads.setdefault(id(labels), set()).add(None)
     depth, ignore = int(node.attr("depth")), node.attr("ignore_index")
     _check_labels(r, node, labels, "0", str(depth), ignore)
     out, la = r.arg(node), r.arg(labels)
@@ -887,29 +865,10 @@ def _jit_flag(value) -> str:
 
 
 def direct_updates(program: Program, rendered: list) -> dict[int, Node]:
-    """Parameter updates whose kernel can write straight into the parameter's array (no copy per step).
-
-    Safe when no later kernel reads the parameter's old value, and the writing
-    kernel itself reads it only at the index it writes (never through BLAS,
-    and never after a GEMM has filled the output). Returns id(update value) -> param.
-    """
-    params = {p.attr("name"): p for p in program.graph.nodes if p.op == "param"}
-    kernels = [it.kernel if isinstance(it, RenderedKernel) else it for it in rendered]
-    out: dict[int, Node] = {}
-    for key, value in program.updates:
-        param = params.get(key)
-        pos = next((i for i, k in enumerate(kernels) if any(o is value for o in k.outputs)), None)
-        if param is None or pos is None or program.storage_of(value) is not value or id(value) in out:
-            continue
-        item = rendered[pos]
-        if not isinstance(item, RenderedKernel) or id(value) in item.early_writes:
-            continue
-        if any(any(i is param for i in k.inputs) for k in kernels[pos + 1:]):
-            continue
-        if id(param) in item.reads and not item.reads_only_where_it_writes(param):
-            continue
-        out[id(value)] = param
-    return out
+    """The memory planner's in-place parameter updates (passes.memory.inplace_updates) whose kernel is
+    native code; a kernel run through numpy writes to the arena. Returns id(update value) -> param."""
+    native = {id(o) for it in rendered if isinstance(it, RenderedKernel) for o in it.kernel.outputs}
+    return {k: p for k, p in inplace_updates(program).items() if k in native}
 
 
 class _OuterBuilder:

@@ -6,7 +6,9 @@ updates to the end); buffers are placed in decreasing size, each at the
 best-fitting gap among the buffers whose lifetimes overlap its own. An
 elementwise kernel may write an output over an input that dies there when it
 reads that input at the index it writes (identity indexing), the one form of
-in-place reuse the backends rely on.
+in-place reuse the backends rely on. The planner also decides which parameter
+updates a kernel may write straight into the parameter's own array
+(`inplace_updates`); backends follow that decision and copy every other update.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..graph import TUPLE, Node, symbols_of
-from ..ops import ELEMENTWISE, OPS
+from ..ops import COMPLEX, ELEMENTWISE, INJECTIVE, OPS, REDUCE
 from ..program import Kernel, MemoryPlan, Program
 from ..program import nbytes as array_bytes
 
@@ -74,11 +76,12 @@ def default_env(program: Program, size: int = 64) -> dict:
     return {s: size for s in syms}
 
 
-def keeps_index(kernel: Kernel, node: Node) -> bool:
-    """Every node of the kernel that depends on `node` is elementwise over the kernel's output space."""
+def keeps_index(kernel: Kernel, node: Node, space: tuple | None = None) -> bool:
+    """Every node of the kernel that depends on `node` is elementwise over space (default: the kernel's output
+    space)."""
     if not kernel.outputs:
         return False
-    space = tuple(kernel.outputs[0].shape)
+    space = tuple(kernel.outputs[0].shape) if space is None else space
     if tuple(node.shape) != space:
         return False
     tainted = {id(node)}
@@ -109,6 +112,74 @@ def inplace_pairs(program: Program, life: Lifetimes, sizes: dict[int, int],
                     taken.add(id(i))
                     break
     return pairs
+
+
+# kernels that compute every output at an index before storing any of them, so that reading an input at the
+# index being written is safe; GEMM and window kernels (COMPLEX) do so in their epilogue, after the library
+# call has filled anchor_target
+STORES_LAST = (ELEMENTWISE, INJECTIVE, REDUCE)
+
+
+def anchor_target(kernel: Kernel) -> Node | None:
+    """The output a GEMM or window kernel's library call fills with the anchor's value before its epilogue
+    runs over it in place (the anchor itself, else an output of its dtype and shape); None: a temporary."""
+    anchor = kernel.anchor
+    return next((o for o in kernel.outputs if o is anchor), None) or \
+        next((o for o in kernel.outputs if o.dtype == anchor.dtype and o.shape == anchor.shape), None)
+
+
+def buffer_reads(program: Program, kernel: Kernel, storage: Node) -> list[Node]:
+    """The values a kernel reads out of storage's buffer: the node itself or any view aliasing it."""
+    inside = {id(n) for n in kernel.nodes}
+    candidates = list(kernel.inputs) + [x for n in kernel.nodes for x in n.inputs if id(x) not in inside]
+    out, seen = [], set()
+    for x in candidates:
+        if id(x) not in seen and program.storage_of(x) is storage:
+            seen.add(id(x))
+            out.append(x)
+    return out
+
+
+def inplace_updates(program: Program) -> dict[int, Node]:
+    """Parameter updates a kernel may write straight into the parameter's array: id(update value) -> param.
+
+    Safe when no later kernel reads the parameter's buffer, directly or through
+    any view of it (a reshape aliases the buffer; transposes, slices and
+    broadcasts read it inside a kernel), and the writing kernel itself reads it,
+    if at all, only at the index it writes and before it stores. Every other
+    update is copied into its parameter after the last kernel.
+    """
+    params = {p.attr("name"): p for p in program.graph.nodes if p.op == "param"}
+    writers: dict[int, list[int]] = {}
+    for k, kern in enumerate(program.kernels):
+        for o in kern.outputs:
+            writers.setdefault(id(o), []).append(k)
+    out: dict[int, Node] = {}
+    for key, value in program.updates:
+        param = params.get(key)
+        ks = writers.get(id(value), [])
+        if param is None or len(ks) != 1 or program.storage_of(value) is not value or id(value) in out:
+            continue
+        k = ks[0]
+        if any(buffer_reads(program, later, param) for later in program.kernels[k + 1:]):
+            continue
+        kern = program.kernels[k]
+        reads = buffer_reads(program, kern, param)
+        if reads and not reads_before_storing(kern, value, param, reads):
+            continue
+        out[id(value)] = param
+    return out
+
+
+def reads_before_storing(kernel: Kernel, value: Node, param: Node, reads: list[Node]) -> bool:
+    """Whether the kernel reads param only at the index it stores value at, before storing it."""
+    if kernel.kind in STORES_LAST:
+        space = tuple(kernel.outputs[0].shape)
+    elif kernel.kind == COMPLEX and kernel.anchor is not None and anchor_target(kernel) is not value:
+        space = tuple(kernel.anchor.shape)   # read by the epilogue, over the anchor's space
+    else:
+        return False
+    return tuple(value.shape) == space and all(x is param and keeps_index(kernel, x, space) for x in reads)
 
 
 def best_fit(slots: list[tuple[int, int, int, int]]) -> dict[int, int]:

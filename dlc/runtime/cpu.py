@@ -1,4 +1,12 @@
-"""The Numba CPU backend: the whole step as generated native code over one preallocated arena per binding."""
+"""The Numba CPU backend: the whole step as generated native code over preallocated arenas per binding.
+
+A plan (one binding of the symbolic dims) keeps a pool of workspaces, each an
+arena of its own: a call checks one out and gives it back, so calls from
+several threads never share intermediate values. Calls that update parameters
+are serialized per store (`update_lock`); calls without updates run in parallel.
+The plans of the last `max_plans` bindings used are kept (least recently used
+first out).
+"""
 
 from __future__ import annotations
 
@@ -7,16 +15,20 @@ import logging
 import os
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 
 from .. import passes
+from ..cache import cache_dir as checked_cache_dir
+from ..cache import digest, ensure_file, replace_unusable
 from ..codegen.numba import GeneratedModule, RenderedKernel, is_scalar_node, render_program
 from ..errors import IndexRangeError
 from ..graph import TUPLE, Node, dim_eval, shape_eval
 from ..ops import OPS
 from ..ops.collective import HOST_CALLS
+from . import update_lock
 
 log = logging.getLogger("dlc")
 
@@ -25,9 +37,10 @@ _FALLBACK_LOGGED: set[str] = set()
 FIXED, INPUT, OUTPUT = 0, 1, 2
 
 
-def cache_dir() -> Path:
-    """Where generated modules (and numba's cache of them) live: $DLC_CACHE_DIR, else ~/.cache/dlc."""
-    return Path(os.environ.get("DLC_CACHE_DIR") or Path.home() / ".cache" / "dlc")
+def cache_dir(root: str | os.PathLike | None = None) -> Path:
+    """Where generated modules (and numba's cache of them) live: the folder "cpu" of dlc.cache's directory,
+    or `root` (the `cache=` option) itself; checked, with a private temporary folder if unusable."""
+    return checked_cache_dir(root=root) if root else checked_cache_dir("cpu")
 
 
 def kernels_digest() -> str:
@@ -61,16 +74,23 @@ def load_kernel_modules() -> None:
 
 
 def load_module(gen: GeneratedModule, directory: Path):
-    """Write the source under its hash (once: numba's cache keys on the file) and import it."""
+    """Write the source under its hash and import it; a cached file is used only if it is that source.
+
+    numba's cache keys on the file, so an unchanged file is kept as it is; a
+    missing, truncated or edited one is rewritten (atomically) before the import.
+    """
     name = f"dlc_gen_{gen.digest}"
     if name in sys.modules:
         return sys.modules[name]
-    directory.mkdir(parents=True, exist_ok=True)
+    source = gen.source.encode()
+    if digest(source, len(gen.digest)) != gen.digest:
+        raise ValueError(f"generated module {name}: its name is not the hash of its source")
     path = directory / f"{name}.py"
-    if not path.exists():
-        tmp = directory / f".{name}.{os.getpid()}.tmp"
-        tmp.write_text(gen.source)
-        os.replace(tmp, path)
+    try:
+        ensure_file(path, source)
+    except OSError as e:  # the folder stopped being writable (full, read-only): a private one instead
+        path = replace_unusable(directory, e) / f"{name}.py"
+        ensure_file(path, source)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -78,10 +98,18 @@ def load_module(gen: GeneratedModule, directory: Path):
     return module
 
 
-class _Plan:
-    """Everything a call needs for one binding of the symbolic dims."""
+MAX_PLANS = 32   # bindings of the symbolic dims whose plans (and arenas) a function keeps
 
-    __slots__ = ("env", "memory", "arena", "S", "out_views", "out_shapes", "objects", "early", "late")
+
+class _Plan:
+    """Everything a call needs for one binding of the symbolic dims; also one workspace of it.
+
+    Shared by the plan's workspaces: env, memory, S, out_shapes, early, late,
+    free (the idle workspaces). Each workspace's own: arena, out_views (the
+    outputs as views of its arena), objects (non-array values, scan bindings).
+    """
+
+    __slots__ = ("env", "memory", "arena", "S", "out_views", "out_shapes", "objects", "early", "late", "free")
 
 
 class CPUBackend:
@@ -90,8 +118,11 @@ class CPUBackend:
     name = "cpu"
 
     def __init__(self, fn, fastmath: bool = False, parallel: bool = False, dump: str | None = None,
-                 cache: str | None = None, **optimizer_options):
+                 cache: str | None = None, max_plans: int = MAX_PLANS, **optimizer_options):
+        if not isinstance(max_plans, int) or isinstance(max_plans, bool) or max_plans < 1:
+            raise ValueError(f"max_plans must be a positive int, not {max_plans!r}")
         self.fn = fn
+        self.max_plans = max_plans
         self.stats: dict = {}
         t0 = time.perf_counter()
         optimize = getattr(passes, "optimize", None)
@@ -114,7 +145,7 @@ class CPUBackend:
         if dump:
             Path(dump).mkdir(parents=True, exist_ok=True)
             (Path(dump) / f"dlc_gen_{self.generated.digest}.py").write_text(self.generated.source)
-        self.module = load_module(self.generated, Path(cache) if cache else cache_dir())
+        self.module = load_module(self.generated, cache_dir(cache))
         t3 = time.perf_counter()
         self.stats.update(optimize_s=t1 - t0 - t_kernels, render_s=t2 - t1, import_s=t3 - t2 + t_kernels,
                           numba_compile_s=0.0,
@@ -158,12 +189,14 @@ class CPUBackend:
         self._ext_index = {id(n): i for i, n in enumerate(self.generated.externals)}
         self._input_positions = [k for k, n in enumerate(self.generated.externals) if n.op == "input"]
         self._out_dtypes = [np.dtype(n.dtype) for n in self.program.outputs]
-        self._plans: dict = {}
+        self._plans: OrderedDict = OrderedDict()   # binding -> _Plan, least recently used first
+        self._recent = None                         # the binding of the last plan looked up
         self._debug_functions: dict = {}
         self._python_updates = [(k, v) for k, v in self.program.updates
                                 if id(self._storage(v)) in self._ext_index and id(self.program.storage_of(v))
                                 not in self.generated.redirects]
         self.stats["updates_in_place"] = len(self.generated.redirects)
+        self._update_lock = update_lock(fn.store) if self.program.updates else None
 
     def _storage(self, node: Node) -> Node:
         """The node owning node's buffer: an arena value, or a source (an update may write into its param)."""
@@ -173,35 +206,60 @@ class CPUBackend:
     # ---- plans
 
     def _plan(self, env: dict) -> _Plan:
+        """The plan of a binding, made on first use; the least recently used beyond max_plans is dropped."""
         key = tuple(env.items())
-        plan = self._plans.get(key)
+        plans = self._plans
+        plan = plans.get(key)
         if plan is None:
-            plan = self._plans[key] = self._make_plan(env)
+            plan = plans.setdefault(key, self._make_plan(env))
+        self._recent = key   # calls with the binding used last skip the bookkeeping below
+        try:
+            plans.move_to_end(key)
+        except KeyError:  # dropped by another thread meanwhile: this call still uses it
+            pass
+        while len(plans) > self.max_plans:
+            try:
+                plans.popitem(last=False)
+            except KeyError:
+                break
         return plan
 
     def _make_plan(self, env: dict) -> _Plan:
         plan = _Plan()
         plan.env = dict(env)
-        plan.objects = {}  # values that are not arrays (a scan's tuple of results), by node id
         plan.memory = mem = self._plan_memory(self.program, env)
-        # a whole number of 64-byte lines: the arena can be viewed as any dtype
-        plan.arena = np.empty(-(-max(mem.arena_bytes, 1) // 64) * 64, dtype=np.uint8)
         plan.S = np.array([self._slot_value(s, mem, env) for s in self.generated.slots] or [0], dtype=np.int64)
         plan.out_shapes = [shape_eval(n.shape, env) for n in self.program.outputs]
+        plan.free = []
+        self._attach_arena(plan)
         # how each output reaches the caller: its own fresh array, a copy of an arena view, or a copy
         # taken before the call (a source: the value before this call's updates) or after it (a value
         # in an output or parameter array: a reshape of an output, an update written in place)
-        plan.out_views, plan.early, plan.late = [], [], []
+        plan.early, plan.late = [], []
         for i, n in enumerate(self.program.outputs):
-            view = None if i in self._output_externals else self._arena_view(n, plan)
-            plan.out_views.append(view)
-            if view is None and i not in self._output_externals:
+            if plan.out_views[i] is None and i not in self._output_externals:
                 storage = self.program.storage_of(n)
                 in_place = id(storage) in self.generated.redirects or id(storage) in self._ext_index and \
                     storage.op not in ("input", "param", "const")
                 (plan.late if in_place else plan.early).append(i)
         self.stats["arena_bytes"] = mem.arena_bytes
         return plan
+
+    def _attach_arena(self, ws: _Plan) -> None:
+        """Give a workspace its own arena, the outputs' views of it, and its own non-array values."""
+        # a whole number of 64-byte lines: the arena can be viewed as any dtype
+        ws.arena = np.empty(-(-max(ws.memory.arena_bytes, 1) // 64) * 64, dtype=np.uint8)
+        ws.objects = {}  # values that are not arrays (a scan's tuple of results, its loop's binding), by key
+        ws.out_views = [None if i in self._output_externals else self._arena_view(n, ws)
+                        for i, n in enumerate(self.program.outputs)]
+
+    def _workspace(self, plan: _Plan) -> _Plan:
+        """A new workspace of plan: the plan's shared parts, an arena of its own."""
+        ws = _Plan()
+        for name in ("env", "memory", "S", "out_shapes", "early", "late", "free"):
+            setattr(ws, name, getattr(plan, name))
+        self._attach_arena(ws)
+        return ws
 
     @staticmethod
     def _slot_value(slot, mem, env) -> int:
@@ -243,29 +301,45 @@ class CPUBackend:
     # ---- calls
 
     def run(self, feeds: dict, env: dict) -> list[np.ndarray]:
-        # the hot path of every call: kept to a plan lookup, one native call and the output copies
-        plan = self._plans.get(tuple(env.items())) or self._plan(env)
-        X = self._arguments(feeds, plan)
-        for k in self._input_positions:
-            if not X[k].dtype.isnative:
-                X[k] = X[k].astype(X[k].dtype.newbyteorder("="))
-        # values returned as they are before this call's updates (an output may be a parameter)
-        early = {i: self._value_view(self.program.outputs[i], plan, X, env).copy() for i in plan.early}
-        pending = [(k, self._value_view(v, plan, X, env).copy()) for k, v in self._python_updates]
-        for i, (func, kernel) in enumerate(self._segments):
-            if func is None:
-                self._fallback(kernel, plan, X, env)
-            elif self._seen_signatures[i] == len(func.overloads):
-                func(plan.arena, plan.S, *X)
-            else:
-                self._call(i, func, plan, X)
-        for i in plan.late:
-            early[i] = self._value_view(self.program.outputs[i], plan, X, env).copy()
-        outs = [X[self._output_externals[i]] if i in self._output_externals else early[i] if v is None else v.copy()
-                for i, v in enumerate(plan.out_views)]
-        for key, value in pending:
-            self.fn.store[key] = value
-        return outs
+        # the hot path of every call: kept to a plan lookup, a workspace, one native call and the output copies
+        key = tuple(env.items())
+        plan = self._plans.get(key)
+        if plan is None or key != self._recent:
+            plan = self._plan(env)
+        free = plan.free
+        try:
+            ws = free.pop()
+        except IndexError:  # every workspace of the plan is in use by another thread
+            ws = self._workspace(plan)
+        lock = self._update_lock  # parameters are read and written in place: one training call at a time
+        if lock is not None:
+            lock.acquire()
+        try:
+            X = self._arguments(feeds, ws)
+            for k in self._input_positions:
+                if not X[k].dtype.isnative:
+                    X[k] = X[k].astype(X[k].dtype.newbyteorder("="))
+            # values returned as they are before this call's updates (an output may be a parameter)
+            early = {i: self._value_view(self.program.outputs[i], ws, X, env).copy() for i in ws.early}
+            pending = [(k, self._value_view(v, ws, X, env).copy()) for k, v in self._python_updates]
+            for i, (func, kernel) in enumerate(self._segments):
+                if func is None:
+                    self._fallback(kernel, ws, X, env)
+                elif self._seen_signatures[i] == len(func.overloads):
+                    func(ws.arena, ws.S, *X)
+                else:
+                    self._call(i, func, ws, X)
+            for i in ws.late:
+                early[i] = self._value_view(self.program.outputs[i], ws, X, env).copy()
+            outs = [X[self._output_externals[i]] if i in self._output_externals else early[i] if v is None
+                    else v.copy() for i, v in enumerate(ws.out_views)]
+            for key, value in pending:
+                self.fn.store[key] = value
+            return outs
+        finally:
+            if lock is not None:
+                lock.release()
+            free.append(ws)
 
     def _arguments(self, feeds: dict, plan: _Plan) -> list:
         """The arrays the outer functions take: inputs, parameters, constants, and fresh output arrays."""
@@ -355,7 +429,7 @@ class CPUBackend:
 
     def memory_plans(self) -> list:
         """The memory plan of each binding of the symbolic dims this function has been called with."""
-        return [p.memory for p in self._plans.values()]
+        return [p.memory for p in list(self._plans.values())]
 
     def source(self) -> str:
         """The generated module's Python source."""

@@ -109,7 +109,7 @@ def results_at_their_scan(program: Program) -> Program:
 
 @dataclass
 class _Binding:
-    """What one plan of the outer program gives a scan: its loop's arguments and where results go."""
+    """What one workspace of an outer plan gives a scan: its loop's arguments and where results go."""
 
     args: list            # the loop's arguments; per-call entries are filled in by `per_call`
     per_call: list        # (argument position, external index, shape) read from X at each call
@@ -131,7 +131,6 @@ class NativeScan:
         self.save = bool(node.attr("save_carries"))
         self.reverse = bool(node.attr("reverse"))
         self.body_backend = CPUBackend(BodyFunction(body), **options)
-        self.step = np.zeros(1, np.int64)
         self.loop = None
         segments = self.body_backend.generated.segments
         self._consts: list[np.ndarray] = []
@@ -145,7 +144,7 @@ class NativeScan:
                 Path(dump).mkdir(parents=True, exist_ok=True)
                 (Path(dump) / f"dlc_gen_{gen.digest}.py").write_text(source)
             cache = options.get("cache")
-            self.loop = load_module(gen, Path(cache) if cache else cache_dir()).scan_loop
+            self.loop = load_module(gen, cache_dir(cache)).scan_loop
             self.loop_source = source
         else:
             log.info("dlc cpu: %s: its body has numpy fallbacks, the loop runs in Python", body.name)
@@ -156,7 +155,9 @@ class NativeScan:
     def _bind(self, plan, env: dict) -> _Binding:
         b = self.backend
         body_env = {s: env[s] for s in self.body.symbols}
-        body_plan = self.body_backend._plan(body_env)
+        # the body's arena and step counter belong to this binding: one per workspace of the outer plan,
+        # so concurrent calls (each in a workspace of its own) never share them
+        body_plan = self.body_backend._workspace(self.body_backend._plan(body_env))
         per_call, args = [], []
         inputs = self.node.inputs
         xs_nodes = inputs[self.C:self.C + self.X]
@@ -201,7 +202,7 @@ class NativeScan:
                 temps[index] = np.empty(shape, dtype)
                 args.append(temps[index].reshape(flat))
 
-        args += [T, body_plan.arena, body_plan.S, self.step]
+        args += [T, body_plan.arena, body_plan.S, np.zeros(1, np.int64)]
         for n in inputs[:self.C]:
             source(n, False)
         for n in xs_nodes:

@@ -7,6 +7,7 @@ import numpy as np
 from ..errors import IndexRangeError
 from ..graph import TUPLE, Node, shape_eval
 from ..ops import OPS
+from . import update_lock
 
 
 def evaluate(order: list[Node], feeds: dict[int, np.ndarray], store, env: dict[str, int],
@@ -59,8 +60,16 @@ class ReferenceBackend:
         self.fn = fn
         self.order = fn.graph.nodes
         self.keep = {id(n) for n in fn.graph.outputs}
+        # no state of its own between calls; calls that update the store run one at a time
+        self._update_lock = update_lock(fn.store) if fn.updates else None
 
     def run(self, feeds: dict[int, np.ndarray], env: dict[str, int]) -> list[np.ndarray]:
+        if self._update_lock is None:
+            return self._run(feeds, env)
+        with self._update_lock:
+            return self._run(feeds, env)
+
+    def _run(self, feeds: dict[int, np.ndarray], env: dict[str, int]) -> list[np.ndarray]:
         values = evaluate(self.order, feeds, self.fn.store, env, self.keep)
         # Outputs and new values may be the parameter arrays themselves or views
         # of them (a reshape, a slice, stop_gradient): copy those before any
