@@ -15,6 +15,7 @@ usable after a plain `import dlc`.
 from . import distributed, inspect, nn, optim  # MPI data parallelism, the inspector, layers/training API, optimizers
 from . import functional as _functional
 from .autodiff import grad
+from .bisect import bisect
 from .compiler import Function, compile, default_target
 from .errors import ArtifactError, DlcError, DTypeError, DTypeWarning, GradientError, ShapeError
 from .export import export, load  # (the functions shadow the dlc.export module name on purpose)
@@ -24,7 +25,6 @@ from .ops.conv import conv1d, conv2d, conv_transpose2d
 from .ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
 from .ops.random import dropout, random_bernoulli, random_normal, random_uniform
 from .ops.scan import scan
-from .passes.bisect import bisect
 from .store import Store, default_store, reset_default_store
 from .tensor import Tensor
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DTypeError, DTypeWarning, ShapeError
-from .graph import Graph, Node, _factors, shape_str, symbols_of
+from .errors import ShapeError
+from .graph import Graph, Node, _factors, as_data, shape_str, symbols_of
 from .store import Store, default_store
 from .tensor import Tensor
 
@@ -112,45 +112,6 @@ class Signature:
 
 # ----------------------------------------------------------------------------
 # the dtype rule for data entering dlc (compiled-function arguments, dlc.param, nn.fit's arrays)
-
-_KINDS_ACCEPTED = {"f": "biuf", "i": "biu", "u": "biu", "b": "b"}  # declared kind -> kinds converted to it
-
-
-def as_data(value, dtype: str, what: str, warned: set, stacklevel: int = 5) -> np.ndarray:
-    """value as an array of `dtype`, by one rule: numbers convert within their kind (floats to a float dtype;
-    ints and bools to a float or int dtype); a numpy array of a wider type of the same kind (float64 for
-    float32) is cast with a DTypeWarning, once per entry point (`warned` holds what it was said about);
-    floats for an integer or bool dtype, and anything non-numeric, are refused."""
-    if isinstance(value, np.ndarray):
-        arr = value
-    else:
-        try:
-            arr = np.asarray(value)
-        except Exception as e:  # noqa: BLE001  (anything numpy cannot take)
-            raise TypeError(f"{what}: cannot convert {type(value).__name__} to an array: {e}") from None
-    target = np.dtype(dtype)
-    if arr.dtype == target:
-        return arr
-    if arr.dtype.kind not in _KINDS_ACCEPTED[target.kind]:
-        found = "floating-point values" if arr.dtype.kind == "f" else f"{arr.dtype.name} values"
-        raise DTypeError(f"{what}: expected dtype {dtype}, got {found}"
-                         + (f" (convert with .astype(np.{dtype}) if that is meant)" if arr.dtype.kind in "biuf"
-                            else ""))
-    narrowing = arr.dtype.kind == target.kind and arr.dtype.itemsize > target.itemsize
-    if narrowing and target.kind in "iu" and arr.size:
-        info = np.iinfo(target)
-        if arr.min() < info.min or arr.max() > info.max:
-            raise DTypeError(f"{what}: {arr.dtype.name} values outside the range of {dtype}")
-    if narrowing and isinstance(value, np.ndarray):
-        key = (what, arr.dtype.name, dtype)
-        if key not in warned:
-            warned.add(key)
-            import warnings
-
-            warnings.warn(f"{what}: {arr.dtype.name} data converted to {dtype} (said once; pass {dtype} "
-                          f"arrays to avoid the copy)", DTypeWarning, stacklevel=stacklevel)
-    return np.asarray(arr, dtype=target)
-
 
 class Function:
     """A compiled function: call it with numpy arrays (positionally or by input name).

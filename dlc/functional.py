@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import builtins
 import hashlib
+import sys
 
 import numpy as np
 
-from . import ops as _ops  # noqa: F401  (registers every op)
+import dlc.ops  # noqa: F401  (registers every op)
+import dlc.tensor as _tensor
+
 from .errors import ShapeError
-from .graph import Node, as_dtype, as_shape, freeze_attrs, is_float, shape_str, user_location
+from .graph import Node, as_data, as_dtype, as_shape, freeze_attrs, is_float, shape_str, user_location
 from .ops.base import apply
 from .ops.reduce import static_size
 from .tensor import Tensor
@@ -53,7 +56,6 @@ def param(value, name: str | None = None, store=None, trainable: bool = True, dt
     become float32 unless dtype says otherwise; a float64 numpy array is
     converted with a one-time DTypeWarning (the rule of every entry point).
     """
-    from .compiler import as_data
     from .store import default_store
 
     store = store if store is not None else default_store()
@@ -614,3 +616,5 @@ __all__ = [
     # linear algebra
     "matmul", "dot",
 ]
+
+_tensor.F = sys.modules[__name__]  # Tensor's operators call these functions (see dlc/tensor.py)

@@ -18,7 +18,8 @@ import math
 
 import numpy as np
 
-from . import functional as F
+import dlc.functional as F
+
 from .autodiff import grad as _grad
 from .graph import is_float
 from .store import Store, default_store

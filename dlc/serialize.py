@@ -26,7 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import graph as _graph
+import dlc.graph as _graph
+
 from .codegen.source_text import file_name
 from .errors import ArtifactError
 from .graph import DTYPES, Graph, Node, SourceLoc, as_shape, shape_str, topo_order

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from .graph import Node, shape_str
 
+# The operators below call into dlc.functional, which builds Tensors and so imports this module: it binds
+# itself here when it is imported (the last line of functional.py), rather than the two importing each other.
+F = None
+
 
 class Tensor:
     """A symbolic value. Nothing is computed: every operation adds a node to the graph."""
@@ -134,6 +138,5 @@ def is_tensor(x) -> bool:
     return isinstance(x, Tensor)
 
 
-from . import functional as F  # noqa: E402  (the operators above call into it)
 
 __all__ = ["Tensor", "is_tensor"]

@@ -19,7 +19,7 @@ import dlc
 from dlc import nn, optim
 from dlc.graph import shape_eval
 from dlc.passes import optimize
-from dlc.passes.bisect import run_kernel, source_value
+from dlc.bisect import run_kernel, source_value
 from dlc.passes.memory import buffer_reads, inplace_updates
 
 

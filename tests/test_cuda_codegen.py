@@ -1,10 +1,10 @@
 """The CUDA renderer: what it emits, the errors it gives, and nvcc compiling all of it for sm_80 and sm_90."""
 
+import cuda_samples
 import numpy as np
 import pytest
 
 import dlc
-from dlc.codegen import cuda_samples
 from dlc.codegen.cuda import (
     GEMM_CONFIGS,
     CudaUnsupportedError,

@@ -2,11 +2,11 @@
 
 import shutil
 
+import cuda_samples
 import numpy as np
 import pytest
 
 import dlc
-from dlc.codegen import cuda_samples
 from dlc.codegen.c_emulator import EmulatedModule, EmulatorError, KernelSignature, sanitized
 from dlc.codegen.cuda import GEMM_CONFIGS, gemm_grid, library_source
 from dlc.ops.random import philox4x32

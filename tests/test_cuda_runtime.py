@@ -4,11 +4,11 @@ Every test here is marked gpu and skipped unless pycuda imports and a GPU is
 visible; benchmarks/gpu_check.sh runs them on a GPU machine.
 """
 
+import cuda_samples
 import numpy as np
 import pytest
 
 import dlc
-from dlc.codegen import cuda_samples
 from dlc.codegen.cuda import GEMM_CONFIGS
 
 

@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import dlc
+from dlc.bisect import program_results
 from dlc.graph import Graph
 from dlc.passes import optimize, unfused_program
-from dlc.passes.bisect import program_results
 from dlc.passes.fusion import check_program
 from dlc.runtime.reference import evaluate
 
@@ -307,7 +307,8 @@ def test_independent_scalar_arithmetic_shares_one_kernel():
 @pytest.mark.parametrize("reassociate", [True, False])
 def test_every_sample_program_fuses_plans_and_runs_kernel_by_kernel(reassociate):
     # the backends' sample programs: scan, random numbers, gathers, float64 and integers, training steps
-    from dlc.codegen import cuda_samples
+    import cuda_samples
+
     from dlc.passes import plan_memory
     from dlc.passes.memory import check_plan
 

@@ -11,14 +11,15 @@ PACKAGE = Path(__file__).resolve().parents[1] / "dlc"
 
 # Lowest first; a module may import from its own layer and the layers below it. The first prefix that
 # matches a module's name places it, so a longer prefix is listed before a shorter one it starts with.
-# Ops and the DSL share a layer: an op's gradient rule is written with DSL functions, beside the op.
+# Ops and the DSL share a layer: an op's gradient rule is written with DSL functions, beside the op (and the
+# collectives' gradients with dlc.distributed's, which builds collective nodes and holds the MPI world).
 LAYERS = [
     ("core", ["dlc.errors", "dlc.graph", "dlc.program", "dlc.store"]),
-    ("dsl", ["dlc.ops", "dlc.tensor", "dlc._tensor", "dlc.functional", "dlc.autodiff"]),
+    ("dsl", ["dlc.ops", "dlc.tensor", "dlc.functional", "dlc.autodiff", "dlc.distributed"]),
     ("compiler", ["dlc.passes", "dlc.codegen", "dlc.kernels", "dlc.cache"]),
     ("backends", ["dlc.runtime", "dlc.compiler"]),
     ("libraries", ["dlc.optim", "dlc.nn", "dlc.train", "dlc.serialize", "dlc.export", "dlc.inspect", "dlc.bisect",
-                   "dlc.distributed", "dlc.onnx"]),
+                   "dlc.onnx"]),
     ("interface", ["dlc.cli", "dlc.__main__", "dlc"]),
 ]
 
@@ -54,8 +55,10 @@ def imports(path: Path, name: str, modules: set[str], module_level: bool):
                 mod = f"{base}.{node.module}" if node.module else base
             else:
                 mod = node.module or ""
-            # `from pkg import sub` runs pkg's __init__ too: import submodules by their own name
-            targets = [mod] + [f"{mod}.{a.name}" for a in node.names]
+            subs = [f"{mod}.{a.name}" for a in node.names if f"{mod}.{a.name}" in modules]
+            # at module level `from pkg import sub` also counts as importing pkg (its __init__ may still be
+            # running): modules import each other by their own names. Inside a function it is just sub.
+            targets = subs if subs and len(subs) == len(node.names) and not module_level else [mod] + subs
         for t in targets:
             if t in modules and t != name:
                 yield t

@@ -70,7 +70,7 @@ def test_bisect_finds_the_first_kernel_that_disagrees(step):
             self.program = program
 
         def kernel_values(self, feeds, env):
-            from dlc.passes.bisect import run_program_reference
+            from dlc.bisect import run_program_reference
 
             values = run_program_reference(self.program, feeds, step.store, env)
             bad = self.program.kernels[2].outputs[0]

@@ -77,7 +77,7 @@ def test_bisect_names_the_layer_of_the_bad_kernel(predict):
             self.program = program
 
         def kernel_values(self, feeds, env):
-            from dlc.passes.bisect import run_program_reference
+            from dlc.bisect import run_program_reference
 
             values = run_program_reference(self.program, feeds, predict.store, env)
             values[id(bad.outputs[0])] = values[id(bad.outputs[0])] + 1.0

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dlc.nn.init as init
+
 from ..ops.conv import conv1d, conv2d, conv_transpose2d
 from ..ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d
-from . import init
 from .module import Module
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import functional as F
+import dlc.functional as F
+import dlc.nn.init as init
+
 from ..ops.random import dropout
-from . import init
 from .module import Module, current_state, record_update
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import operator
 
-from .. import functional as F
+import dlc.functional as F
+
 from ..errors import DTypeError, ShapeError
 from ..graph import INT_DTYPES, shape_str, user_location
 from .module import Module

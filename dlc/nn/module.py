@@ -21,7 +21,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .. import functional as F
+import dlc.functional as F
+
 from ..graph import SCOPES
 from ..store import Store, default_store
 from ..tensor import Tensor

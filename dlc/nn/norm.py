@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import functional as F
+import dlc.functional as F
+import dlc.nn.init as init
+
 from ..errors import ShapeError
 from ..graph import shape_str, user_location
-from . import init
 from .module import Module, current_state, record_update
 
 

@@ -33,11 +33,12 @@ from __future__ import annotations
 
 import math
 
-from .. import functional as F
+import dlc.functional as F
+import dlc.nn.init as init
+
 from ..errors import ShapeError
 from ..graph import dim_mul, shape_str, user_location
 from ..ops.scan import scan
-from . import init
 from .module import Module, name_scope
 
 GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}

@@ -28,7 +28,8 @@ class OpDef:
     infer(inputs, attrs) -> (shape, dtype); raise ShapeError/DTypeError with a
         message about the operands (the location is added by `apply`).
     ref(arrays, attrs, out_shape) -> ndarray: the numpy reference (out_shape: the
-        node's shape with its symbolic dims bound).
+        node's shape with its symbolic dims bound); None for scan, whose body
+        the reference runtime evaluates itself (dlc/runtime/reference.py).
     grad(node, g, xs) -> list with one Tensor (or None) per input, built from
         Tensor operations; None when the op is not differentiable.
     scalar: for elementwise ops, a C-like expression over {0}, {1}, ... that
@@ -44,7 +45,7 @@ class OpDef:
     name: str
     kind: str
     infer: Callable
-    ref: Callable
+    ref: Callable | None
     grad: Callable | None = None
     scalar: str | None = None
     doc: str = ""

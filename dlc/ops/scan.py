@@ -72,10 +72,8 @@ from ..graph import (
     TUPLE,
     Graph,
     Node,
-    dim_eval,
     freeze_attrs,
     is_float,
-    shape_eval,
     shape_str,
     symbols_of,
     topo_order,
@@ -397,49 +395,6 @@ def _output_count(scan_node) -> int:
     return 2 * C + Y if scan_node.attr("save_carries") else C + Y
 
 
-def _check_arrays(body: Body, carries, xs, captured, env) -> None:
-    """The arrays a backend hands over must fit the placeholders (a clear error, not a numpy one deep inside)."""
-    pairs = (list(zip(body.carry_in, (c.shape for c in carries))) + list(zip(body.x_in, (x.shape[1:] for x in xs)))
-             + list(zip(body.captured_in, (c.shape for c in captured))))
-    for p, shape in pairs:
-        if shape_eval(p.shape, env) != tuple(shape):
-            raise ShapeError(f"{p.attr('name')} is {_describe(p)} with {env}, got an array of shape {shape}")
-
-
-def run_scan(body: Body, arrays: list[np.ndarray], env: dict[str, int], reverse: bool, length,
-             save_carries: bool = True) -> tuple:
-    """The numpy reference of a scan: the body graph evaluated step by step; env binds the loop's symbols."""
-    from ..runtime.reference import evaluate
-
-    C, X = len(body.carry_in), len(body.x_in)
-    carries, xs, captured = list(arrays[:C]), arrays[C:C + X], arrays[C + X:]
-    T = xs[0].shape[0] if xs else dim_eval(length, env)
-    _check_arrays(body, carries, xs, captured, env)
-    ys = [np.empty((T,) + shape_eval(y.shape, env), y.dtype) for y in body.y_out]
-    saved = [np.empty((T,) + c.shape, c.dtype) for c in carries] if save_carries else []
-    feeds = {id(p): a for p, a in zip(body.captured_in, captured)}
-    keep = {id(n) for n in body.graph.outputs}
-    for t in (range(T - 1, -1, -1) if reverse else range(T)):
-        for k, c in enumerate(carries):
-            if save_carries:
-                saved[k][t] = c
-            feeds[id(body.carry_in[k])] = c
-        for p, x in zip(body.x_in, xs):
-            feeds[id(p)] = x[t]
-        feeds[id(body.step_in)] = np.array(t, dtype=np.int64)
-        values = evaluate(body.graph.nodes, feeds, None, env, keep)
-        carries = [values[id(n)] for n in body.carry_out]
-        for y, n in zip(ys, body.y_out):
-            y[t] = values[id(n)]
-    return tuple([np.array(c) for c in carries] + ys + saved)
-
-
-def _scan_ref(arrays, attrs, shape):
-    body, length = attrs["body"], attrs["length"]
-    env = dict(zip(loop_symbols(body, length), shape))
-    return run_scan(body, arrays, env, attrs["reverse"], length, attrs["save_carries"])
-
-
 class TupleCotangent:
     """The gradient reaching a multi-output node: {output index: Tensor}; autodiff sums these with +."""
 
@@ -557,7 +512,8 @@ def _output_grad(node, g, xs):
     return [TupleCotangent({node.attr("index"): g}, node.inputs[0].shape)]
 
 
-register("scan", OPAQUE, _scan_infer, _scan_ref, _scan_grad,
+# The reference of a scan is a loop over its body graph: dlc/runtime/reference.py runs it (ref None).
+register("scan", OPAQUE, _scan_infer, None, _scan_grad,
          doc="a loop over a traced body; value: a tuple of arrays (see dlc/ops/scan.py)")
 register("scan_output", OPAQUE, _output_infer, lambda xs, a, shape: xs[0][a["index"]], _output_grad,
          doc="output `index` of a scan node")

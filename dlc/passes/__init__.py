@@ -11,7 +11,6 @@ from __future__ import annotations
 from ..graph import Graph, Node
 from ..ops import OPS, SOURCE
 from ..program import Kernel, MemoryPlan, Program
-from . import bisect  # noqa: F401  (dlc.passes.bisect: the kernel-by-kernel numerics check)
 from .fusion import MAX_GROUP
 from .fusion import fuse as fuse_graph
 from .memory import nbytes, plan_memory

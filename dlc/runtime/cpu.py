@@ -20,15 +20,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import passes
+import dlc.passes as passes
+
 from ..cache import cache_dir as checked_cache_dir
 from ..cache import digest, ensure_file, replace_unusable
 from ..codegen.numba import GeneratedModule, RenderedKernel, is_scalar_node, render_program
 from ..errors import IndexRangeError
 from ..graph import TUPLE, Node, dim_eval, shape_eval
-from ..ops import OPS
 from ..ops.collective import HOST_CALLS
 from . import update_lock
+from .reference import node_value
 
 log = logging.getLogger("dlc")
 
@@ -369,7 +370,7 @@ class CPUBackend:
         for n in kernel.nodes:
             args = [values[id(x)] if id(x) in values else self._value_view(x, plan, X, env) for x in n.inputs]
             try:
-                value = OPS[n.op].ref(args, n.a, shape_eval(n.shape, env))
+                value = node_value(n, args, shape_eval(n.shape, env))
             except IndexRangeError as e:  # a bad index or label: name the user's line
                 raise e.located(n.loc) from None
             values[id(n)] = value if n.dtype == TUPLE else np.asarray(value, dtype=n.dtype)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import IndexRangeError
-from ..graph import TUPLE, Node, shape_eval
+from ..errors import IndexRangeError, ShapeError
+from ..graph import TUPLE, Node, dim_eval, shape_eval, shape_str
 from ..ops import OPS
+from ..ops.scan import Body, loop_symbols
 from . import update_lock
 
 
@@ -33,7 +34,7 @@ def evaluate(order: list[Node], feeds: dict[int, np.ndarray], store, env: dict[s
         else:
             shape = shape_eval(n.shape, env)
             try:
-                v = OPS[n.op].ref([values[id(x)] for x in n.inputs], n.a, shape)
+                v = node_value(n, [values[id(x)] for x in n.inputs], shape)
             except IndexRangeError as e:  # a bad index or label: name the user's line
                 raise e.located(n.loc) from None
             if n.dtype != TUPLE:  # a multi-output node's value is a tuple of arrays
@@ -85,3 +86,56 @@ class ReferenceBackend:
         for key, value in new_values:
             self.fn.store[key] = value
         return outs
+
+
+def node_value(node: Node, arrays: list, shape: tuple):
+    """One node's value from its inputs' arrays: the op's numpy reference, or for a scan the loop below."""
+    if node.op == "scan":
+        return scan_value(arrays, node.a, shape)
+    return OPS[node.op].ref(arrays, node.a, shape)
+
+
+# ----------------------------------------------------------------------------
+# scan: its body graph evaluated step by step
+
+
+def _check_arrays(body: Body, carries, xs, captured, env) -> None:
+    """The arrays a backend hands over must fit the placeholders (a clear error, not a numpy one deep inside)."""
+    pairs = (list(zip(body.carry_in, (c.shape for c in carries))) + list(zip(body.x_in, (x.shape[1:] for x in xs)))
+             + list(zip(body.captured_in, (c.shape for c in captured))))
+    for p, shape in pairs:
+        if shape_eval(p.shape, env) != tuple(shape):
+            raise ShapeError(f"{p.attr('name')} is {p.dtype}{shape_str(p.shape)} with {env}, "
+                             f"got an array of shape {shape}")
+
+
+def run_scan(body: Body, arrays: list[np.ndarray], env: dict[str, int], reverse: bool, length,
+             save_carries: bool = True) -> tuple:
+    """The numpy reference of a scan: the body graph evaluated step by step; env binds the loop's symbols."""
+    C, X = len(body.carry_in), len(body.x_in)
+    carries, xs, captured = list(arrays[:C]), arrays[C:C + X], arrays[C + X:]
+    T = xs[0].shape[0] if xs else dim_eval(length, env)
+    _check_arrays(body, carries, xs, captured, env)
+    ys = [np.empty((T,) + shape_eval(y.shape, env), y.dtype) for y in body.y_out]
+    saved = [np.empty((T,) + c.shape, c.dtype) for c in carries] if save_carries else []
+    feeds = {id(p): a for p, a in zip(body.captured_in, captured)}
+    keep = {id(n) for n in body.graph.outputs}
+    for t in (range(T - 1, -1, -1) if reverse else range(T)):
+        for k, c in enumerate(carries):
+            if save_carries:
+                saved[k][t] = c
+            feeds[id(body.carry_in[k])] = c
+        for p, x in zip(body.x_in, xs):
+            feeds[id(p)] = x[t]
+        feeds[id(body.step_in)] = np.array(t, dtype=np.int64)
+        values = evaluate(body.graph.nodes, feeds, None, env, keep)
+        carries = [values[id(n)] for n in body.carry_out]
+        for y, n in zip(ys, body.y_out):
+            y[t] = values[id(n)]
+    return tuple([np.array(c) for c in carries] + ys + saved)
+
+
+def scan_value(arrays, attrs, shape):
+    body, length = attrs["body"], attrs["length"]
+    env = dict(zip(loop_symbols(body, length), shape))
+    return run_scan(body, arrays, env, attrs["reverse"], length, attrs["save_carries"])

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..graph import TUPLE, Node, shape_eval
-from ..ops import OPS
-from ..program import Kernel, Program
-from ..runtime.reference import evaluate
+from .graph import TUPLE, Node, shape_eval
+from .program import Kernel, Program
+from .runtime.reference import evaluate, node_value
 
 
 def source_value(node: Node, feeds: dict, store, env: dict) -> np.ndarray | None:
@@ -50,7 +49,7 @@ def run_kernel(kernel: Kernel, read, env: dict) -> dict[int, np.ndarray]:
                 raise AssertionError(f"kernel {kernel.name}: {n!r} reads {i!r}, which is neither computed "
                                      f"in the kernel nor one of its inputs")
         with np.errstate(all="ignore"):
-            v = OPS[n.op].ref(args, n.a, shape_eval(n.shape, env))
+            v = node_value(n, args, shape_eval(n.shape, env))
         # a multi-output node (scan) holds a tuple of arrays
         local[id(n)] = v if n.dtype == TUPLE else np.asarray(v).astype(n.dtype, copy=False)
     missing = [o for o in kernel.outputs if id(o) not in local]
@@ -136,7 +135,7 @@ def bisect(fn, *args, rtol: float = 1e-4, atol: float = 1e-5, **kwargs) -> Bisec
     The store is not modified: the reference runs on a snapshot of the
     parameters, and updates are not applied.
     """
-    from . import optimize
+    from .passes import optimize
 
     feeds, env, _ = fn.signature.bind(args, kwargs)
     backend = fn.backend
