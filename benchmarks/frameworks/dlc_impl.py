@@ -177,7 +177,7 @@ def build_function(name, s, target=TARGET):
         return (lambda: fn(xv)), [fn]
     if name == "W8":
         model = _resnet(s)
-        x, y = dlc.input("x", ("B", 3, 32, 32)), dlc.input("y", ("B",), "int64")
+        x, y = dlc.input("x", ("B",) + s["x"].shape[1:]), dlc.input("y", ("B",), "int64")
         opt = dlc.optim.SGD(model.parameters(), lr=s["lr"], momentum=0.9)
         step = nn.compile_step(lambda x, y: nn.cross_entropy(model(x), y), [x, y], opt, modules=model,
                                target=target)
@@ -185,7 +185,7 @@ def build_function(name, s, target=TARGET):
         return (lambda: step(xv, yv)), [step.function]
     if name == "W9":
         model = _resnet(s)
-        x = dlc.input("x", ("B", 3, 32, 32))
+        x = dlc.input("x", ("B",) + s["x"].shape[1:])
         fn = nn.compile_eval(lambda x: model(x), [x], modules=model, target=target)
         xv = s["x"]
         return (lambda: fn(xv)), [fn]
