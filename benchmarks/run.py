@@ -417,6 +417,20 @@ def rounds_table(results, frameworks):
     return "\n".join(lines)
 
 
+def stability_table(results):
+    """dlc's noise: max/min of the timed repetitions in each round, and of its medians across rounds."""
+    lines = ["| workload | dlc max/min of timed reps, per round | dlc max/min of the rounds' medians |",
+             "|---|---|---|"]
+    for w in [w for w in WORKLOADS if any(r["workload"] == w for r in results)]:
+        rs = sorted((r for r in results if r["workload"] == w and r["framework"] == "dlc" and _timed(r)),
+                    key=lambda r: r["round"])
+        if rs:
+            meds = [r["median_ms"] for r in rs]
+            lines.append(f"| {w} | " + ", ".join(f"{r['max_over_min']:.2f}" for r in rs) +
+                         f" | {max(meds) / min(meds):.2f} |")
+    return "\n".join(lines)
+
+
 def dlc_table(results):
     rows = [r for r in results if r["framework"] == "dlc" and _timed(r) and r["round"] == 1]
     lines = ["| workload | ops | kernels per step | arena MB | unplanned MB | lower bound MB | peak RSS MB |",
@@ -521,6 +535,7 @@ def main(argv=None):
           f"median round (c = cold compile in round 1, w = warm compile in a new process with the kernel cache); "
           f"ratios are medians over rounds of each round's ratio, [min–max] their spread.\n\n"
           + summary_table(results, frameworks) + "\n\nEvery round:\n\n" + rounds_table(results, frameworks)
+          + "\n\ndlc run-to-run noise:\n\n" + stability_table(results)
           + "\n\ndlc program statistics (round 1):\n\n" + dlc_table(results) + "\n")
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(md)
