@@ -54,6 +54,7 @@ def _small_resnet_batch(s):
     return s
 
 
+@pytest.mark.slow
 def test_resnet_training_losses_of_dlc_agree_with_pytorch():
     torch_impl = pytest.importorskip("frameworks.torch_impl")
     from frameworks import dlc_impl
