@@ -1,9 +1,10 @@
-"""The benchmark workloads W1-W7: shapes, seeded initial weights and data, and the numpy reference.
+"""The benchmark workloads W1-W9: shapes, seeded initial weights and data, and the numpy reference.
 
 Every framework builds its step from the same `spec(name)`: identical initial
 weights, identical data. The numpy implementations here (hand-written
 backward passes) are both the "numpy" column and the oracle that every
-framework's first losses are checked against before anything is timed.
+framework's first losses are checked against before anything is timed. W8/W9
+(a ResNet-18-style net) have no numpy column: PyTorch eager is their oracle.
 """
 
 from __future__ import annotations
@@ -87,12 +88,60 @@ def spec(name: str, seed: int = 0) -> dict:
         return dict(g_params=g_params, d_params=d_params, z=rng.standard_normal((64, 64)).astype(F32),
                     real=np.tanh(rng.standard_normal((64, 784))).astype(F32), lr=2e-4, betas=(0.5, 0.999),
                     eps=1e-8)
+    if name in ("W8", "W9"):
+        batch = 32 if name == "W8" else 1
+        return dict(state=resnet_state(rng), x=rng.standard_normal((batch, 3, 32, 32)).astype(F32),
+                    y=rng.integers(0, 10, batch), lr=0.01)
     if name == "W6":
         return dict(x=rng.standard_normal(4 * 1024 * 1024).astype(F32), a=F32(1.5), b=F32(-0.25))
     if name == "W7":
         n = 1024
         return dict(a=rng.standard_normal((n, n)).astype(F32), b=rng.standard_normal((n, n)).astype(F32))
     raise KeyError(name)
+
+
+# ResNet-18 for 3x32x32 inputs (the CIFAR variant: a 3x3 stem, no max pool): four stages of two basic
+# blocks, (channels, stride of the stage's first block); a block whose shape changes gets a 1x1 conv + BN shortcut
+RESNET_STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
+RESNET_BLOCKS = 2
+
+
+def resnet_blocks():
+    """(state-dict prefix, in channels, out channels, stride, has a downsample shortcut) of every basic block."""
+    blocks, cin = [], 64
+    for i, (cout, stride) in enumerate(RESNET_STAGES, start=1):
+        for j in range(RESNET_BLOCKS):
+            s = stride if j == 0 else 1
+            blocks.append((f"layer{i}.{j}", cin, cout, s, s != 1 or cin != cout))
+            cin = cout
+    return blocks
+
+
+def _bn_state(rng, prefix, c):
+    # not PyTorch's (1, 0, 0, 1): seeded values make the eval path (W9) exercise every statistic
+    return {f"{prefix}.weight": rng.uniform(0.5, 1.5, c).astype(F32),
+            f"{prefix}.bias": (0.1 * rng.standard_normal(c)).astype(F32),
+            f"{prefix}.running_mean": (0.1 * rng.standard_normal(c)).astype(F32),
+            f"{prefix}.running_var": rng.uniform(0.5, 1.5, c).astype(F32)}
+
+
+def resnet_state(rng):
+    """Seeded weights of the ResNet-18-style net, by PyTorch state-dict name (convs without bias, fc (out, in))."""
+    def conv(cout, cin, k):
+        return _uniform(rng, cin * k * k, (cout, cin, k, k))
+
+    state = {"conv1.weight": conv(64, 3, 3), **_bn_state(rng, "bn1", 64)}
+    for prefix, cin, cout, _, down in resnet_blocks():
+        state[f"{prefix}.conv1.weight"] = conv(cout, cin, 3)
+        state.update(_bn_state(rng, f"{prefix}.bn1", cout))
+        state[f"{prefix}.conv2.weight"] = conv(cout, cout, 3)
+        state.update(_bn_state(rng, f"{prefix}.bn2", cout))
+        if down:
+            state[f"{prefix}.downsample.0.weight"] = conv(cout, cin, 1)
+            state.update(_bn_state(rng, f"{prefix}.downsample.1", cout))
+    fc_w, fc_b = _linear(rng, 512, 10)
+    state["fc.weight"], state["fc.bias"] = np.ascontiguousarray(fc_w.T), fc_b
+    return state
 
 
 # ---------------------------------------------------------------------------
@@ -371,4 +420,7 @@ def numpy_step(name, s):
         return numpy_w6(s)
     if name == "W7":
         return numpy_w7(s)
-    raise KeyError(name)
+    raise KeyError(f"{name} has no numpy implementation")
+
+
+HAS_NUMPY = ("W1", "W2", "W3", "W4", "W5_mlp", "W5_cnn", "W6", "W7")

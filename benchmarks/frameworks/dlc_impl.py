@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 import dlc
+from dlc import nn
 
 TARGET = "cpu"
 
@@ -92,6 +93,55 @@ def _bce_logits(z, target: float):
     return dlc.mean(dlc.relu(z) - z * target + dlc.softplus(-dlc.abs(z)))
 
 
+class BasicBlock(nn.Module):
+    """Two 3x3 conv + BatchNorm layers and a residual add (a 1x1 conv + BatchNorm shortcut when the shape changes)."""
+
+    def __init__(self, cin, cout, stride, downsample):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+                           if downsample else None)
+
+    def forward(self, x):
+        h = dlc.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        return dlc.relu(h + (self.downsample(x) if self.downsample is not None else x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for 3x32x32 inputs, with PyTorch's state-dict names (see workloads.resnet_blocks)."""
+
+    def __init__(self, blocks, classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        stages = {}
+        for prefix, cin, cout, stride, down in blocks:
+            stages.setdefault(prefix.split(".")[0], []).append(BasicBlock(cin, cout, stride, down))
+        for name, layer in stages.items():
+            setattr(self, name, nn.Sequential(*layer))
+        self.stages = list(stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x):
+        h = dlc.relu(self.bn1(self.conv1(x)))
+        for name in self.stages:
+            h = getattr(self, name)(h)
+        return self.fc(dlc.flatten(self.pool(h)))
+
+
+def _resnet(s):
+    import workloads
+
+    model = ResNet18(workloads.resnet_blocks())
+    model.load_state_dict(s["state"])
+    return model
+
+
 def build_function(name, s, target=TARGET):
     """(callable running one step, the compiled dlc.Function(s) for statistics)."""
     dlc.reset_default_store()
@@ -123,6 +173,20 @@ def build_function(name, s, target=TARGET):
         x = dlc.input("x", ("B",) + s["x"].shape[1:])
         out = _mlp(params, x) if name == "W5_mlp" else _lenet(params, x)
         fn = dlc.compile(out, inputs=[x], target=target)
+        xv = s["x"]
+        return (lambda: fn(xv)), [fn]
+    if name == "W8":
+        model = _resnet(s)
+        x, y = dlc.input("x", ("B",) + s["x"].shape[1:]), dlc.input("y", ("B",), "int64")
+        opt = dlc.optim.SGD(model.parameters(), lr=s["lr"], momentum=0.9)
+        step = nn.compile_step(lambda x, y: nn.cross_entropy(model(x), y), [x, y], opt, modules=model,
+                               target=target)
+        xv, yv = s["x"], s["y"].astype(np.int64)
+        return (lambda: step(xv, yv)), [step.function]
+    if name == "W9":
+        model = _resnet(s)
+        x = dlc.input("x", ("B",) + s["x"].shape[1:])
+        fn = nn.compile_eval(lambda x: model(x), [x], modules=model, target=target)
         xv = s["x"]
         return (lambda: fn(xv)), [fn]
     if name == "W6":

@@ -1,4 +1,8 @@
-"""JAX jit versions of the workloads, from the same numpy spec."""
+"""JAX jit versions of the workloads, from the same numpy spec.
+
+The ResNet (W8/W9) runs in NHWC with HWIO weights, the layout XLA's CPU
+convolutions (and Flax) use; the input is transposed once, outside the step.
+"""
 
 from __future__ import annotations
 
@@ -17,9 +21,83 @@ def version():
     return jax.__version__
 
 
+def _resnet(s):
+    """(trainable params, BN running statistics, forward(params, stats, x, train) -> (logits, new stats))."""
+    import jax
+    import jax.numpy as jnp
+    import workloads
+
+    state = s["state"]
+    stat_keys = [k for k in state if k.endswith(("running_mean", "running_var"))]
+    params = {k: jnp.asarray(v.transpose(2, 3, 1, 0) if v.ndim == 4 else v) for k, v in state.items()
+              if k not in stat_keys}
+    stats = {k: jnp.asarray(state[k]) for k in stat_keys}
+
+    def conv(x, w, stride):
+        pad = (w.shape[0] - 1) // 2
+        return jax.lax.conv_general_dilated(x, w, (stride, stride), [(pad, pad), (pad, pad)],
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    def bn(x, p, params, stats, new, train):
+        if train:
+            mean, var = jnp.mean(x, (0, 1, 2)), jnp.var(x, (0, 1, 2))
+            n = x.shape[0] * x.shape[1] * x.shape[2]
+            new[p + ".running_mean"] = 0.9 * stats[p + ".running_mean"] + 0.1 * mean
+            new[p + ".running_var"] = 0.9 * stats[p + ".running_var"] + 0.1 * var * (n / (n - 1))
+        else:
+            mean, var = stats[p + ".running_mean"], stats[p + ".running_var"]
+        return (x - mean) * jax.lax.rsqrt(var + 1e-5) * params[p + ".weight"] + params[p + ".bias"]
+
+    def forward(params, stats, x, train):
+        new = {}
+
+        def conv_bn(v, prefix, conv_name, bn_name, stride):
+            return bn(conv(v, params[f"{prefix}{conv_name}.weight"], stride), prefix + bn_name, params, stats, new,
+                      train)
+
+        h = jax.nn.relu(conv_bn(x, "", "conv1", "bn1", 1))
+        for prefix, _, _, stride, down in workloads.resnet_blocks():
+            out = jax.nn.relu(conv_bn(h, prefix + ".", "conv1", "bn1", stride))
+            out = conv_bn(out, prefix + ".", "conv2", "bn2", 1)
+            if down:
+                h = conv_bn(h, prefix + ".", "downsample.0", "downsample.1", stride)
+            h = jax.nn.relu(out + h)
+        logits = jnp.mean(h, (1, 2)) @ params["fc.weight"].T + params["fc.bias"]
+        return logits, new
+
+    return params, stats, forward
+
+
 def build(name, s, compiled=True):
     import jax
     import jax.numpy as jnp
+
+    if name == "W8":
+        params, stats, forward = _resnet(s)
+        vel = jax.tree_util.tree_map(jnp.zeros_like, params)
+        x, y, lr = jnp.asarray(s["x"].transpose(0, 2, 3, 1)), jnp.asarray(s["y"]), s["lr"]
+
+        def loss_fn(p, stats):
+            logits, new = forward(p, stats, x, True)
+            return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1)), new
+
+        @jax.jit
+        def train(params, vel, stats):
+            (loss, stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, stats)
+            vel = jax.tree_util.tree_map(lambda v, g: 0.9 * v + g, vel, grads)
+            params = jax.tree_util.tree_map(lambda p, v: p - lr * v, params, vel)
+            return params, vel, stats, loss
+        state = [params, vel, stats]
+
+        def step():
+            state[0], state[1], state[2], loss = train(*state)
+            return float(loss)
+        return step
+    if name == "W9":
+        params, stats, forward = _resnet(s)
+        x = jnp.asarray(s["x"].transpose(0, 2, 3, 1))
+        fwd = jax.jit(lambda p, st, v: forward(p, st, v, False)[0])
+        return lambda: np.asarray(fwd(params, stats, x))
 
     def mlp(params, x, hidden=jax.nn.relu, out=lambda z: z):
         h = x

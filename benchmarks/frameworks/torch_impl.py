@@ -1,4 +1,10 @@
-"""PyTorch eager and torch.compile versions of the workloads, from the same numpy spec."""
+"""PyTorch eager and torch.compile versions of the workloads, from the same numpy spec.
+
+Each in PyTorch's fastest idiomatic form: W3 eager runs torch.nn.LSTM (one
+native kernel per layer). torch.compile does not trace nn.LSTM (dynamo's
+allow_rnn is off by default: a graph break), so its W3 compiles the cell loop;
+the eager cell loop is kept as an extra, labelled column (cell_loop=True).
+"""
 
 from __future__ import annotations
 
@@ -41,16 +47,106 @@ def _lstm_logits(p, x, H):
     return h @ hw + hb
 
 
-def build(name, s, compiled=False):
+def _nn_lstm(s):
+    """torch.nn.LSTM with the spec's weights; bias_hh stays zero and frozen (the spec has one bias per gate)."""
+    wih, whh, b, hw, hb = s["params"]
+    lstm = torch.nn.LSTM(wih.shape[0], s["H"])
+    with torch.no_grad():
+        lstm.weight_ih_l0.copy_(torch.from_numpy(wih.T.copy()))
+        lstm.weight_hh_l0.copy_(torch.from_numpy(whh.T.copy()))
+        lstm.bias_ih_l0.copy_(torch.from_numpy(b))
+        lstm.bias_hh_l0.zero_()
+    lstm.bias_hh_l0.requires_grad_(False)
+    head_w, head_b = _t(hw), _t(hb)
+    params = [lstm.weight_ih_l0, lstm.weight_hh_l0, lstm.bias_ih_l0, head_w, head_b]
+    return params, lambda x: lstm(x)[0][-1] @ head_w + head_b
+
+
+class BasicBlock(torch.nn.Module):
+    def __init__(self, cin, cout, stride, downsample):
+        super().__init__()
+        nn = torch.nn
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.downsample = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
+                           if downsample else None)
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        h = self.bn2(self.conv2(h))
+        return F.relu(h + (self.downsample(x) if self.downsample is not None else x))
+
+
+class ResNet18(torch.nn.Module):
+    """ResNet-18 for 3x32x32 inputs (see workloads.resnet_blocks)."""
+
+    def __init__(self, blocks, classes=10):
+        super().__init__()
+        self.conv1 = torch.nn.Conv2d(3, 64, 3, padding=1, bias=False)
+        self.bn1 = torch.nn.BatchNorm2d(64)
+        stages = {}
+        for prefix, cin, cout, stride, down in blocks:
+            stages.setdefault(prefix.split(".")[0], []).append(BasicBlock(cin, cout, stride, down))
+        for name, layer in stages.items():
+            self.add_module(name, torch.nn.Sequential(*layer))
+        self.stages = list(stages)
+        self.fc = torch.nn.Linear(512, classes)
+
+    def forward(self, x):
+        h = F.relu(self.bn1(self.conv1(x)))
+        for name in self.stages:
+            h = getattr(self, name)(h)
+        return self.fc(F.adaptive_avg_pool2d(h, 1).flatten(1))
+
+
+def resnet(s):
+    """The ResNet-18-style model with the spec's weights and statistics."""
+    import workloads
+
+    model = ResNet18(workloads.resnet_blocks())
+    missing, unexpected = model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in s["state"].items()},
+                                                strict=False)
+    if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
+        raise ValueError(f"ResNet state does not match: missing {missing}, unexpected {unexpected}")
+    return model
+
+
+def build(name, s, compiled=False, cell_loop=False):
     """A zero-argument callable running one step; returns the loss (or the output)."""
     torch.manual_seed(0)
     maybe_compile = torch.compile if compiled else (lambda f: f)
+    if name == "W8":
+        model = resnet(s).train()
+        x, y = _t(s["x"], False), torch.tensor(s["y"])
+        opt = torch.optim.SGD(model.parameters(), lr=s["lr"], momentum=0.9)
+        model = maybe_compile(model)
+
+        def train():
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(model(x), y)
+            loss.backward()
+            opt.step()
+            return loss
+        return lambda: float(train().detach())
+    if name == "W9":
+        model = maybe_compile(resnet(s).eval())
+        x = _t(s["x"], False)
+
+        def infer():
+            with torch.no_grad():
+                return model(x).numpy()
+        return infer
     if name in ("W1", "W2", "W3"):
         params = [_t(p) for p in s["params"]]
         x, y = _t(s["x"], False), torch.tensor(s["y"])
-        opt = torch.optim.SGD(params, lr=s["lr"], momentum=0.9)
         model = {"W1": lambda: _mlp(params, x), "W2": lambda: _lenet(params, x),
                  "W3": lambda: _lstm_logits(params, x, s["H"])}[name]
+        if name == "W3" and not compiled and not cell_loop:
+            params, lstm = _nn_lstm(s)
+            model = lambda: lstm(x)  # noqa: E731
+        opt = torch.optim.SGD(params, lr=s["lr"], momentum=0.9)
 
         def train():
             opt.zero_grad(set_to_none=True)
