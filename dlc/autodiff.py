@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .errors import GradientError, ShapeError
-from .graph import TUPLE, is_float, shape_str, topo_order
+from .graph import SCOPES, TUPLE, is_float, shape_str, topo_order
 from .ops import OPS
 from .tensor import Tensor
 
@@ -61,7 +61,12 @@ def grad(y: Tensor, wrt, seed: Tensor | None = None):
                 f"op {node.op!r} (built at {node.loc or 'unknown location'}) has no gradient rule"
                 + (": it is itself part of a gradient, and gradients of gradients through it are not supported"
                    if node.op.endswith("_grad") or "backward" in node.op else ""))
-        in_grads = rule(node, g, [Tensor(i) for i in node.inputs])
+        # the gradient's nodes belong to the layer of the node they differentiate (dlc inspect, bisect, errors)
+        SCOPES.append(node.loc.scope if node.loc else "")
+        try:
+            in_grads = rule(node, g, [Tensor(i) for i in node.inputs])
+        finally:
+            SCOPES.pop()
         for inp, gi in zip(node.inputs, in_grads):
             if gi is None or id(inp) not in needed or not _has_gradient(inp):
                 continue

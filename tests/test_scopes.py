@@ -101,3 +101,15 @@ def test_scopes_survive_export_and_load(predict, tmp_path):
     path = dlc.export(predict, tmp_path / "m.dlc")
     loaded = dlc.load(path)
     assert {n.loc.scope for n in loaded.graph.nodes if n.loc is not None} >= {"0", "2"}
+
+
+def test_gradient_nodes_belong_to_the_layer_they_differentiate():
+    # sizes no other test uses: identical nodes are one node (hash-consing), which keeps its first location
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 2))
+    x = dlc.input("x", ("B", 5))
+    loss = dlc.sum(model(x))
+    w0, w2 = model[0].weight, model[2].weight
+    g0, g2 = dlc.grad(loss, [w0, w2])
+    assert g0.node.loc.scope == "0" and g2.node.loc.scope == "2"
+    grad_only = {n.loc.scope for n in dlc.Graph([g0.node, g2.node]) if n.loc is not None} - scopes_of([loss])
+    assert grad_only <= {"0", "1", "2", ""}
