@@ -35,7 +35,7 @@ class Sample:
         Both dicts are keyed by the compiled program's node ids: each compiled function is bound to its
         own arguments (another compile of the same sample has other nodes).
         """
-        from ..runtime.reference import evaluate
+        from dlc.runtime.reference import evaluate
 
         fn = self.compile("cuda", **options)
         feeds, env, _ = fn.signature.bind(self.args, {})
