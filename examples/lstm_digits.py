@@ -21,6 +21,9 @@ parser.add_argument("--hidden", type=int, default=64)
 parser.add_argument("--target", default=dlc.default_target(), help="reference | cpu | cuda")
 parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+parser.add_argument("--data-parallel", action="store_true",
+                    help="average gradients over MPI ranks (batch size per rank): "
+                         "mpirun -n 2 python3 examples/lstm_digits.py --data-parallel")
 args = parser.parse_args()
 print(f"lstm_digits: training an LSTM that reads digits row by row for {args.epochs} epochs on target "
       f"{args.target}", flush=True)
@@ -54,11 +57,14 @@ def loss_fn(x, labels):
     return {"loss": nn.cross_entropy(logits, labels), "acc": nn.accuracy(logits, labels)}
 
 
-step = nn.compile_step(loss_fn, [x, labels], opt, modules=model, target=args.target)
+step = nn.compile_step(loss_fn, [x, labels], opt, modules=model, target=args.target, data_parallel=args.data_parallel)
 predict = nn.compile_eval(lambda x: dlc.argmax(model(x), axis=1), [x], modules=model, target=args.target)
 
+# with --data-parallel, batch_size is per rank
 history = nn.fit(step, X_train, y_train, epochs=args.epochs, batch_size=args.batch_size, schedule=schedule,
                  seed=args.seed, verbose=0 if args.no_progress else 1)
+if args.data_parallel and not dlc.distributed.is_main():
+    raise SystemExit  # rank 0 reports; every rank holds the same weights
 for h in history[4::5]:
     print(f"epoch {h['epoch']:3d}  loss {h['loss']:.4f}  train acc {h['acc']:.4f}")
 print(f"{model.num_parameters()} parameters, target {args.target}")
