@@ -1,0 +1,1 @@
+"""ONNX recurrent layers (LSTM, GRU, RNN)."""
