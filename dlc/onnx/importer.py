@@ -15,6 +15,7 @@ import numpy as np
 
 from .. import functional as F
 from ..errors import DlcError, DTypeError
+from ..compiler import Function
 from ..graph import Graph
 from ..nn.module import Module
 from ..runtime.reference import evaluate
@@ -26,6 +27,7 @@ from .reader import (
     check_dims,
     default_opset,
     dtype_of,
+    numpy_dtype_of,
     onnx_module,
     read_model,
     tensor_to_array,
@@ -65,31 +67,31 @@ def lift(v, what: str) -> Tensor:
     return F.constant(as_int_array(v, what))
 
 
-_CONST_ONLY: dict[int, bool] = {}
+def _const_only(node, dynamic: dict) -> bool:
+    """Whether a node depends on constants alone (then the importer folds it).
 
-
-def _const_only(node) -> bool:
-    """Whether a node depends on constants alone (then the importer folds it)."""
-    stack, seen = [node], []
+    dynamic maps id(node) -> node for nodes known to depend on an input or a parameter (holding the node keeps
+    its id from being reused while the map lives).
+    """
+    stack, seen = [node], set()
     while stack:
         n = stack.pop()
-        known = _CONST_ONLY.get(id(n))
-        if known is False or n.op in ("input", "param"):
+        if id(n) in dynamic or n.op in ("input", "param"):
             return False
-        if known or n.op == "const":
+        if n.op == "const" or id(n) in seen:
             continue
-        seen.append(n)
+        seen.add(id(n))
         stack.extend(n.inputs)
     return True
 
 
-def fold(t: Tensor):
+def fold(t: Tensor, dynamic: dict):
     """A Tensor computed from constants only, as its numpy value; anything else unchanged."""
     node = t.node
     if node.op == "const":
         return node.value
-    if not _const_only(node):
-        _CONST_ONLY[id(node)] = False
+    if not _const_only(node, dynamic):
+        dynamic[id(node)] = node
         return t
     values = evaluate(Graph([node]).nodes, {}, None, {}, keep={id(node)})
     return np.asarray(values[id(node)])
@@ -185,6 +187,10 @@ class GraphBuilder:
         self.static_inputs = self._bind_static(static_inputs or {})
         self.inputs = [spec for spec in self.inputs if spec[0] not in self.static_inputs]
         self.outputs = [o.name for o in g.output]
+        # numpy dtypes of the graph's inputs and outputs where dlc computes in a wider one (uint8 -> int64)
+        self.boundary = {vi.name: numpy_dtype_of(vi.type.tensor_type.elem_type, f"graph value {vi.name!r}")
+                         for vi in list(g.input) + list(g.output)
+                         if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
         available = set(self.initializers) | {name for name, _, _ in self.inputs} | set(self.static_inputs)
         self.nodes = topo_sort(list(g.node), available)
         for n in self.nodes:
@@ -219,6 +225,8 @@ class GraphBuilder:
                                       f"({', '.join(specs)})")
             shape, dtype = specs[name]
             arr = np.asarray(value)
+            if arr.dtype.name == self.boundary.get(name) != dtype:
+                arr = arr.astype(dtype)   # a narrow type, computed in its wider dlc type
             if arr.dtype.name != dtype or arr.ndim != len(shape) or any(
                     isinstance(d, int) and d != v for d, v in zip(shape, arr.shape)):
                 raise OnnxImportError(f"static input {name!r}: expected {dtype}{list(shape)}, got "
@@ -262,6 +270,7 @@ class GraphBuilder:
     def run(self, feeds: dict[str, Tensor], params: dict[str, Tensor]) -> list:
         """Trace the graph: feeds by ONNX input name, params by initializer name; returns the outputs."""
         values: dict = {}
+        self.dynamic: dict = {}
         for name, arr in self.initializers.items():
             values[name] = params.get(name, arr)
         values.update(self.static_inputs)
@@ -288,7 +297,7 @@ class GraphBuilder:
         wanted = [k for k, name in enumerate(ctx.proto.output) if name]
         if wanted and max(wanted) >= len(outs):
             raise ctx.unsupported(f"output {max(wanted)}", f"the first {len(outs)} output(s)")
-        return [fold(v) if isinstance(v, Tensor) else None if v is None else np.asarray(v) for v in outs]
+        return [fold(v, self.dynamic) if isinstance(v, Tensor) else None if v is None else np.asarray(v) for v in outs]
 
 
 # ----------------------------------------------------------------------------
@@ -358,11 +367,33 @@ def load_model(source, target: str = "reference", store: Store | None = None, st
     static_inputs {name: array} fixes graph inputs at import: those that decide shapes (a Reshape's target, a
     Slice's bounds) must be known to dlc, which compiles static-rank programs.
     """
-    from ..compiler import compile as dlc_compile
-
     module = to_module(source, store, static_inputs)
     inputs = module.make_inputs()
     outputs = module(*inputs)
-    fn = dlc_compile(outputs, inputs=inputs, target=target, store=module.store, **options)
+    fn = OnnxFunction(outputs, inputs, None, target, module.store, **options)
     fn.module = module
+    fn.boundary_dtypes = ([module.builder.boundary.get(name) for name, _, _ in module.builder.inputs],
+                          [module.builder.boundary.get(name) for name in module.builder.outputs])
     return fn
+
+
+class OnnxFunction(Function):
+    """A compiled imported model: inputs of ONNX types narrower than dlc's (uint8, float16) are widened on the
+    way in, and outputs narrowed back to the model's declared type on the way out."""
+
+    boundary_dtypes = ([], [])
+
+    def __call__(self, *args, **kwargs):
+        ins, outs = self.boundary_dtypes
+        widened = []
+        for a, node, onnx_dtype in zip(args, self.signature.inputs, ins):
+            if isinstance(a, np.ndarray) and onnx_dtype and a.dtype.name == onnx_dtype != node.dtype:
+                a = a.astype(node.dtype)
+            widened.append(a)
+        result = super().__call__(*widened, *args[len(widened):], **kwargs)
+        if not any(d and d not in ("float32", "float64", "int32", "int64", "bool") for d in outs):
+            return result
+        many = isinstance(result, tuple)
+        vals = [np.asarray(v).astype(d) if d and np.asarray(v).dtype.name != d else v
+                for v, d in zip(result if many else (result,), outs)]
+        return tuple(vals) if many else vals[0]

@@ -20,8 +20,10 @@ MAX_ELEMENTS = 2**31           # elements of one tensor
 
 # ONNX TensorProto.DataType -> numpy dtype dlc computes in (others are refused by name)
 DTYPES = {1: "float32", 11: "float64", 6: "int32", 7: "int64", 9: "bool"}
-# types that may appear in constants only (they are converted on read): int8/uint8/int16/uint16/uint32/float16
+# narrower types, computed in a wider dlc dtype (a graph input/output is converted at the call's boundary)
 CONST_ONLY = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 10: "float16", 12: "uint32"}
+WIDENED = {"uint8": "int64", "int8": "int64", "uint16": "int64", "int16": "int64", "uint32": "int64",
+           "float16": "float32"}
 
 
 def onnx_module():
@@ -40,9 +42,12 @@ def type_name(code: int) -> str:
         return f"type {code}"
 
 
-def dtype_of(code: int, what: str) -> str:
+def dtype_of(code: int, what: str, widen: bool = True) -> str:
+    """The dlc dtype an ONNX element type computes in (a narrow one in its wider dlc type)."""
     if code in DTYPES:
         return DTYPES[code]
+    if widen and code in CONST_ONLY:
+        return WIDENED[CONST_ONLY[code]]
     raise UnsupportedError(f"{what} has element type {type_name(code)}; dlc computes in "
                            f"{', '.join(type_name(c) for c in DTYPES)}")
 
@@ -104,6 +109,15 @@ def check_dims(dims, what: str) -> tuple[int, ...]:
 _TYPED_FIELDS = {1: "float_data", 11: "double_data", 6: "int32_data", 7: "int64_data", 9: "int32_data",
                  2: "int32_data", 3: "int32_data", 4: "int32_data", 5: "int32_data", 10: "int32_data",
                  12: "uint64_data"}
+
+
+def numpy_dtype_of(code: int, what: str) -> str:
+    """The numpy dtype of an ONNX element type at the boundary (before widening)."""
+    if code in DTYPES:
+        return DTYPES[code]
+    if code in CONST_ONLY:
+        return CONST_ONLY[code]
+    return dtype_of(code, what)
 
 
 def tensor_to_array(t, base_dir: str | None, what: str | None = None) -> np.ndarray:

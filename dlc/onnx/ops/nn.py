@@ -98,9 +98,12 @@ def conv_transpose(n):
     out_shape = n.attr("output_shape", None)
     if out_shape is not None or auto.startswith("SAME"):
         target = list(out_shape)[-k:] if out_shape is not None else [s * st for s, st in zip(spatial, strides)]
-        pairs = []
-        for size, kk, s, d, op, t in zip(spatial, kernel, strides, dilations, opad, target):
-            total = max(s * (size - 1) + op + (kk - 1) * d + 1 - t, 0)
+        pairs, opad = [], list(opad)
+        for k_, (size, kk, s, d, t) in enumerate(zip(spatial, kernel, strides, dilations, target)):
+            total = s * (size - 1) + opad[k_] + (kk - 1) * d + 1 - t
+            if total < 0:   # the requested size is past the full output: the difference is output padding
+                opad[k_] -= total
+                total = 0
             small = total // 2
             pairs.append((total - small, small) if auto == "SAME_LOWER" else (small, total - small))
     elif auto == "VALID":
@@ -301,11 +304,10 @@ def lrn(n):
 def lp_norm(n):
     x = n.tensor(0)
     axis, p = n.attr("axis", -1) % x.ndim, n.attr("p", 2)
-    if p == 1:
-        return x / F.sum(F.abs(x), axis, keepdims=True)
-    if p == 2:
-        return x / F.sqrt(F.sum(x * x, axis, keepdims=True))
-    raise n.unsupported(f"p={p}", "1, 2")
+    if p not in (1, 2):
+        raise n.unsupported(f"p={p}", "1, 2")
+    norm = F.sum(F.abs(x), axis, keepdims=True) if p == 1 else F.sqrt(F.sum(x * x, axis, keepdims=True))
+    return x / F.where(norm == 0.0, 1.0, norm)   # a zero vector stays zero
 
 
 @onnx_op("MeanVarianceNormalization", attrs=("axes",))

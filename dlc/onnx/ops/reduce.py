@@ -51,8 +51,27 @@ def reduce(n):
         return x
     keep = bool(n.attr("keepdims", 1))
     if any(x.shape[a] == 0 for a in axes):
-        raise n.unsupported("reducing over an empty axis")
+        return _empty_reduction(n, x, axes, keep)
     return REDUCERS[n.op](x, axes, keep)
+
+
+# what a reduction over no elements gives: the identity of its combining operation
+EMPTY = {"ReduceSum": 0, "ReduceL1": 0, "ReduceL2": 0, "ReduceSumSquare": 0, "ReduceMean": np.nan, "ReduceProd": 1,
+         "ReduceMax": -np.inf, "ReduceMin": np.inf, "ReduceLogSum": -np.inf, "ReduceLogSumExp": -np.inf}
+
+
+def _empty_reduction(n, x, axes, keep):
+    shape = tuple(1 if k in axes else d for k, d in enumerate(x.shape)) if keep else \
+        tuple(d for k, d in enumerate(x.shape) if k not in axes)
+    if not all(isinstance(d, int) for d in shape):
+        raise n.unsupported("reducing an empty axis of a tensor with symbolic dims")
+    value = EMPTY[n.op]
+    if x.dtype == "bool":
+        value = n.op == "ReduceMin"
+    elif x.dtype in ("int32", "int64") and not np.isfinite(value):
+        info = np.iinfo(x.dtype)
+        value = info.min if value < 0 else info.max
+    return np.full(shape, value, dtype=x.dtype)
 
 
 @onnx_op("ArgMax", "ArgMin", attrs=("axis", "keepdims", "select_last_index"))

@@ -317,7 +317,8 @@ def pad(n):
         axes = list(range(x.ndim))
     else:
         pads = n.ints(1)
-        value = n.static(2).reshape(-1)[0] if n.has(2) and n.static(2).size else 0
+        value = n.inputs[2] if n.has(2) else np.zeros(())
+        value = n.tensor(2) if not is_static(value) else (value.reshape(-1)[0] if value.size else 0)
         axes = [_axis(n, a, x.ndim) for a in n.ints(3)] if n.has(3) else list(range(x.ndim))
     if len(pads) != 2 * len(axes):
         raise n.invalid(f"pads {pads} for {len(axes)} axes")
@@ -332,6 +333,9 @@ def pad(n):
         full = [(max(lo, 0), max(hi, 0)) for lo, hi in full]
     if not any(lo or hi for lo, hi in full):
         return x
+    if mode == "constant" and hasattr(value, "node"):   # a fill known only at run time: pad 0, add it outside
+        outside = np.pad(np.zeros(x.shape, bool), full, constant_values=True)
+        return F.where(F.constant(outside), F.cast(F.reshape(value, ()), x.dtype), F.pad(x, full, value=0.0))
     if mode == "constant":
         return F.pad(x, full, value=float(value))
     for a, (lo, hi) in enumerate(full):
