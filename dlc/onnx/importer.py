@@ -184,13 +184,13 @@ class GraphBuilder:
         if g.sparse_initializer:
             raise UnsupportedError("sparse initializers are not supported; store them dense")
         self.inputs = [self._input_spec(vi) for vi in g.input if vi.name not in self.initializers]
-        self.static_inputs = self._bind_static(static_inputs or {})
-        self.inputs = [spec for spec in self.inputs if spec[0] not in self.static_inputs]
         self.outputs = [o.name for o in g.output]
         # numpy dtypes of the graph's inputs and outputs where dlc computes in a wider one (uint8 -> int64)
         self.boundary = {vi.name: numpy_dtype_of(vi.type.tensor_type.elem_type, f"graph value {vi.name!r}")
                          for vi in list(g.input) + list(g.output)
                          if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+        self.static_inputs = self._bind_static(static_inputs or {})
+        self.inputs = [spec for spec in self.inputs if spec[0] not in self.static_inputs]
         available = set(self.initializers) | {name for name, _, _ in self.inputs} | set(self.static_inputs)
         self.nodes = topo_sort(list(g.node), available)
         for n in self.nodes:
