@@ -277,7 +277,8 @@ def render(report: Report, cpu: Report | None, seconds: float) -> str:
         for r in bad:
             lines.append(f"  - {r.case.name}: {r.status}: {r.reason}")
     lines += ["", "## Node tests by operator", "",
-              "| op | listed | passed | failed | skipped | reasons (failures first) |", "| --- | --- | --- | --- | --- | --- |"]
+              "| op | listed | passed | failed | skipped | reasons (failures first) |",
+              "| --- | --- | --- | --- | --- | --- |"]
     for op, rs in report.by_op("node").items():
         c = collections.Counter(r.status for r in rs)
         reasons = []

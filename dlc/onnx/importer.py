@@ -14,8 +14,8 @@ import re
 import numpy as np
 
 from .. import functional as F
-from ..errors import DlcError, DTypeError
 from ..compiler import Function
+from ..errors import DlcError, DTypeError
 from ..graph import Graph
 from ..nn.module import Module
 from ..runtime.reference import evaluate

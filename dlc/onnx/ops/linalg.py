@@ -58,7 +58,8 @@ def _parse(n, equation: str, count: int):
         rhs = "".join(letters)
     for t in terms + [rhs]:
         if len(set(t)) != len(t):
-            raise n.unsupported(f"a repeated subscript in {t!r} (a diagonal or trace)", "distinct subscripts per operand")
+            raise n.unsupported(f"a repeated subscript in {t!r} (a diagonal or trace)",
+                                "distinct subscripts per operand")
     return terms, rhs
 
 

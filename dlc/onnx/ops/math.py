@@ -11,7 +11,6 @@ from ...graph import dim_div, dim_mul
 from ..reader import dtype_of
 from . import onnx_op
 
-
 # ----------------------------------------------------------------------------
 # binary arithmetic (numpy broadcasting from opset 7 on)
 

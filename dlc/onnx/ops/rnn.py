@@ -35,7 +35,7 @@ def _activations(n, defaults, num_dir):
         raise n.invalid(f"{len(names)} activations for {num_dir} direction(s), expected {len(defaults) * num_dir}")
     alphas, betas = list(n.attr("activation_alpha", [])), list(n.attr("activation_beta", []))
     out = []
-    for k, name in enumerate(names):
+    for name in names:
         takes = name.lower() in ("hardsigmoid", "leakyrelu", "elu", "affine", "scaledtanh", "thresholdedrelu")
         alpha = alphas.pop(0) if takes and alphas else None
         beta = betas.pop(0) if takes and betas and name.lower() in ("hardsigmoid", "affine", "scaledtanh") else None
