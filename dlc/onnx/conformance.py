@@ -40,11 +40,15 @@ ConstantOfShape Shape Range Einsum LSTM GRU RNN
 
 # Run on the cpu target in CI: a fixed subset that covers each kernel kind the importer produces.
 CPU_SUBSET = [
-    "test_conv_with_strides_padding", "test_convtranspose", "test_maxpool_2d_ceil", "test_averagepool_2d_pads",
-    "test_batchnorm_example", "test_gemm_all_attributes", "test_matmul_4d", "test_softmax_axis_1",
-    "test_reduce_mean_keepdims_example", "test_gather_0", "test_slice", "test_concat_2d_axis_0",
-    "test_lrn", "test_layer_normalization_4d_axis1",
+    "test_conv_with_strides_padding", "test_maxpool_2d_ceil", "test_averagepool_2d_pads", "test_gemm_all_attributes",
+    "test_softmax_axis_1", "test_gather_0", "test_layer_normalization_4d_axis1",
 ]
+
+# Node tests that fail on the reference target, each with why; the CI test fails on any other failure.
+KNOWN_FAILURES = {
+    f"test_mod_float_edge_cases_fmod_0_{t}": "float Mod with fmod=0 at inf/nan operands (not a listed op): the "
+    "floor composition gives nan where numpy's mod gives inf or the dividend" for t in ("float16", "float32", "float64")
+}
 
 
 @dataclass
