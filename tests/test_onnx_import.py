@@ -325,3 +325,20 @@ def test_import_dlc_does_not_need_onnx():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) > 90
+
+
+def test_example_imported_cnn_classifies_as_pytorch_does(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OPENBLAS_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "onnx_import.py"), "--epochs", "2",
+                           "--target", "reference", "--onnx", str(tmp_path / "cnn.onnx")],
+                          capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    torch_acc = float(out.split("PyTorch test accuracy ")[1].split()[0])
+    dlc_acc = float(out.split("dlc test accuracy ")[1].split()[0])
+    assert dlc_acc == torch_acc and torch_acc > 0.8
+    same, total = out.split("same predictions ")[1].split()[0::2][:2]
+    assert same == total
+    assert float(out.split("fine-tuned test accuracy ")[1].split()[0]) > 0.8
