@@ -246,6 +246,36 @@ def listed_share(results) -> tuple[int, int]:
     return sum(r.status == "passed" for r in mine), len(mine)
 
 
+IMPORTER_NOTES = """
+`dlc.onnx.load_model(path_or_ModelProto, target=...)` returns a compiled dlc Function; `dlc.onnx.to_module(...)`
+returns the same graph as a dlc Module whose float initializers are parameters (batch-norm statistics are
+non-trainable state), so `dlc.optim` can fine-tune it; `dlc import model.onnx -o model.dlc` writes an artifact.
+
+- Each ONNX op is one small function in `dlc/onnx/ops/<family>.py` (math, nn, tensor, reduce, linalg, rnn),
+  registered with the attributes it understands. Any other attribute, op, domain, element type or opset raises
+  `dlc.onnx.UnsupportedError` naming the op, opset, node and what is supported; no node is dropped.
+- Opsets 7 to 28 of the default domain are accepted (each mapping follows the op's semantics across those
+  versions: attributes that became inputs, Softmax's axis change at 13...); a newer opset is refused.
+- Symbolic input dims (`batch`, unnamed ones) become dlc symbols. Anything computed from constants only (Shape,
+  Gather/Concat/Unsqueeze/Cast/arithmetic on shapes, ConstantOfShape, Range, Constant) is folded at import,
+  with symbolic dims carried through shape arithmetic; the compiled graph is static.
+- Element types dlc lacks but can widen exactly enough (uint8, int8, int16, uint16, uint32 -> int64; float16 ->
+  float32) are computed widened and converted at the call's boundary (integer overflow wraps only there).
+  bfloat16, float8, int4, uint64, string, sequence and optional values are refused.
+- Inputs that decide shapes (a Reshape's shape, Slice bounds, reduction axes fed as graph inputs) must be known:
+  pass `static_inputs={name: array}`. The node tests that feed such values as graph inputs are run that way
+  ("integer and scalar inputs bound at import").
+- LSTM, GRU and RNN run on `dlc.scan` (the input projection is one matmul before the loop), both directions,
+  sequence_lens, clip and all ONNX activations. Conv/ConvTranspose are 1-d and 2-d; pools 1-d, 2-d and 3-d (window
+  shapes dlc's pool ops do not take — ceil_mode, dilations, wide padding, 3-d — run tap by tap over strided
+  slices, averages divided by a divisor map computed at import).
+- Inference semantics: BatchNormalization uses the running statistics, Dropout is the identity; training_mode=1
+  is refused.
+- The file is data: tensor byte counts are checked against dims before decoding, dims above 2**31-1 are refused,
+  external data is read only from regular files inside the model's directory (no absolute paths, no `..`, no
+  symlinks out), and a graph cycle or an undefined value is an error.
+"""
+
 DTYPE_SKIP = re.compile(r"element type|dtype")
 
 
@@ -280,7 +310,7 @@ def render(report: Report, cpu: Report | None, seconds: float) -> str:
         bad = [r for r in cpu.results if r.status != "passed"]
         for r in bad:
             lines.append(f"  - {r.case.name}: {r.status}: {r.reason}")
-    lines += ["", "## Node tests by operator", "",
+    lines += ["", "## How the importer maps ONNX", "", IMPORTER_NOTES.strip(), "", "## Node tests by operator", "",
               "| op | listed | passed | failed | skipped | reasons (failures first) |",
               "| --- | --- | --- | --- | --- | --- |"]
     for op, rs in report.by_op("node").items():

@@ -8,6 +8,9 @@ average divides by a divisor map computed at import.
 
 from __future__ import annotations
 
+import functools
+import itertools
+
 import numpy as np
 
 from ... import functional as F
@@ -142,12 +145,11 @@ def _pool_geometry(n, x):
 
 
 def _taps(xp, kernel, strides, dilations, outs):
-    """Each window tap of a padded 4-d input as a strided slice of shape (N, C) + outs."""
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            begin = [0, 0, i * dilations[0], j * dilations[1]]
-            end = [None, None, begin[2] + (outs[0] - 1) * strides[0] + 1, begin[3] + (outs[1] - 1) * strides[1] + 1]
-            yield F.slice_(xp, begin, end, [1, 1, strides[0], strides[1]])
+    """Each window tap of a padded (N, C, ...) input as a strided slice of shape (N, C) + outs."""
+    for tap in itertools.product(*(range(k) for k in kernel)):
+        begin = [0, 0] + [t * d for t, d in zip(tap, dilations)]
+        end = [None, None] + [b + (o - 1) * s + 1 for b, o, s in zip(begin[2:], outs, strides)]
+        yield F.slice_(xp, begin, end, [1, 1] + list(strides))
 
 
 def _counts(size, k, s, d, out, lo, hi):
@@ -156,24 +158,30 @@ def _counts(size, k, s, d, out, lo, hi):
 
 
 def _pool(n, reduce_max: bool):
-    x, was_1d = _as_2d(n, n.tensor(0))
+    x = n.tensor(0)
+    if x.ndim == 5:   # 3-d pools: always tap by tap
+        return _tap_pool(n, x, reduce_max, *_pool_geometry(n, x))
+    x, was_1d = _as_2d(n, x)
     if was_1d:
         sub = _OneDim(n)
         kernel, strides, dilations, pads, outs, extra = _pool_geometry(sub, x)
     else:
         kernel, strides, dilations, pads, outs, extra = _pool_geometry(n, x)
-    plain = (dilations == [1, 1] and not any(extra)
+    plain = (dilations == [1, 1] and not any(extra) and x.dtype in ("float32", "float64")
              and all(2 * max(p) <= k for p, k in zip(pads, kernel)))
-    if reduce_max:
-        if plain:
-            return _from_2d(max_pool2d(x, tuple(kernel), tuple(strides), tuple(pads)), was_1d)
-        fill = -np.inf
-    else:
-        include = bool(n.attr("count_include_pad", 0))
-        if plain and (include or not any(lo or hi for lo, hi in pads)):
-            return _from_2d(avg_pool2d(x, tuple(kernel), tuple(strides), tuple(pads), count_include_pad=include),
-                            was_1d)
-        fill = 0.0
+    include = bool(n.attr("count_include_pad", 0))
+    if plain and reduce_max:
+        return _from_2d(max_pool2d(x, tuple(kernel), tuple(strides), tuple(pads)), was_1d)
+    if plain and (include or not any(lo or hi for lo, hi in pads)):
+        return _from_2d(avg_pool2d(x, tuple(kernel), tuple(strides), tuple(pads), count_include_pad=include),
+                        was_1d)
+    return _from_2d(_tap_pool(n, x, reduce_max, kernel, strides, dilations, pads, outs, extra), was_1d)
+
+
+def _tap_pool(n, x, reduce_max, kernel, strides, dilations, pads, outs, extra):
+    """A pool as a max/sum over its window taps; an average divides by the taps inside the counted region."""
+    include = bool(n.attr("count_include_pad", 0))
+    fill = (-np.inf if x.dtype in ("float32", "float64") else float(np.iinfo(x.dtype).min)) if reduce_max else 0.0
     full = [(0, 0), (0, 0)] + [(lo, hi + e) for (lo, hi), e in zip(pads, extra)]
     xp = F.pad(x, full, value=fill) if any(lo or hi for lo, hi in full) else x
     taps = list(_taps(xp, kernel, strides, dilations, outs))
@@ -185,9 +193,9 @@ def _pool(n, reduce_max: bool):
         for size, k, s, d, o, (lo, hi) in zip(x.shape[2:], kernel, strides, dilations, outs, pads):
             region = (0, size + lo + hi) if include else (lo, lo + size)
             per_dim.append(_counts(size, k, s, d, o, *region))
-        divisor = np.outer(per_dim[0], per_dim[1]).astype(x.dtype)
+        divisor = functools.reduce(np.multiply.outer, per_dim).astype(x.dtype)
         y = y / F.constant(np.maximum(divisor, 1))
-    return _from_2d(y, was_1d)
+    return y
 
 
 class _OneDim:
