@@ -8,6 +8,7 @@ import numpy as np
 
 from ... import functional as F
 from ...graph import dim_div, dim_mul
+from ..importer import is_static
 from ..reader import dtype_of
 from . import onnx_op
 
@@ -39,7 +40,15 @@ def _int_div(a, b):
 BINARY = {"Add": F.add, "Sub": F.sub, "Mul": F.mul, "Div": F.div}
 
 
-@onnx_op("Add", "Sub", "Mul", "Div")
+def legacy_broadcast(n, a, b):
+    """Before opset 7, broadcast=1 aligned b with a at `axis` (default: trailing dims, as numpy)."""
+    if n.attr("broadcast", 0) and "axis" in n.attrs:
+        axis = n.attrs["axis"] % a.ndim
+        b = F.reshape(b, tuple(b.shape) + (1,) * (a.ndim - axis - b.ndim))
+    return a, b
+
+
+@onnx_op("Add", "Sub", "Mul", "Div", attrs=("broadcast", "axis"))
 def binary_arith(n):
     a_v, b_v = n.inputs[0], n.inputs[1]
     if n.all_static() and (a_v.dtype == object or b_v.dtype == object):
@@ -49,15 +58,19 @@ def binary_arith(n):
                 and not np.any(np.asarray(b_v, dtype=object) != 0):
             return a_v
         raise n.unsupported("Add/Sub on a symbolic dim", "Mul and Div of symbolic dims")
-    a, b = n.tensor(0), n.tensor(1)
+    a, b = legacy_broadcast(n, n.tensor(0), n.tensor(1))
+    floats = ("float32", "float64")
+    if a.dtype != b.dtype and a.dtype in floats and b.dtype in floats and is_static(a_v) != is_static(b_v):
+        # a constant of another float width (old exporters wrote double constants): it takes the tensor's type
+        a, b = (F.cast(a, b.dtype), b) if is_static(a_v) else (a, F.cast(b, a.dtype))
     if n.op == "Div" and a.dtype in ("int32", "int64"):
         return _int_div(a, b)
     return BINARY[n.op](a, b)
 
 
-@onnx_op("Pow")
+@onnx_op("Pow", attrs=("broadcast", "axis"))
 def pow_(n):
-    a, b = n.tensor(0), n.tensor(1)
+    a, b = legacy_broadcast(n, n.tensor(0), n.tensor(1))
     if a.dtype in ("int32", "int64"):
         y = F.pow(F.cast(a, "float64"), F.cast(b, "float64"))
         return F.cast(F.where(y < 0, y - 0.5, y + 0.5), a.dtype)   # round: the float pow is exact up to rounding

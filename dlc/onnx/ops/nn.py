@@ -14,6 +14,7 @@ import itertools
 import numpy as np
 
 from ... import functional as F
+from ...graph import dim_mul
 from ...ops.conv import conv2d, conv_transpose2d
 from ...ops.pool import avg_pool2d, max_pool2d
 from . import onnx_op
@@ -65,8 +66,34 @@ def _lift_1d(vals, fill):
 # convolutions
 
 
+def _conv3d(n, x, w, b):
+    """A 3-d convolution as a sum over the depth taps of 2-d convolutions, the output depth folded into the batch."""
+    kernel, spatial = list(w.shape[2:]), list(x.shape[2:])
+    if not all(isinstance(d, int) for d in spatial + [x.shape[1]]):
+        raise n.unsupported("a 3-d Conv over symbolic dims")
+    strides, dilations, pads = _window_attrs(n, spatial, kernel)
+    (dlo, dhi), sd, dd, kd = pads[0], strides[0], dilations[0], kernel[0]
+    if dlo or dhi:
+        x = F.pad(x, [(0, 0), (0, 0), (dlo, dhi), (0, 0), (0, 0)])
+    nb, c, depth = x.shape[0], x.shape[1], x.shape[2]
+    d_out = (depth - dd * (kd - 1) - 1) // sd + 1
+    y = None
+    for t in range(kd):
+        xs = F.slice_(x, [0, 0, t * dd, 0, 0], [None, None, t * dd + (d_out - 1) * sd + 1, None, None],
+                      [1, 1, sd, 1, 1])
+        xs = F.reshape(F.transpose(xs, (0, 2, 1, 3, 4)), (dim_mul(nb, d_out), c) + tuple(spatial[1:]))
+        wt = F.reshape(F.take_slice(w, 2, t, t + 1), tuple(w.shape[:2]) + tuple(kernel[1:]))
+        yt = conv2d(xs, wt, None, stride=tuple(strides[1:]), padding=tuple(pads[1:]), dilation=tuple(dilations[1:]),
+                    groups=n.attr("group", 1))
+        y = yt if y is None else y + yt
+    y = F.transpose(F.reshape(y, (nb, d_out) + tuple(y.shape[1:])), (0, 2, 1, 3, 4))
+    return y if b is None else y + F.reshape(b, (b.shape[0], 1, 1, 1))
+
+
 @onnx_op("Conv", attrs=("auto_pad", "dilations", "group", "kernel_shape", "pads", "strides"))
 def conv(n):
+    if n.tensor(0).ndim == 5:
+        return _conv3d(n, n.tensor(0), n.tensor(1), n.tensor(2) if n.has(2) else None)
     x, was_1d = _as_2d(n, n.tensor(0))
     w = n.tensor(1)
     w = F.reshape(w, (w.shape[0], w.shape[1], 1, w.shape[2])) if was_1d else w
