@@ -142,6 +142,7 @@ def test_narrow_types_are_widened_at_the_boundary():
     out = fn(np.array([1, 2, 3], np.uint8), np.array([4, 5, 6], np.uint8))
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, [5, 7, 9])
+    np.testing.assert_array_equal(fn(b=np.array([1, 1, 1], np.uint8), a=np.array([1, 2, 3], np.uint8)), [2, 3, 4])
 
 
 # ----------------------------------------------------------------------------

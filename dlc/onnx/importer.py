@@ -385,12 +385,17 @@ class OnnxFunction(Function):
 
     def __call__(self, *args, **kwargs):
         ins, outs = self.boundary_dtypes
-        widened = []
-        for a, node, onnx_dtype in zip(args, self.signature.inputs, ins):
-            if isinstance(a, np.ndarray) and onnx_dtype and a.dtype.name == onnx_dtype != node.dtype:
-                a = a.astype(node.dtype)
-            widened.append(a)
-        result = super().__call__(*widened, *args[len(widened):], **kwargs)
+        wide = {node.attr("name"): (node.dtype, d) for node, d in zip(self.signature.inputs, ins)}
+
+        def widen(name, a):
+            dtype, onnx_dtype = wide.get(name, (None, None))
+            if isinstance(a, np.ndarray) and onnx_dtype and a.dtype.name == onnx_dtype != dtype:
+                return a.astype(dtype)
+            return a
+
+        args = tuple(widen(name, a) for name, a in zip(self.signature.names, args)) + args[len(self.signature.names):]
+        kwargs = {k: widen(k, v) for k, v in kwargs.items()}
+        result = super().__call__(*args, **kwargs)
         if not any(d and d not in ("float32", "float64", "int32", "int64", "bool") for d in outs):
             return result
         many = isinstance(result, tuple)

@@ -355,8 +355,10 @@ def mean_variance_norm(n):
 
 @onnx_op("Dropout", attrs=("ratio", "seed", "is_test"))
 def dropout(n):
-    if n.opset >= 12 and n.has(2) and bool(np.asarray(n.static(2)).reshape(-1)[0]):
-        raise n.unsupported("training_mode=True", "inference (Dropout is the identity)")
+    training = n.opset >= 12 and n.has(2) and bool(np.asarray(n.static(2)).reshape(-1)[0])
+    ratio = float(np.asarray(n.static(1)).reshape(-1)[0]) if n.opset >= 12 and n.has(1) else 0.5
+    if training and ratio != 0.0:
+        raise n.unsupported("training_mode=True with a nonzero ratio", "inference (Dropout is the identity)")
     x = n.inputs[0] if not hasattr(n.inputs[0], "node") else n.tensor(0)
     if len(n.proto.output) > 1 and n.proto.output[1]:
         return x, np.ones(x.shape, dtype=bool) if not hasattr(x, "node") else F.broadcast_to(F.constant(True),
