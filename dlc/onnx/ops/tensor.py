@@ -244,7 +244,24 @@ def gather(n):
         return np.take(x, n.static(1), axis=axis)
     x = n.tensor(0)
     idx = n.inputs[1] if is_static(n.inputs[1]) else n.tensor(1)
-    return F.take(x, _normalize_indices(n, idx, x.shape[axis]), axis=axis)
+    d = x.shape[axis]
+    if is_static(idx) and isinstance(d, int) and 0 < idx.size <= 64:
+        return _gather_static(n, x, axis, idx, d)
+    return F.take(x, _normalize_indices(n, idx, d), axis=axis)
+
+
+def _gather_static(n, x, axis, idx, d):
+    """Gather with indices known at import: slices (one, for a step range) and a concat, not a gather op."""
+    flat = [int(i) for i in idx.reshape(-1)]
+    if any(not -d <= i < d for i in flat):
+        raise n.invalid(f"index out of range for an axis of size {d}")
+    flat = [i % d for i in flat]
+    step = flat[1] - flat[0] if len(flat) > 1 else 1
+    if step > 0 and flat == list(range(flat[0], flat[0] + step * len(flat), step)):
+        picked = F.take_slice(x, axis, flat[0], flat[-1] + 1, step)
+    else:
+        picked = F.concat([F.take_slice(x, axis, i, i + 1) for i in flat], axis)
+    return F.reshape(picked, tuple(x.shape[:axis]) + tuple(idx.shape) + tuple(x.shape[axis + 1:]))
 
 
 @onnx_op("GatherElements", attrs=("axis",))
