@@ -343,3 +343,25 @@ def test_example_imported_cnn_classifies_as_pytorch_does(tmp_path):
     same, total = out.split("same predictions ")[1].split()[0::2][:2]
     assert same == total
     assert float(out.split("fine-tuned test accuracy ")[1].split()[0]) > 0.8
+
+
+def test_torch_exported_lstm_classifier_on_cpu_matches_onnxruntime(tmp_path):
+    torch = pytest.importorskip("torch")
+    ort = pytest.importorskip("onnxruntime")
+
+    class Classifier(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lstm = torch.nn.LSTM(3, 4)
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x):
+            _, (h, _) = self.lstm(x)
+            return self.fc(h[-1])   # a Gather with a constant index on the final state
+
+    torch.manual_seed(0)
+    x = RNG.normal(size=(5, 2, 3)).astype(np.float32)
+    path = str(tmp_path / "lstm.onnx")
+    torch.onnx.export(Classifier().eval(), (torch.from_numpy(x),), path, input_names=["x"], dynamo=False)
+    want = ort.InferenceSession(path, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(donnx.load_model(path, target="cpu")(x), want, rtol=1e-4, atol=1e-6)
