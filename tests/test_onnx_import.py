@@ -232,6 +232,12 @@ def test_undefined_value_is_an_error():
         donnx.load_model(make_model(nodes, [f32("x", [2])], [f32("y", [2])]))
 
 
+def test_undefined_graph_output_is_an_error():
+    nodes = [helper.make_node("Relu", ["x"], ["y"])]
+    with pytest.raises(donnx.OnnxImportError, match="graph output 'z' is produced by no node"):
+        donnx.load_model(make_model(nodes, [f32("x", [2])], [f32("z", [2])]))
+
+
 def test_initializer_size_disagreeing_with_dims():
     raw, typed = TensorProto(), TensorProto()
     for t in (raw, typed):

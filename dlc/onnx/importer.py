@@ -193,6 +193,10 @@ class GraphBuilder:
         self.inputs = [spec for spec in self.inputs if spec[0] not in self.static_inputs]
         available = set(self.initializers) | {name for name, _, _ in self.inputs} | set(self.static_inputs)
         self.nodes = topo_sort(list(g.node), available)
+        produced = available | {o for n in self.nodes for o in n.output}
+        for name in self.outputs:
+            if name not in produced:
+                raise OnnxImportError(f"graph output {name!r} is produced by no node, input or initializer")
         for n in self.nodes:
             self._check_known(n)
 
