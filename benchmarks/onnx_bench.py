@@ -136,6 +136,16 @@ def bench(name: str, batch: int, rounds: int, folder: str) -> dict:
     return row
 
 
+def _describe_anchor(kernel) -> str:
+    """The shape and attributes of a kernel's first conv/matmul/pool node (which layer it is)."""
+    for n in kernel.nodes:
+        if n.op in ("conv2d", "matmul", "max_pool2d", "avg_pool2d"):
+            x, w = n.inputs[0].shape, n.inputs[1].shape if len(n.inputs) > 1 else ()
+            extra = f" groups={n.attr('groups')} stride={n.attr('stride')}" if n.op == "conv2d" else ""
+            return f"  [{n.op} {tuple(x)} x {tuple(w)} -> {tuple(n.shape)}{extra}]"
+    return ""
+
+
 def profile(name: str, batch: int, folder: str, top: int = 12) -> None:
     """Per-kernel times of dlc's cpu program for one net: each kernel run on its own (inlined ones compiled
     separately for this, so it takes a while), numpy fallbacks marked."""
@@ -159,7 +169,7 @@ def profile(name: str, batch: int, folder: str, top: int = 12) -> None:
     for seg in be.generated.segments:
         for item in seg.kernels:
             kernel = item.kernel if isinstance(item, RenderedKernel) else item
-            label = f"{kernel.kind}: {' '.join(n.op for n in kernel.nodes)}"[:90]
+            label = f"{kernel.kind}: {' '.join(n.op for n in kernel.nodes)}"[:60] + _describe_anchor(kernel)
             if isinstance(item, RenderedKernel):
                 f, args = be._debug_function(item), be._kernel_args(item, plan, X, env)
                 run = lambda f=f, args=args: f(*args)  # noqa: E731
