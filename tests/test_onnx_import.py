@@ -338,7 +338,7 @@ def test_example_imported_cnn_classifies_as_pytorch_does(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
     env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""), OPENBLAS_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "onnx_import.py"), "--epochs", "2",
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "examples", "onnx_import.py"), "--epochs", "1",
                            "--target", "cpu", "--onnx", str(tmp_path / "cnn.onnx")],
                           capture_output=True, text=True, env=env, timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
