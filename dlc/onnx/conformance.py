@@ -227,6 +227,26 @@ def _as_array(x):
     return numpy_helper.to_array(x) if hasattr(x, "data_type") else np.asarray(x)
 
 
+def _run_chunk(cases, target):
+    return [(r.status, r.reason, r.seconds) for r in (run_case(c, target) for c in cases)]
+
+
+def run_isolated(cases, target="cpu", chunk=8, progress=False) -> Report:
+    """run_all in child processes, a fresh one every `chunk` tests: each compiled cpu program keeps its
+    machine code loaded, so one process running hundreds of them grows by gigabytes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    report = Report()
+    with ProcessPoolExecutor(max_workers=1, max_tasks_per_child=1) as pool:
+        for start in range(0, len(cases), chunk):
+            part = cases[start:start + chunk]
+            for c, (status, reason, seconds) in zip(part, pool.submit(_run_chunk, part, target).result()):
+                report.results.append(Result(c, target, status, reason, seconds))
+            if progress:
+                print(f"  {target}: {start + len(part)}/{len(cases)}", file=sys.stderr)
+    return report
+
+
 def run_all(cases, target="reference", progress=False) -> Report:
     report = Report()
     for i, c in enumerate(cases):
@@ -357,7 +377,7 @@ def main(argv=None) -> int:
         pick = {"subset": lambda c: c.name in CPU_SUBSET,
                 "models": lambda c: c.name in CPU_SUBSET or (c.kind != "node" and c.name in passed_ref),
                 "all": lambda c: c.name in passed_ref}[args.cpu]
-        cpu = run_all([c for c in cases if pick(c)], "cpu", progress=True)
+        cpu = run_isolated([c for c in cases if pick(c)], "cpu", progress=True)
     text = render(report, cpu, time.time() - t0)
     if not args.k:
         with open(os.path.abspath(args.out), "w") as f:
