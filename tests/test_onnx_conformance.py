@@ -30,15 +30,14 @@ def test_listed_operators_share(node_report):
     mine = [r for r in node_report.results if r.case.ops and set(r.case.ops) <= set(C.LISTED_OPS)]
     not_dtype = [r for r in mine if not (r.status == "skipped" and C.DTYPE_SKIP.search(r.reason))]
     # a floor under today's number (docs/onnx.md): a regression shows here
-    assert passed / len(not_dtype) >= 0.93, (passed, len(not_dtype))
+    assert passed / len(not_dtype) >= 0.95, (passed, len(not_dtype))
 
 
 @pytest.mark.parametrize("kind", ["pytorch-converted", "pytorch-operator"])
 def test_pytorch_model_tests_on_reference(kind):
     report = C.run_all(C.model_cases(kind), "reference")
-    failed = [(r.case.name, r.reason) for r in report.results if r.status == "failed"]
-    assert not failed
-    assert sum(r.status == "passed" for r in report.results) >= len(report.results) * 0.8
+    not_passed = [(r.case.name, r.status, r.reason) for r in report.results if r.status != "passed"]
+    assert not not_passed
 
 
 @pytest.mark.parametrize("name", C.CPU_SUBSET)

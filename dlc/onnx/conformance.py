@@ -315,7 +315,7 @@ def render(report: Report, cpu: Report | None, seconds: float) -> str:
         f"- onnx {onnx_module().__version__}, {len(res)} tests, {seconds:.0f} s",
         f"- **node tests of the listed operators** (every op in the test is one the issue lists): {p}/{total} passed "
         f"({100 * p / max(total, 1):.1f}%); {dtype_skips} of the others are skipped only for an element type dlc "
-        f"does not have (float16, bfloat16, uint8, string...), so {p}/{total - dtype_skips} "
+        f"cannot compute in (bfloat16, float8, int4, uint64, string...), so {p}/{total - dtype_skips} "
         f"({100 * p / max(total - dtype_skips, 1):.1f}%) of those in dlc's dtypes pass",
     ]
     for kind in ("node", "pytorch-converted", "pytorch-operator", "simple"):
