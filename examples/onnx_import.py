@@ -45,7 +45,7 @@ net = torch.nn.Sequential(
 )
 opt = torch.optim.Adam(net.parameters(), lr=3e-3)
 rng = np.random.default_rng(args.seed)
-for epoch in range(args.epochs):
+for _ in range(args.epochs):
     net.train()
     for idx in np.array_split(rng.permutation(len(X_train)), len(X_train) // 32):
         opt.zero_grad()

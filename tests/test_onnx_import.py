@@ -109,15 +109,15 @@ def test_batchnorm_statistics_are_not_trainable():
 def test_lstm_onto_scan_matches_onnx_reference(target):
     from onnx.reference import ReferenceEvaluator
 
-    T, B, I, H = 4, 2, 3, 5
-    w = numpy_helper.from_array(RNG.normal(size=(2, 4 * H, I)).astype(np.float32) * 0.5, "W")
+    T, B, F, H = 4, 2, 3, 5
+    w = numpy_helper.from_array(RNG.normal(size=(2, 4 * H, F)).astype(np.float32) * 0.5, "W")
     r = numpy_helper.from_array(RNG.normal(size=(2, 4 * H, H)).astype(np.float32) * 0.5, "R")
     b = numpy_helper.from_array(RNG.normal(size=(2, 8 * H)).astype(np.float32) * 0.5, "B")
     node = helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "yh", "yc"], hidden_size=H,
                             direction="bidirectional")
-    model = make_model([node], [f32("x", [T, B, I])], [f32("y", [T, 2, B, H]), f32("yh", [2, B, H]),
+    model = make_model([node], [f32("x", [T, B, F])], [f32("y", [T, 2, B, H]), f32("yh", [2, B, H]),
                                                          f32("yc", [2, B, H])], [w, r, b], opset=14)
-    x = RNG.normal(size=(T, B, I)).astype(np.float32)
+    x = RNG.normal(size=(T, B, F)).astype(np.float32)
     got = donnx.load_model(model, target=target)(x)
     want = ReferenceEvaluator(model).run(None, {"x": x})
     for g, e in zip(got, want):
