@@ -52,6 +52,8 @@ def reduce(n):
     keep = bool(n.attr("keepdims", 1))
     if any(x.shape[a] == 0 for a in axes):
         return _empty_reduction(n, x, axes, keep)
+    if x.dtype == "bool" and n.op in ("ReduceMax", "ReduceMin"):   # any / all
+        return F.cast(REDUCERS[n.op](F.cast(x, "int64"), axes, keep), "bool")
     return REDUCERS[n.op](x, axes, keep)
 
 
