@@ -1,4 +1,4 @@
-"""The `dlc` command: run, inspect and export compiled artifacts, and run the benchmarks."""
+"""The `dlc` command: run, inspect and export compiled artifacts, import ONNX models, and run the benchmarks."""
 
 from __future__ import annotations
 
@@ -104,6 +104,14 @@ def _build_parser() -> argparse.ArgumentParser:
                                                            "default generated from the signature with batch 2")
     exp.add_argument("--key-file", metavar="FILE", help="sign the artifact with the key in FILE (HMAC-SHA256)")
     exp.set_defaults(handler=cmd_export)
+
+    imp = sub.add_parser("import", help="import an ONNX model and write it as a dlc artifact",
+                         description="Import MODEL.onnx with dlc.onnx (needs the onnx package), compile it for "
+                                     "--target and write the artifact (then 'dlc run' and 'dlc inspect' take it).")
+    imp.add_argument("model", metavar="MODEL.onnx", help="an ONNX model file")
+    imp.add_argument("-o", "--output", required=True, metavar="ARTIFACT", help="the artifact file to write")
+    imp.add_argument("--target", choices=_targets(), default="cpu", help="the backend to compile for (cpu)")
+    imp.set_defaults(handler=cmd_import)
 
     bench = sub.add_parser("bench", help="run the benchmark suite (benchmarks/run.py)",
                            description="Forward every argument to benchmarks/run.py (try 'dlc bench --quick' or "
@@ -308,6 +316,20 @@ def load_script_model(script: str):
         raise UsageError(f"{script}: {ENTRY_POINT}() returned {type(fn).__name__}, not a compiled dlc.Function "
                          f"(return dlc.compile(...))")
     return fn
+
+
+# ----------------------------------------------------------------------------
+# dlc import
+
+
+def cmd_import(args) -> int:
+    from . import onnx as dlc_onnx
+    from .export import describe, export, open_artifact
+
+    fn = dlc_onnx.load_model(_existing(args.model), target=args.target)
+    export(fn, args.output)
+    print(describe(open_artifact(args.output)))
+    return 0
 
 
 # ----------------------------------------------------------------------------
