@@ -13,7 +13,9 @@ import re
 
 import numpy as np
 
-from .. import functional as F
+import dlc.functional as F
+import dlc.onnx.ops as _ops
+
 from ..compiler import Function
 from ..errors import DlcError, DTypeError
 from ..graph import Graph
@@ -21,7 +23,6 @@ from ..nn.module import Module
 from ..runtime.reference import evaluate
 from ..store import Store
 from ..tensor import Tensor
-from . import ops as _ops
 from .errors import OnnxImportError, UnsupportedError
 from .reader import (
     check_dims,

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from ... import functional as F
+import dlc.functional as F
+
 from ...graph import dim_mul
 from . import onnx_op
 

@@ -6,7 +6,8 @@ import functools
 
 import numpy as np
 
-from ... import functional as F
+import dlc.functional as F
+
 from ...graph import dim_div, dim_mul
 from ..importer import is_static
 from ..reader import dtype_of

@@ -13,7 +13,8 @@ import itertools
 
 import numpy as np
 
-from ... import functional as F
+import dlc.functional as F
+
 from ...graph import dim_mul
 from ...ops.conv import conv2d, conv_transpose2d
 from ...ops.pool import avg_pool2d, max_pool2d

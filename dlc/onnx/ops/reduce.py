@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import functional as F
+import dlc.functional as F
+
 from ...graph import dim_mul
 from . import onnx_op
 

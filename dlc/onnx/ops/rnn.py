@@ -4,7 +4,8 @@ before the loop; the loop body does the recurrent matmul and the gates. Both dir
 
 from __future__ import annotations
 
-from ... import functional as F
+import dlc.functional as F
+
 from ...ops.scan import scan
 from . import onnx_op
 

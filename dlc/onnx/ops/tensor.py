@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ... import functional as F
+import dlc.functional as F
+
 from ...graph import dim_mul
 from ...ops.elementwise import broadcast_shapes
 from ..importer import is_static
