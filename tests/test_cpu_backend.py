@@ -529,3 +529,13 @@ def test_the_same_graph_renders_the_same_module():
     second, serial2 = build()
     assert serial2 != serial and unrelated
     assert first == second
+
+
+def test_take_with_a_constant_index():
+    """A one-element constant is a literal inside loops; take reads its index as an array all the same."""
+    x = dlc.input("x", (3, 4))
+    xv = np.arange(12, dtype=np.float32).reshape(3, 4)
+    out = {"row": dlc.take(x, dlc.constant(np.array(1)), 0), "cols": dlc.take(x, dlc.constant(np.array([2, -1])), 1)}
+    got = dlc.compile(list(out.values()), target="cpu")(xv)
+    assert_close(got[0], xv[1])
+    assert_close(got[1], xv[:, [2, -1]])

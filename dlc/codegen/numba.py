@@ -831,7 +831,11 @@ def _render_program(program, title, fastmath, parallel, kernels_digest) -> Gener
             rk.name = "k_" + hashlib.sha1(text.encode()).hexdigest()[:10]
             funcs.setdefault(rk.name, rk.function_text().replace("FUNC_NAME", rk.name))
     redirects = direct_updates(program, rendered)
-    outer = _OuterBuilder(program, redirects)
+    # a one-element constant is a literal inside loops, but a kernel that reads it as an array (take's index)
+    # gets it as an argument like any other constant
+    read_as_arrays = {id(a.node) for rk in rendered if isinstance(rk, RenderedKernel) for a in rk.args
+                      if a.kind in ("array", "flat")}
+    outer = _OuterBuilder(program, redirects, read_as_arrays)
     segments: list[Segment] = []
     for item in rendered:
         native = isinstance(item, RenderedKernel)
@@ -874,7 +878,7 @@ def direct_updates(program: Program, rendered: list) -> dict[int, Node]:
 class _OuterBuilder:
     """Writes the outer functions: typed arena views, kernel calls, and the parameter write-back."""
 
-    def __init__(self, program: Program, redirects: dict):
+    def __init__(self, program: Program, redirects: dict, read_as_arrays: set):
         self.program = program
         self.redirects = redirects
         self.slots: list[tuple] = []
@@ -882,7 +886,7 @@ class _OuterBuilder:
         self.externals: list[Node] = []
         self.ext_of: dict[int, int] = {}
         for n in program.graph.nodes:
-            if n.op in ("input", "param") or (n.op == "const" and not is_scalar_node(n)):
+            if n.op in ("input", "param") or (n.op == "const" and (not is_scalar_node(n) or id(n) in read_as_arrays)):
                 self.ext_of[id(n)] = len(self.externals)
                 self.externals.append(n)
         # graph outputs are written straight into fresh arrays the caller gets (no copy out of the arena)
