@@ -19,6 +19,7 @@ import numpy as np
 from ..errors import DTypeError, ShapeError
 from ..graph import shape_str
 from .base import OPAQUE, register
+from .checks import check_int
 
 FLOATS = ("float32", "float64")
 REDUCIBLE = FLOATS + ("int32", "int64")
@@ -55,6 +56,8 @@ def _check_world(world: int) -> None:
 
 
 def _all_reduce_infer(xs, attrs):
+    if attrs["reduce"] not in ("sum", "mean"):
+        raise ShapeError(f"all_reduce's reduce must be 'sum' or 'mean', got {attrs['reduce']!r}")
     _check_dtype(xs[0], FLOATS if attrs["reduce"] == "mean" else REDUCIBLE)
     return xs[0].shape, xs[0].dtype
 
@@ -86,6 +89,7 @@ register("all_reduce", OPAQUE, _all_reduce_infer, _all_reduce_ref, _all_reduce_g
 
 
 def _same_infer(xs, attrs):
+    check_int(attrs["root"], "root", low=0)  # a root past the last rank is MPI's error, at run time
     _check_dtype(xs[0], REDUCIBLE)
     return xs[0].shape, xs[0].dtype
 
@@ -125,6 +129,7 @@ def _leading(x, what):
 
 
 def _all_gather_infer(xs, attrs):
+    check_int(attrs["world"], "world", low=1)
     _check_dtype(xs[0], REDUCIBLE)
     return (_leading(xs[0], "all_gather") * attrs["world"],) + tuple(xs[0].shape[1:]), xs[0].dtype
 
@@ -142,7 +147,7 @@ def _all_gather_ref(xs, a, shape):
 
 def _reduce_scatter_infer(xs, attrs):
     _check_dtype(xs[0], REDUCIBLE)
-    d0, world = _leading(xs[0], "reduce_scatter"), attrs["world"]
+    d0, world = _leading(xs[0], "reduce_scatter"), check_int(attrs["world"], "world", low=1)
     if d0 % world:
         raise ShapeError(f"reduce_scatter over {world} ranks needs a leading axis divisible by {world}, "
                          f"got {shape_str(xs[0].shape)}")
