@@ -248,7 +248,8 @@ def run_with_updates_in_place(program, feeds: dict, params: dict, env: dict):
     before = {i: np.array(read(n)) for i, n in enumerate(program.outputs) if program.storage_of(n).op == "param"}
     for kernel in program.kernels:
         for key, value in run_kernel(kernel, read, env).items():
-            values[key] = value
+            # a kernel writes its outputs into buffers of their own (numpy's transpose would be a view of p)
+            values[key] = np.array(value)
             if key in planned:
                 params[planned[key].attr("name")][...] = value
     outs = [before[i] if i in before else np.array(read(n)) for i, n in enumerate(program.outputs)]
