@@ -31,6 +31,7 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+from run import thread_env  # noqa: E402  (2 threads per process, this checkout on PYTHONPATH)
 
 # name, batch, in channels, height = width, out channels, kernel, stride, padding
 SHAPES = [
@@ -191,15 +192,6 @@ def torch_worker(shapes):
 
 # ---------------------------------------------------------------------------
 # orchestration
-
-
-def thread_env(extra=None):
-    env = dict(os.environ)
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[var] = str(THREADS)
-    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(HERE), HERE, env.get("PYTHONPATH", "")])
-    env.update(extra or {})
-    return env
 
 
 def run_worker(framework, names, cache):

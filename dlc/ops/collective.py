@@ -135,14 +135,7 @@ def _all_gather_infer(xs, attrs):
 
 
 def _all_gather_ref(xs, a, shape):
-    _check_world(a["world"])
-    x = _contiguous(xs[0])
-    comm = _comm()
-    if comm is None:
-        return x.copy()
-    out = np.empty(shape, x.dtype)
-    comm.Allgather(x, out)
-    return out
+    return _reshaping_collective(xs, a, shape, "Allgather")
 
 
 def _reduce_scatter_infer(xs, attrs):
@@ -155,13 +148,18 @@ def _reduce_scatter_infer(xs, attrs):
 
 
 def _reduce_scatter_ref(xs, a, shape):
+    return _reshaping_collective(xs, a, shape, "Reduce_scatter_block")
+
+
+def _reshaping_collective(xs, a, shape, method: str):
+    """all_gather and reduce_scatter: an output of another leading size, filled by one MPI call."""
     _check_world(a["world"])
     x = _contiguous(xs[0])
     comm = _comm()
     if comm is None:
         return x.copy()
     out = np.empty(shape, x.dtype)
-    comm.Reduce_scatter_block(x, out)
+    getattr(comm, method)(x, out)
     return out
 
 
