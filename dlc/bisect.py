@@ -139,7 +139,7 @@ def bisect(fn, *args, rtol: float = 1e-4, atol: float = 1e-5, **kwargs) -> Bisec
 
     feeds, env, _ = fn.signature.bind(args, kwargs)
     backend = fn.backend
-    program = getattr(backend, "program", None) or optimize(fn.outputs, fn.updates, fn.inputs)
+    program = fn.program or optimize(fn.outputs, fn.updates, fn.inputs)
     snapshot = {k: v.copy() for k, v in fn.store.items()}
     kept = {id(o) for k in program.kernels for o in k.outputs} | {id(n) for n in program.outputs}
     expected = evaluate(program.graph.nodes, feeds, snapshot, env, keep=kept)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .errors import ShapeError
-from .graph import Graph, Node, _factors, as_data, shape_str, symbols_of
+from .graph import Graph, Node, _factors, as_data, shape_str, symbols_of, topo_order
 from .store import Store, default_store
 from .tensor import Tensor
 
@@ -148,6 +148,7 @@ class Function:
                 raise KeyError(f"parameter {p.attr('name')!r} is not in this function's store")
         self.target = target
         self.options = options
+        self.program = None   # the optimized Program the backend runs (None on the reference backend)
         self.backend = make_backend(self, target, options)
 
     def _check_symbols_bound(self) -> None:
@@ -195,19 +196,40 @@ class Function:
 
 
 def make_backend(fn: Function, target: str, options: dict):
+    """The one-way pipeline's last step: optimize fn's graph into a Program and hand it to the target's backend.
+
+    A backend is a class constructed as `Backend(fn, program, **backend_options)`
+    with a `run(feeds, env) -> outputs` method; it renders and runs the Program
+    and changes nothing in it. The optimizer's options (dlc.passes.OPTIONS) are
+    taken here; every other option belongs to the backend, which refuses the
+    ones it does not know. The reference backend is the oracle: it runs the
+    user's graph node by node and takes no Program.
+    """
+    if target not in TARGETS:
+        raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     if target == "reference":
         from .runtime.reference import ReferenceBackend
 
+        fn.program = None
         return ReferenceBackend(fn)
+    from . import passes
+
     if target == "cpu":
-        from .runtime.cpu import CPUBackend
+        from .runtime.cpu import CPUBackend as backend
+    else:
+        from .runtime.cuda import CUDABackend as backend
+    optimizer_options = {k: v for k, v in options.items() if k in passes.OPTIONS}
+    backend_options = {k: v for k, v in options.items() if k not in passes.OPTIONS}
+    import inspect
 
-        return CPUBackend(fn, **options)
-    if target == "cuda":
-        from .runtime.cuda import CUDABackend
-
-        return CUDABackend(fn, **options)
-    raise ValueError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    takes = [p.name for p in list(inspect.signature(backend).parameters.values())[2:]
+             if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(set(backend_options) - set(takes))
+    if unknown:
+        raise TypeError(f"unknown option(s) {', '.join(unknown)} for the {target} target; it takes "
+                        f"{', '.join(takes)}, and the optimizer takes {', '.join(passes.OPTIONS)}")
+    fn.program = passes.optimize(fn.outputs, fn.updates, fn.inputs, **optimizer_options)
+    return backend(fn, fn.program, **backend_options)
 
 
 def compile(outputs, inputs=None, updates=None, target="reference", store=None, **options) -> Function:  # noqa: A001
@@ -218,3 +240,71 @@ def compile(outputs, inputs=None, updates=None, target="reference", store=None, 
     target: "reference" (numpy), "cpu" (numba), "cuda" (pycuda).
     """
     return Function(outputs, inputs, updates, target, store, **options)
+
+
+def compile_steps(steps, inputs=None, target="reference", store=None, **options) -> Function:
+    """Compile steps that run back to back (a GAN's discriminator and generator steps) into one Function.
+
+    steps: a list of (outputs, updates) pairs, each what dlc.compile takes.
+    One call runs them all, in order, as one program (one native call on the
+    cpu target) and returns a tuple with each step's outputs. Step k sees the
+    parameters as the steps before it left them, exactly as calling each
+    step's own compiled function in turn would. Values that do not depend on
+    an earlier step's updates (the generator's forward pass, which the
+    discriminator's step leaves unchanged) are one node, computed once.
+    inputs: the union of the steps' inputs, in call order (default: creation order).
+    """
+    steps = list(steps)
+    if not steps:
+        raise ValueError("compile_steps needs at least one (outputs, updates) step")
+    current: dict[str, Node] = {}   # parameter key -> its value after the steps so far
+    flat: list[Tensor] = []
+    shapes: list[tuple[int, object]] = []   # per step: how many outputs, and how to rebuild its structure
+    final: dict[str, tuple[Node, Node]] = {}
+    for k, step in enumerate(steps):
+        if not (isinstance(step, (tuple, list)) and len(step) == 2):
+            raise TypeError(f"step {k}: expected an (outputs, updates) pair, got {type(step).__name__}")
+        outputs, updates = step
+        out_list, rebuild = _flatten_outputs(outputs)
+        for t in out_list:
+            if not isinstance(t, Tensor):
+                raise TypeError(f"step {k}: every output must be a Tensor, got {type(t).__name__}")
+        pairs = updates.items() if isinstance(updates, dict) else (updates or [])
+        pairs = [(p.node if isinstance(p, Tensor) else p, v.node if isinstance(v, Tensor) else v) for p, v in pairs]
+        seen = _after_updates(current, [t.node for t in out_list] + [v for _, v in pairs])
+        flat += [Tensor(seen[id(t.node)]) for t in out_list]
+        shapes.append((len(out_list), rebuild))
+        news = {}
+        for p, v in pairs:
+            if not isinstance(p, Node) or p.op != "param":
+                raise TypeError(f"step {k}: updates must assign to parameters (dlc.param), got {p!r}")
+            news[p.attr("name")] = (p, seen[id(v)])
+        current.update({key: v for key, (_, v) in news.items()})   # every read of step k saw the old values
+        final.update(news)
+    fn = Function(flat, inputs, [pv for pv in final.values()], target, store, **options)
+
+    def rebuild_steps(values):
+        out, at = [], 0
+        for count, rebuild in shapes:
+            out.append(rebuild(values[at:at + count]))
+            at += count
+        return tuple(out)
+
+    fn._rebuild = rebuild_steps
+    return fn
+
+
+def _after_updates(current: dict[str, Node], roots: list[Node]) -> dict[int, Node]:
+    """id(node) -> the node computing the same value from the parameters as `current` says they are now.
+
+    Nodes are hash-consed, so a value that reads no updated parameter is its own node, shared between steps.
+    """
+    out: dict[int, Node] = {}
+    for n in topo_order(roots):
+        if n.op == "param" and n.attr("name") in current:
+            out[id(n)] = current[n.attr("name")]
+        elif any(out[id(i)] is not i for i in n.inputs):
+            out[id(n)] = Node(n.op, tuple(out[id(i)] for i in n.inputs), n.attrs, n.shape, n.dtype, n.loc, n.value)
+        else:
+            out[id(n)] = n
+    return out

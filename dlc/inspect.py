@@ -14,7 +14,8 @@ DEFAULT_DIM = 32  # what an unbound symbolic dim is taken to be when no env is g
 
 
 def program_of(obj) -> Program:
-    """The optimized Program of a Program, a compiled dlc.Function (its backend's), or a TrainStep."""
+    """The optimized Program of a Program, a compiled dlc.Function (the one its backend runs), or a TrainStep;
+    a function on the reference target, which runs no Program, is optimized here with the default options."""
     from .passes import optimize
 
     if isinstance(obj, Program):
@@ -22,7 +23,7 @@ def program_of(obj) -> Program:
     fn = getattr(obj, "function", obj)  # a TrainStep wraps its Function
     if not all(hasattr(fn, a) for a in ("outputs", "updates", "inputs")):
         raise TypeError(f"cannot inspect a {type(obj).__name__}: give a dlc.Function, a TrainStep or a Program")
-    program = getattr(getattr(fn, "backend", None), "program", None)
+    program = getattr(fn, "program", None)
     return program if program is not None else optimize(fn.outputs, fn.updates, fn.inputs)
 
 

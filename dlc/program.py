@@ -1,15 +1,19 @@
 """The Program: what the optimizer hands to every backend.
 
 A Program is the optimized graph cut into kernels (fused groups of nodes) in
-execution order, plus, per concrete set of symbol bindings, a memory plan that
-places every intermediate value in one arena. The native backends (numba,
-CUDA) and the kernel-by-kernel reference used for bisection render and run
-Programs; only the reference backend runs the user's graph as it is, node by
-node, since it is the oracle the optimizer is checked against.
+execution order, the optimized Program of every scan body in it, the
+parameter updates that may be written in place, and, per concrete set of
+symbol bindings, a memory plan that places every intermediate value in one
+arena (`memory_plan(env)`, made by the planner the optimizer chose). The
+compiler builds it once (dlc/passes) and hands it to a backend, which renders
+and runs it and changes nothing in it. Only the reference backend runs the
+user's graph as it is, node by node, since it is the oracle the optimizer is
+checked against.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .graph import Graph, Node, shape_eval
@@ -34,7 +38,13 @@ class Kernel:
     inputs: tuple[Node, ...]
     outputs: tuple[Node, ...]
     anchor: Node | None = None
-    notes: tuple[str, ...] = ()
+
+    def anchor_target(self) -> Node | None:
+        """The output a GEMM or window kernel's library call fills with the anchor's value before its epilogue
+        runs over it in place (the anchor itself, else an output of its dtype and shape); None: a temporary."""
+        anchor = self.anchor
+        return next((o for o in self.outputs if o is anchor), None) or \
+            next((o for o in self.outputs if o.dtype == anchor.dtype and o.shape == anchor.shape), None)
 
     def source_lines(self) -> list[str]:
         """The distinct user lines the kernel's nodes came from, in order."""
@@ -59,6 +69,11 @@ class Program:
     aliases: node id -> the node whose buffer it shares (a reshape of
              contiguous data is a view, never a kernel).
     refusals: every fusion that was considered and refused, with its reason.
+    bodies:  id(scan node) -> the optimized Program of its body (placeholders
+             in, carry_out + y_out out), made with the same options.
+    inplace: id(update value) -> the parameter its kernel may write straight
+             into (the memory planner's decision; other updates are copied).
+    planner: (program, env, alignment) -> MemoryPlan, the optimizer's choice.
     """
 
     graph: Graph
@@ -69,6 +84,25 @@ class Program:
     aliases: dict[int, Node] = field(default_factory=dict)
     refusals: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
+    bodies: dict[int, Program] = field(default_factory=dict)
+    inplace: dict[int, Node] = field(default_factory=dict)
+    planner: Callable | None = None
+
+    def memory_plan(self, env: dict, alignment: int = 64) -> MemoryPlan:
+        """Where every buffer lives for one binding of the symbolic dims."""
+        if self.planner is None:
+            raise ValueError("this Program has no memory planner: build it with dlc.passes.optimize")
+        return self.planner(self, env, alignment=alignment)
+
+    def body(self, scan: Node) -> Program:
+        """The optimized Program of a scan node's body."""
+        return self.bodies[id(scan)]
+
+    def with_bodies(self):
+        """This program and, depth first, the program of every scan body in it (what a backend renders)."""
+        yield self
+        for body in self.bodies.values():
+            yield from body.with_bodies()
 
     def storage_of(self, node: Node) -> Node:
         """The node that owns the buffer this node's value lives in (following views)."""

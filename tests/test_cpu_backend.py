@@ -304,7 +304,7 @@ def test_fused_kernel_kinds_and_in_place_epilogue(rng):
 
 def test_hand_built_multi_node_kernels(rng):
     """Kernels as fusion may build them: remaps inside an elementwise group, a reduce with both ends fused."""
-    from dlc.passes import unfused_program
+    from dlc.passes import plan_memory, unfused_program
     from dlc.runtime.cpu import CPUBackend
 
     x = dlc.input("x", ("B", 3, 4))
@@ -323,19 +323,12 @@ def test_hand_built_multi_node_kernels(rng):
     z_node, out_node = fn.outputs
     kernels = [Kernel("k0", "elementwise", ew_nodes, (x.node, y.node), (z_node,)),
                Kernel("k1", "reduce", red_nodes, (z_node,), (out_node,), anchor)]
-    prog = type(base)(base.graph, kernels, list(fn.inputs), [z_node, out_node], [], {})
+    prog = type(base)(base.graph, kernels, list(fn.inputs), [z_node, out_node], [], {}, planner=plan_memory)
 
     class Fn:  # what CPUBackend reads of a compiled function
         outputs, updates, inputs, store = [z_node, out_node], [], list(fn.inputs), dlc.default_store()
 
-    import dlc.passes as passes
-
-    saved = getattr(passes, "optimize", None)
-    passes.optimize = lambda *a, **k: prog
-    try:
-        backend = CPUBackend(Fn)
-    finally:
-        passes.optimize = saved
+    backend = CPUBackend(Fn, prog)
     xv, yv = rand(rng, (2, 3, 4)), rand(rng, (4, 3))
     feeds = {id(x.node): xv, id(y.node): yv}
     got = backend.run(feeds, {"B": 2})

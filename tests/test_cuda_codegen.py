@@ -18,7 +18,8 @@ from dlc.codegen.cuda import (
     render_scalar,
     resource_table,
 )
-from dlc.runtime.cuda import CudaUnavailableError, build_program, programs_of
+from dlc.inspect import program_of
+from dlc.runtime.cuda import CudaUnavailableError
 
 # ----------------------------------------------------------------------------
 # rendering
@@ -46,7 +47,7 @@ def test_literals(value, dtype, text):
 def test_generated_source_is_shape_generic_and_commented():
     s = cuda_samples.mlp_training_step()
     fn = s.compile("reference")
-    module = render_program(build_program(fn, {}))
+    module = render_program(program_of(fn))
     assert len(module.kernels) >= 5
     for k in module.kernels:
         assert "i64 s_B" in k.source                  # the batch size is an argument, never a literal
@@ -68,11 +69,11 @@ def test_tile_choice_follows_problem_size():
 
 def test_scan_runs_on_the_host_and_its_body_is_rendered():
     s = cuda_samples.rnn_training_step()
-    program = build_program(s.compile("reference"), {})
+    program = program_of(s.compile("reference"))
     module = render_program(program)
     host = [k for k in program.kernels if k.anchor is not None and k.anchor.op in ("scan", "scan_output")]
     assert host and not {k.name for k in host} & {rk.kernel.name for rk in module.kernels}
-    bodies = list(programs_of(program))[1:]
+    bodies = list(program.with_bodies())[1:]
     assert len(bodies) == 2  # the forward scan and its gradient, a reverse scan
     assert all(render_program(b).kernels for b in bodies)
 
@@ -138,7 +139,7 @@ def _all_kernels_module() -> tuple[str, list[str]]:
     parts, entries = [], [f"dlc_sgemm_{t}_{tr}" for t in GEMM_CONFIGS for tr in ("nn", "tn", "nt", "tt")]
     for build in cuda_samples.SAMPLES:
         s = build()
-        for n, program in enumerate(programs_of(build_program(s.compile("reference"), {}))):
+        for n, program in enumerate(program_of(s.compile("reference")).with_bodies()):
             for k in program.kernels:
                 k.name = f"{s.name}{n}_{k.name}"
             # every tile for the CNN (convolutions and matmuls), the small one elsewhere
@@ -181,7 +182,7 @@ def test_matmul_launch_stays_within_cuda_grid_limits_for_a_tall_matrix():
     from dlc.codegen.c_emulator import launch_problem
 
     a, b = dlc.input("a", ("M", 8)), dlc.input("b", (8, 8))
-    module = render_program(build_program(dlc.compile(dlc.relu(a @ b), target="reference"), {}), ("s",))
+    module = render_program(program_of(dlc.compile(dlc.relu(a @ b), target="reference")), ("s",))
     (launch,) = [k.plan_launch({"M": 3_000_000}, 1056) for k in module.kernels]
     assert launch_problem(launch.grid, launch.block) is None, launch
 

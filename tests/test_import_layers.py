@@ -89,3 +89,14 @@ def test_no_import_from_a_higher_layer():
 def test_every_module_has_a_layer():
     for name in graph(module_level=True).nodes:
         layer_of(name)
+
+
+# The pipeline runs one way: the compiler (dlc/compiler.py) optimizes, and what renders and runs the result
+# receives a finished Program. Renderers and backends never call back into the optimizer.
+DOWNSTREAM_OF_THE_OPTIMIZER = ("dlc.codegen", "dlc.runtime", "dlc.kernels")
+
+
+def test_renderers_and_backends_do_not_import_the_optimizer():
+    back = [f"{a} imports {b}" for a, b in graph(module_level=False).edges
+            if a.startswith(DOWNSTREAM_OF_THE_OPTIMIZER) and (b == "dlc.passes" or b.startswith("dlc.passes."))]
+    assert not back, "the pipeline runs backwards:\n" + "\n".join(sorted(back))

@@ -78,7 +78,7 @@ def test_bisect_finds_the_first_kernel_that_disagrees(step):
             return values
 
     program = optimize(step.outputs, step.updates, step.inputs)
-    step.backend = Corrupting(program)
+    step.backend, step.program = Corrupting(program), program
     report = dlc.bisect(step, X, Y)
     assert not report.ok and report.kernel is program.kernels[2] and report.checked == 2
     assert f"first mismatch in kernel {program.kernels[2].name}" in str(report)

@@ -20,7 +20,6 @@ import numpy as np
 
 from ..graph import Node
 from ..ops import OPS
-from ..passes.memory import anchor_target, inplace_updates
 from ..program import Kernel, Program
 from . import kernel_ir as ir
 from . import source_text
@@ -531,7 +530,7 @@ def _render_matmul(program, kernel):
             raise Unsupported(f"{x.op} before a matmul")
         operands.append((r.arg(x), x, transposed))
     # the GEMM writes into an output of the anchor's dtype and shape; the epilogue then runs in place
-    target = anchor_target(kernel)
+    target = kernel.anchor_target()
     if target is not None:
         tgt = r.arg(target)
     else:
@@ -601,7 +600,7 @@ def _anchor_target(r: KernelRenderer, kernel: Kernel) -> str:
     """Where a library call writes the anchor's value: an output of its dtype and shape (the epilogue then
     runs in place over it), else a temporary."""
     anchor = kernel.anchor
-    target = anchor_target(kernel)
+    target = kernel.anchor_target()
     if target is not None:
         return r.arg(target)
     shape_expr = ", ".join(r.dim(d) for d in anchor.shape)
@@ -811,13 +810,14 @@ def render_program(program: Program, title: str, fastmath: bool = False, paralle
 def _render_program(program, title, fastmath, parallel, kernels_digest) -> GeneratedModule:
     rendered: list[RenderedKernel | Kernel] = []
     funcs: dict[str, str] = {}
+    fallback_reasons: dict[int, str] = {}   # id(kernel) -> why it runs through numpy
     for k in program.kernels:
         if all(n.op == "size" for n in k.nodes):
             continue  # a size is a scalar computed from the symbol bindings
         try:
             rk = render_kernel(program, k, parallel)
         except Unsupported as e:
-            k.notes = tuple(k.notes) + (f"numpy fallback: {e}",)
+            fallback_reasons[id(k)] = f"numpy fallback: {e}"
             rendered.append(k)
             continue
         rendered.append(rk)
@@ -851,7 +851,7 @@ def _render_program(program, title, fastmath, parallel, kernels_digest) -> Gener
             seg.func = f"segment{i}"
             outer_texts.append(outer.render(seg, i == len(segments) - 1))
         else:
-            seg.reason = seg.kernels[0].notes[-1]
+            seg.reason = fallback_reasons[id(seg.kernels[0])]
     source = HEADER.format(title=source_text.comment(title), fastmath=_jit_flag(fastmath),
                            kernels_digest=source_text.comment(kernels_digest)) + "\n\n" + \
         "\n\n\n".join(funcs.values()) + "\n\n\n" + "\n\n\n".join(outer_texts) + "\n"
@@ -869,10 +869,10 @@ def _jit_flag(value) -> str:
 
 
 def direct_updates(program: Program, rendered: list) -> dict[int, Node]:
-    """The memory planner's in-place parameter updates (passes.memory.inplace_updates) whose kernel is
+    """The memory planner's in-place parameter updates (Program.inplace) whose kernel is
     native code; a kernel run through numpy writes to the arena. Returns id(update value) -> param."""
     native = {id(o) for it in rendered if isinstance(it, RenderedKernel) for o in it.kernel.outputs}
-    return {k: p for k, p in inplace_updates(program).items() if k in native}
+    return {k: p for k, p in program.inplace.items() if k in native}
 
 
 class _OuterBuilder:

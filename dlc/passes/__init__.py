@@ -1,19 +1,24 @@
 """The optimizer: graph -> simplified graph -> fused kernels -> schedule -> memory plan.
 
 `optimize(outputs, updates, inputs)` turns a compiled function's graph into a
-Program (see dlc/program.py); `plan_memory(program, env)` places its buffers
-for one binding of the symbolic dims. `unfused_program` and `unplanned_memory`
-are the baseline both are measured against.
+Program (see dlc/program.py), the bodies of its scans included, optimized with
+the same options; `plan_memory(program, env)` places its buffers for one
+binding of the symbolic dims (the Program's `memory_plan`). `unfused_program`
+and `unplanned_memory` are the baseline both are measured against. The
+compiler (dlc/compiler.py) is the only caller downstream code needs: backends
+receive the finished Program and never call back into the optimizer.
 """
 
 from __future__ import annotations
+
+import time
 
 from ..graph import Graph, Node
 from ..ops import OPS, SOURCE
 from ..program import Kernel, MemoryPlan, Program
 from .fusion import MAX_GROUP
 from .fusion import fuse as fuse_graph
-from .memory import nbytes, plan_memory
+from .memory import inplace_updates, nbytes, plan_memory
 from .schedule import schedule as schedule_kernels
 from .simplify import simplify as simplify_graph
 
@@ -25,6 +30,10 @@ def is_view(node: Node) -> bool:
 
 def unfused_program(outputs: list[Node], updates: list[tuple[str, Node]], inputs: list[Node]) -> Program:
     """One kernel per computing node (reshapes are views): the baseline fusion improves on."""
+    return _finish(_one_kernel_per_node(outputs, updates, inputs), lambda body: unfused_program(*body_signature(body)))
+
+
+def _one_kernel_per_node(outputs: list[Node], updates: list[tuple[str, Node]], inputs: list[Node]) -> Program:
     graph = Graph(list(outputs) + [n for _, n in updates])
     aliases: dict[int, Node] = {}
     kernels = []
@@ -37,6 +46,21 @@ def unfused_program(outputs: list[Node], updates: list[tuple[str, Node]], inputs
         kernels.append(Kernel(f"k{len(kernels)}", OPS[n.op].kind, (n,), tuple(n.inputs), (n,),
                               n if OPS[n.op].kind != "elementwise" else None))
     return Program(graph, kernels, list(inputs), list(outputs), list(updates), aliases)
+
+
+def body_signature(body) -> tuple[list[Node], list, list[Node]]:
+    """A scan body as a function's (outputs, updates, inputs): its placeholders in, carry_out + y_out out."""
+    return list(body.carry_out) + list(body.y_out), [], list(body.placeholders)
+
+
+def _finish(program: Program, make_body) -> Program:
+    """What every Program carries besides its kernels: scan bodies, in-place updates, the memory planner."""
+    for k in program.kernels:
+        if k.anchor is not None and k.anchor.op == "scan":
+            program.bodies[id(k.anchor)] = make_body(k.anchor.attr("body"))
+    program.inplace = inplace_updates(program)
+    program.planner = plan_memory
+    return program
 
 
 def unplanned_memory(program: Program, env: dict, alignment: int = 64) -> MemoryPlan:
@@ -65,6 +89,7 @@ def optimize(outputs: list[Node], updates: list[tuple[str, Node]], inputs: list[
     if unknown:
         raise TypeError(f"unknown optimizer option(s) {', '.join(sorted(unknown))}; the optimizer takes "
                         f"{', '.join(OPTIONS)}")
+    start = time.perf_counter()
     roots = list(outputs) + [n for _, n in updates]
     before = Graph(roots)
     if simplify:
@@ -77,14 +102,18 @@ def optimize(outputs: list[Node], updates: list[tuple[str, Node]], inputs: list[
         kernels, aliases, refusals = fuse_graph(roots, max_group=max_group, duplicate=duplicate)
         program = Program(Graph(roots), kernels, list(inputs), new_outputs, new_updates, aliases, refusals)
     else:
-        program = unfused_program(new_outputs, new_updates, inputs)
+        program = _one_kernel_per_node(new_outputs, new_updates, inputs)
     if schedule:
         program.kernels = schedule_kernels(program)
     for i, k in enumerate(program.kernels):
         k.name = f"k{i}"
     program.stats = {"passes": log, "nodes_before": len(before), "ops_before": before.op_counts(),
                      "nodes_after": len(program.graph), "kernels": len(program.kernels)}
+    options = dict(simplify=simplify, fuse=fuse, reassociate=reassociate, max_group=max_group,
+                   duplicate=duplicate, schedule=schedule)
+    program = _finish(program, lambda body: optimize(*body_signature(body), **options))
+    program.stats["optimize_s"] = time.perf_counter() - start
     return program
 
 
-__all__ = ["optimize", "plan_memory", "unfused_program", "unplanned_memory", "is_view"]
+__all__ = ["optimize", "plan_memory", "unfused_program", "unplanned_memory", "is_view", "body_signature", "OPTIONS"]

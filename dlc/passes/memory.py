@@ -116,16 +116,8 @@ def inplace_pairs(program: Program, life: Lifetimes, sizes: dict[int, int],
 
 # kernels that compute every output at an index before storing any of them, so that reading an input at the
 # index being written is safe; GEMM and window kernels (COMPLEX) do so in their epilogue, after the library
-# call has filled anchor_target
+# call has filled Kernel.anchor_target
 STORES_LAST = (ELEMENTWISE, INJECTIVE, REDUCE)
-
-
-def anchor_target(kernel: Kernel) -> Node | None:
-    """The output a GEMM or window kernel's library call fills with the anchor's value before its epilogue
-    runs over it in place (the anchor itself, else an output of its dtype and shape); None: a temporary."""
-    anchor = kernel.anchor
-    return next((o for o in kernel.outputs if o is anchor), None) or \
-        next((o for o in kernel.outputs if o.dtype == anchor.dtype and o.shape == anchor.shape), None)
 
 
 def buffer_reads(program: Program, kernel: Kernel, storage: Node) -> list[Node]:
@@ -175,7 +167,7 @@ def reads_before_storing(kernel: Kernel, value: Node, param: Node, reads: list[N
     """Whether the kernel reads param only at the index it stores value at, before storing it."""
     if kernel.kind in STORES_LAST:
         space = tuple(kernel.outputs[0].shape)
-    elif kernel.kind == COMPLEX and kernel.anchor is not None and anchor_target(kernel) is not value:
+    elif kernel.kind == COMPLEX and kernel.anchor is not None and kernel.anchor_target() is not value:
         space = tuple(kernel.anchor.shape)   # read by the epilogue, over the anchor's space
     else:
         return False

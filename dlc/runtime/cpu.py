@@ -20,8 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-import dlc.passes as passes
-
 from ..cache import cache_dir as checked_cache_dir
 from ..cache import digest, ensure_file, replace_unusable
 from ..codegen.numba import GeneratedModule, RenderedKernel, is_scalar_node, render_program
@@ -118,22 +116,16 @@ class CPUBackend:
 
     name = "cpu"
 
-    def __init__(self, fn, fastmath: bool = False, parallel: bool = False, dump: str | None = None,
-                 cache: str | None = None, max_plans: int = MAX_PLANS, **optimizer_options):
+    def __init__(self, fn, program, fastmath: bool = False, parallel: bool = False, dump: str | None = None,
+                 cache: str | None = None, max_plans: int = MAX_PLANS, **unknown):
+        if unknown:
+            raise TypeError(f"unknown option(s) for the cpu target: {', '.join(sorted(unknown))}")
         if not isinstance(max_plans, int) or isinstance(max_plans, bool) or max_plans < 1:
             raise ValueError(f"max_plans must be a positive int, not {max_plans!r}")
         self.fn = fn
+        self.program = program
         self.max_plans = max_plans
         self.stats: dict = {}
-        t0 = time.perf_counter()
-        optimize = getattr(passes, "optimize", None)
-        if optimize is not None:
-            self.program = optimize(fn.outputs, fn.updates, fn.inputs, **optimizer_options)
-        elif optimizer_options:
-            raise TypeError(f"unknown option(s) for the cpu target: {', '.join(sorted(optimizer_options))}")
-        else:
-            self.program = passes.unfused_program(fn.outputs, fn.updates, fn.inputs)
-        self._plan_memory = getattr(passes, "plan_memory", None) or passes.unplanned_memory
         t1 = time.perf_counter()
         load_kernel_modules()  # numba and the hand-written kernels, once per process (timed as import)
         digest = kernels_digest()
@@ -148,8 +140,8 @@ class CPUBackend:
             (Path(dump) / f"dlc_gen_{self.generated.digest}.py").write_text(self.generated.source)
         self.module = load_module(self.generated, cache_dir(cache))
         t3 = time.perf_counter()
-        self.stats.update(optimize_s=t1 - t0 - t_kernels, render_s=t2 - t1, import_s=t3 - t2 + t_kernels,
-                          numba_compile_s=0.0,
+        self.stats.update(optimize_s=program.stats.get("optimize_s", 0.0), render_s=t2 - t1,
+                          import_s=t3 - t2 + t_kernels, numba_compile_s=0.0,
                           kernels=len(self.program.kernels), distinct_kernels=self.generated.distinct_kernels,
                           segments=sum(s.native for s in self.generated.segments),
                           fallbacks=[s.reason for s in self.generated.segments if not s.native])
@@ -158,10 +150,11 @@ class CPUBackend:
         self._segments = [(getattr(self.module, s.func), None) if s.native else (None, s.kernels[0])
                           for s in self.generated.segments]
         self._seen_signatures = [-1] * len(self._segments)  # compiled signatures seen per segment
-        from .cpu_scan import lower_scans  # scan loops as native code, each body a program of its own
+        from .cpu_scan import lower_scans, results_at_their_scan  # scan loops as native code
 
-        self._native = lower_scans(self, fastmath=fastmath, parallel=parallel, dump=dump, cache=cache,
-                                   **optimizer_options)
+        self._native = lower_scans(self, fastmath=fastmath, parallel=parallel, dump=dump, cache=cache)
+        # the program as the memory planner sees it: a scan writes its results' buffers itself
+        self._layout = results_at_their_scan(program) if self._native else program
         self.stats["fallbacks"] = [s.reason for s in self.generated.segments
                                    if not s.native and id(s.kernels[0]) not in self._native]
         for seg in self.generated.segments:
@@ -228,7 +221,7 @@ class CPUBackend:
     def _make_plan(self, env: dict) -> _Plan:
         plan = _Plan()
         plan.env = dict(env)
-        plan.memory = mem = self._plan_memory(self.program, env)
+        plan.memory = mem = self._layout.memory_plan(env)
         plan.S = np.array([self._slot_value(s, mem, env) for s in self.generated.slots] or [0], dtype=np.int64)
         plan.out_shapes = [shape_eval(n.shape, env) for n in self.program.outputs]
         plan.free = []

@@ -1,7 +1,8 @@
 """Native scan loops for the Numba CPU backend: the body compiled once as a program, the loop in generated code.
 
 A scan's body (dlc/ops/scan.py) is an ordinary graph over placeholders, so it
-goes through the same optimizer and code generator as any compiled function:
+went through the same optimizer as any compiled function (the Program's
+`bodies`, with the user's options) and goes through the same code generator:
 a `CPUBackend` of its own whose outer function takes the placeholders
 (carry_in, x_in, captured_in, step_in) and the body's outputs (carry_out,
 y_out) as arrays. A generated @njit loop then calls that function once per
@@ -62,7 +63,8 @@ class BodyFunction:
 
 
 def lower_scans(backend, **options) -> dict:
-    """id(kernel) -> a runner(plan, X, env), for each scan kernel of the backend's program and its scan_outputs."""
+    """id(kernel) -> a runner(plan, X, env), for each scan kernel of the backend's program and its scan_outputs.
+    options are the backend's own (fastmath, cache...): each body is rendered with them."""
     runners: dict = {}
     loops: list[str] = []
     kernels = backend.program.kernels
@@ -77,10 +79,6 @@ def lower_scans(backend, **options) -> dict:
             runners[id(k)] = scan.output_runner(index)
         loops.append("native" if scan.loop is not None else "python")
     backend.stats["scan_loops"] = loops  # per scan kernel: its loop in native code, or Python over its body
-    if loops:
-        planner = backend._plan_memory
-        merged = results_at_their_scan(backend.program)
-        backend._plan_memory = lambda program, env: planner(merged if program is backend.program else program, env)
     return runners
 
 
@@ -102,7 +100,7 @@ def results_at_their_scan(program: Program) -> Program:
             continue
         if k.anchor is not None and k.anchor.op == "scan":
             results = tuple(outputs_of.get(id(k.anchor), ()))
-            k = Kernel(k.name, k.kind, k.nodes + results, k.inputs, results, k.anchor, k.notes)
+            k = Kernel(k.name, k.kind, k.nodes + results, k.inputs, results, k.anchor)
         kernels.append(k)
     return dataclasses.replace(program, kernels=kernels)
 
@@ -130,7 +128,7 @@ class NativeScan:
         self.C, self.X, self.Y = len(body.carry_in), len(body.x_in), len(body.y_out)
         self.save = bool(node.attr("save_carries"))
         self.reverse = bool(node.attr("reverse"))
-        self.body_backend = CPUBackend(BodyFunction(body), **options)
+        self.body_backend = CPUBackend(BodyFunction(body), backend.program.body(node), **options)
         self.loop = None
         segments = self.body_backend.generated.segments
         self._consts: list[np.ndarray] = []

@@ -35,7 +35,6 @@ import numpy as np
 
 from ..errors import DlcError, IndexRangeError
 from ..graph import shape_eval
-from ..program import MemoryPlan
 
 ALIGNMENT = 256  # bytes: every arena buffer starts on a 16-byte (float4) and 128-byte (cache line) boundary
 INSTALL_HINT = ('install the CUDA extra with `pip install "dlc[cuda]"` (it builds pycuda, which needs the CUDA '
@@ -395,25 +394,6 @@ def invalidate(store, key: str | None = None) -> None:
 # the backend
 
 
-def build_program(fn, options: dict):
-    """The optimizer's Program (optimizer options such as fuse=False pass through), else the unfused baseline."""
-    from .. import passes
-
-    optimize = getattr(passes, "optimize", None)
-    if optimize is None:
-        return passes.unfused_program(fn.outputs, fn.updates, fn.inputs)
-    return optimize(fn.outputs, fn.updates, fn.inputs, **options)
-
-
-def plan_memory(program, env: dict) -> MemoryPlan:
-    from .. import passes
-
-    planner = getattr(passes, "plan_memory", None)
-    if planner is not None:
-        return planner(program, env, alignment=ALIGNMENT)
-    return passes.unplanned_memory(program, env, alignment=ALIGNMENT)
-
-
 class ProgramRunner:
     """One Program on one device: its compiled module, its arena, and the order its kernels run in.
 
@@ -433,7 +413,7 @@ class ProgramRunner:
         self.launchers = device.load(self.module) if self.module.kernels else {}
         rendered = {rk.kernel.name: rk for rk in self.module.kernels}
         self.steps = [(k, rendered.get(k.name)) for k in program.kernels]
-        self.scans = {id(k.anchor): ScanRunner(k.anchor, device, params, tiles)
+        self.scans = {id(k.anchor): ScanRunner(k.anchor, program.body(k.anchor), device, params, tiles)
                       for k, rk in self.steps if rk is None and k.anchor is not None and k.anchor.op == "scan"}
         self.consts: dict[int, tuple] = {}
         self.status = device.alloc(16)  # int32 [site, value low, value high, count]: see codegen/cuda.py _report_index
@@ -451,7 +431,7 @@ class ProgramRunner:
         key = tuple(sorted(env.items()))
         if key == self._plan_key:
             return
-        self.plan = plan_memory(self.program, env)
+        self.plan = self.program.memory_plan(env, alignment=ALIGNMENT)
         if self.plan.arena_bytes > self._arena_bytes:
             self._arena = self.device.alloc(self.plan.arena_bytes)
             self._arena_bytes = self.plan.arena_bytes
@@ -569,11 +549,10 @@ class ScanRunner:
     until the scan_output kernels copy them out.
     """
 
-    def __init__(self, node, device, params, tiles):
+    def __init__(self, node, program, device, params, tiles):
         self.node = node
         self.body = body = node.attr("body")
         self.device = device
-        program = scan_body_program(node)
         self.carry_out = program.outputs[:len(body.carry_out)]
         self.y_out = program.outputs[len(body.carry_out):]
         self.inner = ProgramRunner(program, device, params, tiles)
@@ -631,31 +610,13 @@ class ScanRunner:
         self.results = list(current) + list(ys) + list(saved)
 
 
-def scan_body_program(node):
-    """The Program of a scan node's body: its placeholders are the inputs, carry_out + y_out the outputs."""
-    from .. import passes
-
-    body = node.attr("body")
-    outputs, inputs = list(body.carry_out) + list(body.y_out), list(body.placeholders)
-    optimize = getattr(passes, "optimize", None)
-    return optimize(outputs, [], inputs) if optimize else passes.unfused_program(outputs, [], inputs)
-
-
-def programs_of(program):
-    """The program and, depth first, the body program of every scan in it (what a module must compile)."""
-    yield program
-    for k in program.kernels:
-        if k.anchor is not None and k.anchor.op == "scan":
-            yield from programs_of(scan_body_program(k.anchor))
-
-
 class CUDABackend:
     """Runs a compiled function's Program as CUDA kernels; `emulate=True` runs them on the CPU instead."""
 
     name = "cuda"
 
-    def __init__(self, fn, emulate: bool | str = False, device=None, gemm_tiles=None, dump: str | None = None,
-                 **options):
+    def __init__(self, fn, program, emulate: bool | str = False, device=None, gemm_tiles=None,
+                 dump: str | None = None):
         from ..codegen.cuda import GEMM_CONFIGS
 
         self.fn = fn
@@ -667,7 +628,7 @@ class CUDABackend:
         if unknown:
             raise ValueError(f"gemm_tiles {unknown} unknown; choose from {sorted(GEMM_CONFIGS)}")
         self.params = device_store(fn.store, self.device)
-        self.runner = ProgramRunner(build_program(fn, options), self.device, self.params, tiles)
+        self.runner = ProgramRunner(program, self.device, self.params, tiles)
         self.program = self.runner.program
         self.module = self.runner.module
         self._input_buffers: dict[int, tuple] = {}
