@@ -16,7 +16,7 @@ from . import distributed, inspect, nn, optim  # MPI data parallelism, the inspe
 from . import functional as _functional
 from .autodiff import grad
 from .bisect import bisect
-from .compiler import Function, compile, default_target
+from .compiler import Function, compile, compile_steps, default_target
 from .errors import ArtifactError, DlcError, DTypeError, DTypeWarning, GradientError, ShapeError
 from .export import export, load  # (the functions shadow the dlc.export module name on purpose)
 from .functional import *  # noqa: F401,F403  (the DSL's functions: dlc.exp, dlc.sum, ..., listed in its __all__)
@@ -35,7 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     # compiling and differentiating
-    "compile", "Function", "grad", "default_target", "bisect",
+    "compile", "compile_steps", "Function", "grad", "default_target", "bisect",
     # values and graphs
     "Tensor", "Graph", "Node", "Store", "default_store", "reset_default_store",
     # artifacts

@@ -137,6 +137,10 @@ def _function_doc(fn: Function, members: dict[str, bytes]) -> tuple[dict, list[s
 def _output_structure(fn: Function):
     """How the outputs come back: one array, a list, a tuple, or a dict (with its keys)."""
     shaped = fn._rebuild(list(range(len(fn.outputs))))
+    inner = shaped.values() if isinstance(shaped, dict) else shaped if isinstance(shaped, (list, tuple)) else []
+    if any(not isinstance(i, int) for i in inner):  # dlc.compile_steps of steps returning lists or dicts
+        raise TypeError("an artifact keeps one level of output structure; this function returns nested lists, "
+                        "tuples or dicts (give each step of dlc.compile_steps a single Tensor as its output)")
     if isinstance(shaped, dict):
         return {"dict": GraphEncoder().encode_value(tuple(shaped))}
     if isinstance(shaped, tuple):

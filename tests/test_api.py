@@ -15,19 +15,18 @@ import dlc
 from dlc import functional as F
 
 PUBLIC = {
-    "compile", "Function", "grad", "default_target", "bisect", "Tensor", "Graph", "Node", "Store", "default_store",
-    "reset_default_store", "export", "load", "DlcError", "ShapeError", "DTypeError", "GradientError", "ArtifactError",
-    "DTypeWarning", "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d",
-    "scan", "random_uniform", "random_normal", "random_bernoulli", "dropout", "nn", "optim", "inspect", "distributed",
-    "__version__",
-    "input", "constant", "param", "tensor", "zeros", "ones", "full", "zeros_like", "ones_like", "full_like",
-    "arange", "eye", "neg", "abs", "sign", "exp", "log", "sqrt", "rsqrt", "square", "tanh", "sigmoid", "relu",
-    "erf", "softplus", "sin", "cos", "leaky_relu", "elu", "gelu", "stop_gradient", "add", "sub", "mul", "div", "pow",
-    "maximum", "minimum", "equal", "not_equal", "less", "less_equal", "greater", "greater_equal", "logical_and",
-    "logical_or", "logical_not", "where", "cast", "clip", "sum", "prod", "max", "min", "mean", "var", "std",
-    "argmax", "argmin", "size", "logsumexp", "softmax", "log_softmax", "reshape", "transpose", "permute",
-    "swapaxes", "broadcast_to", "expand_dims", "unsqueeze", "squeeze", "flatten", "slice_", "take_slice", "concat",
-    "cat", "concatenate", "stack", "split", "pad", "take", "gather", "one_hot", "matmul", "dot",
+    "compile", "compile_steps", "Function", "grad", "default_target", "bisect", "Tensor", "Graph", "Node", "Store",
+    "default_store", "reset_default_store", "export", "load", "DlcError", "ShapeError", "DTypeError", "GradientError",
+    "ArtifactError", "DTypeWarning", "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d",
+    "adaptive_avg_pool2d", "scan", "random_uniform", "random_normal", "random_bernoulli", "dropout", "nn", "optim",
+    "inspect", "distributed", "__version__", "input", "constant", "param", "tensor", "zeros", "ones", "full",
+    "zeros_like", "ones_like", "full_like", "arange", "eye", "neg", "abs", "sign", "exp", "log", "sqrt", "rsqrt",
+    "square", "tanh", "sigmoid", "relu", "erf", "softplus", "sin", "cos", "leaky_relu", "elu", "gelu", "stop_gradient",
+    "add", "sub", "mul", "div", "pow", "maximum", "minimum", "equal", "not_equal", "less", "less_equal", "greater",
+    "greater_equal", "logical_and", "logical_or", "logical_not", "where", "cast", "clip", "sum", "prod", "max", "min",
+    "mean", "var", "std", "argmax", "argmin", "size", "logsumexp", "softmax", "log_softmax", "reshape", "transpose",
+    "permute", "swapaxes", "broadcast_to", "expand_dims", "unsqueeze", "squeeze", "flatten", "slice_", "take_slice",
+    "concat", "cat", "concatenate", "stack", "split", "pad", "take", "gather", "one_hot", "matmul", "dot",
 }
 
 

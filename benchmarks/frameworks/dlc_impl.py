@@ -162,12 +162,13 @@ def build_function(name, s, target=TARGET):
         disc = lambda v: _mlp(dp, v, lambda a: dlc.leaky_relu(a, 0.2))  # noqa: E731
         d_loss = _bce_logits(disc(real), 1.0) + _bce_logits(disc(dlc.stop_gradient(gen())), 0.0)
         g_loss = _bce_logits(disc(gen()), 1.0)
-        d_step = dlc.compile(d_loss, inputs=[z, real],
-                             updates=_adam(d_loss, dp, s["lr"], s["betas"], s["eps"], "adam_d."), target=target)
-        g_step = dlc.compile(g_loss, inputs=[z],
-                             updates=_adam(g_loss, gp, s["lr"], s["betas"], s["eps"], "adam_g."), target=target)
+        # both steps as one program: the generator step sees the discriminator's update, the generator's
+        # forward pass (which the discriminator's step does not change) is computed once
+        steps = dlc.compile_steps([(d_loss, _adam(d_loss, dp, s["lr"], s["betas"], s["eps"], "adam_d.")),
+                                   (g_loss, _adam(g_loss, gp, s["lr"], s["betas"], s["eps"], "adam_g."))],
+                                  inputs=[z, real], target=target)
         zv, rv = s["z"], s["real"]
-        return (lambda: (float(d_step(zv, rv)), float(g_step(zv)))), [d_step, g_step]
+        return (lambda: tuple(map(float, steps(zv, rv)))), [steps]
     if name in ("W5_mlp", "W5_cnn"):
         params = _params(s["params"], "w")
         x = dlc.input("x", ("B",) + s["x"].shape[1:])
