@@ -102,3 +102,24 @@ def test_bad_dims_are_refused():
         dlc.input("x", (True, 3))
     with pytest.raises(ValueError, match="symbolic dim"):
         dlc.input("x", ("B+1", 3))
+
+
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_checks_remembered_per_shape_still_catch_what_differs(target):
+    """Arguments already checked once are not checked again, but only when they match exactly (dtype, layout)."""
+    x = dlc.input("x", ("B", 3))
+    w = dlc.input("w", (3,))
+    f = dlc.compile(x * w, target=target)
+    a, b = np.arange(12, dtype=np.float32).reshape(4, 3), np.ones(3, np.float32)
+    for _ in range(2):  # the second call takes the remembered bindings
+        np.testing.assert_array_equal(f(a, b), a)
+    np.testing.assert_array_equal(f(a[:2], b), a[:2])                             # another batch size
+    strided = np.arange(24, dtype=np.float32).reshape(4, 6)[:, ::2]
+    np.testing.assert_array_equal(f(strided, b), strided)                           # same shape, not contiguous
+    np.testing.assert_array_equal(f(a.astype(">f4"), b), a)                         # same shape, other byte order
+    np.testing.assert_array_equal(f(a, np.broadcast_to(np.float32(2), (3,))), 2 * a)  # a zero-stride view
+    with pytest.raises(dlc.ShapeError, match=r"input 'w': expected shape \(3,\), got \(4,\)"):
+        f(a, np.ones(4, np.float32))
+    with pytest.raises(dlc.DTypeError, match="input 'x': expected dtype float32"):
+        f(a.astype(np.int64).astype(np.complex64), b)
+    assert dlc.compile(x * w, target=target).signature.bind((a, b), {})[1] == {"B": 4}
