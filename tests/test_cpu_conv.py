@@ -69,6 +69,7 @@ CONV_CASES = [
     (1, 0, 1, 4, (4, 1, 1, 1)),     # depthwise 1x1: the columns are the input itself
     (1, 0, 1, 2, (6, 2, 1, 1)),     # grouped pointwise
     (3, 0, 1, 1, (2, 4, 1, 1)),     # strided 1x1
+    (1, 1, 1, 1, (3, 4, 3, 3)),     # 72 output positions: a GEMM per sample (the weight gradient shares them)
 ]
 
 
@@ -89,7 +90,23 @@ def test_conv_ops_match_reference(dtype):
     out["transpose"] = dlc.conv_transpose2d(x, wt, stride=2, padding=1, output_padding=1)
     wg = dlc.param(uniform(rng, (4, 1, 2, 2), dtype), name="wg", dtype=dtype)
     out["transpose_grouped"] = dlc.conv_transpose2d(x, wg, stride=(1, 2), groups=2, dilation=2)
-    check_against_reference(out, lambda b: {"x": uniform(rng, (b, 4, 9, 8), dtype)})
+    # batches 3 and 40 share GEMMs between samples where a sample's output is small (under 64 positions; the
+    # weight gradient under 100): 40 in one GEMM or in two of 20 samples, as COLUMNS allows
+    check_against_reference(out, lambda b: {"x": uniform(rng, (b, 4, 9, 8), dtype)}, batches=BATCHES + (40,))
+
+
+def test_samples_share_a_gemm_only_when_their_outputs_are_small():
+    from dlc.runtime.cpu import load_kernel_modules
+
+    load_kernel_modules()
+    from dlc_cpu_conv import BATCH_BELOW, COLUMNS, samples_per_gemm
+
+    assert samples_per_gemm(32, 16, False, BATCH_BELOW) == 32   # ResNet's 4x4 stage: one GEMM for the batch
+    assert samples_per_gemm(40, 60, False, BATCH_BELOW) == 20   # within COLUMNS, and a divisor of the batch
+    assert samples_per_gemm(7, 64, False, BATCH_BELOW) == 1     # larger outputs: a GEMM per sample
+    assert samples_per_gemm(32, 16, True, BATCH_BELOW) == 1     # pointwise convs read the input as it is
+    assert samples_per_gemm(1, 16, False, BATCH_BELOW) == 1
+    assert samples_per_gemm(3, 16, False, BATCH_BELOW) * 16 <= COLUMNS
 
 
 def test_pool_ops_match_reference():
