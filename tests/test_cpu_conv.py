@@ -70,6 +70,8 @@ CONV_CASES = [
     (1, 0, 1, 2, (6, 2, 1, 1)),     # grouped pointwise
     (3, 0, 1, 1, (2, 4, 1, 1)),     # strided 1x1
     (1, 1, 1, 1, (3, 4, 3, 3)),     # 72 output positions: a GEMM per sample (the weight gradient shares them)
+    (1, 1, 1, 4, (4, 1, 3, 3)),     # depthwise 3x3: direct loops
+    (2, ((1, 0), (2, 1)), (2, 1), 4, (8, 1, 3, 2)),  # depthwise, two outputs per channel, strided, dilated
 ]
 
 
