@@ -92,12 +92,61 @@ def spec(name: str, seed: int = 0) -> dict:
         batch = 32 if name == "W8" else 1
         return dict(state=resnet_state(rng), x=rng.standard_normal((batch, 3, 32, 32)).astype(F32),
                     y=rng.integers(0, 10, batch), lr=0.01)
+    if name == "W10":
+        return dict(params=gpt_params(rng), x=rng.integers(0, GPT["vocab"], (GPT["batch"], GPT["seq"])),
+                    y=rng.integers(0, GPT["vocab"], (GPT["batch"], GPT["seq"])), lr=0.01, heads=GPT["heads"])
+    if name == "W11":
+        return dict(state=decoder_state(rng), prompt=int(rng.integers(0, GPT["vocab"])), **DECODER)
     if name == "W6":
         return dict(x=rng.standard_normal(4 * 1024 * 1024).astype(F32), a=F32(1.5), b=F32(-0.25))
     if name == "W7":
         n = 1024
         return dict(a=rng.standard_normal((n, n)).astype(F32), b=rng.standard_normal((n, n)).astype(F32))
     raise KeyError(name)
+
+
+# W10: one GPT-style block (pre-LayerNorm, causal self-attention, GELU(tanh) MLP) between a token + position
+# embedding and a LayerNorm + linear head, trained with plain SGD on next-character cross-entropy
+GPT = dict(batch=16, seq=256, width=256, heads=4, vocab=128)
+
+
+def gpt_params(rng):
+    """The block's weights by name, float32, weights stored (in, out) so that y = x @ w + b."""
+    C, V, T = GPT["width"], GPT["vocab"], GPT["seq"]
+    p = {"wte": 0.02 * rng.standard_normal((V, C)), "wpe": 0.02 * rng.standard_normal((T, C))}
+    for ln in ("ln1", "ln2", "lnf"):
+        p[f"{ln}.w"], p[f"{ln}.b"] = rng.uniform(0.8, 1.2, C), 0.05 * rng.standard_normal(C)
+    p["attn.w_qkv"], p["attn.b_qkv"] = _linear(rng, C, 3 * C)
+    p["attn.w_proj"], p["attn.b_proj"] = _linear(rng, C, C)
+    p["mlp.w_fc"], p["mlp.b_fc"] = _linear(rng, C, 4 * C)
+    p["mlp.w_proj"], p["mlp.b_proj"] = _linear(rng, 4 * C, C)
+    p["head"] = _uniform(rng, C, (C, V))
+    return {k: np.asarray(v, F32) for k, v in p.items()}
+
+
+# W11: greedy generation at batch 1, one token per step, with a key/value cache: a decoder-only model of
+# torch.nn.TransformerEncoderLayer blocks (norm_first, GELU), its state dict named as dlc.nn and torch.nn name it
+DECODER = dict(layers=4, width=256, heads=4, vocab=128, context=256)
+
+
+def decoder_state(rng):
+    C, V, T = DECODER["width"], DECODER["vocab"], DECODER["context"]
+    state = {"embed.weight": rng.standard_normal((V, C)), "position.weight": 0.02 * rng.standard_normal((T, C))}
+    for i in range(DECODER["layers"]):
+        b = f"blocks.{i}."
+        state[b + "self_attn.in_proj_weight"] = _uniform(rng, C, (3 * C, C))
+        state[b + "self_attn.in_proj_bias"] = _uniform(rng, C, (3 * C,))
+        state[b + "self_attn.out_proj.weight"] = _uniform(rng, C, (C, C))
+        state[b + "self_attn.out_proj.bias"] = _uniform(rng, C, (C,))
+        state[b + "linear1.weight"] = _uniform(rng, C, (4 * C, C))
+        state[b + "linear1.bias"] = _uniform(rng, C, (4 * C,))
+        state[b + "linear2.weight"] = _uniform(rng, 4 * C, (C, 4 * C))
+        state[b + "linear2.bias"] = _uniform(rng, 4 * C, (C,))
+        for n in ("norm1", "norm2"):
+            state[b + n + ".weight"], state[b + n + ".bias"] = rng.uniform(0.8, 1.2, C), 0.05 * rng.standard_normal(C)
+    state["norm.weight"], state["norm.bias"] = rng.uniform(0.8, 1.2, C), 0.05 * rng.standard_normal(C)
+    state["head.weight"], state["head.bias"] = _uniform(rng, C, (V, C)), _uniform(rng, C, (V,))
+    return {k: np.asarray(v, F32) for k, v in state.items()}
 
 
 # ResNet-18 for 3x32x32 inputs (the CIFAR variant: a 3x3 stem, no max pool): four stages of two basic

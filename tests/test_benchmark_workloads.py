@@ -84,3 +84,27 @@ def test_numpy_reference_losses_fall():
     step = W.numpy_step("W1", W.spec("W1"))
     losses = [step() for _ in range(20)]
     assert losses[-1] < 0.9 * losses[0]  # memorising one random batch: slow but steady
+
+
+def _small_gpt_batch(s):
+    s["x"], s["y"] = s["x"][:2, :24].copy(), s["y"][:2, :24].copy()
+    return s
+
+
+def test_gpt_block_training_losses_agree_across_dlc_pytorch_and_jax():
+    """W10 has no numpy implementation: PyTorch eager (F.scaled_dot_product_attention) is its oracle."""
+    torch_impl = pytest.importorskip("frameworks.torch_impl")
+    from frameworks import dlc_impl
+
+    want = torch_impl.build("W10", _small_gpt_batch(W.spec("W10")))
+    got, _ = dlc_impl.build_function("W10", _small_gpt_batch(W.spec("W10")), target="reference")
+    others = []
+    if importlib.util.find_spec("jax") is not None:
+        from frameworks import jax_impl
+
+        others.append(jax_impl.build("W10", _small_gpt_batch(W.spec("W10"))))
+    for _ in range(3):
+        loss = want()
+        np.testing.assert_allclose(got(), loss, rtol=1e-4)
+        for other in others:
+            np.testing.assert_allclose(other(), loss, rtol=1e-4)

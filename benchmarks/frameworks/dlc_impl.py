@@ -142,6 +142,48 @@ def _resnet(s):
     return model
 
 
+def _layer_norm(x, w, b, eps=1e-5):
+    mean = dlc.mean(x, -1, keepdims=True)
+    return (x - mean) * dlc.rsqrt(dlc.var(x, -1, keepdims=True) + eps) * w + b
+
+
+def _gpt_loss(p, x, y, heads):
+    """W10 as in torch_impl.gpt_loss: the attention is one fused op (dlc.scaled_dot_product_attention)."""
+    B, T = x.shape
+    C = p["wte"].shape[1]
+    h = dlc.take(p["wte"], x, axis=0) + p["wpe"][:T]
+    qkv = _layer_norm(h, p["ln1.w"], p["ln1.b"]) @ p["attn.w_qkv"] + p["attn.b_qkv"]
+    q, k, v = (dlc.transpose(dlc.reshape(t, (B, T, heads, C // heads)), (0, 2, 1, 3))
+               for t in dlc.split(qkv, 3, axis=2))
+    o = dlc.reshape(dlc.transpose(dlc.scaled_dot_product_attention(q, k, v, causal=True), (0, 2, 1, 3)), (B, T, C))
+    h = h + o @ p["attn.w_proj"] + p["attn.b_proj"]
+    m = _layer_norm(h, p["ln2.w"], p["ln2.b"])
+    h = h + dlc.gelu(m @ p["mlp.w_fc"] + p["mlp.b_fc"], approximate="tanh") @ p["mlp.w_proj"] + p["mlp.b_proj"]
+    logits = _layer_norm(h, p["lnf.w"], p["lnf.b"]) @ p["head"]
+    return _ce(dlc.reshape(logits, (B * T, -1)), dlc.reshape(y, (B * T,)), classes=p["head"].shape[1])
+
+
+class _Decoder(nn.Module):
+    """W11's model with torch.nn's names (workloads.decoder_state); `step` is one cached token."""
+
+    def __init__(self, s):
+        super().__init__()
+        C = s["width"]
+        self.embed = nn.Embedding(s["vocab"], C)
+        self.position = nn.LearnedPositionalEncoding(s["context"], C)
+        self.blocks = nn.ModuleList(nn.TransformerEncoderLayer(C, s["heads"], 4 * C, dropout=0.0, activation="gelu",
+                                                               batch_first=True, norm_first=True)
+                                    for _ in range(s["layers"]))
+        self.norm = nn.LayerNorm(C)
+        self.head = nn.Linear(C, s["vocab"])
+
+    def step(self, ids, cache):
+        x = dlc.expand_dims(self.embed(ids), 1) + cache.row(self.position.weight)
+        for i, block in enumerate(self.blocks):
+            x = nn.encoder_layer_step(block, x, cache, i)
+        return self.head(self.norm(x))[:, 0]
+
+
 def build_function(name, s, target=TARGET):
     """(callable running one step, the compiled dlc.Function(s) for statistics)."""
     dlc.reset_default_store()
@@ -169,6 +211,29 @@ def build_function(name, s, target=TARGET):
                                   inputs=[z, real], target=target)
         zv, rv = s["z"], s["real"]
         return (lambda: tuple(map(float, steps(zv, rv)))), [steps]
+    if name == "W11":
+        model = _Decoder(s)
+        model.load_state_dict(s["state"])
+        cache = nn.KVCache.for_layers(model.blocks, batch=1, max_len=s["context"])
+        sampler = nn.compile_sampler(model.step, cache, temperature=0, target=target)
+        state = {"token": np.array([s["prompt"]])}
+
+        def step():
+            if sampler.position == s["context"]:
+                sampler.reset()
+                state["token"] = np.array([s["prompt"]])
+            state["token"] = sampler(state["token"])
+            return int(state["token"][0])
+        return step, [sampler.function]
+    if name == "W10":
+        params = {k: dlc.param(v, name=k) for k, v in s["params"].items()}
+        x, y = dlc.input("x", s["x"].shape, "int64"), dlc.input("y", s["y"].shape, "int64")
+        loss = _gpt_loss(params, x, y, s["heads"])
+        grads = dlc.grad(loss, list(params.values()))
+        fn = dlc.compile(loss, inputs=[x, y], updates={p: p - s["lr"] * g for p, g in zip(params.values(), grads)},
+                         target=target)
+        xv, yv = s["x"].astype(np.int64), s["y"].astype(np.int64)
+        return (lambda: float(fn(xv, yv))), [fn]
     if name in ("W5_mlp", "W5_cnn"):
         params = _params(s["params"], "w")
         x = dlc.input("x", ("B",) + s["x"].shape[1:])

@@ -68,9 +68,48 @@ def _resnet(s):
     return params, stats, forward
 
 
+def _gpt_loss(p, x, y, heads):
+    """W10 as in torch_impl.gpt_loss; attention through jax.nn.dot_product_attention (B, T, heads, D layout)."""
+    import jax
+    import jax.numpy as jnp
+
+    B, T = x.shape
+    C = p["wte"].shape[1]
+
+    def ln(v, name):
+        mean = jnp.mean(v, -1, keepdims=True)
+        var = jnp.mean(jnp.square(v - mean), -1, keepdims=True)
+        return (v - mean) * jax.lax.rsqrt(var + 1e-5) * p[name + ".w"] + p[name + ".b"]
+
+    h = p["wte"][x] + p["wpe"][:T]
+    q, k, v = jnp.split(ln(h, "ln1") @ p["attn.w_qkv"] + p["attn.b_qkv"], 3, axis=2)
+    q, k, v = (t.reshape(B, T, heads, C // heads) for t in (q, k, v))
+    o = jax.nn.dot_product_attention(q, k, v, is_causal=True).reshape(B, T, C)
+    h = h + o @ p["attn.w_proj"] + p["attn.b_proj"]
+    m = ln(h, "ln2")
+    h = h + jax.nn.gelu(m @ p["mlp.w_fc"] + p["mlp.b_fc"], approximate=True) @ p["mlp.w_proj"] + p["mlp.b_proj"]
+    logits = (ln(h, "lnf") @ p["head"]).reshape(B * T, -1)
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y.reshape(-1, 1), axis=1))
+
+
 def build(name, s, compiled=True):
     import jax
     import jax.numpy as jnp
+
+    if name == "W10":
+        params = {k: jnp.asarray(v) for k, v in s["params"].items()}
+        x, y, lr, heads = jnp.asarray(s["x"]), jnp.asarray(s["y"]), s["lr"], s["heads"]
+
+        @jax.jit
+        def train_gpt(params):
+            loss, grads = jax.value_and_grad(_gpt_loss)(params, x, y, heads)
+            return jax.tree_util.tree_map(lambda q, g: q - lr * g, params, grads), loss
+        state = [params]
+
+        def step_gpt():
+            state[0], loss = train_gpt(state[0])
+            return float(loss)
+        return step_gpt
 
     if name == "W8":
         params, stats, forward = _resnet(s)

@@ -113,10 +113,81 @@ def resnet(s):
     return model
 
 
+def gpt_loss(p, x, y, heads):
+    """W10: embedding, one pre-LN block with causal F.scaled_dot_product_attention, LayerNorm, head, cross-entropy."""
+    B, T = x.shape
+    C = p["wte"].shape[1]
+    h = p["wte"][x] + p["wpe"][:T]
+    a = F.layer_norm(h, (C,), p["ln1.w"], p["ln1.b"])
+    q, k, v = (a @ p["attn.w_qkv"] + p["attn.b_qkv"]).split(C, dim=2)
+    q, k, v = (t.view(B, T, heads, C // heads).transpose(1, 2) for t in (q, k, v))
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=True).transpose(1, 2).reshape(B, T, C)
+    h = h + o @ p["attn.w_proj"] + p["attn.b_proj"]
+    m = F.layer_norm(h, (C,), p["ln2.w"], p["ln2.b"])
+    h = h + F.gelu(m @ p["mlp.w_fc"] + p["mlp.b_fc"], approximate="tanh") @ p["mlp.w_proj"] + p["mlp.b_proj"]
+    logits = F.layer_norm(h, (C,), p["lnf.w"], p["lnf.b"]) @ p["head"]
+    return F.cross_entropy(logits.reshape(B * T, -1), y.reshape(B * T))
+
+
+def greedy_decoder(s):
+    """W11 in PyTorch eager: the usual key/value cache (preallocated per layer, row t written at step t) and
+    F.scaled_dot_product_attention over rows 0..t; returns step() -> the next token, starting over when full."""
+    P = {k: torch.from_numpy(v.copy()) for k, v in s["state"].items()}
+    C, H, T, L = s["width"], s["heads"], s["context"], s["layers"]
+    D = C // H
+    keys = [torch.zeros(1, H, T, D) for _ in range(L)]
+    values = [torch.zeros(1, H, T, D) for _ in range(L)]
+    state = {"t": 0, "token": s["prompt"]}
+
+    def heads(z):
+        return z.view(1, 1, H, D).transpose(1, 2)
+
+    @torch.no_grad()
+    def step():
+        if state["t"] == T:
+            state["t"], state["token"] = 0, s["prompt"]
+        t = state["t"]
+        x = (P["embed.weight"][state["token"]] + P["position.weight"][t]).view(1, 1, C)
+        for i in range(L):
+            b = f"blocks.{i}."
+            h = F.layer_norm(x, (C,), P[b + "norm1.weight"], P[b + "norm1.bias"])
+            q, k, v = F.linear(h, P[b + "self_attn.in_proj_weight"], P[b + "self_attn.in_proj_bias"]).split(C, -1)
+            keys[i][:, :, t] = heads(k)[:, :, 0]
+            values[i][:, :, t] = heads(v)[:, :, 0]
+            o = F.scaled_dot_product_attention(heads(q), keys[i][:, :, :t + 1], values[i][:, :, :t + 1])
+            x = x + F.linear(o.transpose(1, 2).reshape(1, 1, C), P[b + "self_attn.out_proj.weight"],
+                             P[b + "self_attn.out_proj.bias"])
+            h = F.layer_norm(x, (C,), P[b + "norm2.weight"], P[b + "norm2.bias"])
+            x = x + F.linear(F.gelu(F.linear(h, P[b + "linear1.weight"], P[b + "linear1.bias"])),
+                             P[b + "linear2.weight"], P[b + "linear2.bias"])
+        logits = F.linear(F.layer_norm(x, (C,), P["norm.weight"], P["norm.bias"]), P["head.weight"], P["head.bias"])
+        state["t"], state["token"] = t + 1, int(logits[0, 0].argmax())
+        return state["token"]
+    return step
+
+
 def build(name, s, compiled=False, cell_loop=False):
     """A zero-argument callable running one step; returns the loss (or the output)."""
     torch.manual_seed(0)
     maybe_compile = torch.compile if compiled else (lambda f: f)
+    if name == "W11":
+        if compiled:
+            raise NotImplementedError("W11 runs in PyTorch eager only (a step's shapes change with the position)")
+        return greedy_decoder(s)
+    if name == "W10":
+        p = {k: _t(v) for k, v in s["params"].items()}
+        x, y = torch.tensor(s["x"]), torch.tensor(s["y"])
+        opt = torch.optim.SGD(list(p.values()), lr=s["lr"])
+
+        def train():
+            opt.zero_grad(set_to_none=True)
+            loss = gpt_loss(p, x, y, s["heads"])
+            loss.backward()
+            opt.step()
+            return loss
+
+        train = maybe_compile(train)
+        return lambda: float(train().detach())
     if name == "W8":
         model = resnet(s).train()
         x, y = _t(s["x"], False), torch.tensor(s["y"])
