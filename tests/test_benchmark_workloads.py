@@ -108,3 +108,13 @@ def test_gpt_block_training_losses_agree_across_dlc_pytorch_and_jax():
         np.testing.assert_allclose(got(), loss, rtol=1e-4)
         for other in others:
             np.testing.assert_allclose(other(), loss, rtol=1e-4)
+
+
+def test_cached_generation_agrees_with_pytorch():
+    """W11: dlc's cached greedy decoding picks the same tokens as PyTorch eager's key/value cache."""
+    torch_impl = pytest.importorskip("frameworks.torch_impl")
+    from frameworks import dlc_impl
+
+    want = torch_impl.build("W11", W.spec("W11"))
+    got, _ = dlc_impl.build_function("W11", W.spec("W11"), target="reference")
+    assert [got() for _ in range(20)] == [want() for _ in range(20)]
