@@ -126,6 +126,7 @@ TRAIN = """
     from dlc import distributed, nn
 
     target, batch, out, tag, kind = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+    target, options = ("cuda", {"emulate": True}) if target == "cuda-emulated" else (target, {})
     resume = sys.argv[6] if len(sys.argv) > 6 else None
     rank, world = distributed.rank(), distributed.world_size()
     rng = np.random.default_rng(42)
@@ -144,7 +145,7 @@ TRAIN = """
         x, y = dlc.input("x", ("B", 8)), dlc.input("y", ("B",), "int64")
         opt = dlc.optim.Adam(model.parameters(), lr=1e-2)
         step = nn.compile_step(lambda x, y: nn.cross_entropy(model(x), y), [x, y], opt, modules=model,
-                               target=target, data_parallel=True)
+                               target=target, data_parallel=True, **options)
         store, first = model.store, 0
     losses = []
     for s in range(first, 20):
@@ -173,8 +174,9 @@ def check_same_training(ranks: list[dict], reference: dict):
 
 
 @needs_mpi
-@pytest.mark.parametrize("target", ["reference", "cpu"])
+@pytest.mark.parametrize("target", ["reference", "cpu", "cuda-emulated"])
 def test_two_ranks_match_one_process_with_the_whole_batch(tmp_path, target):
+    """cuda-emulated: the CUDA backend's kernels on the C emulator, its collectives host calls between them."""
     # the program does not depend on the number of ranks: the 2-rank run finds the 1-process run's
     # compiled module in the (shared, usually warm) cache
     for ranks, batch in [(1, 64), (2, 32)]:

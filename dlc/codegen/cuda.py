@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import DlcError
 from ..graph import Node, _factors, shape_eval
 from ..ops import OPS
+from ..ops.collective import HOST_CALLS
 from ..program import Kernel, Program
 from . import kernel_ir as ir
 from . import source_text
@@ -819,8 +820,9 @@ def render_one_hot(kernel: Kernel, program: Program) -> RenderedKernel:
 
 
 # Run by the runtime, not rendered: a "size" is an argument of the kernels that read it; a scan launches its
-# body's kernels once per step (dlc/runtime/cuda.py, ScanRunner); a scan_output copies one of its results.
-HOST_OPS = ("size", "scan", "scan_output")
+# body's kernels once per step (dlc/runtime/cuda.py, ScanRunner); a scan_output copies one of its results; an
+# MPI collective is a host call on the values copied to the host (dlc/ops/collective.py).
+HOST_OPS = ("size", "scan", "scan_output") + HOST_CALLS
 CONV_OPS = {"conv2d": "fwd", "conv2d_grad_input": "dgrad", "conv_transpose2d": "dgrad",
             "conv2d_grad_weight": "wgrad"}
 POOL_OPS = ("max_pool2d", "avg_pool2d", "max_pool2d_grad", "avg_pool2d_grad", "adaptive_avg_pool2d",

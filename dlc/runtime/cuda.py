@@ -35,6 +35,8 @@ import numpy as np
 
 from ..errors import DlcError, IndexRangeError
 from ..graph import shape_eval
+from ..ops.collective import HOST_CALLS
+from .reference import node_value
 
 ALIGNMENT = 256  # bytes: every arena buffer starts on a 16-byte (float4) and 128-byte (cache line) boundary
 INSTALL_HINT = ('install the CUDA extra with `pip install "dlc[cuda]"` (it builds pycuda, which needs the CUDA '
@@ -399,7 +401,9 @@ class ProgramRunner:
 
     Kernels the renderer leaves to the host run here too: a "size" node needs
     nothing (kernels take its value as an argument), a scan runs its body's
-    own ProgramRunner once per step, a scan_output copies one of its results.
+    own ProgramRunner once per step, a scan_output copies one of its results,
+    an MPI collective runs on its inputs copied to the host and its result is
+    copied back (the devices of the ranks never talk to each other directly).
     """
 
     def __init__(self, program, device, params: DeviceStore, tiles):
@@ -498,6 +502,12 @@ class ProgramRunner:
             node = kernel.anchor
             src = self.scans[id(self.program.storage_of(node.inputs[0]))].results[node.attr("index")]
             self.device.copy(self.ptr(node, feeds_ptr), src, _nbytes(node, env))
+        elif kernel.anchor is not None and kernel.anchor.op in HOST_CALLS:
+            node = kernel.anchor
+            self.device.synchronize()  # the inputs' kernels have finished
+            args = [self.fetch(x, env, feeds_ptr) for x in node.inputs]
+            value = np.ascontiguousarray(node_value(node, args, shape_eval(node.shape, env)), dtype=node.dtype)
+            self.device.upload(self.ptr(node, feeds_ptr), value)
 
     def run(self, env: dict, feeds_ptr: dict[int, int], after_each=None) -> None:
         """Every kernel in order; after_each(kernel) runs after each one (the debug path)."""
