@@ -251,7 +251,7 @@ CASES = {"unary32": case_unary, "unary64": lambda rng: case_unary(rng, "float64"
          "reduce64": lambda rng: case_reduce(rng, "float64"), "shape": case_shape, "take": case_take,
          "matmul32": case_matmul, "matmul64": lambda rng: case_matmul(rng, "float64"), "conv_pool": case_conv_pool,
          "random": case_random, "scan": case_scan, "collective": case_collective,
-         "attention": case_attention}
+         "attention": case_attention, "attention32": lambda rng: case_attention(rng, "float32")}
 
 
 @pytest.mark.parametrize("name", list(CASES))

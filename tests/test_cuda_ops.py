@@ -18,8 +18,7 @@ pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="the CUDA em
 TOL = {"float32": dict(rtol=1e-4, atol=1e-5), "float64": dict(rtol=1e-10, atol=1e-12)}
 
 # Cases the CUDA backend cannot run yet, and why (their ops are left out of the coverage check).
-NOT_ON_CUDA = {"collective": "MPI collectives are host calls; the CUDA backend has no host-call path yet",
-               "attention": "fused attention has a CPU kernel only; its CUDA kernel is not written yet"}
+NOT_ON_CUDA = {"collective": "MPI collectives are host calls; the CUDA backend has no host-call path yet"}
 
 
 @pytest.mark.parametrize("name", list(CASES))
