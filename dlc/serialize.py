@@ -269,6 +269,11 @@ def _check_reduction(v, what):
         raise ArtifactError(f"{what} must be 'sum' or 'mean', got {v!r:.80}")
 
 
+def _check_attention_mask(v, what):
+    if v not in ("none", "bool", "add"):
+        raise ArtifactError(f"{what} must be 'none', 'bool' or 'add', got {v!r:.80}")
+
+
 def _check_name(v, what):
     _text(v, _NAME, what)
 
@@ -326,6 +331,8 @@ ATTRS: dict[str, dict] = {
     "random_bernoulli": {**_RANDOM, "p": _check_float},
     "scan": {"body": _check_body, "length": _check_dim, "reverse": _check_bool, "save_carries": _check_bool},
     "scan_output": {"index": _check_int},
+    **{op: {"scale": _check_float, "causal": _check_bool, "mask": _check_attention_mask}
+       for op in ("attention", "attention_grad_q", "attention_grad_kv")},
     # the ops without attributes
     **{op: {} for op in ("neg", "abs", "sign", "exp", "log", "sqrt", "rsqrt", "square", "tanh", "sigmoid", "relu",
                          "gelu_tanh", "gelu_erf", "erf", "softplus", "sin", "cos", "stop_gradient", "logical_not",
@@ -346,6 +353,8 @@ ARITY = {
                         "random_bernoulli", "scan_output", "one_hot", "broadcast", "reduce", "all_gather",
                         "reduce_scatter")},
     "concat": None, "scan": None,
+    # attention takes a mask or not (its mask attribute says which; the shape rule checks the count)
+    "attention": None, "attention_grad_q": None, "attention_grad_kv": None,
 }
 
 

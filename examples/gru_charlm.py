@@ -8,6 +8,7 @@ windows and samples one character at a time.
 
 import argparse
 import math
+import time
 from pydoc_data.topics import topics
 
 import numpy as np
@@ -18,6 +19,8 @@ from dlc import nn
 parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--epochs", type=int, default=4)
 parser.add_argument("--steps-per-epoch", type=int, default=250)
+parser.add_argument("--time-budget", type=float, default=None,
+                    help="stop training after this many seconds of steps (the first, compiling step not counted)")
 parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--seq-len", type=int, default=64)
 parser.add_argument("--hidden", type=int, default=128)
@@ -89,16 +92,27 @@ def sample(prefix, length, temperature=0.7):
     return prefix
 
 
+spent, steps_done = 0.0, 0
 for epoch in range(1, args.epochs + 1):
     losses = []
     for _ in range(args.steps_per_epoch):
         starts = rng.integers(0, len(train) - args.seq_len - 1, args.batch_size)
+        t0 = time.perf_counter()
         losses.append(float(step(windows(train, starts, args.seq_len), windows(train, starts + 1, args.seq_len))))
-        if epoch == 1 and len(losses) == 1:
+        steps_done += 1
+        if steps_done == 1:
             print("compiled; training", flush=True)
+        else:
+            spent += time.perf_counter() - t0
+        if args.time_budget and spent >= args.time_budget:
+            break
     schedule.step()
     print(f"epoch {epoch}  train {np.mean(losses[-50:]) / math.log(2):.3f} bits/char  "
-          f"validation {bits_per_char(val, args.seq_len):.3f} bits/char")
+          f"validation {bits_per_char(val, args.seq_len):.3f} bits/char", flush=True)
+    if args.time_budget and spent >= args.time_budget:
+        break
+
+print(f"{steps_done} steps in {spent:.1f} s of training")
 
 print(f"unigram entropy of the text {unigram_bits:.3f} bits/char; "
       f"validation {bits_per_char(val, args.seq_len):.3f} bits/char")

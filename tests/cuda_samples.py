@@ -214,5 +214,20 @@ def float64_and_integers(batch: int = 4) -> Sample:
     return Sample("float64_and_integers", [f, q, dlc.cast(logic, "float64") * x], [x, n, m], args, store)
 
 
+def attention_step(batch: int = 2, length: int = 6, keys: int = 9) -> Sample:
+    """Fused attention (causal with a boolean mask, and an additive mask) and its gradient ops, float32."""
+    rng, store = _rng(10), dlc.Store()
+    q = dlc.input("q", ("B", 2, length, 4))
+    k = dlc.input("k", ("B", 2, keys, 4))
+    v = dlc.input("v", ("B", 2, keys, 3))
+    keep = rng.random((length, keys)) > 0.3
+    keep[:, 0] = True
+    y = dlc.scaled_dot_product_attention(q, k, v, mask=keep, causal=True)
+    z = dlc.scaled_dot_product_attention(q, k, v, mask=rng.standard_normal((2, 1, keys)).astype(np.float32))
+    gq, gk, gv = dlc.grad(dlc.sum(y * y) + dlc.sum(dlc.tanh(z)), [q, k, v])
+    args = [rng.standard_normal((batch, 2, n, d)).astype(np.float32) for n, d in ((length, 4), (keys, 4), (keys, 3))]
+    return Sample("attention_step", [y, z, gq, gk, gv], [q, k, v], args, store)
+
+
 SAMPLES = (elementwise_chain, reductions, matmul_epilogue, softmax_cross_entropy, gather_scatter, random_numbers,
-           float64_and_integers, mlp_training_step, cnn_training_step, rnn_training_step)
+           float64_and_integers, mlp_training_step, cnn_training_step, rnn_training_step, attention_step)

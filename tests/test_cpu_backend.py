@@ -229,11 +229,29 @@ def case_collective(rng):
     return {"y": y, "loss": loss, "gw": gw}, {"x": rand(rng, (4, 3))}, TOL
 
 
+def case_attention(rng, dtype="float64"):
+    """Fused attention and its two gradient ops: a boolean mask with causal, and an additive one."""
+    q = dlc.input("q", ("B", 2, 5, 4), dtype)
+    k = dlc.input("k", ("B", 2, 7, 4), dtype)
+    v = dlc.input("v", ("B", 2, 7, 3), dtype)
+    keep = rand(rng, (5, 7)) > -1.0
+    keep[:, 0] = True  # every query keeps a key
+    bias = rand(rng, (2, 1, 7), dtype)
+    y = dlc.scaled_dot_product_attention(q, k, v, mask=keep, causal=True)
+    z = dlc.scaled_dot_product_attention(q, k, v, mask=bias, scale=0.7)
+    loss = dlc.sum(y * y) + dlc.sum(dlc.tanh(z))
+    gq, gk, gv = dlc.grad(loss, [q, k, v])
+    feeds = {"q": rand(rng, (3, 2, 5, 4), dtype), "k": rand(rng, (3, 2, 7, 4), dtype),
+             "v": rand(rng, (3, 2, 7, 3), dtype)}
+    return {"y": y, "z": z, "gq": gq, "gk": gk, "gv": gv}, feeds, GEMM_TOL
+
+
 CASES = {"unary32": case_unary, "unary64": lambda rng: case_unary(rng, "float64"), "binary32": case_binary,
          "binary64": lambda rng: case_binary(rng, "float64"), "integer": case_integer, "reduce32": case_reduce,
          "reduce64": lambda rng: case_reduce(rng, "float64"), "shape": case_shape, "take": case_take,
          "matmul32": case_matmul, "matmul64": lambda rng: case_matmul(rng, "float64"), "conv_pool": case_conv_pool,
-         "random": case_random, "scan": case_scan, "collective": case_collective}
+         "random": case_random, "scan": case_scan, "collective": case_collective,
+         "attention": case_attention, "attention32": lambda rng: case_attention(rng, "float32")}
 
 
 @pytest.mark.parametrize("name", list(CASES))

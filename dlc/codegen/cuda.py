@@ -1043,6 +1043,41 @@ def render_random(kernel: Kernel, program: Program) -> RenderedKernel:
     return _per_output_kernel(kernel, vr, body, node.shape, [])
 
 
+ATTENTION_OPS = {"attention": "dlc_attention_forward_row", "attention_grad_q": "dlc_attention_grad_q_row",
+                 "attention_grad_kv": "dlc_attention_grad_kv_row"}
+ATTENTION_MASKS = {"none": 0, "bool": 1, "add": 2}
+
+
+def render_attention(kernel: Kernel, program: Program) -> RenderedKernel:
+    """Attention and its gradient ops (attention.cu): one thread per query row (forward, dq) or key row (dk, dv)."""
+    node = kernel.anchor
+    if len(kernel.nodes) != 1:
+        raise unsupported(node, "an attention kernel holds the attention op alone")
+    a = node.a
+    if not isinstance(a["causal"], bool) or a["mask"] not in ATTENTION_MASKS:
+        raise unsupported(node, "its causal and mask attributes are not a bool and a mask kind")
+    body = Body(depth=2)
+    vr = ValueRenderer(kernel, program, body)
+    q, k, v = node.inputs[:3]
+    operands = [vr.buffer(x) for x in node.inputs]
+    if a["mask"] == "none":
+        operands.insert(3, f"(const {C_TYPE[node.dtype]}*)nullptr")
+        batched = rows = cols = False
+    else:
+        mask = node.inputs[3]
+        batched = any(d != 1 for d in mask.shape[:-2])
+        rows, cols = mask.shape[-2] != 1, mask.shape[-1] != 1
+    out = vr.buffer(node, const=False)
+    dims = ", ".join(vr.dim(d) for d in (q.shape[-2], k.shape[-2], q.shape[-1], v.shape[-1]))
+    flags = ", ".join(str(f).lower() for f in (batched, rows, cols))
+    head = [f"  const DlcAttention geo{{{dims}, {flags}, {ATTENTION_MASKS[a['mask']]}, "
+            f"{str(a['causal']).lower()}}};",
+            f"  const {C_TYPE[node.dtype]} scale = {literal(a['scale'], node.dtype)};"]
+    body.emit(f"{ATTENTION_OPS[node.op]}({', '.join(operands)}, {out}, geo, scale, i);")
+    rows_of = k if node.op == "attention_grad_kv" else q
+    return _per_output_kernel(kernel, vr, body, rows_of.shape[:-1], head)
+
+
 def render_kernel(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> RenderedKernel | None:
     """The kernel's CUDA text and launch rule; None for the ops the runtime runs itself (HOST_OPS)."""
     anchor = kernel.anchor
@@ -1070,10 +1105,12 @@ def render_kernel(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
         return render_pool(kernel, program)
     if anchor.op in RANDOM_OPS:
         return render_random(kernel, program)
+    if anchor.op in ATTENTION_OPS:
+        return render_attention(kernel, program)
     raise unsupported(anchor)
 
 
-LIBRARY = ("prelude", "gemm", "conv", "pool")
+LIBRARY = ("prelude", "gemm", "conv", "pool", "attention")
 
 
 def library_source(names=LIBRARY) -> str:

@@ -12,9 +12,12 @@ backend runs it with numpy between two native segments.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import re
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -375,6 +378,8 @@ def render_kernel(program: Program, kernel: Kernel, parallel: bool = True) -> Re
         return _render_one_hot(program, kernel)
     if kernel.kind == "opaque" and kernel.anchor is not None and kernel.anchor.op in RANDOM_OPS:
         return _render_random(program, kernel)
+    if kernel.kind == "opaque" and kernel.anchor is not None and kernel.anchor.op in ATTENTION_CALLS:
+        return _render_attention(program, kernel)
     anchor = kernel.anchor.op if kernel.anchor is not None else kernel.kind
     raise Unsupported(f"no native lowering for {anchor!r}")
 
@@ -676,6 +681,53 @@ def _render_random(program, kernel):
     return _finish(r, kernel, _describe(kernel))
 
 
+# ----------------------------------------------------------------------------
+# attention: one call into kernels/cpu/attention.py over the operands with their leading dims flattened
+
+ATTENTION_CALLS = {"attention": "attention_forward", "attention_grad_q": "attention_backward_q",
+                   "attention_grad_kv": "attention_backward_kv"}
+ATTENTION_MASKS = {"none": 0, "bool": 1, "add": 2}
+ATTENTION_KERNELS = Path(__file__).resolve().parents[1] / "kernels" / "cpu" / "attention.py"
+
+
+def _as_3d(name: str, ndim: int) -> str:
+    """A (..., rows, cols) array as (product of its leading dims, rows, cols): a view of a contiguous buffer."""
+    lead = " * ".join(f"{name}.shape[{i}]" for i in range(ndim - 2)) or "1"
+    return f"{name}.reshape(({lead}, {name}.shape[{ndim - 2}], {name}.shape[{ndim - 1}]))"
+
+
+def _render_attention(program, kernel):
+    node = kernel.anchor
+    r = KernelRenderer(program, kernel)
+    a = node.a
+    if not isinstance(a["causal"], bool) or a["mask"] not in ATTENTION_MASKS:
+        raise TypeError(f"attention attributes causal={a['causal']!r}, mask={a['mask']!r} are not a bool and a kind")
+    operands = [_as_3d(r.arg(x), x.ndim) for x in node.inputs]
+    if a["mask"] == "none":  # never read: q's first element stands in for it
+        operands.insert(3, f"{operands[0]}[:1, :1, :1]")
+    out = _as_3d(r.arg(node), node.ndim)
+    flags = f"np.float64({_float(a['scale'])}), np.bool_({source_text.number(a['causal'])}), " \
+            f"{_ints(ATTENTION_MASKS[a['mask']])}"
+    r.w(f"{ATTENTION_CALLS[node.op]}({', '.join(operands)}, {out}, {flags})  # {where(node)}")
+    return _finish(r, kernel, _describe(kernel))
+
+
+def _attention_import(rendered: list) -> str:
+    """The import of the attention kernels, for a module that calls them (with their hash: numba's cache of the
+    module must not outlive them); the kernels are loaded under the name the import uses."""
+    if not any(isinstance(rk, RenderedKernel) and rk.kernel.anchor is not None
+               and rk.kernel.anchor.op in ATTENTION_CALLS for rk in rendered):
+        return ""
+    name = "dlc_cpu_attention"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, ATTENTION_KERNELS)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    digest = hashlib.sha256(ATTENTION_KERNELS.read_bytes()).hexdigest()[:16]
+    return f"from {name} import attention_backward_kv, attention_backward_q, attention_forward  # {digest}\n"
+
+
 def _error_where(node: Node) -> str:
     """The user's line as a Python literal for a runtime error message (the file name escaped, then repr'd)."""
     return repr(f" at {source_text.file_name(node.loc.file)}:{int(node.loc.line)}" if node.loc else "")
@@ -853,7 +905,8 @@ def _render_program(program, title, fastmath, parallel, kernels_digest) -> Gener
         else:
             seg.reason = fallback_reasons[id(seg.kernels[0])]
     source = HEADER.format(title=source_text.comment(title), fastmath=_jit_flag(fastmath),
-                           kernels_digest=source_text.comment(kernels_digest)) + "\n\n" + \
+                           kernels_digest=source_text.comment(kernels_digest)) + _attention_import(rendered) + \
+        "\n\n" + \
         "\n\n\n".join(funcs.values()) + "\n\n\n" + "\n\n\n".join(outer_texts) + "\n"
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     native = [k for k in rendered if isinstance(k, RenderedKernel)]

@@ -25,3 +25,10 @@ from .losses import (
 from .module import Module, ModuleList, Sequential, StateUpdates, collect_updates
 from .norm import BatchNorm1d, BatchNorm2d, LayerNorm
 from .rnn import GRU, LSTM, RNN
+from .transformer import (
+    LearnedPositionalEncoding,
+    MultiheadAttention,
+    SinusoidalPositionalEncoding,
+    TransformerDecoderLayer,
+    TransformerEncoderLayer,
+)

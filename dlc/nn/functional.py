@@ -11,6 +11,7 @@ from ..functional import (  # noqa: F401
     softplus,
     tanh,
 )
+from ..ops.attention import scaled_dot_product_attention  # noqa: F401
 from ..ops.conv import conv1d, conv2d, conv_transpose2d  # noqa: F401
 from ..ops.pool import adaptive_avg_pool2d, avg_pool2d, max_pool2d  # noqa: F401
 from ..ops.random import dropout  # noqa: F401

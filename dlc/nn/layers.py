@@ -19,11 +19,12 @@ class Identity(Module):
 class Linear(Module):
     """y = x @ weight.T + bias, with weight shaped (out_features, in_features) as in PyTorch."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, rng=None, dtype=None):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.add_param("weight", init.default_weight((out_features, in_features), rng))
-        self.bias = self.add_param("bias", init.default_bias(out_features, in_features, rng)) if bias else None
+        self.add_param("weight", init.default_weight((out_features, in_features), rng), dtype=dtype)
+        self.bias = self.add_param("bias", init.default_bias(out_features, in_features, rng), dtype=dtype) \
+            if bias else None
 
     def forward(self, x):
         y = F.matmul(x, F.transpose(self.weight))
@@ -34,18 +35,38 @@ class Linear(Module):
 
 
 class Embedding(Module):
-    """A lookup table: integer ids (any shape) -> rows of weight (num_embeddings, embedding_dim), init N(0, 1)."""
+    """A lookup table: integer ids (any shape) -> rows of weight (num_embeddings, embedding_dim), init N(0, 1).
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, rng=None):
+    padding_idx (as in PyTorch, negative counts from the end): that row starts as zeros and gets no gradient,
+    so it stays what it is (zeros, or whatever a state dict loads into it).
+    """
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, rng=None,
+                 dtype=None):
         super().__init__()
         self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
-        self.add_param("weight", init.normal((num_embeddings, embedding_dim), rng=rng))
+        if padding_idx is not None:
+            if not isinstance(padding_idx, (int, np.integer)) or not -num_embeddings <= padding_idx < num_embeddings:
+                raise ValueError(f"padding_idx must be an int in [-{num_embeddings}, {num_embeddings}), got "
+                                 f"{padding_idx!r}")
+            padding_idx = int(padding_idx) % num_embeddings
+        self.padding_idx = padding_idx
+        weight = init.normal((num_embeddings, embedding_dim), rng=rng)
+        if padding_idx is not None:
+            weight[padding_idx] = 0.0
+        self.add_param("weight", weight, dtype=dtype)
 
     def forward(self, ids):
-        return F.take(self.weight, ids, axis=0)
+        rows = F.take(self.weight, ids, axis=0)
+        if self.padding_idx is None:
+            return rows
+        # the padding row's value, with its gradient stopped
+        is_padding = F.expand_dims(F.equal(ids, self.padding_idx), -1)
+        return F.where(is_padding, F.stop_gradient(rows), rows)
 
     def extra_repr(self) -> str:
-        return f"{self.num_embeddings}, {self.embedding_dim}"
+        pad = f", padding_idx={self.padding_idx}" if self.padding_idx is not None else ""
+        return f"{self.num_embeddings}, {self.embedding_dim}{pad}"
 
 
 class Flatten(Module):

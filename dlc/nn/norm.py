@@ -100,13 +100,13 @@ class BatchNorm2d(_BatchNorm):
 class LayerNorm(Module):
     """Normalizes over the trailing dims given by normalized_shape, with a per-element scale and shift."""
 
-    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True):
+    def __init__(self, normalized_shape, eps: float = 1e-5, elementwise_affine: bool = True, dtype=None):
         super().__init__()
         shape = (normalized_shape,) if isinstance(normalized_shape, (int, np.integer)) else tuple(normalized_shape)
         self.normalized_shape, self.eps, self.elementwise_affine = tuple(int(d) for d in shape), eps, elementwise_affine
         if elementwise_affine:
-            self.add_param("weight", init.ones(self.normalized_shape))
-            self.add_param("bias", init.zeros(self.normalized_shape))
+            self.add_param("weight", init.ones(self.normalized_shape), dtype=dtype)
+            self.add_param("bias", init.zeros(self.normalized_shape), dtype=dtype)
 
     def forward(self, x):
         k = len(self.normalized_shape)

@@ -1,6 +1,7 @@
 """Every op dlc knows, one module per family; importing this package registers them all."""
 
 from . import (  # noqa: F401  (registration)  # noqa: F401  (registration: convolution, pooling, random numbers)
+           attention,  # noqa: F401  (registration: fused scaled dot-product attention)
            collective,  # noqa: F401  (registration: MPI collectives, host calls)
            conv,
            elementwise,

@@ -1,0 +1,144 @@
+"""A small decoder-only transformer (GPT) character model on the Python reference's topic texts (pydoc_data.topics).
+
+The same data, split and validation measure as gru_charlm.py (bits per
+character over 64-character windows, next to the unigram entropy), so the two
+can be compared; --time-budget stops training after that many seconds of
+steps in both. The model: token and learned position embeddings, pre-norm
+TransformerEncoderLayers with causal self-attention (one fused attention op
+per layer), a final LayerNorm and a linear head. Sampling feeds the last
+--context characters (right-padded: causal attention never lets a position see
+the padding after it) and draws from the temperature-scaled top-k
+distribution; the sample is printed and written to --out.
+"""
+
+import argparse
+import math
+import time
+from pathlib import Path
+from pydoc_data.topics import topics
+
+import numpy as np
+
+import dlc
+from dlc import nn
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+parser.add_argument("--epochs", type=int, default=4)
+parser.add_argument("--steps-per-epoch", type=int, default=250)
+parser.add_argument("--time-budget", type=float, default=None,
+                    help="stop training after this many seconds of steps (the first, compiling step not counted)")
+parser.add_argument("--batch-size", type=int, default=32)
+parser.add_argument("--context", type=int, default=64, help="characters the model sees (its training windows)")
+parser.add_argument("--d-model", type=int, default=128)
+parser.add_argument("--heads", type=int, default=4)
+parser.add_argument("--layers", type=int, default=3)
+parser.add_argument("--lr", type=float, default=2e-3)
+parser.add_argument("--samples", type=int, default=200, help="characters to generate per sample")
+parser.add_argument("--temperature", type=float, default=0.8)
+parser.add_argument("--top-k", type=int, default=10)
+parser.add_argument("--out", default="runs", help="folder for the outputs (created if missing)")
+parser.add_argument("--target", default=dlc.default_target(), help="reference | cpu | cuda")
+parser.add_argument("--seed", type=int, default=0)
+args = parser.parse_args()
+budget = f" or {args.time_budget:g} s" if args.time_budget else ""
+print(f"gpt_charlm: training a {args.layers}-layer transformer character model for {args.epochs} epochs of "
+      f"{args.steps_per_epoch} steps{budget} on target {args.target}; the first step compiles", flush=True)
+
+text = "\n".join(topics[k] for k in sorted(topics))
+chars = sorted(set(text))
+index = {c: i for i, c in enumerate(chars)}
+data = np.array([index[c] for c in text], dtype=np.int64)
+split = int(0.9 * len(data))
+train, val = data[:split], data[split:]
+counts = np.bincount(data, minlength=len(chars)) / len(data)
+unigram_bits = -np.sum(counts * np.log2(counts))
+nn.manual_seed(args.seed)
+rng = np.random.default_rng(args.seed)
+
+
+class CharGPT(nn.Module):
+    def __init__(self, vocab, context, d_model, heads, layers):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d_model)
+        self.position = nn.LearnedPositionalEncoding(context, d_model)
+        self.blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=0.0, activation="gelu",
+                                       batch_first=True, norm_first=True) for _ in range(layers))
+        self.norm = nn.LayerNorm(d_model)
+        self.head = nn.Linear(d_model, vocab)
+
+    def forward(self, ids):
+        x = self.position(self.embed(ids))
+        for block in self.blocks:
+            x = block(x, is_causal=True)
+        return self.head(self.norm(x))  # logits (B, T, vocab)
+
+
+model = CharGPT(len(chars), args.context, args.d_model, args.heads, args.layers)
+T = args.context
+ids, targets = dlc.input("ids", ("B", T), "int64"), dlc.input("targets", ("B", T), "int64")
+opt = dlc.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, max_grad_norm=1.0)
+schedule = dlc.optim.CosineLR(opt, t_max=args.epochs)
+
+
+def loss_fn(ids, targets):
+    return nn.cross_entropy(dlc.reshape(model(ids), (-1, len(chars))), dlc.reshape(targets, (-1,)))
+
+
+step = nn.compile_step(loss_fn, [ids, targets], opt, modules=model, target=args.target)
+evaluate = nn.compile_eval(loss_fn, [ids, targets], modules=model, target=args.target)
+window = dlc.input("window", (1, T), "int64")
+next_logits = dlc.compile(model(window), inputs=[window], target=args.target)
+
+
+def windows(seq, starts, n):
+    return np.stack([seq[s:s + n] for s in starts])
+
+
+def bits_per_char(seq, n):
+    parts = np.array_split(np.arange(0, len(seq) - n - 1, n), 8)
+    losses = [float(evaluate(windows(seq, p, n), windows(seq, p + 1, n))) for p in parts]
+    return np.average(losses, weights=[len(p) for p in parts]) / math.log(2)
+
+
+def sample(prefix, length):
+    """Temperature and top-k sampling, one character at a time from the last T characters."""
+    out = [index[c] for c in prefix]
+    for _ in range(length):
+        context = out[-T:]
+        padded = np.zeros((1, T), np.int64)
+        padded[0, :len(context)] = context
+        logits = next_logits(padded)[0, len(context) - 1].astype(np.float64) / args.temperature
+        top = np.argsort(logits)[-args.top_k:]
+        p = np.exp(logits[top] - logits[top].max())
+        out.append(int(top[rng.choice(len(top), p=p / p.sum())]))
+    return "".join(chars[i] for i in out)
+
+
+spent, steps_done = 0.0, 0
+for epoch in range(1, args.epochs + 1):
+    losses = []
+    for _ in range(args.steps_per_epoch):
+        starts = rng.integers(0, len(train) - T - 1, args.batch_size)
+        t0 = time.perf_counter()
+        losses.append(float(step(windows(train, starts, T), windows(train, starts + 1, T))))
+        steps_done += 1
+        if steps_done == 1:
+            print("compiled; training", flush=True)
+        else:
+            spent += time.perf_counter() - t0
+        if args.time_budget and spent >= args.time_budget:
+            break
+    schedule.step()
+    print(f"epoch {epoch}  train {np.mean(losses[-50:]) / math.log(2):.3f} bits/char  "
+          f"validation {bits_per_char(val, T):.3f} bits/char", flush=True)
+    if args.time_budget and spent >= args.time_budget:
+        break
+
+print(f"{steps_done} steps in {spent:.1f} s of training")
+print(f"unigram entropy of the text {unigram_bits:.3f} bits/char; validation {bits_per_char(val, T):.3f} bits/char")
+print("--- samples ---")
+samples = [sample(prefix, args.samples) for prefix in ("The ", "A list ")]
+print("\n".join(samples))
+Path(args.out).mkdir(parents=True, exist_ok=True)
+(Path(args.out) / "gpt_charlm_samples.txt").write_text("\n\n".join(samples) + "\n")

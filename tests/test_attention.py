@@ -1,0 +1,198 @@
+"""Scaled dot-product attention: the op against a plain softmax formula and PyTorch, its gradients against finite
+differences and torch.autograd, the fused CPU kernel against the reference, errors, and the kernel's scratch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import check_grad, rand
+
+import dlc
+from dlc import passes
+from dlc.inspect import program_of
+
+
+def plain_attention(q, k, v, mask=None, causal=False, scale=None):
+    """softmax(q k^T * scale + mask) v written out with numpy, the whole score matrix at once."""
+    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+    s = np.einsum("...le,...se->...ls", q, k) * scale
+    if causal:
+        s = np.where(np.tril(np.ones(s.shape[-2:], bool)), s, -np.inf)
+    if mask is not None:
+        s = np.where(mask, s, -np.inf) if mask.dtype == bool else s + mask
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    return np.einsum("...ls,...sd->...ld", p / p.sum(axis=-1, keepdims=True), v)
+
+
+def inputs_like(*arrays, names="qkvm"):
+    return [dlc.input(n, a.shape, a.dtype.name) for n, a in zip(names, arrays)]
+
+
+def attend(arrays, target="reference", **kwargs):
+    q, k, v, *m = inputs_like(*arrays)
+    y = dlc.scaled_dot_product_attention(q, k, v, mask=m[0] if m else None, **kwargs)
+    return dlc.compile([y], target=target)(*arrays)
+
+
+def keep_mask(rng, shape):
+    """A random boolean mask in which every query row keeps key 0 (no row is all masked out)."""
+    m = rng.random(shape) > 0.4
+    m[..., 0] = True
+    return m
+
+
+# (lead, L, S, E, Ev): no leading dims, batch, batch x heads; L != S both ways; lengths off the 64-blocks
+SHAPES = [((), 5, 5, 4, 4), ((3,), 6, 9, 4, 5), ((2, 3), 9, 4, 8, 3), ((2,), 130, 70, 4, 6), ((1, 2), 67, 129, 3, 2)]
+
+
+@pytest.mark.parametrize("lead, L, S, E, Ev", SHAPES)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_forward_matches_the_plain_formula(lead, L, S, E, Ev, dtype, rng):
+    q, k, v = rand(rng, lead + (L, E), dtype), rand(rng, lead + (S, E), dtype), rand(rng, lead + (S, Ev), dtype)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=1e-11, atol=1e-12)
+    (got,) = attend([q, k, v])
+    assert got.dtype == dtype and got.shape == lead + (L, Ev)
+    np.testing.assert_allclose(got, plain_attention(q, k, v), **tol)
+    (got,) = attend([q, k, v], causal=True, scale=0.3)
+    np.testing.assert_allclose(got, plain_attention(q, k, v, causal=True, scale=0.3), **tol)
+    mask = keep_mask(rng, (L, S))
+    (got,) = attend([q, k, v, mask])
+    np.testing.assert_allclose(got, plain_attention(q, k, v, mask), **tol)
+    bias = rand(rng, lead + (1, S), dtype)
+    (got,) = attend([q, k, v, bias], causal=True)
+    np.testing.assert_allclose(got, plain_attention(q, k, v, bias, causal=True), **tol)
+
+
+def test_matches_torch_with_masks_and_broadcast_leading_dims(rng):
+    torch = pytest.importorskip("torch")
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    q, k, v = rand(rng, (2, 3, 6, 4)), rand(rng, (1, 3, 8, 4)), rand(rng, (8, 5))   # k and v broadcast
+    T = [torch.tensor(a) for a in (q, k, v)]
+    (got,) = attend([q, k, v])
+    np.testing.assert_allclose(got, sdpa(*[t.expand(2, 3, -1, -1) for t in T]).numpy(), rtol=1e-11, atol=1e-12)
+    (got,) = attend([q, k, v], causal=True)
+    np.testing.assert_allclose(got, sdpa(*[t.expand(2, 3, -1, -1) for t in T], is_causal=True).numpy(),
+                               rtol=1e-11, atol=1e-12)
+    key_padding = keep_mask(rng, (2, 1, 1, 8))   # one mask row per batch element, shared by heads and queries
+    (got,) = attend([q, k, v, key_padding])
+    want = sdpa(*[t.expand(2, 3, -1, -1) for t in T], attn_mask=torch.tensor(key_padding)).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+    bias = rand(rng, (3, 6, 8))
+    (got,) = attend([q, k, v, bias], scale=0.25)
+    want = sdpa(*[t.expand(2, 3, -1, -1) for t in T], attn_mask=torch.tensor(bias), scale=0.25).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-11, atol=1e-12)
+
+
+CASES = [dict(), dict(causal=True), dict(mask="bool"), dict(mask="add", causal=True, scale=0.6)]
+
+
+def _mask_for(case, rng, L, S, dtype):
+    if case.get("mask") == "bool":
+        return keep_mask(rng, (L, S))
+    if case.get("mask") == "add":
+        return rand(rng, (1, L, S), dtype)
+    return None
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "plain")
+def test_gradients_match_finite_differences(case, rng):
+    L, S = 4, 6
+    mask = _mask_for(case, rng, L, S, "float64")
+    kwargs = {k: v for k, v in case.items() if k != "mask"}
+
+    def build(q, k, v):
+        return dlc.scaled_dot_product_attention(q, k, v, mask=mask, **kwargs)
+
+    check_grad(build, [rand(rng, (2, L, 3)), rand(rng, (2, S, 3)), rand(rng, (2, S, 2))])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(f"{k}={v}" for k, v in c.items()) or "plain")
+def test_gradients_match_torch_autograd(case, rng):
+    torch = pytest.importorskip("torch")
+    L, S = 7, 5
+    q, k, v = rand(rng, (2, 2, L, 4)), rand(rng, (2, 2, S, 4)), rand(rng, (2, 2, S, 3))
+    mask = _mask_for(case, rng, L, S, "float64")
+    gy = rand(rng, (2, 2, L, 3))
+    kwargs = {k: v for k, v in case.items() if k != "mask"}
+    tq, tk, tv = (torch.tensor(a, requires_grad=True) for a in (q, k, v))
+    tmask = None if mask is None else torch.tensor(mask)
+    if kwargs.get("causal") and mask is not None:   # torch refuses both: the causal part goes into the mask
+        tmask = tmask + torch.where(torch.ones(L, S).tril().bool(), 0.0, -torch.inf).double()
+    ty = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=tmask, scale=kwargs.get("scale"),
+                                                          is_causal=kwargs.get("causal", False) and mask is None)
+    ty.backward(torch.tensor(gy))
+    Q, K, V = inputs_like(q, k, v)
+    y = dlc.scaled_dot_product_attention(Q, K, V, mask=mask, **kwargs)
+    grads = dlc.grad(dlc.sum(y * dlc.constant(gy, "float64")), [Q, K, V])
+    for target in ("reference", "cpu"):
+        got = dlc.compile([y, *grads], target=target)(q, k, v)
+        for g, want, what in zip(got, [ty, tq.grad, tk.grad, tv.grad], "y q k v".split()):
+            np.testing.assert_allclose(g, want.detach().numpy(), rtol=1e-10, atol=1e-12, err_msg=f"{target}: {what}")
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cpu_kernel_matches_reference_off_block_sizes(dtype, rng):
+    """Lengths that are not multiples of the kernel's 64-row blocks, L < S and L > S, with each kind of mask."""
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
+    outputs = []
+    for L, S, causal, kind in [(130, 70, True, "bool"), (67, 129, False, "add"), (65, 65, True, None)]:
+        q = dlc.input(f"q{L}", ("B", 2, L, 8), dtype)
+        k = dlc.input(f"k{L}", ("B", 2, S, 8), dtype)
+        v = dlc.input(f"v{L}", ("B", 2, S, 5), dtype)
+        mask = {"bool": keep_mask(rng, (2, L, S)), "add": rand(rng, (1, 1, L, 1), dtype), None: None}[kind]
+        y = dlc.scaled_dot_product_attention(q, k, v, mask=mask, causal=causal)
+        outputs += [y, *dlc.grad(dlc.sum(dlc.sin(y)), [q, k, v])]
+    feeds = {n.attr("name"): rand(rng, (2,) + tuple(n.shape[1:]), dtype)
+             for n in dlc.Graph([o.node for o in outputs]).inputs()}
+    cpu = dlc.compile(outputs, target="cpu")
+    assert not cpu.backend.stats["fallbacks"], cpu.backend.stats["fallbacks"]
+    ref = dlc.compile(outputs, target="reference")
+    for i, (got, want) in enumerate(zip(cpu(**feeds), ref(**feeds))):
+        np.testing.assert_allclose(got, want, err_msg=f"output {i}", **tol)
+
+
+def _arena_bytes(outputs):
+    return passes.plan_memory(program_of(dlc.compile(outputs, target="reference")), {}).arena_bytes
+
+
+def test_scratch_does_not_grow_with_the_score_matrix():
+    """At L = S = 1024 the L x S scores (4 MiB per head in float32) never enter the arena, forward or backward,
+    where the same attention written with matmul and softmax stores them."""
+    L = S = 1024
+    heads, E = 2, 16
+    q, k, v = (dlc.input(n, (1, heads, L, E)) for n in "qkv")
+    y = dlc.scaled_dot_product_attention(q, k, v)
+    fused = _arena_bytes([y, *dlc.grad(dlc.sum(y * y), [q, k, v])])
+    z = dlc.softmax(dlc.matmul(q, dlc.swapaxes(k, -1, -2)) * 0.25, axis=-1) @ v
+    unfused = _arena_bytes([z, *dlc.grad(dlc.sum(z * z), [q, k, v])])
+    scores = heads * L * S * 4
+    assert fused < scores / 8 and unfused >= scores, (fused, unfused, scores)
+
+
+def test_bad_operands_are_errors_at_the_users_line():
+    q, k, v = dlc.input("q", (2, 5, 4)), dlc.input("k", (2, 6, 4)), dlc.input("v", (2, 6, 3))
+    with pytest.raises(dlc.ShapeError, match=r"attention at .*test_attention\.py:\d+: .*feature dim 4 differs"):
+        dlc.scaled_dot_product_attention(q, dlc.input("k3", (2, 6, 3)), v)
+    with pytest.raises(dlc.ShapeError, match="k has 6 keys but v has 7"):
+        dlc.scaled_dot_product_attention(q, k, dlc.input("v7", (2, 7, 3)))
+    with pytest.raises(dlc.ShapeError, match="do not broadcast"):
+        dlc.scaled_dot_product_attention(q, dlc.input("k5", (3, 6, 4)), dlc.input("v5", (3, 6, 3)))
+    with pytest.raises(dlc.ShapeError, match=r"mask \(2, 5, 5\) must be"):
+        dlc.scaled_dot_product_attention(q, k, v, mask=np.ones((2, 5, 5), bool))
+    with pytest.raises(dlc.DTypeError, match="mask must be bool or float"):
+        dlc.scaled_dot_product_attention(q, k, v, mask=np.ones((5, 6), np.int64))
+    with pytest.raises(dlc.DTypeError, match="different dtypes"):
+        dlc.scaled_dot_product_attention(q, k, dlc.input("v64", (2, 6, 3), "float64"))
+    with pytest.raises(dlc.ShapeError, match="at least 2 dims"):
+        dlc.scaled_dot_product_attention(dlc.input("q1", (4,)), k, v)
+    with pytest.raises(NotImplementedError, match="dropout_p"):
+        dlc.scaled_dot_product_attention(q, k, v, dropout_p=0.1)
+
+
+def test_reachable_under_torch_names():
+    assert dlc.functional.scaled_dot_product_attention is dlc.scaled_dot_product_attention
+    assert dlc.nn.functional.scaled_dot_product_attention is dlc.scaled_dot_product_attention
+    q = dlc.input("q", (3, 4))
+    y = dlc.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=np.ones((3, 3), bool), is_causal=True)
+    x = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
+    np.testing.assert_allclose(dlc.compile(y)(x), plain_attention(x, x, x, causal=True), rtol=1e-5)
