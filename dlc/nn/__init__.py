@@ -5,6 +5,7 @@ from ..train import History, TrainStep, compile_eval, compile_step, fit
 from . import functional, init
 from .activation import ELU, GELU, LeakyReLU, LogSoftmax, ReLU, Sigmoid, Softmax, Softplus, Tanh
 from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv1d, Conv2d, ConvTranspose2d, MaxPool2d
+from .decoding import KVCache, Sampler, attention_step, compile_sampler, encoder_layer_step
 from .init import manual_seed
 from .layers import Dropout, Embedding, Flatten, Identity, Linear, Unflatten
 from .losses import (
