@@ -8,8 +8,9 @@
 // output the fused kernel has.
 //
 // Tiling: a block computes a BM x BN tile of C, staging BK-wide slices of A
-// and B in shared memory; each of its (BM/TM)*(BN/TN) threads accumulates a
-// TM x TN register block. Thread (tr, tc) owns rows tr + r*(BM/TM) and
+// and B in shared memory (the next slice fetched into registers while the
+// current one is multiplied); each of its (BM/TM)*(BN/TN) threads accumulates
+// a TM x TN register block. Thread (tr, tc) owns rows tr + r*(BM/TM) and
 // columns tc + c*(BN/TN): consecutive threads touch consecutive columns, so
 // epilogue stores coalesce and shared-memory reads are conflict-free.
 // The tile shape is a template parameter; DLC_GEMM_CONFIGS lists the ones the
@@ -50,10 +51,48 @@ __device__ __forceinline__ void dlc_gemm_mainloop(i64 M, i64 N, i64 K, LoadA loa
 #pragma unroll
     for (int c = 0; c < TN; ++c) acc[r][c] = T(0);
 
-  for (i64 k0 = 0; k0 < K; k0 += BK) {
-    // stage A's BM x BK slice and B's BK x BN slice, consecutive threads
-    // reading consecutive addresses (the loaders say which index is
-    // contiguous in memory); out-of-range elements are zeros
+  // Each thread stages A_PER elements of A's BM x BK slice and B_PER of B's BK x BN slice, consecutive
+  // threads reading consecutive addresses (the loaders say which index is contiguous in memory);
+  // out-of-range elements are zeros. With small register blocks the next slice is fetched into registers
+  // before the current one is multiplied, so its global loads are in flight during the arithmetic
+  // (prefetch), and stored to shared memory after it; tile l's 64 accumulators leave no registers for it
+  // within its launch bounds (ptxas spilled, even for staging arrays held only between a load and its
+  // store), so it copies each slice straight from global to shared memory.
+  constexpr bool kPrefetch = TM * TN <= 16;
+  constexpr int A_PER = (BM * BK + NT - 1) / NT, B_PER = (BN * BK + NT - 1) / NT;
+  T ra[A_PER], rb[B_PER];
+  auto fetch = [&](i64 k0) {
+#pragma unroll
+    for (int p = 0; p < A_PER; ++p) {
+      const int e = tid + p * NT;
+      const int kk = LoadA::kRowsContiguous ? e / BM : e % BK, i = LoadA::kRowsContiguous ? e % BM : e / BK;
+      const i64 gi = row0 + i, gk = k0 + kk;
+      ra[p] = (e < BM * BK && gi < M && gk < K) ? load_a(gi, gk) : T(0);
+    }
+#pragma unroll
+    for (int p = 0; p < B_PER; ++p) {
+      const int e = tid + p * NT;
+      const int j = LoadB::kRowsContiguous ? e / BK : e % BN, kk = LoadB::kRowsContiguous ? e % BK : e / BN;
+      const i64 gj = col0 + j, gk = k0 + kk;
+      rb[p] = (e < BN * BK && gj < N && gk < K) ? load_b(gk, gj) : T(0);
+    }
+  };
+  auto stash = [&]() {
+#pragma unroll
+    for (int p = 0; p < A_PER; ++p) {
+      const int e = tid + p * NT;
+      const int kk = LoadA::kRowsContiguous ? e / BM : e % BK, i = LoadA::kRowsContiguous ? e % BM : e / BK;
+      if (e < BM * BK) As[kk][i] = ra[p];
+    }
+#pragma unroll
+    for (int p = 0; p < B_PER; ++p) {
+      const int e = tid + p * NT;
+      const int j = LoadB::kRowsContiguous ? e / BK : e % BN, kk = LoadB::kRowsContiguous ? e % BK : e / BN;
+      if (e < BN * BK) Bs[kk][j] = rb[p];
+    }
+  };
+
+  auto copy = [&](i64 k0) {
     for (int e = tid; e < BM * BK; e += NT) {
       const int kk = LoadA::kRowsContiguous ? e / BM : e % BK, i = LoadA::kRowsContiguous ? e % BM : e / BK;
       const i64 gi = row0 + i, gk = k0 + kk;
@@ -64,7 +103,19 @@ __device__ __forceinline__ void dlc_gemm_mainloop(i64 M, i64 N, i64 K, LoadA loa
       const i64 gj = col0 + j, gk = k0 + kk;
       Bs[kk][j] = (gj < N && gk < K) ? load_b(gk, gj) : T(0);
     }
+  };
+
+  if constexpr (kPrefetch) fetch(0);
+  for (i64 k0 = 0; k0 < K; k0 += BK) {
+    if constexpr (kPrefetch) {
+      stash();
+    } else {
+      copy(k0);
+    }
     __syncthreads();
+    if constexpr (kPrefetch) {
+      if (k0 + BK < K) fetch(k0 + BK);
+    }
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       T a[TM], b[TN];
