@@ -458,3 +458,24 @@ def test_epilogues_of_anchors_with_size_one_dims():
             close(r, o, rtol=1e-5, atol=1e-6)
     for key in ("w", "v"):
         close(ref_store[key], emu_store[key], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("config", ["small", "h100"])
+def test_weight_gradient_split_over_k_matches_reference(rng, config):
+    """A 4 -> 6 channel 3x3 weight gradient over 16 x 32 x 32 positions has 1 output tile: on an H100's 1056
+    blocks its K is split over blocks (partial tiles in a workspace, summed in order, then the epilogue)."""
+    x = dlc.input("x", ("B", 4, 32, 32))
+    gy = dlc.input("gy", ("B", 6, 32, 32))
+    w = dlc.param(rng.standard_normal((6, 4, 3, 3)).astype(np.float32) * 0.1, name="w_split")
+    y = dlc.conv2d(x, w, padding=1)
+    (dw,) = dlc.grad(dlc.sum(y * gy), [w])
+    out = dlc.relu(dw) * 2.0 + w  # an epilogue after the sum over K
+    feeds = (rng.standard_normal((16, 4, 32, 32)).astype(np.float32),
+             rng.standard_normal((16, 6, 32, 32)).astype(np.float32))
+    want = dlc.compile(out, target="reference")(*feeds)
+    fn = dlc.compile(out, target="cuda", emulate=config, gemm_tiles=("s",))
+    np.testing.assert_allclose(fn(*feeds), want, rtol=1e-4, atol=1e-4)
+    phases = [ln.scalars.get("phase") for ls in fn.backend.runner.launches.values() for ln in ls
+              if ln.entry.startswith(next(k.name for k in fn.program.kernels
+                                          if k.anchor is not None and k.anchor.op == "conv2d_grad_weight"))]
+    assert phases == ([1, 2] if config == "h100" else [0])

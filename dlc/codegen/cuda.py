@@ -918,14 +918,40 @@ def render_conv(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> 
         out_idx = (f"(i64)g * {co // groups} + i", "e_c", f"e_t / {kw}", f"e_t % {kw}")
     _store_epilogue(vr, kernel, out_names, out_idx, "acc")
     params = vr.final_params()
+    if mode == "wgrad":
+        params += [Param("workspace", "ws", "void*"), Param("chunks", "chunks", "i64"), Param("phase", "phase", "int")]
     entries, chunks = [], [_comment(kernel)]
     for tag in tiles:
         bm, bn, bk, tm, tn = GEMM_CONFIGS[tag]
         entry = f"{kernel.name}_{tag}"
         entries.append(entry)
-        chunks += [_signature(entry, params, GEMM_LAUNCH_BOUNDS.get(tag, "")) + " {", *pre,
-                   f"  dlc_gemm_mainloop<{bm}, {bn}, {bk}, {tm}, {tn}, {ctype}>(M, N, K, load_a, load_b,",
-                   f"      [&](i64 i, i64 j, {ctype} acc) {{", body.text(), "      });", "}"]
+        mainloop = f"  dlc_gemm_mainloop<{bm}, {bn}, {bk}, {tm}, {tn}, {ctype}>"
+        if mode != "wgrad":
+            chunks += [_signature(entry, params, GEMM_LAUNCH_BOUNDS.get(tag, "")) + " {", *pre,
+                       f"{mainloop}(M, N, K, load_a, load_b,",
+                       f"      [&](i64 i, i64 j, {ctype} acc) {{", body.text(), "      });", "}"]
+            continue
+        # split-K: phase 1 multiplies K slice blockIdx.y into the workspace, phase 2 sums the slices in order
+        # and runs the epilogue; phase 0 is the single pass
+        chunks += [_signature(entry, params, GEMM_LAUNCH_BOUNDS.get(tag, "")) + " {", *pre[:1], *pre[2:4],
+                   f"  {ctype}* const partial = ({ctype}*)ws;",
+                   "  if (phase == 2) {",
+                   f"    for (i64 e = (i64)blockIdx.x * blockDim.x + threadIdx.x; e < {groups} * M * N;"
+                   " e += (i64)gridDim.x * blockDim.x) {",
+                   "      const int g = (int)(e / (M * N));",
+                   f"      {ctype} acc = {ctype}(0);",
+                   "      for (i64 c = 0; c < chunks; ++c) acc += partial[(g * chunks + c) * M * N + e % (M * N)];",
+                   f"      [&](i64 i, i64 j, {ctype} acc) {{", body.text(), "      }(e / N % M, e % N, acc);",
+                   "    }", "    return;", "  }", *pre[1:2], *pre[4:],
+                   "  const i64 span = (K + chunks - 1) / chunks, k0 = (i64)blockIdx.y * span;",
+                   "  const i64 k1 = k0 + span < K ? k0 + span : K;",
+                   "  const DlcSliceKA<decltype(load_a)> slice_a{load_a, k0};",
+                   "  const DlcSliceKB<decltype(load_b)> slice_b{load_b, k0};",
+                   f"{mainloop}(M, N, k1 > k0 ? k1 - k0 : 0, slice_a, slice_b,",
+                   f"      [&](i64 i, i64 j, {ctype} acc) {{",
+                   "        if (phase == 1) { partial[((g * chunks + blockIdx.y) * M + i) * N + j] = acc; return; }",
+                   body.text(), "      });", "}"]
+    item = np.dtype(node.dtype).itemsize
 
     def plan(env, max_blocks):
         nb = int(shape_eval((batch,), env)[0])
@@ -933,9 +959,31 @@ def render_conv(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> 
                 "wgrad": (co // groups, (c // groups) * kh * kw)}[mode]
         tag = choose_gemm_tile(m, n, groups, max_blocks, tiles)
         bm, bn, _, tm, tn = GEMM_CONFIGS[tag]
-        return Launch(f"{kernel.name}_{tag}", gemm_grid(tag, m, n, groups), ((bm // tm) * (bn // tn), 1, 1))
+        grid, threads = gemm_grid(tag, m, n, groups), ((bm // tm) * (bn // tn), 1, 1)
+        if mode != "wgrad":
+            return Launch(f"{kernel.name}_{tag}", grid, threads)
+        k = nb * ho * wo
+        split = split_k_chunks(grid[0] * groups, k, max_blocks)
+        if split == 1:
+            return [Launch(f"{kernel.name}_{tag}", grid, threads, {"chunks": 1, "phase": 0})]
+        space = groups * m * n * split * item
+        return [Launch(f"{kernel.name}_{tag}", (grid[0], split, groups), threads, {"chunks": split, "phase": 1},
+                       workspace=space),
+                Launch(f"{kernel.name}_{tag}", (_grid_for(groups * m * n, threads[0], max_blocks), 1, 1), threads,
+                       {"chunks": split, "phase": 2}, workspace=space)]
 
     return RenderedKernel(kernel, "\n".join(chunks), params, entries, plan)
+
+
+SPLIT_K_MIN = 1 << 12   # K elements per split-K slice (at least)
+
+
+def split_k_chunks(tiles: int, k: int, max_blocks: int) -> int:
+    """Slices of K for a GEMM of `tiles` output tiles: 1 unless the tiles alone leave most SMs idle and K is long
+    (a weight gradient: 9 tiles of 64 x 64 for a 64 -> 64 3x3 conv, K = every output position of the batch)."""
+    if tiles >= max_blocks // 4 or k < 2 * SPLIT_K_MIN:
+        return 1
+    return int(max(2, min(k // SPLIT_K_MIN, max_blocks // max(tiles, 1), 64)))
 
 
 def _per_output_kernel(kernel: Kernel, vr: ValueRenderer, body: Body, space, head: list[str]) -> RenderedKernel:

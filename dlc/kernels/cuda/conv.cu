@@ -14,7 +14,10 @@
 //                A(m, (n,oh,ow)) = gy[n, g*Og+m, oh, ow]
 //                B((n,oh,ow), (c,r,s)) = x[n, g*Cg+c, oh*sh-ph+r*dh, ow*sw-pw+s*dw]
 // The tile configuration (DLC_GEMM_CONFIGS) is picked per problem size by
-// the runtime, as for matmul.
+// the runtime, as for matmul. The weight gradient has few output tiles and a
+// long K (every output position of the batch): the runtime may split K over
+// `chunks` blocks (split-K) that write partial tiles to a workspace, summed
+// in a fixed order by a second pass that runs the epilogue.
 #pragma once
 
 struct DlcConv2d {
@@ -100,3 +103,15 @@ __device__ __forceinline__ void dlc_conv_dgrad_mnk(const DlcConv2d& q, i64& M, i
 __device__ __forceinline__ void dlc_conv_wgrad_mnk(const DlcConv2d& q, i64& M, i64& N, i64& K) {
   M = q.og(); N = (i64)q.cg() * q.taps(); K = q.batch * q.Ho * q.Wo;
 }
+
+// A loader restricted to the K slice [k0, k0 + K'): split-K's blocks each multiply one slice.
+template <class L> struct DlcSliceKA {
+  static constexpr bool kRowsContiguous = L::kRowsContiguous;
+  L load; i64 k0;
+  __device__ __forceinline__ auto operator()(i64 i, i64 k) const { return load(i, k0 + k); }
+};
+template <class L> struct DlcSliceKB {
+  static constexpr bool kRowsContiguous = L::kRowsContiguous;
+  L load; i64 k0;
+  __device__ __forceinline__ auto operator()(i64 k, i64 j) const { return load(k0 + k, j); }
+};
