@@ -8,11 +8,15 @@
 // output the fused kernel has.
 //
 // Tiling: a block computes a BM x BN tile of C, staging BK-wide slices of A
-// and B in shared memory (the next slice fetched into registers while the
-// current one is multiplied); each of its (BM/TM)*(BN/TN) threads accumulates
-// a TM x TN register block. Thread (tr, tc) owns rows tr + r*(BM/TM) and
-// columns tc + c*(BN/TN): consecutive threads touch consecutive columns, so
-// epilogue stores coalesce and shared-memory reads are conflict-free.
+// and B in shared memory (tiles s and m fetch the next slice into registers
+// while the current one is multiplied); each of its (BM/TM)*(BN/TN) threads
+// accumulates a TM x TN register block. In float32 with 4x4 blocks (tile m),
+// thread (tr, tc) owns runs of 4 rows, tr*4 + q*(4*BM/TM) + 0..3, and of 4
+// columns, tc*4 + p*(4*BN/TN) + 0..3, each read from shared memory as one
+// float4 (a quarter of the load instructions); otherwise rows
+// tr + r*(BM/TM) and columns tc + c*(BN/TN). Either way consecutive threads
+// touch consecutive columns (or runs of them), so epilogue stores coalesce
+// and shared-memory reads are conflict-free.
 // The tile shape is a template parameter; DLC_GEMM_CONFIGS lists the ones the
 // runtime picks from by problem size (few large tiles starve the SMs, many
 // small ones waste bandwidth).
@@ -36,10 +40,15 @@ template <int BM, int BN, int BK, int TM, int TN, class T, class LoadA, class Lo
 __device__ __forceinline__ void dlc_gemm_mainloop(i64 M, i64 N, i64 K, LoadA load_a, LoadB load_b, Epi epi) {
   constexpr int TROWS = BM / TM, TCOLS = BN / TN, NT = TROWS * TCOLS;
   static_assert(BM % TM == 0 && BN % TN == 0, "tile must divide into register blocks");
-  __shared__ T As[BK][BM + DLC_GEMM_PAD];
-  __shared__ T Bs[BK][BN + DLC_GEMM_PAD];
+  alignas(16) __shared__ T As[BK][BM + DLC_GEMM_PAD];   // rows of BM + 4 elements: each 16-byte aligned
+  alignas(16) __shared__ T Bs[BK][BN + DLC_GEMM_PAD];
   const int tid = threadIdx.x;
   const int tr = tid / TCOLS, tc = tid % TCOLS;
+  // float4 reads for float32 blocks of 4x4 (tile m); tile l's 8x8 spilled with them within its launch bounds
+  constexpr bool kVector = sizeof(T) == 4 && TM % 4 == 0 && TN % 4 == 0 && TM * TN <= 16;
+  // the r-th row and c-th column of the tile this thread owns (see the header)
+  auto row_of = [&](int r) { return kVector ? r / 4 * (4 * TROWS) + tr * 4 + r % 4 : tr + r * TROWS; };
+  auto col_of = [&](int c) { return kVector ? c / 4 * (4 * TCOLS) + tc * 4 + c % 4 : tc + c * TCOLS; };
   // the tiles of C are numbered along blockIdx.x alone (row-major: neighbouring blocks share A's rows);
   // gridDim.y would cap the rows at 65535 tiles
   const i64 tiles_n = (N + BN - 1) / BN, tile = blockIdx.x;
@@ -119,10 +128,23 @@ __device__ __forceinline__ void dlc_gemm_mainloop(i64 M, i64 N, i64 K, LoadA loa
 #pragma unroll
     for (int kk = 0; kk < BK; ++kk) {
       T a[TM], b[TN];
+      if constexpr (kVector) {
 #pragma unroll
-      for (int r = 0; r < TM; ++r) a[r] = As[kk][tr + r * TROWS];
+        for (int r = 0; r < TM; r += 4) {
+          const float4 v = *reinterpret_cast<const float4*>(&As[kk][row_of(r)]);
+          a[r] = v.x; a[r + 1] = v.y; a[r + 2] = v.z; a[r + 3] = v.w;
+        }
 #pragma unroll
-      for (int c = 0; c < TN; ++c) b[c] = Bs[kk][tc + c * TCOLS];
+        for (int c = 0; c < TN; c += 4) {
+          const float4 v = *reinterpret_cast<const float4*>(&Bs[kk][col_of(c)]);
+          b[c] = v.x; b[c + 1] = v.y; b[c + 2] = v.z; b[c + 3] = v.w;
+        }
+      } else {
+#pragma unroll
+        for (int r = 0; r < TM; ++r) a[r] = As[kk][row_of(r)];
+#pragma unroll
+        for (int c = 0; c < TN; ++c) b[c] = Bs[kk][col_of(c)];
+      }
 #pragma unroll
       for (int r = 0; r < TM; ++r)
 #pragma unroll
@@ -133,11 +155,11 @@ __device__ __forceinline__ void dlc_gemm_mainloop(i64 M, i64 N, i64 K, LoadA loa
 
 #pragma unroll
   for (int r = 0; r < TM; ++r) {
-    const i64 i = row0 + tr + r * TROWS;
+    const i64 i = row0 + row_of(r);
     if (i >= M) continue;
 #pragma unroll
     for (int c = 0; c < TN; ++c) {
-      const i64 j = col0 + tc + c * TCOLS;
+      const i64 j = col0 + col_of(c);
       if (j < N) epi(i, j, acc[r][c]);
     }
   }
