@@ -27,10 +27,7 @@ def test_node_tests_pass_or_are_skipped_with_a_reason(node_report):
 def test_listed_operators_share(node_report):
     passed, total = C.listed_share(node_report.results)
     assert total > 500   # the suite was found and attributed to the listed ops
-    mine = [r for r in node_report.results if r.case.ops and set(r.case.ops) <= set(C.LISTED_OPS)]
-    not_dtype = [r for r in mine if not (r.status == "skipped" and C.DTYPE_SKIP.search(r.reason))]
-    # a floor under today's number (docs/onnx.md): a regression shows here
-    assert passed / len(not_dtype) >= 0.95, (passed, len(not_dtype))
+    assert passed / total >= 0.95, (passed, total)   # the bar (docs/onnx.md has today's number)
 
 
 @pytest.mark.parametrize("kind", ["pytorch-converted", "pytorch-operator"])

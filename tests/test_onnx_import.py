@@ -145,6 +145,81 @@ def test_narrow_types_are_widened_at_the_boundary():
     np.testing.assert_array_equal(fn(b=np.array([1, 1, 1], np.uint8), a=np.array([1, 2, 3], np.uint8)), [2, 3, 4])
 
 
+def _cast_model(to, n, saturate=1, opset=21, **attrs):
+    node = helper.make_node("Cast", ["x"], ["y"], to=to, saturate=saturate, **attrs)
+    return make_model([node], [f32("x", [n])], [helper.make_tensor_value_info("y", to, [n])], opset=opset)
+
+
+def _float_probe(ml_type):
+    """Random values across the type's range, its exact ties (midpoints of neighbours), subnormals and specials."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    info = ml_dtypes.finfo(ml_type)
+    bits = np.arange(2**info.bits, dtype=np.uint8 if info.bits <= 8 else np.uint16)
+    with np.errstate(invalid="ignore", over="ignore"):   # NaN patterns; bfloat16's range past float32's (inf)
+        values = bits.view(ml_type).astype(np.float64)
+        values = np.unique(values[np.isfinite(values)])
+        if len(values) > 2000:
+            values = values[:: len(values) // 2000]
+        ties = (values[1:] + values[:-1]) / 2
+        wide = RNG.standard_normal(500) * np.float64(info.max) / 3
+        specials = [0.0, -0.0, np.inf, -np.inf, np.nan, 3e38, -3e38, 1e-45, float(info.max) * 1.07]
+        return np.concatenate([values, ties, wide, specials]).astype(np.float32)
+
+
+NARROW_FLOATS = [("bfloat16", TensorProto.BFLOAT16), ("float8_e4m3fn", TensorProto.FLOAT8E4M3FN),
+                 ("float8_e4m3fnuz", TensorProto.FLOAT8E4M3FNUZ), ("float8_e5m2", TensorProto.FLOAT8E5M2),
+                 ("float8_e5m2fnuz", TensorProto.FLOAT8E5M2FNUZ), ("float4_e2m1fn", TensorProto.FLOAT4E2M1)]
+
+
+@pytest.mark.parametrize("name, code, target", [(n, c, "reference") for n, c in NARROW_FLOATS]
+                         + [(n, c, "cpu") for n, c in NARROW_FLOATS[:2]])
+def test_cast_to_narrow_floats_is_bit_exact(name, code, target):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    ml_type = getattr(ml_dtypes, name)
+    x = _float_probe(ml_type)
+    for saturate in (1, 0):
+        got = donnx.load_model(_cast_model(code, len(x), saturate), target=target)(x)
+        assert got.dtype == np.dtype(ml_type)
+        # onnx's reference: saturate_cast for float8 with saturate=1, ml_dtypes' conversion otherwise
+        want = numpy_helper.saturate_cast(x, ml_type) if saturate and name.startswith("float8") else x.astype(ml_type)
+        np.testing.assert_array_equal(got.view(np.uint8 if got.itemsize == 1 else np.uint16),
+                                      want.view(np.uint8 if want.itemsize == 1 else np.uint16))
+
+
+@pytest.mark.parametrize("mode", ["up", "down", "nearest"])
+def test_cast_to_float8e8m0_follows_round_mode(mode):
+    x = np.abs(np.concatenate([RNG.standard_normal(300) * 10, [0.0, 2.0**-127, 2.0**-126, 3 * 2.0**-128, 1.5, 0.75,
+                                                                3e38, 2.0**127, np.inf, np.nan]])).astype(np.float32)
+    for saturate in (1, 0):
+        fn = donnx.load_model(_cast_model(TensorProto.FLOAT8E8M0, len(x), saturate, opset=25, round_mode=mode))
+        np.testing.assert_array_equal(fn(x).view(np.uint8),
+                                      numpy_helper.to_float8e8m0(x, bool(saturate), mode).view(np.uint8))
+
+
+def test_narrow_initializers_decode_and_check_their_packed_size():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    w4 = np.array([-8, -1, 0, 3, 7], dtype=ml_dtypes.int4)
+    wbf = np.array([0.5, -1.25, 3.0e20], dtype=np.float32).astype(ml_dtypes.bfloat16)
+    inits = [numpy_helper.from_array(w4, "w4"), numpy_helper.from_array(wbf, "wbf")]
+    nodes = [helper.make_node("Cast", ["w4"], ["a"], to=TensorProto.FLOAT),
+             helper.make_node("Cast", ["wbf"], ["b"], to=TensorProto.FLOAT)]
+    fn = donnx.load_model(make_model(nodes, [], [f32("a", [5]), f32("b", [3])], inits, opset=21))
+    a, b = fn()
+    np.testing.assert_array_equal(a, [-8, -1, 0, 3, 7])
+    np.testing.assert_array_equal(b, wbf.astype(np.float32))
+    bad = numpy_helper.from_array(w4, "w4")
+    bad.raw_data = bad.raw_data[:2]   # five int4 values pack into three bytes
+    with pytest.raises(donnx.OnnxImportError, match=r"initializer 'w4': 2 bytes of data for dims \[5\] of INT4 "
+                                                    r"\(3 expected\)"):
+        donnx.load_model(make_model(nodes[:1], [], [f32("a", [5])], [bad], opset=21))
+
+
+def test_uint64_is_refused_with_the_reason():
+    u64 = [helper.make_tensor_value_info(n, TensorProto.UINT64, [2]) for n in "xy"]
+    with pytest.raises(donnx.UnsupportedError, match="UINT64 .no dlc dtype holds every uint64 value"):
+        donnx.load_model(make_model([helper.make_node("Relu", ["x"], ["y"])], u64[:1], u64[1:]))
+
+
 # ----------------------------------------------------------------------------
 # against PyTorch and onnxruntime
 

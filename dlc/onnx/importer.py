@@ -28,6 +28,7 @@ from .reader import (
     check_dims,
     default_opset,
     dtype_of,
+    numpy_dtype,
     numpy_dtype_of,
     onnx_module,
     read_model,
@@ -164,6 +165,15 @@ class NodeContext:
             return default
         return [x if isinstance(x, str) else int(x) for x in np.asarray(v).reshape(-1)]
 
+    def elem_type(self, i: int) -> int | None:
+        """The ONNX element type of input i where the graph says it (a narrow one is lost in its dlc dtype)."""
+        return self.builder.elem_types.get(self.input_names[i]) if self.has(i) else None
+
+    def set_elem_type(self, k: int, code: int) -> None:
+        """Record output k's ONNX element type (a Cast's target), for the CastLike nodes that read it."""
+        if k < self.n_outputs and self.proto.output[k]:
+            self.builder.elem_types[self.proto.output[k]] = code
+
     def all_static(self) -> bool:
         return all(v is None or is_static(v) for v in self.inputs)
 
@@ -190,6 +200,11 @@ class GraphBuilder:
         self.boundary = {vi.name: numpy_dtype_of(vi.type.tensor_type.elem_type, f"graph value {vi.name!r}")
                          for vi in list(g.input) + list(g.output)
                          if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+        # ONNX element types of named values where the graph declares them (CastLike casts to its operand's)
+        self.elem_types = {vi.name: vi.type.tensor_type.elem_type
+                           for vi in list(g.input) + list(g.output) + list(g.value_info)
+                           if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+        self.elem_types.update({t.name: t.data_type for t in g.initializer})
         self.static_inputs = self._bind_static(static_inputs or {})
         self.inputs = [spec for spec in self.inputs if spec[0] not in self.static_inputs]
         available = set(self.initializers) | {name for name, _, _ in self.inputs} | set(self.static_inputs)
@@ -404,6 +419,6 @@ class OnnxFunction(Function):
         if not any(d and d not in ("float32", "float64", "int32", "int64", "bool") for d in outs):
             return result
         many = isinstance(result, tuple)
-        vals = [np.asarray(v).astype(d) if d and np.asarray(v).dtype.name != d else v
+        vals = [np.asarray(v).astype(numpy_dtype(d)) if d and np.asarray(v).dtype.name != d else v
                 for v, d in zip(result if many else (result,), outs)]
         return tuple(vals) if many else vals[0]
