@@ -275,6 +275,28 @@ def test_cli_import_reports_a_bad_file_in_one_line(tmp_path):
     assert "not an ONNX model" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_cli_inspect_shows_the_fused_program_of_an_onnx_model(tmp_path, capsys):
+    from dlc.cli import main
+
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp_model(), str(path))
+    assert main(["inspect", str(path), "--dot", str(tmp_path / "g.dot")]) == 0
+    out = capsys.readouterr().out
+    assert "# ONNX model: graph 'g'" in out and "opset 17" in out
+    assert "7 nodes: Concat 1, Gather 1, Gemm 1, MatMul 1, Relu 1, Reshape 1, Shape 1" in out
+    assert "input 'x' as x: float32(batch, 4)" in out and "output 'y': float32(batch, 3)" in out
+    # the fused program, each kernel naming the ONNX nodes it came from: Gemm and Relu in one, MatMul the next
+    assert "# dlc program:" in out and "## Kernels (2, in execution order)" in out
+    kernels = [ln for ln in out.splitlines() if ln.startswith(("  k0 ", "  k1 "))]
+    assert "matmul -> add -> relu" in kernels[0] and "(layer fc1, Relu(r))" in kernels[0]
+    assert "(layer fc2)" in kernels[1]
+    assert (tmp_path / "g.dot").read_text().startswith("digraph")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    assert main(["inspect", str(bad)]) == 1
+    assert "not an ONNX model" in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------
 # bad input
 

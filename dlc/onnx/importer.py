@@ -18,8 +18,8 @@ import dlc.onnx.ops as _ops
 
 from ..compiler import Function
 from ..errors import DlcError, DTypeError
-from ..graph import Graph
-from ..nn.module import Module
+from ..graph import Graph, shape_str
+from ..nn.module import Module, name_scope
 from ..runtime.reference import evaluate
 from ..store import Store
 from ..tensor import Tensor
@@ -43,6 +43,12 @@ def identifier(name: str, prefix: str = "v") -> str:
     """An ONNX name made a Python identifier ("input.1" -> "input_1", "0" -> "v_0")."""
     out = re.sub(r"\W", "_", name)
     return out if out and (out[0].isalpha() or out[0] == "_") else f"{prefix}_{out}"
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """A name or string from the model file, safe to print (control characters escaped, long ones cut)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ----------------------------------------------------------------------------
@@ -306,7 +312,8 @@ class GraphBuilder:
     def _map(self, ctx: NodeContext) -> list:
         mapping = self.table[ctx.op]
         try:
-            result = mapping.fn(ctx)
+            with name_scope(_printable(ctx.name, 60)):   # each dlc node records the ONNX node it came from
+                result = mapping.fn(ctx)
         except OnnxImportError:
             raise
         except DTypeError as e:
@@ -395,6 +402,33 @@ def load_model(source, target: str = "reference", store: Store | None = None, st
     fn.boundary_dtypes = ([module.builder.boundary.get(name) for name, _, _ in module.builder.inputs],
                           [module.builder.boundary.get(name) for name in module.builder.outputs])
     return fn
+
+
+def describe_import(fn) -> str:
+    """What an imported model is on the ONNX side: producer, opset, graph size and its inputs and outputs as dlc
+    sees them (the header `dlc inspect model.onnx` prints above the fused program)."""
+    builder = fn.module.builder
+    model, g = builder.model, builder.model.graph
+    ops: dict[str, int] = {}
+    for n in g.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    producer = " ".join(x for x in (model.producer_name, model.producer_version) if x) or "unknown producer"
+    weights = sum(int(a.size) for a in builder.initializers.values())
+    lines = [f"# ONNX model: graph {_printable(g.name)!r} from {_printable(producer)}, IR version "
+             f"{model.ir_version}, opset {builder.opset}",
+             f"  {len(g.node)} nodes: " + ", ".join(f"{_printable(op)} {k}" for op, k in sorted(ops.items())),
+             f"  {len(builder.initializers)} initializers ({weights} values)"]
+    for (name, shape, dtype), node in zip(builder.inputs, fn.signature.inputs):
+        given = builder.boundary.get(name)
+        via = f" (given as {given})" if given and given != dtype else ""
+        lines.append(f"  input {_printable(name)!r} as {node.attr('name')}: {dtype}{shape_str(shape)}{via}")
+    for name in builder.static_inputs:
+        lines.append(f"  input {_printable(name)!r}: bound at import")
+    for name, node, returned in zip(builder.outputs, fn.outputs, fn.boundary_dtypes[1]):
+        via = f" (returned as {returned})" if returned and returned != node.dtype else ""
+        lines.append(f"  output {_printable(name)!r}: {node.dtype}{shape_str(node.shape)}{via}")
+    lines.append("  kernels below name the ONNX nodes they came from (layer ...)")
+    return "\n".join(lines)
 
 
 class OnnxFunction(Function):
