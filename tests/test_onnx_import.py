@@ -124,6 +124,29 @@ def test_lstm_onto_scan_matches_onnx_reference(target):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+@pytest.mark.parametrize("op, shape, attrs", [
+    ("MaxPool", [1, 2, 300], dict(kernel_shape=[40], strides=[7], dilations=[3], pads=[20, 20])),
+    ("AveragePool", [1, 2, 9, 10, 8], dict(kernel_shape=[3, 4, 3], strides=[2, 1, 2], pads=[1, 2, 1, 1, 1, 0],
+                                           ceil_mode=1)),
+    ("AveragePool", [2, 1, 30, 12], dict(kernel_shape=[9, 5], dilations=[2, 1], pads=[4, 2, 4, 2],
+                                         count_include_pad=1)),
+])
+def test_pools_with_many_taps_match_onnx_reference(op, shape, attrs, target):
+    """Windows past MAX_TAPS taps are gathered axis by axis (a long tap chain compiled for minutes on cpu)."""
+    from onnx.reference import ReferenceEvaluator
+
+    from dlc.onnx.ops.nn import MAX_TAPS
+
+    assert np.prod(attrs["kernel_shape"]) > MAX_TAPS
+    x = RNG.normal(size=shape).astype(np.float32)
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    (want,) = ReferenceEvaluator(make_model([node], [f32("x", shape)], [f32("y", None)], opset=19)).run(None,
+                                                                                                      {"x": x})
+    model = make_model([node], [f32("x", shape)], [f32("y", list(want.shape))], opset=19)
+    np.testing.assert_allclose(donnx.load_model(model, target=target)(x), want, rtol=1e-5, atol=1e-6)
+
+
 def test_static_inputs_bind_shape_controlling_graph_inputs():
     node = helper.make_node("Reshape", ["x", "shape"], ["y"])
     model = make_model([node], [f32("x", [2, 3]), helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],

@@ -180,6 +180,24 @@ def _taps(xp, kernel, strides, dilations, outs):
         yield F.slice_(xp, begin, end, [1, 1] + list(strides))
 
 
+# Windows of more taps than this are gathered axis by axis: a chain of that many strided slices fuses into one
+# kernel reading every tap, which the cpu target's compiler takes minutes over (a 200-tap 1-d window).
+MAX_TAPS = 32
+
+
+def _gathered_pool(xp, reduce_max, kernel, strides, dilations, outs):
+    """The window max/sum one spatial axis at a time (both are separable): the axis's windows gathered into a new
+    (outputs, taps) pair of axes by an index table computed at import, then reduced over the taps."""
+    y = xp
+    for axis, (k, s, d, o) in enumerate(zip(kernel, strides, dilations, outs), start=2):
+        if k == 1 and s == 1:
+            continue
+        index = np.arange(o, dtype=np.int64)[:, None] * s + np.arange(k, dtype=np.int64)[None, :] * d
+        windows = F.take(y, F.constant(index), axis=axis)
+        y = F.max(windows, axis + 1) if reduce_max else F.sum(windows, axis + 1)
+    return y
+
+
 def _counts(size, k, s, d, out, lo, hi):
     """Per output position, the window taps inside [lo, hi) of the padded axis."""
     return np.array([sum(lo <= o * s + t * d < hi for t in range(k)) for o in range(out)], dtype=np.float64)
@@ -212,10 +230,13 @@ def _tap_pool(n, x, reduce_max, kernel, strides, dilations, pads, outs, extra):
     fill = (-np.inf if x.dtype in ("float32", "float64") else float(np.iinfo(x.dtype).min)) if reduce_max else 0.0
     full = [(0, 0), (0, 0)] + [(lo, hi + e) for (lo, hi), e in zip(pads, extra)]
     xp = F.pad(x, full, value=fill) if any(lo or hi for lo, hi in full) else x
-    taps = list(_taps(xp, kernel, strides, dilations, outs))
-    y = taps[0]
-    for t in taps[1:]:
-        y = F.maximum(y, t) if reduce_max else y + t
+    if int(np.prod(kernel)) > MAX_TAPS:
+        y = _gathered_pool(xp, reduce_max, kernel, strides, dilations, outs)
+    else:
+        taps = list(_taps(xp, kernel, strides, dilations, outs))
+        y = taps[0]
+        for t in taps[1:]:
+            y = F.maximum(y, t) if reduce_max else y + t
     if not reduce_max:
         per_dim = []
         for size, k, s, d, o, (lo, hi) in zip(x.shape[2:], kernel, strides, dilations, outs, pads):
