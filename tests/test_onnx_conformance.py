@@ -42,3 +42,28 @@ def test_cpu_subset(name):
     (case,) = C.node_cases({name})
     result = C.run_case(case, "cpu")
     assert result.status == "passed", result.reason
+
+
+@pytest.mark.parametrize("name", C.CPU_MODEL_SUBSET)
+def test_cpu_model_subset(name):
+    (case,) = [c for c in C.model_cases("pytorch-converted") if c.name == name]
+    report = C.run_isolated([case], "cpu", timeout=240)
+    assert report.results[0].status == "passed", report.results[0].reason
+
+
+def test_a_cpu_test_past_its_timeout_fails_and_the_rest_run(monkeypatch):
+    cases = C.node_cases({"test_relu", "test_abs", "test_neg"})
+    slow = cases[1].name
+    real = C.run_case
+
+    def run_case(case, target="reference"):
+        if case.name == slow:
+            import time
+            time.sleep(30)
+        return real(case, target)
+
+    monkeypatch.setattr(C, "run_case", run_case)   # the forked child runs the patched function
+    report = C.run_isolated(cases, "reference", chunk=8, timeout=3)
+    statuses = {r.case.name: (r.status, r.reason) for r in report.results}
+    assert statuses[slow] == ("failed", "no result within 3 s")
+    assert [statuses[c.name][0] for c in cases if c.name != slow] == ["passed", "passed"]
