@@ -384,6 +384,19 @@ def test_huge_dims_are_refused_before_allocating():
         donnx.load_model(model)
 
 
+def test_huge_shapes_computed_in_the_graph_are_refused():
+    shape = numpy_helper.from_array(np.array([10**6, 10**6], np.int64), "shape")
+    for op in ("Expand", "Tile"):
+        model = make_model([helper.make_node(op, ["x", "shape"], ["y"])], [f32("x", [1, 1])], [f32("y", None)],
+                           [shape])
+        with pytest.raises(donnx.OnnxImportError, match=f"{op} .*output: 1000000000000 elements"):
+            donnx.load_model(model)
+    bounds = [numpy_helper.from_array(np.array(v, np.int64), n) for v, n in ((0, "a"), (10**12, "b"), (1, "c"))]
+    model = make_model([helper.make_node("Range", ["a", "b", "c"], ["y"])], [], [f32("y", None)], bounds)
+    with pytest.raises(donnx.OnnxImportError, match="Range .*1000000000000"):
+        donnx.load_model(model)
+
+
 def _external_model(tmp_path, location):
     t = TensorProto()
     t.name, t.data_type = "w", TensorProto.FLOAT

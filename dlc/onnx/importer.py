@@ -321,6 +321,9 @@ class GraphBuilder:
         except (DlcError, ValueError, TypeError, IndexError) as e:
             raise ctx.invalid(str(e)) from None
         outs = list(result) if isinstance(result, (list, tuple)) else [result]
+        for v in outs:   # a shape the file asks for (Expand, Tile, Pad to 10**12) is refused before anything runs
+            if isinstance(v, Tensor) and all(isinstance(d, int) for d in v.shape):
+                check_dims(v.shape, f"ONNX {ctx.op} (opset {ctx.opset}) node {ctx.name!r} output")
         wanted = [k for k, name in enumerate(ctx.proto.output) if name]
         if wanted and max(wanted) >= len(outs):
             raise ctx.unsupported(f"output {max(wanted)}", f"the first {len(outs)} output(s)")
