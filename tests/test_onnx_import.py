@@ -147,6 +147,20 @@ def test_pools_with_many_taps_match_onnx_reference(op, shape, attrs, target):
     np.testing.assert_allclose(donnx.load_model(model, target=target)(x), want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("equation, shapes", [
+    ("...ij,...jk->...ik", [(2, 3, 4, 5), (2, 3, 5, 2)]), ("ii", [(4, 4)]), ("bii->bi", [(3, 4, 4)]),
+    ("i...i->...", [(3, 2, 5, 3)]), ("...ii,...i", [(2, 3, 3), (2, 3)]), ("ij...", [(2, 3, 4)]),
+])
+def test_einsum_ellipsis_and_diagonals_match_numpy(equation, shapes):
+    xs = [RNG.normal(size=s).astype(np.float32) for s in shapes]
+    want = np.einsum(equation, *xs)
+    names = [f"x{k}" for k in range(len(xs))]
+    node = helper.make_node("Einsum", names, ["y"], equation=equation)
+    model = make_model([node], [f32(nm, list(x.shape)) for nm, x in zip(names, xs)], [f32("y", list(want.shape))],
+                       opset=12)
+    np.testing.assert_allclose(donnx.load_model(model)(*xs), want, rtol=1e-5, atol=1e-5)
+
+
 def test_static_inputs_bind_shape_controlling_graph_inputs():
     node = helper.make_node("Reshape", ["x", "shape"], ["y"])
     model = make_model([node], [f32("x", [2, 3]), helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
