@@ -161,6 +161,29 @@ def test_einsum_ellipsis_and_diagonals_match_numpy(equation, shapes):
     np.testing.assert_allclose(donnx.load_model(model)(*xs), want, rtol=1e-5, atol=1e-5)
 
 
+MAX_POOL_INDEX_CASES = [
+    ([2, 3, 7, 6], dict(kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1], dilations=[1, 2], ceil_mode=1)),
+    ([2, 3, 7, 6], dict(kernel_shape=[2, 3], strides=[2, 2], storage_order=1)),
+    ([1, 2, 9], dict(kernel_shape=[4], strides=[3], pads=[2, 2])),
+    ([1, 2, 4, 5, 3], dict(kernel_shape=[2, 2, 2], strides=[1, 2, 1])),
+]
+
+
+@pytest.mark.parametrize("shape, attrs, target", [(s, a, "reference") for s, a in MAX_POOL_INDEX_CASES]
+                         + [(s, a, "cpu") for s, a in MAX_POOL_INDEX_CASES[:2]])
+def test_max_pool_indices_match_onnx_reference(shape, attrs, target):
+    from onnx.reference import ReferenceEvaluator
+
+    x = RNG.permutation(np.prod(shape)).reshape(shape).astype(np.float32)   # distinct values: one argmax each
+    node = helper.make_node("MaxPool", ["x"], ["y", "z"], **attrs)
+    outs = [f32("y", None), helper.make_tensor_value_info("z", TensorProto.INT64, None)]
+    want = ReferenceEvaluator(make_model([node], [f32("x", shape)], outs, opset=19)).run(None, {"x": x})
+    outs = [f32("y", list(want[0].shape)), helper.make_tensor_value_info("z", TensorProto.INT64, list(want[1].shape))]
+    got = donnx.load_model(make_model([node], [f32("x", shape)], outs, opset=19), target=target)(x)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
 def test_static_inputs_bind_shape_controlling_graph_inputs():
     node = helper.make_node("Reshape", ["x", "shape"], ["y"])
     model = make_model([node], [f32("x", [2, 3]), helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
@@ -468,8 +491,8 @@ def test_unsupported_op_and_attribute_name_what_is_supported():
     with pytest.raises(donnx.UnsupportedError, match="Relu .*node 'r': attribute 'fancy'.*supported attributes"):
         donnx.load_model(model)
     model = make_model([helper.make_node("MaxPool", ["x"], ["y", "idx"], kernel_shape=[2, 2], name="mp")],
-                       [f32("x", [1, 1, 4, 4])], [f32("y", [1, 1, 2, 2])])
-    with pytest.raises(donnx.UnsupportedError, match="MaxPool .*'mp': the Indices output"):
+                       [f32("x", ["batch", 1, 4, 4])], [f32("y", ["batch", 1, 2, 2])])
+    with pytest.raises(donnx.UnsupportedError, match="MaxPool .*'mp': Indices with symbolic batch or channel dims"):
         donnx.load_model(model)
 
 

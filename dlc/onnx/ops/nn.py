@@ -271,8 +271,46 @@ class _OneDim:
 @onnx_op("MaxPool", attrs=("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides"))
 def max_pool(n):
     if n.n_outputs > 1 and n.proto.output[1]:
-        raise n.unsupported("the Indices output", "the pooled values only")
+        return _max_pool_with_indices(n)
     return _pool(n, True)
+
+
+def _max_pool_with_indices(n):
+    """MaxPool's values and Indices: every window gathered whole (all its taps along one axis), its max and the
+    first tap holding it (onnx's scan order), mapped through a table computed at import to the flat index of
+    that element in x (spatial dims row-major, or column-major for storage_order=1). A window whose values are
+    all -inf may report a padding tap as -1."""
+    x = n.tensor(0)
+    if x.dtype not in ("float32", "float64"):
+        raise n.unsupported(f"Indices of a {x.dtype} MaxPool", "float inputs")
+    kernel, strides, dilations, pads, outs, extra = _pool_geometry(n, x)
+    spatial = list(x.shape[2:])
+    full = [(0, 0), (0, 0)] + [(lo, hi + e) for (lo, hi), e in zip(pads, extra)]
+    xp = F.pad(x, full, value=-np.inf) if any(lo or hi for lo, hi in full) else x
+    padded = list(xp.shape[2:])
+    rank = len(spatial)
+    at = np.indices(outs).reshape(rank, -1).T[:, None, :]        # (windows, 1, rank)
+    tap = np.indices(kernel).reshape(rank, -1).T[None, :, :]     # (1, taps, rank), onnx's scan order
+    pos = at * np.array(strides) + tap * np.array(dilations)     # (windows, taps, rank) in the padded block
+    gather = np.ravel_multi_index(tuple(np.moveaxis(pos, -1, 0)), padded)
+    inside = pos - np.array([lo for lo, _ in pads])
+    ok = np.all((inside >= 0) & (inside < np.array(spatial)), axis=-1)
+    order = "F" if n.attr("storage_order", 0) else "C"
+    clipped = np.clip(inside, 0, np.array(spatial) - 1)
+    source = np.where(ok, np.ravel_multi_index(tuple(np.moveaxis(clipped, -1, 0)), spatial, order=order), -1)
+    windows, taps = gather.shape
+    lead = tuple(xp.shape[:2])
+    if not all(isinstance(d, int) for d in lead):
+        raise n.unsupported("Indices with symbolic batch or channel dims", "known ones")
+    flat = F.reshape(xp, lead + (int(np.prod(padded)),))
+    values = F.take(flat, F.constant(gather), axis=2)            # (N, C, windows, taps)
+    y = F.max(values, 3)
+    first = F.argmax(values, 3)                                   # the first tap holding the max
+    z = F.take(F.constant(source.reshape(-1)), F.constant(np.arange(windows, dtype=np.int64) * taps) + first, axis=0)
+    channel = F.constant((np.arange(lead[0] * lead[1], dtype=np.int64) * int(np.prod(spatial))).reshape(
+        lead + (1,)))
+    shape = lead + tuple(outs)
+    return F.reshape(y, shape), F.reshape(F.where(z < 0, z, z + channel), shape)
 
 
 @onnx_op("AveragePool", attrs=("auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape", "pads",
