@@ -319,7 +319,9 @@ non-trainable state), so `dlc.optim` can fine-tune it; `dlc import model.onnx -o
   shapes dlc's pool ops do not take — ceil_mode, dilations, wide padding, 3-d — run tap by tap over strided
   slices, averages divided by a divisor map computed at import; a window of more than 32 taps is gathered and
   reduced one axis at a time instead, since one fused kernel reading thousands of taps compiles for minutes
-  on cpu).
+  on cpu). MaxPool's Indices output gathers each window whole and maps its first max to x's flat index.
+- Einsum: explicit subscripts, an ellipsis, diagonals (a repeated subscript in an operand); one operand is a
+  sum and a transpose, two are one batched matmul.
 - `dlc inspect model.onnx` prints what was imported (producer, opset, op counts, inputs and outputs as dlc
   sees them) and the fused program; each kernel names the ONNX nodes it came from.
 - Inference semantics: BatchNormalization uses the running statistics, Dropout is the identity; training_mode=1
