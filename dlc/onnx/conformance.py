@@ -238,7 +238,8 @@ def run_isolated(cases, target="cpu", chunk=8, progress=False, timeout=300.0) ->
     """run_all in child processes, a fresh one every `chunk` tests: each compiled cpu program keeps its
     machine code loaded, so one process running hundreds of them grows by gigabytes. A test that gives no result
     within `timeout` seconds (a compile that never ends, a crash) fails with that reason, and the rest of its
-    chunk goes on in a new process."""
+    chunk goes on in a new process. The children are forked: call this before running any cpu program in this
+    process (a fork of a process that used GNU OpenMP aborts when it uses OpenMP again)."""
     import multiprocessing
     import queue
 
