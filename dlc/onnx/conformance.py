@@ -48,7 +48,15 @@ CPU_SUBSET = [
 CPU_MODEL_SUBSET = ["test_Conv1d", "test_MaxPool1d_stride_padding_dilation"]
 
 # Node tests that fail on the reference target, each with why; the CI test fails on any other failure.
-KNOWN_FAILURES: dict[str, str] = {}
+_NARROW_ATTENTION = ("the expanded Attention function (not a listed op) in {0}: onnx's reference rounds every op's "
+                     "result to {0} (steps of {1} relative) and the test keeps rtol=1e-3; dlc computes the ops in "
+                     "float32 and rounds only at the Casts and the output, so elements differ by one or two {0} "
+                     "steps (with every op rounded to {0} as well, sums taken in another order still differ)")
+KNOWN_FAILURES: dict[str, str] = {
+    **{f"test_attention_{name}_bf16_expanded": _NARROW_ATTENTION.format("bfloat16", "2**-8 to 2**-7")
+       for name in ("4d_causal", "4d_padded_kv", "4d_causal_padded_kv", "4d_attn_mask_causal", "3d_causal")},
+    "test_attention_4d_causal_fp16_expanded": _NARROW_ATTENTION.format("float16", "2**-11 to 2**-10"),
+}
 
 
 @dataclass
@@ -361,6 +369,9 @@ def render(report: Report, cpu: Report | None, seconds: float) -> str:
         if n:
             lines.append(f"- {kind}: {counts[(kind, 'passed')]} passed, {counts[(kind, 'failed')]} failed, "
                          f"{counts[(kind, 'skipped')]} skipped of {n}")
+    for r in res:
+        if r.status == "failed" and r.case.name in KNOWN_FAILURES:
+            lines.append(f"  - known: {r.case.name}: {KNOWN_FAILURES[r.case.name]}")
     if cpu is not None:
         parts = []
         for kind in ("node", "pytorch-converted", "pytorch-operator", "simple"):
