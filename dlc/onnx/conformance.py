@@ -369,9 +369,11 @@ def render(report: Report, cpu: Report | None, seconds: float) -> str:
         if n:
             lines.append(f"- {kind}: {counts[(kind, 'passed')]} passed, {counts[(kind, 'failed')]} failed, "
                          f"{counts[(kind, 'skipped')]} skipped of {n}")
-    for r in res:
-        if r.status == "failed" and r.case.name in KNOWN_FAILURES:
-            lines.append(f"  - known: {r.case.name}: {KNOWN_FAILURES[r.case.name]}")
+            known = collections.defaultdict(list)
+            for r in res:
+                if r.case.kind == kind and r.status == "failed" and r.case.name in KNOWN_FAILURES:
+                    known[KNOWN_FAILURES[r.case.name]].append(r.case.name)
+            lines += [f"  - known failures ({', '.join(names)}): {why}" for why, names in known.items()]
     if cpu is not None:
         parts = []
         for kind in ("node", "pytorch-converted", "pytorch-operator", "simple"):
