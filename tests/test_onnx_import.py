@@ -184,6 +184,24 @@ def test_max_pool_indices_match_onnx_reference(shape, attrs, target):
     np.testing.assert_array_equal(got[1], want[1])
 
 
+@pytest.mark.parametrize("shape, target", [([4, 3], "reference"), ([2, 3, 4, 5], "reference"), ([2, 3, 4, 5], "cpu")])
+def test_batch_norm_training_mode_matches_onnx_reference(shape, target):
+    from onnx.reference import ReferenceEvaluator
+
+    c = shape[1]
+    inits = [numpy_helper.from_array(RNG.normal(size=c).astype(np.float32), "scale"),
+             numpy_helper.from_array(RNG.normal(size=c).astype(np.float32), "bias"),
+             numpy_helper.from_array(RNG.normal(size=c).astype(np.float32), "mean"),
+             numpy_helper.from_array(RNG.uniform(0.5, 2, size=c).astype(np.float32), "var")]
+    node = helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y", "rm", "rv"],
+                            training_mode=1, momentum=0.8, epsilon=1e-3)
+    model = make_model([node], [f32("x", shape)], [f32("y", shape), f32("rm", [c]), f32("rv", [c])], inits,
+                       opset=15)
+    x = RNG.normal(size=shape).astype(np.float32) * 3 + 1
+    for got, want in zip(donnx.load_model(model, target=target)(x), ReferenceEvaluator(model).run(None, {"x": x})):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_static_inputs_bind_shape_controlling_graph_inputs():
     node = helper.make_node("Reshape", ["x", "shape"], ["y"])
     model = make_model([node], [f32("x", [2, 3]), helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],

@@ -333,8 +333,10 @@ non-trainable state), so `dlc.optim` can fine-tune it; `dlc import model.onnx -o
   sum and a transpose, two are one batched matmul.
 - `dlc inspect model.onnx` prints what was imported (producer, opset, op counts, inputs and outputs as dlc
   sees them) and the fused program; each kernel names the ONNX nodes it came from.
-- Inference semantics: BatchNormalization uses the running statistics, Dropout is the identity; training_mode=1
-  is refused.
+- BatchNormalization uses the running statistics; with training_mode=1 (opset 14 on) the batch's, and it returns
+  the running statistics moved by momentum. Dropout is the identity; a training-mode Dropout with a nonzero
+  ratio (random) is refused.
+- A node whose result would hold more than 2**31 elements (Expand, Tile, Range to 10**12) is refused at import.
 - The file is data: tensor byte counts are checked against dims before decoding, dims above 2**31-1 are refused,
   external data is read only from regular files inside the model's directory (no absolute paths, no `..`, no
   symlinks out), and a graph cycle or an undefined value is an error.

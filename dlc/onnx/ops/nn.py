@@ -341,12 +341,14 @@ def _per_channel(v, ndim):
 
 @onnx_op("BatchNormalization", attrs=("epsilon", "momentum", "spatial", "training_mode", "is_test"))
 def batch_norm(n):
-    if n.attr("training_mode", 0):
-        raise n.unsupported("training_mode=1", "inference (running statistics)")
     if n.attr("spatial", 1) != 1:
         raise n.unsupported("spatial=0", "spatial=1")
+    if n.attr("training_mode", 0):
+        if n.opset < 14:
+            raise n.unsupported("training_mode before opset 14", "opset 14 on (outputs Y and the running stats)")
+        return _batch_norm_training(n)
     if any(n.proto.output[1:]):
-        raise n.unsupported("the running-statistics outputs", "the normalised output Y")
+        raise n.unsupported("the running-statistics outputs in inference", "the normalised output Y")
     x, scale, bias, mean, var = (n.tensor(i) for i in range(5))
     eps = n.attr("epsilon", 1e-5)
     if x.ndim == 2:
@@ -354,6 +356,19 @@ def batch_norm(n):
         return (x - mean) * inv + bias
     inv = _per_channel(scale / F.sqrt(var + eps), x.ndim)
     return (x - _per_channel(mean, x.ndim)) * inv + _per_channel(bias, x.ndim)
+
+
+def _batch_norm_training(n):
+    """training_mode=1 (opset 14 on): Y normalised with the batch's statistics (the population variance), and the
+    running mean and variance moved toward them by momentum, as two more outputs."""
+    x, scale, bias, mean, var = (n.tensor(i) for i in range(5))
+    eps, momentum = n.attr("epsilon", 1e-5), n.attr("momentum", 0.9)
+    axes = (0,) + tuple(range(2, x.ndim))
+    batch_mean = F.mean(x, axes)
+    centred = x - _per_channel(batch_mean, x.ndim)
+    batch_var = F.mean(centred * centred, axes)
+    y = centred * _per_channel(scale / F.sqrt(batch_var + eps), x.ndim) + _per_channel(bias, x.ndim)
+    return y, mean * momentum + batch_mean * (1 - momentum), var * momentum + batch_var * (1 - momentum)
 
 
 @onnx_op("InstanceNormalization", attrs=("epsilon",))
