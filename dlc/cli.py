@@ -85,11 +85,12 @@ def _build_parser() -> argparse.ArgumentParser:
                                                         "FILE (its bytes; one trailing newline is ignored)")
     run.set_defaults(handler=cmd_run)
 
-    ins = sub.add_parser("inspect", help="describe an artifact or a model script",
-                         description="Describe ARTIFACT (manifest, signature, weights, kernels) or the function a "
-                                     f"SCRIPT's {ENTRY_POINT}() returns: graph, kernels and memory plan.")
-    ins.add_argument("path", metavar="ARTIFACT|SCRIPT", help="an artifact file, or a Python script defining "
-                                                              f"{ENTRY_POINT}()")
+    ins = sub.add_parser("inspect", help="describe an artifact, a model script or an ONNX model",
+                         description="Describe ARTIFACT (manifest, signature, weights, kernels), the function a "
+                                     f"SCRIPT's {ENTRY_POINT}() returns, or an ONNX model (a .onnx file, imported "
+                                     "with dlc.onnx): graph, fused kernels and memory plan.")
+    ins.add_argument("path", metavar="ARTIFACT|SCRIPT|MODEL.onnx",
+                     help=f"an artifact file, a Python script defining {ENTRY_POINT}(), or an ONNX model")
     ins.add_argument("--dot", metavar="FILE", help="also write the graph in Graphviz DOT format to FILE")
     ins.add_argument("--key-file", metavar="FILE", help="refuse the artifact unless it is signed with the key in FILE")
     ins.set_defaults(handler=cmd_inspect)
@@ -228,6 +229,11 @@ def cmd_inspect(args) -> int:
     path = _existing(args.path)
     if _is_script(path):
         fn = load_script_model(path)
+    elif path.lower().endswith(".onnx"):
+        from .onnx import describe_import, load_model
+
+        fn = load_model(path)   # the reference target: the fused program is the same on every target
+        print(describe_import(fn) + "\n")
     else:
         from .export import describe, load, open_artifact
 

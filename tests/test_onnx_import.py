@@ -124,6 +124,84 @@ def test_lstm_onto_scan_matches_onnx_reference(target):
         np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+@pytest.mark.parametrize("op, shape, attrs", [
+    ("MaxPool", [1, 2, 300], dict(kernel_shape=[40], strides=[7], dilations=[3], pads=[20, 20])),
+    ("AveragePool", [1, 2, 9, 10, 8], dict(kernel_shape=[3, 4, 3], strides=[2, 1, 2], pads=[1, 2, 1, 1, 1, 0],
+                                           ceil_mode=1)),
+    ("AveragePool", [2, 1, 30, 12], dict(kernel_shape=[9, 5], dilations=[2, 1], pads=[4, 2, 4, 2],
+                                         count_include_pad=1)),
+])
+def test_pools_with_many_taps_match_onnx_reference(op, shape, attrs, target):
+    """Windows past MAX_TAPS taps are gathered axis by axis (a long tap chain compiled for minutes on cpu)."""
+    from onnx.reference import ReferenceEvaluator
+
+    from dlc.onnx.ops.nn import MAX_TAPS
+
+    assert np.prod(attrs["kernel_shape"]) > MAX_TAPS
+    x = RNG.normal(size=shape).astype(np.float32)
+    node = helper.make_node(op, ["x"], ["y"], **attrs)
+    (want,) = ReferenceEvaluator(make_model([node], [f32("x", shape)], [f32("y", None)], opset=19)).run(None,
+                                                                                                      {"x": x})
+    model = make_model([node], [f32("x", shape)], [f32("y", list(want.shape))], opset=19)
+    np.testing.assert_allclose(donnx.load_model(model, target=target)(x), want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("equation, shapes", [
+    ("...ij,...jk->...ik", [(2, 3, 4, 5), (2, 3, 5, 2)]), ("ii", [(4, 4)]), ("bii->bi", [(3, 4, 4)]),
+    ("i...i->...", [(3, 2, 5, 3)]), ("...ii,...i", [(2, 3, 3), (2, 3)]), ("ij...", [(2, 3, 4)]),
+])
+def test_einsum_ellipsis_and_diagonals_match_numpy(equation, shapes):
+    xs = [RNG.normal(size=s).astype(np.float32) for s in shapes]
+    want = np.einsum(equation, *xs)
+    names = [f"x{k}" for k in range(len(xs))]
+    node = helper.make_node("Einsum", names, ["y"], equation=equation)
+    model = make_model([node], [f32(nm, list(x.shape)) for nm, x in zip(names, xs)], [f32("y", list(want.shape))],
+                       opset=12)
+    np.testing.assert_allclose(donnx.load_model(model)(*xs), want, rtol=1e-5, atol=1e-5)
+
+
+MAX_POOL_INDEX_CASES = [
+    ([2, 3, 7, 6], dict(kernel_shape=[3, 2], strides=[2, 1], pads=[1, 0, 1, 1], dilations=[1, 2], ceil_mode=1)),
+    ([2, 3, 7, 6], dict(kernel_shape=[2, 3], strides=[2, 2], storage_order=1)),
+    ([1, 2, 9], dict(kernel_shape=[4], strides=[3], pads=[2, 2])),
+    ([1, 2, 4, 5, 3], dict(kernel_shape=[2, 2, 2], strides=[1, 2, 1])),
+]
+
+
+@pytest.mark.parametrize("shape, attrs, target", [(s, a, "reference") for s, a in MAX_POOL_INDEX_CASES]
+                         + [(s, a, "cpu") for s, a in MAX_POOL_INDEX_CASES[:2]])
+def test_max_pool_indices_match_onnx_reference(shape, attrs, target):
+    from onnx.reference import ReferenceEvaluator
+
+    x = RNG.permutation(np.prod(shape)).reshape(shape).astype(np.float32)   # distinct values: one argmax each
+    node = helper.make_node("MaxPool", ["x"], ["y", "z"], **attrs)
+    outs = [f32("y", None), helper.make_tensor_value_info("z", TensorProto.INT64, None)]
+    want = ReferenceEvaluator(make_model([node], [f32("x", shape)], outs, opset=19)).run(None, {"x": x})
+    outs = [f32("y", list(want[0].shape)), helper.make_tensor_value_info("z", TensorProto.INT64, list(want[1].shape))]
+    got = donnx.load_model(make_model([node], [f32("x", shape)], outs, opset=19), target=target)(x)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+@pytest.mark.parametrize("shape, target", [([4, 3], "reference"), ([2, 3, 4, 5], "reference"), ([2, 3, 4, 5], "cpu")])
+def test_batch_norm_training_mode_matches_onnx_reference(shape, target):
+    from onnx.reference import ReferenceEvaluator
+
+    c = shape[1]
+    inits = [numpy_helper.from_array(RNG.normal(size=c).astype(np.float32), "scale"),
+             numpy_helper.from_array(RNG.normal(size=c).astype(np.float32), "bias"),
+             numpy_helper.from_array(RNG.normal(size=c).astype(np.float32), "mean"),
+             numpy_helper.from_array(RNG.uniform(0.5, 2, size=c).astype(np.float32), "var")]
+    node = helper.make_node("BatchNormalization", ["x", "scale", "bias", "mean", "var"], ["y", "rm", "rv"],
+                            training_mode=1, momentum=0.8, epsilon=1e-3)
+    model = make_model([node], [f32("x", shape)], [f32("y", shape), f32("rm", [c]), f32("rv", [c])], inits,
+                       opset=15)
+    x = RNG.normal(size=shape).astype(np.float32) * 3 + 1
+    for got, want in zip(donnx.load_model(model, target=target)(x), ReferenceEvaluator(model).run(None, {"x": x})):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_static_inputs_bind_shape_controlling_graph_inputs():
     node = helper.make_node("Reshape", ["x", "shape"], ["y"])
     model = make_model([node], [f32("x", [2, 3]), helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
@@ -143,6 +221,81 @@ def test_narrow_types_are_widened_at_the_boundary():
     assert out.dtype == np.uint8
     np.testing.assert_array_equal(out, [5, 7, 9])
     np.testing.assert_array_equal(fn(b=np.array([1, 1, 1], np.uint8), a=np.array([1, 2, 3], np.uint8)), [2, 3, 4])
+
+
+def _cast_model(to, n, saturate=1, opset=21, **attrs):
+    node = helper.make_node("Cast", ["x"], ["y"], to=to, saturate=saturate, **attrs)
+    return make_model([node], [f32("x", [n])], [helper.make_tensor_value_info("y", to, [n])], opset=opset)
+
+
+def _float_probe(ml_type):
+    """Random values across the type's range, its exact ties (midpoints of neighbours), subnormals and specials."""
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    info = ml_dtypes.finfo(ml_type)
+    bits = np.arange(2**info.bits, dtype=np.uint8 if info.bits <= 8 else np.uint16)
+    with np.errstate(invalid="ignore", over="ignore"):   # NaN patterns; bfloat16's range past float32's (inf)
+        values = bits.view(ml_type).astype(np.float64)
+        values = np.unique(values[np.isfinite(values)])
+        if len(values) > 2000:
+            values = values[:: len(values) // 2000]
+        ties = (values[1:] + values[:-1]) / 2
+        wide = RNG.standard_normal(500) * np.float64(info.max) / 3
+        specials = [0.0, -0.0, np.inf, -np.inf, np.nan, 3e38, -3e38, 1e-45, float(info.max) * 1.07]
+        return np.concatenate([values, ties, wide, specials]).astype(np.float32)
+
+
+NARROW_FLOATS = [("bfloat16", TensorProto.BFLOAT16), ("float8_e4m3fn", TensorProto.FLOAT8E4M3FN),
+                 ("float8_e4m3fnuz", TensorProto.FLOAT8E4M3FNUZ), ("float8_e5m2", TensorProto.FLOAT8E5M2),
+                 ("float8_e5m2fnuz", TensorProto.FLOAT8E5M2FNUZ), ("float4_e2m1fn", TensorProto.FLOAT4E2M1)]
+
+
+@pytest.mark.parametrize("name, code, target", [(n, c, "reference") for n, c in NARROW_FLOATS]
+                         + [(n, c, "cpu") for n, c in NARROW_FLOATS[:2]])
+def test_cast_to_narrow_floats_is_bit_exact(name, code, target):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    ml_type = getattr(ml_dtypes, name)
+    x = _float_probe(ml_type)
+    for saturate in (1, 0):
+        got = donnx.load_model(_cast_model(code, len(x), saturate), target=target)(x)
+        assert got.dtype == np.dtype(ml_type)
+        # onnx's reference: saturate_cast for float8 with saturate=1, ml_dtypes' conversion otherwise
+        want = numpy_helper.saturate_cast(x, ml_type) if saturate and name.startswith("float8") else x.astype(ml_type)
+        np.testing.assert_array_equal(got.view(np.uint8 if got.itemsize == 1 else np.uint16),
+                                      want.view(np.uint8 if want.itemsize == 1 else np.uint16))
+
+
+@pytest.mark.parametrize("mode", ["up", "down", "nearest"])
+def test_cast_to_float8e8m0_follows_round_mode(mode):
+    x = np.abs(np.concatenate([RNG.standard_normal(300) * 10, [0.0, 2.0**-127, 2.0**-126, 3 * 2.0**-128, 1.5, 0.75,
+                                                                3e38, 2.0**127, np.inf, np.nan]])).astype(np.float32)
+    for saturate in (1, 0):
+        fn = donnx.load_model(_cast_model(TensorProto.FLOAT8E8M0, len(x), saturate, opset=25, round_mode=mode))
+        np.testing.assert_array_equal(fn(x).view(np.uint8),
+                                      numpy_helper.to_float8e8m0(x, bool(saturate), mode).view(np.uint8))
+
+
+def test_narrow_initializers_decode_and_check_their_packed_size():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    w4 = np.array([-8, -1, 0, 3, 7], dtype=ml_dtypes.int4)
+    wbf = np.array([0.5, -1.25, 3.0e20], dtype=np.float32).astype(ml_dtypes.bfloat16)
+    inits = [numpy_helper.from_array(w4, "w4"), numpy_helper.from_array(wbf, "wbf")]
+    nodes = [helper.make_node("Cast", ["w4"], ["a"], to=TensorProto.FLOAT),
+             helper.make_node("Cast", ["wbf"], ["b"], to=TensorProto.FLOAT)]
+    fn = donnx.load_model(make_model(nodes, [], [f32("a", [5]), f32("b", [3])], inits, opset=21))
+    a, b = fn()
+    np.testing.assert_array_equal(a, [-8, -1, 0, 3, 7])
+    np.testing.assert_array_equal(b, wbf.astype(np.float32))
+    bad = numpy_helper.from_array(w4, "w4")
+    bad.raw_data = bad.raw_data[:2]   # five int4 values pack into three bytes
+    with pytest.raises(donnx.OnnxImportError, match=r"initializer 'w4': 2 bytes of data for dims \[5\] of INT4 "
+                                                    r"\(3 expected\)"):
+        donnx.load_model(make_model(nodes[:1], [], [f32("a", [5])], [bad], opset=21))
+
+
+def test_uint64_is_refused_with_the_reason():
+    u64 = [helper.make_tensor_value_info(n, TensorProto.UINT64, [2]) for n in "xy"]
+    with pytest.raises(donnx.UnsupportedError, match="UINT64 .no dlc dtype holds every uint64 value"):
+        donnx.load_model(make_model([helper.make_node("Relu", ["x"], ["y"])], u64[:1], u64[1:]))
 
 
 # ----------------------------------------------------------------------------
@@ -198,6 +351,28 @@ def test_cli_import_reports_a_bad_file_in_one_line(tmp_path):
                           capture_output=True, text=True, env=env, timeout=300)
     assert proc.returncode == 1
     assert "not an ONNX model" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_cli_inspect_shows_the_fused_program_of_an_onnx_model(tmp_path, capsys):
+    from dlc.cli import main
+
+    path = tmp_path / "mlp.onnx"
+    onnx.save(mlp_model(), str(path))
+    assert main(["inspect", str(path), "--dot", str(tmp_path / "g.dot")]) == 0
+    out = capsys.readouterr().out
+    assert "# ONNX model: graph 'g'" in out and "opset 17" in out
+    assert "7 nodes: Concat 1, Gather 1, Gemm 1, MatMul 1, Relu 1, Reshape 1, Shape 1" in out
+    assert "input 'x' as x: float32(batch, 4)" in out and "output 'y': float32(batch, 3)" in out
+    # the fused program, each kernel naming the ONNX nodes it came from: Gemm and Relu in one, MatMul the next
+    assert "# dlc program:" in out and "## Kernels (2, in execution order)" in out
+    kernels = [ln for ln in out.splitlines() if ln.startswith(("  k0 ", "  k1 "))]
+    assert "matmul -> add -> relu" in kernels[0] and "(layer fc1, Relu(r))" in kernels[0]
+    assert "(layer fc2)" in kernels[1]
+    assert (tmp_path / "g.dot").read_text().startswith("digraph")
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"\x08\x07garbage")
+    assert main(["inspect", str(bad)]) == 1
+    assert "not an ONNX model" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------
@@ -264,6 +439,19 @@ def test_huge_dims_are_refused_before_allocating():
         donnx.load_model(model)
 
 
+def test_huge_shapes_computed_in_the_graph_are_refused():
+    shape = numpy_helper.from_array(np.array([10**6, 10**6], np.int64), "shape")
+    for op in ("Expand", "Tile"):
+        model = make_model([helper.make_node(op, ["x", "shape"], ["y"])], [f32("x", [1, 1])], [f32("y", None)],
+                           [shape])
+        with pytest.raises(donnx.OnnxImportError, match=f"{op} .*output: 1000000000000 elements"):
+            donnx.load_model(model)
+    bounds = [numpy_helper.from_array(np.array(v, np.int64), n) for v, n in ((0, "a"), (10**12, "b"), (1, "c"))]
+    model = make_model([helper.make_node("Range", ["a", "b", "c"], ["y"])], [], [f32("y", None)], bounds)
+    with pytest.raises(donnx.OnnxImportError, match="Range .*1000000000000"):
+        donnx.load_model(model)
+
+
 def _external_model(tmp_path, location):
     t = TensorProto()
     t.name, t.data_type = "w", TensorProto.FLOAT
@@ -321,8 +509,8 @@ def test_unsupported_op_and_attribute_name_what_is_supported():
     with pytest.raises(donnx.UnsupportedError, match="Relu .*node 'r': attribute 'fancy'.*supported attributes"):
         donnx.load_model(model)
     model = make_model([helper.make_node("MaxPool", ["x"], ["y", "idx"], kernel_shape=[2, 2], name="mp")],
-                       [f32("x", [1, 1, 4, 4])], [f32("y", [1, 1, 2, 2])])
-    with pytest.raises(donnx.UnsupportedError, match="MaxPool .*'mp': the Indices output"):
+                       [f32("x", ["batch", 1, 4, 4])], [f32("y", ["batch", 1, 2, 2])])
+    with pytest.raises(donnx.UnsupportedError, match="MaxPool .*'mp': Indices with symbolic batch or channel dims"):
         donnx.load_model(model)
 
 

@@ -5,7 +5,7 @@ mappings live in dlc/onnx/ops/, one function per ONNX op, grouped by family.
 """
 
 from .errors import OnnxImportError, UnsupportedError
-from .importer import OnnxModule, load_model, to_module
+from .importer import OnnxModule, describe_import, load_model, to_module
 from .reader import MAX_OPSET, MIN_OPSET
 
 
@@ -16,5 +16,5 @@ def supported_ops() -> list[str]:
     return sorted(load_all())
 
 
-__all__ = ["load_model", "to_module", "OnnxModule", "OnnxImportError", "UnsupportedError", "supported_ops",
-           "MIN_OPSET", "MAX_OPSET"]
+__all__ = ["load_model", "to_module", "describe_import", "OnnxModule", "OnnxImportError", "UnsupportedError",
+           "supported_ops", "MIN_OPSET", "MAX_OPSET"]

@@ -38,16 +38,24 @@ ReduceMean ReduceSum ReduceMax ReduceMin ReduceProd ReduceL2 ReduceLogSumExp Arg
 ConstantOfShape Shape Range Einsum LSTM GRU RNN
 """.split())
 
-# Run on the cpu target in CI: a fixed subset that covers each kernel kind the importer produces.
+# Run on the cpu target in CI: a fixed subset that covers each kernel kind the importer produces (the model tests
+# run on cpu by the script: `python3 -m dlc.onnx.conformance`).
 CPU_SUBSET = [
     "test_conv_with_strides_padding", "test_maxpool_2d_ceil", "test_averagepool_2d_pads", "test_gemm_all_attributes",
-    "test_softmax_axis_1", "test_gather_0", "test_layer_normalization_4d_axis1",
+    "test_softmax_axis_1", "test_gather_0", "test_layer_normalization_4d_axis1", "test_cast_FLOAT_to_FLOAT8E4M3FN",
 ]
+# model tests run on cpu in CI: inputs read from .pb files (read-only arrays), and a 200-tap dilated pool
+CPU_MODEL_SUBSET = ["test_Conv1d", "test_MaxPool1d_stride_padding_dilation"]
 
 # Node tests that fail on the reference target, each with why; the CI test fails on any other failure.
-KNOWN_FAILURES = {
-    f"test_mod_float_edge_cases_fmod_0_{t}": "float Mod with fmod=0 at inf/nan operands (not a listed op): the "
-    "floor composition gives nan where numpy's mod gives inf or the dividend" for t in ("float16", "float32", "float64")
+_NARROW_ATTENTION = ("the expanded Attention function (not a listed op) in {0}: onnx's reference rounds every op's "
+                     "result to {0} (steps of {1} relative) and the test keeps rtol=1e-3; dlc computes the ops in "
+                     "float32 and rounds only at the Casts and the output, so elements differ by one or two {0} "
+                     "steps (with every op rounded to {0} as well, sums taken in another order still differ)")
+KNOWN_FAILURES: dict[str, str] = {
+    **{f"test_attention_{name}_bf16_expanded": _NARROW_ATTENTION.format("bfloat16", "2**-8 to 2**-7")
+       for name in ("4d_causal", "4d_padded_kv", "4d_causal_padded_kv", "4d_attn_mask_causal", "3d_causal")},
+    "test_attention_4d_causal_fp16_expanded": _NARROW_ATTENTION.format("float16", "2**-11 to 2**-10"),
 }
 
 
@@ -209,7 +217,8 @@ def run_case(case: Case, target: str = "reference") -> Result:
             e = _as_array(e)
             if g.shape != e.shape:
                 return done("failed", f"output {k}: shape {g.shape}, expected {e.shape}")
-            if e.dtype.kind != np.asarray(g).dtype.kind and not (e.dtype.kind in "iu" and g.dtype.kind in "iu"):
+            kinds_differ = e.dtype.kind != g.dtype.kind and not (e.dtype.kind in "iu" and g.dtype.kind in "iu")
+            if kinds_differ or e.dtype.kind == "V" and g.dtype != e.dtype:   # "V": bfloat16, float8, int4...
                 return done("failed", f"output {k}: dtype {g.dtype}, expected {e.dtype}")
             try:
                 np.testing.assert_allclose(np.asarray(g, dtype=e.dtype), e, rtol=case.rtol, atol=case.atol)
@@ -227,23 +236,49 @@ def _as_array(x):
     return numpy_helper.to_array(x) if hasattr(x, "data_type") else np.asarray(x)
 
 
-def _run_chunk(cases, target):
-    return [(r.status, r.reason, r.seconds) for r in (run_case(c, target) for c in cases)]
+def _run_streaming(cases, target, results):
+    for i, c in enumerate(cases):
+        r = run_case(c, target)
+        results.put((i, r.status, r.reason, r.seconds))
 
 
-def run_isolated(cases, target="cpu", chunk=8, progress=False) -> Report:
+def run_isolated(cases, target="cpu", chunk=8, progress=False, timeout=300.0) -> Report:
     """run_all in child processes, a fresh one every `chunk` tests: each compiled cpu program keeps its
-    machine code loaded, so one process running hundreds of them grows by gigabytes."""
-    from concurrent.futures import ProcessPoolExecutor
+    machine code loaded, so one process running hundreds of them grows by gigabytes. A test that gives no result
+    within `timeout` seconds (a compile that never ends, a crash) fails with that reason, and the rest of its
+    chunk goes on in a new process. The children are forked: call this before running any cpu program in this
+    process (a fork of a process that used GNU OpenMP aborts when it uses OpenMP again)."""
+    import multiprocessing
+    import queue
 
+    ctx = multiprocessing.get_context("fork")
     report = Report()
-    with ProcessPoolExecutor(max_workers=1, max_tasks_per_child=1) as pool:
-        for start in range(0, len(cases), chunk):
-            part = cases[start:start + chunk]
-            for c, (status, reason, seconds) in zip(part, pool.submit(_run_chunk, part, target).result()):
-                report.results.append(Result(c, target, status, reason, seconds))
-            if progress:
-                print(f"  {target}: {start + len(part)}/{len(cases)}", file=sys.stderr)
+    pending, finished = list(cases), 0
+    while pending:
+        part, pending = pending[:chunk], pending[chunk:]
+        results = ctx.Queue()
+        child = ctx.Process(target=_run_streaming, args=(part, target, results), daemon=True)
+        child.start()
+        done, waited = 0, 0.0
+        while done < len(part):
+            try:
+                i, status, reason, seconds = results.get(timeout=1.0)
+            except queue.Empty:
+                waited += 1.0
+                if waited < timeout and child.is_alive():
+                    continue
+                why = f"no result within {timeout:.0f} s" if child.is_alive() else \
+                    f"the test process died (exit code {child.exitcode})"
+                child.kill()
+                report.results.append(Result(part[done], target, "failed", why, waited))
+                pending = part[done + 1:] + pending
+                break
+            report.results.append(Result(part[i], target, status, reason, seconds))
+            done, waited = done + 1, 0.0
+        child.join()
+        finished += done + (done < len(part))
+        if progress:
+            print(f"  {target}: {finished}/{len(cases)}", file=sys.stderr)
     return report
 
 
@@ -279,18 +314,29 @@ non-trainable state), so `dlc.optim` can fine-tune it; `dlc import model.onnx -o
 - Symbolic input dims (`batch`, unnamed ones) become dlc symbols. Anything computed from constants only (Shape,
   Gather/Concat/Unsqueeze/Cast/arithmetic on shapes, ConstantOfShape, Range, Constant) is folded at import,
   with symbolic dims carried through shape arithmetic; the compiled graph is static.
-- Element types dlc lacks but can widen exactly enough (uint8, int8, int16, uint16, uint32 -> int64; float16 ->
-  float32) are computed widened and converted at the call's boundary (integer overflow wraps only there).
-  bfloat16, float8, int4, uint64, string, sequence and optional values are refused.
+- Element types dlc lacks but that widen exactly (uint8, int8, int16, uint16, uint32, int4, uint4, int2, uint2 ->
+  int64; float16, bfloat16, the float8 types, float4e2m1 -> float32) are computed widened and converted at the
+  call's boundary (integer overflow wraps only there). A Cast to a narrow float type rounds in the graph, bit for
+  bit as onnx's reference does: to nearest, ties to even, saturating where `saturate` says (float8) or always
+  (float4e2m1); float8e8m0 follows `round_mode`. uint64 (no dlc dtype holds all its values), string, sequence
+  and optional values are refused.
 - Inputs that decide shapes (a Reshape's shape, Slice bounds, reduction axes fed as graph inputs) must be known:
   pass `static_inputs={name: array}`. The node tests that feed such values as graph inputs are run that way
   ("integer and scalar inputs bound at import").
 - LSTM, GRU and RNN run on `dlc.scan` (the input projection is one matmul before the loop), both directions,
   sequence_lens, clip and all ONNX activations. Conv/ConvTranspose are 1-d and 2-d; pools 1-d, 2-d and 3-d (window
   shapes dlc's pool ops do not take — ceil_mode, dilations, wide padding, 3-d — run tap by tap over strided
-  slices, averages divided by a divisor map computed at import).
-- Inference semantics: BatchNormalization uses the running statistics, Dropout is the identity; training_mode=1
-  is refused.
+  slices, averages divided by a divisor map computed at import; a window of more than 32 taps is gathered and
+  reduced one axis at a time instead, since one fused kernel reading thousands of taps compiles for minutes
+  on cpu). MaxPool's Indices output gathers each window whole and maps its first max to x's flat index.
+- Einsum: explicit subscripts, an ellipsis, diagonals (a repeated subscript in an operand); one operand is a
+  sum and a transpose, two are one batched matmul.
+- `dlc inspect model.onnx` prints what was imported (producer, opset, op counts, inputs and outputs as dlc
+  sees them) and the fused program; each kernel names the ONNX nodes it came from.
+- BatchNormalization uses the running statistics; with training_mode=1 (opset 14 on) the batch's, and it returns
+  the running statistics moved by momentum. Dropout is the identity; a training-mode Dropout with a nonzero
+  ratio (random) is refused.
+- A node whose result would hold more than 2**31 elements (Expand, Tile, Range to 10**12) is refused at import.
 - The file is data: tensor byte counts are checked against dims before decoding, dims above 2**31-1 are refused,
   external data is read only from regular files inside the model's directory (no absolute paths, no `..`, no
   symlinks out), and a graph cycle or an undefined value is an error.
@@ -309,13 +355,15 @@ def render(report: Report, cpu: Report | None, seconds: float) -> str:
         "# ONNX conformance",
         "",
         "Generated by `python3 -m dlc.onnx.conformance` (do not edit by hand). The ONNX backend test suite of the "
-        "installed onnx package, run through `dlc.onnx.load_model` on the reference target; outputs compared at each "
-        "test's tolerances (rtol=1e-3, atol=1e-7 unless the test says otherwise).",
+        "installed onnx package, run through `dlc.onnx.load_model` on the reference target, and the model tests "
+        "(with a fixed subset of node tests) again on the cpu target; outputs compared at each "
+        "test's tolerances (rtol=1e-3, atol=1e-7 unless the test says otherwise; bfloat16, float8 and 4-bit "
+        "outputs must have the declared type).",
         "",
         f"- onnx {onnx_module().__version__}, {len(res)} tests, {seconds:.0f} s",
         f"- **node tests of the listed operators** (every op in the test is one the issue lists): {p}/{total} passed "
         f"({100 * p / max(total, 1):.1f}%); {dtype_skips} of the others are skipped only for an element type dlc "
-        f"cannot compute in (bfloat16, float8, int4, uint64, string...), so {p}/{total - dtype_skips} "
+        f"cannot compute in (uint64, string), so {p}/{total - dtype_skips} "
         f"({100 * p / max(total - dtype_skips, 1):.1f}%) of those in dlc's dtypes pass",
     ]
     for kind in ("node", "pytorch-converted", "pytorch-operator", "simple"):
@@ -323,13 +371,25 @@ def render(report: Report, cpu: Report | None, seconds: float) -> str:
         if n:
             lines.append(f"- {kind}: {counts[(kind, 'passed')]} passed, {counts[(kind, 'failed')]} failed, "
                          f"{counts[(kind, 'skipped')]} skipped of {n}")
+            known = collections.defaultdict(list)
+            for r in res:
+                if r.case.kind == kind and r.status == "failed" and r.case.name in KNOWN_FAILURES:
+                    known[KNOWN_FAILURES[r.case.name]].append(r.case.name)
+            lines += [f"  - known failures ({', '.join(names)}): {why}" for why, names in known.items()]
     if cpu is not None:
-        cp = sum(r.status == "passed" for r in cpu.results)
-        lines.append(f"- cpu target: {cp}/{len(cpu.results)} passed "
-                     f"({', '.join(sorted({r.case.kind for r in cpu.results}))})")
-        bad = [r for r in cpu.results if r.status != "passed"]
-        for r in bad:
-            lines.append(f"  - {r.case.name}: {r.status}: {r.reason}")
+        parts = []
+        for kind in ("node", "pytorch-converted", "pytorch-operator", "simple"):
+            rs = [r for r in cpu.results if r.case.kind == kind]
+            if rs:
+                listed = [r for r in rs if set(r.case.ops) <= set(LISTED_OPS)]
+                parts.append(f"{kind} {sum(r.status == 'passed' for r in rs)}/{len(rs)}"
+                             + (f" (of those using only listed ops: {sum(r.status == 'passed' for r in listed)}/"
+                                f"{len(listed)})" if kind != "node" else " (the CI subset)"))
+        lines.append("- **cpu target** (numba; the tests that pass on the reference target, run again on cpu): "
+                     + "; ".join(parts))
+        for r in cpu.results:
+            if r.status != "passed":
+                lines.append(f"  - {r.case.name}: {r.status}: {r.reason}")
     lines += ["", "## How the importer maps ONNX", "", IMPORTER_NOTES.strip(), "", "## Node tests by operator", "",
               "| op | listed | passed | failed | skipped | reasons (failures first) |",
               "| --- | --- | --- | --- | --- | --- |"]
@@ -349,10 +409,14 @@ def render(report: Report, cpu: Report | None, seconds: float) -> str:
         rs = [r for r in res if r.case.kind == kind]
         if not rs:
             continue
-        lines += ["", f"## {kind} model tests", "", "| test | ops | status | reason |", "| --- | --- | --- | --- |"]
+        on_cpu = {c.case.name: c for c in (cpu.results if cpu is not None else []) if c.case.kind == kind}
+        lines += ["", f"## {kind} model tests", "", "| test | ops | reference | cpu | reason |",
+                  "| --- | --- | --- | --- | --- |"]
         for r in rs:
-            reason = r.reason.replace("|", "\\|")
-            lines.append(f"| {r.case.name} | {', '.join(r.case.ops)} | {r.status} | {reason} |")
+            c = on_cpu.get(r.case.name)
+            reason = "; ".join(x for x in (r.reason, c and c.reason and f"cpu: {c.reason}") if x).replace("|", "\\|")
+            cpu_text = f"{c.status} ({c.seconds:.0f} s)" if c is not None else "not run"
+            lines.append(f"| {r.case.name} | {', '.join(r.case.ops)} | {r.status} | {cpu_text} | {reason} |")
     return "\n".join(lines) + "\n"
 
 
@@ -363,6 +427,8 @@ def main(argv=None) -> int:
                     help="what runs on the cpu target too: the CI subset, the subset plus the model tests, "
                          "everything, or nothing")
     ap.add_argument("-k", default=None, help="only tests whose name contains this")
+    ap.add_argument("--timeout", type=float, default=300.0,
+                    help="seconds a cpu test may take (compiling included) before it fails as timed out")
     args = ap.parse_args(argv)
     t0 = time.time()
     cases = node_cases()
@@ -377,7 +443,7 @@ def main(argv=None) -> int:
         pick = {"subset": lambda c: c.name in CPU_SUBSET,
                 "models": lambda c: c.name in CPU_SUBSET or (c.kind != "node" and c.name in passed_ref),
                 "all": lambda c: c.name in passed_ref}[args.cpu]
-        cpu = run_isolated([c for c in cases if pick(c)], "cpu", progress=True)
+        cpu = run_isolated([c for c in cases if pick(c)], "cpu", progress=True, timeout=args.timeout)
     text = render(report, cpu, time.time() - t0)
     if not args.k:
         with open(os.path.abspath(args.out), "w") as f:

@@ -18,8 +18,8 @@ import dlc.onnx.ops as _ops
 
 from ..compiler import Function
 from ..errors import DlcError, DTypeError
-from ..graph import Graph
-from ..nn.module import Module
+from ..graph import Graph, shape_str
+from ..nn.module import Module, name_scope
 from ..runtime.reference import evaluate
 from ..store import Store
 from ..tensor import Tensor
@@ -28,6 +28,7 @@ from .reader import (
     check_dims,
     default_opset,
     dtype_of,
+    numpy_dtype,
     numpy_dtype_of,
     onnx_module,
     read_model,
@@ -42,6 +43,12 @@ def identifier(name: str, prefix: str = "v") -> str:
     """An ONNX name made a Python identifier ("input.1" -> "input_1", "0" -> "v_0")."""
     out = re.sub(r"\W", "_", name)
     return out if out and (out[0].isalpha() or out[0] == "_") else f"{prefix}_{out}"
+
+
+def _printable(text: str, limit: int = 80) -> str:
+    """A name or string from the model file, safe to print (control characters escaped, long ones cut)."""
+    text = "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(text))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 # ----------------------------------------------------------------------------
@@ -164,6 +171,15 @@ class NodeContext:
             return default
         return [x if isinstance(x, str) else int(x) for x in np.asarray(v).reshape(-1)]
 
+    def elem_type(self, i: int) -> int | None:
+        """The ONNX element type of input i where the graph says it (a narrow one is lost in its dlc dtype)."""
+        return self.builder.elem_types.get(self.input_names[i]) if self.has(i) else None
+
+    def set_elem_type(self, k: int, code: int) -> None:
+        """Record output k's ONNX element type (a Cast's target), for the CastLike nodes that read it."""
+        if k < self.n_outputs and self.proto.output[k]:
+            self.builder.elem_types[self.proto.output[k]] = code
+
     def all_static(self) -> bool:
         return all(v is None or is_static(v) for v in self.inputs)
 
@@ -190,6 +206,11 @@ class GraphBuilder:
         self.boundary = {vi.name: numpy_dtype_of(vi.type.tensor_type.elem_type, f"graph value {vi.name!r}")
                          for vi in list(g.input) + list(g.output)
                          if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+        # ONNX element types of named values where the graph declares them (CastLike casts to its operand's)
+        self.elem_types = {vi.name: vi.type.tensor_type.elem_type
+                           for vi in list(g.input) + list(g.output) + list(g.value_info)
+                           if vi.type.HasField("tensor_type") and vi.type.tensor_type.elem_type}
+        self.elem_types.update({t.name: t.data_type for t in g.initializer})
         self.static_inputs = self._bind_static(static_inputs or {})
         self.inputs = [spec for spec in self.inputs if spec[0] not in self.static_inputs]
         available = set(self.initializers) | {name for name, _, _ in self.inputs} | set(self.static_inputs)
@@ -291,7 +312,8 @@ class GraphBuilder:
     def _map(self, ctx: NodeContext) -> list:
         mapping = self.table[ctx.op]
         try:
-            result = mapping.fn(ctx)
+            with name_scope(_printable(ctx.name, 60)):   # each dlc node records the ONNX node it came from
+                result = mapping.fn(ctx)
         except OnnxImportError:
             raise
         except DTypeError as e:
@@ -299,6 +321,9 @@ class GraphBuilder:
         except (DlcError, ValueError, TypeError, IndexError) as e:
             raise ctx.invalid(str(e)) from None
         outs = list(result) if isinstance(result, (list, tuple)) else [result]
+        for v in outs:   # a shape the file asks for (Expand, Tile, Pad to 10**12) is refused before anything runs
+            if isinstance(v, Tensor) and all(isinstance(d, int) for d in v.shape):
+                check_dims(v.shape, f"ONNX {ctx.op} (opset {ctx.opset}) node {ctx.name!r} output")
         wanted = [k for k, name in enumerate(ctx.proto.output) if name]
         if wanted and max(wanted) >= len(outs):
             raise ctx.unsupported(f"output {max(wanted)}", f"the first {len(outs)} output(s)")
@@ -382,6 +407,33 @@ def load_model(source, target: str = "reference", store: Store | None = None, st
     return fn
 
 
+def describe_import(fn) -> str:
+    """What an imported model is on the ONNX side: producer, opset, graph size and its inputs and outputs as dlc
+    sees them (the header `dlc inspect model.onnx` prints above the fused program)."""
+    builder = fn.module.builder
+    model, g = builder.model, builder.model.graph
+    ops: dict[str, int] = {}
+    for n in g.node:
+        ops[n.op_type] = ops.get(n.op_type, 0) + 1
+    producer = " ".join(x for x in (model.producer_name, model.producer_version) if x) or "unknown producer"
+    weights = sum(int(a.size) for a in builder.initializers.values())
+    lines = [f"# ONNX model: graph {_printable(g.name)!r} from {_printable(producer)}, IR version "
+             f"{model.ir_version}, opset {builder.opset}",
+             f"  {len(g.node)} nodes: " + ", ".join(f"{_printable(op)} {k}" for op, k in sorted(ops.items())),
+             f"  {len(builder.initializers)} initializers ({weights} values)"]
+    for (name, shape, dtype), node in zip(builder.inputs, fn.signature.inputs):
+        given = builder.boundary.get(name)
+        via = f" (given as {given})" if given and given != dtype else ""
+        lines.append(f"  input {_printable(name)!r} as {node.attr('name')}: {dtype}{shape_str(shape)}{via}")
+    for name in builder.static_inputs:
+        lines.append(f"  input {_printable(name)!r}: bound at import")
+    for name, node, returned in zip(builder.outputs, fn.outputs, fn.boundary_dtypes[1]):
+        via = f" (returned as {returned})" if returned and returned != node.dtype else ""
+        lines.append(f"  output {_printable(name)!r}: {node.dtype}{shape_str(node.shape)}{via}")
+    lines.append("  kernels below name the ONNX nodes they came from (layer ...)")
+    return "\n".join(lines)
+
+
 class OnnxFunction(Function):
     """A compiled imported model: inputs of ONNX types narrower than dlc's (uint8, float16) are widened on the
     way in, and outputs narrowed back to the model's declared type on the way out."""
@@ -404,6 +456,6 @@ class OnnxFunction(Function):
         if not any(d and d not in ("float32", "float64", "int32", "int64", "bool") for d in outs):
             return result
         many = isinstance(result, tuple)
-        vals = [np.asarray(v).astype(d) if d and np.asarray(v).dtype.name != d else v
+        vals = [np.asarray(v).astype(numpy_dtype(d)) if d and np.asarray(v).dtype.name != d else v
                 for v, d in zip(result if many else (result,), outs)]
         return tuple(vals) if many else vals[0]

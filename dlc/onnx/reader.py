@@ -20,10 +20,14 @@ MAX_ELEMENTS = 2**31           # elements of one tensor
 
 # ONNX TensorProto.DataType -> numpy dtype dlc computes in (others are refused by name)
 DTYPES = {1: "float32", 11: "float64", 6: "int32", 7: "int64", 9: "bool"}
-# narrower types, computed in a wider dlc dtype (a graph input/output is converted at the call's boundary)
-CONST_ONLY = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 10: "float16", 12: "uint32"}
-WIDENED = {"uint8": "int64", "int8": "int64", "uint16": "int64", "int16": "int64", "uint32": "int64",
-           "float16": "float32"}
+# narrower types, computed in a wider dlc dtype that holds each of their values exactly (a graph input/output
+# is converted at the call's boundary); the names past float16 are ml_dtypes', which onnx itself uses
+CONST_ONLY = {2: "uint8", 3: "int8", 4: "uint16", 5: "int16", 10: "float16", 12: "uint32", 16: "bfloat16",
+              17: "float8_e4m3fn", 18: "float8_e4m3fnuz", 19: "float8_e5m2", 20: "float8_e5m2fnuz", 21: "uint4",
+              22: "int4", 23: "float4_e2m1fn", 24: "float8_e8m0fnu", 25: "uint2", 26: "int2"}
+WIDENED = {name: "int64" if name[0] in "ui" else "float32" for name in CONST_ONLY.values()}
+# the ml_dtypes types packed several to a byte in a TensorProto: elements per byte
+PACKED = {"uint4": 2, "int4": 2, "float4_e2m1fn": 2, "uint2": 4, "int2": 4}
 
 
 def onnx_module():
@@ -48,8 +52,11 @@ def dtype_of(code: int, what: str, widen: bool = True) -> str:
         return DTYPES[code]
     if widen and code in CONST_ONLY:
         return WIDENED[CONST_ONLY[code]]
-    raise UnsupportedError(f"{what} has element type {type_name(code)}; dlc computes in "
-                           f"{', '.join(type_name(c) for c in DTYPES)}")
+    why = {13: " (no dlc dtype holds every uint64 value: int64 stops at 2**63-1, float64 rounds above 2**53)",
+           8: " (strings are not numbers)"}.get(code, "")
+    raise UnsupportedError(f"{what} has element type {type_name(code)}{why}; dlc computes in "
+                           f"{', '.join(type_name(c) for c in DTYPES)} and the types that widen exactly into "
+                           f"them ({', '.join(type_name(c) for c in CONST_ONLY)})")
 
 
 # ----------------------------------------------------------------------------
@@ -108,7 +115,7 @@ def check_dims(dims, what: str) -> tuple[int, ...]:
 
 _TYPED_FIELDS = {1: "float_data", 11: "double_data", 6: "int32_data", 7: "int64_data", 9: "int32_data",
                  2: "int32_data", 3: "int32_data", 4: "int32_data", 5: "int32_data", 10: "int32_data",
-                 12: "uint64_data"}
+                 12: "uint64_data", **dict.fromkeys(range(16, 27), "int32_data")}
 
 
 def numpy_dtype_of(code: int, what: str) -> str:
@@ -120,6 +127,15 @@ def numpy_dtype_of(code: int, what: str) -> str:
     return dtype_of(code, what)
 
 
+def numpy_dtype(name: str) -> np.dtype:
+    """A boundary dtype name as a numpy dtype (bfloat16, float8 and 4-bit types come from ml_dtypes)."""
+    if hasattr(np, name):
+        return np.dtype(name)
+    import ml_dtypes
+
+    return np.dtype(getattr(ml_dtypes, name))
+
+
 def tensor_to_array(t, base_dir: str | None, what: str | None = None) -> np.ndarray:
     """A TensorProto as a numpy array, after checking its size against its dims."""
     onnx = onnx_module()
@@ -129,31 +145,52 @@ def tensor_to_array(t, base_dir: str | None, what: str | None = None) -> np.ndar
                                f"{', '.join(type_name(c) for c in list(DTYPES) + list(CONST_ONLY))}")
     dims = check_dims(t.dims, what)
     count = int(np.prod(dims)) if dims else 1
-    np_dtype = np.dtype(DTYPES.get(t.data_type) or CONST_ONLY[t.data_type])
+    name = DTYPES.get(t.data_type) or CONST_ONLY[t.data_type]
+    np_dtype = numpy_dtype(name)
     if t.data_location == onnx.TensorProto.EXTERNAL:
         raw = read_external(t, base_dir, what)
     elif t.HasField("raw_data"):
         raw = t.raw_data
     else:
         raw = None
+    per_byte = PACKED.get(name, 0)
     if raw is not None:
-        if len(raw) != count * np_dtype.itemsize:
+        expected = -(-count // per_byte) if per_byte else count * np_dtype.itemsize
+        if len(raw) != expected:
             raise OnnxImportError(f"{what}: {len(raw)} bytes of data for dims {list(dims)} of "
-                                  f"{type_name(t.data_type)} ({count * np_dtype.itemsize} expected)")
-        arr = np.frombuffer(raw, dtype=np_dtype.newbyteorder("<")).astype(np_dtype).reshape(dims)
+                                  f"{type_name(t.data_type)} ({expected} expected)")
+        if np_dtype.kind == "V" or per_byte:
+            arr = _decode_ml_dtypes(t, raw, dims)
+        else:
+            arr = np.frombuffer(raw, dtype=np_dtype.newbyteorder("<")).astype(np_dtype).reshape(dims)
     else:
         field = getattr(t, _TYPED_FIELDS[t.data_type])
-        if len(field) != count:
-            raise OnnxImportError(f"{what}: {len(field)} values for dims {list(dims)} ({count} expected)")
+        expected = -(-count // per_byte) if per_byte else count
+        if len(field) != expected:
+            raise OnnxImportError(f"{what}: {len(field)} values for dims {list(dims)} ({expected} expected)")
         if t.data_type == 10:   # float16 travels as its bit patterns in int32_data
             arr = np.array(field, dtype=np.uint16).view(np.float16).reshape(dims)
+        elif np_dtype.kind == "V" or per_byte:
+            arr = _decode_ml_dtypes(t, None, dims)
         else:
             arr = np.array(field).astype(np_dtype).reshape(dims)
-    if np_dtype.name in ("float16",):
-        arr = arr.astype(np.float32)
-    elif np_dtype.name in ("uint8", "int8", "uint16", "int16", "uint32"):
-        arr = arr.astype(np.int64)
+    if name in WIDENED:
+        arr = arr.astype(WIDENED[name])   # exact: the wider type holds every value of the narrow one
     return np.array(arr, order="C")
+
+
+def _decode_ml_dtypes(t, raw: bytes | None, dims) -> np.ndarray:
+    """A bfloat16/float8/4-bit/2-bit tensor, its size already checked, decoded (and unpacked) by onnx's helper."""
+    from onnx import numpy_helper
+
+    onnx = onnx_module()
+    clean = onnx.TensorProto()
+    clean.data_type, clean.dims[:] = t.data_type, list(dims)
+    if raw is not None:
+        clean.raw_data = raw
+    else:
+        clean.int32_data[:] = t.int32_data
+    return numpy_helper.to_array(clean)
 
 
 def read_external(t, base_dir: str | None, what: str) -> bytes:

@@ -280,13 +280,13 @@ def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
         return
     cols = np.empty((0 if pointwise else C * kh * kw, ho * wo), x.dtype)
     for n in range(N):
-        if pointwise:
-            cols = x[n].reshape(C, H * W)
-        else:
+        # a variable of its own for x's view: x may be read-only, and cols must stay writable for im2col
+        src = x[n].reshape(C, H * W) if pointwise else cols
+        if not pointwise:
             im2col(x, n, cols, 0, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
         o2 = out[n].reshape(co, ho * wo)
         for g in range(groups):
-            dot(w2[g * og:(g + 1) * og], cols[g * kg:(g + 1) * kg], o2[g * og:(g + 1) * og])
+            dot(w2[g * og:(g + 1) * og], src[g * kg:(g + 1) * kg], o2[g * og:(g + 1) * og])
 
 
 @njit(**JIT)
@@ -355,11 +355,10 @@ def conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw, groups):
         return
     cols = np.empty((0 if pointwise else C * kh * kw, ho * wo), x.dtype)
     for n in range(N):
-        if pointwise:
-            cols = x[n].reshape(C, H * W)
-        else:
+        src = x[n].reshape(C, H * W) if pointwise else cols   # x may be read-only: cols stays writable
+        if not pointwise:
             im2col(x, n, cols, 0, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
         g2 = gy[n].reshape(co, ho * wo)
         for g in range(groups):
-            dot(g2[g * og:(g + 1) * og], cols[g * kg:(g + 1) * kg].T, part)
+            dot(g2[g * og:(g + 1) * og], src[g * kg:(g + 1) * kg].T, part)
             acc[g * og:(g + 1) * og] += part

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 import dlc.functional as F
 
 from ...graph import dim_mul
@@ -46,22 +48,48 @@ def gemm(n):
     return y
 
 
-def _parse(n, equation: str, count: int):
+def _parse(n, equation: str, xs):
+    """The operand terms and the output term, an ellipsis spelled out as letters the equation does not use (numpy's
+    rule: the ellipsis dims are right-aligned across operands and lead the implicit output)."""
     eq = equation.replace(" ", "")
-    if "..." in eq:
-        raise n.unsupported("an ellipsis in the equation", "explicit subscripts")
-    lhs, _, rhs = eq.partition("->")
+    lhs, arrow, rhs = eq.partition("->")
     terms = lhs.split(",")
-    if len(terms) != count:
-        raise n.invalid(f"equation {equation!r} has {len(terms)} operands, the node {count}")
-    if not _:
-        letters = sorted(c for c in set(lhs.replace(",", "")) if lhs.count(c) == 1)
-        rhs = "".join(letters)
-    for t in terms + [rhs]:
-        if len(set(t)) != len(t):
-            raise n.unsupported(f"a repeated subscript in {t!r} (a diagonal or trace)",
-                                "distinct subscripts per operand")
+    if len(terms) != len(xs):
+        raise n.invalid(f"equation {equation!r} has {len(terms)} operands, the node {len(xs)}")
+    spare = [c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in eq]
+    ranks = [x.ndim - (len(t) - 3) for x, t in zip(xs, terms) if "..." in t]
+    if any(r < 0 for r in ranks) or len(spare) < max(ranks, default=0):
+        raise n.invalid(f"equation {equation!r} does not fit the operands' ranks")
+    ellipsis = "".join(spare[:max(ranks, default=0)])
+    for k, (x, t) in enumerate(zip(xs, terms)):
+        if "..." in t:
+            terms[k] = t.replace("...", ellipsis[len(ellipsis) - (x.ndim - (len(t) - 3)):])
+        if len(terms[k]) != x.ndim:
+            raise n.invalid(f"term {t!r} of equation {equation!r} names {len(terms[k])} dims of a rank-{x.ndim} "
+                            f"operand")
+    if not arrow:
+        letters = sorted(c for c in set(lhs.replace(",", "").replace(".", "")) if lhs.count(c) == 1)
+        rhs = ellipsis + "".join(letters)
+    rhs = rhs.replace("...", ellipsis)
+    if len(set(rhs)) != len(rhs):
+        raise n.unsupported(f"a repeated subscript in the output {rhs!r}", "distinct output subscripts")
     return terms, rhs
+
+
+def _diagonals(x, term: str):
+    """x with each subscript repeated in its term (a diagonal, "ii") taken once: the diagonal, gathered from the
+    two axes flattened into one."""
+    while len(set(term)) != len(term):
+        c = next(c for c in term if term.count(c) > 1)
+        p, q = term.index(c), term.index(c, term.index(c) + 1)
+        if x.shape[p] != x.shape[q]:
+            raise ValueError(f"subscript {c!r} labels dims of sizes {x.shape[p]} and {x.shape[q]}")
+        rest = [k for k in range(x.ndim) if k not in (p, q)]
+        size = x.shape[p]
+        flat = F.reshape(F.transpose(x, rest + [p, q]), tuple(x.shape[k] for k in rest) + (dim_mul(size, size),))
+        x = F.take(flat, F.constant(np.arange(size, dtype=np.int64) * (size + 1)), axis=len(rest))
+        term = "".join(term[k] for k in rest) + c
+    return x, term
 
 
 def _sum_unused(x, term, keep: str):
@@ -79,7 +107,8 @@ def _permute(x, term, order):
 @onnx_op("Einsum", attrs=("equation",))
 def einsum(n):
     xs = n.tensors()
-    terms, out = _parse(n, n.attr("equation"), len(xs))
+    terms, out = _parse(n, n.attr("equation"), xs)
+    xs, terms = zip(*(_diagonals(x, t) for x, t in zip(xs, terms)))
     if len(xs) == 1:
         x, term = _sum_unused(xs[0], terms[0], out)
         return _permute(x, term, out)

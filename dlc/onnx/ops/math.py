@@ -10,7 +10,8 @@ import dlc.functional as F
 
 from ...graph import dim_div, dim_mul
 from ..importer import is_static
-from ..reader import dtype_of
+from ..narrow import FLOAT_FORMATS, round_to_e8m0, round_to_format
+from ..reader import dtype_of, numpy_dtype_of
 from . import onnx_op
 
 # ----------------------------------------------------------------------------
@@ -87,7 +88,14 @@ def mod(n):
         trunc = F.sign(q) * _floor(F.abs(q))
         r = fa - trunc * fb
     else:
+        # Python's (numpy's) mod: the result takes the divisor's sign, zero included; a finite x modulo an
+        # infinite y is x when their signs agree, else y; an infinite x or a zero y gives NaN
         r = fa - _floor(q) * fb
+        zero = F.abs(r)
+        r = F.where(r == 0.0, F.where(fb < 0.0, -zero, zero), r)
+        same_sign = (fa == 0.0) | ((fa < 0.0) == (fb < 0.0))
+        r = F.where((F.abs(fb) == np.inf) & (F.abs(fa) < np.inf), F.where(same_sign, fa, fb), r)
+        r = F.where((F.abs(fa) == np.inf) | (fb == 0.0), np.nan, r)   # the int64 floor would not give NaN
     return F.cast(r, a.dtype)
 
 
@@ -304,14 +312,35 @@ def where(n):
 
 @onnx_op("Cast", attrs=("to", "saturate", "round_mode"))
 def cast(n):
-    dtype = dtype_of(n.attr("to"), f"Cast node {n.name!r} target")
+    to = n.attr("to")
+    dtype = dtype_of(to, f"Cast node {n.name!r} target")
+    n.set_elem_type(0, to)
     x = n.inputs[0]
     if hasattr(x, "dtype") and x.dtype == object:   # shape values stay symbolic through int casts
         if dtype in ("int64", "int32"):
             return x
-    return F.cast(n.tensor(0), dtype)
+    return cast_to(n, n.tensor(0), to)
 
 
 @onnx_op("CastLike", attrs=("saturate", "round_mode"))
 def cast_like(n):
-    return F.cast(n.tensor(0), n.tensor(1).dtype)
+    code = n.elem_type(1)
+    if code is None:
+        return F.cast(n.tensor(0), n.tensor(1).dtype)
+    n.set_elem_type(0, code)
+    return cast_to(n, n.tensor(0), code)
+
+
+def cast_to(n, x, code: int):
+    """x cast to the ONNX element type `code`, in the dlc dtype that type computes in: a narrow float type's
+    values are rounded to it here (RNE; saturating as the node's `saturate` says), so later ops see exactly the
+    values the narrow type holds; narrow integers wrap at the call's boundary."""
+    name = numpy_dtype_of(code, f"Cast node {n.name!r} target")
+    if name in FLOAT_FORMATS:
+        return round_to_format(x, FLOAT_FORMATS[name], bool(n.attr("saturate", 1)))
+    if name == "float8_e8m0fnu":
+        mode = n.attr("round_mode", "up")
+        if mode not in ("up", "down", "nearest"):
+            raise n.invalid(f"round_mode {mode!r} is not one of 'up', 'down', 'nearest'")
+        return round_to_e8m0(x, bool(n.attr("saturate", 1)), mode)
+    return F.cast(x, dtype_of(code, f"Cast node {n.name!r} target"))

@@ -180,6 +180,24 @@ def _taps(xp, kernel, strides, dilations, outs):
         yield F.slice_(xp, begin, end, [1, 1] + list(strides))
 
 
+# Windows of more taps than this are gathered axis by axis: a chain of that many strided slices fuses into one
+# kernel reading every tap, which the cpu target's compiler takes minutes over (a 200-tap 1-d window).
+MAX_TAPS = 32
+
+
+def _gathered_pool(xp, reduce_max, kernel, strides, dilations, outs):
+    """The window max/sum one spatial axis at a time (both are separable): the axis's windows gathered into a new
+    (outputs, taps) pair of axes by an index table computed at import, then reduced over the taps."""
+    y = xp
+    for axis, (k, s, d, o) in enumerate(zip(kernel, strides, dilations, outs), start=2):
+        if k == 1 and s == 1:
+            continue
+        index = np.arange(o, dtype=np.int64)[:, None] * s + np.arange(k, dtype=np.int64)[None, :] * d
+        windows = F.take(y, F.constant(index), axis=axis)
+        y = F.max(windows, axis + 1) if reduce_max else F.sum(windows, axis + 1)
+    return y
+
+
 def _counts(size, k, s, d, out, lo, hi):
     """Per output position, the window taps inside [lo, hi) of the padded axis."""
     return np.array([sum(lo <= o * s + t * d < hi for t in range(k)) for o in range(out)], dtype=np.float64)
@@ -212,10 +230,13 @@ def _tap_pool(n, x, reduce_max, kernel, strides, dilations, pads, outs, extra):
     fill = (-np.inf if x.dtype in ("float32", "float64") else float(np.iinfo(x.dtype).min)) if reduce_max else 0.0
     full = [(0, 0), (0, 0)] + [(lo, hi + e) for (lo, hi), e in zip(pads, extra)]
     xp = F.pad(x, full, value=fill) if any(lo or hi for lo, hi in full) else x
-    taps = list(_taps(xp, kernel, strides, dilations, outs))
-    y = taps[0]
-    for t in taps[1:]:
-        y = F.maximum(y, t) if reduce_max else y + t
+    if int(np.prod(kernel)) > MAX_TAPS:
+        y = _gathered_pool(xp, reduce_max, kernel, strides, dilations, outs)
+    else:
+        taps = list(_taps(xp, kernel, strides, dilations, outs))
+        y = taps[0]
+        for t in taps[1:]:
+            y = F.maximum(y, t) if reduce_max else y + t
     if not reduce_max:
         per_dim = []
         for size, k, s, d, o, (lo, hi) in zip(x.shape[2:], kernel, strides, dilations, outs, pads):
@@ -250,8 +271,46 @@ class _OneDim:
 @onnx_op("MaxPool", attrs=("auto_pad", "ceil_mode", "dilations", "kernel_shape", "pads", "storage_order", "strides"))
 def max_pool(n):
     if n.n_outputs > 1 and n.proto.output[1]:
-        raise n.unsupported("the Indices output", "the pooled values only")
+        return _max_pool_with_indices(n)
     return _pool(n, True)
+
+
+def _max_pool_with_indices(n):
+    """MaxPool's values and Indices: every window gathered whole (all its taps along one axis), its max and the
+    first tap holding it (onnx's scan order), mapped through a table computed at import to the flat index of
+    that element in x (spatial dims row-major, or column-major for storage_order=1). A window whose values are
+    all -inf may report a padding tap as -1."""
+    x = n.tensor(0)
+    if x.dtype not in ("float32", "float64"):
+        raise n.unsupported(f"Indices of a {x.dtype} MaxPool", "float inputs")
+    kernel, strides, dilations, pads, outs, extra = _pool_geometry(n, x)
+    spatial = list(x.shape[2:])
+    full = [(0, 0), (0, 0)] + [(lo, hi + e) for (lo, hi), e in zip(pads, extra)]
+    xp = F.pad(x, full, value=-np.inf) if any(lo or hi for lo, hi in full) else x
+    padded = list(xp.shape[2:])
+    rank = len(spatial)
+    at = np.indices(outs).reshape(rank, -1).T[:, None, :]        # (windows, 1, rank)
+    tap = np.indices(kernel).reshape(rank, -1).T[None, :, :]     # (1, taps, rank), onnx's scan order
+    pos = at * np.array(strides) + tap * np.array(dilations)     # (windows, taps, rank) in the padded block
+    gather = np.ravel_multi_index(tuple(np.moveaxis(pos, -1, 0)), padded)
+    inside = pos - np.array([lo for lo, _ in pads])
+    ok = np.all((inside >= 0) & (inside < np.array(spatial)), axis=-1)
+    order = "F" if n.attr("storage_order", 0) else "C"
+    clipped = np.clip(inside, 0, np.array(spatial) - 1)
+    source = np.where(ok, np.ravel_multi_index(tuple(np.moveaxis(clipped, -1, 0)), spatial, order=order), -1)
+    windows, taps = gather.shape
+    lead = tuple(xp.shape[:2])
+    if not all(isinstance(d, int) for d in lead):
+        raise n.unsupported("Indices with symbolic batch or channel dims", "known ones")
+    flat = F.reshape(xp, lead + (int(np.prod(padded)),))
+    values = F.take(flat, F.constant(gather), axis=2)            # (N, C, windows, taps)
+    y = F.max(values, 3)
+    first = F.argmax(values, 3)                                   # the first tap holding the max
+    z = F.take(F.constant(source.reshape(-1)), F.constant(np.arange(windows, dtype=np.int64) * taps) + first, axis=0)
+    channel = F.constant((np.arange(lead[0] * lead[1], dtype=np.int64) * int(np.prod(spatial))).reshape(
+        lead + (1,)))
+    shape = lead + tuple(outs)
+    return F.reshape(y, shape), F.reshape(F.where(z < 0, z, z + channel), shape)
 
 
 @onnx_op("AveragePool", attrs=("auto_pad", "ceil_mode", "count_include_pad", "dilations", "kernel_shape", "pads",
@@ -282,12 +341,14 @@ def _per_channel(v, ndim):
 
 @onnx_op("BatchNormalization", attrs=("epsilon", "momentum", "spatial", "training_mode", "is_test"))
 def batch_norm(n):
-    if n.attr("training_mode", 0):
-        raise n.unsupported("training_mode=1", "inference (running statistics)")
     if n.attr("spatial", 1) != 1:
         raise n.unsupported("spatial=0", "spatial=1")
+    if n.attr("training_mode", 0):
+        if n.opset < 14:
+            raise n.unsupported("training_mode before opset 14", "opset 14 on (outputs Y and the running stats)")
+        return _batch_norm_training(n)
     if any(n.proto.output[1:]):
-        raise n.unsupported("the running-statistics outputs", "the normalised output Y")
+        raise n.unsupported("the running-statistics outputs in inference", "the normalised output Y")
     x, scale, bias, mean, var = (n.tensor(i) for i in range(5))
     eps = n.attr("epsilon", 1e-5)
     if x.ndim == 2:
@@ -295,6 +356,19 @@ def batch_norm(n):
         return (x - mean) * inv + bias
     inv = _per_channel(scale / F.sqrt(var + eps), x.ndim)
     return (x - _per_channel(mean, x.ndim)) * inv + _per_channel(bias, x.ndim)
+
+
+def _batch_norm_training(n):
+    """training_mode=1 (opset 14 on): Y normalised with the batch's statistics (the population variance), and the
+    running mean and variance moved toward them by momentum, as two more outputs."""
+    x, scale, bias, mean, var = (n.tensor(i) for i in range(5))
+    eps, momentum = n.attr("epsilon", 1e-5), n.attr("momentum", 0.9)
+    axes = (0,) + tuple(range(2, x.ndim))
+    batch_mean = F.mean(x, axes)
+    centred = x - _per_channel(batch_mean, x.ndim)
+    batch_var = F.mean(centred * centred, axes)
+    y = centred * _per_channel(scale / F.sqrt(batch_var + eps), x.ndim) + _per_channel(bias, x.ndim)
+    return y, mean * momentum + batch_mean * (1 - momentum), var * momentum + batch_var * (1 - momentum)
 
 
 @onnx_op("InstanceNormalization", attrs=("epsilon",))

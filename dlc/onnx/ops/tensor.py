@@ -68,6 +68,10 @@ def size(n):
 @onnx_op("Range")
 def range_(n):
     start, limit, delta = (n.static(i) for i in range(3))
+    if delta == 0:
+        raise n.invalid("delta is 0")
+    count = max(int(np.ceil((float(limit) - float(start)) / float(delta))), 0)
+    check_dims([count], f"Range node {n.name!r}")   # before allocating: the bounds are data from the file
     return np.arange(start, limit, delta, dtype=np.asarray(start).dtype)
 
 
