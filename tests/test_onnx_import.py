@@ -343,6 +343,16 @@ def test_cli_import_writes_an_artifact_that_runs(tmp_path):
     np.testing.assert_allclose(fn(x), mlp_numpy(model, x), rtol=1e-5, atol=1e-5)
 
 
+def test_saved_import_regenerates_the_same_cpu_kernels(tmp_path):
+    """The ONNX node names kernels record (unnamed nodes are "Relu(r)") survive an artifact's round trip."""
+    fn = donnx.load_model(mlp_model(batch=2), target="cpu")
+    dlc.export(fn, tmp_path / "mlp.dlc")
+    loaded = dlc.load(str(tmp_path / "mlp.dlc"), verify=True)
+    assert loaded.artifact.kernels_match is True
+    x = RNG.normal(size=(2, 4)).astype(np.float32)
+    np.testing.assert_allclose(loaded(x), fn(x), rtol=1e-6)
+
+
 def test_cli_import_reports_a_bad_file_in_one_line(tmp_path):
     bad = tmp_path / "bad.onnx"
     bad.write_bytes(b"\x08\x07garbage")
@@ -366,7 +376,7 @@ def test_cli_inspect_shows_the_fused_program_of_an_onnx_model(tmp_path, capsys):
     # the fused program, each kernel naming the ONNX nodes it came from: Gemm and Relu in one, MatMul the next
     assert "# dlc program:" in out and "## Kernels (2, in execution order)" in out
     kernels = [ln for ln in out.splitlines() if ln.startswith(("  k0 ", "  k1 "))]
-    assert "matmul -> add -> relu" in kernels[0] and "(layer fc1, Relu(r))" in kernels[0]
+    assert "matmul -> add -> relu" in kernels[0] and "(layer fc1, Relu_r_)" in kernels[0]
     assert "(layer fc2)" in kernels[1]
     assert (tmp_path / "g.dot").read_text().startswith("digraph")
     bad = tmp_path / "bad.onnx"
