@@ -202,6 +202,37 @@ def test_batch_norm_training_mode_matches_onnx_reference(shape, target):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("attrs, target", [
+    (dict(strides=[2, 1, 2], pads=[1, 0, 0, 0, 1, 1], output_padding=[1, 0, 1], dilations=[1, 2, 1]), "reference"),
+    (dict(strides=[3, 2, 1], pads=[0, 1, 0, 2, 0, 0], dilations=[2, 1, 1]), "reference"),
+    (dict(strides=[2, 2, 2], output_padding=[1, 1, 0]), "cpu"),
+])
+def test_conv_transpose_3d_matches_onnx_reference(attrs, target):
+    from onnx.reference import ReferenceEvaluator
+
+    x = RNG.normal(size=(2, 4, 3, 4, 5)).astype(np.float32)
+    w = numpy_helper.from_array(RNG.normal(size=(4, 6, 2, 3, 2)).astype(np.float32), "w")
+    b = numpy_helper.from_array(RNG.normal(size=6).astype(np.float32), "b")
+    node = helper.make_node("ConvTranspose", ["x", "w", "b"], ["y"], **attrs)
+    (want,) = ReferenceEvaluator(make_model([node], [f32("x", x.shape)], [f32("y", None)], [w, b])).run(None,
+                                                                                                    {"x": x})
+    model = make_model([node], [f32("x", x.shape)], [f32("y", list(want.shape))], [w, b])
+    np.testing.assert_allclose(donnx.load_model(model, target=target)(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_grouped_conv_transpose_3d_matches_pytorch():
+    torch = pytest.importorskip("torch")
+    x = RNG.normal(size=(2, 4, 3, 4, 5)).astype(np.float32)
+    w = RNG.normal(size=(4, 3, 2, 3, 2)).astype(np.float32)
+    node = helper.make_node("ConvTranspose", ["x", "w"], ["y"], group=2, strides=[2, 1, 2], pads=[1, 0, 1, 1, 0, 1],
+                            output_padding=[1, 0, 1])
+    want = torch.nn.functional.conv_transpose3d(torch.from_numpy(x), torch.from_numpy(w), stride=(2, 1, 2),
+                                                padding=(1, 0, 1), output_padding=(1, 0, 1), groups=2).numpy()
+    model = make_model([node], [f32("x", x.shape)], [f32("y", list(want.shape))],
+                       [numpy_helper.from_array(w, "w")])
+    np.testing.assert_allclose(donnx.load_model(model)(x), want, rtol=1e-4, atol=1e-4)
+
+
 def test_static_inputs_bind_shape_controlling_graph_inputs():
     node = helper.make_node("Reshape", ["x", "shape"], ["y"])
     model = make_model([node], [f32("x", [2, 3]), helper.make_tensor_value_info("shape", TensorProto.INT64, [2])],
