@@ -324,7 +324,8 @@ non-trainable state), so `dlc.optim` can fine-tune it; `dlc import model.onnx -o
   pass `static_inputs={name: array}`. The node tests that feed such values as graph inputs are run that way
   ("integer and scalar inputs bound at import").
 - LSTM, GRU and RNN run on `dlc.scan` (the input projection is one matmul before the loop), both directions,
-  sequence_lens, clip and all ONNX activations. Conv/ConvTranspose are 1-d and 2-d; pools 1-d, 2-d and 3-d (window
+  sequence_lens, clip and all ONNX activations. Conv/ConvTranspose are 1-d, 2-d and 3-d (3-d as a sum over the
+  depth taps of 2-d ones); pools 1-d, 2-d and 3-d (window
   shapes dlc's pool ops do not take — ceil_mode, dilations, wide padding, 3-d — run tap by tap over strided
   slices, averages divided by a divisor map computed at import; a window of more than 32 taps is gathered and
   reduced one axis at a time instead, since one fused kernel reading thousands of taps compiles for minutes

@@ -309,10 +309,16 @@ class GraphBuilder:
                     values[name] = v
         return [values[o] for o in self.outputs]
 
+    @staticmethod
+    def _scope(ctx) -> str:
+        """The ONNX node's name as a module-path scope, in the letters an artifact keeps ("Relu(r)" -> "Relu_r_"),
+        so a saved and reloaded model regenerates the same kernel source."""
+        return re.sub(r"[^A-Za-z0-9_.]", "_", ctx.name)[:60]
+
     def _map(self, ctx: NodeContext) -> list:
         mapping = self.table[ctx.op]
         try:
-            with name_scope(_printable(ctx.name, 60)):   # each dlc node records the ONNX node it came from
+            with name_scope(self._scope(ctx)):   # each dlc node records the ONNX node it came from
                 result = mapping.fn(ctx)
         except OnnxImportError:
             raise

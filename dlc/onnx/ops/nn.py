@@ -112,7 +112,7 @@ def conv(n):
 @onnx_op("ConvTranspose", attrs=("auto_pad", "dilations", "group", "kernel_shape", "output_padding",
                                  "output_shape", "pads", "strides"))
 def conv_transpose(n):
-    x, was_1d = _as_2d(n, n.tensor(0))
+    x, was_1d = (n.tensor(0), False) if n.tensor(0).ndim == 5 else _as_2d(n, n.tensor(0))
     w = n.tensor(1)
     w = F.reshape(w, (w.shape[0], w.shape[1], 1, w.shape[2])) if was_1d else w
     kernel = list(w.shape[3:] if was_1d else w.shape[2:])
@@ -143,9 +143,40 @@ def conv_transpose(n):
         strides, dilations, pairs, opad = (_lift_1d(strides, 1), _lift_1d(dilations, 1), _lift_1d(pairs, (0, 0)),
                                            _lift_1d(opad, 0))
     b = n.tensor(2) if n.has(2) else None
+    if x.ndim == 5:
+        return _conv_transpose3d(n, x, w, b, strides, dilations, pairs, opad)
     y = conv_transpose2d(x, w, b, stride=tuple(strides), padding=tuple(pairs), output_padding=tuple(opad),
                          groups=n.attr("group", 1), dilation=tuple(dilations))
     return _from_2d(y, was_1d)
+
+
+def _conv_transpose3d(n, x, w, b, strides, dilations, pairs, opad):
+    """A 3-d transposed convolution as a sum over the depth taps of 2-d ones (the input depth folded into the
+    batch), each tap's planes spread to every stride-th output depth and shifted by the tap's dilated offset."""
+    if not all(isinstance(d, int) for d in x.shape[1:]):
+        raise n.unsupported("a 3-d ConvTranspose over symbolic dims")
+    nb, c, depth = x.shape[0], x.shape[1], x.shape[2]
+    (lo, hi), sd, dd, kd = pairs[0], strides[0], dilations[0], w.shape[2]
+    full = sd * (depth - 1) + dd * (kd - 1) + 1
+    planes = F.reshape(F.transpose(x, (0, 2, 1, 3, 4)), (dim_mul(nb, depth), c) + tuple(x.shape[3:]))
+    total = None
+    for t in range(kd):
+        wt = F.reshape(F.take_slice(w, 2, t, t + 1), tuple(w.shape[:2]) + tuple(w.shape[3:]))
+        yt = conv_transpose2d(planes, wt, None, stride=tuple(strides[1:]), padding=tuple(pairs[1:]),
+                              output_padding=tuple(opad[1:]), groups=n.attr("group", 1),
+                              dilation=tuple(dilations[1:]))
+        yt = F.reshape(yt, (nb, depth) + tuple(yt.shape[1:]))
+        if sd > 1:   # sd - 1 zero planes after each input plane
+            gap = F.zeros((nb, depth, sd - 1) + tuple(yt.shape[2:]), yt.dtype)
+            yt = F.reshape(F.concat([F.expand_dims(yt, 2), gap], axis=2), (nb, depth * sd) + tuple(yt.shape[2:]))
+            yt = F.take_slice(yt, 1, 0, sd * (depth - 1) + 1)
+        yt = F.pad(yt, [(0, 0), (t * dd, full - t * dd - yt.shape[1])] + [(0, 0)] * 3)
+        total = yt if total is None else total + yt
+    y = F.take_slice(total, 1, lo, full - max(hi - opad[0], 0))   # the depth pads, and output padding past them
+    if opad[0] > hi:
+        y = F.pad(y, [(0, 0), (0, opad[0] - hi)] + [(0, 0)] * 3)
+    y = F.transpose(y, (0, 2, 1, 3, 4))
+    return y if b is None else y + F.reshape(b, (b.shape[0], 1, 1, 1))
 
 
 # ----------------------------------------------------------------------------
