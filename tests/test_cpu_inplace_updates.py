@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 import dlc
 from dlc import nn, optim
+from dlc.bisect import run_kernel, source_value
 from dlc.graph import shape_eval
 from dlc.passes import optimize
-from dlc.bisect import run_kernel, source_value
 from dlc.passes.memory import buffer_reads, inplace_updates
 
 

@@ -52,7 +52,7 @@ def test_each_cached_step_equals_the_full_causal_forward(target, norm_first):
     window = dlc.input("window", (2, CONTEXT), "int64")
     full = dlc.compile(model(window), target="reference")(ids)
     sampler = nn.compile_sampler(model.step, cache, temperature=0, return_logits=True, target=target)
-    for twice in range(2):  # reset() makes the second pass equal the first
+    for _ in range(2):  # reset() makes the second pass equal the first
         sampler.reset()
         for t in range(CONTEXT):
             token, logits = sampler(ids[:, t])

@@ -9,9 +9,9 @@ from hypothesis import strategies as st
 from test_fusion import graphs, reference_outputs
 
 import dlc
+from dlc.bisect import run_kernel, source_value
 from dlc.graph import shape_eval
 from dlc.passes import optimize, plan_memory, unfused_program, unplanned_memory
-from dlc.bisect import run_kernel, source_value
 from dlc.passes.memory import best_fit, check_plan, keeps_index, lifetimes
 from dlc.passes.schedule import order_peak
 
