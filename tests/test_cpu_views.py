@@ -1,4 +1,4 @@
-"""Views and calls of generated CPU code (dlc/kernels/cpu/views.py), and kernels shared across a model's depth."""
+"""Arena views and kernel calls of generated CPU code (dlc/kernels/cpu/views.py); kernels shared across depth."""
 
 from __future__ import annotations
 
@@ -32,19 +32,6 @@ def test_arena_view_is_a_writable_window_of_the_arena(views):
     got = window(arena, 3, 2)
     np.testing.assert_array_equal(got, np.array([[3, 4, 5], [6, 7, -1]], np.float32))
     assert arena[8] == -1.0   # the view shares the arena's memory
-
-
-def test_shaped_reinterprets_an_array_and_refuses_another_size(views):
-    from numba import njit
-
-    @njit
-    def flat(x, n):
-        return views.shaped(x, (n,)).copy()
-
-    x = np.arange(6, dtype=np.float64).reshape(2, 3)
-    np.testing.assert_array_equal(flat(x, 6), np.arange(6.0))
-    with pytest.raises(ValueError, match="wrong size"):
-        flat(x, 5)
 
 
 def test_call_kernel_calls_with_literal_and_array_arguments(views):

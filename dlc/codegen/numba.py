@@ -805,7 +805,7 @@ from numba import njit, prange
 from dlc.errors import IndexRangeError
 from dlc_cpu_fastmath import *  # noqa: F403  (kernels/cpu/fastmath.py: tanh_f32, exp_f32, fmax, ...)
 from dlc_cpu_gemm import copy_flat, gemm
-from dlc_cpu_views import arena_view, call_kernel, shaped
+from dlc_cpu_views import arena_view, call_kernel
 from dlc_cpu_conv import conv2d, conv2d_grad_input, conv2d_grad_weight
 from dlc_cpu_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_grad, avg_pool2d, avg_pool2d_grad, max_pool2d,
                           max_pool2d_grad)
@@ -857,6 +857,9 @@ def _render_program(program, title, fastmath, parallel, kernels_digest) -> Gener
         if uses[name] > 1 or rk.parallel:
             rk.inline, rk.name, rk.call_arrays, rk.call_slots = False, name, arrays, keys
             funcs.setdefault(name, text)
+    # LLVM inlines a call into the outer function at every use; a few copies make the fastest code, many make
+    # compile time grow with the model
+    outer.opaque_calls = sum(not rk.inline for rk in natives) > INLINED_CALLS
     segments: list[Segment] = []
     for item in rendered:
         native = isinstance(item, RenderedKernel)
@@ -896,12 +899,16 @@ def direct_updates(program: Program, rendered: list) -> dict[int, Node]:
     return {k: p for k, p in inplace_updates(program).items() if k in native}
 
 
+INLINED_CALLS = 16   # calls of kernels LLVM may inline into a program's outer functions; beyond, none are
+
+
 class _OuterBuilder:
     """Writes the outer functions: typed arena views, kernel calls, and the parameter write-back."""
 
     def __init__(self, program: Program, redirects: dict, read_as_arrays: set):
         self.program = program
         self.redirects = redirects
+        self.opaque_calls = False   # calls through call_kernel, which LLVM may not inline
         self.slots: list[tuple] = []
         self.slot_of: dict[tuple, int] = {}
         self.externals: list[Node] = []
@@ -942,11 +949,11 @@ class _OuterBuilder:
         if kind == "flat":
             shape = [self.numel(node)]
         shape_txt = "(" + ", ".join(shape) + ",)"
-        # views come from dlc_cpu_views: numba's slice-and-reshape made compile time grow with the square of
-        # the number of views in a function
+        # arena views come from dlc_cpu_views: numba's slice-and-reshape made compile time grow with the square
+        # of the number of views in a function
         if id(storage) in self.ext_of:
             base = f"e{self.ext_of[id(storage)]}"
-            w(f"{name} = shaped({base}, {shape_txt})  # {where(node)}")
+            w(f"{name} = {base}.reshape({shape_txt})  # {where(node)}")
         else:
             base = self.arena(node.dtype, w, names)
             start = self.slot(("index", storage, _itemsize(node.dtype)))
@@ -999,7 +1006,7 @@ class _OuterBuilder:
             shape = "(" + ", ".join(dims_txt) + ",)"
             if id(storage) in self.ext_of:
                 externals.append((f"{P}x{j}", f"e{self.ext_of[id(storage)]}"))
-                views.append(f"    {a.name} = shaped({P}x{j}, {shape})")
+                views.append(f"    {a.name} = {P}x{j}.reshape({shape})")
             else:
                 base = f"arena_{a.node.dtype}"
                 if base not in bases:
@@ -1035,7 +1042,8 @@ class _OuterBuilder:
                 bases = [self.arena(v[len("arena_"):], w, names) for v in rk.call_arrays if v.startswith("arena_")]
                 externals = [v for v in rk.call_arrays if not v.startswith("arena_")]
                 at = self.block(rk.call_slots)
-                w(f"call_kernel({', '.join([rk.name] + bases + ['S', str(at)] + externals)})  "
+                call = f"call_kernel({rk.name}, " if self.opaque_calls else f"{rk.name}("
+                w(f"{call}{', '.join(bases + ['S', str(at)] + externals)})  "
                   f"# {source_text.comment(f'{rk.kernel.name}: {rk.comment}')}")
                 continue
             args = []
@@ -1054,7 +1062,7 @@ class _OuterBuilder:
                 if id(storage) in self.ext_of or id(storage) in self.redirects:
                     continue  # written in place by its kernel, or copied by the backend in Python
                 param = next(p for p in self.program.graph.nodes if p.op == "param" and p.attr("name") == key)
-                dst = f"shaped(e{self.ext_of[id(param)]}, {self.numel(param)})"
+                dst = f"e{self.ext_of[id(param)]}.reshape({self.numel(param)})"
                 src = self.view(node, "flat", w, names)
                 w(f"copy_flat({dst}, {src})  # {source_text.comment(f'update {key}')}")
         body = w.text() or "    pass"

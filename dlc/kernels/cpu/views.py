@@ -1,18 +1,18 @@
-"""Typed views of the arena and of external arrays for generated CPU code, built without numba's reshape.
+"""Views of the arena and calls for generated CPU code, built so that numba compiles them quickly.
 
 Imported by the CPU backend as the module `dlc_cpu_views`. An outer function
-makes a view for every buffer its kernels touch; written as
+makes a view of the arena for every buffer its kernels touch; written as
 `arena[start:start + n].reshape(shape)`, each view is a slice and a reshape
 whose error paths numba lowers inline, and a function holding hundreds of
 them took numba minutes to compile (its time grows faster than the function's
-length). These intrinsics build the array struct directly: a pointer offset,
-the shape and the C-order strides, sharing the base's memory (and its
-reference count).
+length). `arena_view` builds the array struct directly: a pointer offset, the
+shape and the C-order strides, sharing the arena's memory (and its reference
+count). It trusts its offset: the memory planner placed every buffer inside
+the arena.
 
-`arena_view` trusts its offset: the memory planner placed every buffer inside
-the arena. `shaped` reinterprets an external array (an input, parameter,
-constant or output, all C-contiguous) and checks that the element counts
-agree, raising ValueError otherwise.
+`call_kernel` calls a kernel so that LLVM may not inline it: an outer
+function calling the same kernel at every layer of a model holds one call per
+layer, not one copy of the kernel per layer.
 """
 
 from llvmlite import ir as llvm_ir
@@ -47,15 +47,8 @@ def _view(context, builder, base_type, base, start, shape_type, shape, out_type)
         step = builder.mul(step, d)
     out = make_array(out_type)(context, builder)
     populate_array(out, data=builder.gep(src.data, [start]), shape=dims, strides=strides, itemsize=itemsize,
-                   meminfo=src.meminfo, parent=src.parent)
+                   meminfo=src.meminfo)
     return out
-
-
-def _count(builder, dims):
-    n = dims[0].type(1)
-    for d in dims:
-        n = builder.mul(n, d)
-    return n
 
 
 @intrinsic
@@ -77,34 +70,8 @@ def arena_view(typingctx, base, start, shape):
 
 
 @intrinsic
-def shaped(typingctx, array, shape):
-    """A C-contiguous array of any rank seen with another shape of the same element count (else ValueError)."""
-    ndim = _shape_type(shape)
-    if not (isinstance(array, types.Array) and array.layout == "C" and ndim):
-        return None
-    out_type = types.Array(array.dtype, ndim, "C", readonly=not array.mutable)
-
-    def codegen(context, builder, sig, args):
-        array_v, shape_v = args
-        zero = context.get_constant(types.intp, 0)
-        out = _view(context, builder, sig.args[0], array_v, zero, sig.args[1], shape_v, sig.return_type)
-        src = make_array(sig.args[0])(context, builder, array_v)
-        dims = cgutils.unpack_tuple(builder, out.shape)
-        with builder.if_then(builder.icmp_signed("!=", _count(builder, dims), src.nitems), likely=False):
-            context.call_conv.return_user_exc(builder, ValueError, ("an external array has the wrong size",))
-        return impl_ret_borrowed(context, builder, sig.return_type, out._getvalue())
-
-    return out_type(array, shape), codegen
-
-
-@intrinsic
 def call_kernel(typingctx, kernel, *args):
-    """kernel(*args), a call LLVM may not inline.
-
-    An outer function calls the same kernel at every layer of a model: inlined
-    at each call, the copies made the outer function, and its compile time,
-    grow faster than the model; called, the kernel is compiled once.
-    """
+    """kernel(*args), a call LLVM may not inline."""
     if not isinstance(kernel, types.Dispatcher):
         return None
     # a literal argument (a kernel's start in S) is passed as a plain integer: one compilation serves all
