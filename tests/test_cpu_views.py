@@ -52,7 +52,7 @@ def test_call_kernel_calls_with_literal_and_array_arguments(views):
     np.testing.assert_array_equal(out, 6.0 * x)
 
 
-def mlp_step(rng, depth, width=4, classes=3):
+def mlp_step(rng, depth, cache, width=4, classes=3):
     """A training step of `depth` hidden Linear+ReLU layers with SGD momentum, for the cpu and reference targets."""
     x = dlc.input("x", ("B", width))
     labels = dlc.input("labels", ("B",), "int64")
@@ -76,22 +76,26 @@ def mlp_step(rng, depth, width=4, classes=3):
     ref_store = dlc.Store()
     for key, value in store.items():
         ref_store.add(key, value.copy(), store.is_trainable(key))
-    cpu = dlc.compile(loss, updates=updates, target="cpu")
+    cpu = dlc.compile(loss, updates=updates, target="cpu", cache=cache)
     ref = dlc.compile(loss, updates=updates, target="reference", store=ref_store)
     return cpu, ref, store, ref_store
 
 
-def test_layers_of_a_deeper_model_share_their_kernels(rng):
+def test_layers_of_a_deeper_model_share_their_kernels(rng, tmp_path):
     """The same layer at every depth is one function the outer function calls: depth adds calls, not code."""
     feeds = {"x": rng.uniform(-1, 1, (5, 4)).astype(np.float32), "labels": rng.integers(0, 3, 5)}
     sources = {}
     for depth in (6, 9):
-        cpu, ref, store, ref_store = mlp_step(rng, depth)
+        cpu, ref, store, ref_store = mlp_step(rng, depth, str(tmp_path / str(depth)))
         for step in range(2):
             np.testing.assert_allclose(cpu(**feeds), ref(**feeds), err_msg=f"loss, step {step}", **GEMM_TOL)
             for key, _ in cpu.updates:
                 np.testing.assert_allclose(store[key], ref_store[key], err_msg=key, **GEMM_TOL)
         sources[depth] = cpu.backend.source()
+        module = cpu.backend.module
+        for name in dir(module):
+            if name.startswith("k_"):   # compiled once for every call (its start in S is a plain int)
+                assert len(getattr(module, name).overloads) == 1, name
     functions = {d: src.count("\ndef k_") for d, src in sources.items()}
     calls = {d: src.count("call_kernel(k_") for d, src in sources.items()}
     assert functions[6] == functions[9] > 0

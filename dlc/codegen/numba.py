@@ -857,9 +857,6 @@ def _render_program(program, title, fastmath, parallel, kernels_digest) -> Gener
         if uses[name] > 1 or rk.parallel:
             rk.inline, rk.name, rk.call_arrays, rk.call_slots = False, name, arrays, keys
             funcs.setdefault(name, text)
-    # LLVM inlines a call into the outer function at every use; a few copies make the fastest code, many make
-    # compile time grow with the model
-    outer.opaque_calls = sum(not rk.inline for rk in natives) > INLINED_CALLS
     segments: list[Segment] = []
     for item in rendered:
         native = isinstance(item, RenderedKernel)
@@ -899,16 +896,12 @@ def direct_updates(program: Program, rendered: list) -> dict[int, Node]:
     return {k: p for k, p in inplace_updates(program).items() if k in native}
 
 
-INLINED_CALLS = 16   # calls of kernels LLVM may inline into a program's outer functions; beyond, none are
-
-
 class _OuterBuilder:
     """Writes the outer functions: typed arena views, kernel calls, and the parameter write-back."""
 
     def __init__(self, program: Program, redirects: dict, read_as_arrays: set):
         self.program = program
         self.redirects = redirects
-        self.opaque_calls = False   # calls through call_kernel, which LLVM may not inline
         self.slots: list[tuple] = []
         self.slot_of: dict[tuple, int] = {}
         self.externals: list[Node] = []
@@ -1042,8 +1035,8 @@ class _OuterBuilder:
                 bases = [self.arena(v[len("arena_"):], w, names) for v in rk.call_arrays if v.startswith("arena_")]
                 externals = [v for v in rk.call_arrays if not v.startswith("arena_")]
                 at = self.block(rk.call_slots)
-                call = f"call_kernel({rk.name}, " if self.opaque_calls else f"{rk.name}("
-                w(f"{call}{', '.join(bases + ['S', str(at)] + externals)})  "
+                # not inlined by LLVM (a copy per layer), and `at` typed as an int64 (one compilation for all)
+                w(f"call_kernel({', '.join([rk.name] + bases + ['S', str(at)] + externals)})  "
                   f"# {source_text.comment(f'{rk.kernel.name}: {rk.comment}')}")
                 continue
             args = []
