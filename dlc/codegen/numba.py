@@ -1,12 +1,18 @@
 """Render a Program's kernels as Python source for numba: loop kernels plus one outer function per segment.
 
-Each kernel becomes an @njit function over the arrays it reads and writes
-(shapes come from the arrays, so one function serves every batch size, and
-kernels that render to the same text are emitted once). An outer @njit
-function per segment slices typed views out of one uint8 arena and calls the
-kernels in order, so a step crosses into native code once. A kernel with no
-native lowering (an opaque op numba cannot run) splits the schedule: the
-backend runs it with numpy between two native segments.
+An outer @njit function per segment runs the segment's kernels in order over
+one uint8 arena, so a step crosses into native code once. Kernels that
+render to the same code (the same layer at every depth of a model) are one
+@njit function, called at each use: it takes the typed arena, the run of S
+(the per-binding int64 array) holding its buffers' offsets and symbol values,
+and the external arrays it touches, and makes its own views, so one function
+serves every layer and every batch size. A kernel used once is inlined into
+the outer function, whose views of the arena it reads. Views and calls come
+from kernels/cpu/views.py: slicing and reshaping views in the outer function,
+and LLVM inlining every call, made numba's compile time grow with the square
+of the model's depth; now it grows linearly. A kernel with no native lowering
+(an opaque op numba cannot run) splits the schedule: the backend runs it with
+numpy between two native segments.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ import hashlib
 import importlib.util
 import re
 import sys
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,12 +130,18 @@ class RenderedKernel:
     parallel: bool = False
     name: str = ""        # the function name when emitted as a function of its own
     inline: bool = True   # emitted into the outer function (its only use), or called
+    call_arrays: list[str] = field(default_factory=list)   # when called: the arrays the outer function passes
+    call_slots: list[tuple] = field(default_factory=list)   # and the S slots of its scalars, in order
 
     def function_text(self) -> str:
-        """The kernel as an @njit function: how a kernel used more than once is emitted."""
+        """The kernel as an @njit function over views of its buffers (how debugging runs one kernel alone)."""
         params = ", ".join(a.name for a in self.args).replace(P, "")
+        return self.with_prologue(params, [])
+
+    def with_prologue(self, params: str, prologue: list[str]) -> str:
+        """The kernel as an @njit function named FUNC_NAME: `prologue` binds its arguments' views from `params`."""
         deco = "@njit(**JIT_PARALLEL)" if self.parallel else "@njit(**JIT)"
-        body = "\n".join(self.lines).replace(P, "")
+        body = "\n".join(prologue + self.lines).replace(P, "")
         return f'{deco}\ndef FUNC_NAME({params}):\n{source_text.docstring([self.comment])}\n{body}'
 
     def inline_lines(self, prefix: str, bind: list[str]) -> list[str]:
@@ -193,6 +206,10 @@ def render_template(node: Node, args: list[str]) -> str:
 
 # ----------------------------------------------------------------------------
 # kernel rendering
+
+
+# ops whose result, rounding included, does not depend on the order of their two operands
+EXACTLY_COMMUTATIVE = {"add", "mul", "eq", "ne"}
 
 
 class KernelRenderer:
@@ -269,6 +286,8 @@ class KernelRenderer:
         if kind != "elementwise":
             raise Unsupported(f"{node.op} inside an elementwise group")
         args = [self.value(x, self.broadcast_index(idx, node.shape, x)) for x in node.inputs]
+        if node.op in EXACTLY_COMMUTATIVE:
+            args.sort()  # the same sum on operands traced in the other order is the same kernel
         t = self.fresh()
         self.w(f"{t} = {render_template(node, args)}  # {where(node)}")
         return t
@@ -837,6 +856,7 @@ from numba import njit, prange
 from dlc.errors import IndexRangeError
 from dlc_cpu_fastmath import *  # noqa: F403  (kernels/cpu/fastmath.py: tanh_f32, exp_f32, fmax, ...)
 from dlc_cpu_gemm import copy_flat, gemm
+from dlc_cpu_views import arena_view, call_kernel
 from dlc_cpu_conv import conv2d, conv2d_grad_input, conv2d_grad_weight
 from dlc_cpu_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_grad, avg_pool2d, avg_pool2d_grad, max_pool2d,
                           max_pool2d_grad)
@@ -873,21 +893,22 @@ def _render_program(program, title, fastmath, parallel, kernels_digest) -> Gener
             rendered.append(k)
             continue
         rendered.append(rk)
-    # a kernel used once is inlined into its outer function (numba compiles one big function
-    # much faster than many small ones); identical kernels become one function, called
-    # (compared without their comments: the same code on other nodes is the same kernel)
-    texts = [_COMMENT.sub("", rk.function_text()) if isinstance(rk, RenderedKernel) else None for rk in rendered]
-    for rk, text in zip(rendered, texts):
-        if text is not None and (texts.count(text) > 1 or rk.parallel):
-            rk.inline = False
-            rk.name = "k_" + hashlib.sha1(text.encode()).hexdigest()[:10]
-            funcs.setdefault(rk.name, rk.function_text().replace("FUNC_NAME", rk.name))
     redirects = direct_updates(program, rendered)
     # a one-element constant is a literal inside loops, but a kernel that reads it as an array (take's index)
     # gets it as an argument like any other constant
     read_as_arrays = {id(a.node) for rk in rendered if isinstance(rk, RenderedKernel) for a in rk.args
                       if a.kind in ("array", "flat")}
     outer = _OuterBuilder(program, redirects, read_as_arrays)
+    # A kernel becomes a function over arena offsets and external arrays; identical ones (the same layer at
+    # every depth of a model; compared without comments) are one function, called at each use. A kernel
+    # used once is inlined into its outer function: numba compiles that faster than a function of its own.
+    natives = [rk for rk in rendered if isinstance(rk, RenderedKernel)]
+    forms = [outer.function_form(rk) for rk in natives]
+    uses = Counter(name for name, _, _, _ in forms)
+    for rk, (name, text, arrays, keys) in zip(natives, forms):
+        if uses[name] > 1 or rk.parallel:
+            rk.inline, rk.name, rk.call_arrays, rk.call_slots = False, name, arrays, keys
+            funcs.setdefault(name, text)
     segments: list[Segment] = []
     for item in rendered:
         native = isinstance(item, RenderedKernel)
@@ -911,7 +932,7 @@ def _render_program(program, title, fastmath, parallel, kernels_digest) -> Gener
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
     native = [k for k in rendered if isinstance(k, RenderedKernel)]
     return GeneratedModule(source, segments, outer.slots, outer.externals, native,
-                           len({t for t in texts if t is not None}), digest, redirects)
+                           len(uses), digest, redirects)
 
 
 def _jit_flag(value) -> str:
@@ -974,25 +995,103 @@ class _OuterBuilder:
         if kind == "flat":
             shape = [self.numel(node)]
         shape_txt = "(" + ", ".join(shape) + ",)"
+        # arena views come from dlc_cpu_views: numba's slice-and-reshape made compile time grow with the square
+        # of the number of views in a function
         if id(storage) in self.ext_of:
             base = f"e{self.ext_of[id(storage)]}"
             w(f"{name} = {base}.reshape({shape_txt})  # {where(node)}")
         else:
-            # one typed view of the whole arena per dtype; buffers are slices of it (offsets are aligned)
-            base = f"arena_{node.dtype}"
-            if base not in names:
-                names[base] = base
-                w.lines.insert(0, f"    {base} = arena.view({NP_DTYPE[node.dtype]})")
+            base = self.arena(node.dtype, w, names)
             start = self.slot(("index", storage, _itemsize(node.dtype)))
-            w(f"{name} = {base}[{start}:{start} + {self.numel(node)}].reshape({shape_txt})  # {where(node)}")
+            w(f"{name} = arena_view({base}, {start}, {shape_txt})  # {where(node)}")
         names[key] = name
         return name
+
+    def function_form(self, rk: RenderedKernel) -> tuple[str, str, list[str], list[tuple]]:
+        """The kernel as a function that makes its own views: its name, its text, and what the outer function
+        passes it (the typed arenas and external arrays it reads, and the S slots of its scalars).
+
+        The function takes the typed arena, S and `at`, where its scalars
+        (buffer offsets, symbol values, sizes) start in S, and the external
+        arrays (inputs, parameters, constants, outputs) it touches. Literal
+        dims stay literals (the loops' extents). So the same layer at another
+        depth is the same function, and a call is one short statement of the
+        outer function.
+        """
+        externals: list[tuple[str, str]] = []   # (parameter, the outer function's array)
+        reads: list[str] = []
+        views: list[str] = []
+        keys: list[tuple] = []
+        dims = {a.dim: a.name for a in rk.args if a.kind == "dim"}
+
+        def scalar(name: str, key: tuple) -> str:
+            reads.append(f"    {name} = S[at + {len(keys)}]" if keys else f"    {name} = S[at]")
+            keys.append(key)
+            return name
+
+        def dim(d) -> str:
+            if isinstance(d, int):
+                return str(d)
+            if d not in dims:
+                dims[d] = scalar(f"{P}n{len(dims)}", ("dim", d))
+            return dims[d]
+
+        bases: list[str] = []
+        for a in rk.args:
+            if a.kind == "scalar":
+                scalar(a.name, ("size", a.node))
+                continue
+            if a.kind == "dim":
+                scalar(a.name, ("dim", a.dim))
+                continue
+            storage = self.program.storage_of(a.node)
+            storage = self.redirects.get(id(storage), storage)
+            j = a.name[len(P) + 1:]
+            dims_txt = [" * ".join(dim(d) for d in a.node.shape) or "1"] if a.kind == "flat" else \
+                [dim(d) for d in a.node.shape] or ["1"]
+            shape = "(" + ", ".join(dims_txt) + ",)"
+            if id(storage) in self.ext_of:
+                externals.append((f"{P}x{j}", f"e{self.ext_of[id(storage)]}"))
+                views.append(f"    {a.name} = {P}x{j}.reshape({shape})")
+            else:
+                base = f"arena_{a.node.dtype}"
+                if base not in bases:
+                    bases.append(base)
+                offset = scalar(f"{P}o{j}", ("index", storage, _itemsize(a.node.dtype)))
+                views.append(f"    {a.name} = arena_view({base}, {offset}, {shape})")
+        params = bases + ["S", "at"] + [p for p, _ in externals]
+        text = rk.with_prologue(", ".join(params).replace(P, ""), reads + views)
+        name = "k_" + hashlib.sha1(_COMMENT.sub("", text).encode()).hexdigest()[:10]
+        return name, text.replace("FUNC_NAME", name), bases + [e for _, e in externals], keys
+
+    def block(self, keys: list[tuple]) -> int:
+        """Where a called kernel's scalars start in S: one run of slots per call, in the kernel's order."""
+        at = len(self.slots)
+        self.slots.extend(keys)
+        return at
+
+    def arena(self, dtype: str, w: Writer, names: dict) -> str:
+        """The outer function's view of the whole arena as dtype (buffers are views into it; offsets are
+        aligned)."""
+        base = f"arena_{dtype}"
+        if base not in names:
+            names[base] = base
+            w.lines.insert(0, f"    {base} = arena.view({NP_DTYPE[dtype]})")
+        return base
 
     def render(self, seg: Segment, last: bool) -> str:
         w = Writer()
         names: dict = {}
         parallel = False
         for rk in seg.kernels:
+            if not rk.inline:
+                bases = [self.arena(v[len("arena_"):], w, names) for v in rk.call_arrays if v.startswith("arena_")]
+                externals = [v for v in rk.call_arrays if not v.startswith("arena_")]
+                at = self.block(rk.call_slots)
+                # not inlined by LLVM (a copy per layer), and `at` typed as an int64 (one compilation for all)
+                w(f"call_kernel({', '.join([rk.name] + bases + ['S', str(at)] + externals)})  "
+                  f"# {source_text.comment(f'{rk.kernel.name}: {rk.comment}')}")
+                continue
             args = []
             for a in rk.args:
                 if a.kind in ("array", "flat"):
@@ -1001,11 +1100,8 @@ class _OuterBuilder:
                     args.append(self.slot(("size", a.node)))
                 else:
                     args.append(self.dim(a.dim))
-            if rk.inline:
-                w.lines.extend(rk.inline_lines(f"{rk.kernel.name}_", args))
-                parallel = parallel or rk.parallel
-            else:
-                w(f"{rk.name}({', '.join(args)})  # {source_text.comment(f'{rk.kernel.name}: {rk.comment}')}")
+            w.lines.extend(rk.inline_lines(f"{rk.kernel.name}_", args))
+            parallel = parallel or rk.parallel
         if last:
             for key, node in self.program.updates:
                 storage = self.program.storage_of(node)

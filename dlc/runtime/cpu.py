@@ -54,7 +54,7 @@ def kernels_digest() -> str:
     return h.hexdigest()[:16]
 
 
-KERNEL_MODULES = ("fastmath", "gemm", "conv", "pool", "random")
+KERNEL_MODULES = ("fastmath", "gemm", "conv", "pool", "random", "views")
 
 
 def load_kernel_modules() -> None:
@@ -395,9 +395,8 @@ class CPUBackend:
         return out
 
     def _debug_function(self, rk: RenderedKernel):
-        """The kernel as a function of its own (inlined kernels have none in the module); compiled on demand."""
-        if not rk.inline:
-            return getattr(self.module, rk.name)
+        """The kernel as a function over views of its buffers (the module's take arena offsets, and inlined
+        kernels have none); compiled on demand."""
         cached = self._debug_functions.get(id(rk))
         if cached is None:
             namespace = dict(self.module.__dict__)

@@ -1,0 +1,97 @@
+"""Views of the arena and calls for generated CPU code, built so that numba compiles them quickly.
+
+Imported by the CPU backend as the module `dlc_cpu_views`. An outer function
+makes a view of the arena for every buffer its kernels touch; written as
+`arena[start:start + n].reshape(shape)`, each view is a slice and a reshape
+whose error paths numba lowers inline, and a function holding hundreds of
+them took numba minutes to compile (its time grows faster than the function's
+length). `arena_view` builds the array struct directly: a pointer offset, the
+shape and the C-order strides, sharing the arena's memory (and its reference
+count). It trusts its offset: the memory planner placed every buffer inside
+the arena.
+
+`call_kernel` calls a kernel so that LLVM may not inline it: an outer
+function calling the same kernel at every layer of a model holds one call per
+layer, not one copy of the kernel per layer.
+"""
+
+from llvmlite import ir as llvm_ir
+from numba import types
+from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic
+from numba.np.arrayobj import make_array, populate_array
+
+
+def _shape_type(shape):
+    """The number of dims of a shape tuple of integers, or None when shape is no such tuple."""
+    if isinstance(shape, types.Integer):
+        return 1
+    if isinstance(shape, types.BaseTuple) and all(isinstance(t, types.Integer) for t in shape.types):
+        return len(shape.types)
+    return None
+
+
+def _view(context, builder, base_type, base, start, shape_type, shape, out_type):
+    """An array of out_type over base's data from element `start`, with shape `shape` in C order."""
+    src = make_array(base_type)(context, builder, base)
+    if isinstance(shape_type, types.Integer):
+        dims = [context.cast(builder, shape, shape_type, types.intp)]
+    else:
+        dims = [context.cast(builder, v, t, types.intp)
+                for v, t in zip(cgutils.unpack_tuple(builder, shape), shape_type.types)]
+    itemsize = context.get_constant(types.intp, context.get_abi_sizeof(context.get_data_type(base_type.dtype)))
+    strides, step = [], itemsize
+    for d in reversed(dims):
+        strides.insert(0, step)
+        step = builder.mul(step, d)
+    out = make_array(out_type)(context, builder)
+    populate_array(out, data=builder.gep(src.data, [start]), shape=dims, strides=strides, itemsize=itemsize,
+                   meminfo=src.meminfo)
+    return out
+
+
+@intrinsic
+def arena_view(typingctx, base, start, shape):
+    """base[start:start + prod(shape)] as an array of that shape; base a C-contiguous 1-D array."""
+    ndim = _shape_type(shape)
+    if not (isinstance(base, types.Array) and base.ndim == 1 and base.layout == "C"
+            and isinstance(start, types.Integer) and ndim):
+        return None
+    out_type = types.Array(base.dtype, ndim, "C", readonly=not base.mutable)
+
+    def codegen(context, builder, sig, args):
+        base_v, start_v, shape_v = args
+        start_v = context.cast(builder, start_v, sig.args[1], types.intp)
+        out = _view(context, builder, sig.args[0], base_v, start_v, sig.args[2], shape_v, sig.return_type)
+        return impl_ret_borrowed(context, builder, sig.return_type, out._getvalue())
+
+    return out_type(base, start, shape), codegen
+
+
+@intrinsic
+def call_kernel(typingctx, kernel, *args):
+    """kernel(*args), a call LLVM may not inline."""
+    if not isinstance(kernel, types.Dispatcher):
+        return None
+    # a literal argument (a kernel's start in S) is passed as a plain integer: one compilation serves all
+    plain = tuple(types.unliteral(a) for a in args)
+    inner = typingctx.resolve_function_type(kernel, plain, {})
+    if inner is None:
+        return None
+
+    def codegen(context, builder, sig, values):
+        impl = context.get_function(sig.args[0], inner)
+        target = sig.args[0].dispatcher.overloads[inner.args].fndesc.mangled_name
+        passed = [context.cast(builder, v, t, p) for v, t, p in
+                  zip(cgutils.unpack_tuple(builder, values[1]), args, inner.args)]
+        blocks = builder.function.blocks
+        first = blocks.index(builder.block)
+        result = impl(builder, passed)
+        for block in blocks[first:]:   # the call and the checks of its status: blocks from here on
+            for instr in block.instructions:
+                if isinstance(instr, llvm_ir.CallInstr) and getattr(instr.callee, "name", "") == target:
+                    instr.attributes.add("noinline")
+        return result
+
+    return inner.return_type(kernel, types.StarArgTuple.from_types(args)), codegen
