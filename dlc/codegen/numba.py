@@ -18,13 +18,10 @@ numpy between two native segments.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
-import sys
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
@@ -706,7 +703,6 @@ def _render_random(program, kernel):
 ATTENTION_CALLS = {"attention": "attention_forward", "attention_grad_q": "attention_backward_q",
                    "attention_grad_kv": "attention_backward_kv"}
 ATTENTION_MASKS = {"none": 0, "bool": 1, "add": 2}
-ATTENTION_KERNELS = Path(__file__).resolve().parents[1] / "kernels" / "cpu" / "attention.py"
 
 
 def _as_3d(name: str, ndim: int) -> str:
@@ -729,22 +725,6 @@ def _render_attention(program, kernel):
             f"{_ints(ATTENTION_MASKS[a['mask']])}"
     r.w(f"{ATTENTION_CALLS[node.op]}({', '.join(operands)}, {out}, {flags})  # {where(node)}")
     return _finish(r, kernel, _describe(kernel))
-
-
-def _attention_import(rendered: list) -> str:
-    """The import of the attention kernels, for a module that calls them (with their hash: numba's cache of the
-    module must not outlive them); the kernels are loaded under the name the import uses."""
-    if not any(isinstance(rk, RenderedKernel) and rk.kernel.anchor is not None
-               and rk.kernel.anchor.op in ATTENTION_CALLS for rk in rendered):
-        return ""
-    name = "dlc_cpu_attention"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ATTENTION_KERNELS)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    digest = hashlib.sha256(ATTENTION_KERNELS.read_bytes()).hexdigest()[:16]
-    return f"from {name} import attention_backward_kv, attention_backward_q, attention_forward  # {digest}\n"
 
 
 def _error_where(node: Node) -> str:
@@ -862,6 +842,7 @@ from dlc_cpu_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_grad, avg_poo
                           max_pool2d_grad)
 from dlc_cpu_random import (random_bernoulli, random_normal_f32, random_normal_f64, random_uniform_f32,
                             random_uniform_f64)
+from dlc_cpu_attention import attention_backward_kv, attention_backward_q, attention_forward
 
 JIT = dict(cache=True, error_model="numpy", fastmath={fastmath}, boundscheck=False, nogil=True)
 JIT_PARALLEL = dict(JIT, parallel=True)
@@ -926,7 +907,7 @@ def _render_program(program, title, fastmath, parallel, kernels_digest) -> Gener
         else:
             seg.reason = fallback_reasons[id(seg.kernels[0])]
     source = HEADER.format(title=source_text.comment(title), fastmath=_jit_flag(fastmath),
-                           kernels_digest=source_text.comment(kernels_digest)) + _attention_import(rendered) + \
+                           kernels_digest=source_text.comment(kernels_digest)) + \
         "\n\n" + \
         "\n\n\n".join(funcs.values()) + "\n\n\n" + "\n\n\n".join(outer_texts) + "\n"
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
