@@ -196,3 +196,14 @@ def test_reachable_under_torch_names():
     y = dlc.nn.functional.scaled_dot_product_attention(q, q, q, attn_mask=np.ones((3, 3), bool), is_causal=True)
     x = np.arange(12, dtype=np.float32).reshape(3, 4) / 10
     np.testing.assert_allclose(dlc.compile(y)(x), plain_attention(x, x, x, causal=True), rtol=1e-5)
+
+
+def test_an_exported_function_keeps_the_attention_op(tmp_path, rng):
+    q = dlc.input("q", ("B", 2, 5, 4), "float64")
+    y = dlc.scaled_dot_product_attention(q, q, q, mask=np.tri(5, 5, dtype=bool), scale=0.3)
+    fn = dlc.compile([y, *dlc.grad(dlc.sum(y * y), [q])], target="reference")
+    dlc.export(fn, tmp_path / "attention.dlc")
+    loaded = dlc.load(tmp_path / "attention.dlc", target="reference")
+    x = rand(rng, (3, 2, 5, 4))
+    for got, want in zip(loaded(x), fn(x)):
+        np.testing.assert_array_equal(got, want)
