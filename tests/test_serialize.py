@@ -123,13 +123,16 @@ def test_nested_graph_attrs_come_before_their_user():
     """A body (as a scan node carries) lands in the same table, every node after what it refers to."""
     h = dlc.input("h", (3,))
     body = Graph([dlc.tanh(h * 2.0).node])
-    if "test_carrier" not in OPS:  # a source op of no family, so the generic attr rule applies to "body"
-        register("test_carrier", SOURCE, lambda xs, a: None, lambda xs, a: None)
-    carrier = Node("test_carrier", (), freeze_attrs({"name": "carrier", "body": body}), (3,), "float32")
-    doc, arrays = graph_to_json([carrier])
-    ops = [e["op"] for e in doc["nodes"]]
-    assert ops.index("tanh") < ops.index("test_carrier")
-    back = roundtrip_graph([carrier])[0]
+    # a source op of no family, so the generic attr rule applies to "body"; registered for this test only
+    register("test_carrier", SOURCE, lambda xs, a: None, lambda xs, a: None)
+    try:
+        carrier = Node("test_carrier", (), freeze_attrs({"name": "carrier", "body": body}), (3,), "float32")
+        doc, arrays = graph_to_json([carrier])
+        ops = [e["op"] for e in doc["nodes"]]
+        assert ops.index("tanh") < ops.index("test_carrier")
+        back = roundtrip_graph([carrier])[0]
+    finally:
+        del OPS["test_carrier"]
     # the body comes back as its own graph with the same structure
     got = back.attr("body")
     assert [(n.op, n.attrs, n.shape) for n in got.nodes] == [(n.op, n.attrs, n.shape) for n in body.nodes]
