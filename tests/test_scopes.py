@@ -83,7 +83,7 @@ def test_bisect_names_the_layer_of_the_bad_kernel(predict):
             values[id(bad.outputs[0])] = values[id(bad.outputs[0])] + 1.0
             return values
 
-    predict.backend = Corrupting(program)
+    predict.backend, predict.program = Corrupting(program), program
     report = dlc.bisect(predict, X)
     assert report.kernel is bad
     layer = next(n.loc.scope for n in bad.nodes if n.loc is not None and n.loc.scope)
