@@ -75,18 +75,16 @@ class Signature:
         Arrays that need no conversion are checked once per combination of shapes: a later call with the same
         shapes reuses the bindings (the per-call cost of batch-1 inference).
         """
-        if not kwargs and len(args) == len(self._ids):
-            shapes = self._shapes_if_exact(args)
-            env = self._checked.get(shapes) if shapes is not None else None
+        shapes = self._shapes_if_exact(args) if not kwargs and len(args) == len(self._ids) else None
+        if shapes is not None:
+            env = self._checked.get(shapes)
             if env is not None:
                 return dict(zip(self._ids, args)), dict(env), list(args)
         feeds, env, arrays = self._bind(args, kwargs)
-        if not kwargs and len(args) == len(self._ids) and all(a is b for a, b in zip(arrays, args)):
-            shapes = self._shapes_if_exact(args)
-            if shapes is not None:
-                if len(self._checked) >= self.BINDINGS_KEPT:
-                    self._checked.clear()
-                self._checked[shapes] = dict(env)
+        if shapes is not None:  # exact arrays are passed on as they are: their checks hold for these shapes
+            if len(self._checked) >= self.BINDINGS_KEPT:
+                self._checked.clear()
+            self._checked[shapes] = dict(env)
         return feeds, env, arrays
 
     def _bind(self, args, kwargs):

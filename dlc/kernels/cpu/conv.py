@@ -140,6 +140,21 @@ COLUMNS = 2048           # the most columns (samples x positions) of one shared 
 
 
 @njit(**JIT)
+def samples_columns(x, n0, nb, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
+    """The columns of samples n0 .. n0 + nb - 1 side by side: sample n0 + j from column j * Ho*Wo on."""
+    for j in range(nb):
+        im2col(x, n0 + j, cols, j * ho * wo, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+
+
+@njit(**JIT)
+def samples_rows(gy, n0, nb, g, og, rows):
+    """Group g's rows of dL/dy for samples n0 .. n0 + nb - 1 side by side, as samples_columns lays them out."""
+    hw = gy.shape[2] * gy.shape[3]
+    for j in range(nb):
+        rows[:, j * hw:(j + 1) * hw] = gy[n0 + j].reshape(gy.shape[1], hw)[g * og:(g + 1) * og]
+
+
+@njit(**JIT)
 def samples_per_gemm(N, hw, pointwise, below):
     """How many samples share one GEMM: 1 (per sample), or the largest divisor of N within COLUMNS columns
     (a divisor: every GEMM then has the same contiguous operands)."""
@@ -156,6 +171,42 @@ def samples_per_gemm(N, hw, pointwise, below):
 def _is_depthwise(cg, kh, kw):
     """One input channel per group and a real window: the direct loops below beat a GEMM per channel."""
     return cg == 1 and kh * kw > 1
+
+
+@njit(inline="always", **JIT)
+def _add_gathered(dst, src, scale, lo, hi, off, sw):
+    """dst[ow] += scale * src[ow * sw + off] for ow in [lo, hi): one output row's share of one tap."""
+    if sw == 1:
+        d, q = dst[lo:hi], src[lo + off:hi + off]
+        for k in range(hi - lo):
+            d[k] += scale * q[k]
+    else:
+        for ow in range(lo, hi):
+            dst[ow] += scale * src[ow * sw + off]
+
+
+@njit(inline="always", **JIT)
+def _add_scattered(dst, src, scale, lo, hi, off, sw):
+    """dst[ow * sw + off] += scale * src[ow] for ow in [lo, hi): the adjoint of _add_gathered."""
+    if sw == 1:
+        d, q = dst[lo + off:hi + off], src[lo:hi]
+        for k in range(hi - lo):
+            d[k] += scale * q[k]
+    else:
+        for ow in range(lo, hi):
+            dst[ow * sw + off] += scale * src[ow]
+
+
+@njit(inline="always", **JIT)
+def _add_products(dst, a, src, lo, hi, off, sw):
+    """dst[ow] += a[ow] * src[ow * sw + off] for ow in [lo, hi): one tap's weight gradient, lane by lane."""
+    if sw == 1:
+        d, r, q = dst[lo:hi], a[lo:hi], src[lo + off:hi + off]
+        for k in range(hi - lo):
+            d[k] += r[k] * q[k]
+    else:
+        for ow in range(lo, hi):
+            dst[ow] += a[ow] * src[ow * sw + off]
 
 
 @njit(**JIT)
@@ -180,14 +231,7 @@ def depthwise_conv2d(x, w, out, sh, sw, pt, pl, dh, dw):
                         ih = oh * sh - pt + i * dh
                         if ih < 0 or ih >= H:
                             continue
-                        row, s = dst[oh], src[ih]
-                        if sw == 1:
-                            r, q = row[lo:hi], s[lo + off:hi + off]
-                            for k in range(hi - lo):
-                                r[k] += wv * q[k]
-                        else:
-                            for ow in range(lo, hi):
-                                row[ow] += wv * s[ow * sw + off]
+                        _add_gathered(dst[oh], src[ih], wv, lo, hi, off, sw)
 
 
 @njit(**JIT)
@@ -211,14 +255,7 @@ def depthwise_conv2d_grad_input(gy, w, out, sh, sw, pt, pl, dh, dw):
                         ih = oh * sh - pt + i * dh
                         if ih < 0 or ih >= H:
                             continue
-                        row, d = g[oh], dst[ih]
-                        if sw == 1:
-                            r, q = row[lo:hi], d[lo + off:hi + off]
-                            for k in range(hi - lo):
-                                q[k] += wv * r[k]
-                        else:
-                            for ow in range(lo, hi):
-                                d[ow * sw + off] += wv * row[ow]
+                        _add_scattered(dst[ih], g[oh], wv, lo, hi, off, sw)
 
 
 @njit(**JIT)
@@ -243,14 +280,7 @@ def depthwise_conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw):
                         ih = oh * sh - pt + i * dh
                         if ih < 0 or ih >= H:
                             continue
-                        row, s = g[oh], src[ih]
-                        if sw == 1:
-                            r, q, a = row[lo:hi], s[lo + off:hi + off], lanes[lo:hi]
-                            for k in range(hi - lo):
-                                a[k] += r[k] * q[k]
-                        else:
-                            for ow in range(lo, hi):
-                                lanes[ow] += row[ow] * s[ow * sw + off]
+                        _add_products(lanes, g[oh], src[ih], lo, hi, off, sw)
                 out[o, 0, i, j] = lanes.sum()
 
 
@@ -271,8 +301,7 @@ def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
         cols = np.empty((C * kh * kw, nb * hw), x.dtype)
         part = np.empty((og, nb * hw), x.dtype)
         for n0 in range(0, N, nb):
-            for j in range(nb):
-                im2col(x, n0 + j, cols, j * hw, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            samples_columns(x, n0, nb, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
             for g in range(groups):
                 dot(w2[g * og:(g + 1) * og], cols[g * kg:(g + 1) * kg], part)
                 for j in range(nb):
@@ -307,8 +336,7 @@ def conv2d_grad_input(gy, w, out, sh, sw, pt, pl, dh, dw, groups):
         g2 = np.empty((og, nb * hw), gy.dtype)
         for n0 in range(0, N, nb):
             for g in range(groups):
-                for j in range(nb):
-                    g2[:, j * hw:(j + 1) * hw] = gy[n0 + j].reshape(co, hw)[g * og:(g + 1) * og]
+                samples_rows(gy, n0, nb, g, og, g2)
                 dot(w2[g * og:(g + 1) * og].T, g2, cols[g * kg:(g + 1) * kg])
             for j in range(nb):
                 col2im(cols, j * hw, out, n0 + j, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
@@ -345,11 +373,9 @@ def conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw, groups):
         cols = np.empty((C * kh * kw, nb * hw), x.dtype)
         g2 = np.empty((og, nb * hw), gy.dtype)
         for n0 in range(0, N, nb):
-            for j in range(nb):
-                im2col(x, n0 + j, cols, j * hw, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            samples_columns(x, n0, nb, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
             for g in range(groups):
-                for j in range(nb):
-                    g2[:, j * hw:(j + 1) * hw] = gy[n0 + j].reshape(co, hw)[g * og:(g + 1) * og]
+                samples_rows(gy, n0, nb, g, og, g2)
                 dot(g2, cols[g * kg:(g + 1) * kg].T, part)
                 acc[g * og:(g + 1) * og] += part
         return
