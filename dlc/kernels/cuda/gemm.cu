@@ -69,49 +69,48 @@ __device__ __forceinline__ void dlc_gemm_mainloop(i64 M, i64 N, i64 K, LoadA loa
   // store), so it copies each slice straight from global to shared memory.
   constexpr bool kPrefetch = TM * TN <= 16;
   constexpr int A_PER = (BM * BK + NT - 1) / NT, B_PER = (BN * BK + NT - 1) / NT;
+  // staging element e of A sits at (a_kk, a_i) of its tile, of B at (b_kk, b_j); past the tile or the
+  // matrix its value is a zero
+  auto a_kk = [](int e) { return LoadA::kRowsContiguous ? e / BM : e % BK; };
+  auto a_i = [](int e) { return LoadA::kRowsContiguous ? e % BM : e / BK; };
+  auto b_kk = [](int e) { return LoadB::kRowsContiguous ? e % BK : e / BN; };
+  auto b_j = [](int e) { return LoadB::kRowsContiguous ? e / BK : e % BN; };
+  auto a_value = [&](int e, i64 k0) {
+    const i64 gi = row0 + a_i(e), gk = k0 + a_kk(e);
+    return (e < BM * BK && gi < M && gk < K) ? load_a(gi, gk) : T(0);
+  };
+  auto b_value = [&](int e, i64 k0) {
+    const i64 gj = col0 + b_j(e), gk = k0 + b_kk(e);
+    return (e < BN * BK && gj < N && gk < K) ? load_b(gk, gj) : T(0);
+  };
   T ra[A_PER], rb[B_PER];
   auto fetch = [&](i64 k0) {
 #pragma unroll
     for (int p = 0; p < A_PER; ++p) {
       const int e = tid + p * NT;
-      const int kk = LoadA::kRowsContiguous ? e / BM : e % BK, i = LoadA::kRowsContiguous ? e % BM : e / BK;
-      const i64 gi = row0 + i, gk = k0 + kk;
-      ra[p] = (e < BM * BK && gi < M && gk < K) ? load_a(gi, gk) : T(0);
+      ra[p] = a_value(e, k0);
     }
 #pragma unroll
     for (int p = 0; p < B_PER; ++p) {
       const int e = tid + p * NT;
-      const int j = LoadB::kRowsContiguous ? e / BK : e % BN, kk = LoadB::kRowsContiguous ? e % BK : e / BN;
-      const i64 gj = col0 + j, gk = k0 + kk;
-      rb[p] = (e < BN * BK && gj < N && gk < K) ? load_b(gk, gj) : T(0);
+      rb[p] = b_value(e, k0);
     }
   };
   auto stash = [&]() {
 #pragma unroll
     for (int p = 0; p < A_PER; ++p) {
       const int e = tid + p * NT;
-      const int kk = LoadA::kRowsContiguous ? e / BM : e % BK, i = LoadA::kRowsContiguous ? e % BM : e / BK;
-      if (e < BM * BK) As[kk][i] = ra[p];
+      if (e < BM * BK) As[a_kk(e)][a_i(e)] = ra[p];
     }
 #pragma unroll
     for (int p = 0; p < B_PER; ++p) {
       const int e = tid + p * NT;
-      const int j = LoadB::kRowsContiguous ? e / BK : e % BN, kk = LoadB::kRowsContiguous ? e % BK : e / BN;
-      if (e < BN * BK) Bs[kk][j] = rb[p];
+      if (e < BN * BK) Bs[b_kk(e)][b_j(e)] = rb[p];
     }
   };
-
   auto copy = [&](i64 k0) {
-    for (int e = tid; e < BM * BK; e += NT) {
-      const int kk = LoadA::kRowsContiguous ? e / BM : e % BK, i = LoadA::kRowsContiguous ? e % BM : e / BK;
-      const i64 gi = row0 + i, gk = k0 + kk;
-      As[kk][i] = (gi < M && gk < K) ? load_a(gi, gk) : T(0);
-    }
-    for (int e = tid; e < BN * BK; e += NT) {
-      const int j = LoadB::kRowsContiguous ? e / BK : e % BN, kk = LoadB::kRowsContiguous ? e % BK : e / BN;
-      const i64 gj = col0 + j, gk = k0 + kk;
-      Bs[kk][j] = (gj < N && gk < K) ? load_b(gk, gj) : T(0);
-    }
+    for (int e = tid; e < BM * BK; e += NT) As[a_kk(e)][a_i(e)] = a_value(e, k0);
+    for (int e = tid; e < BN * BK; e += NT) Bs[b_kk(e)][b_j(e)] = b_value(e, k0);
   };
 
   if constexpr (kPrefetch) fetch(0);
