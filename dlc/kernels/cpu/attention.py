@@ -141,6 +141,20 @@ def _probabilities_and_ds(sb, dp, lse, delta):
 
 
 @njit(**JIT)
+def _block_backward(q, k, v, mask, b, i0, i1, j0, j1, sc, causal, mask_kind, dout, lse, delta):
+    """One block's probabilities p (recomputed from the scores and each row's log-sum-exp) and
+    ds = p * (dL/dout v^T - delta): what both backward passes multiply."""
+    sb = _block_scores(q, k, mask, b, i0, i1, j0, j1, sc, causal, mask_kind)
+    dpb = np.empty((i1 - i0, j1 - j0), q.dtype)
+    if v.shape[2] > 0:
+        np.dot(dout, v[b, j0:j1].T, dpb)
+    else:
+        dpb[:, :] = 0
+    _probabilities_and_ds(sb, dpb, lse, delta)
+    return sb, dpb
+
+
+@njit(**JIT)
 def attention_backward_q(q, k, v, mask, y, g, dq, scale, causal, mask_kind):
     """dq = (p * (dL/dout v^T - delta)) k * scale, over query blocks."""
     B, L, E = q.shape
@@ -161,14 +175,7 @@ def attention_backward_q(q, k, v, mask, y, g, dq, scale, causal, mask_kind):
             j1 = min(S, j0 + BLOCK_K)
             if causal:
                 j1 = min(j1, i1)
-            nk = j1 - j0
-            sb = _block_scores(q, k, mask, b, i0, i1, j0, j1, sc, causal, mask_kind)
-            dpb = np.empty((nq, nk), q.dtype)
-            if Ev > 0:
-                np.dot(dout, v[b, j0:j1].T, dpb)
-            else:
-                dpb[:, :] = 0
-            _probabilities_and_ds(sb, dpb, lse, delta)
+            sb, dpb = _block_backward(q, k, v, mask, b, i0, i1, j0, j1, sc, causal, mask_kind, dout, lse, delta)
             if E > 0:
                 np.dot(dpb, k[b, j0:j1], part)
                 acc += part
@@ -200,13 +207,7 @@ def attention_backward_kv(q, k, v, mask, y, g, dkv, scale, causal, mask_kind):
             lse = np.empty(nq, q.dtype)
             delta = np.empty(nq, q.dtype)
             _rows(y, g, b, i0, i1, Ev, dout, lse, delta)
-            sb = _block_scores(q, k, mask, b, i0, i1, j0, j1, sc, causal, mask_kind)
-            dpb = np.empty((nq, nk), q.dtype)
-            if Ev > 0:
-                np.dot(dout, v[b, j0:j1].T, dpb)
-            else:
-                dpb[:, :] = 0
-            _probabilities_and_ds(sb, dpb, lse, delta)
+            sb, dpb = _block_backward(q, k, v, mask, b, i0, i1, j0, j1, sc, causal, mask_kind, dout, lse, delta)
             if Ev > 0:
                 np.dot(sb.T, dout, part_v)
                 dv += part_v
