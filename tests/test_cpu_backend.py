@@ -16,7 +16,8 @@ import pytest
 
 import dlc
 from dlc import functional as F
-from dlc.codegen.numba import render_template
+from dlc.codegen.numba import DIALECT
+from dlc.codegen.printer import scalar_text
 from dlc.graph import Graph
 from dlc.ops import OPS, SOURCE
 from dlc.program import Kernel
@@ -296,7 +297,7 @@ def test_every_template_renders():
 
             node = Node(op, (x,) * op_arity(op), tuple(sorted({"alpha": 0.5, "lo": 0.0, "hi": 1.0,
                                                                "dtype": dtype}.items())), (2,), dtype)
-            text = render_template(node, ["a", "b", "c"][:op_arity(op)])
+            text = scalar_text(node, ["a", "b", "c"][:op_arity(op)], DIALECT)
             assert "{" not in text and text.count("(") == text.count(")"), (op, text)
 
 

@@ -30,7 +30,9 @@ from ..ops.collective import HOST_CALLS
 from ..program import Kernel, Program
 from . import kernel_ir as ir
 from . import source_text
+from .lower import LoweringError, Values
 from .math_functions import cuda_name
+from .printer import CPrinter, Dialect, scalar_text
 
 KERNEL_DIR = Path(__file__).resolve().parents[1] / "kernels" / "cuda"
 
@@ -178,52 +180,31 @@ def literal(value, dtype: str) -> str:
     return text + ("f" if dtype == "float32" else "")
 
 
-_NUMBER = re.compile(r"(?<![\w.{])(\d+\.\d*(?:[eE][-+]?\d+)?|\d+(?:[eE][-+]?\d+)?)(?![\w.}])")
-_LITERAL = re.compile(r"-?\d+(\.\d*)?([eE][-+]?\d+)?f?(LL)?|true|false")
-_FUNC = re.compile(r"\b([a-z_]\w*)\(")
+def _cast(dtype: str, operand: str) -> str:
+    return f"({C_TYPE[dtype]})({operand})"
+
+
+# how the kernel IR is spelled in C (dlc/codegen/printer.py)
+DIALECT = Dialect(index=ir.C, literal=literal, function=lambda name, dtype: cuda_name(name), cast=_cast,
+                  operand=lambda text: f"({text})", template=lambda text: text)
 
 
 def render_scalar(node: Node, operands: list[str]) -> str:
     """The node's OpDef.scalar template as a C expression over the operand expressions."""
-    template = OPS[node.op].scalar
-    if template is None:
-        raise unsupported(node, "it is not an elementwise op with a scalar template")
-    operand_dtype = node.inputs[-1].dtype if node.inputs else node.dtype
-    lit_dtype = node.dtype if node.dtype != "bool" else operand_dtype
-    if lit_dtype in ("float32", "float64"):
-        template = _NUMBER.sub(lambda m: literal(float(m.group(1)), lit_dtype), template)
-    template = template.replace("cast(", f"({C_TYPE[node.dtype]})(")
-
-    def call(m):
-        name = cuda_name(m.group(1))
-        if name is None:
-            raise unsupported(node, f"its scalar template calls {m.group(1)!r}, which dlc/codegen/math_functions.py "
-                                    f"does not list")
-        return name + "("
-
-    template = _FUNC.sub(call, template)
-    if node.op == "div" and node.dtype in ("int32", "int64"):
-        template = "dlc_floordiv({0}, {1})"  # numpy's floor division, not C's truncation
-    attrs = {k: literal(v, lit_dtype if isinstance(v, float) else ("bool" if isinstance(v, bool) else "int64"))
-             for k, v in node.a.items() if isinstance(v, (int, float, bool))}
-    text = template
-    for k, v in attrs.items():
-        text = text.replace("{" + k + "}", v)
-    for i, x in enumerate(operands):
-        text = text.replace("{" + str(i) + "}", f"({x})")
-    if "{" in text:
-        raise unsupported(node, f"its scalar template {OPS[node.op].scalar!r} names an attribute it does not have")
-    return text
+    try:
+        return scalar_text(node, operands, DIALECT)
+    except LoweringError as e:
+        raise unsupported(e.node, e.why) from None
 
 
 class Body:
-    """Lines of a kernel body, with scoped caches of already computed values (CSE per index)."""
+    """Lines of a kernel body; its scopes are also the scopes of the values computed in them (CSE per index)."""
 
     def __init__(self, depth: int = 1):
         self.lines: list[str] = []
         self.depth = depth
-        self.frames: list[dict] = [{}]
         self.counter = 0
+        self.values: Values | None = None   # the ValueRenderer's lowering, whose scopes follow ours
 
     def emit(self, line: str) -> None:
         self.lines.append("  " * self.depth + line)
@@ -232,25 +213,18 @@ class Body:
         self.counter += 1
         return f"{prefix}{self.counter}"
 
-    def lookup(self, key):
-        for frame in reversed(self.frames):
-            if key in frame:
-                return frame[key]
-        return None
-
-    def remember(self, key, name: str) -> None:
-        self.frames[-1][key] = name
-
     @contextmanager
     def scope(self, header: str | None = None):
         if header is not None:
             self.emit(header + " {")
             self.depth += 1
-        self.frames.append({})
+        if self.values is not None:
+            self.values.frames.append({})
         try:
             yield
         finally:
-            self.frames.pop()
+            if self.values is not None:
+                self.values.frames.pop()
             if header is not None:
                 self.depth -= 1
                 self.emit("}")
@@ -274,11 +248,13 @@ class ValueRenderer:
         self.params: list[Param] = []
         self._param_of: dict[int, Param] = {}
         self.symbols: set[str] = set()
-        self.loads: list[tuple[Node, tuple[str, ...]]] = []
-        self.lane_loads: dict[int, str] | None = None  # vectorized path: buffer -> this lane's register
         # The memory plan may give an elementwise kernel's output the buffer of an input it reads at the
         # same index (in place), so there pointers may alias and are not declared __restrict__.
         self.restrict = kernel.kind not in ("elementwise", "injective")
+        self.vals = Values(kernel, lambda kind: self.body.fresh("v" if kind == "value" else "g"))
+        body.values = self.vals
+        self.printer = CPrinter(DIALECT, lambda n, flat: self.buffer(n), self.scalar_param, self.dim, C_TYPE,
+                                self.linear, REDUCE_FUNCTORS)
 
     # parameters ------------------------------------------------------------
 
@@ -317,7 +293,7 @@ class ValueRenderer:
     def linear(self, idx, shape) -> str:
         """Row-major offset of a multi-index (Horner form, unit dims skipped)."""
         self.use_shape(shape)
-        return ir.print_index(ir.linear(tuple(ir.as_index(i) for i in idx), shape), ir.C, self.dim)
+        return ir.print_index(ir.linear(tuple(_index(i) for i in idx), shape), ir.C, self.dim)
 
     def dim(self, d) -> str:
         self.use_shape((d,))
@@ -351,78 +327,36 @@ class ValueRenderer:
     def broadcast_index(idx, out_shape, in_shape) -> tuple[str, ...]:
         """The index into an operand broadcast up to out_shape (numpy rules)."""
         return tuple(ir.print_index(e, ir.C, dim_c)
-                     for e in ir.broadcast_index(tuple(ir.as_index(i) for i in idx), out_shape, in_shape))
+                     for e in ir.broadcast_index(tuple(_index(i) for i in idx), out_shape, in_shape))
 
     # values ----------------------------------------------------------------
 
-    def value(self, node: Node, idx: tuple[str, ...]) -> str:
-        key = (id(node), idx)
-        found = self.body.lookup(key)
-        if found is not None:
-            return found
-        if id(node) not in self.members:
-            expr = self.load(node, idx)
-            if self.lane_loads is not None or node.op in ("const", "size") and not self._is_buffer(node):
-                return expr
-        else:
-            expr = self.compute(node, idx)
-        if expr.isidentifier() or _LITERAL.fullmatch(expr):
-            self.body.remember(key, expr)
-            return expr
-        name = self.body.fresh("v")
-        self.body.emit(f"const {C_TYPE[node.dtype]} {name} = {expr};")
-        self.body.remember(key, name)
-        return name
+    def lower(self, node: Node, idx) -> ir.Value:
+        """node's value at idx (texts or index expressions) as kernel IR; its statements are emitted here."""
+        try:
+            v = self.vals.value(node, tuple(_index(i) for i in idx))
+        except LoweringError as e:
+            raise unsupported(e.node, e.why) from None
+        self.emit(self.vals.take())
+        return v
 
-    @staticmethod
-    def _is_buffer(node: Node) -> bool:
-        return not (node.op == "size" or (node.op == "const" and node.value.size == 1))
+    def value(self, node: Node, idx) -> str:
+        """node's value at idx as text."""
+        return self.printer.value(self.lower(node, idx))
 
-    def load(self, node: Node, idx) -> str:
-        if node.op == "const" and node.value.size == 1:
-            return literal(node.value.reshape(()).item(), node.dtype)
-        if node.op == "size":
-            return self.scalar_param(node)
-        if self.lane_loads is not None:
-            return self.lane_loads[id(node)]
-        self.loads.append((node, tuple(idx)))
-        return f"{self.buffer(node)}[{self.linear(idx, node.shape)}]"
+    def emit(self, stmts: list) -> None:
+        self.body.lines += self.printer.lines(stmts, self.body.depth)
 
-    def compute(self, node: Node, idx) -> str:
-        op = node.op
-        kind = OPS[op].kind
-        if kind == "elementwise":
-            operands = [self.value(x, self.broadcast_index(idx, node.shape, x.shape)) for x in node.inputs]
-            return render_scalar(node, operands)
-        if op in ir.REMAP_OPS:
-            return self.remap(node, idx)
-        raise unsupported(node, f"a {kind} op cannot be part of a fused elementwise kernel")
+    def remember(self, node: Node, idx, name: str) -> None:
+        self.vals.remember(node, tuple(_index(i) for i in idx), ir.Ref(name))
 
-    def remap(self, node: Node, idx) -> str:
-        """An index remap (codegen/kernel_ir.py); a conditional read keeps each branch's loads inside it."""
-        m = ir.remap(node, tuple(ir.as_index(i) for i in idx), self.bind)
-        reads = [(r.source, tuple(ir.index_text(e, ir.C, self.dim) for e in r.index), r.when) for r in m.reads]
-        if len(reads) == 1 and reads[0][2] is None:
-            return self.value(reads[0][0], reads[0][1])
-        ctype = C_TYPE[node.dtype]
-        name = self.body.fresh("v")
-        self.body.emit(f"{ctype} {name}" + (f" = {literal(m.fill, node.dtype)};" if m.fill is not None else ";"))
-        for k, (src, src_idx, when) in enumerate(reads):
-            if when is None:
-                header = "else" if k else "if (true)"
-            else:
-                header = ("if" if k == 0 else "else if") + f" ({ir.print_index(when, ir.C, self.dim)})"
-            with self.body.scope(header):
-                self.body.emit(f"{name} = {self.value(src, src_idx)};")
-        return name
+    def loads_at(self) -> list[tuple[Node, tuple]]:
+        """Every buffer element the lowering read, with its index."""
+        return [(ld.node, ld.index) for ld in self.vals.loads]
 
-    def bind(self, e):
-        """Name an index subexpression read more than once."""
-        if isinstance(e, (ir.Var, ir.Lit)):
-            return e
-        name = self.body.fresh("g")
-        self.body.emit(f"const i64 {name} = {ir.print_index(e, ir.C, self.dim)};")
-        return ir.Var(name)
+
+def _index(i) -> ir.Expr:
+    return ir.as_index(i) if isinstance(i, str) else i
 
 
 # ----------------------------------------------------------------------------
@@ -470,8 +404,8 @@ def render_elementwise(kernel: Kernel, program: Program) -> RenderedKernel:
     vr = ValueRenderer(kernel, program, scalar)
     out_names = [vr.buffer(o, const=False) for o in outs]
     idx = vr.unravel("i", shape)
-    for o, name in zip(outs, out_names):
-        scalar.emit(f"{name}[i] = {vr.value(o, idx)};")
+    values = [vr.lower(o, idx) for o in outs]  # all computed before any store: an output may be an input's buffer
+    vr.emit([ir.Store(o, (ir.Var("i"),), v, flat=True) for o, v in zip(outs, values)])
 
     vector = _vector_body(kernel, program, vr, outs, out_names, shape, idx)
     name = kernel.name
@@ -498,11 +432,12 @@ def _vector_body(kernel, program, vr: ValueRenderer, outs, out_names, shape, idx
     """The float4 loop body, or None unless every output is float32 and every load reads the output's index."""
     if any(o.dtype != "float32" for o in outs):
         return None
-    for node, at in vr.loads:
-        if node.dtype != "float32" or tuple(node.shape) != tuple(shape) or at != idx:
+    here = tuple(_index(i) for i in idx)
+    for node, at in vr.loads_at():
+        if node.dtype != "float32" or tuple(node.shape) != tuple(shape) or at != here:
             return None
     buffers = []
-    for node, _ in vr.loads:
+    for node, _ in vr.loads_at():
         if all(b is not node for b in buffers):
             buffers.append(node)
     body = Body(depth=3)
@@ -515,7 +450,7 @@ def _vector_body(kernel, program, vr: ValueRenderer, outs, out_names, shape, idx
         regs[id(b)] = r
     results = {id(o): [] for o in outs}
     for c in "xyzw":
-        lanes.lane_loads = {k: f"{r}.{c}" for k, r in regs.items()}
+        lanes.vals.substitute = {k: ir.Ref(f"{r}.{c}") for k, r in regs.items()}
         with body.scope():
             for o in outs:
                 v = body.fresh("y")
@@ -568,11 +503,9 @@ def render_reduce(kernel: Kernel, program: Program) -> RenderedKernel:
             full, ki, ri = [], iter(kept_idx), iter(red_idx)
             for i in range(x.ndim):
                 full.append(next(ri) if i in axes else next(ki))
-            v = vr.value(x, tuple(full))
-            if arg:
-                body.emit(f"if (at < 0 || dlc_arg_better<{is_max}>({v}, r, acc, at)) {{ acc = {v}; at = r; }}")
-            else:
-                body.emit(f"acc = {REDUCE_FUNCTORS[anchor.op]}::f(acc, {v});")
+            v = vr.lower(x, full)
+            vr.emit([ir.ArgBest("acc", "at", v, ir.Var("r"), anchor) if arg else
+                     ir.Accumulate("acc", anchor.op, v, anchor)])
     with body.scope("else"):
         with body.scope("for (i64 c = threadIdx.x; c < chunks; c += blockDim.x)"):
             body.emit(f"const {ctype} v = ws_acc[o * chunks + c];")
@@ -677,7 +610,7 @@ def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
 
     # grid z strides over the batch (a grid holds at most 65535 z blocks)
     pre = Body(depth=2)
-    vr.body = pre
+    vr.body, pre.values = pre, vr.vals
     bidx = vr.unravel("bz", batch, "b")
     a_batch = vr.broadcast_index(bidx, batch, a.shape[:-2])
     b_batch = vr.broadcast_index(bidx, batch, b.shape[:-2])
@@ -689,7 +622,7 @@ def render_matmul(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
     pre.emit(f"DlcDenseB<{str(tb).lower()}, {ctype}> load_b{{{pb} + ({b_off}) * K * N, {'K' if tb else 'N'}}};")
     pre.emit(f"const i64 c_base = ({c_off}) * M * N;")
 
-    vr.body = body
+    vr.body, body.values = body, vr.vals
     out_idx = tuple(bidx) + ("i", "j")
     _remember_anchor(vr, anchor, out_idx, "acc")
     for o, name in zip(kernel.outputs, out_names):
@@ -833,7 +766,7 @@ RANDOM_OPS = ("random_uniform", "random_normal", "random_bernoulli")
 def _remember_anchor(vr: ValueRenderer, anchor: Node, idx, name: str) -> None:
     """The anchor's value at idx is `name`. An epilogue has the anchor's shape, so its operand reads of the anchor
     (kernel_ir.broadcast_index) use idx as it is, size-1 dims included."""
-    vr.body.remember((id(anchor), tuple(idx)), name)
+    vr.remember(anchor, idx, name)
 
 
 def _store_epilogue(vr: ValueRenderer, kernel: Kernel, out_names, out_idx, value: str) -> None:

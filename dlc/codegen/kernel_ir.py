@@ -1,12 +1,23 @@
-"""The kernel IR's index algebra: which input element an injective op reads for an output index, as data.
+"""The kernel IR: what a kernel computes, as data both renderers print.
 
-A fused elementwise kernel reads through index remaps (transpose, broadcast,
-reshape, slice, pad, the gradient of a slice, concat). Both renderers need the
-same arithmetic; it lives here once, as small expression trees, and each
-renderer prints them in its dialect (`print_index` with a `Dialect`): Python
-for numba, C for CUDA. An index expression is built from loop variables,
-integer literals and the program's dims (an int, or a symbol such as "B" that
-the renderer turns into an argument).
+Three layers, each small:
+
+- index expressions (`Var`, `Lit`, `Dim`, `Bin`): loop variables, integer
+  literals and the program's dims (an int, or a symbol such as "B" that the
+  renderer turns into an argument), with the index algebra of the injective
+  ops (`remap`: transpose, broadcast, reshape, slice, pad, the gradient of a
+  slice, concat) written once;
+- element values (`Load`, `Arg`, `Const`, `Apply`, `Cast`, `Ref`): an element
+  of a buffer, a runtime scalar, a literal, an op's scalar template over
+  values, a conversion, a named variable;
+- statements (`Let`, `Assign`, `LetIndex`, `Select`, `Store`, `Declare`, `Accumulate`,
+  `ArgBest`, `Loop`, `Call`): bindings, conditional reads, stores,
+  reductions, loops and calls to hand-written kernels.
+
+dlc/codegen/lower.py builds them from a Kernel; dlc/codegen/printer.py prints
+them, as Python for numba (dlc/codegen/numba.py) or as C for CUDA
+(dlc/codegen/cuda.py), each renderer adding only what its target decides
+alone: how loops map to threads, which arguments a kernel takes.
 
 Division is integer division of non-negative operands, except where a
 condition rejects the result (the gradient of a strided slice): Python's `//`
@@ -298,3 +309,161 @@ def remap(node: Node, idx: tuple[Expr, ...], bind: Callable[[Expr], Expr] = lamb
 
 
 REMAP_OPS = ("transpose", "broadcast_to", "reshape", "slice", "pad", "slice_grad", "concat")
+
+
+# ----------------------------------------------------------------------------
+# element values: what a kernel computes at one index
+
+
+@dataclass(frozen=True)
+class Load:
+    """The element at `index` of an array the kernel reads; `flat`: index is one offset into the whole buffer."""
+    node: Node
+    index: tuple[Expr, ...]
+    flat: bool = False
+
+
+@dataclass(frozen=True)
+class Arg:
+    """A runtime scalar the kernel takes as an argument (the value of a `size` node)."""
+    node: Node
+
+
+@dataclass(frozen=True)
+class Const:
+    value: float | int | bool
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Apply:
+    """An elementwise node's scalar template (OpDef.scalar) over its operands' values."""
+    node: Node
+    args: tuple[Value, ...]
+
+
+@dataclass(frozen=True)
+class Cast:
+    """value converted to dtype (a float64 accumulator's result as float32)."""
+    value: Value
+    dtype: str
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A variable a statement named (or an element of a local array, such as a row of partial sums)."""
+    name: str
+
+
+Value = Load | Arg | Const | Apply | Cast | Ref
+
+
+# ----------------------------------------------------------------------------
+# statements
+
+
+@dataclass(frozen=True)
+class Let:
+    """name = value, a temporary of dtype; `node` is the graph node it computes (the comment names its line)."""
+    name: str
+    dtype: str
+    value: Value
+    node: Node | None = None
+
+
+@dataclass(frozen=True)
+class Assign:
+    """name = value, for a variable a Declare or a Select declared."""
+    name: str
+    value: Value
+    node: Node | None = None
+
+
+@dataclass(frozen=True)
+class LetIndex:
+    """name = an index subexpression read more than once."""
+    name: str
+    index: Expr
+
+
+@dataclass(frozen=True)
+class Case:
+    when: Expr | None           # None: otherwise
+    body: tuple[Stmt, ...]      # computed only when this case is taken
+    value: Value
+
+
+@dataclass(frozen=True)
+class Select:
+    """name = the value of the first case whose condition holds, else `fill` (a conditional read)."""
+    name: str
+    dtype: str
+    cases: tuple[Case, ...]
+    fill: Value | None
+    node: Node
+
+
+@dataclass(frozen=True)
+class Store:
+    """out[index] = value (`flat`: index is one offset into the whole buffer)."""
+    node: Node
+    index: tuple[Expr, ...]
+    value: Value
+    flat: bool = False
+
+
+@dataclass(frozen=True)
+class Declare:
+    """A variable that statements after it update: an accumulator."""
+    name: str
+    dtype: str
+    init: Value
+
+
+@dataclass(frozen=True)
+class Accumulate:
+    """acc = op(acc, value), op one of sum prod max min; `node` is the reduction."""
+    acc: str
+    op: str
+    value: Value
+    node: Node
+
+
+@dataclass(frozen=True)
+class ArgBest:
+    """The running argmax/argmin: `best` and its position `at` (-1 before the first) take (value, position)
+    when value is better: a NaN wins, the first position wins ties."""
+    best: str
+    at: str
+    value: Value
+    position: Expr
+    node: Node
+
+
+@dataclass(frozen=True)
+class Loop:
+    """for var in range(extent): body. `parallel`: the iterations may run on threads of their own."""
+    var: str
+    extent: Expr
+    body: tuple[Stmt, ...]
+    parallel: bool = False
+    start: Expr = ZERO
+
+
+@dataclass(frozen=True)
+class Call:
+    """A call to a hand-written kernel; the arguments are text the renderer made (views, typed literals)."""
+    function: str
+    args: tuple[str, ...]
+    node: Node
+
+
+Stmt = Let | Assign | LetIndex | Select | Store | Declare | Accumulate | ArgBest | Loop | Call
+
+
+def nest(names: list[str], extents: list[Expr], body: list[Stmt], parallel_first: bool = False) -> list[Stmt]:
+    """Loops over names (outermost first) around body."""
+    out = list(body)
+    for k in range(len(names) - 1, -1, -1):
+        out = [Loop(names[k], extents[k], tuple(out), parallel_first and k == 0)]
+    return out

@@ -37,6 +37,7 @@ FUNCTIONS: dict[str, MathFunction] = {
     "and_": MathFunction("and_", "dlc_and"),
     "or_": MathFunction("or_", "dlc_or"),
     "not_": MathFunction("not_", "dlc_not"),
+    "floordiv": MathFunction("floordiv", "dlc_floordiv"),  # integer division rounding down, as numpy's
 }
 
 

@@ -26,11 +26,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..graph import Node
-from ..ops import OPS
 from ..program import Kernel, Program
 from . import kernel_ir as ir
 from . import source_text
+from .lower import LoweringError, NotFlat, Values, is_scalar_node, variables
 from .math_functions import numba_name
+from .printer import Dialect, PythonPrinter
 
 # Every local name a kernel body defines starts with P: an inlined kernel gets a prefix of its own.
 P = "_P_"
@@ -42,11 +43,6 @@ class Unsupported(Exception):
 
 NP_DTYPE = {"float32": "np.float32", "float64": "np.float64", "int32": "np.int32", "int64": "np.int64",
             "bool": "np.bool_"}
-
-def is_scalar_node(node: Node) -> bool:
-    """A value with one element known at render time: inlined as a literal when constant."""
-    return all(isinstance(d, int) and d == 1 for d in node.shape)
-
 
 def literal(value, dtype: str) -> str:
     """A scalar as a numpy-typed literal; only numbers are accepted (never a string, whatever it holds)."""
@@ -148,80 +144,37 @@ class RenderedKernel:
         return head + [line.replace(P, prefix) for line in self.lines]
 
 
-# ----------------------------------------------------------------------------
-# expressions of elementwise templates
-
-
-_PLACEHOLDER = re.compile(r"\{(\w+)\}")
-_NUMBER = re.compile(r"(?<![\w.{])(\d+\.\d*(?:e[-+]?\d+)?|\d+)(?![\w.}])")
-_CALL = re.compile(r"\b([a-z_]+)\(")
 _COMMENT = re.compile(r"  # .*$|    \"\"\".*\"\"\"$", re.M)
 
 
-def compute_dtype(node: Node) -> str:
-    """The dtype the template computes in: that of its first non-bool operand."""
-    for x in node.inputs:
-        if x.dtype != "bool":
-            return x.dtype
-    return node.dtype
+def _cast(dtype: str, operand: str) -> str:
+    return f"({operand} != 0)" if dtype == "bool" else f"{NP_DTYPE[dtype]}({operand})"
 
 
-def render_template(node: Node, args: list[str]) -> str:
-    op = node.op
-    dtype = compute_dtype(node)
-    if op == "cast":
-        if node.dtype == "bool":
-            return f"({args[0]} != 0)"
-        return f"{NP_DTYPE[node.dtype]}({args[0]})"
-    if op == "div" and dtype in ("int32", "int64"):
-        return f"floordiv({args[0]}, {args[1]})"
-    template = OPS[op].scalar
-    if template is None:
-        raise Unsupported(f"elementwise op {op!r} has no scalar template")
-    # typed literals keep float32 math in float32 (a bare 0.5 is a float64 in numba)
-    text = _NUMBER.sub(lambda m: literal(float(m.group(1)) if "." in m.group(1) else int(m.group(1)), dtype)
-                       if dtype != "bool" else m.group(1), template)
-
-    def call(m):
-        name = m.group(1)
-        fn = numba_name(name, dtype)
-        if fn is None:
-            raise Unsupported(f"template function {name!r} of op {op!r}")
-        return fn + "("
-
-    text = _CALL.sub(call, text)
-    attrs = node.a
-
-    def sub(m):
-        key = m.group(1)
-        if key.isdigit():
-            return args[int(key)]
-        return literal(attrs[key], dtype)
-
-    return "(" + _PLACEHOLDER.sub(sub, text) + ")"
-
-
-# ----------------------------------------------------------------------------
-# kernel rendering
-
-
-# ops whose result, rounding included, does not depend on the order of their two operands
-EXACTLY_COMMUTATIVE = {"add", "mul", "eq", "ne"}
+# how the kernel IR is spelled in Python for numba (dlc/codegen/printer.py)
+DIALECT = Dialect(index=ir.PYTHON, literal=literal, function=numba_name, cast=_cast,
+                  operand=lambda text: text, template=lambda text: f"({text})")
 
 
 class KernelRenderer:
-    """Turns one Kernel into the text of an @njit function and its argument list."""
+    """Turns one Kernel into the text of an @njit function and its argument list.
 
-    def __init__(self, program: Program, kernel: Kernel):
+    The kernel's values, loops and stores are kernel IR (dlc/codegen/lower.py
+    builds them, dlc/codegen/printer.py prints them); what stays here is
+    numba's own: the arguments (n-d views, flat views, scalars), and how a
+    flat loop splits across threads.
+    """
+
+    def __init__(self, program: Program, kernel: Kernel, flat: bool = False):
         self.program = program
         self.kernel = kernel
-        self.inside = {id(n) for n in kernel.nodes}
         self.args: list[KernelArg] = []
         self.arg_of: dict[tuple, str] = {}
+        self.local: dict[int, str] = {}   # id(node) -> a local array holding its value (a library call's target)
         self.w = Writer()
-        self.memo: dict = {}
         self.tmp = 0
-        self.flat = False
+        self.vals = Values(kernel, lambda kind: self.fresh(), flat=flat, reshape_views=True)
+        self.printer = PythonPrinter(DIALECT, self.array, lambda n: self.arg(n, "scalar"), self.dim, where, NP_DTYPE)
 
     # ---- arguments
 
@@ -234,6 +187,11 @@ class KernelRenderer:
             self.args.append(KernelArg(node, kind, name, dim))
         return self.arg_of[key]
 
+    def array(self, node: Node, flat: bool = False) -> str:
+        if id(node) in self.local:
+            return self.local[id(node)]
+        return self.arg(node, "flat" if flat else "array")
+
     def dim(self, d) -> str:
         """A dim as an expression: a literal, or a scalar argument carrying a symbol's value."""
         if isinstance(d, int):
@@ -244,135 +202,29 @@ class KernelRenderer:
         self.tmp += 1
         return f"{P}t{self.tmp}"
 
-    # ---- values
+    # ---- printing kernel IR
 
-    def load(self, node: Node, idx: tuple) -> str:
-        """An element of a value the kernel reads from outside (buffer, scalar, constant)."""
-        if node.op == "size":
-            return f"{NP_DTYPE[node.dtype]}({self.arg(node, 'scalar')})"
-        if node.op == "const" and is_scalar_node(node):
-            return literal(node.value.reshape(-1)[0], node.dtype)
-        if self.flat:
-            if is_scalar_node(node):
-                return f"{self.arg(node, 'flat')}[0]"
-            return f"{self.arg(node, 'flat')}[{idx[0]}]"
-        name = self.arg(node)
-        return f"{name}[{', '.join(idx) if idx else '0'}]"
+    def emit(self, stmts: list) -> None:
+        """Print kernel-IR statements at the writer's level."""
+        self.w.lines += self.printer.lines(stmts, self.w.level)
 
-    def value(self, node: Node, idx: tuple) -> str:
-        key = (id(node), idx)
-        if key in self.memo:
-            return self.memo[key]
-        if id(node) not in self.inside:
-            out = self.load(node, idx)
-            if not out.isidentifier() and "[" in out:
-                t = self.fresh()
-                self.w(f"{t} = {out}")
-                out = t
-        else:
-            out = self.compute(node, idx)
-        self.memo[key] = out
-        return out
+    def value_text(self, node: Node, idx: tuple) -> str:
+        """node's value at idx: its statements printed here, its value as text."""
+        v = self.vals.value(node, idx)
+        self.emit(self.vals.take())
+        return self.printer.value(v)
 
-    def compute(self, node: Node, idx: tuple) -> str:
-        kind = OPS[node.op].kind
-        if node.op in ir.REMAP_OPS:
-            if self.flat:
-                raise _NotFlat()
-            return self.remap(node, idx)
-        if kind != "elementwise":
-            raise Unsupported(f"{node.op} inside an elementwise group")
-        args = [self.value(x, self.broadcast_index(idx, node.shape, x)) for x in node.inputs]
-        if node.op in EXACTLY_COMMUTATIVE:
-            args.sort()  # the same sum on operands traced in the other order is the same kernel
-        t = self.fresh()
-        self.w(f"{t} = {render_template(node, args)}  # {where(node)}")
-        return t
-
-    def broadcast_index(self, idx: tuple, shape: tuple, x: Node) -> tuple:
-        """The index of operand x that numpy broadcasting reads for the element at idx of shape."""
-        if self.flat:
-            if x.shape != shape and not is_scalar_node(x):
-                raise _NotFlat()
-            return idx
-        return self.index_text(ir.broadcast_index(self.index_ir(idx), shape, x.shape))
-
-    # ---- index remaps (an element of the output read from the input): the algebra is codegen/kernel_ir.py's
-
-    def index_ir(self, idx: tuple) -> tuple:
-        return tuple(ir.as_index(i) for i in idx)
-
-    def index_text(self, idx: tuple) -> tuple:
-        return tuple(ir.index_text(e, ir.PYTHON, self.dim) for e in idx)
-
-    def bind(self, e):
-        """Name an index subexpression read more than once."""
-        if isinstance(e, (ir.Var, ir.Lit)):
-            return e
-        t = self.fresh()
-        self.w(f"{t} = {ir.print_index(e, ir.PYTHON, self.dim)}")
-        return ir.Var(t)
-
-    def remap(self, node, idx):
-        x = node.inputs[0]
-        if node.op == "reshape" and id(x) not in self.inside:
-            # a reshape of a buffer is a view of it: read the view directly
-            return self.value_of_view(node, idx)
-        m = ir.remap(node, self.index_ir(idx), self.bind)
-        reads = [(r.source, self.index_text(r.index), r.when) for r in m.reads]
-        if len(reads) == 1 and reads[0][2] is None:
-            return self.value(reads[0][0], reads[0][1])
-        # a conditional read: each branch's loads stay inside its branch
-        t = self.fresh()
-        saved = self.memo
-        for k, (src, src_idx, when) in enumerate(reads):
-            cond = ir.print_index(when, ir.PYTHON, self.dim) if when is not None else None
-            header = "else:" if cond is None else (f"if {cond}:" if k == 0 else f"elif {cond}:")
-            with self.w.block(header):
-                self.memo = dict(saved)
-                self.w(f"{t} = {self.value(src, src_idx)}  # {where(node)}")
-        self.memo = saved
-        if m.fill is not None:
-            with self.w.block("else:"):
-                self.w(f"{t} = {literal(m.fill, node.dtype)}")
-        return t
-
-    def value_of_view(self, node, idx):
-        t = self.fresh()
-        self.w(f"{t} = {self.arg(node)}[{', '.join(idx) if idx else '0'}]")
-        return t
-
-    # ---- loops
+    def extents(self, array: str, ndim: int) -> list[ir.Expr]:
+        return [ir.Var(f"{array}.shape[{k}]") for k in range(ndim)]
 
     @contextmanager
-    def loops(self, names: list[str], extents: list[str], parallel_first: bool = False):
-        opened = 0
-        for k, (n, e) in enumerate(zip(names, extents)):
-            rng = "prange" if parallel_first and k == 0 else "range"
-            self.w(f"for {n} in {rng}({e}):")
+    def loops(self, names: list[str], extents: list[str]):
+        """Serial loops around hand-written lines (take's and one_hot's label checks, gathers and scatters)."""
+        for n, e in zip(names, extents):
+            self.w(f"for {n} in range({e}):")
             self.w.level += 1
-            opened += 1
         yield
-        self.w.level -= opened
-
-    def out_index(self, names: list[str]) -> tuple:
-        return tuple(names)
-
-    def store(self, out: Node, idx: tuple, val: str) -> None:
-        if self.flat:
-            self.w(f"{self.arg(out, 'flat')}[{idx[0]}] = {val}  # {where(out)}")
-        else:
-            self.w(f"{self.arg(out)}[{', '.join(idx) if idx else '0'}] = {val}  # {where(out)}")
-
-    def store_all(self, idx: tuple, pre: dict | None = None) -> None:
-        """Compute every output at idx, then store them (a store may overwrite an input read at idx)."""
-        vals = [self.value(o, idx) for o in self.kernel.outputs]
-        for o, v in zip(self.kernel.outputs, vals):
-            self.store(o, idx, v)
-
-
-class _NotFlat(Exception):
-    pass
+        self.w.level -= len(names)
 
 
 # ----------------------------------------------------------------------------
@@ -380,6 +232,13 @@ class _NotFlat(Exception):
 
 
 def render_kernel(program: Program, kernel: Kernel, parallel: bool = True) -> RenderedKernel:
+    try:
+        return _render_kernel(program, kernel, parallel)
+    except LoweringError as e:
+        raise Unsupported(f"{e.node.op}: {e.why}") from None
+
+
+def _render_kernel(program: Program, kernel: Kernel, parallel: bool) -> RenderedKernel:
     if kernel.kind in ("elementwise", "injective"):
         return _render_elementwise(program, kernel, parallel)
     if kernel.kind == "reduce":
@@ -413,40 +272,49 @@ def _describe(kernel: Kernel) -> str:
 
 
 def _render_elementwise(program, kernel, parallel):
+    """One loop over the flat buffers when every read is at the output's own offset (split into chunks across
+    threads on large arrays), else a loop nest over the output's dims."""
     shape = kernel.outputs[0].shape
-    for flat in (True, False):
+    try:
+        r = KernelRenderer(program, kernel, flat=True)
+        i, n = f"{P}i", r.fresh()
+        r.vals.store_all((ir.Var(i),))
+        body = r.vals.take()
+    except NotFlat:
         r = KernelRenderer(program, kernel)
-        r.flat = flat
-        try:
-            if flat:
-                n = r.fresh()
-                out = r.arg(kernel.outputs[0], "flat")
-                r.w(f"{n} = {out}.size")
-                if parallel:
-                    # one chunk per thread on large arrays, a single chunk (no thread hand-off) on small ones
-                    c, lo, hi = f"{P}c", f"{P}lo", f"{P}hi"
-                    r.w(f"{P}chunks = {PARALLEL_CHUNKS} if {n} >= {PARALLEL_MIN} else 1")
-                    with r.w.block(f"for {c} in prange({P}chunks):"):
-                        r.w(f"{lo} = {c} * {n} // {P}chunks")
-                        r.w(f"{hi} = ({c} + 1) * {n} // {P}chunks")
-                        with r.w.block(f"for {P}i in range({lo}, {hi}):"):
-                            r.store_all((f"{P}i",))
-                else:
-                    with r.w.block(f"for {P}i in range({n}):"):
-                        r.store_all((f"{P}i",))
-            else:
-                names = [f"{P}i{k}" for k in range(len(shape))]
-                out = r.arg(kernel.outputs[0])
-                extents = [f"{out}.shape[{k}]" for k in range(len(shape))]
-                with r.loops(names, extents):
-                    r.store_all(tuple(names))
-        except _NotFlat:
-            continue
-        return _finish(r, kernel, _describe(kernel), flat and parallel)
-    raise AssertionError("unreachable")
+        names = [f"{P}i{k}" for k in range(len(shape))]
+        r.vals.store_all(variables(names))
+        r.emit(ir.nest(names, r.extents(r.arg(kernel.outputs[0]), len(shape)), r.vals.take()))
+        return _finish(r, kernel, _describe(kernel))
+    r.w(f"{n} = {r.arg(kernel.outputs[0], 'flat')}.size")
+    if not parallel:
+        r.emit([ir.Loop(i, ir.Var(n), tuple(body))])
+        return _finish(r, kernel, _describe(kernel))
+    # one chunk per thread on large arrays, a single chunk (no thread hand-off) on small ones
+    c, lo, hi = f"{P}c", f"{P}lo", f"{P}hi"
+    r.w(f"{P}chunks = {PARALLEL_CHUNKS} if {n} >= {PARALLEL_MIN} else 1")
+    with r.w.block(f"for {c} in prange({P}chunks):"):
+        r.w(f"{lo} = {c} * {n} // {P}chunks")
+        r.w(f"{hi} = ({c} + 1) * {n} // {P}chunks")
+        r.emit([ir.Loop(i, ir.Var(hi), tuple(body), start=ir.Var(lo))])
+    return _finish(r, kernel, _describe(kernel), True)
 
 
-REDUCE_INIT = {"sum": "0", "prod": "1"}
+REDUCE_INIT = {"sum": 0, "prod": 1}
+
+
+def _reduce_init(op: str, dtype: str, acc_dtype: str, acc: str, best: str) -> list:
+    """The accumulator's declaration: the identity of op (argmax/argmin: no position yet)."""
+    if op in REDUCE_INIT:
+        return [ir.Declare(acc, acc_dtype, ir.Const(REDUCE_INIT[op], acc_dtype))]
+    if op in ("max", "min"):
+        if dtype.startswith("float"):
+            init = -np.inf if op == "max" else np.inf
+        else:
+            info = np.iinfo(dtype)
+            init = int(info.min if op == "max" else info.max)
+        return [ir.Declare(acc, dtype, ir.Const(init, dtype))]
+    return [ir.Declare(best, dtype, ir.Const(0, dtype)), ir.Declare(acc, "int64", ir.Const(-1, "int64"))]
 
 
 def _render_reduce(program, kernel):
@@ -458,121 +326,79 @@ def _render_reduce(program, kernel):
     axes = tuple(anchor.attr("axes"))
     keep = anchor.attr("keepdims")
     r = KernelRenderer(program, kernel)
-    ref = _space_array(r, x)
     kept = [a for a in range(x.ndim) if a not in axes]
-    names = {a: f"{P}i{a}" for a in range(x.ndim)}
+    names = [f"{P}i{a}" for a in range(x.ndim)]
+    extents = [ir.lit_or_dim(d) for d in x.shape]
     dtype = anchor.dtype if op not in ("argmax", "argmin") else x.dtype
     acc_dtype = "float64" if (op == "sum" and dtype == "float32") else dtype
+    out_idx = tuple((ir.ZERO if a in axes else ir.Var(names[a])) for a in range(x.ndim) if keep or a not in axes)
     if op == "sum" and kept and max(kept) > min(axes):
-        _sum_in_input_order(r, x, axes, kept, names, ref, acc_dtype, keep)
+        _sum_in_input_order(r, x, axes, kept, names, extents, acc_dtype, out_idx)
         return _finish(r, kernel, _describe(kernel))
-    with r.loops([names[a] for a in kept], [ref(a) for a in kept]):
-        acc, best = f"{P}acc", f"{P}best"
-        if op in ("sum", "prod"):
-            r.w(f"{acc} = {literal(int(REDUCE_INIT[op]), acc_dtype)}")
-        elif op in ("max", "min"):
-            sign = "-" if op == "max" else ""
-            if dtype.startswith("float"):
-                init = f"{sign}np.inf"
-            else:
-                info = np.iinfo(dtype)
-                init = str(info.min if op == "max" else info.max)
-            r.w(f"{acc} = {NP_DTYPE[dtype]}({init})")
+    acc, best = f"{P}acc", f"{P}best"
+    with r.vals.scope():
+        v = r.vals.value(x, variables(names))
+        if op in ("argmax", "argmin"):
+            update = ir.ArgBest(best, acc, v, ir.Var(names[axes[0]]), anchor)
         else:
-            r.w(f"{best} = {NP_DTYPE[dtype]}(0)")
-            r.w(f"{acc} = np.int64(0)")
-        saved = r.memo
-        r.memo = {}
-        with r.loops([names[a] for a in axes], [ref(a) for a in axes]):
-            v = r.value(x, tuple(names[a] for a in range(x.ndim)))
-            if op == "sum":
-                r.w(f"{acc} += {v}  # {where(anchor)}")
-            elif op == "prod":
-                r.w(f"{acc} *= {v}  # {where(anchor)}")
-            elif op in ("max", "min"):
-                r.w(f"{acc} = f{op}({acc}, {v})  # {where(anchor)}")
-            else:
-                (ax,) = axes
-                better = ">" if op == "argmax" else "<"
-                first = names[ax]
-                r.w(f"if {first} == 0 or ({best} == {best} and ({v} {better} {best} or {v} != {v})):"
-                    f"  # {where(anchor)}")
-                r.w(f"    {best} = {v}")
-                r.w(f"    {acc} = {first}")
-        r.memo = saved
-        out_idx = tuple(("0" if a in axes else names[a]) for a in range(x.ndim) if keep or a not in axes)
-        r.memo[(id(anchor), out_idx)] = f"{NP_DTYPE[anchor.dtype]}({acc})" if acc_dtype != anchor.dtype else acc
-        r.store_all(out_idx)
+            update = ir.Accumulate(acc, op, v, anchor)
+        inner = r.vals.take() + [update]
+    result = ir.Ref(acc) if acc_dtype == anchor.dtype else ir.Cast(ir.Ref(acc), anchor.dtype)
+    r.vals.remember(anchor, out_idx, result)
+    r.vals.store_all(out_idx)
+    body = _reduce_init(op, dtype, acc_dtype, acc, best) + \
+        ir.nest([names[a] for a in axes], [extents[a] for a in axes], inner) + r.vals.take()
+    r.emit(ir.nest([names[a] for a in kept], [extents[a] for a in kept], body))
     return _finish(r, kernel, _describe(kernel))
 
 
-def _sum_in_input_order(r, x, axes, kept, names, ref, acc_dtype, keep):
+def _sum_in_input_order(r, x, axes, kept, names, extents, acc_dtype, out_idx):
     """A sum over leading or middle axes (a bias gradient): one pass over x in memory order, adding
     each row into a vector of partial sums (contiguous, vectorized), then the epilogue over those."""
     anchor = r.kernel.anchor
     acc = f"{P}acc"
-    r.w(f"{acc} = np.zeros(({', '.join(ref(a) for a in kept)},), {NP_DTYPE[acc_dtype]})")
-    kept_idx = ", ".join(names[a] for a in kept)
-    saved = r.memo
-    r.memo = {}
-    with r.loops([names[a] for a in range(x.ndim)], [ref(a) for a in range(x.ndim)]):
-        v = r.value(x, tuple(names[a] for a in range(x.ndim)))
-        r.w(f"{acc}[{kept_idx}] += {v}  # {where(anchor)}")
-    r.memo = saved
-    with r.loops([names[a] for a in kept], [ref(a) for a in kept]):
-        out_idx = tuple(("0" if a in axes else names[a]) for a in range(x.ndim) if keep or a not in axes)
-        t = r.fresh()
-        r.w(f"{t} = {NP_DTYPE[anchor.dtype]}({acc}[{kept_idx}])")
-        r.memo[(id(anchor), out_idx)] = t
-        r.store_all(out_idx)
-
-
-def _space_array(r: KernelRenderer, x: Node):
-    """Loop extents over the space of x: from x's own array when it is read, else from dims."""
-    def extent(a):
-        return r.dim(x.shape[a])
-    return extent
+    r.w(f"{acc} = np.zeros(({', '.join(r.printer.index(extents[a]) for a in kept)},), {NP_DTYPE[acc_dtype]})")
+    partial = f"{acc}[{', '.join(names[a] for a in kept)}]"
+    with r.vals.scope():
+        v = r.vals.value(x, variables(names))
+        r.emit(ir.nest(names, extents, r.vals.take() + [ir.Accumulate(partial, "sum", v, anchor)]))
+    t = r.fresh()
+    r.vals.remember(anchor, out_idx, ir.Ref(t))
+    r.vals.store_all(out_idx)
+    body = [ir.Let(t, anchor.dtype, ir.Cast(ir.Ref(partial), anchor.dtype))] + r.vals.take()
+    r.emit(ir.nest([names[a] for a in kept], [extents[a] for a in kept], body))
 
 
 def _render_matmul(program, kernel):
     anchor = kernel.anchor
     r = KernelRenderer(program, kernel)
     operands = []
+    inside = {id(n) for n in kernel.nodes}
     for x in anchor.inputs:
         transposed = False
-        while id(x) in r.inside and x.op == "transpose":
+        while id(x) in inside and x.op == "transpose":
             perm = x.attr("perm")
             n = len(perm)
             if tuple(perm) != tuple(range(n - 2)) + (n - 1, n - 2):
                 raise Unsupported("a transpose other than swapping the last two axes before a matmul")
             transposed = not transposed
             x = x.inputs[0]
-        if id(x) in r.inside:
+        if id(x) in inside:
             raise Unsupported(f"{x.op} before a matmul")
         operands.append((r.arg(x), x, transposed))
-    # the GEMM writes into an output of the anchor's dtype and shape; the epilogue then runs in place
-    target = kernel.anchor_target()
-    if target is not None:
-        tgt = r.arg(target)
-    else:
-        tgt = f"{P}acc"
-        shape_expr = ", ".join(r.dim(d) for d in anchor.shape)
-        r.w(f"{tgt} = np.empty(({shape_expr},), {NP_DTYPE[anchor.dtype]})")
+    tgt = _anchor_target(r, kernel)
     nb = anchor.ndim - 2
     names = [f"{P}b{k}" for k in range(nb)]
-    with r.loops(names, [f"{tgt}.shape[{k}]" for k in range(nb)]):
-        views = []
-        for name, x, transposed in operands:
-            lead = nb - (x.ndim - 2)
-            bidx = [("0" if x.shape[k] == 1 and anchor.shape[lead + k] != 1 else names[lead + k])
-                    for k in range(x.ndim - 2)]
-            v = f"{name}[{', '.join(bidx)}]" if bidx else name
-            views.append(v + (".T" if transposed else ""))
-        out = f"{tgt}[{', '.join(names)}]" if names else tgt
-        r.w(f"gemm({views[0]}, {views[1]}, {out})  # {where(anchor)}")
-    epilogue = [n for n in kernel.nodes if n is not anchor and n in kernel.nodes[kernel.nodes.index(anchor):]]
-    if epilogue or (target is not None and target is not anchor):
-        _epilogue_loop(r, kernel, tgt)
+    views = []
+    for name, x, transposed in operands:
+        lead = nb - (x.ndim - 2)
+        bidx = [("0" if x.shape[k] == 1 and anchor.shape[lead + k] != 1 else names[lead + k])
+                for k in range(x.ndim - 2)]
+        v = f"{name}[{', '.join(bidx)}]" if bidx else name
+        views.append(v + (".T" if transposed else ""))
+    out = f"{tgt}[{', '.join(names)}]" if names else tgt
+    r.emit(ir.nest(names, r.extents(tgt, nb), [ir.Call("gemm", (views[0], views[1], out), anchor)]))
+    _render_epilogue(r, kernel, tgt)
     return _finish(r, kernel, _describe(kernel))
 
 
@@ -623,33 +449,29 @@ def _anchor_target(r: KernelRenderer, kernel: Kernel) -> str:
     anchor = kernel.anchor
     target = kernel.anchor_target()
     if target is not None:
-        return r.arg(target)
-    shape_expr = ", ".join(r.dim(d) for d in anchor.shape)
-    r.w(f"{P}acc = np.empty(({shape_expr},), {NP_DTYPE[anchor.dtype]})")
-    return f"{P}acc"
+        tgt = r.arg(target)
+    else:
+        tgt = f"{P}acc"
+        shape_expr = ", ".join(r.dim(d) for d in anchor.shape)
+        r.w(f"{tgt} = np.empty(({shape_expr},), {NP_DTYPE[anchor.dtype]})")
+    r.local[id(anchor)] = tgt
+    return tgt
 
 
 def _render_epilogue(r: KernelRenderer, kernel: Kernel, tgt: str) -> None:
-    """The elementwise nodes after the anchor, over its output space, reading its value from tgt."""
+    """The elementwise nodes after the anchor: one loop over its output space, reading its value from tgt,
+    computing and storing the other outputs."""
     anchor = kernel.anchor
     rest = kernel.nodes[kernel.nodes.index(anchor) + 1:]
     if not rest and all(o is anchor for o in kernel.outputs):
         return
-    _epilogue_loop(r, kernel, tgt)
-
-
-def _epilogue_loop(r: KernelRenderer, kernel: Kernel, tgt: str) -> None:
-    """One loop over the anchor's output space: read its value from tgt, compute and store the other outputs."""
-    anchor = kernel.anchor
     names = [f"{P}i{k}" for k in range(anchor.ndim)]
-    with r.loops(names, [f"{tgt}.shape[{k}]" for k in range(anchor.ndim)]):
-        idx = tuple(names)
-        t = r.fresh()
-        r.w(f"{t} = {tgt}[{', '.join(idx)}]")
-        r.memo[(id(anchor), idx)] = t
-        vals = [(o, r.value(o, idx)) for o in kernel.outputs if o is not anchor]
-        for o, v in vals:
-            r.store(o, idx, v)
+    idx = variables(names)
+    t = r.fresh()
+    r.vals.remember(anchor, idx, ir.Ref(t))
+    r.vals.store_all(idx, [o for o in kernel.outputs if o is not anchor])
+    body = [ir.Let(t, anchor.dtype, ir.Load(anchor, idx))] + r.vals.take()
+    r.emit(ir.nest(names, r.extents(tgt, anchor.ndim), body))
 
 
 def _render_window(program, kernel):
@@ -657,13 +479,11 @@ def _render_window(program, kernel):
     if kernel.nodes[0] is not anchor:
         raise Unsupported(f"{kernel.nodes[0].op} before a {anchor.op}")
     r = KernelRenderer(program, kernel)
-    operands = []
-    for x in anchor.inputs:
-        operands.append(r.arg(x))
+    operands = [r.arg(x) for x in anchor.inputs]
     tgt = _anchor_target(r, kernel)
     func, attr_args = WINDOW_CALLS[anchor.op]
     extra = attr_args(anchor.a)
-    r.w(f"{func}({', '.join(operands)}, {tgt}{', ' + extra if extra else ''})  # {where(anchor)}")
+    r.emit([ir.Call(func, tuple(operands) + (tgt,) + ((extra,) if extra else ()), anchor)])
     _render_epilogue(r, kernel, tgt)
     return _finish(r, kernel, _describe(kernel))
 
@@ -682,18 +502,19 @@ def _render_random(program, kernel):
     node = kernel.anchor
     r = KernelRenderer(program, kernel)
     out = r.arg(node, "flat")
-    step = r.value(node.inputs[0], ())
+    step = r.value_text(node.inputs[0], ())
     seed = int(node.attr("seed")) & 0xFFFFFFFFFFFFFFFF
     key = _ints(seed & 0xFFFFFFFF, seed >> 32)
     a = node.a
     if node.op == "random_bernoulli":
-        call = f"random_bernoulli({out}, {key}, np.int64({step}), {_float(a['p'])})"
+        call = ir.Call("random_bernoulli", (out, key, f"np.int64({step})", _float(a["p"])), node)
     else:
         kind = "uniform" if node.op == "random_uniform" else "normal"
         params = (a["low"], a["high"]) if kind == "uniform" else (a["mean"], a["std"])
         suffix = "f32" if node.dtype == "float32" else "f64"
-        call = f"random_{kind}_{suffix}({out}, {key}, np.int64({step}), {_float(params[0])}, {_float(params[1])})"
-    r.w(f"{call}  # {where(node)}")
+        call = ir.Call(f"random_{kind}_{suffix}", (out, key, f"np.int64({step})", _float(params[0]),
+                                                   _float(params[1])), node)
+    r.emit([call])
     return _finish(r, kernel, _describe(kernel))
 
 
@@ -723,7 +544,7 @@ def _render_attention(program, kernel):
     out = _as_3d(r.arg(node), node.ndim)
     flags = f"np.float64({_float(a['scale'])}), np.bool_({source_text.number(a['causal'])}), " \
             f"{_ints(ATTENTION_MASKS[a['mask']])}"
-    r.w(f"{ATTENTION_CALLS[node.op]}({', '.join(operands)}, {out}, {flags})  # {where(node)}")
+    r.emit([ir.Call(ATTENTION_CALLS[node.op], tuple(operands) + (out, flags), node)])
     return _finish(r, kernel, _describe(kernel))
 
 
