@@ -30,7 +30,7 @@ from ..ops.collective import HOST_CALLS
 from ..program import Kernel, Program
 from . import kernel_ir as ir
 from . import source_text
-from .lower import LoweringError, Values
+from .lower import LoweringError, NotFlat, Values
 from .math_functions import cuda_name
 from .printer import CPrinter, Dialect, scalar_text
 
@@ -240,7 +240,7 @@ class Body:
 class ValueRenderer:
     """Renders the value of any node of a kernel at a C multi-index (one expression per dim)."""
 
-    def __init__(self, kernel: Kernel, program: Program, body: Body):
+    def __init__(self, kernel: Kernel, program: Program, body: Body, flat: bool = False):
         self.kernel = kernel
         self.program = program
         self.body = body
@@ -251,7 +251,7 @@ class ValueRenderer:
         # The memory plan may give an elementwise kernel's output the buffer of an input it reads at the
         # same index (in place), so there pointers may alias and are not declared __restrict__.
         self.restrict = kernel.kind not in ("elementwise", "injective")
-        self.vals = Values(kernel, lambda kind: self.body.fresh("v" if kind == "value" else "g"))
+        self.vals = Values(kernel, lambda kind: self.body.fresh("v" if kind == "value" else "g"), flat=flat)
         body.values = self.vals
         self.printer = CPrinter(DIALECT, lambda n, flat: self.buffer(n), self.scalar_param, self.dim, C_TYPE,
                                 self.linear, REDUCE_FUNCTORS)
@@ -400,11 +400,18 @@ def render_elementwise(kernel: Kernel, program: Program) -> RenderedKernel:
     for o in outs:
         if tuple(o.shape) != tuple(shape):
             raise unsupported(o, f"outputs of one elementwise kernel must share a shape: {o.shape} vs {shape}")
-    scalar = Body(depth=2)
-    vr = ValueRenderer(kernel, program, scalar)
-    out_names = [vr.buffer(o, const=False) for o in outs]
-    idx = vr.unravel("i", shape)
-    values = [vr.lower(o, idx) for o in outs]  # all computed before any store: an output may be an input's buffer
+    # every buffer read at the thread's own offset i (or a scalar's one element) when it can be, else at the
+    # output's multi-index unravelled from i
+    for flat in (True, False):
+        scalar = Body(depth=2)
+        vr = ValueRenderer(kernel, program, scalar, flat)
+        out_names = [vr.buffer(o, const=False) for o in outs]
+        idx = ("i",) if flat else vr.unravel("i", shape)
+        try:
+            values = [vr.lower(o, idx) for o in outs]  # all before any store: an output may be an input's buffer
+        except NotFlat:
+            continue
+        break
     vr.emit([ir.Store(o, (ir.Var("i"),), v, flat=True) for o, v in zip(outs, values)])
 
     vector = _vector_body(kernel, program, vr, outs, out_names, shape, idx)
@@ -441,7 +448,7 @@ def _vector_body(kernel, program, vr: ValueRenderer, outs, out_names, shape, idx
         if all(b is not node for b in buffers):
             buffers.append(node)
     body = Body(depth=3)
-    lanes = ValueRenderer(kernel, program, body)
+    lanes = ValueRenderer(kernel, program, body, vr.vals.flat)
     lanes.params, lanes._param_of, lanes.symbols = vr.params, vr._param_of, vr.symbols
     regs = {}
     for b in buffers:
