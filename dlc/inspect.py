@@ -2,6 +2,7 @@
 
     print(dlc.inspect.report(step))                 # a dlc.Function, a TrainStep or a Program
     dlc.inspect.report(step, env={"B": 128}, dot="step.dot")
+    print(dlc.inspect.profile(step, x, y))          # time of each kernel on these arguments (cpu target)
 """
 
 from __future__ import annotations
@@ -85,6 +86,33 @@ def kernels_section(program: Program) -> list[str]:
         for src in k.source_lines():
             lines.append(f"      from {src}")
     return lines
+
+
+def profile(fn, *args, repeat: int = 5, top: int | None = 15) -> str:
+    """Each kernel of a cpu-target function run on its own with these arguments: the median time of `repeat`
+    runs, its share, its ops and the layers it came from, slowest first (`top` of them; None: all).
+
+    Kernel by kernel, not the function's own call: the module's kernels that
+    it inlines are compiled as functions of their own first (slow once), and
+    nothing is written back to the parameters.
+    """
+    fn = getattr(fn, "function", fn)  # a TrainStep wraps its Function
+    backend = getattr(fn, "backend", None)
+    if not hasattr(backend, "kernel_times"):
+        raise TypeError(f"profile times kernels of the cpu target; this function runs on "
+                        f"{getattr(backend, 'name', type(backend).__name__)!r}")
+    feeds, env, _ = fn.signature.bind(args, {})
+    rows = backend.kernel_times(feeds, env, repeat)
+    total = sum(t for _, t in rows) or 1.0
+    lines = [f"## Kernels by time ({len(rows)} kernels, {total * 1e3:.2f} ms run one by one)"]
+    for kernel, t in sorted(rows, key=lambda r: -r[1])[:top]:
+        anchor = f" around {kernel.anchor.op}" if kernel.anchor is not None else ""
+        layers = layers_of(kernel)
+        ops = " -> ".join(n.op for n in kernel.nodes)
+        lines.append(f"  {t * 1e3:9.3f} ms {100 * t / total:5.1f}%  {kernel.name} [{kernel.kind}{anchor}] "
+                     + (ops if len(ops) <= 70 else ops[:67] + "...")
+                     + (f"  (layer {', '.join(layers)})" if layers else ""))
+    return "\n".join(lines)
 
 
 def refusals_section(program: Program) -> list[str]:

@@ -83,3 +83,29 @@ def test_bisect_finds_the_first_kernel_that_disagrees(step):
     assert not report.ok and report.kernel is program.kernels[2] and report.checked == 2
     assert f"first mismatch in kernel {program.kernels[2].name}" in str(report)
     assert "test_inspect.py:" in str(report)
+
+
+def test_profile_times_every_kernel_and_leaves_the_parameters_alone():
+    x, labels = dlc.input("x", ("B", 16)), dlc.input("labels", ("B",), "int64")
+    w0 = np.random.default_rng(0).standard_normal((16, 10)).astype(np.float32) * 0.1
+    w = dlc.param(w0, name="w")
+    loss = -dlc.mean(dlc.sum(dlc.log_softmax(dlc.tanh(x @ w)) * dlc.one_hot(labels, 10), axis=1))
+    (gw,) = dlc.grad(loss, [w])
+    step = dlc.compile(loss, inputs=[x, labels], updates={w: w - 0.1 * gw}, target="cpu")
+    xs, ys = np.ones((8, 16), np.float32), np.arange(8) % 10
+    text = dlc_inspect.profile(step, xs, ys, repeat=2, top=None)
+    kernels = step.program.kernels
+    assert f"## Kernels by time ({len(kernels)} kernels" in text
+    rows = text.splitlines()[1:]
+    assert len(rows) == len(kernels)
+    assert {r.split("%  ")[1].split(" ")[0] for r in rows} == {k.name for k in kernels}
+    times = [float(r.split()[0]) for r in rows]
+    assert times == sorted(times, reverse=True) and all(t >= 0 for t in times)
+    np.testing.assert_array_equal(step.store["w"], w0)  # a profiling run updates no parameter
+
+
+def test_profile_refuses_a_target_without_native_kernels():
+    x = dlc.input("x", (4,))
+    fn = dlc.compile(dlc.exp(x), inputs=[x], target="reference")
+    with pytest.raises(TypeError, match="cpu target"):
+        dlc_inspect.profile(fn, np.ones(4, np.float32))

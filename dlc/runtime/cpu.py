@@ -377,22 +377,47 @@ class CPUBackend:
 
     def kernel_values(self, feeds: dict, env: dict) -> dict[int, np.ndarray]:
         """Run kernel by kernel (slow) and return a copy of every kernel output, by node id."""
+        out: dict[int, np.ndarray] = {}
+
+        def keep(kernel, run, value_of):
+            run()
+            for n in kernel.outputs:
+                if n.dtype != TUPLE:
+                    out[id(n)] = np.array(value_of(n))
+        self._kernel_by_kernel(feeds, env, keep)
+        return out
+
+    def kernel_times(self, feeds: dict, env: dict, repeat: int = 5) -> list[tuple[object, float]]:
+        """(kernel, median seconds of `repeat` runs) for each kernel in program order, each run on its own
+        (a kernel that the module inlines is compiled as a function of its own for this)."""
+        out = []
+
+        def time_it(kernel, run, value_of):
+            run()  # compiles, and leaves the outputs later kernels read
+            times = []
+            for _ in range(repeat):
+                t0 = time.perf_counter()
+                run()
+                times.append(time.perf_counter() - t0)
+            out.append((kernel, float(np.median(times))))
+        self._kernel_by_kernel(feeds, env, time_it)
+        return out
+
+    def _kernel_by_kernel(self, feeds: dict, env: dict, each) -> None:
+        """each(kernel, run, value_of) for every kernel in order; run() runs it alone on the plan's buffers."""
         plan = self._make_plan(env)
         # parameters are copied: updates written in place must not reach the store from a debugging run
         X = [x.copy() if kind == FIXED else x for x, (kind, _) in zip(self._arguments(feeds, plan), self._externals)]
-        out: dict[int, np.ndarray] = {}
+
+        def value_of(n):
+            return self._value_view(n, plan, X, env)
         for seg in self.generated.segments:
             for item in seg.kernels:
                 if isinstance(item, RenderedKernel):
-                    self._debug_function(item)(*self._kernel_args(item, plan, X, env))
-                    kernel = item.kernel
+                    f, args = self._debug_function(item), self._kernel_args(item, plan, X, env)
+                    each(item.kernel, lambda f=f, args=args: f(*args), value_of)
                 else:
-                    self._fallback(item, plan, X, env)
-                    kernel = item
-                for n in kernel.outputs:
-                    if n.dtype != TUPLE:
-                        out[id(n)] = np.array(self._value_view(n, plan, X, env))
-        return out
+                    each(item, lambda item=item: self._fallback(item, plan, X, env), value_of)
 
     def _debug_function(self, rk: RenderedKernel):
         """The kernel as a function over views of its buffers (the module's take arena offsets, and inlined
