@@ -15,6 +15,7 @@ from .errors import ShapeError
 from .graph import Node, as_data, as_dtype, as_shape, freeze_attrs, is_float, shape_str, user_location
 from .ops.attention import scaled_dot_product_attention  # noqa: F401  (in __all__)
 from .ops.base import apply
+from .ops.norm import layer_norm  # noqa: F401  (in __all__)
 from .ops.reduce import static_size
 from .tensor import Tensor
 
@@ -616,8 +617,8 @@ __all__ = [
     "slice_", "take_slice", "concat", "cat", "concatenate", "stack", "split", "pad", "take", "gather", "one_hot",
     # linear algebra
     "matmul", "dot",
-    # attention
-    "scaled_dot_product_attention",
+    # attention and normalization
+    "scaled_dot_product_attention", "layer_norm",
 ]
 
 _tensor.F = sys.modules[__name__]  # Tensor's operators call these functions (see dlc/tensor.py)

@@ -333,6 +333,8 @@ ATTRS: dict[str, dict] = {
     "scan_output": {"index": _check_int},
     **{op: {"scale": _check_float, "causal": _check_bool, "mask": _check_attention_mask}
        for op in ("attention", "attention_grad_q", "attention_grad_kv")},
+    "layer_norm": {"dims": _check_int, "eps": _check_float},
+    "layer_norm_grad": {"dims": _check_int, "eps": _check_float},
     # the ops without attributes
     **{op: {} for op in ("neg", "abs", "sign", "exp", "log", "sqrt", "rsqrt", "square", "tanh", "sigmoid", "relu",
                          "gelu_tanh", "gelu_erf", "erf", "softplus", "sin", "cos", "stop_gradient", "logical_not",
@@ -351,7 +353,8 @@ ARITY = {
                         "adaptive_avg_pool2d_grad", "sum", "prod", "max", "min", "argmax", "argmin", "reshape",
                         "transpose", "broadcast_to", "slice", "slice_grad", "pad", "random_uniform", "random_normal",
                         "random_bernoulli", "scan_output", "one_hot", "broadcast", "reduce", "all_gather",
-                        "reduce_scatter")},
+                        "reduce_scatter", "layer_norm")},
+    "layer_norm_grad": 2,
     "concat": None, "scan": None,
     # attention takes a mask or not (its mask attribute says which; the shape rule checks the count)
     "attention": None, "attention_grad_q": None, "attention_grad_kv": None,

@@ -27,7 +27,7 @@ PUBLIC = {
     "mean", "var", "std", "argmax", "argmin", "size", "logsumexp", "softmax", "log_softmax", "reshape", "transpose",
     "permute", "swapaxes", "broadcast_to", "expand_dims", "unsqueeze", "squeeze", "flatten", "slice_", "take_slice",
     "concat", "cat", "concatenate", "stack", "split", "pad", "take", "gather", "one_hot", "matmul", "dot",
-    "scaled_dot_product_attention",
+    "scaled_dot_product_attention", "layer_norm",
 }
 
 

@@ -247,12 +247,25 @@ def case_attention(rng, dtype="float64"):
     return {"y": y, "z": z, "gq": gq, "gk": gk, "gv": gv}, feeds, GEMM_TOL
 
 
+def case_layer_norm(rng, dtype="float64"):
+    """Fused layer normalization over one and over two trailing dims, with an affine and a residual epilogue,
+    and its gradient op."""
+    x = dlc.input("x", ("B", 3, 4, 5), dtype)
+    w, b = rand(rng, (4, 5), dtype) + 1.5, rand(rng, (5,), dtype)
+    y = dlc.layer_norm(x, (4, 5), dlc.constant(w, dtype), dlc.constant(b, dtype)) + x
+    z = dlc.layer_norm(dlc.tanh(x), 5, eps=1e-3)
+    loss = dlc.sum(y * y) + dlc.sum(z * dlc.sin(x))
+    (gx,) = dlc.grad(loss, [x])
+    return {"y": y, "z": z, "gx": gx}, {"x": rand(rng, (2, 3, 4, 5), dtype) * 3.0 + 1.0}, TOL
+
+
 CASES = {"unary32": case_unary, "unary64": lambda rng: case_unary(rng, "float64"), "binary32": case_binary,
          "binary64": lambda rng: case_binary(rng, "float64"), "integer": case_integer, "reduce32": case_reduce,
          "reduce64": lambda rng: case_reduce(rng, "float64"), "shape": case_shape, "take": case_take,
          "matmul32": case_matmul, "matmul64": lambda rng: case_matmul(rng, "float64"), "conv_pool": case_conv_pool,
          "random": case_random, "scan": case_scan, "collective": case_collective,
-         "attention": case_attention, "attention32": lambda rng: case_attention(rng, "float32")}
+         "attention": case_attention, "attention32": lambda rng: case_attention(rng, "float32"),
+         "layer_norm": case_layer_norm, "layer_norm32": lambda rng: case_layer_norm(rng, "float32")}
 
 
 @pytest.mark.parametrize("name", list(CASES))

@@ -143,8 +143,7 @@ def _resnet(s):
 
 
 def _layer_norm(x, w, b, eps=1e-5):
-    mean = dlc.mean(x, -1, keepdims=True)
-    return (x - mean) * dlc.rsqrt(dlc.var(x, -1, keepdims=True) + eps) * w + b
+    return dlc.layer_norm(x, x.shape[-1], w, b, eps)
 
 
 def _gpt_loss(p, x, y, heads):

@@ -1066,6 +1066,48 @@ def render_attention(kernel: Kernel, program: Program) -> RenderedKernel:
     return _per_output_kernel(kernel, vr, body, rows_of.shape[:-1], head)
 
 
+def render_layer_norm(kernel: Kernel, program: Program) -> RenderedKernel:
+    """layer_norm and its gradient (norm.cu): one block per row (grid-stride over rows), the block's threads
+    over the row's elements, the epilogue fused."""
+    node = kernel.anchor
+    _only_epilogue(kernel)
+    body = Body(depth=3)
+    vr = ValueRenderer(kernel, program, body)
+    out_names = [vr.buffer(o, const=False) for o in kernel.outputs]
+    dims = int(node.attr("dims"))
+    rows, row = node.shape[:node.ndim - dims], node.shape[node.ndim - dims:]
+    n = int(np.prod(row, dtype=np.int64))
+    x = vr.buffer(node.inputs[0])
+    ctype = C_TYPE[node.dtype]
+    idx = vr.unravel("i", node.shape)
+    if node.op == "layer_norm":
+        value = f"({ctype})(((double){x}[i] - st.mean) * st.rstd)"
+        grad_means = []
+    else:
+        g = vr.buffer(node.inputs[1])
+        value = f"({ctype})(st.rstd * ((double){g}[i] - mean_g - ((double){x}[i] - st.mean) * st.rstd * mean_gx))"
+        grad_means = ["    double mean_g, mean_gx;",
+                      f"    dlc_layer_norm_grad_means({x} + row * n, {g} + row * n, n, st, mean_g, mean_gx);"]
+    body.emit(f"const {ctype} normed = {value};")
+    _store_epilogue(vr, kernel, out_names, idx, "normed")
+    eps = literal(node.attr("eps"), "float64")
+    name = kernel.name
+    lines = [_comment(kernel), _signature(name, vr.final_params()) + " {",
+             f"  const i64 rows = {numel_c(rows)}, n = {n};",
+             "  for (i64 row = blockIdx.x; row < rows; row += gridDim.x) {",
+             f"    const DlcRowStats st = dlc_row_stats({x} + row * n, n, {eps});", *grad_means,
+             "    for (i64 c = threadIdx.x; c < n; c += blockDim.x) {", "      const i64 i = row * n + c;",
+             body.text(), "    }", "  }", "}"]
+    rows_ = tuple(rows)
+
+    def plan(env, max_blocks):
+        count = int(np.prod(shape_eval(rows_, env), dtype=np.int64))
+        threads = min(BLOCK, max(32, 1 << max(0, (n - 1).bit_length())))
+        return Launch(name, (max(1, min(count, 65535)), 1, 1), (threads, 1, 1))
+
+    return RenderedKernel(kernel, "\n".join(lines), vr.final_params(), [name], plan)
+
+
 def render_kernel(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -> RenderedKernel | None:
     """The kernel's CUDA text and launch rule; None for the ops the runtime runs itself (HOST_OPS)."""
     anchor = kernel.anchor
@@ -1095,10 +1137,12 @@ def render_kernel(kernel: Kernel, program: Program, tiles=tuple(GEMM_CONFIGS)) -
         return render_random(kernel, program)
     if anchor.op in ATTENTION_OPS:
         return render_attention(kernel, program)
+    if anchor.op in ("layer_norm", "layer_norm_grad"):
+        return render_layer_norm(kernel, program)
     raise unsupported(anchor)
 
 
-LIBRARY = ("prelude", "gemm", "conv", "pool", "attention")
+LIBRARY = ("prelude", "gemm", "conv", "pool", "attention", "norm")
 
 
 def library_source(names=LIBRARY) -> str:

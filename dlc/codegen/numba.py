@@ -247,6 +247,8 @@ def _render_kernel(program: Program, kernel: Kernel, parallel: bool) -> Rendered
         return _render_matmul(program, kernel)
     if kernel.kind == "complex" and kernel.anchor is not None and kernel.anchor.op in WINDOW_CALLS:
         return _render_window(program, kernel)
+    if kernel.kind == "complex" and kernel.anchor is not None and kernel.anchor.op in NORM_CALLS:
+        return _render_layer_norm(program, kernel)
     if kernel.kind == "opaque" and kernel.anchor is not None and kernel.anchor.op in ("take", "take_grad"):
         return _render_take(program, kernel)
     if kernel.kind == "opaque" and kernel.anchor is not None and kernel.anchor.op == "one_hot":
@@ -489,6 +491,32 @@ def _render_window(program, kernel):
 
 
 # ----------------------------------------------------------------------------
+# layer normalization: one call into kernels/cpu/norm.py over (rows, n) views, then the epilogue
+
+NORM_CALLS = {"layer_norm": "layer_norm_forward", "layer_norm_grad": "layer_norm_backward"}
+
+
+def _as_rows(name: str, shape, dims: int) -> str:
+    """A contiguous array as (rows, n), n the product of its last `dims` dims (known numbers)."""
+    n = int(np.prod(shape[len(shape) - dims:], dtype=np.int64))
+    return f"{name}.reshape((-1, {n}))"
+
+
+def _render_layer_norm(program, kernel):
+    anchor = kernel.anchor
+    if kernel.nodes[0] is not anchor:
+        raise Unsupported(f"{kernel.nodes[0].op} before a {anchor.op}")
+    r = KernelRenderer(program, kernel)
+    dims = int(source_text.checked_number(anchor.attr("dims")))
+    operands = [_as_rows(r.arg(x), x.shape, dims) for x in anchor.inputs]
+    tgt = _anchor_target(r, kernel)
+    eps = f"np.float64({_float(anchor.attr('eps'))})"
+    r.emit([ir.Call(NORM_CALLS[anchor.op], (*operands, _as_rows(tgt, anchor.shape, dims), eps), anchor)])
+    _render_epilogue(r, kernel, tgt)
+    return _finish(r, kernel, _describe(kernel))
+
+
+# ----------------------------------------------------------------------------
 # random numbers: Philox in kernels/cpu/random.py, over the flat output
 
 RANDOM_OPS = ("random_uniform", "random_normal", "random_bernoulli")
@@ -664,6 +692,7 @@ from dlc_cpu_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_grad, avg_poo
 from dlc_cpu_random import (random_bernoulli, random_normal_f32, random_normal_f64, random_uniform_f32,
                             random_uniform_f64)
 from dlc_cpu_attention import attention_backward_kv, attention_backward_q, attention_forward
+from dlc_cpu_norm import layer_norm_backward, layer_norm_forward
 
 JIT = dict(cache=True, error_model="numpy", fastmath={fastmath}, boundscheck=False, nogil=True)
 JIT_PARALLEL = dict(JIT, parallel=True)

@@ -113,12 +113,9 @@ class LayerNorm(Module):
         if tuple(x.shape[x.ndim - k:]) != self.normalized_shape:
             raise ShapeError(f"LayerNorm{self.normalized_shape}{_where()}: the input's last dims must be "
                              f"{self.normalized_shape}, got {shape_str(x.shape)}")
-        axes = tuple(range(x.ndim - k, x.ndim))
-        mean = F.mean(x, axes, keepdims=True)
-        y = (x - mean) * F.rsqrt(F.var(x, axes, keepdims=True) + self.eps)
         if self.elementwise_affine:
-            y = y * self.weight + self.bias
-        return y
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, self.normalized_shape, eps=self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}, elementwise_affine={self.elementwise_affine}"

@@ -6,6 +6,7 @@ from . import (  # noqa: F401  (registration)  # noqa: F401  (registration: conv
            conv,
            elementwise,
            linalg,
+           norm,  # noqa: F401  (registration: fused layer normalization)
            pool,
            random,
            reduce,

@@ -54,7 +54,7 @@ def kernels_digest() -> str:
     return h.hexdigest()[:16]
 
 
-KERNEL_MODULES = ("fastmath", "gemm", "conv", "pool", "random", "views", "attention")
+KERNEL_MODULES = ("fastmath", "gemm", "conv", "pool", "random", "views", "attention", "norm")
 
 
 def load_kernel_modules() -> None:

@@ -418,10 +418,15 @@ def layer_norm(n):
     x = n.tensor(0)
     axis = n.attr("axis", -1) % x.ndim
     axes = tuple(range(axis, x.ndim))
+    eps = n.attr("epsilon", 1e-5)
+    # Mean and InvStdDev, ONNX's optional outputs, are computed only when the graph reads them
     mean = F.mean(x, axes, keepdims=True)
     d = x - mean
-    inv = F.rsqrt(F.mean(d * d, axes, keepdims=True) + n.attr("epsilon", 1e-5))
-    y = d * inv * n.tensor(1)
+    inv = F.rsqrt(F.mean(d * d, axes, keepdims=True) + eps)
+    if all(isinstance(s, int) and s > 0 for s in x.shape[axis:]):
+        y = F.layer_norm(x, tuple(x.shape[axis:]), eps=eps) * n.tensor(1)  # one fused kernel
+    else:
+        y = d * inv * n.tensor(1)
     if n.has(2):
         y = y + n.tensor(2)
     return y, mean, inv
