@@ -229,5 +229,18 @@ def attention_step(batch: int = 2, length: int = 6, keys: int = 9) -> Sample:
     return Sample("attention_step", [y, z, gq, gk, gv], [q, k, v], args, store)
 
 
+def layer_norm_step(batch: int = 3, width: int = 40) -> Sample:
+    """Fused layer normalization with its affine epilogue and its gradient op, float32."""
+    rng, store = _rng(11), dlc.Store()
+    x = dlc.input("x", ("B", 5, width))
+    w = dlc.param(rng.uniform(0.5, 1.5, width), name="w", store=store)
+    b = dlc.param(rng.standard_normal(width), name="b", store=store)
+    y = dlc.layer_norm(x, width, w, b)
+    (gx,) = dlc.grad(dlc.sum(dlc.tanh(y) * x), [x])
+    args = [(rng.standard_normal((batch, 5, width)) * 2.0 + 1.0).astype(np.float32)]
+    return Sample("layer_norm_step", [y, gx], [x], args, store)
+
+
 SAMPLES = (elementwise_chain, reductions, matmul_epilogue, softmax_cross_entropy, gather_scatter, random_numbers,
-           float64_and_integers, mlp_training_step, cnn_training_step, rnn_training_step, attention_step)
+           float64_and_integers, mlp_training_step, cnn_training_step, rnn_training_step, attention_step,
+           layer_norm_step)
