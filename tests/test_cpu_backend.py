@@ -16,7 +16,7 @@ import pytest
 
 import dlc
 from dlc import functional as F
-from dlc.codegen.numba import DIALECT
+from dlc.codegen.numba import DIALECT, PACK_MIN
 from dlc.codegen.printer import scalar_text
 from dlc.graph import Graph
 from dlc.ops import OPS, SOURCE
@@ -390,10 +390,12 @@ def test_kernel_values_debug_hook(rng):
 # training steps against the reference
 
 
-def test_mlp_training_steps_with_momentum(rng):
+@pytest.mark.parametrize("sizes", [[12, 16, 16, 5], [12, 16, 16, 16, 16, 5]], ids=["arguments", "addresses"])
+def test_mlp_training_steps_with_momentum(rng, sizes):
+    """Updated in place over three steps; with PACK_MIN or more parameters the outer functions read them by
+    address, and the store's arrays stay the ones the kernels write."""
     x = dlc.input("x", ("B", 12))
     labels = dlc.input("labels", ("B",), "int64")
-    sizes = [12, 16, 16, 5]
     params, updates = [], {}
     for i, (m, n) in enumerate(zip(sizes[:-1], sizes[1:])):
         params.append(dlc.param(rand(rng, (m, n)) * 0.4, name=f"w{i}"))
@@ -412,11 +414,19 @@ def test_mlp_training_steps_with_momentum(rng):
         updates[p] = p - 0.05 * v_new
     feeds = {"x": rand(rng, (8, 12)), "labels": rng.integers(0, 5, size=8)}
     fn = compare({"loss": loss}, feeds, GEMM_TOL, updates=updates, steps=3)
+    addressed = len(fn.backend.generated.addressed)
+    assert addressed == (4 * (len(sizes) - 1) if 4 * (len(sizes) - 1) >= PACK_MIN else 0)
+    arrays = {k: fn.store[k] for k in fn.store.keys()}
     # a new batch size reuses the compiled code: a new memory plan only
     compiled = fn.backend.stats["numba_compile_s"]
     fn(x=rand(rng, (3, 12)), labels=rng.integers(0, 5, size=3))
     assert len(fn.backend._plans) == 2
     assert fn.backend.stats["numba_compile_s"] == compiled
+    assert all(fn.store[k] is a for k, a in arrays.items())
+    # a value assigned between calls is what the next call reads
+    fn.store["w0"] = rand(rng, (12, 16))
+    want = dlc.compile(loss, inputs=[x, labels], target="reference", store=fresh_store_like(fn.store))(**feeds)
+    assert_close(np.asarray(fn(**feeds)[0]), np.asarray(want), GEMM_TOL, "loss after assigning w0")
 
 
 def test_cnn_training_steps(rng):

@@ -111,6 +111,19 @@ class _Plan:
     __slots__ = ("env", "memory", "arena", "S", "out_views", "out_shapes", "objects", "early", "late", "free")
 
 
+def _addresses(arrays) -> np.ndarray:
+    """The data addresses of parameter arrays an outer function views by address, each checked to be what the
+    generated code assumes (C-contiguous, aligned, writable, of its node's dtype and shape)."""
+    out = np.empty(len(arrays), np.int64)
+    for k, (a, node) in enumerate(arrays):
+        if not (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
+                and a.dtype == np.dtype(node.dtype) and a.shape == tuple(node.shape)):
+            raise TypeError(f"parameter {node.attr('name')!r} must be a writable, C-contiguous {node.dtype} "
+                            f"array of shape {tuple(node.shape)}")
+        out[k] = a.ctypes.data
+    return out
+
+
 class CPUBackend:
     """Runs a compiled function as numba-generated native code; see dlc/codegen/numba.py."""
 
@@ -180,6 +193,11 @@ class CPUBackend:
                 for i, o in enumerate(self.program.outputs):  # (an output listed twice is one array)
                     if o is n:
                         self._output_externals[i] = len(self._externals) - 1
+        # With many parameters the outer functions read them by address: one int64 array, made once (a
+        # parameter's array keeps its identity, dlc.Store assigns into it), whose arrays this backend holds
+        self._direct = self.generated.direct if self.generated.addressed else None
+        self._addresses = _addresses([(self._externals[i][1], self.generated.externals[i])
+                                      for i in self.generated.addressed])
         self._ext_index = {id(n): i for i, n in enumerate(self.generated.externals)}
         self._input_positions = [k for k, n in enumerate(self.generated.externals) if n.op == "input"]
         self._out_dtypes = [np.dtype(n.dtype) for n in self.program.outputs]
@@ -320,7 +338,7 @@ class CPUBackend:
                 if func is None:
                     self._fallback(kernel, ws, X, env)
                 elif self._seen_signatures[i] == len(func.overloads):
-                    func(ws.arena, ws.S, *X)
+                    func(ws.arena, ws.S, *(X if self._direct is None else self._outer_args(X)))
                 else:
                     self._call(i, func, ws, X)
             for i in ws.late:
@@ -335,6 +353,9 @@ class CPUBackend:
                 lock.release()
             free.append(ws)
 
+    def _outer_args(self, X: list) -> list:
+        return [self._addresses] + [X[k] for k in self._direct]
+
     def _arguments(self, feeds: dict, plan: _Plan) -> list:
         """The arrays the outer functions take: inputs, parameters, constants, and fresh output arrays."""
         return [what if kind == FIXED else feeds[what] if kind == INPUT else
@@ -344,7 +365,7 @@ class CPUBackend:
         """A call that compiles: timed, and logged with the reason when it is not the first."""
         seen = self._seen_signatures[i]
         t0 = time.perf_counter()
-        func(plan.arena, plan.S, *X)
+        func(plan.arena, plan.S, *(X if self._direct is None else self._outer_args(X)))
         self.stats["numba_compile_s"] += time.perf_counter() - t0
         if seen > 0:
             log.info("dlc cpu: recompiled %s for new argument types (%s)", func.__name__,

@@ -426,6 +426,8 @@ class LoopRenderer:
         scan, bb = self.scan, self.bb
         C, X, Y = scan.C, scan.X, scan.Y
         body = scan.body
+        if bb.generated.addressed:  # a body reads no parameters (those it closes over are captured inputs)
+            raise AssertionError("a scan body reads parameters by address")
         call = ", ".join(["arena", "S"] + [self.external(m) for m in range(len(bb.generated.externals))])
         w = Writer()
         first, nxt = ("T - 1", "t - 1") if scan.reverse else ("0", "t + 1")

@@ -10,6 +10,12 @@ shape and the C-order strides, sharing the arena's memory (and its reference
 count). It trusts its offset: the memory planner placed every buffer inside
 the arena.
 
+`address_view` is the same for a parameter's array given by its data address
+(an outer function takes every parameter's address in one int64 array rather
+than hundreds of array arguments, which numba types and unboxes one by one).
+Its view borrows the memory: the backend holds the arrays for as long as it
+may call the function.
+
 `call_kernel` calls a kernel so that LLVM may not inline it: an outer
 function calling the same kernel at every layer of a model holds one call per
 layer, not one copy of the kernel per layer.
@@ -67,6 +73,37 @@ def arena_view(typingctx, base, start, shape):
         return impl_ret_borrowed(context, builder, sig.return_type, out._getvalue())
 
     return out_type(base, start, shape), codegen
+
+
+@intrinsic
+def address_view(typingctx, witness, address, shape):
+    """The C-ordered array of `shape` at data address `address`, of witness's dtype (a 1-D array of that dtype,
+    whose memory is not read); it owns nothing (no reference count)."""
+    ndim = _shape_type(shape)
+    if not (isinstance(witness, types.Array) and isinstance(address, types.Integer) and ndim):
+        return None
+    out_type = types.Array(witness.dtype, ndim, "C")
+
+    def codegen(context, builder, sig, args):
+        _, address_v, shape_v = args
+        shape_type = sig.args[2]
+        if isinstance(shape_type, types.Integer):
+            dims = [context.cast(builder, shape_v, shape_type, types.intp)]
+        else:
+            dims = [context.cast(builder, v, t, types.intp)
+                    for v, t in zip(cgutils.unpack_tuple(builder, shape_v), shape_type.types)]
+        data_type = context.get_data_type(witness.dtype)
+        itemsize = context.get_constant(types.intp, context.get_abi_sizeof(data_type))
+        strides, step = [], itemsize
+        for d in reversed(dims):
+            strides.insert(0, step)
+            step = builder.mul(step, d)
+        out = make_array(sig.return_type)(context, builder)
+        data = builder.inttoptr(context.cast(builder, address_v, sig.args[1], types.intp), data_type.as_pointer())
+        populate_array(out, data=data, shape=dims, strides=strides, itemsize=itemsize, meminfo=None)
+        return impl_ret_borrowed(context, builder, sig.return_type, out._getvalue())
+
+    return out_type(witness, address, shape), codegen
 
 
 @intrinsic
