@@ -10,39 +10,45 @@ the same compiled step, runs alone. docs/distributed.md explains the design.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
+import math
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 
-from .errors import DlcError
+from .errors import CollectiveTimeoutError, DistributedError
 from .tensor import Tensor
 
 BUCKET_BYTES = 16 << 20  # gradients are averaged in flat buckets up to this size (one Allreduce each)
-_STATE = {"comm": None, "initialized": False, "hook": None}
+DEFAULT_TIMEOUT = 600.0  # seconds a collective waits for every rank (a slow first compilation included)
+TIMEOUT_VARIABLE = "DLC_COLLECTIVE_TIMEOUT"
+_STATE = {"comm": None, "initialized": False, "hook": None, "timeout": None, "broken": None}
 _LOCK = threading.Lock()
 _LOCAL = threading.local()  # .depth > 0 inside this_rank_only()
 STATS: dict[str, list] = {}  # op -> [calls, bytes, seconds] of the collectives this process ran (benchmarks)
-
-
-class DistributedError(DlcError):
-    """Ranks that disagree (different programs or parameters), or a collective that cannot run."""
 
 
 # ----------------------------------------------------------------------------
 # the process group
 
 
-def init(abort_on_error: bool = True):
+def init(abort_on_error: bool = True, timeout: float | None = None):
     """Join the MPI world (once per process) and return the communicator, or None for a world of one rank.
 
     abort_on_error installs a sys.excepthook that, when this rank dies of an
     uncaught exception, prints it with the rank and aborts the whole job
     (MPI_Abort), so the other ranks stop instead of waiting in a collective.
+    timeout: the seconds a collective waits for the other ranks before it
+    raises CollectiveTimeoutError (math.inf: no limit); by default
+    $DLC_COLLECTIVE_TIMEOUT, else DEFAULT_TIMEOUT. It may be set again later.
     """
+    if timeout is not None:
+        _STATE["timeout"] = _checked_timeout(timeout, "init's timeout")
     with _LOCK:
         if _STATE["initialized"]:
             return _STATE["comm"]
@@ -51,6 +57,27 @@ def init(abort_on_error: bool = True):
     if comm is not None and abort_on_error:
         _install_abort_hook(comm)
     return comm
+
+
+def collective_timeout() -> float:
+    """The seconds a collective waits for every rank: init's timeout, else $DLC_COLLECTIVE_TIMEOUT, else 600."""
+    if _STATE["timeout"] is not None:
+        return _STATE["timeout"]
+    text = os.environ.get(TIMEOUT_VARIABLE)
+    if text is None or not text.strip():
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        raise DistributedError(f"{TIMEOUT_VARIABLE} must be a number of seconds (or inf), got {text!r}") from None
+    return _checked_timeout(value, TIMEOUT_VARIABLE)
+
+
+def _checked_timeout(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or math.isnan(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive number of seconds (or math.inf), got {value!r}")
+    return float(value)
 
 
 LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK", "MV2_COMM_WORLD_SIZE")
@@ -121,6 +148,115 @@ def _install_abort_hook(comm) -> None:
         comm.Abort(1)
 
     sys.excepthook = _STATE["hook"] = abort_all
+
+
+# ----------------------------------------------------------------------------
+# waiting with a deadline
+#
+# Every collective starts non-blocking (Iallreduce, Ibcast, ...) and is polled
+# until it completes or the deadline passes. A rank that times out asks every
+# other rank, point to point, which collective it is waiting in: the ranks
+# polling in a collective answer, a rank busy elsewhere (an endless loop, a
+# long computation) or hung does not. Then it raises CollectiveTimeoutError;
+# the collective cannot be cancelled, so the job is aborted (by the abort
+# hook, or at exit if the error was caught).
+
+SPIN_SECONDS = 0.1     # poll without sleeping first: as prompt as a blocking collective
+LONGEST_NAP = 0.01     # then sleep between polls, at most this long (a hung peer costs no CPU)
+ANSWER_SECONDS = 2.0   # how long a rank that timed out waits for the others to say where they are
+_QUERY_TAG, _ANSWER_TAG = 0x646C6301, 0x646C6302  # point-to-point tags of those questions ("dlc")
+_NAME_WORDS = 4        # an answer: [collective number, the op's name in 4 int64 words]
+_PROGRESS = {"started": 0, "waiting": None}  # collectives this rank started; (number, op) it is waiting in
+
+
+def start_collective(op: str) -> int:
+    """Count a collective this rank starts; its number names it in a timeout's report."""
+    if _STATE["broken"] is not None:
+        raise DistributedError(f"{op}: no collective can run any more: an earlier one timed out "
+                               f"({_STATE['broken']}) and the job is being aborted")
+    _PROGRESS["started"] += 1
+    return _PROGRESS["started"]
+
+
+def wait_collective(request, op: str, number: int) -> None:
+    """Poll an MPI request until it completes; past collective_timeout() raise CollectiveTimeoutError."""
+    if request.Test():
+        return
+    comm = _STATE["comm"]
+    timeout = collective_timeout()
+    begun = time.monotonic()
+    deadline, nap = begun + timeout, 1e-4
+    _PROGRESS["waiting"] = (number, op)
+    try:
+        while not request.Test():
+            now = time.monotonic()
+            if now >= deadline:
+                raise _timed_out(comm, op, number, timeout)
+            if now - begun > SPIN_SECONDS:
+                _answer_questions(comm)
+                time.sleep(min(nap, deadline - now))
+                nap = min(2 * nap, LONGEST_NAP)
+    finally:
+        _PROGRESS["waiting"] = None
+
+
+def _answer_questions(comm) -> None:
+    """Tell every rank that asked which collective this rank is waiting in."""
+    from mpi4py import MPI
+
+    status = MPI.Status()
+    while comm.Iprobe(source=MPI.ANY_SOURCE, tag=_QUERY_TAG, status=status):
+        asker = status.Get_source()
+        comm.Recv(np.empty(1, np.int64), source=asker, tag=_QUERY_TAG)
+        number, op = _PROGRESS["waiting"] or (0, "")
+        name = op.encode()[:8 * _NAME_WORDS].ljust(8 * _NAME_WORDS, b"\0")
+        comm.Send(np.concatenate([[number], np.frombuffer(name, np.int64)]), dest=asker, tag=_ANSWER_TAG)
+
+
+def _where_are_the_others(comm) -> dict[int, tuple[int, str] | None]:
+    """Each other rank's answer (its collective number, op) within ANSWER_SECONDS, or None for no answer."""
+    me, size = comm.Get_rank(), comm.Get_size()
+    others = [r for r in range(size) if r != me]
+    answers = {r: np.zeros(1 + _NAME_WORDS, np.int64) for r in others}
+    for r in others:  # a few bytes each: sent eagerly, whatever the other rank is doing
+        comm.Send(np.array([me], np.int64), dest=r, tag=_QUERY_TAG)
+    pending = {r: comm.Irecv(answers[r], source=r, tag=_ANSWER_TAG) for r in others}
+    deadline = time.monotonic() + ANSWER_SECONDS
+    while pending and time.monotonic() < deadline:
+        _answer_questions(comm)  # another rank that timed out may be asking this one
+        for r in [r for r, request in pending.items() if request.Test()]:
+            del pending[r]
+        time.sleep(0.001)
+    return {r: None if r in pending else
+            (int(answers[r][0]), answers[r][1:].tobytes().rstrip(b"\0").decode(errors="replace"))
+            for r in others}
+
+
+def _timed_out(comm, op: str, number: int, timeout: float) -> CollectiveTimeoutError:
+    """The error for this rank's collective `number` that timed out; marks the communicator broken."""
+    me, size = comm.Get_rank(), comm.Get_size()
+    where = _where_are_the_others(comm)
+    absent = [r for r, answer in where.items() if answer is None or answer[0] == 0]
+    arrived = [r for r, answer in where.items() if answer is not None and answer[0] != 0]
+    parts = [f"rank {me} of {size} waited {timeout:g} s in its collective #{number} for the other ranks "
+             f"(the limit: {TIMEOUT_VARIABLE} or dlc.distributed.init(timeout=...))"]
+    if absent:
+        parts.append(f"rank(s) {absent} had not arrived: they did not answer within {ANSWER_SECONDS:g} s "
+                     f"(running outside a collective, e.g. an endless loop, a long computation or a hang)")
+    for r in arrived:
+        answer_number, answer_op = where[r]
+        parts.append(f"rank {r} waits in its collective #{answer_number} ({answer_op})")
+    parts.append("a collective cannot be cancelled, so the job must end (MPI_Abort)")
+    error = CollectiveTimeoutError(op, "; ".join(parts))
+    _break(comm, f"{op} #{number} on rank {me}")
+    return error
+
+
+def _break(comm, what: str) -> None:
+    """No collective can run after one timed out: refuse the next ones and abort the job at exit."""
+    if _STATE["broken"] is None:
+        atexit.register(comm.Abort, 1)  # the error was caught: the others must not wait at MPI_Finalize
+    _STATE["broken"] = what
 
 
 # ----------------------------------------------------------------------------
@@ -274,8 +410,11 @@ def check_same_program(fn, what: str = "the training step") -> None:
     comm = communicator()
     if comm is None:
         return
-    mine = program_fingerprint(fn)
-    every = comm.allgather(mine)  # a few short strings, once per compilation
+    mine = np.frombuffer(program_fingerprint(fn).encode(), np.uint8)  # 16 hex digits
+    gathered = np.empty((comm.Get_size(), mine.size), np.uint8)
+    number = start_collective("check_same_program")
+    wait_collective(comm.Iallgather(mine, gathered), "check_same_program", number)
+    every = [row.tobytes().decode() for row in gathered]
     differ = [r for r, h in enumerate(every) if h != every[0]]
     if differ:
         raise DistributedError(
@@ -301,7 +440,8 @@ def broadcast_parameters(fn, root: int = 0) -> None:
         return
     for key in _store_keys(fn):
         buf = np.array(fn.store[key], order="C")
-        comm.Bcast(buf, root=root)
+        number = start_collective("broadcast_parameters")
+        wait_collective(comm.Ibcast(buf, root=root), "broadcast_parameters", number)
         if comm.Get_rank() != root:
             fn.store[key] = buf
 
@@ -314,11 +454,12 @@ def all_ranks_mean(values: dict[str, float]) -> dict[str, float]:
     keys = sorted(values)
     local = np.array([values[k] for k in keys], np.float64)
     total = np.empty_like(local)
-    comm.Allreduce(local, total)
+    number = start_collective("all_ranks_mean")
+    wait_collective(comm.Iallreduce(local, total), "all_ranks_mean", number)
     return dict(zip(keys, (total / comm.Get_size()).tolist()))
 
 
 __all__ = ["init", "communicator", "rank", "world_size", "is_main", "all_reduce", "broadcast", "all_gather",
            "reduce", "reduce_scatter", "average_gradients", "average_metrics", "check_same_program",
            "broadcast_parameters", "program_fingerprint", "this_rank_only", "synchronize", "launched_by_mpi",
-           "DistributedError", "BUCKET_BYTES"]
+           "DistributedError", "CollectiveTimeoutError", "collective_timeout", "BUCKET_BYTES", "DEFAULT_TIMEOUT"]

@@ -330,6 +330,67 @@ def test_a_failing_rank_stops_every_rank_with_an_error_naming_it(tmp_path):
     assert "finished" not in log  # rank 0, waiting in the Allreduce of step 4, was stopped
 
 
+HANG = """
+    import sys
+    import time
+    import numpy as np
+    import dlc
+    from dlc import distributed, nn
+
+    distributed.init(timeout=float(sys.argv[2]))
+    model = nn.Sequential(nn.Linear(8, 4))
+    x, y = dlc.input("x", ("B", 8)), dlc.input("y", ("B",), "int64")
+    opt = dlc.optim.SGD(model.parameters(), lr=0.1)
+
+    def loss(x, y):
+        return nn.cross_entropy(model(x), y)
+
+    step = nn.compile_step(loss, [x, y], opt, modules=model, target=sys.argv[1], data_parallel=True)
+    X, Y = np.ones((4, 8), np.float32), np.zeros(4, np.int64)
+    for s in range(5):
+        if s == 2 and distributed.rank() == distributed.world_size() - 1:
+            print(f"rank {distributed.rank()} stops answering", flush=True)
+            time.sleep(3600)  # neither raises nor reaches the collective
+        step(X, Y)
+    print("rank", distributed.rank(), "finished: it should have been stopped", flush=True)
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("target, ranks", [("reference", 2), ("cpu", 2), ("reference", 3)])
+def test_a_hanging_rank_times_the_others_out_with_an_error_naming_it(tmp_path, target, ranks):
+    """The last rank sleeps in step 2; the others' Allreduce times out after 3 s and the job ends."""
+    rc, log, seconds = mpirun(HANG, ranks, tmp_path, target, "3")  # (mpirun fails the test if the job hangs)
+    assert rc != 0, log
+    assert f"rank {ranks - 1} stops answering" in log and "finished" not in log, log
+    line = textwrap.dedent(HANG).splitlines().index("step = nn.compile_step(loss, [x, y], opt, modules=model, "
+                                                    "target=sys.argv[1], data_parallel=True)") + 1
+    # rank 0 names the collective, the user's line that built it (the step's), and the rank that never came
+    assert (f"CollectiveTimeoutError: all_reduce at {tmp_path / f'worker_{ranks}.py'}:{line}: rank 0 of {ranks} "
+            f"waited 3 s in its collective #" in log), log
+    assert f"rank(s) [{ranks - 1}] had not arrived: they did not answer within 2 s" in log, log
+    if ranks == 3:  # the rank that came waits in the same collective, and said so when asked
+        number = log.split("rank 0 of 3 waited 3 s in its collective #")[1].split()[0]
+        assert f"rank 1 waits in its collective #{number} (all_reduce)" in log, log
+    assert "raised CollectiveTimeoutError" in log and "aborting every rank" in log, log
+
+
+def test_the_collective_timeout_is_checked(monkeypatch):
+    monkeypatch.setitem(distributed._STATE, "timeout", None)
+    monkeypatch.setenv("DLC_COLLECTIVE_TIMEOUT", "2.5")
+    assert distributed.collective_timeout() == 2.5
+    monkeypatch.delenv("DLC_COLLECTIVE_TIMEOUT")
+    assert distributed.collective_timeout() == distributed.DEFAULT_TIMEOUT
+    monkeypatch.setenv("DLC_COLLECTIVE_TIMEOUT", "soon")
+    with pytest.raises(distributed.DistributedError, match="DLC_COLLECTIVE_TIMEOUT must be a number of seconds"):
+        distributed.collective_timeout()
+    for bad in (0, -1, float("nan"), "5", True):
+        with pytest.raises(ValueError, match="init's timeout must be a positive number of seconds"):
+            distributed.init(timeout=bad)
+    distributed.init(timeout=float("inf"))  # no limit
+    assert distributed.collective_timeout() == float("inf")
+
+
 @needs_mpi
 def test_mlp_digits_example_trains_on_two_ranks(tmp_path):
     pytest.importorskip("sklearn")

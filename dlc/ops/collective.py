@@ -1,8 +1,9 @@
 """Collectives across MPI ranks: all_reduce, broadcast, all_gather, reduce, reduce_scatter.
 
-Each op's reference calls mpi4py's buffer-based collective (numpy arrays,
-no pickling) on dlc.distributed's communicator; in a world of one rank it is
-the identity. They are opaque host calls: the reference backend runs them
+Each op's reference starts mpi4py's buffer-based non-blocking collective
+(numpy arrays, no pickling) on dlc.distributed's communicator and waits for
+it with a deadline (dlc.distributed.wait_collective); in a world of one rank
+it is the identity. They are opaque host calls: the reference backend runs them
 node by node, and the CPU backend ends a native segment before one and
 starts the next after it (its numpy-fallback path), so a data-parallel step
 is still one compiled function. Every rank must run the same collectives in
@@ -41,6 +42,12 @@ def _contiguous(x) -> np.ndarray:
     return x if x.flags.c_contiguous else x.copy(order="C")
 
 
+def _run(op: str, start) -> None:
+    """Start a non-blocking collective (start() returns its MPI request) and wait for it with the deadline."""
+    number = _D().start_collective(op)
+    _D().wait_collective(start(), op, number)
+
+
 def _check_dtype(x, allowed):
     if x.dtype not in allowed:
         raise DTypeError(f"collectives take {', '.join(allowed)}, got {x.dtype}")
@@ -69,7 +76,7 @@ def _all_reduce_ref(xs, a, shape):
         return x.copy()
     total = np.empty_like(x)
     t0 = time.perf_counter()
-    comm.Allreduce(x, total)
+    _run("all_reduce", lambda: comm.Iallreduce(x, total))
     _D().record_collective("all_reduce", x.nbytes, time.perf_counter() - t0)
     if a["reduce"] == "mean":
         total /= x.dtype.type(comm.Get_size())
@@ -98,7 +105,7 @@ def _broadcast_ref(xs, a, shape):
     comm = _comm()
     buf = np.array(xs[0], order="C")
     if comm is not None:
-        comm.Bcast(buf, root=a["root"])
+        _run("broadcast", lambda: comm.Ibcast(buf, root=a["root"]))
     return buf
 
 
@@ -108,7 +115,7 @@ def _reduce_ref(xs, a, shape):
     if comm is None:
         return x.copy()
     total = np.zeros_like(x)
-    comm.Reduce(x, total, root=a["root"])
+    _run("reduce", lambda: comm.Ireduce(x, total, root=a["root"]))
     return total if comm.Get_rank() == a["root"] else np.zeros_like(x)
 
 
@@ -135,7 +142,7 @@ def _all_gather_infer(xs, attrs):
 
 
 def _all_gather_ref(xs, a, shape):
-    return _reshaping_collective(xs, a, shape, "Allgather")
+    return _reshaping_collective(xs, a, shape, "all_gather", "Iallgather")
 
 
 def _reduce_scatter_infer(xs, attrs):
@@ -148,10 +155,10 @@ def _reduce_scatter_infer(xs, attrs):
 
 
 def _reduce_scatter_ref(xs, a, shape):
-    return _reshaping_collective(xs, a, shape, "Reduce_scatter_block")
+    return _reshaping_collective(xs, a, shape, "reduce_scatter", "Ireduce_scatter_block")
 
 
-def _reshaping_collective(xs, a, shape, method: str):
+def _reshaping_collective(xs, a, shape, op: str, method: str):
     """all_gather and reduce_scatter: an output of another leading size, filled by one MPI call."""
     _check_world(a["world"])
     x = _contiguous(xs[0])
@@ -159,7 +166,7 @@ def _reshaping_collective(xs, a, shape, method: str):
     if comm is None:
         return x.copy()
     out = np.empty(shape, x.dtype)
-    getattr(comm, method)(x, out)
+    _run(op, lambda: getattr(comm, method)(x, out))
     return out
 
 
