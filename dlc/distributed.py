@@ -323,23 +323,28 @@ def record_collective(op: str, nbytes: int, seconds: float) -> None:
 # gradient averaging
 
 
-def average_gradients(grads: list[Tensor], bucket_bytes: int = BUCKET_BYTES) -> list[Tensor]:
-    """The mean of each gradient over the ranks, packed into flat buckets: concat -> one all_reduce -> split.
+def average_gradients(grads: list[Tensor], bucket_bytes: int | None = None) -> list[Tensor]:
+    """The mean of each gradient over the ranks, packed into flat buckets: concat -> one Allreduce -> split.
 
-    Buckets are filled from the last gradient to the first (the order the
-    backward pass finishes them) and chained, so every rank runs the same
-    Allreduces in the same order. A world of one rank builds the same graph
-    (its collectives are the identity): the program, and its compiled code,
-    do not depend on the number of ranks.
+    Buckets (of up to bucket_bytes, default BUCKET_BYTES) are filled from the
+    last gradient to the first (the order the backward pass finishes them).
+    Each bucket's Allreduce is split into all_reduce_start, which the
+    scheduler runs as soon as the bucket is packed, and all_reduce_wait, run
+    as late as the update allows; the starts are chained, so every rank starts
+    the Allreduces in the same order. A world of one rank builds the same
+    graph (its collectives are the identity): the program, and its compiled
+    code, do not depend on the number of ranks.
     """
     from . import functional as F
+    from .functional import _apply
 
     out: list[Tensor | None] = [None] * len(grads)
     previous = None
-    for bucket in _buckets(grads, bucket_bytes):
+    for bucket in _buckets(grads, BUCKET_BYTES if bucket_bytes is None else bucket_bytes):
         flat = F.concat([F.reshape(grads[i], (_size(grads[i]),)) for i in bucket])
-        reduced = all_reduce(flat, "mean", after=previous)
-        previous = reduced
+        ticket = _apply("all_reduce_start", flat) if previous is None else _apply("all_reduce_start", flat, previous)
+        reduced = _apply("all_reduce_wait", flat, ticket, reduce="mean")
+        previous = ticket
         start = 0
         for i in bucket:
             size = _size(grads[i])

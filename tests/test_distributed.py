@@ -137,6 +137,8 @@ TRAIN = """
         store = step.store
     else:
         nn.manual_seed(rank)  # ranks start from different weights: compiling the step copies rank 0's
+        if kind == "mlp-small-buckets":  # three gradient buckets, each reduction overlapping the backward pass
+            distributed.BUCKET_BYTES, kind = 300, "mlp"
         if kind == "mlp":
             model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
         else:  # batch statistics over every rank's rows (no bias before it: its gradient is rounding noise)
@@ -186,6 +188,43 @@ def test_two_ranks_match_one_process_with_the_whole_batch(tmp_path, target):
     # weights, Adam's moments and step, and the reported loss (the mean over ranks, so the whole batch's)
     check_same_training([r0, r1], one)
     assert not np.allclose(one["losses"][0], one["losses"][-1])  # it trained
+
+
+@needs_mpi
+@pytest.mark.parametrize("target", ["cpu", "cuda-emulated"])
+def test_overlapping_bucket_reductions_on_two_ranks_match_one_process(tmp_path, target):
+    for ranks, batch in [(1, 64), (2, 32)]:
+        rc, log, _ = mpirun(TRAIN, ranks, tmp_path, target, str(batch), str(tmp_path), f"world{ranks}",
+                            "mlp-small-buckets")
+        assert rc == 0, log
+    one, r0, r1 = (saved(tmp_path / f) for f in ("world1_rank0.npz", "world2_rank0.npz", "world2_rank1.npz"))
+    check_same_training([r0, r1], one)
+
+
+def test_bucket_reductions_start_early_and_end_late():
+    """The scheduler starts each bucket's Allreduce once it is packed and waits for it only before the update."""
+    from dlc import nn
+    from dlc.passes import optimize
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))
+    x, y = dlc.input("x", ("B", 8)), dlc.input("y", ("B",), "int64")
+    opt = dlc.optim.SGD(model.parameters(), lr=0.1)
+    updates = opt.updates(nn.cross_entropy(model(x), y), lambda gs: distributed.average_gradients(gs, 300))
+    program = optimize([], [(p.node.attr("name"), v.node) for p, v in updates.items()], [x, y])
+    kernels = program.kernels
+    ops = [k.anchor.op if k.anchor is not None else "" for k in kernels]
+    writer = {id(program.storage_of(o)): i for i, k in enumerate(kernels) for o in k.outputs}
+    deps = [{writer[id(program.storage_of(n))] for n in k.inputs if id(program.storage_of(n)) in writer} - {i}
+            for i, k in enumerate(kernels)]
+    starts = [i for i, op in enumerate(ops) if op == "all_reduce_start"]
+    waits = [i for i, op in enumerate(ops) if op == "all_reduce_wait"]
+    matmuls = [i for i, k in enumerate(kernels) if any(n.op == "matmul" for n in k.nodes)]
+    assert len(starts) == len(waits) == 5  # buckets of 300 bytes: [b3, W3], b2, W2, b1, W1
+    assert starts[0] < max(matmuls) < max(starts) < min(waits)  # reductions in flight during the backward pass
+    for i in starts:  # each start right after what it needs (another start or a packing made ready with it)
+        assert i - max(deps[i]) <= 2, (i, deps[i], program)
+    for i in range(min(waits), len(kernels)):  # after the first wait, only what needs a reduced gradient
+        assert ops[i] == "all_reduce_wait" or deps[i] & set(range(min(waits), i)), (i, program)
 
 
 @needs_mpi

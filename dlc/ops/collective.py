@@ -92,6 +92,72 @@ register("all_reduce", OPAQUE, _all_reduce_infer, _all_reduce_ref, _all_reduce_g
          doc="sum or mean of x over every rank (MPI Allreduce)")
 
 
+# ---- all_reduce split in two: the gradient buckets' reductions overlap the rest of the backward pass
+#
+# all_reduce_start(x [, after]) starts MPI Iallreduce on x and returns a ticket (an int64 scalar) naming the
+# pending reduction; all_reduce_wait(x, ticket) waits for it and returns the sum or mean. The wait reads x, so
+# x's buffer lives (and is not overwritten) until the wait, while MPI reads it. Tickets flow through the
+# program's buffers like any value, so every backend's host-call path runs the pair unchanged (the CUDA one on
+# host copies). The scheduler puts starts as early and waits as late as their inputs and readers allow.
+
+_PENDING: dict[int, tuple | None] = {}  # ticket -> (request, result, x, collective number, seconds) or None
+_TICKETS = [0]
+
+
+def _start_infer(xs, attrs):
+    _check_dtype(xs[0], FLOATS)
+    return (), "int64"
+
+
+def _start_ref(xs, a, shape):
+    x = _contiguous(xs[0])  # a view of the caller's buffer, which the wait keeps alive
+    _TICKETS[0] += 1
+    ticket = _TICKETS[0]
+    comm = _comm()
+    if comm is None:
+        _PENDING[ticket] = None
+    else:
+        t0 = time.perf_counter()
+        number = _D().start_collective("all_reduce")
+        total = np.empty_like(x)
+        _PENDING[ticket] = (comm.Iallreduce(x, total), total, x, number, time.perf_counter() - t0)
+    return np.array(ticket, np.int64)
+
+
+def _wait_infer(xs, attrs):
+    if attrs["reduce"] not in ("sum", "mean"):
+        raise ShapeError(f"all_reduce_wait's reduce must be 'sum' or 'mean', got {attrs['reduce']!r}")
+    _check_dtype(xs[0], FLOATS)
+    if xs[1].shape != () or xs[1].dtype != "int64":
+        raise DTypeError(f"all_reduce_wait's second input is all_reduce_start's int64 ticket, got "
+                         f"{xs[1].dtype}{shape_str(xs[1].shape)}")
+    return xs[0].shape, xs[0].dtype
+
+
+def _wait_ref(xs, a, shape):
+    ticket = int(xs[1])
+    if ticket not in _PENDING:
+        raise _D().DistributedError(f"all_reduce_wait: no reduction with ticket {ticket} is pending in this "
+                                    f"process (its all_reduce_start did not run, or it was waited for already)")
+    pending = _PENDING.pop(ticket)
+    if pending is None:  # started in a world of one rank
+        return _contiguous(xs[0]).copy()
+    request, total, x, number, seconds = pending
+    t0 = time.perf_counter()
+    _D().wait_collective(request, "all_reduce", number)
+    _D().record_collective("all_reduce", x.nbytes, seconds + time.perf_counter() - t0)
+    if a["reduce"] == "mean":
+        total /= x.dtype.type(_comm().Get_size())
+    return total
+
+
+# built after the backward pass, for the gradient buckets: no gradient rule (differentiate through all_reduce)
+register("all_reduce_start", OPAQUE, _start_infer, _start_ref, None,
+         doc="start MPI Iallreduce on x; the ticket all_reduce_wait waits for")
+register("all_reduce_wait", OPAQUE, _wait_infer, _wait_ref, None,
+         doc="the sum or mean over ranks that all_reduce_start began (its ticket is input 1)")
+
+
 # ---- broadcast and its gradient, reduce
 
 
@@ -177,4 +243,5 @@ register("reduce_scatter", OPAQUE, _reduce_scatter_infer, _reduce_scatter_ref,
          lambda node, g, xs: [_D().all_gather(g)],
          doc="the sum over ranks, split along axis 0: rank r keeps part r (MPI Reduce_scatter_block)")
 
-HOST_CALLS = ("all_reduce", "broadcast", "reduce", "all_gather", "reduce_scatter")
+HOST_CALLS = ("all_reduce", "all_reduce_start", "all_reduce_wait", "broadcast", "reduce", "all_gather",
+              "reduce_scatter")
