@@ -260,6 +260,57 @@ def _break(comm, what: str) -> None:
 
 
 # ----------------------------------------------------------------------------
+# progress while split collectives are in flight
+#
+# MPI libraries such as Open MPI advance a non-blocking collective only inside
+# MPI calls: an Iallreduce started before the rest of the backward pass would
+# mostly run in its wait. While a split collective is in flight, a helper
+# thread therefore makes a cheap MPI call (Iprobe) every PROGRESS_NAP seconds;
+# the native code of the CPU backend releases the GIL, so the thread runs
+# beside it. It needs MPI_THREAD_MULTIPLE (mpi4py's default); DLC_MPI_PROGRESS=0
+# turns it off.
+
+PROGRESS_NAP = 2e-4
+_PROGRESS_TAG = 0x646C6303  # never sent: the Iprobe only drives progress
+_IN_FLIGHT = {"count": 0, "thread": None, "wake": threading.Event()}
+
+
+def collective_started(comm) -> None:
+    """A split collective is in flight until collective_ended(): keep MPI progressing meanwhile."""
+    _IN_FLIGHT["count"] += 1
+    if _IN_FLIGHT["thread"] is None:
+        if os.environ.get("DLC_MPI_PROGRESS") == "0" or not _threads_allowed():
+            _IN_FLIGHT["thread"] = False
+        else:
+            _IN_FLIGHT["thread"] = threading.Thread(target=_progress_loop, args=(comm,), daemon=True,
+                                                    name="dlc-mpi-progress")
+            _IN_FLIGHT["thread"].start()
+    _IN_FLIGHT["wake"].set()
+
+
+def collective_ended() -> None:
+    _IN_FLIGHT["count"] -= 1
+
+
+def _threads_allowed() -> bool:
+    from mpi4py import MPI
+
+    return MPI.Query_thread() == MPI.THREAD_MULTIPLE
+
+
+def _progress_loop(comm) -> None:
+    from mpi4py import MPI
+
+    wake = _IN_FLIGHT["wake"]
+    while True:
+        wake.wait()
+        wake.clear()  # set again by the next start: none is missed between the check below and the wait
+        while _IN_FLIGHT["count"] > 0 and _STATE["broken"] is None:
+            comm.Iprobe(source=MPI.ANY_SOURCE, tag=_PROGRESS_TAG)
+            time.sleep(PROGRESS_NAP)
+
+
+# ----------------------------------------------------------------------------
 # collectives as graph ops (dlc/ops/collective.py holds their rules)
 
 

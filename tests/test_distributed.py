@@ -201,6 +201,33 @@ def test_overlapping_bucket_reductions_on_two_ranks_match_one_process(tmp_path, 
     check_same_training([r0, r1], one)
 
 
+PROGRESS = """
+    import time
+    import numpy as np
+    from dlc import distributed
+    from dlc.ops import OPS, collective
+
+    rank = distributed.rank()
+    x = np.full(2_000_000, rank + 1.0, np.float32)  # 8 MB: more than MPI sends eagerly
+    ticket = OPS["all_reduce_start"].ref([x], {}, ())
+    result = collective._PENDING[int(ticket)][1]
+    deadline = time.monotonic() + 60
+    while not (result == 3.0).all() and time.monotonic() < deadline:
+        time.sleep(0.01)  # this thread makes no MPI call
+    print(f"rank {rank} reduced in the background: {bool((result == 3.0).all())}", flush=True)
+    total = OPS["all_reduce_wait"].ref([x, ticket], {"reduce": "sum"}, x.shape)
+    assert (total == 3.0).all()
+"""
+
+
+@needs_mpi
+def test_a_started_reduction_progresses_while_the_rank_computes(tmp_path):
+    """The progress thread: an Iallreduce completes while the rank's own thread makes no MPI call."""
+    rc, log, _ = mpirun(PROGRESS, 2, tmp_path)
+    assert rc == 0, log
+    assert "rank 0 reduced in the background: True" in log and "rank 1 reduced in the background: True" in log
+
+
 def test_bucket_reductions_start_early_and_end_late():
     """The scheduler starts each bucket's Allreduce once it is packed and waits for it only before the update."""
     from dlc import nn

@@ -13,6 +13,7 @@ waits for, which chains collectives into one order.
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
@@ -101,7 +102,7 @@ register("all_reduce", OPAQUE, _all_reduce_infer, _all_reduce_ref, _all_reduce_g
 # host copies). The scheduler puts starts as early and waits as late as their inputs and readers allow.
 
 _PENDING: dict[int, tuple | None] = {}  # ticket -> (request, result, x, collective number, seconds) or None
-_TICKETS = [0]
+_TICKETS = itertools.count(1)
 
 
 def _start_infer(xs, attrs):
@@ -111,8 +112,7 @@ def _start_infer(xs, attrs):
 
 def _start_ref(xs, a, shape):
     x = _contiguous(xs[0])  # a view of the caller's buffer, which the wait keeps alive
-    _TICKETS[0] += 1
-    ticket = _TICKETS[0]
+    ticket = next(_TICKETS)
     comm = _comm()
     if comm is None:
         _PENDING[ticket] = None
@@ -121,6 +121,7 @@ def _start_ref(xs, a, shape):
         number = _D().start_collective("all_reduce")
         total = np.empty_like(x)
         _PENDING[ticket] = (comm.Iallreduce(x, total), total, x, number, time.perf_counter() - t0)
+        _D().collective_started(comm)
     return np.array(ticket, np.int64)
 
 
@@ -144,7 +145,10 @@ def _wait_ref(xs, a, shape):
         return _contiguous(xs[0]).copy()
     request, total, x, number, seconds = pending
     t0 = time.perf_counter()
-    _D().wait_collective(request, "all_reduce", number)
+    try:
+        _D().wait_collective(request, "all_reduce", number)
+    finally:
+        _D().collective_ended()
     _D().record_collective("all_reduce", x.nbytes, seconds + time.perf_counter() - t0)
     if a["reduce"] == "mean":
         total /= x.dtype.type(_comm().Get_size())
