@@ -8,8 +8,10 @@ Rows: 1 rank without data parallelism (the baseline), 1 rank with it (the
 gradient packing alone: collectives are the identity), 2 ranks with the
 workload's batch per rank (weak scaling: twice the samples per step) and 2
 ranks with half the batch each (strong scaling: the same samples per step).
-"allreduce" is the time rank 0 spends inside MPI Allreduce per step, waiting
-for the other rank included. A last row times a bare Allreduce of a buffer of
+"allreduce" is the time rank 0 spends inside MPI Allreduce per step (for a
+gradient bucket's split reduction: in its start and its wait), waiting for
+the other rank included; DLC_MPI_PROGRESS=0 in the environment turns the
+progress thread off (docs/distributed.md). A last row times a bare Allreduce of a buffer of
 the gradients' size, from which the bus bandwidth (2(N-1)/N * bytes / time)
 used by docs/distributed.md's model is taken.
 """
