@@ -441,6 +441,39 @@ def test_a_hanging_rank_times_the_others_out_with_an_error_naming_it(tmp_path, t
     assert "raised CollectiveTimeoutError" in log and "aborting every rank" in log, log
 
 
+CAUGHT = """
+    import time
+    import numpy as np
+    import dlc
+    from dlc import distributed
+
+    distributed.init(timeout=2.0)
+    x = dlc.input("x", (3,))
+    total = dlc.compile(distributed.all_reduce(x), inputs=[x], target="reference")
+    total(np.ones(3, np.float32))
+    if distributed.rank() == 1:
+        time.sleep(3600)
+    try:
+        total(np.ones(3, np.float32))
+    except distributed.CollectiveTimeoutError as e:
+        print("rank 0 caught:", e, flush=True)
+    try:
+        total(np.ones(3, np.float32))
+    except distributed.DistributedError as e:
+        print("rank 0 again:", e, flush=True)
+    print("rank 0 exits normally", flush=True)
+"""
+
+
+@needs_mpi
+def test_a_caught_timeout_still_ends_the_job(tmp_path):
+    """Caught, the error leaves a collective that cannot be cancelled: later ones refuse, and exiting aborts."""
+    rc, log, _ = mpirun(CAUGHT, 2, tmp_path)  # (mpirun fails the test if the job hangs)
+    assert "rank 0 caught: all_reduce at " in log and "rank(s) [1] had not arrived" in log, log
+    assert "rank 0 again: all_reduce: no collective can run any more: an earlier one timed out" in log, log
+    assert "rank 0 exits normally" in log and rc != 0, log  # MPI_Abort at exit ended rank 1's sleep
+
+
 def test_the_collective_timeout_is_checked(monkeypatch):
     monkeypatch.setitem(distributed._STATE, "timeout", None)
     monkeypatch.setenv("DLC_COLLECTIVE_TIMEOUT", "2.5")
