@@ -2,13 +2,16 @@
 
     python3 benchmarks/distributed_bench.py                 # W1; launches mpirun -n 1 / -n 2 itself
     python3 benchmarks/distributed_bench.py --workload W2 --steps 30
+    python3 benchmarks/distributed_bench.py --bucket-bytes 1000000   # several buckets: reductions can overlap
 
 Rows: 1 rank without data parallelism (the baseline), 1 rank with it (the
 gradient packing alone: collectives are the identity), 2 ranks with the
 workload's batch per rank (weak scaling: twice the samples per step) and 2
 ranks with half the batch each (strong scaling: the same samples per step).
-"allreduce" is the time rank 0 spends inside MPI Allreduce per step, waiting
-for the other rank included. A last row times a bare Allreduce of a buffer of
+"allreduce" is the time rank 0 spends inside MPI Allreduce per step (for a
+gradient bucket's split reduction: in its start and its wait), waiting for
+the other rank included; DLC_MPI_PROGRESS=0 in the environment turns the
+progress thread off (docs/distributed.md). A last row times a bare Allreduce of a buffer of
 the gradients' size, from which the bus bandwidth (2(N-1)/N * bytes / time)
 used by docs/distributed.md's model is taken.
 """
@@ -59,6 +62,8 @@ def build_step(workload: str, batch: int, data_parallel: bool):
 def worker(args) -> dict:
     from dlc import distributed
 
+    if args.bucket_bytes:
+        distributed.BUCKET_BYTES = args.bucket_bytes
     step, X, Y, n_params = build_step(args.workload, args.batch, args.mode == "dp")
     comm = distributed.communicator()
     for _ in range(3):
@@ -118,6 +123,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=None, help="per rank (default: the workload's)")
     p.add_argument("--mode", default="dp", choices=["plain", "dp", "probe"])
     p.add_argument("--probe-elements", type=int, default=0)
+    p.add_argument("--bucket-bytes", type=int, default=0, help="gradient bucket size (default: BUCKET_BYTES)")
     p.add_argument("--mpirun-args", default=SHARED_MEMORY,
                    help=f"options for mpirun (default {SHARED_MEMORY!r}: Open MPI's shared-memory transport)")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -130,7 +136,7 @@ def main() -> None:
         if distributed.is_main():
             print("RESULT " + json.dumps(result), flush=True)
         return
-    common = ["--workload", args.workload, "--steps", str(args.steps)]
+    common = ["--workload", args.workload, "--steps", str(args.steps), "--bucket-bytes", str(args.bucket_bytes)]
     rows = [launch(1, common + ["--mode", "plain", "--batch", str(full)], args.mpirun_args),
             launch(1, common + ["--mode", "dp", "--batch", str(full)], args.mpirun_args),
             launch(2, common + ["--mode", "dp", "--batch", str(full)], args.mpirun_args),
@@ -139,11 +145,11 @@ def main() -> None:
     rows.append(launch(2, common + probe, args.mpirun_args))
     print(f"{args.workload}, {rows[0]['params']} parameters ({rows[0]['params'] * 4 / 1e6:.2f} MB of float32 "
           f"gradients), 1 thread per rank, medians of {args.steps} steps")
-    print("| ranks | mode | batch per rank | step ms | samples/s | allreduce ms per step |")
-    print("|---|---|---|---|---|---|")
+    print("| ranks | mode | batch per rank | step ms | samples/s | allreduce ms per step | Allreduces per step |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows[:-1]:
         print(f"| {r['ranks']} | {r['mode']} | {r['batch_per_rank']} | {r['step_ms']:.2f} | "
-              f"{r['samples_per_s']:.0f} | {r['allreduce_ms']:.3f} |")
+              f"{r['samples_per_s']:.0f} | {r['allreduce_ms']:.3f} | {r['allreduce_calls']:g} |")
     probe = rows[-1]
     print(f"bare Allreduce of {probe['mb']:.2f} MB on 2 ranks: {probe['allreduce_ms']:.3f} ms, "
           f"bus bandwidth {probe['bus_gb_per_s']:.2f} GB/s")

@@ -10,39 +10,45 @@ the same compiled step, runs alone. docs/distributed.md explains the design.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
+import math
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 
-from .errors import DlcError
+from .errors import CollectiveTimeoutError, DistributedError
 from .tensor import Tensor
 
 BUCKET_BYTES = 16 << 20  # gradients are averaged in flat buckets up to this size (one Allreduce each)
-_STATE = {"comm": None, "initialized": False, "hook": None}
+DEFAULT_TIMEOUT = 600.0  # seconds a collective waits for every rank (a slow first compilation included)
+TIMEOUT_VARIABLE = "DLC_COLLECTIVE_TIMEOUT"
+_STATE = {"comm": None, "initialized": False, "hook": None, "timeout": None, "broken": None}
 _LOCK = threading.Lock()
 _LOCAL = threading.local()  # .depth > 0 inside this_rank_only()
 STATS: dict[str, list] = {}  # op -> [calls, bytes, seconds] of the collectives this process ran (benchmarks)
-
-
-class DistributedError(DlcError):
-    """Ranks that disagree (different programs or parameters), or a collective that cannot run."""
 
 
 # ----------------------------------------------------------------------------
 # the process group
 
 
-def init(abort_on_error: bool = True):
+def init(abort_on_error: bool = True, timeout: float | None = None):
     """Join the MPI world (once per process) and return the communicator, or None for a world of one rank.
 
     abort_on_error installs a sys.excepthook that, when this rank dies of an
     uncaught exception, prints it with the rank and aborts the whole job
     (MPI_Abort), so the other ranks stop instead of waiting in a collective.
+    timeout: the seconds a collective waits for the other ranks before it
+    raises CollectiveTimeoutError (math.inf: no limit); by default
+    $DLC_COLLECTIVE_TIMEOUT, else DEFAULT_TIMEOUT. It may be set again later.
     """
+    if timeout is not None:
+        _STATE["timeout"] = _checked_timeout(timeout, "init's timeout")
     with _LOCK:
         if _STATE["initialized"]:
             return _STATE["comm"]
@@ -51,6 +57,27 @@ def init(abort_on_error: bool = True):
     if comm is not None and abort_on_error:
         _install_abort_hook(comm)
     return comm
+
+
+def collective_timeout() -> float:
+    """The seconds a collective waits for every rank: init's timeout, else $DLC_COLLECTIVE_TIMEOUT, else 600."""
+    if _STATE["timeout"] is not None:
+        return _STATE["timeout"]
+    text = os.environ.get(TIMEOUT_VARIABLE)
+    if text is None or not text.strip():
+        return DEFAULT_TIMEOUT
+    try:
+        value = float(text)
+    except ValueError:
+        raise DistributedError(f"{TIMEOUT_VARIABLE} must be a number of seconds (or inf), got {text!r}") from None
+    return _checked_timeout(value, TIMEOUT_VARIABLE)
+
+
+def _checked_timeout(value, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or math.isnan(value) or value <= 0:
+        raise ValueError(f"{what} must be a positive number of seconds (or math.inf), got {value!r}")
+    return float(value)
 
 
 LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_SIZE", "PMI_RANK", "MV2_COMM_WORLD_SIZE")
@@ -124,6 +151,166 @@ def _install_abort_hook(comm) -> None:
 
 
 # ----------------------------------------------------------------------------
+# waiting with a deadline
+#
+# Every collective starts non-blocking (Iallreduce, Ibcast, ...) and is polled
+# until it completes or the deadline passes. A rank that times out asks every
+# other rank, point to point, which collective it is waiting in: the ranks
+# polling in a collective answer, a rank busy elsewhere (an endless loop, a
+# long computation) or hung does not. Then it raises CollectiveTimeoutError;
+# the collective cannot be cancelled, so the job is aborted (by the abort
+# hook, or at exit if the error was caught).
+
+SPIN_SECONDS = 0.1     # poll without sleeping first: as prompt as a blocking collective
+LONGEST_NAP = 0.01     # then sleep between polls, at most this long (a hung peer costs no CPU)
+ANSWER_SECONDS = 2.0   # how long a rank that timed out waits for the others to say where they are
+_QUERY_TAG, _ANSWER_TAG = 0x646C6301, 0x646C6302  # point-to-point tags of those questions ("dlc")
+_NAME_WORDS = 4        # an answer: [collective number, the op's name in 4 int64 words]
+_PROGRESS = {"started": 0, "waiting": None}  # collectives this rank started; (number, op) it is waiting in
+
+
+def start_collective(op: str) -> int:
+    """Count a collective this rank starts; its number names it in a timeout's report."""
+    if _STATE["broken"] is not None:
+        raise DistributedError(f"{op}: no collective can run any more: an earlier one timed out "
+                               f"({_STATE['broken']}) and the job is being aborted")
+    _PROGRESS["started"] += 1
+    return _PROGRESS["started"]
+
+
+def wait_collective(request, op: str, number: int) -> None:
+    """Poll an MPI request until it completes; past collective_timeout() raise CollectiveTimeoutError."""
+    if request.Test():
+        return
+    comm = _STATE["comm"]
+    timeout = collective_timeout()
+    begun = time.monotonic()
+    deadline, nap = begun + timeout, 1e-4
+    _PROGRESS["waiting"] = (number, op)
+    try:
+        while not request.Test():
+            now = time.monotonic()
+            if now >= deadline:
+                raise _timed_out(comm, op, number, timeout)
+            if now - begun > SPIN_SECONDS:
+                _answer_questions(comm)
+                time.sleep(min(nap, deadline - now))
+                nap = min(2 * nap, LONGEST_NAP)
+    finally:
+        _PROGRESS["waiting"] = None
+
+
+def _answer_questions(comm) -> None:
+    """Tell every rank that asked which collective this rank is waiting in."""
+    from mpi4py import MPI
+
+    status = MPI.Status()
+    while comm.Iprobe(source=MPI.ANY_SOURCE, tag=_QUERY_TAG, status=status):
+        asker = status.Get_source()
+        comm.Recv(np.empty(1, np.int64), source=asker, tag=_QUERY_TAG)
+        number, op = _PROGRESS["waiting"] or (0, "")
+        name = op.encode()[:8 * _NAME_WORDS].ljust(8 * _NAME_WORDS, b"\0")
+        comm.Send(np.concatenate([[number], np.frombuffer(name, np.int64)]), dest=asker, tag=_ANSWER_TAG)
+
+
+def _where_are_the_others(comm) -> dict[int, tuple[int, str] | None]:
+    """Each other rank's answer (its collective number, op) within ANSWER_SECONDS, or None for no answer."""
+    me, size = comm.Get_rank(), comm.Get_size()
+    others = [r for r in range(size) if r != me]
+    answers = {r: np.zeros(1 + _NAME_WORDS, np.int64) for r in others}
+    for r in others:  # a few bytes each: sent eagerly, whatever the other rank is doing
+        comm.Send(np.array([me], np.int64), dest=r, tag=_QUERY_TAG)
+    pending = {r: comm.Irecv(answers[r], source=r, tag=_ANSWER_TAG) for r in others}
+    deadline = time.monotonic() + ANSWER_SECONDS
+    while pending and time.monotonic() < deadline:
+        _answer_questions(comm)  # another rank that timed out may be asking this one
+        for r in [r for r, request in pending.items() if request.Test()]:
+            del pending[r]
+        time.sleep(0.001)
+    return {r: None if r in pending else
+            (int(answers[r][0]), answers[r][1:].tobytes().rstrip(b"\0").decode(errors="replace"))
+            for r in others}
+
+
+def _timed_out(comm, op: str, number: int, timeout: float) -> CollectiveTimeoutError:
+    """The error for this rank's collective `number` that timed out; marks the communicator broken."""
+    me, size = comm.Get_rank(), comm.Get_size()
+    where = _where_are_the_others(comm)
+    absent = [r for r, answer in where.items() if answer is None or answer[0] == 0]
+    arrived = [r for r, answer in where.items() if answer is not None and answer[0] != 0]
+    parts = [f"rank {me} of {size} waited {timeout:g} s in its collective #{number} for the other ranks "
+             f"(the limit: {TIMEOUT_VARIABLE} or dlc.distributed.init(timeout=...))"]
+    if absent:
+        parts.append(f"rank(s) {absent} had not arrived: they did not answer within {ANSWER_SECONDS:g} s "
+                     f"(running outside a collective, e.g. an endless loop, a long computation or a hang)")
+    for r in arrived:
+        answer_number, answer_op = where[r]
+        parts.append(f"rank {r} waits in its collective #{answer_number} ({answer_op})")
+    parts.append("a collective cannot be cancelled, so the job must end (MPI_Abort)")
+    error = CollectiveTimeoutError(op, "; ".join(parts))
+    _break(comm, f"{op} #{number} on rank {me}")
+    return error
+
+
+def _break(comm, what: str) -> None:
+    """No collective can run after one timed out: refuse the next ones and abort the job at exit."""
+    if _STATE["broken"] is None:
+        atexit.register(comm.Abort, 1)  # the error was caught: the others must not wait at MPI_Finalize
+    _STATE["broken"] = what
+
+
+# ----------------------------------------------------------------------------
+# progress while split collectives are in flight
+#
+# MPI libraries such as Open MPI advance a non-blocking collective only inside
+# MPI calls: an Iallreduce started before the rest of the backward pass would
+# mostly run in its wait. While a split collective is in flight, a helper
+# thread therefore makes a cheap MPI call (Iprobe) every PROGRESS_NAP seconds;
+# the native code of the CPU backend releases the GIL, so the thread runs
+# beside it. It needs MPI_THREAD_MULTIPLE (mpi4py's default); DLC_MPI_PROGRESS=0
+# turns it off.
+
+PROGRESS_NAP = 2e-4
+_PROGRESS_TAG = 0x646C6303  # never sent: the Iprobe only drives progress
+_IN_FLIGHT = {"count": 0, "thread": None, "wake": threading.Event()}
+
+
+def collective_started(comm) -> None:
+    """A split collective is in flight until collective_ended(): keep MPI progressing meanwhile."""
+    _IN_FLIGHT["count"] += 1
+    if _IN_FLIGHT["thread"] is None:
+        if os.environ.get("DLC_MPI_PROGRESS") == "0" or not _threads_allowed():
+            _IN_FLIGHT["thread"] = False
+        else:
+            _IN_FLIGHT["thread"] = threading.Thread(target=_progress_loop, args=(comm,), daemon=True,
+                                                    name="dlc-mpi-progress")
+            _IN_FLIGHT["thread"].start()
+    _IN_FLIGHT["wake"].set()
+
+
+def collective_ended() -> None:
+    _IN_FLIGHT["count"] -= 1
+
+
+def _threads_allowed() -> bool:
+    from mpi4py import MPI
+
+    return MPI.Query_thread() == MPI.THREAD_MULTIPLE
+
+
+def _progress_loop(comm) -> None:
+    from mpi4py import MPI
+
+    wake = _IN_FLIGHT["wake"]
+    while True:
+        wake.wait()
+        wake.clear()  # set again by the next start: none is missed between the check below and the wait
+        while _IN_FLIGHT["count"] > 0 and _STATE["broken"] is None:
+            comm.Iprobe(source=MPI.ANY_SOURCE, tag=_PROGRESS_TAG)
+            time.sleep(PROGRESS_NAP)
+
+
+# ----------------------------------------------------------------------------
 # collectives as graph ops (dlc/ops/collective.py holds their rules)
 
 
@@ -187,23 +374,28 @@ def record_collective(op: str, nbytes: int, seconds: float) -> None:
 # gradient averaging
 
 
-def average_gradients(grads: list[Tensor], bucket_bytes: int = BUCKET_BYTES) -> list[Tensor]:
-    """The mean of each gradient over the ranks, packed into flat buckets: concat -> one all_reduce -> split.
+def average_gradients(grads: list[Tensor], bucket_bytes: int | None = None) -> list[Tensor]:
+    """The mean of each gradient over the ranks, packed into flat buckets: concat -> one Allreduce -> split.
 
-    Buckets are filled from the last gradient to the first (the order the
-    backward pass finishes them) and chained, so every rank runs the same
-    Allreduces in the same order. A world of one rank builds the same graph
-    (its collectives are the identity): the program, and its compiled code,
-    do not depend on the number of ranks.
+    Buckets (of up to bucket_bytes, default BUCKET_BYTES) are filled from the
+    last gradient to the first (the order the backward pass finishes them).
+    Each bucket's Allreduce is split into all_reduce_start, which the
+    scheduler runs as soon as the bucket is packed, and all_reduce_wait, run
+    as late as the update allows; the starts are chained, so every rank starts
+    the Allreduces in the same order. A world of one rank builds the same
+    graph (its collectives are the identity): the program, and its compiled
+    code, do not depend on the number of ranks.
     """
     from . import functional as F
+    from .functional import _apply
 
     out: list[Tensor | None] = [None] * len(grads)
     previous = None
-    for bucket in _buckets(grads, bucket_bytes):
+    for bucket in _buckets(grads, BUCKET_BYTES if bucket_bytes is None else bucket_bytes):
         flat = F.concat([F.reshape(grads[i], (_size(grads[i]),)) for i in bucket])
-        reduced = all_reduce(flat, "mean", after=previous)
-        previous = reduced
+        ticket = _apply("all_reduce_start", flat) if previous is None else _apply("all_reduce_start", flat, previous)
+        reduced = _apply("all_reduce_wait", flat, ticket, reduce="mean")
+        previous = ticket
         start = 0
         for i in bucket:
             size = _size(grads[i])
@@ -274,8 +466,11 @@ def check_same_program(fn, what: str = "the training step") -> None:
     comm = communicator()
     if comm is None:
         return
-    mine = program_fingerprint(fn)
-    every = comm.allgather(mine)  # a few short strings, once per compilation
+    mine = np.frombuffer(program_fingerprint(fn).encode(), np.uint8)  # 16 hex digits
+    gathered = np.empty((comm.Get_size(), mine.size), np.uint8)
+    number = start_collective("check_same_program")
+    wait_collective(comm.Iallgather(mine, gathered), "check_same_program", number)
+    every = [row.tobytes().decode() for row in gathered]
     differ = [r for r, h in enumerate(every) if h != every[0]]
     if differ:
         raise DistributedError(
@@ -301,7 +496,8 @@ def broadcast_parameters(fn, root: int = 0) -> None:
         return
     for key in _store_keys(fn):
         buf = np.array(fn.store[key], order="C")
-        comm.Bcast(buf, root=root)
+        number = start_collective("broadcast_parameters")
+        wait_collective(comm.Ibcast(buf, root=root), "broadcast_parameters", number)
         if comm.Get_rank() != root:
             fn.store[key] = buf
 
@@ -314,11 +510,12 @@ def all_ranks_mean(values: dict[str, float]) -> dict[str, float]:
     keys = sorted(values)
     local = np.array([values[k] for k in keys], np.float64)
     total = np.empty_like(local)
-    comm.Allreduce(local, total)
+    number = start_collective("all_ranks_mean")
+    wait_collective(comm.Iallreduce(local, total), "all_ranks_mean", number)
     return dict(zip(keys, (total / comm.Get_size()).tolist()))
 
 
 __all__ = ["init", "communicator", "rank", "world_size", "is_main", "all_reduce", "broadcast", "all_gather",
            "reduce", "reduce_scatter", "average_gradients", "average_metrics", "check_same_program",
            "broadcast_parameters", "program_fingerprint", "this_rank_only", "synchronize", "launched_by_mpi",
-           "DistributedError", "BUCKET_BYTES"]
+           "DistributedError", "CollectiveTimeoutError", "collective_timeout", "BUCKET_BYTES", "DEFAULT_TIMEOUT"]

@@ -49,5 +49,30 @@ class IndexRangeError(DlcError, IndexError):
         return type(self)(self.op, self.value, self.low, self.high, f" at {loc}")
 
 
+class DistributedError(DlcError):
+    """Ranks that disagree (different programs or parameters), or a collective that cannot run."""
+
+
+class CollectiveTimeoutError(DistributedError):
+    """A collective whose ranks did not all arrive within the time limit (dlc/distributed.py).
+
+    `where` is " at file:line" of the user's line that built the op, or "";
+    `details` says which ranks had arrived and which had not.
+    """
+
+    def __init__(self, op: str, details: str, where: str = ""):
+        self.op, self.details, self.where = str(op), str(details), str(where)
+        super().__init__(f"{self.op}{self.where}: {self.details}")
+
+    def __reduce__(self):
+        return type(self), (self.op, self.details, self.where)
+
+    def located(self, loc) -> "CollectiveTimeoutError":
+        """The same error naming the user's line `loc` (a SourceLoc or None), unless it already names one."""
+        if self.where or loc is None:
+            return self
+        return type(self)(self.op, self.details, f" at {loc}")
+
+
 class DTypeWarning(UserWarning):
     """Data converted to a narrower dtype on its way in (float64 arrays to float32): said once per entry point."""

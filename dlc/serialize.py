@@ -319,6 +319,8 @@ ATTRS: dict[str, dict] = {
                 "dtype": _check_dtype_name},
     "cast": {"dtype": _check_dtype_name},
     "all_reduce": {"reduce": _check_reduction},
+    "all_reduce_start": {},
+    "all_reduce_wait": {"reduce": _check_reduction},
     "broadcast": {"root": _check_int},
     "reduce": {"root": _check_int},
     "all_gather": {"world": _check_int},
@@ -348,7 +350,7 @@ ATTRS: dict[str, dict] = {
 ARITY = {
     "input": 0, "param": 0, "const": 0, "size": 1,
     **{op: 2 for op in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv_transpose2d", "matmul",
-                        "max_pool2d_grad", "take", "take_grad")},
+                        "max_pool2d_grad", "take", "take_grad", "all_reduce_wait")},
     **{op: 1 for op in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "avg_pool2d_grad",
                         "adaptive_avg_pool2d_grad", "sum", "prod", "max", "min", "argmax", "argmin", "reshape",
                         "transpose", "broadcast_to", "slice", "slice_grad", "pad", "random_uniform", "random_normal",

@@ -227,7 +227,9 @@ def case_collective(rng):
     y = D.reduce_scatter(D.all_gather(D.reduce(h, 0)))
     loss = dlc.sum(y * x)
     (gw,) = dlc.grad(loss, [w])
-    return {"y": y, "loss": loss, "gw": gw}, {"x": rand(rng, (4, 3))}, TOL
+    # gradient buckets of 48 bytes: two reductions split into start and wait, with work between them
+    g1, g2 = D.average_gradients([gw * 2.0, dlc.tanh(gw)], bucket_bytes=48)
+    return {"y": y, "loss": loss, "gw": gw, "g1": g1, "g2": g2}, {"x": rand(rng, (4, 3))}, TOL
 
 
 def case_attention(rng, dtype="float64"):

@@ -137,6 +137,8 @@ TRAIN = """
         store = step.store
     else:
         nn.manual_seed(rank)  # ranks start from different weights: compiling the step copies rank 0's
+        if kind == "mlp-small-buckets":  # three gradient buckets, each reduction overlapping the backward pass
+            distributed.BUCKET_BYTES, kind = 300, "mlp"
         if kind == "mlp":
             model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 4))
         else:  # batch statistics over every rank's rows (no bias before it: its gradient is rounding noise)
@@ -186,6 +188,70 @@ def test_two_ranks_match_one_process_with_the_whole_batch(tmp_path, target):
     # weights, Adam's moments and step, and the reported loss (the mean over ranks, so the whole batch's)
     check_same_training([r0, r1], one)
     assert not np.allclose(one["losses"][0], one["losses"][-1])  # it trained
+
+
+@needs_mpi
+@pytest.mark.parametrize("target", ["cpu", "cuda-emulated"])
+def test_overlapping_bucket_reductions_on_two_ranks_match_one_process(tmp_path, target):
+    for ranks, batch in [(1, 64), (2, 32)]:
+        rc, log, _ = mpirun(TRAIN, ranks, tmp_path, target, str(batch), str(tmp_path), f"world{ranks}",
+                            "mlp-small-buckets")
+        assert rc == 0, log
+    one, r0, r1 = (saved(tmp_path / f) for f in ("world1_rank0.npz", "world2_rank0.npz", "world2_rank1.npz"))
+    check_same_training([r0, r1], one)
+
+
+PROGRESS = """
+    import time
+    import numpy as np
+    from dlc import distributed
+    from dlc.ops import OPS, collective
+
+    rank = distributed.rank()
+    x = np.full(2_000_000, rank + 1.0, np.float32)  # 8 MB: more than MPI sends eagerly
+    ticket = OPS["all_reduce_start"].ref([x], {}, ())
+    result = collective._PENDING[int(ticket)][1]
+    deadline = time.monotonic() + 60
+    while not (result == 3.0).all() and time.monotonic() < deadline:
+        time.sleep(0.01)  # this thread makes no MPI call
+    print(f"rank {rank} reduced in the background: {bool((result == 3.0).all())}", flush=True)
+    total = OPS["all_reduce_wait"].ref([x, ticket], {"reduce": "sum"}, x.shape)
+    assert (total == 3.0).all()
+"""
+
+
+@needs_mpi
+def test_a_started_reduction_progresses_while_the_rank_computes(tmp_path):
+    """The progress thread: an Iallreduce completes while the rank's own thread makes no MPI call."""
+    rc, log, _ = mpirun(PROGRESS, 2, tmp_path)
+    assert rc == 0, log
+    assert "rank 0 reduced in the background: True" in log and "rank 1 reduced in the background: True" in log
+
+
+def test_bucket_reductions_start_early_and_end_late():
+    """The scheduler starts each bucket's Allreduce once it is packed and waits for it only before the update."""
+    from dlc import nn
+    from dlc.passes import optimize
+
+    model = nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 4))
+    x, y = dlc.input("x", ("B", 8)), dlc.input("y", ("B",), "int64")
+    opt = dlc.optim.SGD(model.parameters(), lr=0.1)
+    updates = opt.updates(nn.cross_entropy(model(x), y), lambda gs: distributed.average_gradients(gs, 300))
+    program = optimize([], [(p.node.attr("name"), v.node) for p, v in updates.items()], [x, y])
+    kernels = program.kernels
+    ops = [k.anchor.op if k.anchor is not None else "" for k in kernels]
+    writer = {id(program.storage_of(o)): i for i, k in enumerate(kernels) for o in k.outputs}
+    deps = [{writer[id(program.storage_of(n))] for n in k.inputs if id(program.storage_of(n)) in writer} - {i}
+            for i, k in enumerate(kernels)]
+    starts = [i for i, op in enumerate(ops) if op == "all_reduce_start"]
+    waits = [i for i, op in enumerate(ops) if op == "all_reduce_wait"]
+    matmuls = [i for i, k in enumerate(kernels) if any(n.op == "matmul" for n in k.nodes)]
+    assert len(starts) == len(waits) == 5  # buckets of 300 bytes: [b3, W3], b2, W2, b1, W1
+    assert starts[0] < max(matmuls) < max(starts) < min(waits)  # reductions in flight during the backward pass
+    for i in starts:  # each start right after what it needs (another start or a packing made ready with it)
+        assert i - max(deps[i]) <= 2, (i, deps[i], program)
+    for i in range(min(waits), len(kernels)):  # after the first wait, only what needs a reduced gradient
+        assert ops[i] == "all_reduce_wait" or deps[i] & set(range(min(waits), i)), (i, program)
 
 
 @needs_mpi
@@ -328,6 +394,100 @@ def test_a_failing_rank_stops_every_rank_with_an_error_naming_it(tmp_path):
     assert "RuntimeError: bad batch on purpose" in log
     assert "dlc.distributed: rank 1 of 2 raised RuntimeError: bad batch on purpose; aborting every rank" in log
     assert "finished" not in log  # rank 0, waiting in the Allreduce of step 4, was stopped
+
+
+HANG = """
+    import sys
+    import time
+    import numpy as np
+    import dlc
+    from dlc import distributed, nn
+
+    distributed.init(timeout=float(sys.argv[2]))
+    model = nn.Sequential(nn.Linear(8, 4))
+    x, y = dlc.input("x", ("B", 8)), dlc.input("y", ("B",), "int64")
+    opt = dlc.optim.SGD(model.parameters(), lr=0.1)
+
+    def loss(x, y):
+        return nn.cross_entropy(model(x), y)
+
+    step = nn.compile_step(loss, [x, y], opt, modules=model, target=sys.argv[1], data_parallel=True)
+    X, Y = np.ones((4, 8), np.float32), np.zeros(4, np.int64)
+    for s in range(5):
+        if s == 2 and distributed.rank() == distributed.world_size() - 1:
+            print(f"rank {distributed.rank()} stops answering", flush=True)
+            time.sleep(3600)  # neither raises nor reaches the collective
+        step(X, Y)
+    print("rank", distributed.rank(), "finished: it should have been stopped", flush=True)
+"""
+
+
+@needs_mpi
+@pytest.mark.parametrize("target, ranks", [("reference", 2), ("cpu", 2), ("reference", 3)])
+def test_a_hanging_rank_times_the_others_out_with_an_error_naming_it(tmp_path, target, ranks):
+    """The last rank sleeps in step 2; the others' Allreduce times out after 3 s and the job ends."""
+    rc, log, seconds = mpirun(HANG, ranks, tmp_path, target, "3")  # (mpirun fails the test if the job hangs)
+    assert rc != 0, log
+    assert f"rank {ranks - 1} stops answering" in log and "finished" not in log, log
+    line = textwrap.dedent(HANG).splitlines().index("step = nn.compile_step(loss, [x, y], opt, modules=model, "
+                                                    "target=sys.argv[1], data_parallel=True)") + 1
+    # rank 0 names the collective, the user's line that built it (the step's), and the rank that never came
+    assert (f"CollectiveTimeoutError: all_reduce at {tmp_path / f'worker_{ranks}.py'}:{line}: rank 0 of {ranks} "
+            f"waited 3 s in its collective #" in log), log
+    assert f"rank(s) [{ranks - 1}] had not arrived: they did not answer within 2 s" in log, log
+    if ranks == 3:  # the rank that came waits in the same collective, and said so when asked
+        number = log.split("rank 0 of 3 waited 3 s in its collective #")[1].split()[0]
+        assert f"rank 1 waits in its collective #{number} (all_reduce)" in log, log
+    assert "raised CollectiveTimeoutError" in log and "aborting every rank" in log, log
+
+
+CAUGHT = """
+    import time
+    import numpy as np
+    import dlc
+    from dlc import distributed
+
+    distributed.init(timeout=2.0)
+    x = dlc.input("x", (3,))
+    total = dlc.compile(distributed.all_reduce(x), inputs=[x], target="reference")
+    total(np.ones(3, np.float32))
+    if distributed.rank() == 1:
+        time.sleep(3600)
+    try:
+        total(np.ones(3, np.float32))
+    except distributed.CollectiveTimeoutError as e:
+        print("rank 0 caught:", e, flush=True)
+    try:
+        total(np.ones(3, np.float32))
+    except distributed.DistributedError as e:
+        print("rank 0 again:", e, flush=True)
+    print("rank 0 exits normally", flush=True)
+"""
+
+
+@needs_mpi
+def test_a_caught_timeout_still_ends_the_job(tmp_path):
+    """Caught, the error leaves a collective that cannot be cancelled: later ones refuse, and exiting aborts."""
+    rc, log, _ = mpirun(CAUGHT, 2, tmp_path)  # (mpirun fails the test if the job hangs)
+    assert "rank 0 caught: all_reduce at " in log and "rank(s) [1] had not arrived" in log, log
+    assert "rank 0 again: all_reduce: no collective can run any more: an earlier one timed out" in log, log
+    assert "rank 0 exits normally" in log and rc != 0, log  # MPI_Abort at exit ended rank 1's sleep
+
+
+def test_the_collective_timeout_is_checked(monkeypatch):
+    monkeypatch.setitem(distributed._STATE, "timeout", None)
+    monkeypatch.setenv("DLC_COLLECTIVE_TIMEOUT", "2.5")
+    assert distributed.collective_timeout() == 2.5
+    monkeypatch.delenv("DLC_COLLECTIVE_TIMEOUT")
+    assert distributed.collective_timeout() == distributed.DEFAULT_TIMEOUT
+    monkeypatch.setenv("DLC_COLLECTIVE_TIMEOUT", "soon")
+    with pytest.raises(distributed.DistributedError, match="DLC_COLLECTIVE_TIMEOUT must be a number of seconds"):
+        distributed.collective_timeout()
+    for bad in (0, -1, float("nan"), "5", True):
+        with pytest.raises(ValueError, match="init's timeout must be a positive number of seconds"):
+            distributed.init(timeout=bad)
+    distributed.init(timeout=float("inf"))  # no limit
+    assert distributed.collective_timeout() == float("inf")
 
 
 @needs_mpi

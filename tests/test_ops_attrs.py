@@ -60,7 +60,7 @@ def _catalog() -> dict:
               dlc.random_normal((2, 3), 2, step, 0.5, 2.0), dlc.random_bernoulli((2, 3), 0.3, 3, step), ys,
               # collectives, in this process's world of one rank
               D.all_reduce(flat, "sum"), D.broadcast(flat, 0), D.reduce(flat, 0), D.all_gather(flat),
-              D.reduce_scatter(flat)]
+              D.reduce_scatter(flat), *D.average_gradients([flat, flat * 2.0], bucket_bytes=8)]
     att = dlc.scaled_dot_product_attention(seq[None], seq[None], seq[None], mask=seq[:, :1] > 0, causal=True)
     loss = loss + dlc.sum(att) + dlc.sum(dlc.layer_norm(seq, 2) * seq)
     grads = dlc.grad(loss + dlc.sum(ys), [x, w, wt, seq])

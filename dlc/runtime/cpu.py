@@ -23,7 +23,6 @@ import numpy as np
 from ..cache import cache_dir as checked_cache_dir
 from ..cache import digest, ensure_file, replace_unusable
 from ..codegen.numba import GeneratedModule, RenderedKernel, is_scalar_node, render_program
-from ..errors import IndexRangeError
 from ..graph import TUPLE, Node, dim_eval, shape_eval
 from ..ops.collective import HOST_CALLS
 from . import update_lock
@@ -383,10 +382,7 @@ class CPUBackend:
             values[id(n)] = self._value_view(n, plan, X, env)
         for n in kernel.nodes:
             args = [values[id(x)] if id(x) in values else self._value_view(x, plan, X, env) for x in n.inputs]
-            try:
-                value = node_value(n, args, shape_eval(n.shape, env))
-            except IndexRangeError as e:  # a bad index or label: name the user's line
-                raise e.located(n.loc) from None
+            value = node_value(n, args, shape_eval(n.shape, env))  # its errors name the user's line
             values[id(n)] = value if n.dtype == TUPLE else np.asarray(value, dtype=n.dtype)
         for n in kernel.outputs:
             if n.dtype == TUPLE:

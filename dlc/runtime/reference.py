@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import IndexRangeError, ShapeError
+from ..errors import CollectiveTimeoutError, IndexRangeError, ShapeError
 from ..graph import TUPLE, Node, dim_eval, shape_eval, shape_str
 from ..ops import OPS
 from ..ops.scan import Body, loop_symbols
@@ -33,10 +33,7 @@ def evaluate(order: list[Node], feeds: dict[int, np.ndarray], store, env: dict[s
             v = n.value
         else:
             shape = shape_eval(n.shape, env)
-            try:
-                v = node_value(n, [values[id(x)] for x in n.inputs], shape)
-            except IndexRangeError as e:  # a bad index or label: name the user's line
-                raise e.located(n.loc) from None
+            v = node_value(n, [values[id(x)] for x in n.inputs], shape)
             if n.dtype != TUPLE:  # a multi-output node's value is a tuple of arrays
                 v = np.asarray(v)
                 if v.dtype.name != n.dtype:
@@ -89,10 +86,18 @@ class ReferenceBackend:
 
 
 def node_value(node: Node, arrays: list, shape: tuple):
-    """One node's value from its inputs' arrays: the op's numpy reference, or for a scan the loop below."""
-    if node.op == "scan":
-        return scan_value(arrays, node.a, shape)
-    return OPS[node.op].ref(arrays, node.a, shape)
+    """One node's value from its inputs' arrays: the op's numpy reference, or for a scan the loop below.
+
+    Every backend's host-side path comes here: a run-time error about the
+    data (a bad index or label, a collective that timed out) names the user's
+    line that built the node.
+    """
+    try:
+        if node.op == "scan":
+            return scan_value(arrays, node.a, shape)
+        return OPS[node.op].ref(arrays, node.a, shape)
+    except (IndexRangeError, CollectiveTimeoutError) as e:
+        raise e.located(node.loc) from None
 
 
 # ----------------------------------------------------------------------------
