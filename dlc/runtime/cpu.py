@@ -110,16 +110,16 @@ class _Plan:
     __slots__ = ("env", "memory", "arena", "S", "out_views", "out_shapes", "objects", "early", "late", "free")
 
 
-def _addresses(arrays) -> np.ndarray:
-    """The data addresses of parameter arrays an outer function views by address, each checked to be what the
-    generated code assumes (C-contiguous, aligned, writable, of its node's dtype and shape)."""
-    out = np.empty(len(arrays), np.int64)
-    for k, (a, node) in enumerate(arrays):
+def _addresses(arrays) -> dict[int, int]:
+    """id(param node) -> the data address of its array, which the generated code views by address; each array
+    checked to be what that code assumes (C-contiguous, aligned, writable, of its node's dtype and shape)."""
+    out = {}
+    for a, node in arrays:
         if not (isinstance(a, np.ndarray) and a.flags.c_contiguous and a.flags.aligned and a.flags.writeable
                 and a.dtype == np.dtype(node.dtype) and a.shape == tuple(node.shape)):
             raise TypeError(f"parameter {node.attr('name')!r} must be a writable, C-contiguous {node.dtype} "
                             f"array of shape {tuple(node.shape)}")
-        out[k] = a.ctypes.data
+        out[id(node)] = a.ctypes.data
     return out
 
 
@@ -192,11 +192,11 @@ class CPUBackend:
                 for i, o in enumerate(self.program.outputs):  # (an output listed twice is one array)
                     if o is n:
                         self._output_externals[i] = len(self._externals) - 1
-        # With many parameters the outer functions read them by address: one int64 array, made once (a
-        # parameter's array keeps its identity, dlc.Store assigns into it), whose arrays this backend holds
+        # With many parameters the generated code reads them by their data addresses (slots of S): taken once,
+        # since a parameter's array keeps its identity (dlc.Store assigns into it), and held by this backend
         self._direct = self.generated.direct if self.generated.addressed else None
-        self._addresses = _addresses([(self._externals[i][1], self.generated.externals[i])
-                                      for i in self.generated.addressed])
+        self._address_of = _addresses([(self._externals[i][1], self.generated.externals[i])
+                                       for i in self.generated.addressed])
         self._ext_index = {id(n): i for i, n in enumerate(self.generated.externals)}
         self._input_positions = [k for k, n in enumerate(self.generated.externals) if n.op == "input"]
         self._out_dtypes = [np.dtype(n.dtype) for n in self.program.outputs]
@@ -239,7 +239,8 @@ class CPUBackend:
         plan = _Plan()
         plan.env = dict(env)
         plan.memory = mem = self._layout.memory_plan(env)
-        plan.S = np.array([self._slot_value(s, mem, env) for s in self.generated.slots] or [0], dtype=np.int64)
+        plan.S = np.array([self._address_of[id(s[1])] if s[0] == "address" else self._slot_value(s, mem, env)
+                           for s in self.generated.slots] or [0], dtype=np.int64)
         plan.out_shapes = [shape_eval(n.shape, env) for n in self.program.outputs]
         plan.free = []
         self._attach_arena(plan)
@@ -353,7 +354,7 @@ class CPUBackend:
             free.append(ws)
 
     def _outer_args(self, X: list) -> list:
-        return [self._addresses] + [X[k] for k in self._direct]
+        return [X[k] for k in self._direct]
 
     def _arguments(self, feeds: dict, plan: _Plan) -> list:
         """The arrays the outer functions take: inputs, parameters, constants, and fresh output arrays."""
