@@ -893,7 +893,9 @@ class _OuterBuilder:
             storage = self.program.storage_of(a.node)
             storage = self.redirects.get(id(storage), storage)
             j = a.name[len(P) + 1:]
-            dims_txt = [" * ".join(dim(d) for d in a.node.shape) or "1"] if a.kind == "flat" else \
+            # a flat view's length comes from S: a flat kernel (an optimizer's update of each parameter) is then
+            # the same text, one function, whatever the shape it runs over
+            dims_txt = [scalar(f"{P}c{j}", ("count", a.node))] if a.kind == "flat" else \
                 [dim(d) for d in a.node.shape] or ["1"]
             shape = "(" + ", ".join(dims_txt) + ",)"
             if self.ext_of.get(id(storage)) in self.packed:

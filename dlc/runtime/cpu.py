@@ -282,6 +282,8 @@ class CPUBackend:
             return dim_eval(what, env)
         if kind == "offset":
             return mem.offsets[id(what)]
+        if kind == "count":
+            return int(np.prod(shape_eval(what.shape, env), dtype=np.int64))
         if kind == "size":
             shape = shape_eval(what.inputs[0].shape, env)
             return int(np.prod([shape[a] for a in what.attr("axes")], dtype=np.int64))
