@@ -39,6 +39,7 @@ parser.add_argument("--context", type=int, default=64, help="characters the mode
 parser.add_argument("--d-model", type=int, default=64)
 parser.add_argument("--heads", type=int, default=4)
 parser.add_argument("--layers", type=int, default=2)
+parser.add_argument("--dropout", type=float, default=0.0, help="dropout in training (attention's included)")
 parser.add_argument("--lr", type=float, default=1e-2, help="the peak learning rate")
 parser.add_argument("--warmup", type=int, default=100, help="steps of linear warm-up to the peak learning rate")
 parser.add_argument("--samples", type=int, default=200, help="characters to generate per sample")
@@ -65,12 +66,12 @@ rng = np.random.default_rng(args.seed)
 
 
 class CharGPT(nn.Module):
-    def __init__(self, vocab, context, d_model, heads, layers):
+    def __init__(self, vocab, context, d_model, heads, layers, dropout):
         super().__init__()
         self.embed = nn.Embedding(vocab, d_model)
         self.position = nn.LearnedPositionalEncoding(context, d_model)
         self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=0.0, activation="gelu",
+            nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=dropout, activation="gelu",
                                        batch_first=True, norm_first=True) for _ in range(layers))
         self.norm = nn.LayerNorm(d_model)
         self.head = nn.Linear(d_model, vocab)
@@ -82,7 +83,7 @@ class CharGPT(nn.Module):
         return self.head(self.norm(x))  # logits (B, T, vocab)
 
 
-model = CharGPT(len(chars), args.context, args.d_model, args.heads, args.layers)
+model = CharGPT(len(chars), args.context, args.d_model, args.heads, args.layers, args.dropout)
 T = args.context
 ids, targets = dlc.input("ids", ("B", T), "int64"), dlc.input("targets", ("B", T), "int64")
 opt = dlc.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01, max_grad_norm=1.0)
@@ -105,7 +106,7 @@ def loss_fn(ids, targets):
 step = nn.compile_step(loss_fn, [ids, targets], opt, modules=model, target=args.target)
 evaluate = nn.compile_eval(loss_fn, [ids, targets], modules=model, target=args.target)
 window = dlc.input("window", (1, T), "int64")
-next_logits = dlc.compile(model(window), inputs=[window], target=args.target)
+next_logits = nn.compile_eval(model, [window], modules=model, target=args.target)
 
 
 def windows(seq, starts, n):
