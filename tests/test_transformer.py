@@ -7,6 +7,7 @@ import pytest
 
 import dlc
 from dlc import nn
+from dlc.graph import topo_order
 
 torch = pytest.importorskip("torch")
 
@@ -161,3 +162,41 @@ def test_positional_encodings(rng):
     assert not g[4:].any()
     with pytest.raises(dlc.ShapeError, match="exceeds max_len 10"):
         learned(dlc.input("long", (2, 11, 6), "float64"))
+
+
+def test_attention_dropout_in_training_draws_one_mask_for_output_and_weights(rng):
+    """In training, need_weights=False runs scaled_dot_product_attention with dropout_p (no fused op) and
+    need_weights=True drops the written-out weights: the same seed and step give the same mask, so the same
+    output; the weights returned are the dropped ones (as torch's), each 0 or its eval value / (1 - p)."""
+    p = 0.3
+    model = nn.MultiheadAttention(8, 2, dropout=p, batch_first=True, dtype="float64")
+    x = rng.normal(size=(3, 5, 8))
+    xi = dlc.input("x", x.shape, "float64")
+    with nn.collect_updates() as state:
+        fast, none = model(xi, xi, xi, need_weights=False, is_causal=True)
+    assert none is None and not any(n.op == "attention" for n in topo_order([fast.node]))
+    counter = model.attn_dropout.step
+    assert list(state.updates()) == [counter]  # the dropout's step advances (step + 1)
+    with nn.collect_updates():
+        slow, weights = model(xi, xi, xi, need_weights=True, is_causal=True, average_attn_weights=False)
+    model.eval()
+    plain, plain_weights = model(xi, xi, xi, need_weights=True, is_causal=True, average_attn_weights=False)
+    got_fast, got_slow, got_weights, want, want_weights = dlc.compile(
+        [fast, slow, weights, plain, plain_weights], target="cpu")(x)
+    np.testing.assert_allclose(got_fast, got_slow, rtol=1e-12, atol=1e-12)
+    assert not np.allclose(got_fast, want)
+    kept = got_weights != 0
+    assert 0.5 < kept[want_weights > 0].mean() < 0.9  # about 1 - p of the probabilities kept
+    np.testing.assert_allclose(got_weights[kept], want_weights[kept] / (1 - p), rtol=1e-12)
+
+
+def test_attention_dropout_step_advances_in_a_compiled_training_step(rng):
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=12, dropout=0.2, batch_first=True, dtype="float64")
+    x = dlc.input("x", (2, 4, 8), "float64")
+    opt = dlc.optim.SGD(layer.parameters(), lr=0.0)
+    step = nn.compile_step(lambda x: dlc.sum(layer(x, is_causal=True)), [x], opt, modules=layer, target="reference")
+    feeds = rng.normal(size=(2, 4, 8))
+    first, second = float(step(feeds)), float(step(feeds))
+    assert first != second  # lr 0: only the dropout masks changed
+    counter = layer.self_attn.attn_dropout.step
+    assert int(layer.store[counter.node.attr("name")]) == 2

@@ -114,9 +114,14 @@ class Dropout(Module):
     def forward(self, x):
         if not self.training or self.p == 0.0:
             return x
+        return dropout(x, self.p, self.seed, self.next_step())
+
+    def next_step(self):
+        """The step counter this call draws with; the compiled step advances it (for layers that drop inside
+        another op with this layer's seed, as attention does)."""
         step = current_state(self.step)
         record_update(self, self.step, step + 1)
-        return dropout(x, self.p, self.seed, step)
+        return step
 
     def extra_repr(self) -> str:
         return f"p={self.p}"

@@ -9,7 +9,8 @@ state dicts:
 MultiheadAttention's heads run through dlc.scaled_dot_product_attention (one
 fused op, which the CPU backend runs without holding the L x S scores); the
 L x S weights are built only when need_weights asks for them, or when
-attention dropout is on in training (the fused op has no dropout yet).
+attention dropout is on in training (scaled_dot_product_attention with
+dropout_p > 0 writes them out: the fused op has no dropout).
 Masks follow torch.nn.MultiheadAttention, whose boolean masks are the opposite
 of scaled_dot_product_attention's: True in key_padding_mask (N, S) or
 attn_mask (L, S) or (N * num_heads, L, S) means "does not take part"; float
@@ -27,7 +28,7 @@ import dlc.nn.init as init
 
 from ..errors import ShapeError
 from ..graph import shape_str, user_location
-from ..ops.attention import scaled_dot_product_attention
+from ..ops.attention import attention_probabilities, scaled_dot_product_attention
 from .layers import Dropout, Linear
 from .module import Module
 from .norm import LayerNorm
@@ -148,10 +149,15 @@ class MultiheadAttention(Module):
                            self.num_heads, length, keys, query.dtype)
         causal = bool(is_causal) and attn_mask is None   # with a mask, torch's is_causal only describes it
         weights = None
-        if need_weights or (self.training and self.attn_dropout is not None):
-            weights = self._weights(q, k, mask, causal)
-            dropped = self.attn_dropout(weights) if self.training and self.attn_dropout is not None else weights
-            out = F.matmul(dropped, v)
+        dropping = self.training and self.attn_dropout is not None
+        if need_weights:  # torch returns the weights after dropout
+            weights = attention_probabilities(q, k, mask, causal, 1.0 / math.sqrt(self.head_dim))
+            if dropping:
+                weights = self.attn_dropout(weights)
+            out = F.matmul(weights, v)
+        elif dropping:
+            out = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal, dropout_p=self.dropout,
+                                               seed=self.attn_dropout.seed, step=self.attn_dropout.next_step())
         else:
             out = scaled_dot_product_attention(q, k, v, mask=mask, causal=causal)
         out = F.reshape(F.transpose(out, (0, 2, 1, 3)), (batch, length, self.embed_dim))
@@ -169,16 +175,6 @@ class MultiheadAttention(Module):
     def _project_all(self, x):
         y = F.matmul(x, F.transpose(self.in_proj_weight))
         return y + self.in_proj_bias if self.in_proj_bias is not None else y
-
-    def _weights(self, q, k, mask, causal):
-        """The L x S attention probabilities, written out (for need_weights and attention dropout)."""
-        s = F.matmul(q, F.swapaxes(k, -1, -2)) * (1.0 / math.sqrt(self.head_dim))
-        if causal:
-            length, keys = s.shape[-2:]
-            s = F.where(F.constant(np.tri(length, keys, dtype=bool)), s, F.constant(-np.inf, s.dtype))
-        if mask is not None:
-            s = F.where(mask, s, F.constant(-np.inf, s.dtype)) if mask.dtype == "bool" else s + mask
-        return F.softmax(s, axis=-1)
 
     def extra_repr(self) -> str:
         return f"{self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}, batch_first={self.batch_first}"

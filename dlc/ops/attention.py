@@ -22,6 +22,10 @@ op's value) and g (the gradient of all Ev + 1 columns).
 A row whose keys are all masked out has no softmax: its output is NaN (0/0)
 and its log-sum-exp -inf, as in the plain formula. The mask is a constant to
 differentiation: no gradient flows into an additive mask.
+
+Dropout on the probabilities (dropout_p > 0) has no fused form: the DSL
+function then writes the L x S probabilities out with matmul and softmax and
+drops them with dlc.dropout (the Philox stream of the given seed and step).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from .base import OPAQUE, register
 from .checks import check_bool, check_float
 from .conv import float_dtype, where
 from .elementwise import broadcast_shapes
+from .random import dropout
 
 MASK_KINDS = ("none", "bool", "add")
 
@@ -238,15 +243,47 @@ def _to_lead(t, lead):
     return t if tuple(t.shape) == target else F.broadcast_to(t, target)
 
 
+def attention_probabilities(q, k, mask=None, causal=False, scale=1.0):
+    """softmax(q k^T * scale + mask) written out, (..., L, S): the unfused form, for attention dropout and for
+    layers that return the weights. mask: bool (True = takes part) or additive (no gradient flows into it);
+    causal needs known lengths L and S."""
+    F = _F()
+    s = F.matmul(q, F.swapaxes(k, -1, -2)) * scale
+    if causal:
+        length, keys = s.shape[-2:]
+        if not (isinstance(length, int) and isinstance(keys, int)):
+            raise ShapeError(f"causal attention written out (with dropout or weights) needs known lengths, got "
+                             f"L = {length} and S = {keys}{where()}")
+        s = F.where(F.constant(np.tri(length, keys, dtype=bool)), s, F.constant(-np.inf, s.dtype))
+    if mask is not None:
+        s = F.where(mask, s, F.constant(-np.inf, s.dtype)) if mask.dtype == "bool" else s + F.stop_gradient(mask)
+    return F.softmax(s, axis=-1)
+
+
+def _check_dropout(dropout_p, seed, step):
+    if isinstance(dropout_p, bool) or not isinstance(dropout_p, (int, float, np.floating, np.integer)) \
+            or not 0.0 <= dropout_p <= 1.0:
+        raise ValueError(f"scaled_dot_product_attention: dropout_p must be a number in [0, 1], got {dropout_p!r}"
+                         f"{where()}")
+    if dropout_p > 0.0 and (seed is None or step is None):
+        raise ValueError(f"scaled_dot_product_attention: dropout_p={dropout_p!r} needs seed= and step= (the "
+                         f"random stream's key and counter, as dlc.dropout takes them){where()}")
+
+
 def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0, scale=None, *, attn_mask=None,
-                                 is_causal=None):
+                                 is_causal=None, seed=None, step=None):
     """softmax(q k^T * scale + mask) v, as torch.nn.functional.scaled_dot_product_attention, as one fused op.
 
     q (..., L, E), k (..., S, E), v (..., S, Ev); the leading dims broadcast.
     mask: bool (True = takes part) or float (added to the scores), broadcastable to (..., L, S); causal lets
     query i see keys j <= i (top-left aligned); scale defaults to 1/sqrt(E). attn_mask and is_causal are
     PyTorch's names for mask and causal. The CPU backend never holds the L x S scores (FlashAttention's
-    online softmax over key blocks). dropout_p > 0 is not supported yet.
+    online softmax over key blocks).
+
+    dropout_p > 0 zeroes each attention probability with that chance and scales the rest by 1/(1 - dropout_p)
+    (dlc.dropout with seed and step, which it then needs), whenever it is called, as torch's: pass 0 outside
+    training. It writes the (..., L, S) probabilities out with matmul and softmax, since the fused op has no
+    dropout.
     """
     F = _F()
     if attn_mask is not None:
@@ -257,9 +294,7 @@ def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0
         causal = is_causal
     if not isinstance(causal, (bool, np.bool_)):
         raise TypeError(f"scaled_dot_product_attention: causal must be a bool, got {causal!r}{where()}")
-    if dropout_p != 0.0:
-        raise NotImplementedError(f"scaled_dot_product_attention: dropout_p={dropout_p!r} is not supported yet "
-                                  f"(apply dlc.dropout to the output or use dropout_p=0){where()}")
+    _check_dropout(dropout_p, seed, step)
     q, k, v = (x if isinstance(x, F.Tensor) else F.tensor(x) for x in (q, k, v))
     for name, t in (("q", q), ("k", k), ("v", v)):
         if t.ndim < 2:
@@ -291,8 +326,11 @@ def scaled_dot_product_attention(q, k, v, mask=None, causal=False, dropout_p=0.0
         operands = [q, k, v, m]
     else:
         operands = [q, k, v]
+    if dropout_p > 0.0:
+        probabilities = attention_probabilities(q, k, operands[3] if kind != "none" else None, causal, float(scale))
+        return F.matmul(dropout(probabilities, dropout_p, seed, step), v)
     y = F._apply("attention", *operands, scale=float(scale), causal=bool(causal), mask=kind)
     return F.take_slice(y, -1, 0, v.shape[-1])
 
 
-__all__ = ["scaled_dot_product_attention"]
+__all__ = ["scaled_dot_product_attention", "attention_probabilities"]
