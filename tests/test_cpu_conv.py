@@ -123,9 +123,9 @@ THREADED_CASES = [
     (16, 64, 33, 31, 96, 3, 2, (2, 1), ((2, 0), (1, 1)), (2, 1), 4, "float32"),    # grouped, strided, dilated
     (1, 128, 97, 95, 96, 3, 2, (2, 1), ((2, 0), (1, 1)), (2, 1), 4, "float32"),    # the same at batch 1
     (4, 64, 40, 42, 64, 3, 3, (1, 2), ((0, 2), (2, 0)), (2, 2), 1, "float64"),
-    (4, 64, 64, 64, 128, 3, 3, (2, 2), ((1, 1), (1, 1)), (1, 1), 64, "float32"),   # depthwise, 2 outputs/channel
+    (8, 64, 64, 64, 128, 3, 3, (2, 2), ((1, 1), (1, 1)), (1, 1), 64, "float32"),   # depthwise, 2 outputs/channel
     (1, 64, 128, 128, 64, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 64, "float32"),  # depthwise, batch 1
-    (8, 64, 80, 80, 64, 3, 3, (2, 2), ((1, 0), (0, 1)), (2, 1), 64, "float64"),    # depthwise, strided, dilated
+    (8, 64, 88, 88, 64, 3, 3, (2, 2), ((1, 0), (0, 1)), (2, 1), 64, "float64"),    # depthwise, strided, dilated
 ]
 
 
@@ -140,8 +140,9 @@ def test_conv_kernels_on_threads_match_reference(threads):
 
     load_kernel_modules()
     import dlc_cpu_conv as kernels
+    from dlc_cpu_gemm import _BLAS_THREAD_FUNCTIONS
 
-    blas_threads = kernels._BLAS_THREAD_FUNCTIONS[1]
+    blas_threads = _BLAS_THREAD_FUNCTIONS[1]
     rng = np.random.default_rng(5)
     before = numba.get_num_threads()
     numba.set_num_threads(1 if threads == "one" else numba.config.NUMBA_NUM_THREADS)

@@ -58,11 +58,9 @@ region's join waits for its slowest thread, and on a loaded machine that wait
 (ticks of 4 ms, measured) outweighs halving a conv of a millisecond or less.
 """
 
-import ctypes
-
-import llvmlite.binding as llvm
 import numba
 import numpy as np
+from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
@@ -74,58 +72,13 @@ JIT_PARALLEL = dict(JIT, parallel=dict(prange=True, comprehension=False, reducti
                                        setitem=False, numpy=False, stencil=False, fusion=False))
 
 
-# ----------------------------------------------------------------------------
-# BLAS's own thread pool, off while these kernels run their threads
-
-
-def _bind_blas_thread_count():
-    """Bind the symbols dlc_blas_set_num_threads / dlc_blas_get_num_threads, which the kernels below call, to the
-    thread-count functions of the BLAS behind numba's np.dot (scipy's OpenBLAS), or to stand-ins that do nothing
-    where that BLAS has none. Bound by name in every process, so numba's cache of the kernels stays valid."""
-    lib = None
-    try:
-        from scipy.linalg import cython_blas
-        lib = ctypes.CDLL(cython_blas.__file__)   # symbols are looked up in its libraries too
-    except (ImportError, OSError):
-        pass
-    for prefix in ("scipy_openblas_", "openblas_", "scipy_openblas64_"):
-        setter = getattr(lib, prefix + "set_num_threads", None)
-        getter = getattr(lib, prefix + "get_num_threads", None)
-        if setter is not None and getter is not None:
-            break
-    else:
-        setter = ctypes.CFUNCTYPE(None, ctypes.c_int)(lambda n: None)
-        getter = ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 1)
-    llvm.add_symbol("dlc_blas_set_num_threads", ctypes.cast(setter, ctypes.c_void_p).value)
-    llvm.add_symbol("dlc_blas_get_num_threads", ctypes.cast(getter, ctypes.c_void_p).value)
-    return setter, getter   # kept alive: a stand-in callback must outlive every call through its address
-
-
-_BLAS_THREAD_FUNCTIONS = _bind_blas_thread_count()
-_set_blas_threads = types.ExternalFunction("dlc_blas_set_num_threads", types.void(types.intc))
-_get_blas_threads = types.ExternalFunction("dlc_blas_get_num_threads", types.intc())
-
-
-@njit(**JIT)
-def blas_on_calling_thread():
-    """Make each BLAS call run on the thread that makes it; returns the thread count to restore_blas_threads."""
-    previous = _get_blas_threads()
-    _set_blas_threads(np.int32(1))
-    return previous
-
-
-@njit(**JIT)
-def restore_blas_threads(previous):
-    _set_blas_threads(np.int32(previous))
-
-
 # numba's thread count by the symbol its threading layer registers (once started): numba.get_num_threads()
 # inside a kernel would bake in a ctypes pointer, which numba refuses to cache
 numba.get_num_threads()
 _thread_count = types.ExternalFunction("get_num_threads", types.intc())
 
 PARALLEL_MIN_MACS = 1 << 26   # multiply-adds under which one thread does a whole conv (see the module's note)
-DEPTHWISE_MAC_COST = 16       # a depthwise multiply-add (direct loops) takes about the time of 16 in a GEMM
+DEPTHWISE_MAC_COST = 8        # a depthwise multiply-add (direct loops) takes about the time of 8 in a GEMM
 
 
 @njit(**JIT)
