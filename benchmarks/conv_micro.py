@@ -2,6 +2,7 @@
 
     python benchmarks/conv_micro.py --rounds 3     # every shape, 3 interleaved rounds (the recorded run)
     python benchmarks/conv_micro.py --quick        # LeNet-5's convs and two ResNet shapes, 1 round
+    python benchmarks/conv_micro.py --set onnx     # the ONNX benchmark's shapes (ResNet-18 batch 1 and 16, MobileNet)
 
 For each layer shape (LeNet-5's two convolutions and every distinct
 convolution of the ResNet-18-style W8, batch 32, 3x32x32 input) it times the
@@ -49,6 +50,22 @@ SHAPES = [
     ("layer4.0 shortcut 1x1 s2", 32, 256, 8, 512, 1, 2, 0),
     ("layer4 3x3", 32, 512, 4, 512, 3, 1, 1),
 ]
+# onnx_bench.py's nets (32x32 inputs): ResNet-18-style at batch 1 and 16, MobileNet-style's depthwise (a 9th field:
+# groups) and pointwise convs at batch 1
+ONNX_SHAPES = [
+    ("b1 layer1 3x3", 1, 64, 32, 64, 3, 1, 1),
+    ("b1 layer4 3x3", 1, 512, 4, 512, 3, 1, 1),
+    ("b16 layer1 3x3", 16, 64, 32, 64, 3, 1, 1),
+    ("b16 layer2 3x3", 16, 128, 16, 128, 3, 1, 1),
+    ("b16 layer3 3x3", 16, 256, 8, 256, 3, 1, 1),
+    ("b16 layer4 3x3", 16, 512, 4, 512, 3, 1, 1),
+    ("b1 dw 64 s2", 1, 64, 32, 64, 3, 2, 1, 64),
+    ("b1 dw 128", 1, 128, 16, 128, 3, 1, 1, 128),
+    ("b1 pw 128->128", 1, 128, 16, 128, 1, 1, 0),
+    ("b1 pw 512->1024", 1, 512, 2, 1024, 1, 1, 0),
+    ("b16 dw 32", 16, 32, 32, 32, 3, 1, 1, 32),
+    ("b16 pw 512->1024", 16, 512, 2, 1024, 1, 1, 0),
+]
 QUICK = ["LeNet-5 conv1", "LeNet-5 conv2", "layer1 3x3", "layer4 3x3"]
 KINDS = ("fwd", "dgrad", "wgrad")
 FRAMEWORKS = ("dlc", "torch")
@@ -56,8 +73,12 @@ THREADS = 2
 MIN_TIME_S, MIN_REPS, MAX_REPS = 0.3, 5, 200
 
 
+def groups_of(shape):
+    return shape[8] if len(shape) > 8 else 1
+
+
 def out_size(shape):
-    _, n, _, hw, _, k, stride, pad = shape
+    _, n, _, hw, _, k, stride, pad = shape[:8]
     return (hw + 2 * pad - k) // stride + 1
 
 
@@ -65,19 +86,20 @@ def data(shape):
     """Seeded x, w and dL/dy (float32) of one layer shape."""
     import numpy as np
 
-    name, n, cin, hw, cout, k, stride, pad = shape
+    name, n, cin, hw, cout, k, stride, pad = shape[:8]
+    cg = cin // groups_of(shape)
     rng = np.random.default_rng(0)
     ho = out_size(shape)
     x = rng.standard_normal((n, cin, hw, hw)).astype(np.float32)
-    w = (rng.standard_normal((cout, cin, k, k)) / np.sqrt(cin * k * k)).astype(np.float32)
+    w = (rng.standard_normal((cout, cg, k, k)) / np.sqrt(cg * k * k)).astype(np.float32)
     gy = rng.standard_normal((n, cout, ho, ho)).astype(np.float32)
     return x, w, gy
 
 
 def gflop(shape):
     """Multiply-adds x 2 of one of the three convolutions (forward, dgrad and wgrad cost the same)."""
-    _, n, cin, _, cout, k, _, _ = shape
-    return 2 * n * cout * out_size(shape) ** 2 * cin * k * k / 1e9
+    _, n, cin, _, cout, k, _, _ = shape[:8]
+    return 2 * n * cout * out_size(shape) ** 2 * cin // groups_of(shape) * k * k / 1e9
 
 
 def time_call(fn):
@@ -103,12 +125,12 @@ def dlc_functions(shape):
     """{kind: (compiled dlc.Function, its argument arrays)} of one layer shape."""
     import dlc
 
-    _, n, cin, hw, cout, k, stride, pad = shape
+    _, n, cin, hw, cout, k, stride, pad = shape[:8]
     xv, wv, gyv = data(shape)
     dlc.reset_default_store()
     x, w = dlc.input("x", xv.shape), dlc.input("w", wv.shape)
     gy = dlc.input("gy", gyv.shape)
-    y = dlc.conv2d(x, w, stride=stride, padding=pad)
+    y = dlc.conv2d(x, w, stride=stride, padding=pad, groups=groups_of(shape))
     return {"fwd": (dlc.compile(y, inputs=[x, w], target="cpu"), (xv, wv)),
             "dgrad": (dlc.compile(dlc.grad(y, [x], seed=gy)[0], inputs=[w, gy], target="cpu"), (wv, gyv)),
             "wgrad": (dlc.compile(dlc.grad(y, [w], seed=gy)[0], inputs=[x, gy], target="cpu"), (xv, gyv))}
@@ -127,10 +149,10 @@ def torch_reference(shape):
     import torch
     import torch.nn.functional as F
 
-    _, _, _, _, _, _, stride, pad = shape
+    _, _, _, _, _, _, stride, pad = shape[:8]
     xv, wv, gyv = data(shape)
     x, w = torch.from_numpy(xv).requires_grad_(), torch.from_numpy(wv).requires_grad_()
-    y = F.conv2d(x, w, stride=stride, padding=pad)
+    y = F.conv2d(x, w, stride=stride, padding=pad, groups=groups_of(shape))
     dx, dw = torch.autograd.grad(y, [x, w], torch.from_numpy(gyv))
     return {"fwd": y.detach().numpy(), "dgrad": dx.numpy(), "wgrad": dw.numpy()}
 
@@ -169,15 +191,15 @@ def torch_times(shape):
     import torch
     import torch.nn.functional as F
 
-    _, _, _, _, _, _, stride, pad = shape
+    _, _, _, _, _, _, stride, pad = shape[:8]
     xv, wv, gyv = data(shape)
     x, w, gy = torch.from_numpy(xv), torch.from_numpy(wv), torch.from_numpy(gyv)
     xg, wg = x.clone().requires_grad_(), w.clone().requires_grad_()
-    y = F.conv2d(xg, wg, stride=stride, padding=pad)
+    y = F.conv2d(xg, wg, stride=stride, padding=pad, groups=groups_of(shape))
 
     def fwd():
         with torch.no_grad():
-            return F.conv2d(x, w, stride=stride, padding=pad)
+            return F.conv2d(x, w, stride=stride, padding=pad, groups=groups_of(shape))
     return {"fwd": time_call(fwd),
             "dgrad": time_call(lambda: torch.autograd.grad(y, xg, gy, retain_graph=True)),
             "wgrad": time_call(lambda: torch.autograd.grad(y, wg, gy, retain_graph=True))}
@@ -234,8 +256,9 @@ def table(rounds, shapes):
         head += f" {kind} dlc ms | {kind} torch ms | {kind} dlc / torch |"
     lines = [head, "|" + "---|" * (2 + 3 * len(KINDS))]
     for shape in shapes:
-        name, n, cin, hw, cout, k, stride, _ = shape
-        cells = [f"{name} ({n}, {cin}, {hw} → {cout}, {k}x{k}, s{stride})", f"{gflop(shape):.3f}"]
+        name, n, cin, hw, cout, k, stride, _ = shape[:8]
+        g = f", g{groups_of(shape)}" if groups_of(shape) > 1 else ""
+        cells = [f"{name} ({n}, {cin}, {hw} → {cout}, {k}x{k}, s{stride}{g})", f"{gflop(shape):.3f}"]
         for kind in KINDS:
             d = [r["dlc"][name][kind] for r in rounds if name in r.get("dlc", {})]
             t = [r["torch"][name][kind] for r in rounds if name in r.get("torch", {})]
@@ -275,20 +298,23 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3, or 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
+    ap.add_argument("--set", choices=("workloads", "onnx"), default="workloads",
+                    help="W8's and LeNet-5's shapes (batch 32), or onnx_bench.py's")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for conv_micro.md/.json")
     ap.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     ap.add_argument("--shapes", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        shapes = [s for s in SHAPES if s[0] in args.shapes.split(",")]
+        shapes = [s for s in SHAPES + ONNX_SHAPES if s[0] in args.shapes.split(",")]
         out = dlc_worker(shapes) if args.worker == "dlc" else torch_worker(shapes)
         with open(args.json, "w") as f:
             json.dump(out, f)
         return 0
 
     rounds_n = args.rounds if args.rounds is not None else (1 if args.quick else 3)
-    shapes = [s for s in SHAPES if s[0] in QUICK] if args.quick else SHAPES
+    every = ONNX_SHAPES if args.set == "onnx" else SHAPES
+    shapes = [s for s in every if s[0] in QUICK] if args.quick else every
     names = [s[0] for s in shapes]
     print(f"conv microbenchmark on {machine()}, {THREADS} threads, {rounds_n} round(s), {len(shapes)} shapes")
     rounds = []
@@ -312,7 +338,7 @@ def main(argv=None):
     with open(os.path.join(args.out, "conv_micro.md"), "w") as f:
         f.write(md)
     with open(os.path.join(args.out, "conv_micro.json"), "w") as f:
-        json.dump(dict(date=stamp, machine=machine(), threads=THREADS, shapes=SHAPES, rounds=rounds), f, indent=1)
+        json.dump(dict(date=stamp, machine=machine(), threads=THREADS, shapes=shapes, rounds=rounds), f, indent=1)
     print()
     print(md)
     bad = sorted({f"{name} {k}" for r in rounds for name, row in r.get("dlc", {}).items() for k in KINDS

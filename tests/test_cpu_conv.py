@@ -103,12 +103,76 @@ def test_samples_share_a_gemm_only_when_their_outputs_are_small():
     load_kernel_modules()
     from dlc_cpu_conv import BATCH_BELOW, COLUMNS, samples_per_gemm
 
-    assert samples_per_gemm(32, 16, False, BATCH_BELOW) == 32   # ResNet's 4x4 stage: one GEMM for the batch
-    assert samples_per_gemm(40, 60, False, BATCH_BELOW) == 20   # within COLUMNS, and a divisor of the batch
-    assert samples_per_gemm(7, 64, False, BATCH_BELOW) == 1     # larger outputs: a GEMM per sample
-    assert samples_per_gemm(32, 16, True, BATCH_BELOW) == 1     # pointwise convs read the input as it is
-    assert samples_per_gemm(1, 16, False, BATCH_BELOW) == 1
-    assert samples_per_gemm(3, 16, False, BATCH_BELOW) * 16 <= COLUMNS
+    assert samples_per_gemm(32, 16, BATCH_BELOW, 1) == 32   # ResNet's 4x4 stage: one GEMM for the batch
+    assert samples_per_gemm(32, 16, BATCH_BELOW, 2) == 16   # on two threads, two GEMMs of half the batch each
+    assert samples_per_gemm(40, 60, BATCH_BELOW, 1) == 20   # within COLUMNS, and a divisor of the batch
+    assert samples_per_gemm(7, 64, BATCH_BELOW, 1) == 1     # larger outputs: a GEMM per sample
+    assert samples_per_gemm(1, 16, BATCH_BELOW, 1) == 1
+    assert samples_per_gemm(3, 16, BATCH_BELOW, 2) == 1     # no divisor leaves a GEMM to each thread but 1
+    assert samples_per_gemm(3, 16, BATCH_BELOW, 1) * 16 <= COLUMNS
+
+
+# Shapes for the kernels' threaded paths (above PARALLEL_MIN_MACS multiply-adds): N, C, H, W, C_out, kh, kw, stride,
+# padding ((top, bottom), (left, right)), dilation, groups, dtype
+THREADED_CASES = [
+    (1, 64, 32, 32, 128, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, "float32"),    # batch 1: output rows split
+    (4, 64, 24, 24, 64, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, "float32"),     # samples split
+    (8, 256, 4, 4, 256, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, "float32"),     # shared GEMMs split
+    (1, 512, 16, 16, 512, 1, 1, (1, 1), ((0, 0), (0, 0)), (1, 1), 1, "float32"),   # pointwise, batch 1
+    (16, 512, 4, 4, 512, 1, 1, (1, 1), ((0, 0), (0, 0)), (1, 1), 1, "float32"),    # pointwise, shared GEMMs
+    (32, 128, 6, 6, 128, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 2, "float32"),    # grouped, shared GEMMs
+    (16, 64, 33, 31, 96, 3, 2, (2, 1), ((2, 0), (1, 1)), (2, 1), 4, "float32"),    # grouped, strided, dilated
+    (1, 128, 97, 95, 96, 3, 2, (2, 1), ((2, 0), (1, 1)), (2, 1), 4, "float32"),    # the same at batch 1
+    (4, 64, 40, 42, 64, 3, 3, (1, 2), ((0, 2), (2, 0)), (2, 2), 1, "float64"),
+    (8, 64, 64, 64, 128, 3, 3, (2, 2), ((1, 1), (1, 1)), (1, 1), 64, "float32"),   # depthwise, 2 outputs/channel
+    (1, 64, 128, 128, 64, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 64, "float32"),  # depthwise, batch 1
+    (8, 64, 88, 88, 64, 3, 3, (2, 2), ((1, 0), (0, 1)), (2, 1), 64, "float64"),    # depthwise, strided, dilated
+]
+
+
+@pytest.mark.parametrize("threads", ["one", "all"])
+def test_conv_kernels_on_threads_match_reference(threads):
+    """The kernels called directly on shapes large enough for their threads (and on one thread), forward, dgrad
+    and wgrad against the numpy references; BLAS's own thread count is what it was after each call."""
+    import numba
+
+    from dlc.ops.conv import conv2d_grad_input_ref, conv2d_grad_weight_ref, conv2d_ref
+    from dlc.runtime.cpu import load_kernel_modules
+
+    load_kernel_modules()
+    import dlc_cpu_conv as kernels
+    from dlc_cpu_gemm import _BLAS_THREAD_FUNCTIONS
+
+    blas_threads = _BLAS_THREAD_FUNCTIONS[1]
+    rng = np.random.default_rng(5)
+    before = numba.get_num_threads()
+    numba.set_num_threads(1 if threads == "one" else numba.config.NUMBA_NUM_THREADS)
+    try:
+        for n, c, h, wd, co, kh, kw, stride, padding, dilation, groups, dtype in THREADED_CASES:
+            x = uniform(rng, (n, c, h, wd), dtype)
+            w = uniform(rng, (co, c // groups, kh, kw), dtype)
+            a = dict(stride=stride, padding=padding, dilation=dilation, groups=groups)
+            want_y = conv2d_ref(x, w, a)
+            gy = uniform(rng, want_y.shape, dtype)
+            want_dx = conv2d_grad_input_ref(gy, w, dict(a, out_hw=(h, wd)))
+            want_dw = conv2d_grad_weight_ref(x, gy, dict(a, kernel=(kh, kw)))
+            depthwise = c // groups == 1 and kh * kw > 1
+            macs = want_y.size * w[0].size * (kernels.DEPTHWISE_MAC_COST if depthwise else 1)
+            assert macs >= kernels.PARALLEL_MIN_MACS, "a case too small for the threads"
+            attrs = [np.int64(v) for v in (*stride, padding[0][0], padding[1][0], *dilation, groups)]
+            y, dx, dw = (np.full(v.shape, np.nan, dtype) for v in (want_y, x, w))
+            blas_before = blas_threads()
+            kernels.conv2d(x, w, y, *attrs)
+            kernels.conv2d_grad_input(gy, w, dx, *attrs)
+            kernels.conv2d_grad_weight(x, gy, dw, *attrs)
+            assert blas_threads() == blas_before
+            what = f"N={n} C={c} {h}x{wd} -> {co} {kh}x{kw} stride {stride} groups {groups} {dtype}"
+            for got, want, kind in ((y, want_y, "fwd"), (dx, want_dx, "dgrad"), (dw, want_dw, "wgrad")):
+                # sums of up to 16384 products: rounding scales with the largest value, not each element's
+                atol = TOL[dtype]["atol"] * float(np.abs(want).max())
+                np.testing.assert_allclose(got, want, rtol=TOL[dtype]["rtol"], atol=atol, err_msg=f"{kind} {what}")
+    finally:
+        numba.set_num_threads(before)
 
 
 def test_pool_ops_match_reference():

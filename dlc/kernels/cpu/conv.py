@@ -12,8 +12,8 @@ output channels), so no transposing copy is needed. Measured on LeNet-5's
 shapes (2 cores, float32, a busy machine, so ratios only): against direct
 loops accumulating output rows tap by tap, im2col + GEMM took 0.23x the time
 for 1->6 5x5 pad 2 on 28x28 and 0.1x for 6->16 5x5 on 14x14 at batch 64, and
-0.25x and 0.05x at batch 1. Splitting the samples over two threads (prange)
-was slower: the threads fight BLAS's own pool.
+0.25x and 0.05x at batch 1. A pointwise conv (1x1, stride 1, no padding)
+needs no columns: its GEMM reads x[n] as it is.
 
 Why batched when a sample's output is small: below BATCH_BELOW output
 positions (ResNet's 4x4 stage) a per-sample GEMM is a thin matrix product
@@ -36,12 +36,83 @@ GEMM per channel (new/old time, noisy machine): 32 channels 56x56 3x3 at
 batch 16 fwd 0.25-0.59, dgrad 0.08-0.20, wgrad 0.75; 128 channels 28x28
 stride 2 fwd 0.63-0.72, dgrad 0.90-0.95, wgrad 0.77-0.87; 512 channels 7x7
 at batch 1 fwd 0.22-0.30, dgrad 0.51-0.56, wgrad 0.35-0.42.
+
+Threads: one pool (numba's), BLAS on the calling thread. Every BLAS call
+here runs single-threaded (the thread count of the BLAS behind np.dot is set
+to 1 for the call's duration and restored after): OpenBLAS's own pool of 2,
+on 2 cores shared with other processes, stalls at each of its many
+synchronisations for a scheduler tick (4 ms) whenever the other core is
+taken. Measured in one process (load average about 1): a 64x576x1024 sgemm
+took 24 ms with 2 BLAS threads against 0.95 ms with one; a 512x4608x16 one
+8 ms against 1.2 ms. The kernels' own threads then split the work once per
+conv, above PARALLEL_MIN_MACS multiply-adds (about 1.5 ms on one thread;
+a depthwise one counts DEPTHWISE_MAC_COST): with at least as many GEMMs
+(samples, or groups of samples sharing one) as threads, each thread takes
+whole GEMMs with columns of its own (but the weight gradient of samples
+sharing GEMMs splits each GEMM's output rows: no per-thread copy of the whole
+gradient to add up); with fewer (batch 1), each GEMM's
+output rows are split between them (dgrad: the rows of the columns, through
+a transposed copy of the weights, 1/(Ho*Wo) of the GEMM's work) and im2col
+and col2im go channel by channel. Threads take tasks from a shared counter
+as they finish (`claim`), so a thread that waits for a core does not hold up
+a fixed share. Below the threshold one thread runs the whole conv: a parallel
+region's join waits for its slowest thread, and on a loaded machine that wait
+(ticks of 4 ms, measured) outweighs halving a conv of a millisecond or less.
 """
 
+import numba
 import numpy as np
-from numba import njit
+from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 JIT = dict(cache=True, error_model="numpy", nogil=True, boundscheck=False)
+# prange loops only: numba would otherwise turn every array expression (zeroing a buffer, a sum) into a
+# parallel region of its own, each a start and a join of the thread pool
+JIT_PARALLEL = dict(JIT, parallel=dict(prange=True, comprehension=False, reduction=False, inplace_binop=False,
+                                       setitem=False, numpy=False, stencil=False, fusion=False))
+
+
+# numba's thread count by the symbol its threading layer registers (once started): numba.get_num_threads()
+# inside a kernel would bake in a ctypes pointer, which numba refuses to cache
+numba.get_num_threads()
+_thread_count = types.ExternalFunction("get_num_threads", types.intc())
+
+PARALLEL_MIN_MACS = 1 << 26   # multiply-adds under which one thread does a whole conv (see the module's note)
+DEPTHWISE_MAC_COST = 8        # a depthwise multiply-add (direct loops) takes about the time of 8 in a GEMM
+
+
+@njit(**JIT)
+def workers_for(macs, tasks):
+    """How many threads share a conv of `macs` multiply-adds split into `tasks` independent parts."""
+    if macs < PARALLEL_MIN_MACS:
+        return 1
+    return max(1, min(_thread_count(), tasks))
+
+
+@intrinsic
+def claim(typingctx, counter):
+    """counter[0] += 1 atomically, returning the value before: the next task for the calling thread. Threads
+    that take tasks as they finish (rather than a fixed share each) keep going when one of them waits for a
+    core another process holds: the others take its share."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.atomic_rmw("add", data, ir.Constant(ir.IntType(64), 1), "monotonic")
+    return types.int64(counter), codegen
+
+
+@njit(**JIT)
+def _block(count, parts, k):
+    """[start, stop) of part k when count items are split into parts near-equal contiguous blocks."""
+    return k * count // parts, (k + 1) * count // parts
+
+
+# ----------------------------------------------------------------------------
+# columns
 
 
 @njit(**JIT)
@@ -69,11 +140,11 @@ def dot(a, b, out):
 
 
 @njit(**JIT)
-def im2col(x, n, cols, col0, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
-    """cols[(c*kh + i)*kw + j, col0 + oh*wo + ow] = x[n, c, oh*sh - pt + i*dh, ow*sw - pl + j*dw], 0 in the
-    padding (col0: where this sample's columns start among several samples')."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    for c in range(C):
+def im2col(x, n, cols, col0, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
+    """cols[(c*kh + i)*kw + j, col0 + oh*wo + ow] = x[n, c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for the
+    channels c in [c0, c1), 0 in the padding (col0: where this sample's columns start among several samples')."""
+    H, W = x.shape[2], x.shape[3]
+    for c in range(c0, c1):
         for i in range(kh):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
@@ -105,11 +176,12 @@ def im2col(x, n, cols, col0, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
 
 
 @njit(**JIT)
-def col2im(cols, col0, out, n, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
-    """The adjoint of im2col: out[n] = 0, then every column value from col0 on added back at its input position."""
-    C, H, W = out.shape[1], out.shape[2], out.shape[3]
-    out[n] = 0
-    for c in range(C):
+def col2im(cols, col0, out, n, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
+    """The adjoint of im2col for the channels c in [c0, c1): out[n, c] = 0, then every column value from col0 on
+    added back at its input position."""
+    H, W = out.shape[2], out.shape[3]
+    out[n, c0:c1] = 0
+    for c in range(c0, c1):
         for i in range(kh):
             for j in range(kw):
                 row = (c * kh + i) * kw + j
@@ -128,6 +200,28 @@ def col2im(cols, col0, out, n, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
                             out[n, c, ih, ow * sw + off] += cols[row, base + ow]
 
 
+@njit(**JIT_PARALLEL)
+def im2col_threads(x, n, cols, workers, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
+    """im2col of one whole sample, channel by channel on `workers` threads."""
+    counter = np.zeros(1, np.int64)
+    for _ in prange(workers):
+        c = claim(counter)
+        while c < x.shape[1]:
+            im2col(x, n, cols, 0, c, c + 1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            c = claim(counter)
+
+
+@njit(**JIT_PARALLEL)
+def col2im_threads(cols, out, n, workers, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
+    """col2im of one whole sample, channel by channel on `workers` threads."""
+    counter = np.zeros(1, np.int64)
+    for _ in prange(workers):
+        c = claim(counter)
+        while c < out.shape[1]:
+            col2im(cols, 0, out, n, c, c + 1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            c = claim(counter)
+
+
 @njit(**JIT)
 def _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, ho, wo):
     """A 1x1, stride-1, unpadded window: a sample's columns are its own (C, H*W) matrix."""
@@ -143,7 +237,7 @@ COLUMNS = 2048           # the most columns (samples x positions) of one shared 
 def samples_columns(x, n0, nb, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
     """The columns of samples n0 .. n0 + nb - 1 side by side: sample n0 + j from column j * Ho*Wo on."""
     for j in range(nb):
-        im2col(x, n0 + j, cols, j * ho * wo, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        im2col(x, n0 + j, cols, j * ho * wo, 0, x.shape[1], kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
 
 
 @njit(**JIT)
@@ -155,16 +249,20 @@ def samples_rows(gy, n0, nb, g, og, rows):
 
 
 @njit(**JIT)
-def samples_per_gemm(N, hw, pointwise, below):
+def samples_per_gemm(N, hw, below, threads):
     """How many samples share one GEMM: 1 (per sample), or the largest divisor of N within COLUMNS columns
-    (a divisor: every GEMM then has the same contiguous operands)."""
-    if pointwise or hw >= below or N < 2 or hw == 0:
+    and leaving at least `threads` GEMMs (a divisor: every GEMM then has the same contiguous operands)."""
+    if hw >= below or N < 2 or hw == 0:
         return 1
-    cap = max(1, COLUMNS // hw)
+    cap = max(1, min(COLUMNS // hw, N // max(1, threads)))
     for nb in range(min(N, cap), 0, -1):
         if N % nb == 0:
             return nb
     return 1
+
+
+# ----------------------------------------------------------------------------
+# depthwise: direct loops
 
 
 @njit(**JIT)
@@ -210,81 +308,265 @@ def _add_products(dst, a, src, lo, hi, off, sw):
 
 
 @njit(**JIT)
-def depthwise_conv2d(x, w, out, sh, sw, pt, pl, dh, dw):
-    """conv2d with C/groups == 1: out[n, o] = sum over the window of x[n, o // (C_out/C)] * w[o, 0]."""
-    N = x.shape[0]
+def _depthwise_plane(x, w, out, n, o, sh, sw, pt, pl, dh, dw):
+    """out[n, o] of a depthwise conv: its input channel's rows, tap by tap, added into the output rows."""
     H, W = x.shape[2], x.shape[3]
-    co, _, kh, kw = w.shape
+    kh, kw = w.shape[2], w.shape[3]
     ho, wo = out.shape[2], out.shape[3]
-    per_channel = co // x.shape[1]
-    for n in range(N):
-        for o in range(co):
-            src = x[n, o // per_channel]
-            dst = out[n, o]
-            dst[:, :] = 0
-            for i in range(kh):
-                for j in range(kw):
-                    wv = w[o, 0, i, j]
-                    off = j * dw - pl
-                    lo, hi = valid_range(off, sw, W, wo)
-                    for oh in range(ho):
-                        ih = oh * sh - pt + i * dh
-                        if ih < 0 or ih >= H:
-                            continue
-                        _add_gathered(dst[oh], src[ih], wv, lo, hi, off, sw)
+    src = x[n, o // (w.shape[0] // x.shape[1])]
+    dst = out[n, o]
+    dst[:, :] = 0
+    for i in range(kh):
+        for j in range(kw):
+            wv = w[o, 0, i, j]
+            off = j * dw - pl
+            lo, hi = valid_range(off, sw, W, wo)
+            for oh in range(ho):
+                ih = oh * sh - pt + i * dh
+                if ih < 0 or ih >= H:
+                    continue
+                _add_gathered(dst[oh], src[ih], wv, lo, hi, off, sw)
 
 
 @njit(**JIT)
-def depthwise_conv2d_grad_input(gy, w, out, sh, sw, pt, pl, dh, dw):
-    """The adjoint of depthwise_conv2d in x: every dL/dy value times its tap, added back at its input."""
-    N = gy.shape[0]
+def _depthwise_input_plane(gy, w, out, n, c, sh, sw, pt, pl, dh, dw):
+    """out[n, c] of depthwise_conv2d_grad_input: the dL/dy planes of channel c's outputs, scattered back."""
     H, W = out.shape[2], out.shape[3]
     co, _, kh, kw = w.shape
     ho, wo = gy.shape[2], gy.shape[3]
     per_channel = co // out.shape[1]
-    out[:] = 0
-    for n in range(N):
-        for o in range(co):
-            g, dst = gy[n, o], out[n, o // per_channel]
-            for i in range(kh):
-                for j in range(kw):
-                    wv = w[o, 0, i, j]
-                    off = j * dw - pl
-                    lo, hi = valid_range(off, sw, W, wo)
-                    for oh in range(ho):
-                        ih = oh * sh - pt + i * dh
-                        if ih < 0 or ih >= H:
-                            continue
-                        _add_scattered(dst[ih], g[oh], wv, lo, hi, off, sw)
-
-
-@njit(**JIT)
-def depthwise_conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw):
-    """dL/dw of depthwise_conv2d: per tap, the sum over samples and outputs of dL/dy times the input it read
-    (summed by output column first: a vectorisable row update, then one sum per tap)."""
-    N = x.shape[0]
-    H, W = x.shape[2], x.shape[3]
-    co, _, kh, kw = out.shape
-    ho, wo = gy.shape[2], gy.shape[3]
-    per_channel = co // x.shape[1]
-    lanes = np.empty(wo, out.dtype)
-    for o in range(co):
+    dst = out[n, c]
+    dst[:, :] = 0
+    for o in range(c * per_channel, (c + 1) * per_channel):
+        g = gy[n, o]
         for i in range(kh):
             for j in range(kw):
+                wv = w[o, 0, i, j]
                 off = j * dw - pl
                 lo, hi = valid_range(off, sw, W, wo)
-                lanes[:] = 0
-                for n in range(N):
-                    src, g = x[n, o // per_channel], gy[n, o]
-                    for oh in range(ho):
-                        ih = oh * sh - pt + i * dh
-                        if ih < 0 or ih >= H:
-                            continue
-                        _add_products(lanes, g[oh], src[ih], lo, hi, off, sw)
-                out[o, 0, i, j] = lanes.sum()
+                for oh in range(ho):
+                    ih = oh * sh - pt + i * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    _add_scattered(dst[ih], g[oh], wv, lo, hi, off, sw)
 
 
 @njit(**JIT)
+def _depthwise_weight_channel(x, gy, out, o, sh, sw, pt, pl, dh, dw):
+    """out[o] of depthwise_conv2d_grad_weight: per tap, the sum over samples and outputs of dL/dy times the
+    input it read (summed by output column first: a vectorisable row update, then one sum per tap)."""
+    N, H, W = x.shape[0], x.shape[2], x.shape[3]
+    co, _, kh, kw = out.shape
+    ho, wo = gy.shape[2], gy.shape[3]
+    c = o // (co // x.shape[1])
+    lanes = np.empty(wo, out.dtype)
+    for i in range(kh):
+        for j in range(kw):
+            off = j * dw - pl
+            lo, hi = valid_range(off, sw, W, wo)
+            lanes[:] = 0
+            for n in range(N):
+                src, g = x[n, c], gy[n, o]
+                for oh in range(ho):
+                    ih = oh * sh - pt + i * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    _add_products(lanes, g[oh], src[ih], lo, hi, off, sw)
+            out[o, 0, i, j] = lanes.sum()
+
+
+# Depthwise work splits into planes: threads over (sample, output channel) for the forward, over (sample,
+# input channel) for dgrad (a channel's outputs all add into its plane) and over output channels for wgrad
+# (each sums over the samples), above PARALLEL_MIN_MACS; below it one thread runs them in order.
+
+
+@njit(**JIT_PARALLEL)
+def depthwise_conv2d(x, w, out, sh, sw, pt, pl, dh, dw):
+    """conv2d with C/groups == 1: out[n, o] = sum over the window of x[n, o // (C_out/C)] * w[o, 0]."""
+    N, co = out.shape[0], out.shape[1]
+    planes = N * co
+    workers = workers_for(out.size * w.shape[2] * w.shape[3] * DEPTHWISE_MAC_COST, planes)
+    if workers == 1:
+        for p in range(planes):
+            _depthwise_plane(x, w, out, p // co, p % co, sh, sw, pt, pl, dh, dw)
+        return
+    counter = np.zeros(1, np.int64)
+    for _ in prange(workers):
+        p = claim(counter)
+        while p < planes:
+            _depthwise_plane(x, w, out, p // co, p % co, sh, sw, pt, pl, dh, dw)
+            p = claim(counter)
+
+
+@njit(**JIT_PARALLEL)
+def depthwise_conv2d_grad_input(gy, w, out, sh, sw, pt, pl, dh, dw):
+    """The adjoint of depthwise_conv2d in x: every dL/dy value times its tap, added back at its input."""
+    N, C = out.shape[0], out.shape[1]
+    planes = N * C
+    workers = workers_for(gy.size * w.shape[2] * w.shape[3] * DEPTHWISE_MAC_COST, planes)
+    if workers == 1:
+        for p in range(planes):
+            _depthwise_input_plane(gy, w, out, p // C, p % C, sh, sw, pt, pl, dh, dw)
+        return
+    counter = np.zeros(1, np.int64)
+    for _ in prange(workers):
+        p = claim(counter)
+        while p < planes:
+            _depthwise_input_plane(gy, w, out, p // C, p % C, sh, sw, pt, pl, dh, dw)
+            p = claim(counter)
+
+
+@njit(**JIT_PARALLEL)
+def depthwise_conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw):
+    """dL/dw of depthwise_conv2d, output channel by output channel."""
+    co = out.shape[0]
+    workers = workers_for(gy.size * out.shape[2] * out.shape[3] * DEPTHWISE_MAC_COST, co)
+    if workers == 1:
+        for o in range(co):
+            _depthwise_weight_channel(x, gy, out, o, sh, sw, pt, pl, dh, dw)
+        return
+    counter = np.zeros(1, np.int64)
+    for _ in prange(workers):
+        o = claim(counter)
+        while o < co:
+            _depthwise_weight_channel(x, gy, out, o, sh, sw, pt, pl, dh, dw)
+            o = claim(counter)
+
+
+# ----------------------------------------------------------------------------
+# im2col + GEMM: one group of samples (a GEMM's worth) at a time, on one thread
+
+
+@njit(**JIT)
+def _forward_samples(x, w2, out, n0, nb, groups, cols, part, kh, kw, sh, sw, pt, pl, dh, dw, pointwise):
+    """out[n0 : n0+nb]: nb == 1 a GEMM per group straight into the sample's output (a pointwise conv reading x
+    itself), else one GEMM per group over the nb samples' columns side by side, copied out through part."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    co, kg = w2.shape
+    og = co // groups
+    ho, wo = out.shape[2], out.shape[3]
+    hw = ho * wo
+    if nb > 1:
+        samples_columns(x, n0, nb, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        for g in range(groups):
+            dot(w2[g * og:(g + 1) * og], cols[g * kg:(g + 1) * kg], part)
+            for j in range(nb):
+                out[n0 + j].reshape(co, hw)[g * og:(g + 1) * og] = part[:, j * hw:(j + 1) * hw]
+        return
+    # a variable of its own for x's view: x may be read-only, and cols must stay writable for im2col
+    src = x[n0].reshape(C, H * W) if pointwise else cols
+    if not pointwise:
+        im2col(x, n0, cols, 0, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+    o2 = out[n0].reshape(co, hw)
+    for g in range(groups):
+        dot(w2[g * og:(g + 1) * og], src[g * kg:(g + 1) * kg], o2[g * og:(g + 1) * og])
+
+
+@njit(**JIT)
+def _input_samples(gy, w2, out, n0, nb, groups, cols, rows, kh, kw, sh, sw, pt, pl, dh, dw, pointwise):
+    """dgrad of samples n0 .. n0+nb-1: the columns w^T @ dL/dy per group (all nb samples' side by side in one
+    GEMM when nb > 1), then col2im; a pointwise conv's columns are the output itself."""
+    co, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
+    C, H, W = out.shape[1], out.shape[2], out.shape[3]
+    kg = w2.shape[1]
+    og = co // groups
+    hw = ho * wo
+    if nb > 1:
+        for g in range(groups):
+            samples_rows(gy, n0, nb, g, og, rows)
+            dot(w2[g * og:(g + 1) * og].T, rows, cols[g * kg:(g + 1) * kg])
+        for j in range(nb):
+            col2im(cols, j * hw, out, n0 + j, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        return
+    g2 = gy[n0].reshape(co, hw)
+    dst = out[n0].reshape(C, H * W) if pointwise else cols
+    for g in range(groups):
+        dot(w2[g * og:(g + 1) * og].T, g2[g * og:(g + 1) * og], dst[g * kg:(g + 1) * kg])
+    if not pointwise:
+        col2im(cols, 0, out, n0, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+
+
+@njit(**JIT)
+def _weight_samples(x, gy, acc, n0, nb, groups, cols, rows, part, kh, kw, sh, sw, pt, pl, dh, dw, pointwise):
+    """acc += the weight gradient of samples n0 .. n0+nb-1 (one GEMM per group over their columns when nb > 1)."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    co, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
+    kg = acc.shape[1]
+    og = co // groups
+    hw = ho * wo
+    if nb > 1:
+        samples_columns(x, n0, nb, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        for g in range(groups):
+            samples_rows(gy, n0, nb, g, og, rows)
+            dot(rows, cols[g * kg:(g + 1) * kg].T, part)
+            acc[g * og:(g + 1) * og] += part
+        return
+    src = x[n0].reshape(C, H * W) if pointwise else cols   # x may be read-only: cols stays writable
+    if not pointwise:
+        im2col(x, n0, cols, 0, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+    g2 = gy[n0].reshape(co, hw)
+    for g in range(groups):
+        dot(g2[g * og:(g + 1) * og], src[g * kg:(g + 1) * kg].T, part)
+        acc[g * og:(g + 1) * og] += part
+
+
+@njit(**JIT)
+def _sum_workers(parts, acc):
+    """acc = the sum of the threads' partial weight gradients."""
+    acc[:, :] = parts[0]
+    for t in range(1, parts.shape[0]):
+        acc += parts[t]
+
+
+@njit(**JIT)
+def _transposed_groups(w2, groups):
+    """w2's group blocks transposed, each C-contiguous: (groups, C/groups*kh*kw, C_out/groups)."""
+    co, kg = w2.shape
+    og = co // groups
+    wt = np.empty((groups, kg, og), w2.dtype)
+    for g in range(groups):
+        wt[g] = w2[g * og:(g + 1) * og].T
+    return wt
+
+
+@njit(**JIT_PARALLEL)
+def _weight_shared_rows(x, gy, acc, nb, groups, threads, kh, kw, sh, sw, pt, pl, dh, dw):
+    """wgrad of samples sharing GEMMs (nb at a time) on `threads` threads: the columns sample by sample, then each
+    GEMM's output rows split between them (no thread's own copy of the whole gradient to add up)."""
+    N, C = x.shape[0], x.shape[1]
+    co, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
+    kg = acc.shape[1]
+    og = co // groups
+    hw = ho * wo
+    cols = np.empty((C * kh * kw, nb * hw), x.dtype)
+    rows = np.empty((co, nb * hw), gy.dtype)
+    acc[:, :] = 0
+    counter = np.zeros(1, np.int64)
+    for n0 in range(0, N, nb):
+        counter[0] = 0
+        for _ in prange(threads):
+            j = claim(counter)
+            while j < nb:
+                im2col(x, n0 + j, cols, j * hw, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+                j = claim(counter)
+        samples_rows(gy, n0, nb, 0, co, rows)
+        counter[0] = 0
+        for _ in prange(threads):
+            task = claim(counter)
+            while task < groups * threads:
+                g = task // threads
+                r0, r1 = _block(og, threads, task % threads)
+                part = np.empty((r1 - r0, kg), acc.dtype)
+                dot(rows[g * og + r0:g * og + r1], cols[g * kg:(g + 1) * kg].T, part)
+                acc[g * og + r0:g * og + r1] += part
+                task = claim(counter)
+
+
+# ----------------------------------------------------------------------------
+# the three convolutions: the plan per shape, then threads
+
+
+@njit(**JIT_PARALLEL)
 def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
     """out (N, C_out, Ho, Wo) = x (N, C, H, W) cross-correlated with w (C_out, C/groups, kh, kw)."""
     N, C, H, W = x.shape
@@ -292,33 +574,54 @@ def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
     ho, wo = out.shape[2], out.shape[3]
     if _is_depthwise(cg, kh, kw):
         return depthwise_conv2d(x, w, out, sh, sw, pt, pl, dh, dw)
+    if out.size == 0:
+        return
     kg, og = cg * kh * kw, co // groups
     w2 = w.reshape(co, kg)
     pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, ho, wo)
     hw = ho * wo
-    nb = samples_per_gemm(N, hw, pointwise, BATCH_BELOW)
-    if nb > 1:
-        cols = np.empty((C * kh * kw, nb * hw), x.dtype)
-        part = np.empty((og, nb * hw), x.dtype)
-        for n0 in range(0, N, nb):
-            samples_columns(x, n0, nb, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
-            for g in range(groups):
-                dot(w2[g * og:(g + 1) * og], cols[g * kg:(g + 1) * kg], part)
-                for j in range(nb):
-                    out[n0 + j].reshape(co, hw)[g * og:(g + 1) * og] = part[:, j * hw:(j + 1) * hw]
-        return
-    cols = np.empty((0 if pointwise else C * kh * kw, ho * wo), x.dtype)
-    for n in range(N):
-        # a variable of its own for x's view: x may be read-only, and cols must stay writable for im2col
-        src = x[n].reshape(C, H * W) if pointwise else cols
-        if not pointwise:
-            im2col(x, n, cols, 0, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
-        o2 = out[n].reshape(co, ho * wo)
-        for g in range(groups):
-            dot(w2[g * og:(g + 1) * og], src[g * kg:(g + 1) * kg], o2[g * og:(g + 1) * og])
+    macs = out.size * kg
+    threads = workers_for(macs, N * groups * og)
+    nb = samples_per_gemm(N, hw, BATCH_BELOW, threads)
+    chunks = N // nb
+    previous = blas_on_calling_thread()
+    if chunks >= threads:
+        # GEMMs of whole samples (or of nb samples side by side), each thread with its own columns
+        cols = np.empty((threads, 0 if pointwise and nb == 1 else C * kh * kw, nb * hw), x.dtype)
+        part = np.empty((threads, og if nb > 1 else 0, nb * hw), x.dtype)
+        if threads == 1:
+            for c in range(chunks):
+                _forward_samples(x, w2, out, c * nb, nb, groups, cols[0], part[0], kh, kw, sh, sw, pt, pl, dh,
+                                 dw, pointwise)
+        else:
+            counter = np.zeros(1, np.int64)
+            for t in prange(threads):
+                c = claim(counter)
+                while c < chunks:
+                    _forward_samples(x, w2, out, c * nb, nb, groups, cols[t], part[t], kh, kw, sh, sw, pt, pl,
+                                     dh, dw, pointwise)
+                    c = claim(counter)
+    else:
+        # fewer samples than threads (batch 1): the columns built by all threads, then each GEMM's output rows
+        # split between them
+        cols = np.empty((0 if pointwise else C * kh * kw, hw), x.dtype)
+        for n in range(N):
+            src = x[n].reshape(C, H * W) if pointwise else cols
+            if not pointwise:
+                im2col_threads(x, n, cols, min(threads, C), kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            o2 = out[n].reshape(co, hw)
+            counter = np.zeros(1, np.int64)
+            for _ in prange(threads):
+                task = claim(counter)
+                while task < groups * threads:
+                    g = task // threads
+                    r0, r1 = _block(og, threads, task % threads)
+                    dot(w2[g * og + r0:g * og + r1], src[g * kg:(g + 1) * kg], o2[g * og + r0:g * og + r1])
+                    task = claim(counter)
+    restore_blas_threads(previous)
 
 
-@njit(**JIT)
+@njit(**JIT_PARALLEL)
 def conv2d_grad_input(gy, w, out, sh, sw, pt, pl, dh, dw, groups):
     """out (N, C, H, W) = the adjoint of conv2d in x, applied to gy (N, C_out, Ho, Wo); conv_transpose2d too."""
     N, co, ho, wo = gy.shape
@@ -326,33 +629,54 @@ def conv2d_grad_input(gy, w, out, sh, sw, pt, pl, dh, dw, groups):
     C, H, W = out.shape[1], out.shape[2], out.shape[3]
     if _is_depthwise(cg, kh, kw):
         return depthwise_conv2d_grad_input(gy, w, out, sh, sw, pt, pl, dh, dw)
+    if out.size == 0:
+        return
     kg, og = cg * kh * kw, co // groups
     w2 = w.reshape(co, kg)
     pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, ho, wo)
     hw = ho * wo
-    nb = samples_per_gemm(N, hw, pointwise, BATCH_BELOW)
-    if nb > 1:
-        cols = np.empty((C * kh * kw, nb * hw), gy.dtype)
-        g2 = np.empty((og, nb * hw), gy.dtype)
-        for n0 in range(0, N, nb):
-            for g in range(groups):
-                samples_rows(gy, n0, nb, g, og, g2)
-                dot(w2[g * og:(g + 1) * og].T, g2, cols[g * kg:(g + 1) * kg])
-            for j in range(nb):
-                col2im(cols, j * hw, out, n0 + j, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
-        return
-    cols = np.empty((0 if pointwise else C * kh * kw, ho * wo), gy.dtype)
-    for n in range(N):
-        g2 = gy[n].reshape(co, ho * wo)
-        if pointwise:
-            cols = out[n].reshape(C, H * W)  # the columns are the output itself
-        for g in range(groups):
-            dot(w2[g * og:(g + 1) * og].T, g2[g * og:(g + 1) * og], cols[g * kg:(g + 1) * kg])
-        if not pointwise:
-            col2im(cols, 0, out, n, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+    macs = gy.size * kg
+    threads = workers_for(macs, N * groups * kg)
+    nb = samples_per_gemm(N, hw, BATCH_BELOW, threads)
+    chunks = N // nb
+    previous = blas_on_calling_thread()
+    if chunks >= threads:
+        cols = np.empty((threads, 0 if pointwise and nb == 1 else C * kh * kw, nb * hw), gy.dtype)
+        rows = np.empty((threads, og if nb > 1 else 0, nb * hw), gy.dtype)
+        if threads == 1:
+            for c in range(chunks):
+                _input_samples(gy, w2, out, c * nb, nb, groups, cols[0], rows[0], kh, kw, sh, sw, pt, pl, dh, dw,
+                               pointwise)
+        else:
+            counter = np.zeros(1, np.int64)
+            for t in prange(threads):
+                c = claim(counter)
+                while c < chunks:
+                    _input_samples(gy, w2, out, c * nb, nb, groups, cols[t], rows[t], kh, kw, sh, sw, pt, pl, dh,
+                                   dw, pointwise)
+                    c = claim(counter)
+    else:
+        # batch 1: the columns' rows split between threads, which needs w^T's rows contiguous: a copy of the
+        # weights, 1/(Ho*Wo) of the GEMM's work
+        wt = _transposed_groups(w2, groups)
+        cols = np.empty((0 if pointwise else C * kh * kw, hw), gy.dtype)
+        for n in range(N):
+            g2 = gy[n].reshape(co, hw)
+            dst = out[n].reshape(C, H * W) if pointwise else cols
+            counter = np.zeros(1, np.int64)
+            for _ in prange(threads):
+                task = claim(counter)
+                while task < groups * threads:
+                    g = task // threads
+                    r0, r1 = _block(kg, threads, task % threads)
+                    dot(wt[g, r0:r1], g2[g * og:(g + 1) * og], dst[g * kg + r0:g * kg + r1])
+                    task = claim(counter)
+            if not pointwise:
+                col2im_threads(cols, out, n, min(threads, C), kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+    restore_blas_threads(previous)
 
 
-@njit(**JIT)
+@njit(**JIT_PARALLEL)
 def conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw, groups):
     """out (C_out, C/groups, kh, kw) = the sum over samples of gy[n] @ im2col(x[n])^T, per group."""
     N, C, H, W = x.shape
@@ -362,29 +686,59 @@ def conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw, groups):
         return depthwise_conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw)
     kg, og = cg * kh * kw, co // groups
     acc = out.reshape(co, kg)
-    acc[:, :] = 0
-    if N == 0:
+    if N == 0 or gy.size == 0:
+        acc[:, :] = 0
         return
-    part = np.empty((og, kg), out.dtype)
     pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, ho, wo)
     hw = ho * wo
-    nb = samples_per_gemm(N, hw, pointwise, WGRAD_BATCH_BELOW)
-    if nb > 1:
-        cols = np.empty((C * kh * kw, nb * hw), x.dtype)
-        g2 = np.empty((og, nb * hw), gy.dtype)
-        for n0 in range(0, N, nb):
-            samples_columns(x, n0, nb, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
-            for g in range(groups):
-                samples_rows(gy, n0, nb, g, og, g2)
-                dot(g2, cols[g * kg:(g + 1) * kg].T, part)
-                acc[g * og:(g + 1) * og] += part
-        return
-    cols = np.empty((0 if pointwise else C * kh * kw, ho * wo), x.dtype)
-    for n in range(N):
-        src = x[n].reshape(C, H * W) if pointwise else cols   # x may be read-only: cols stays writable
-        if not pointwise:
-            im2col(x, n, cols, 0, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
-        g2 = gy[n].reshape(co, ho * wo)
-        for g in range(groups):
-            dot(g2[g * og:(g + 1) * og], src[g * kg:(g + 1) * kg].T, part)
-            acc[g * og:(g + 1) * og] += part
+    macs = gy.size * kg
+    threads = workers_for(macs, N * groups * og)
+    shared = samples_per_gemm(N, hw, WGRAD_BATCH_BELOW, 1)
+    nb = samples_per_gemm(N, hw, WGRAD_BATCH_BELOW, threads)
+    chunks = N // nb
+    previous = blas_on_calling_thread()
+    if threads > 1 and shared > 1:
+        # one GEMM for the samples, its rows split between threads, rather than a GEMM and a whole gradient to
+        # add up per thread: batch 16, 4x4 outputs 512->512, 0.6x the time (load 2.4, two runs)
+        _weight_shared_rows(x, gy, acc, shared, groups, threads, kh, kw, sh, sw, pt, pl, dh, dw)
+    elif chunks >= threads:
+        # each thread sums its samples' gradients in a buffer of its own; the buffers are added at the end
+        cols = np.empty((threads, 0 if pointwise and nb == 1 else C * kh * kw, nb * hw), x.dtype)
+        rows = np.empty((threads, og if nb > 1 else 0, nb * hw), gy.dtype)
+        part = np.empty((threads, og, kg), out.dtype)
+        sums = np.empty((threads, co, kg), out.dtype)
+        if threads == 1:
+            sums[0] = 0
+            for c in range(chunks):
+                _weight_samples(x, gy, sums[0], c * nb, nb, groups, cols[0], rows[0], part[0], kh, kw, sh, sw,
+                                pt, pl, dh, dw, pointwise)
+        else:
+            counter = np.zeros(1, np.int64)
+            for t in prange(threads):
+                sums[t] = 0
+                c = claim(counter)
+                while c < chunks:
+                    _weight_samples(x, gy, sums[t], c * nb, nb, groups, cols[t], rows[t], part[t], kh, kw, sh,
+                                    sw, pt, pl, dh, dw, pointwise)
+                    c = claim(counter)
+        _sum_workers(sums, acc)
+    else:
+        # batch 1: the gradient's rows split between threads, over columns built by all of them
+        acc[:, :] = 0
+        cols = np.empty((0 if pointwise else C * kh * kw, hw), x.dtype)
+        for n in range(N):
+            src = x[n].reshape(C, H * W) if pointwise else cols
+            if not pointwise:
+                im2col_threads(x, n, cols, min(threads, C), kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            g2 = gy[n].reshape(co, hw)
+            counter = np.zeros(1, np.int64)
+            for _ in prange(threads):
+                task = claim(counter)
+                while task < groups * threads:
+                    g = task // threads
+                    r0, r1 = _block(og, threads, task % threads)
+                    part = np.empty((r1 - r0, kg), out.dtype)
+                    dot(g2[g * og + r0:g * og + r1], src[g * kg:(g + 1) * kg].T, part)
+                    acc[g * og + r0:g * og + r1] += part
+                    task = claim(counter)
+    restore_blas_threads(previous)

@@ -5,25 +5,87 @@ call these functions, so numba compiles (or loads from its cache) them once
 per process rather than once per compiled program.
 """
 
+import ctypes
+
+import llvmlite.binding as llvm
 import numpy as np
-from numba import njit
+from numba import njit, types
+
+JIT = dict(cache=True, error_model="numpy", nogil=True)
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+# ----------------------------------------------------------------------------
+# BLAS's own thread pool, off for small GEMMs and while the conv kernels run their own threads
+
+
+def _bind_blas_thread_count():
+    """Bind the symbols dlc_blas_set_num_threads / dlc_blas_get_num_threads, which the kernels below call, to the
+    thread-count functions of the BLAS behind numba's np.dot (scipy's OpenBLAS), or to stand-ins that do nothing
+    where that BLAS has none. Bound by name in every process, so numba's cache of the kernels stays valid."""
+    lib = None
+    try:
+        from scipy.linalg import cython_blas
+        lib = ctypes.CDLL(cython_blas.__file__)   # symbols are looked up in its libraries too
+    except (ImportError, OSError):
+        pass
+    for prefix in ("scipy_openblas_", "openblas_", "scipy_openblas64_"):
+        setter = getattr(lib, prefix + "set_num_threads", None)
+        getter = getattr(lib, prefix + "get_num_threads", None)
+        if setter is not None and getter is not None:
+            break
+    else:
+        setter = ctypes.CFUNCTYPE(None, ctypes.c_int)(lambda n: None)
+        getter = ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 1)
+    llvm.add_symbol("dlc_blas_set_num_threads", ctypes.cast(setter, ctypes.c_void_p).value)
+    llvm.add_symbol("dlc_blas_get_num_threads", ctypes.cast(getter, ctypes.c_void_p).value)
+    return setter, getter   # kept alive: a stand-in callback must outlive every call through its address
+
+
+_BLAS_THREAD_FUNCTIONS = _bind_blas_thread_count()
+_set_blas_threads = types.ExternalFunction("dlc_blas_set_num_threads", types.void(types.intc))
+_get_blas_threads = types.ExternalFunction("dlc_blas_get_num_threads", types.intc())
+
+
+@njit(**JIT)
+def blas_on_calling_thread():
+    """Make each BLAS call run on the thread that makes it; returns the thread count to restore_blas_threads."""
+    previous = _get_blas_threads()
+    _set_blas_threads(np.int32(1))
+    return previous
+
+
+@njit(**JIT)
+def restore_blas_threads(previous):
+    _set_blas_threads(np.int32(previous))
+
+
+CALLING_THREAD_BELOW = 1 << 26   # multiply-adds under which a GEMM runs on the calling thread
+
+
+@njit(**JIT)
 def gemm(a, b, out):
     """out = a @ b through BLAS (a and b C- or F-contiguous: a transposed operand is a .T view, no copy).
 
-    Empty operands give zeros and never reach BLAS.
+    Empty operands give zeros and never reach BLAS. Below CALLING_THREAD_BELOW
+    multiply-adds BLAS runs it on the calling thread: its pool of 2 on 2 cores
+    shared with other processes waits a scheduler tick (4 ms) at a
+    synchronisation whenever the other core is taken (dlc_cpu_conv's note),
+    which a GEMM of a millisecond or less cannot win back.
     """
     if out.size == 0:
         return
     if a.shape[1] == 0:
         out[:, :] = 0
         return
+    if a.shape[0] * a.shape[1] * b.shape[1] < CALLING_THREAD_BELOW:
+        previous = blas_on_calling_thread()
+        np.dot(a, b, out)
+        restore_blas_threads(previous)
+        return
     np.dot(a, b, out)
 
 
-@njit(cache=True, error_model="numpy", nogil=True)
+@njit(**JIT)
 def copy_flat(dst, src):
     """dst[:] = src over 1-D views: a parameter update written back into the store's array."""
     for i in range(dst.size):
