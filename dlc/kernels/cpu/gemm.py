@@ -15,7 +15,7 @@ JIT = dict(cache=True, error_model="numpy", nogil=True)
 
 
 # ----------------------------------------------------------------------------
-# BLAS's own thread pool, off for small GEMMs and while the conv kernels run their own threads
+# BLAS's own thread pool, off while the conv kernels run their own threads
 
 
 def _bind_blas_thread_count():
@@ -59,28 +59,23 @@ def restore_blas_threads(previous):
     _set_blas_threads(np.int32(previous))
 
 
-CALLING_THREAD_BELOW = 1 << 26   # multiply-adds under which a GEMM runs on the calling thread
-
-
 @njit(**JIT)
 def gemm(a, b, out):
     """out = a @ b through BLAS (a and b C- or F-contiguous: a transposed operand is a .T view, no copy).
 
-    Empty operands give zeros and never reach BLAS. Below CALLING_THREAD_BELOW
-    multiply-adds BLAS runs it on the calling thread: its pool of 2 on 2 cores
-    shared with other processes waits a scheduler tick (4 ms) at a
-    synchronisation whenever the other core is taken (dlc_cpu_conv's note),
-    which a GEMM of a millisecond or less cannot win back.
+    Empty operands give zeros and never reach BLAS. BLAS keeps its own thread
+    pool here: on an idle machine its 2 threads beat one on an MLP step's
+    GEMMs (W1 took 5.3-5.7 ms a step with every GEMM below 64M multiply-adds
+    on the calling thread, against 3.1-3.6 ms with the pool, two interleaved
+    runs of 5 x 50 steps each). On a machine whose
+    cores are taken by other processes that pool waits a scheduler tick at
+    each synchronisation (dlc_cpu_conv's note): there, OPENBLAS_NUM_THREADS=1
+    is faster.
     """
     if out.size == 0:
         return
     if a.shape[1] == 0:
         out[:, :] = 0
-        return
-    if a.shape[0] * a.shape[1] * b.shape[1] < CALLING_THREAD_BELOW:
-        previous = blas_on_calling_thread()
-        np.dot(a, b, out)
-        restore_blas_threads(previous)
         return
     np.dot(a, b, out)
 
