@@ -149,7 +149,8 @@ class Printer:
             else:
                 header = self.condition(self.index(case.when), first=k == 0)
             self.block(header, list(case.body) + [ir.Assign(s.name, case.value, s.node)], depth, out)
-        if s.fill is not None and self.fill_in_else:
+        # C declares the variable with the fill; Python assigns it in a last branch, unless a case always holds
+        if s.fill is not None and self.fill_in_else and s.cases[-1].when is not None:
             self.block(self.otherwise(first=False), [ir.Assign(s.name, s.fill)], depth, out)
 
 
