@@ -275,3 +275,56 @@ def test_an_exported_function_keeps_the_attention_op(tmp_path, rng):
     x = rand(rng, (3, 2, 5, 4))
     for got, want in zip(loaded(x), fn(x)):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("causal, kind", [(True, "bool"), (False, "add")])
+def test_cpu_kernels_on_threads_match_one_thread_and_the_formula(causal, kind, rng):
+    """The kernels called directly on a shape above the threads' threshold: every block on all threads gives the
+    same bits as on one (a block's arithmetic does not depend on its thread), and forward and backward agree
+    with the plain formula."""
+    import numba
+
+    from dlc.runtime.cpu import load_kernel_modules
+
+    load_kernel_modules()
+    import dlc_cpu_attention as kernels
+    import dlc_cpu_threads
+
+    B, L, S, E, Ev = 16, 300, 260, 64, 48
+    assert kernels._macs(B, L, S, E + Ev, causal) >= dlc_cpu_threads.PARALLEL_MIN_MACS
+    q, k, v = (rng.standard_normal((B, n, e)).astype(np.float32) for n, e in ((L, E), (S, E), (S, Ev)))
+    mask = keep_mask(rng, (B, L, S)) if kind == "bool" else rng.standard_normal((1, L, 1)).astype(np.float32)
+    g = rng.standard_normal((B, L, Ev + 1)).astype(np.float32)
+    g[..., Ev] = 0  # no gradient reaches the log-sum-exp column
+    scale, mask_kind = 1 / np.sqrt(E), {"bool": 1, "add": 2}[kind]
+
+    def run(threads):
+        before = numba.get_num_threads()
+        numba.set_num_threads(threads)
+        try:
+            y = np.full((B, L, Ev + 1), np.nan, np.float32)
+            dq, dkv = np.full(q.shape, np.nan, np.float32), np.full((B, S, E + Ev), np.nan, np.float32)
+            kernels.attention_forward(q, k, v, mask, y, scale, causal, mask_kind)
+            kernels.attention_backward_q(q, k, v, mask, y, g, dq, scale, causal, mask_kind)
+            kernels.attention_backward_kv(q, k, v, mask, y, g, dkv, scale, causal, mask_kind)
+            return y, dq, dkv
+        finally:
+            numba.set_num_threads(before)
+
+    one, every = run(1), run(numba.config.NUMBA_NUM_THREADS)
+    for a, b, what in zip(one, every, ("out", "dq", "dkv")):
+        np.testing.assert_array_equal(a, b, err_msg=what)
+
+    # float64 formula: s, p = softmax, dv = p^T dy, ds = p * (dy v^T - rowsum(dy * y)), dq = ds k, dk = ds^T q
+    q64, k64, v64, dy = (a.astype(np.float64) for a in (q, k, v, g[..., :Ev]))
+    s = np.einsum("ble,bse->bls", q64, k64) * scale
+    if causal:
+        s = np.where(np.tril(np.ones((L, S), bool)), s, -np.inf)
+    s = np.where(mask, s, -np.inf) if kind == "bool" else s + mask
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    y = p @ v64
+    ds = p * (dy @ v64.transpose(0, 2, 1) - (dy * y).sum(axis=-1, keepdims=True))
+    want = [y, ds @ k64 * scale, np.concatenate([ds.transpose(0, 2, 1) @ q64 * scale, p.transpose(0, 2, 1) @ dy], -1)]
+    for got, w, what in zip((every[0][..., :Ev], every[1], every[2]), want, ("out", "dq", "dkv")):
+        np.testing.assert_allclose(got, w, rtol=2e-4, atol=2e-4 * float(np.abs(w).max()), err_msg=what)

@@ -53,75 +53,29 @@ sharing GEMMs splits each GEMM's output rows: no per-thread copy of the whole
 gradient to add up); with fewer (batch 1), each GEMM's
 output rows are split between them (dgrad: the rows of the columns, through
 a transposed copy of the weights, 1/(Ho*Wo) of the GEMM's work) and im2col
-and col2im go channel by channel. Threads take tasks from a shared counter
-as they finish (`claim`), so a thread that waits for a core does not hold up
-a fixed share. Below the threshold one thread runs the whole conv: a parallel
-region's join waits for its slowest thread, and on a loaded machine that wait
-(ticks of 4 ms, measured) outweighs halving a conv of a millisecond or less.
+and col2im go channel by channel. Threads claim their tasks from a shared
+counter (dlc_cpu_threads says why).
 """
 
-import numba
 import numpy as np
 from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
-from llvmlite import ir
-from numba import njit, prange, types
-from numba.extending import intrinsic
+from dlc_cpu_threads import JIT, JIT_PARALLEL, PARALLEL_MIN_MACS, block, claim, thread_count, workers_for
+from numba import njit, prange
 
-JIT = dict(cache=True, error_model="numpy", nogil=True, boundscheck=False)
-# prange loops only: numba would otherwise turn every array expression (zeroing a buffer, a sum) into a
-# parallel region of its own, each a start and a join of the thread pool
-JIT_PARALLEL = dict(JIT, parallel=dict(prange=True, comprehension=False, reduction=False, inplace_binop=False,
-                                       setitem=False, numpy=False, stencil=False, fusion=False))
-
-
-# numba's thread count by the symbol its threading layer registers (once started): numba.get_num_threads()
-# inside a kernel would bake in a ctypes pointer, which numba refuses to cache
-numba.get_num_threads()
-_thread_count = types.ExternalFunction("get_num_threads", types.intc())
-
-PARALLEL_MIN_MACS = 1 << 26   # multiply-adds under which one thread does a whole conv (see the module's note)
-# The same for a forward conv of fewer samples than threads, whose threads split each GEMM's output rows: on an
-# idle machine W9 (ResNet-18-style inference at batch 1) took 12.5-13.1 ms with 1 << 22 against 19.9-20.3 ms
-# with 1 << 26, while LeNet-5's training step at batch 64 (W2, samples per thread) went from 9.1-10.3 ms to
-# 25-42 ms with 1 << 22 for its conv too; the row split is measured for the forward conv only.
+# A forward conv of fewer samples than threads splits each GEMM's output rows between them from ROWS_MIN_MACS
+# on: on an idle machine W9 (ResNet-18-style inference at batch 1) took 12.5-13.1 ms with 1 << 22 against
+# 19.9-20.3 ms with 1 << 26, while LeNet-5's training step at batch 64 (W2, samples per thread) went from
+# 9.1-10.3 ms to 25-42 ms with 1 << 22 for its conv too; the row split is measured for the forward conv only.
 ROWS_MIN_MACS = 1 << 22
 DEPTHWISE_MAC_COST = 8        # a depthwise multiply-add (direct loops) takes about the time of 8 in a GEMM
 
 
 @njit(**JIT)
-def workers_for(macs, tasks):
-    """How many threads share a conv of `macs` multiply-adds split into `tasks` independent parts."""
-    if macs < PARALLEL_MIN_MACS:
-        return 1
-    return max(1, min(_thread_count(), tasks))
-
-
-@njit(**JIT)
 def forward_workers(macs, tasks, samples):
     """workers_for a forward conv: with fewer samples than threads (their rows split), from ROWS_MIN_MACS."""
-    if samples < _thread_count() and macs >= ROWS_MIN_MACS:
-        return max(1, min(_thread_count(), tasks))
+    if samples < thread_count() and macs >= ROWS_MIN_MACS:
+        return max(1, min(thread_count(), tasks))
     return workers_for(macs, tasks)
-
-
-@intrinsic
-def claim(typingctx, counter):
-    """counter[0] += 1 atomically, returning the value before: the next task for the calling thread. Threads
-    that take tasks as they finish (rather than a fixed share each) keep going when one of them waits for a
-    core another process holds: the others take its share."""
-    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
-        return None
-
-    def codegen(context, builder, signature, args):
-        data = context.make_array(signature.args[0])(context, builder, args[0]).data
-        return builder.atomic_rmw("add", data, ir.Constant(ir.IntType(64), 1), "monotonic")
-    return types.int64(counter), codegen
-
-
-@njit(**JIT)
-def _block(count, parts, k):
-    """[start, stop) of part k when count items are split into parts near-equal contiguous blocks."""
-    return k * count // parts, (k + 1) * count // parts
 
 
 # ----------------------------------------------------------------------------
@@ -200,17 +154,22 @@ def col2im(cols, col0, out, n, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
                 row = (c * kh + i) * kw + j
                 off = j * dw - pl
                 lo, hi = valid_range(off, sw, W, wo)
+                src_row = cols[row]
                 for oh in range(ho):
                     ih = oh * sh - pt + i * dh
                     if ih < 0 or ih >= H:
                         continue
+                    dst = out[n, c, ih]
                     base = col0 + oh * wo
                     if sw == 1:
-                        for ow in range(lo, hi):
-                            out[n, c, ih, ow + off] += cols[row, base + ow]
+                        # 1-d views indexed from 0, as in im2col: 4x faster on ResNet's 32x32 rows
+                        d = dst[lo + off:hi + off]
+                        s = src_row[base + lo:base + hi]
+                        for k in range(hi - lo):
+                            d[k] += s[k]
                     else:
                         for ow in range(lo, hi):
-                            out[n, c, ih, ow * sw + off] += cols[row, base + ow]
+                            dst[ow * sw + off] += src_row[base + ow]
 
 
 @njit(**JIT_PARALLEL)
@@ -568,7 +527,7 @@ def _weight_shared_rows(x, gy, acc, nb, groups, threads, kh, kw, sh, sw, pt, pl,
             task = claim(counter)
             while task < groups * threads:
                 g = task // threads
-                r0, r1 = _block(og, threads, task % threads)
+                r0, r1 = block(og, threads, task % threads)
                 part = np.empty((r1 - r0, kg), acc.dtype)
                 dot(rows[g * og + r0:g * og + r1], cols[g * kg:(g + 1) * kg].T, part)
                 acc[g * og + r0:g * og + r1] += part
@@ -628,7 +587,7 @@ def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
                 task = claim(counter)
                 while task < groups * threads:
                     g = task // threads
-                    r0, r1 = _block(og, threads, task % threads)
+                    r0, r1 = block(og, threads, task % threads)
                     dot(w2[g * og + r0:g * og + r1], src[g * kg:(g + 1) * kg], o2[g * og + r0:g * og + r1])
                     task = claim(counter)
     restore_blas_threads(previous)
@@ -681,7 +640,7 @@ def conv2d_grad_input(gy, w, out, sh, sw, pt, pl, dh, dw, groups):
                 task = claim(counter)
                 while task < groups * threads:
                     g = task // threads
-                    r0, r1 = _block(kg, threads, task % threads)
+                    r0, r1 = block(kg, threads, task % threads)
                     dot(wt[g, r0:r1], g2[g * og:(g + 1) * og], dst[g * kg + r0:g * kg + r1])
                     task = claim(counter)
             if not pointwise:
@@ -749,7 +708,7 @@ def conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw, groups):
                 task = claim(counter)
                 while task < groups * threads:
                     g = task // threads
-                    r0, r1 = _block(og, threads, task % threads)
+                    r0, r1 = block(og, threads, task % threads)
                     part = np.empty((r1 - r0, kg), out.dtype)
                     dot(g2[g * og + r0:g * og + r1], src[g * kg:(g + 1) * kg].T, part)
                     acc[g * og + r0:g * og + r1] += part

@@ -1,0 +1,61 @@
+"""One thread pool for the hand-written CPU kernels: numba's, with tasks claimed from a shared counter.
+
+Imported by the CPU backend as the module `dlc_cpu_threads`; the conv and
+attention kernels take their threads from here. A kernel that splits its work
+runs `for _ in prange(workers)` and each thread claims task after task with
+`claim` until none is left: a thread that waits for a core another process
+holds does not hold up a fixed share. While the kernel's threads run, each
+BLAS call in them runs on its own thread (dlc_cpu_gemm.blas_on_calling_thread):
+BLAS's pool on top of ours would oversubscribe the cores.
+
+Below PARALLEL_MIN_MACS multiply-adds one thread does the whole kernel: a
+parallel region's join waits for its slowest thread, and on a loaded machine
+that wait (ticks of 4 ms, measured) outweighs halving a kernel of a
+millisecond or less.
+"""
+
+import numba
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
+
+JIT = dict(cache=True, error_model="numpy", nogil=True, boundscheck=False)
+# prange loops only: numba would otherwise turn every array expression (zeroing a buffer, a sum) into a
+# parallel region of its own, each a start and a join of the thread pool
+JIT_PARALLEL = dict(JIT, parallel=dict(prange=True, comprehension=False, reduction=False, inplace_binop=False,
+                                       setitem=False, numpy=False, stencil=False, fusion=False))
+
+# Starts numba's pool when the module is imported: a generated function loaded from numba's cache calls a
+# parallel kernel without starting it, which crashes. The thread count is then read through the symbol the
+# threading layer registers: numba.get_num_threads() inside a kernel would bake in a ctypes pointer, which
+# numba refuses to cache.
+numba.get_num_threads()
+thread_count = types.ExternalFunction("get_num_threads", types.intc())
+
+PARALLEL_MIN_MACS = 1 << 26   # multiply-adds under which one thread runs a whole kernel (about 1.5 ms)
+
+
+@njit(**JIT)
+def workers_for(macs, tasks):
+    """How many threads share a kernel of `macs` multiply-adds split into `tasks` independent parts."""
+    if macs < PARALLEL_MIN_MACS:
+        return 1
+    return max(1, min(thread_count(), tasks))
+
+
+@intrinsic
+def claim(typingctx, counter):
+    """counter[0] += 1 atomically, returning the value before: the next task for the calling thread."""
+    if not (isinstance(counter, types.Array) and counter.dtype == types.int64):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.atomic_rmw("add", data, ir.Constant(ir.IntType(64), 1), "monotonic")
+    return types.int64(counter), codegen
+
+
+@njit(**JIT)
+def block(count, parts, k):
+    """[start, stop) of part k when count items are split into parts near-equal contiguous blocks."""
+    return k * count // parts, (k + 1) * count // parts
