@@ -105,3 +105,76 @@ def test_reductions_print_from_ir(target):
     np.testing.assert_array_equal(am, np.argmax(data, axis=1))
     np.testing.assert_array_equal(ai, np.argmin(data, axis=1))
     np.testing.assert_array_equal(mx, np.max(data, axis=1))
+
+
+def per_channel_scale():
+    """x * (s / (v + eps)) over (N, C, H, W) with s, v per channel: the bracket is loop-invariant in H and W."""
+    x = dlc.input("x", (2, 3, 4, 5))
+    s = dlc.input("s", (1, 3, 1, 1))
+    v = dlc.input("v", (1, 3, 1, 1))
+    return x * (s / (v + 1e-5)), [x, s, v]
+
+
+def loops(stmts):
+    """(the loop variables enclosing each Let, by name) of a statement list."""
+    where = {}
+
+    def walk(body, outer):
+        for s in body:
+            if isinstance(s, ir.Let):
+                where[s.name] = outer
+            elif isinstance(s, ir.Loop):
+                walk(s.body, outer + (s.var,))
+    walk(stmts, ())
+    return where
+
+
+def test_hoist_moves_per_channel_arithmetic_out_of_the_element_loops():
+    out, inputs = per_channel_scale()
+    _, kernel = only_kernel([out], inputs)
+    names = ["n", "c", "h", "w"]
+    body = ir.nest(names, [ir.Lit(d) for d in out.shape], lower(kernel, names))
+    where = loops(ir.hoist(body))
+    assert set(where.values()) == {("n", "c"), ("n", "c", "h", "w")}
+    inner = [name for name, at in where.items() if at == ("n", "c", "h", "w")]
+    assert len(inner) == 2, where   # the load of x and the product; s, v, the sum and the quotient moved out
+    # and the kernel computes the same numbers with the motion (numba's renderer hoists every kernel)
+    rng = np.random.default_rng(0)
+    feeds = [rng.standard_normal(i.shape).astype(np.float32) for i in inputs]
+    np.testing.assert_allclose(dlc.compile(out, inputs=inputs, target="cpu")(*feeds),
+                               feeds[0] * (feeds[1] / (feeds[2] + np.float32(1e-5))), rtol=1e-6)
+
+
+def test_hoist_keeps_what_an_iteration_changes():
+    """A binding that reads the loop's variable, an accumulator the loop updates, or a buffer the loop stores
+    to stays; nothing leaves a loop that calls a hand-written kernel."""
+    x = dlc.input("x", (3,))
+    y = dlc.exp(x)
+    i, acc = ir.Var("i"), "acc"
+    invariant = ir.Let("t0", "float32", ir.Load(x.node, (ir.ZERO,)))
+    reads_i = ir.Let("t1", "float32", ir.Load(x.node, (i,)))
+    reads_acc = ir.Let("t2", "float32", ir.Apply(y.node, (ir.Ref(acc),)))
+    loop = ir.Loop("i", ir.Lit(3), (invariant, reads_i, reads_acc, ir.Accumulate(acc, "sum", ir.Ref("t1"), y.node)))
+    hoisted = ir.hoist([loop])
+    assert hoisted[0] == invariant and hoisted[1].body == (reads_i, reads_acc, loop.body[-1])
+    stores_x = ir.Loop("i", ir.Lit(3), (invariant, ir.Store(x.node, (i,), ir.Ref("t0"))))
+    assert ir.hoist([stores_x]) == [stores_x]
+    calls = ir.Loop("i", ir.Lit(3), (invariant, ir.Call("gemm", ("a", "b", "c"), y.node)))
+    assert ir.hoist([calls]) == [calls]
+
+
+@pytest.mark.parametrize("shape", [(4, 3, 5, 7), (2, 3, numba.SUM_LANES_MAX + 1)])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_sums_over_outer_and_last_axes_match_numpy(shape, dtype):
+    """A batch norm's statistics (sums over every axis but the channels): the last axis with partial sums per
+    position, and past SUM_LANES_MAX with one sum per channel."""
+    x = dlc.input("x", shape, dtype)
+    axes = (0,) + tuple(range(2, len(shape)))
+    fn = dlc.compile([dlc.sum(x, axis=axes, keepdims=True), dlc.sum(x * x, axis=axes)], inputs=[x], target="cpu")
+    lanes = f"acc = np.zeros((3, {shape[-1]},)" in fn.backend.source()
+    assert lanes == (shape[-1] <= numba.SUM_LANES_MAX)
+    xv = np.random.default_rng(1).standard_normal(shape).astype(dtype)
+    got = fn(xv)
+    tol = 1e-6 if dtype == "float32" else 1e-12
+    np.testing.assert_allclose(got[0], xv.astype(np.float64).sum(axis=axes, keepdims=True), rtol=tol)
+    np.testing.assert_allclose(got[1], (xv.astype(np.float64) ** 2).sum(axis=axes), rtol=tol)

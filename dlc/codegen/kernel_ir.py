@@ -27,8 +27,9 @@ same condition, which holds for neither then.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..graph import Node
 
@@ -467,3 +468,122 @@ def nest(names: list[str], extents: list[Expr], body: list[Stmt], parallel_first
     for k in range(len(names) - 1, -1, -1):
         out = [Loop(names[k], extents[k], tuple(out), parallel_first and k == 0)]
     return out
+
+
+# ----------------------------------------------------------------------------
+# loop-invariant code motion
+
+
+def hoist(stmts: list[Stmt]) -> list[Stmt]:
+    """Move each Let and LetIndex that no iteration changes out of its loop, innermost loops first, as far out
+    as it goes: a per-channel scale read and divided once per channel, not once per element.
+
+    Renderers print views of one arena, so the C or LLVM compiler below cannot prove that a store leaves such a
+    load unchanged and would redo it (and its arithmetic) for every element. Moved: a binding whose reads name
+    no variable the loop defines (its own variable, an accumulator, a binding kept inside) and load no buffer
+    the loop stores to; nothing moves out of a loop that calls a hand-written kernel (which may write any of
+    its arguments). Bindings are single assignments, so moving one ahead of the loop changes no value.
+    """
+    out: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, Loop):
+            body = hoist(list(s.body))
+            moved, kept = _split_invariant(body, s.var)
+            out += moved
+            out.append(replace(s, body=tuple(kept)))
+        else:
+            out.append(s)
+    return out
+
+
+_NAME = re.compile(r"[A-Za-z_]\w*")
+
+
+def _expr_names(e: Expr) -> set[str]:
+    if isinstance(e, Var):
+        return set(_NAME.findall(e.name))
+    if isinstance(e, Bin):
+        return _expr_names(e.a) | _expr_names(e.b)
+    return set()
+
+
+def _value_reads(v: Value) -> tuple[set[str], set[int]]:
+    """(names, ids of the nodes whose buffers it loads) a value reads."""
+    if isinstance(v, Load):
+        names = set().union(*(_expr_names(e) for e in v.index)) if v.index else set()
+        return names, {id(v.node)}
+    if isinstance(v, Apply):
+        names, nodes = set(), set()
+        for a in v.args:
+            n, d = _value_reads(a)
+            names |= n
+            nodes |= d
+        return names, nodes
+    if isinstance(v, Cast):
+        return _value_reads(v.value)
+    if isinstance(v, Ref):
+        return set(_NAME.findall(v.name)), set()
+    return set(), set()
+
+
+def _first_name(text: str) -> set[str]:
+    m = _NAME.match(text)
+    return {m.group(0)} if m else set()
+
+
+def _defined(s: Stmt) -> set[str]:
+    """Every name a statement (and whatever it holds) assigns."""
+    if isinstance(s, (Let, Assign, LetIndex, Declare)):
+        return {s.name}
+    if isinstance(s, Select):
+        return {s.name}.union(*(_defined(t) for c in s.cases for t in c.body))
+    if isinstance(s, Accumulate):
+        return _first_name(s.acc)
+    if isinstance(s, ArgBest):
+        return _first_name(s.best) | _first_name(s.at)
+    if isinstance(s, Loop):
+        return {s.var}.union(*(_defined(t) for t in s.body))
+    return set()
+
+
+def _stores(s: Stmt) -> tuple[set[int], bool]:
+    """(ids of the nodes a statement stores to, whether it calls a hand-written kernel)."""
+    if isinstance(s, Store):
+        return {id(s.node)}, False
+    if isinstance(s, Call):
+        return set(), True
+    inner = s.body if isinstance(s, Loop) else [t for c in s.cases for t in c.body] if isinstance(s, Select) else []
+    nodes, calls = set(), False
+    for t in inner:
+        n, c = _stores(t)
+        nodes |= n
+        calls = calls or c
+    return nodes, calls
+
+
+def _split_invariant(body: list[Stmt], var: str) -> tuple[list[Stmt], list[Stmt]]:
+    """(the bindings of a loop body that move ahead of the loop over var, the statements that stay)."""
+    written, calls = set(), False
+    for s in body:
+        n, c = _stores(s)
+        written |= n
+        calls = calls or c
+    if calls:
+        return [], body
+    # names assigned anywhere in the body change between iterations (an accumulator read before its update)
+    variant = {var}.union(*(_defined(s) for s in body if not isinstance(s, (Let, LetIndex))))
+    moved, kept = [], []
+    for s in body:
+        if isinstance(s, Let):
+            names, nodes = _value_reads(s.value)
+        elif isinstance(s, LetIndex):
+            names, nodes = _expr_names(s.index), set()
+        else:
+            kept.append(s)
+            continue
+        if names & variant or nodes & written:
+            kept.append(s)
+            variant.add(s.name)
+        else:
+            moved.append(s)
+    return moved, kept

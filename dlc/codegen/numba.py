@@ -205,8 +205,8 @@ class KernelRenderer:
     # ---- printing kernel IR
 
     def emit(self, stmts: list) -> None:
-        """Print kernel-IR statements at the writer's level."""
-        self.w.lines += self.printer.lines(stmts, self.w.level)
+        """Print kernel-IR statements at the writer's level, loop-invariant bindings ahead of their loops."""
+        self.w.lines += self.printer.lines(ir.hoist(stmts), self.w.level)
 
     def value_text(self, node: Node, idx: tuple) -> str:
         """node's value at idx: its statements printed here, its value as text."""
@@ -355,20 +355,38 @@ def _render_reduce(program, kernel):
     return _finish(r, kernel, _describe(kernel))
 
 
+SUM_LANES_MAX = 1024   # the longest last axis whose elements get partial sums of their own (see below)
+
+
 def _sum_in_input_order(r, x, axes, kept, names, extents, acc_dtype, out_idx):
-    """A sum over leading or middle axes (a bias gradient): one pass over x in memory order, adding
-    each row into a vector of partial sums (contiguous, vectorized), then the epilogue over those."""
+    """A sum over leading or middle axes (a bias gradient, a batch norm's statistics): one pass over x in memory
+    order, adding each row into a vector of partial sums (contiguous, vectorized), then the epilogue over those.
+
+    When the last axis is summed too (N, C, H, W -> C), each of its positions keeps a partial sum of its own
+    (acc[c, w]), added up in the epilogue: the innermost loop then updates independent sums, which LLVM
+    vectorizes, where one sum per channel is a chain of dependent additions (about 4 cycles each)."""
     anchor = r.kernel.anchor
     acc = f"{P}acc"
-    r.w(f"{acc} = np.zeros(({', '.join(r.printer.index(extents[a]) for a in kept)},), {NP_DTYPE[acc_dtype]})")
-    partial = f"{acc}[{', '.join(names[a] for a in kept)}]"
+    last = x.ndim - 1
+    lanes = last in axes and isinstance(x.shape[last], int) and 1 < x.shape[last] <= SUM_LANES_MAX
+    acc_axes = kept + [last] if lanes else kept
+    r.w(f"{acc} = np.zeros(({', '.join(r.printer.index(extents[a]) for a in acc_axes)},), {NP_DTYPE[acc_dtype]})")
+    partial = f"{acc}[{', '.join(names[a] for a in acc_axes)}]"
     with r.vals.scope():
         v = r.vals.value(x, variables(names))
         r.emit(ir.nest(names, extents, r.vals.take() + [ir.Accumulate(partial, "sum", v, anchor)]))
     t = r.fresh()
     r.vals.remember(anchor, out_idx, ir.Ref(t))
     r.vals.store_all(out_idx)
-    body = [ir.Let(t, anchor.dtype, ir.Cast(ir.Ref(partial), anchor.dtype))] + r.vals.take()
+    if lanes:
+        total, lane = f"{P}total", f"{P}lane"
+        row = f"{acc}[{', '.join([names[a] for a in kept] + [lane])}]"
+        gather = [ir.Declare(total, acc_dtype, ir.Const(0, acc_dtype)),
+                  ir.Loop(lane, extents[last], (ir.Accumulate(total, "sum", ir.Ref(row), anchor),))]
+        result = ir.Ref(total)
+    else:
+        gather, result = [], ir.Ref(partial)
+    body = gather + [ir.Let(t, anchor.dtype, ir.Cast(result, anchor.dtype))] + r.vals.take()
     r.emit(ir.nest([names[a] for a in kept], [extents[a] for a in kept], body))
 
 
@@ -399,8 +417,14 @@ def _render_matmul(program, kernel):
                 for k in range(x.ndim - 2)]
         v = f"{name}[{', '.join(bidx)}]" if bidx else name
         views.append(v + (".T" if transposed else ""))
-    out = f"{tgt}[{', '.join(names)}]" if names else tgt
-    r.emit(ir.nest(names, r.extents(tgt, nb), [ir.Call("gemm", (views[0], views[1], out), anchor)]))
+    (a_name, a, a_transposed), (_, b, _) = operands
+    if nb and b.ndim == 2 and not a_transposed and tuple(a.shape[:-2]) == tuple(anchor.shape[:-2]):
+        # a matrix shared by the whole batch: one GEMM over all rows of a (C-ordered), not one per batch index
+        rows = (f"{a_name}.reshape((-1, {a_name}.shape[-1]))", views[1], f"{tgt}.reshape((-1, {tgt}.shape[-1]))")
+        r.emit([ir.Call("gemm", rows, anchor)])
+    else:
+        out = f"{tgt}[{', '.join(names)}]" if names else tgt
+        r.emit(ir.nest(names, r.extents(tgt, nb), [ir.Call("gemm", (views[0], views[1], out), anchor)]))
     _render_epilogue(r, kernel, tgt)
     return _finish(r, kernel, _describe(kernel))
 

@@ -37,7 +37,14 @@ def _swap(F, x):
 def _matmul_grad(node, g, xs):
     F = _F()
     a, b = xs
-    return [unbroadcast(F.matmul(g, _swap(F, b)), a.shape), unbroadcast(F.matmul(_swap(F, a), g), b.shape)]
+    da = unbroadcast(F.matmul(g, _swap(F, b)), a.shape)
+    if b.ndim == 2 and a.ndim > 2:
+        # a weight shared by every row of a batch (a Linear layer on (batch, time, features)): the sum over
+        # the batch of a[i]^T g[i] is one product over all rows, (rows, K)^T (rows, N), with no (batch, K, N)
+        # partial products to add up
+        rows = (-1, a.shape[-1])
+        return [da, F.matmul(F.transpose(F.reshape(a, rows), (1, 0)), F.reshape(g, (-1, g.shape[-1])))]
+    return [da, unbroadcast(F.matmul(_swap(F, a), g), b.shape)]
 
 
 register("matmul", COMPLEX, _matmul_infer, lambda xs, a, shape: np.matmul(xs[0], xs[1]), _matmul_grad)
