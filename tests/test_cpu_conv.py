@@ -141,6 +141,7 @@ def test_conv_kernels_on_threads_match_reference(threads):
 
     load_kernel_modules()
     import dlc_cpu_conv as kernels
+    import dlc_cpu_threads
     from dlc_cpu_gemm import _BLAS_THREAD_FUNCTIONS
 
     blas_threads = _BLAS_THREAD_FUNCTIONS[1]
@@ -158,7 +159,7 @@ def test_conv_kernels_on_threads_match_reference(threads):
             want_dw = conv2d_grad_weight_ref(x, gy, dict(a, kernel=(kh, kw)))
             depthwise = c // groups == 1 and kh * kw > 1
             macs = want_y.size * w[0].size * (kernels.DEPTHWISE_MAC_COST if depthwise else 1)
-            assert macs >= kernels.PARALLEL_MIN_MACS, "a case too small for the threads"
+            assert macs >= dlc_cpu_threads.PARALLEL_MIN_MACS, "a case too small for the threads"
             attrs = [np.int64(v) for v in (*stride, padding[0][0], padding[1][0], *dilation, groups)]
             y, dx, dw = (np.full(v.shape, np.nan, dtype) for v in (want_y, x, w))
             blas_before = blas_threads()

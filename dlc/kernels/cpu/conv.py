@@ -59,7 +59,7 @@ counter (dlc_cpu_threads says why).
 
 import numpy as np
 from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
-from dlc_cpu_threads import JIT, JIT_PARALLEL, PARALLEL_MIN_MACS, block, claim, thread_count, workers_for
+from dlc_cpu_threads import JIT, JIT_PARALLEL, block, claim, thread_count, workers_for
 from numba import njit, prange
 
 # A forward conv of fewer samples than threads splits each GEMM's output rows between them from ROWS_MIN_MACS
