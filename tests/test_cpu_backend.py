@@ -537,17 +537,19 @@ def test_parallel_and_fastmath_options(rng):
     from dlc.codegen.numba import PARALLEL_MIN
 
     x = dlc.input("x", ("N",))
-    y = dlc.gelu(x * 1.5 - 0.25) + dlc.sigmoid(x)
+    s = dlc.input("s", (1,))  # one element, read at 0 by every chunk
+    y = dlc.gelu(x * 1.5 - 0.25) + dlc.sigmoid(x) * s
     n = PARALLEL_MIN + 3  # above the threshold, and not a multiple of the chunk count
     xv = rand(rng, (n,), lo=-6, hi=6)
-    want = dlc.compile(y)(xv)
+    sv = np.array([0.5], np.float32)
+    want = dlc.compile(y)(xv, sv)
     par = dlc.compile(y, target="cpu", parallel=True)
     assert "prange" in par.backend.source()
-    assert_close(par(xv), want)
-    assert_close(par(xv[:5]), want[:5])    # below the threshold: one chunk, no threads
+    assert_close(par(xv, sv), want)
+    assert_close(par(xv[:5], sv), want[:5])    # below the threshold: one chunk, no threads
     fast = dlc.compile(dlc.sum(y), target="cpu", fastmath=True)
     assert "fastmath=True" in fast.backend.source()
-    np.testing.assert_allclose(fast(xv), want.sum(dtype=np.float64), rtol=1e-4)
+    np.testing.assert_allclose(fast(xv, sv), want.sum(dtype=np.float64), rtol=1e-4)
 
 
 def test_the_same_graph_renders_the_same_module():

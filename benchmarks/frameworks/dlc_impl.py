@@ -256,7 +256,9 @@ def build_function(name, s, target=TARGET):
         return (lambda: fn(xv)), [fn]
     if name == "W6":
         x = dlc.input("x", ("N",))
-        fn = dlc.compile(dlc.gelu(x * float(s["a"]) + float(s["b"]), approximate="tanh"), target=target)
+        # elementwise only: its loop over numba's threads (parallel=True), as a user compiling such a function would
+        fn = dlc.compile(dlc.gelu(x * float(s["a"]) + float(s["b"]), approximate="tanh"), target=target,
+                         parallel=True)
         xv = s["x"]
         return (lambda: fn(xv)), [fn]
     if name == "W7":

@@ -299,7 +299,15 @@ def _render_elementwise(program, kernel, parallel):
     with r.w.block(f"for {c} in prange({P}chunks):"):
         r.w(f"{lo} = {c} * {n} // {P}chunks")
         r.w(f"{hi} = ({c} + 1) * {n} // {P}chunks")
-        r.emit([ir.Loop(i, ir.Var(hi), tuple(body), start=ir.Var(lo))])
+        # each buffer's chunk as a view indexed from 0: LLVM vectorizes range(hi - lo) over those, not
+        # range(lo, hi) over the whole buffers, whose start it cannot prove non-negative (numba then keeps its
+        # negative-index wraparound in the loop): 1.4 ms against 6.6 ms for W6's 4M-element gelu on 2 threads
+        chunked = [ld.node for ld in r.vals.loads] + list(kernel.outputs)
+        for node in dict.fromkeys(x for x in chunked if not is_scalar_node(x)):
+            whole = r.arg(node, "flat")
+            r.w(f"{whole}c = {whole}[{lo}:{hi}]")
+            r.local[id(node)] = f"{whole}c"
+        r.emit([ir.Loop(i, ir.Var(f"{hi} - {lo}", atomic=False), tuple(body))])
     return _finish(r, kernel, _describe(kernel), True)
 
 
@@ -722,7 +730,8 @@ from dlc_cpu_attention import attention_backward_kv, attention_backward_q, atten
 from dlc_cpu_norm import layer_norm_backward, layer_norm_forward
 
 JIT = dict(cache=True, error_model="numpy", fastmath={fastmath}, boundscheck=False, nogil=True)
-JIT_PARALLEL = dict(JIT, parallel=True)
+from dlc_cpu_threads import JIT_PARALLEL as _PRANGE_ONLY
+JIT_PARALLEL = dict(JIT, parallel=_PRANGE_ONLY["parallel"])  # prange loops only: no region per array expression
 '''
 
 
