@@ -115,7 +115,7 @@ def _forward_block(q, k, v, mask, out, b, i0, sc, causal, mask_kind):
                 for c in range(nk):
                     sb[r, c] = zero
                 continue
-            # separate loops, each one LLVM vectorizes: the exponentials, then their sum
+            # the exponentials in a loop of their own, which LLVM vectorizes (the sum after it stays serial)
             for c in range(nk):
                 x = sb[r, c]
                 sb[r, c] = zero if x == -np.inf else exp(x - new)
