@@ -44,6 +44,27 @@ def test_matmul_chain_gradient(rng):
                [rng.normal(size=(5, 3)), rng.normal(size=(3, 4)), rng.normal(size=(4, 2))])
 
 
+@pytest.mark.parametrize("k, n", [(5, 4), (0, 4), (5, 0)])
+@pytest.mark.parametrize("target", ["reference", "cpu"])
+def test_a_matrix_shared_by_a_batch_is_one_product_each_way(k, n, target):
+    """(B, T, K) @ (K, N): one GEMM over the B*T rows, and the matrix's gradient one product over them (no
+    per-batch partials), with a symbolic batch and empty K or N."""
+    a = dlc.input("a", ("B", 3, k), "float64")
+    b = dlc.input("b", (k, n), "float64")
+    y = a @ b
+    f = dlc.compile([y, *dlc.grad(dlc.sum(y * y), [a, b])], inputs=[a, b], target=target)
+    rng = np.random.default_rng(k * 10 + n)
+    for batch in (1, 4):
+        av, bv = rng.normal(size=(batch, 3, k)), rng.normal(size=(k, n))
+        out, ga, gb = f(av, bv)
+        want = av @ bv
+        np.testing.assert_allclose(out, want)
+        np.testing.assert_allclose(ga, 2 * want @ bv.T, atol=1e-12)
+        np.testing.assert_allclose(gb, 2 * np.einsum("btk,btn->kn", av, want), atol=1e-12)
+    if target == "cpu" and k and n:
+        assert ".reshape((-1, " in f.backend.source()   # the forward's rows as one GEMM
+
+
 def test_matmul_over_a_symbolic_batch():
     x = dlc.input("x", ("B", 3), "float64")
     w = dlc.param(np.arange(6.0).reshape(3, 2), name="w", dtype="float64")

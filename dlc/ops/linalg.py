@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ShapeError
-from ..graph import shape_str
+from ..graph import dim_mul, shape_str
 from .base import COMPLEX, register
 from .elementwise import _same_dtype, broadcast_shapes, unbroadcast
 
@@ -42,8 +42,9 @@ def _matmul_grad(node, g, xs):
         # a weight shared by every row of a batch (a Linear layer on (batch, time, features)): the sum over
         # the batch of a[i]^T g[i] is one product over all rows, (rows, K)^T (rows, N), with no (batch, K, N)
         # partial products to add up
-        rows = (-1, a.shape[-1])
-        return [da, F.matmul(F.transpose(F.reshape(a, rows), (1, 0)), F.reshape(g, (-1, g.shape[-1])))]
+        rows = dim_mul(*a.shape[:-1])   # not -1: K or N may be 0
+        return [da, F.matmul(F.transpose(F.reshape(a, (rows, a.shape[-1])), (1, 0)),
+                             F.reshape(g, (rows, g.shape[-1])))]
     return [da, unbroadcast(F.matmul(_swap(F, a), g), b.shape)]
 
 
