@@ -136,29 +136,6 @@ def _forward_block(q, k, v, mask, out, b, i0, sc, causal, mask_kind):
         out[b, i0 + r, Ev] = np.log(total[r]) + top[r]
 
 
-@njit(**JIT_PARALLEL)
-def attention_forward(q, k, v, mask, out, scale, causal, mask_kind):
-    """out[..., :Ev] = softmax(q k^T * scale + masks) v; out[..., Ev] = each row's log-sum-exp of its scores."""
-    B, L, E = q.shape
-    S, Ev = v.shape[1], v.shape[2]
-    sc = q.dtype.type(scale)
-    nqb = (L + BLOCK_Q - 1) // BLOCK_Q
-    tasks = B * nqb
-    workers = workers_for(_macs(B, L, S, E + Ev, causal), tasks)
-    previous = blas_on_calling_thread()
-    if workers == 1:
-        for t in range(tasks):
-            _forward_block(q, k, v, mask, out, t // nqb, (t % nqb) * BLOCK_Q, sc, causal, mask_kind)
-    else:
-        counter = np.zeros(1, np.int64)
-        for _ in prange(workers):
-            t = claim(counter)
-            while t < tasks:
-                _forward_block(q, k, v, mask, out, t // nqb, (t % nqb) * BLOCK_Q, sc, causal, mask_kind)
-                t = claim(counter)
-    restore_blas_threads(previous)
-
-
 @njit(**JIT)
 def _rows(y, g, b, i0, i1, Ev, dout, lse, delta):
     """The block's rows of dL/dout (contiguous), log-sum-exp, and rowsum(dL/dout * out) - dL/dlse."""
@@ -223,29 +200,6 @@ def _dq_block(q, k, v, mask, y, g, dq, b, i0, sc, causal, mask_kind):
             dq[b, i0 + r, d] = acc[r, d] * sc
 
 
-@njit(**JIT_PARALLEL)
-def attention_backward_q(q, k, v, mask, y, g, dq, scale, causal, mask_kind):
-    """dq = (p * (dL/dout v^T - delta)) k * scale, over query blocks."""
-    B, L, E = q.shape
-    S, Ev = v.shape[1], v.shape[2]
-    sc = q.dtype.type(scale)
-    nqb = (L + BLOCK_Q - 1) // BLOCK_Q
-    tasks = B * nqb
-    workers = workers_for(_macs(B, L, S, 2 * E + Ev, causal), tasks)
-    previous = blas_on_calling_thread()
-    if workers == 1:
-        for t in range(tasks):
-            _dq_block(q, k, v, mask, y, g, dq, t // nqb, (t % nqb) * BLOCK_Q, sc, causal, mask_kind)
-    else:
-        counter = np.zeros(1, np.int64)
-        for _ in prange(workers):
-            t = claim(counter)
-            while t < tasks:
-                _dq_block(q, k, v, mask, y, g, dq, t // nqb, (t % nqb) * BLOCK_Q, sc, causal, mask_kind)
-                t = claim(counter)
-    restore_blas_threads(previous)
-
-
 @njit(**JIT)
 def _dkv_block(q, k, v, mask, y, g, dkv, b, j0, sc, causal, mask_kind):
     """dk and dv of keys j0 .. j0 + BLOCK_K of batch b."""
@@ -279,24 +233,63 @@ def _dkv_block(q, k, v, mask, y, g, dkv, b, j0, sc, causal, mask_kind):
             dkv[b, j0 + c, E + d] = dv[c, d]
 
 
+# ----------------------------------------------------------------------------
+# the three passes: every (batch, block) a task
+
+
+FORWARD, GRAD_Q, GRAD_KV = 0, 1, 2
+
+
+@njit(**JIT)
+def _task(kind, q, k, v, mask, y, g, out, t, blocks, sc, causal, mask_kind):
+    """Task t of a pass: its block t % blocks (of queries, or of keys for GRAD_KV) of batch t // blocks."""
+    b, block = t // blocks, t % blocks
+    if kind == FORWARD:
+        _forward_block(q, k, v, mask, out, b, block * BLOCK_Q, sc, causal, mask_kind)
+    elif kind == GRAD_Q:
+        _dq_block(q, k, v, mask, y, g, out, b, block * BLOCK_Q, sc, causal, mask_kind)
+    else:
+        _dkv_block(q, k, v, mask, y, g, out, b, block * BLOCK_K, sc, causal, mask_kind)
+
+
 @njit(**JIT_PARALLEL)
-def attention_backward_kv(q, k, v, mask, y, g, dkv, scale, causal, mask_kind):
-    """dkv[..., :E] = ds^T q * scale and dkv[..., E:] = p^T dL/dout, over key blocks."""
-    B, L, E = q.shape
-    S, Ev = v.shape[1], v.shape[2]
+def _run(kind, q, k, v, mask, y, g, out, blocks, width, scale, causal, mask_kind):
+    """Every task of a pass (`width`: the multiply-adds per score of its block products): in order on one thread
+    below the threads' threshold, else claimed by numba's threads, each block's GEMMs on the thread that runs it."""
+    B, L, S = q.shape[0], q.shape[1], v.shape[1]
     sc = q.dtype.type(scale)
-    nkb = (S + BLOCK_K - 1) // BLOCK_K
-    tasks = B * nkb
-    workers = workers_for(_macs(B, L, S, 2 * (E + Ev), causal), tasks)
+    tasks = B * blocks
+    workers = workers_for(_macs(B, L, S, width, causal), tasks)
     previous = blas_on_calling_thread()
     if workers == 1:
         for t in range(tasks):
-            _dkv_block(q, k, v, mask, y, g, dkv, t // nkb, (t % nkb) * BLOCK_K, sc, causal, mask_kind)
+            _task(kind, q, k, v, mask, y, g, out, t, blocks, sc, causal, mask_kind)
     else:
         counter = np.zeros(1, np.int64)
         for _ in prange(workers):
             t = claim(counter)
             while t < tasks:
-                _dkv_block(q, k, v, mask, y, g, dkv, t // nkb, (t % nkb) * BLOCK_K, sc, causal, mask_kind)
+                _task(kind, q, k, v, mask, y, g, out, t, blocks, sc, causal, mask_kind)
                 t = claim(counter)
     restore_blas_threads(previous)
+
+
+@njit(**JIT)
+def attention_forward(q, k, v, mask, out, scale, causal, mask_kind):
+    """out[..., :Ev] = softmax(q k^T * scale + masks) v; out[..., Ev] = each row's log-sum-exp of its scores."""
+    blocks = (q.shape[1] + BLOCK_Q - 1) // BLOCK_Q
+    _run(FORWARD, q, k, v, mask, out, out, out, blocks, q.shape[2] + v.shape[2], scale, causal, mask_kind)
+
+
+@njit(**JIT)
+def attention_backward_q(q, k, v, mask, y, g, dq, scale, causal, mask_kind):
+    """dq = (p * (dL/dout v^T - delta)) k * scale, over query blocks."""
+    blocks = (q.shape[1] + BLOCK_Q - 1) // BLOCK_Q
+    _run(GRAD_Q, q, k, v, mask, y, g, dq, blocks, 2 * q.shape[2] + v.shape[2], scale, causal, mask_kind)
+
+
+@njit(**JIT)
+def attention_backward_kv(q, k, v, mask, y, g, dkv, scale, causal, mask_kind):
+    """dkv[..., :E] = ds^T q * scale and dkv[..., E:] = p^T dL/dout, over key blocks."""
+    blocks = (v.shape[1] + BLOCK_K - 1) // BLOCK_K
+    _run(GRAD_KV, q, k, v, mask, y, g, dkv, blocks, 2 * (q.shape[2] + v.shape[2]), scale, causal, mask_kind)
