@@ -214,6 +214,7 @@ def user_location() -> SourceLoc | None:
 
 _INTERN: weakref.WeakValueDictionary[tuple, Node] = weakref.WeakValueDictionary()
 _SERIAL = [0]
+_DECLARED = ("input", "param")  # each call makes a new node: never merged with an equal one
 
 
 class Node:
@@ -223,7 +224,9 @@ class Node:
     the same object, which gives common-subexpression elimination while
     tracing. Graph inputs are the exception: each `dlc.input` call declares a
     new one, so a function's default argument order is the order of the
-    declarations. `value` holds the array of a constant (its digest is in attrs).
+    declarations; so is each `dlc.param` call (two stores may both hold a
+    "w", and a node kept alive by an earlier trace must not lend this one its
+    source line). `value` holds the array of a constant (its digest is in attrs).
     """
 
     __slots__ = ("op", "inputs", "attrs", "shape", "dtype", "loc", "value", "serial", "__weakref__")
@@ -231,7 +234,8 @@ class Node:
     def __new__(cls, op: str, inputs: tuple, attrs: tuple, shape: Shape, dtype: str,
                 loc: SourceLoc | None = None, value: np.ndarray | None = None):
         key = (op, tuple(id(i) for i in inputs), attrs, shape, dtype)
-        node = _INTERN.get(key) if op != "input" else None
+        declared = op in _DECLARED
+        node = None if declared else _INTERN.get(key)
         if node is not None:
             return node
         node = object.__new__(cls)
@@ -239,7 +243,7 @@ class Node:
         node.shape, node.dtype, node.loc, node.value = shape, dtype, loc, value
         _SERIAL[0] += 1
         node.serial = _SERIAL[0]
-        if op != "input":
+        if not declared:
             _INTERN[key] = node
         return node
 

@@ -563,7 +563,11 @@ def test_the_same_graph_renders_the_same_module():
         fn = dlc.compile(dlc.tanh(x @ w), target="cpu", store=store)
         return fn.backend.generated.digest, x.node.serial
 
+    # an equal parameter of another store, created on another line, alive during the first build only: each
+    # dlc.param call is its own node, so the first build must not take this one (and its line) for its "w"
+    elsewhere = dlc.param(np.ones((3, 2), np.float32), name="w", store=dlc.Store())
     first, serial = build()
+    del elsewhere
     gc.collect()
     unrelated = [dlc.input(f"u{i}", (i + 1,)) for i in range(3)]  # shifts every later serial
     second, serial2 = build()
