@@ -107,9 +107,9 @@ def dot(a, b, out):
 
 
 @njit(**JIT)
-def im2col(x, n, cols, col0, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
-    """cols[(c*kh + i)*kw + j, col0 + oh*wo + ow] = x[n, c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for the
-    channels c in [c0, c1), 0 in the padding (col0: where this sample's columns start among several samples')."""
+def im2col(x, n, cols, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
+    """cols[(c*kh + i)*kw + j, oh*wo + ow] = x[n, c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for the channels c
+    in [c0, c1), 0 in the padding: one sample's columns (samples_columns lays out several side by side)."""
     H, W = x.shape[2], x.shape[3]
     for c in range(c0, c1):
         for i in range(kh):
@@ -120,7 +120,7 @@ def im2col(x, n, cols, col0, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
                 dst_row = cols[row]
                 for oh in range(ho):
                     ih = oh * sh - pt + i * dh
-                    dst = dst_row[col0 + oh * wo:col0 + (oh + 1) * wo]
+                    dst = dst_row[oh * wo:(oh + 1) * wo]
                     if ih < 0 or ih >= H:
                         for k in range(wo):
                             dst[k] = 0
@@ -143,8 +143,8 @@ def im2col(x, n, cols, col0, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
 
 
 @njit(**JIT)
-def col2im(cols, col0, out, n, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
-    """The adjoint of im2col for the channels c in [c0, c1): out[n, c] = 0, then every column value from col0 on
+def col2im(cols, out, n, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
+    """The adjoint of im2col for the channels c in [c0, c1): out[n, c] = 0, then every column value
     added back at its input position."""
     H, W = out.shape[2], out.shape[3]
     out[n, c0:c1] = 0
@@ -160,7 +160,7 @@ def col2im(cols, col0, out, n, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
                     if ih < 0 or ih >= H:
                         continue
                     dst = out[n, c, ih]
-                    base = col0 + oh * wo
+                    base = oh * wo
                     if sw == 1:
                         # 1-d views indexed from 0, as in im2col: 4x faster on ResNet's 32x32 rows
                         d = dst[lo + off:hi + off]
@@ -179,7 +179,7 @@ def im2col_threads(x, n, cols, workers, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
     for _ in prange(workers):
         c = claim(counter)
         while c < x.shape[1]:
-            im2col(x, n, cols, 0, c, c + 1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            im2col(x, n, cols, c, c + 1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
             c = claim(counter)
 
 
@@ -190,7 +190,7 @@ def col2im_threads(cols, out, n, workers, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo
     for _ in prange(workers):
         c = claim(counter)
         while c < out.shape[1]:
-            col2im(cols, 0, out, n, c, c + 1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            col2im(cols, out, n, c, c + 1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
             c = claim(counter)
 
 
@@ -206,10 +206,60 @@ COLUMNS = 2048           # the most columns (samples x positions) of one shared 
 
 
 @njit(**JIT)
-def samples_columns(x, n0, nb, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
-    """The columns of samples n0 .. n0 + nb - 1 side by side: sample n0 + j from column j * Ho*Wo on."""
-    for j in range(nb):
-        im2col(x, n0 + j, cols, j * ho * wo, 0, x.shape[1], kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+def samples_columns(x, n0, nb, cols, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
+    """The columns of samples n0 .. n0 + nb - 1 side by side (sample n0 + s from column s * Ho*Wo on), for the
+    channels c in [c0, c1).
+
+    Row by row, every sample's positions of a row written before the next row: sample by sample (im2col per
+    sample) writes a few floats to every one of the C*kh*kw rows, a cache line and often a page apart; on
+    ResNet's 4x4 planes (512 channels, 32 samples) that took 13-19 ms against 3.8 ms this way."""
+    H, W = x.shape[2], x.shape[3]
+    hw = ho * wo
+    for c in range(c0, c1):
+        for i in range(kh):
+            for j in range(kw):
+                off = j * dw - pl
+                lo, hi = valid_range(off, sw, W, wo)
+                dst = cols[(c * kh + i) * kw + j]
+                for s in range(nb):
+                    plane = x[n0 + s, c]
+                    for oh in range(ho):
+                        ih = oh * sh - pt + i * dh
+                        base = s * hw + oh * wo
+                        if ih < 0 or ih >= H:
+                            for k in range(wo):
+                                dst[base + k] = 0
+                            continue
+                        for k in range(lo):
+                            dst[base + k] = 0
+                        for ow in range(lo, hi):
+                            dst[base + ow] = plane[ih, ow * sw + off]
+                        for k in range(hi, wo):
+                            dst[base + k] = 0
+
+
+@njit(**JIT)
+def samples_col2im(cols, out, n0, nb, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
+    """The adjoint of samples_columns: out[n0 : n0+nb, c0:c1] = 0, then every column value added back at its
+    input position, row by row as samples_columns writes them."""
+    H, W = out.shape[2], out.shape[3]
+    hw = ho * wo
+    out[n0:n0 + nb, c0:c1] = 0
+    for c in range(c0, c1):
+        for i in range(kh):
+            for j in range(kw):
+                off = j * dw - pl
+                lo, hi = valid_range(off, sw, W, wo)
+                src = cols[(c * kh + i) * kw + j]
+                for s in range(nb):
+                    plane = out[n0 + s, c]
+                    for oh in range(ho):
+                        ih = oh * sh - pt + i * dh
+                        if ih < 0 or ih >= H:
+                            continue
+                        base = s * hw + oh * wo
+                        for ow in range(lo, hi):
+                            plane[ih, ow * sw + off] += src[base + ow]
 
 
 @njit(**JIT)
@@ -419,7 +469,7 @@ def _forward_samples(x, w2, out, n0, nb, groups, cols, part, kh, kw, sh, sw, pt,
     ho, wo = out.shape[2], out.shape[3]
     hw = ho * wo
     if nb > 1:
-        samples_columns(x, n0, nb, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        samples_columns(x, n0, nb, cols, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
         for g in range(groups):
             dot(w2[g * og:(g + 1) * og], cols[g * kg:(g + 1) * kg], part)
             for j in range(nb):
@@ -428,7 +478,7 @@ def _forward_samples(x, w2, out, n0, nb, groups, cols, part, kh, kw, sh, sw, pt,
     # a variable of its own for x's view: x may be read-only, and cols must stay writable for im2col
     src = x[n0].reshape(C, H * W) if pointwise else cols
     if not pointwise:
-        im2col(x, n0, cols, 0, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        im2col(x, n0, cols, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
     o2 = out[n0].reshape(co, hw)
     for g in range(groups):
         dot(w2[g * og:(g + 1) * og], src[g * kg:(g + 1) * kg], o2[g * og:(g + 1) * og])
@@ -447,15 +497,14 @@ def _input_samples(gy, w2, out, n0, nb, groups, cols, rows, kh, kw, sh, sw, pt, 
         for g in range(groups):
             samples_rows(gy, n0, nb, g, og, rows)
             dot(w2[g * og:(g + 1) * og].T, rows, cols[g * kg:(g + 1) * kg])
-        for j in range(nb):
-            col2im(cols, j * hw, out, n0 + j, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        samples_col2im(cols, out, n0, nb, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
         return
     g2 = gy[n0].reshape(co, hw)
     dst = out[n0].reshape(C, H * W) if pointwise else cols
     for g in range(groups):
         dot(w2[g * og:(g + 1) * og].T, g2[g * og:(g + 1) * og], dst[g * kg:(g + 1) * kg])
     if not pointwise:
-        col2im(cols, 0, out, n0, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        col2im(cols, out, n0, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
 
 
 @njit(**JIT)
@@ -467,7 +516,7 @@ def _weight_samples(x, gy, acc, n0, nb, groups, cols, rows, part, kh, kw, sh, sw
     og = co // groups
     hw = ho * wo
     if nb > 1:
-        samples_columns(x, n0, nb, cols, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        samples_columns(x, n0, nb, cols, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
         for g in range(groups):
             samples_rows(gy, n0, nb, g, og, rows)
             dot(rows, cols[g * kg:(g + 1) * kg].T, part)
@@ -475,7 +524,7 @@ def _weight_samples(x, gy, acc, n0, nb, groups, cols, rows, part, kh, kw, sh, sw
         return
     src = x[n0].reshape(C, H * W) if pointwise else cols   # x may be read-only: cols stays writable
     if not pointwise:
-        im2col(x, n0, cols, 0, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        im2col(x, n0, cols, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
     g2 = gy[n0].reshape(co, hw)
     for g in range(groups):
         dot(g2[g * og:(g + 1) * og], src[g * kg:(g + 1) * kg].T, part)
@@ -517,10 +566,10 @@ def _weight_shared_rows(x, gy, acc, nb, groups, threads, kh, kw, sh, sw, pt, pl,
     for n0 in range(0, N, nb):
         counter[0] = 0
         for _ in prange(threads):
-            j = claim(counter)
-            while j < nb:
-                im2col(x, n0 + j, cols, j * hw, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
-                j = claim(counter)
+            c = claim(counter)
+            while c < C:
+                samples_columns(x, n0, nb, cols, c, c + 1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+                c = claim(counter)
         samples_rows(gy, n0, nb, 0, co, rows)
         counter[0] = 0
         for _ in prange(threads):
