@@ -72,6 +72,7 @@ CONV_CASES = [
     (1, 1, 1, 1, (3, 4, 3, 3)),     # 72 output positions: a GEMM per sample (the weight gradient shares them)
     (1, 1, 1, 4, (4, 1, 3, 3)),     # depthwise 3x3: direct loops
     (2, ((1, 0), (2, 1)), (2, 1), 4, (8, 1, 3, 2)),  # depthwise, two outputs per channel, strided, dilated
+    (1, 2, 1, 4, (24, 1, 5, 5)),    # one input channel, six outputs per group (LeNet's first conv): im2col + GEMM
 ]
 
 
@@ -122,6 +123,7 @@ THREADED_CASES = [
     (16, 512, 4, 4, 512, 1, 1, (1, 1), ((0, 0), (0, 0)), (1, 1), 1, "float32"),    # pointwise, shared GEMMs
     (32, 128, 6, 6, 128, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 2, "float32"),    # grouped, shared GEMMs
     (32, 128, 8, 7, 128, 3, 3, (2, 1), ((1, 0), (2, 1)), (1, 2), 1, "float32"),    # shared, strided, dilated
+    (32, 32, 24, 24, 32, 3, 3, (1, 1), ((2, 0), (1, 1)), (1, 2), 2, "float32"),    # wide columns, grouped, dilated
     (16, 64, 33, 31, 96, 3, 2, (2, 1), ((2, 0), (1, 1)), (2, 1), 4, "float32"),    # grouped, strided, dilated
     (1, 128, 97, 95, 96, 3, 2, (2, 1), ((2, 0), (1, 1)), (2, 1), 4, "float32"),    # the same at batch 1
     (4, 64, 40, 42, 64, 3, 3, (1, 2), ((0, 2), (2, 0)), (2, 2), 1, "float64"),
@@ -158,7 +160,7 @@ def test_conv_kernels_on_threads_match_reference(threads):
             gy = uniform(rng, want_y.shape, dtype)
             want_dx = conv2d_grad_input_ref(gy, w, dict(a, out_hw=(h, wd)))
             want_dw = conv2d_grad_weight_ref(x, gy, dict(a, kernel=(kh, kw)))
-            depthwise = c // groups == 1 and kh * kw > 1
+            depthwise = c // groups == 1 and co // groups <= kernels.DIRECT_MAX_OUTPUTS and kh * kw > 1
             macs = want_y.size * w[0].size * (kernels.DEPTHWISE_MAC_COST if depthwise else 1)
             assert macs >= dlc_cpu_threads.PARALLEL_MIN_MACS, "a case too small for the threads"
             attrs = [np.int64(v) for v in (*stride, padding[0][0], padding[1][0], *dilation, groups)]
