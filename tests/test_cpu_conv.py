@@ -133,6 +133,46 @@ THREADED_CASES = [
 ]
 
 
+def test_parallel_kernels_start_no_region_but_their_prange_loops():
+    """numba makes np.zeros (and slices assigned or added to) inside a parallel function a parallel region of its
+    own, options off or not: a kernel doing so on its one-thread path woke numba's pool at every call, and its
+    spinning threads halved BLAS's speed (W2's step: 8 ms instead of 4). Parallel kernels make such arrays through
+    dlc_cpu_threads' serial helpers; numba's own report of a compiled kernel lists its prange loop alone."""
+    import ast
+    import pathlib
+
+    import numba
+
+    from dlc.runtime.cpu import load_kernel_modules
+
+    load_kernel_modules()
+    import dlc_cpu_conv
+    from dlc_cpu_threads import JIT_PARALLEL
+
+    kernels = pathlib.Path(dlc_cpu_conv.__file__).parent
+    offenders = []
+    for path in sorted(kernels.glob("*.py")):
+        for fn in ast.parse(path.read_text()).body:
+            if isinstance(fn, ast.FunctionDef) and any("JIT_PARALLEL" in ast.unparse(d) for d in fn.decorator_list):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.Call) and ast.unparse(node.func) in ("np.zeros", "np.ones", "np.full"):
+                        offenders.append(f"{path.name}:{node.lineno} {fn.name}")
+    assert offenders == []
+
+    rng = np.random.default_rng(0)
+    x, gy = uniform(rng, (4, 6, 14, 14), "float32"), uniform(rng, (4, 16, 10, 10), "float32")
+    acc = np.empty((16, 150), np.float32)
+    fresh = numba.njit(**dict(JIT_PARALLEL, cache=False))(dlc_cpu_conv.wide_conv2d_grad_weight.py_func)
+    fresh(x, gy, acc, 1, 1, 5, 5, 0, 0, 1, 1)
+    report = fresh.get_metadata(fresh.signatures[0])["parfor_diagnostics"]
+    assert [p.patterns[0][0] for p in report.initial_parfors] == ["prange"]
+    from dlc.ops.conv import conv2d_grad_weight_ref
+
+    want = conv2d_grad_weight_ref(x, gy, dict(stride=(1, 1), padding=((0, 0), (0, 0)), dilation=(1, 1), groups=1,
+                                              kernel=(5, 5)))
+    np.testing.assert_allclose(acc.reshape(16, 6, 5, 5), want, **TOL["float32"])
+
+
 @pytest.mark.parametrize("threads", ["one", "all"])
 def test_conv_kernels_on_threads_match_reference(threads):
     """The kernels called directly on shapes large enough for their threads (and on one thread), forward, dgrad

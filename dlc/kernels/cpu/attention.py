@@ -24,7 +24,7 @@ dlc_cpu_fastmath.exp_f32 (numba's np.exp is a libm call per element).
 import numpy as np
 from dlc_cpu_fastmath import exp_f32
 from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
-from dlc_cpu_threads import JIT, JIT_PARALLEL, claim, workers_for
+from dlc_cpu_threads import JIT, JIT_PARALLEL, claim, task_counter, workers_for
 from numba import njit, prange, types
 from numba.extending import overload
 
@@ -265,7 +265,7 @@ def _run(kind, q, k, v, mask, y, g, out, blocks, width, scale, causal, mask_kind
         for t in range(tasks):
             _task(kind, q, k, v, mask, y, g, out, t, blocks, sc, causal, mask_kind)
     else:
-        counter = np.zeros(1, np.int64)
+        counter = task_counter()
         for _ in prange(workers):
             t = claim(counter)
             while t < tasks:

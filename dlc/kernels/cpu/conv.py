@@ -1,4 +1,4 @@
-"""Convolutions for generated CPU kernels: im2col/col2im and BLAS GEMMs (np.dot) per group.
+"""Convolutions for generated CPU kernels: columns (im2col/col2im, or wide) and BLAS GEMMs (np.dot) per group.
 
 Imported by the CPU backend as the module `dlc_cpu_conv`. Layouts and
 attributes are those of dlc/ops/conv.py: x (N, C, H, W), a conv2d weight
@@ -15,6 +15,14 @@ for 1->6 5x5 pad 2 on 28x28 and 0.1x for 6->16 5x5 on 14x14 at batch 64, and
 0.25x and 0.05x at batch 1. A pointwise conv (1x1, stride 1, no padding)
 needs no columns: its GEMM reads x[n] as it is.
 
+Why wide columns for stride-1 convs with short rows: im2col copies Wo values
+per tap and output row, and on LeNet's 10- to 28-wide rows the per-copy work
+(views, bounds) is most of the conv. Copied once into a zero-padded plane Wp
+wide, a sample's columns of one tap are that plane read from one offset on:
+one copy of Ho*Wp values, with Wp - Wo columns per output row computed and
+thrown away. `_is_wide` weighs the two (its docstring has the measurements):
+LeNet-5's convs run 2-5x faster, ResNet's 32x32 and 16x16 layers 5-25%.
+
 Why batched when a sample's output is small: below BATCH_BELOW output
 positions (ResNet's 4x4 stage) a per-sample GEMM is a thin matrix product
 (M = C_out, N = Ho*Wo) that reads the whole weight matrix for a few columns;
@@ -26,9 +34,14 @@ gathers dL/dy, and gains up to WGRAD_BATCH_BELOW. Measured single-threaded
 (batch 32, new/old time): 4x4 outputs 512->512 3x3 fwd 0.77, dgrad 0.43,
 wgrad 0.31; 8x8 256->256 fwd 1.07-1.21, dgrad 0.88-1.0, wgrad 0.84-0.89;
 LeNet's 10x10 fwd 1.19-1.22, wgrad 0.93-1.01.
+Such columns are written row by row over the samples (samples_columns):
+sample by sample, each of the C*kh*kw rows got a few values a cache line or
+a page away from the last (ResNet's 4x4 layer: fwd 20 -> 15 ms, dgrad 23 ->
+15, wgrad 22 -> 18 at batch 32 on 2 threads).
 
-Why direct loops for depthwise convolutions (one input channel per group, as
-in MobileNet): there each group's GEMM is a 1 x (kh*kw) times (kh*kw) x
+Why direct loops for depthwise convolutions (one input channel and at most
+DIRECT_MAX_OUTPUTS outputs per group, as in MobileNet; with more outputs per
+channel one im2col serves them all): there each group's GEMM is a 1 x (kh*kw) times (kh*kw) x
 (Ho*Wo) product, a BLAS call per channel and sample for a few multiply-adds
 per output; the window loops accumulate rows of the output instead, with a
 unit-stride inner loop LLVM vectorises. Measured single-threaded against a
@@ -59,7 +72,7 @@ counter (dlc_cpu_threads says why).
 
 import numpy as np
 from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
-from dlc_cpu_threads import JIT, JIT_PARALLEL, block, claim, thread_count, workers_for
+from dlc_cpu_threads import JIT, JIT_PARALLEL, block, claim, task_counter, thread_count, workers_for, zero, zeros
 from numba import njit, prange
 
 # A forward conv of fewer samples than threads splits each GEMM's output rows between them from ROWS_MIN_MACS
@@ -175,7 +188,7 @@ def col2im(cols, out, n, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
 @njit(**JIT_PARALLEL)
 def im2col_threads(x, n, cols, workers, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
     """im2col of one whole sample, channel by channel on `workers` threads."""
-    counter = np.zeros(1, np.int64)
+    counter = task_counter()
     for _ in prange(workers):
         c = claim(counter)
         while c < x.shape[1]:
@@ -186,7 +199,7 @@ def im2col_threads(x, n, cols, workers, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
 @njit(**JIT_PARALLEL)
 def col2im_threads(cols, out, n, workers, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
     """col2im of one whole sample, channel by channel on `workers` threads."""
-    counter = np.zeros(1, np.int64)
+    counter = task_counter()
     for _ in prange(workers):
         c = claim(counter)
         while c < out.shape[1]:
@@ -418,7 +431,7 @@ def depthwise_conv2d(x, w, out, sh, sw, pt, pl, dh, dw):
         for p in range(planes):
             _depthwise_plane(x, w, out, p // co, p % co, sh, sw, pt, pl, dh, dw)
         return
-    counter = np.zeros(1, np.int64)
+    counter = task_counter()
     for _ in prange(workers):
         p = claim(counter)
         while p < planes:
@@ -436,7 +449,7 @@ def depthwise_conv2d_grad_input(gy, w, out, sh, sw, pt, pl, dh, dw):
         for p in range(planes):
             _depthwise_input_plane(gy, w, out, p // C, p % C, sh, sw, pt, pl, dh, dw)
         return
-    counter = np.zeros(1, np.int64)
+    counter = task_counter()
     for _ in prange(workers):
         p = claim(counter)
         while p < planes:
@@ -453,7 +466,7 @@ def depthwise_conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw):
         for o in range(co):
             _depthwise_weight_channel(x, gy, out, o, sh, sw, pt, pl, dh, dw)
         return
-    counter = np.zeros(1, np.int64)
+    counter = task_counter()
     for _ in prange(workers):
         o = claim(counter)
         while o < co:
@@ -567,8 +580,8 @@ def _weight_shared_rows(x, gy, acc, nb, groups, threads, kh, kw, sh, sw, pt, pl,
     hw = ho * wo
     cols = np.empty((C * kh * kw, nb * hw), x.dtype)
     rows = np.empty((co, nb * hw), gy.dtype)
-    acc[:, :] = 0
-    counter = np.zeros(1, np.int64)
+    zero(acc)
+    counter = task_counter()
     for n0 in range(0, N, nb):
         counter[0] = 0
         for _ in prange(threads):
@@ -728,7 +741,11 @@ def wide_conv2d(x, w2, out, groups, threads, kh, kw, pt, pl, dh, dw):
     co, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     hp, wp, pad, cols, _ = _wide_shape(C, 0, ho, wo, W, kh, kw, pl, dh, dw, threads, x)
     part = np.empty((threads, co, ho * wp), x.dtype)
-    counter = np.zeros(1, np.int64)
+    if threads == 1:   # no parallel region: its threads would spin against BLAS's after the call
+        for n in range(N):
+            _wide_forward_sample(x, w2, out, n, groups, pad[0], cols[0], part[0], kh, kw, pt, pl, dh, dw, hp, wp)
+        return
+    counter = task_counter()
     for t in prange(threads):
         n = claim(counter)
         while n < N:
@@ -741,7 +758,11 @@ def wide_conv2d_grad_input(gy, w2, out, groups, threads, kh, kw, pt, pl, dh, dw)
     N, C, W = out.shape[0], out.shape[1], out.shape[3]
     co, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
     hp, wp, pad, cols, rows = _wide_shape(C, co, ho, wo, W, kh, kw, pl, dh, dw, threads, gy)
-    counter = np.zeros(1, np.int64)
+    if threads == 1:
+        for n in range(N):
+            _wide_input_sample(gy, w2, out, n, groups, pad[0], cols[0], rows[0], kh, kw, pt, pl, dh, dw, hp, wp)
+        return
+    counter = task_counter()
     for t in prange(threads):
         n = claim(counter)
         while n < N:
@@ -757,13 +778,19 @@ def wide_conv2d_grad_weight(x, gy, acc, groups, threads, kh, kw, pt, pl, dh, dw)
     kg = acc.shape[1]
     hp, wp, pad, cols, rows = _wide_shape(C, co, ho, wo, W, kh, kw, pl, dh, dw, threads, x)
     part = np.empty((threads, co // groups, kg), acc.dtype)
-    sums = np.zeros((threads, co, kg), acc.dtype)
-    counter = np.zeros(1, np.int64)
+    if threads == 1:
+        zero(acc)
+        for n in range(N):
+            _wide_weight_sample(x, gy, acc, n, groups, pad[0], cols[0], rows[0], part[0], kh, kw, pt, pl, dh, dw, hp,
+                                wp)
+        return
+    sums = zeros((threads, co, kg), acc)
+    counter = task_counter()
     for t in prange(threads):
         n = claim(counter)
         while n < N:
-            _wide_weight_sample(x, gy, sums[t], n, groups, pad[t], cols[t], rows[t], part[t], kh, kw, pt, pl, dh,
-                                dw, hp, wp)
+            _wide_weight_sample(x, gy, sums[t], n, groups, pad[t], cols[t], rows[t], part[t], kh, kw, pt, pl, dh, dw,
+                                hp, wp)
             n = claim(counter)
     _sum_workers(sums, acc)
 
@@ -804,7 +831,7 @@ def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
                 _forward_samples(x, w2, out, c * nb, nb, groups, cols[0], part[0], kh, kw, sh, sw, pt, pl, dh,
                                  dw, pointwise)
         else:
-            counter = np.zeros(1, np.int64)
+            counter = task_counter()
             for t in prange(threads):
                 c = claim(counter)
                 while c < chunks:
@@ -820,7 +847,7 @@ def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
             if not pointwise:
                 im2col_threads(x, n, cols, min(threads, C), kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
             o2 = out[n].reshape(co, hw)
-            counter = np.zeros(1, np.int64)
+            counter = task_counter()
             for _ in prange(threads):
                 task = claim(counter)
                 while task < groups * threads:
@@ -862,7 +889,7 @@ def conv2d_grad_input(gy, w, out, sh, sw, pt, pl, dh, dw, groups):
                 _input_samples(gy, w2, out, c * nb, nb, groups, cols[0], rows[0], kh, kw, sh, sw, pt, pl, dh, dw,
                                pointwise)
         else:
-            counter = np.zeros(1, np.int64)
+            counter = task_counter()
             for t in prange(threads):
                 c = claim(counter)
                 while c < chunks:
@@ -877,7 +904,7 @@ def conv2d_grad_input(gy, w, out, sh, sw, pt, pl, dh, dw, groups):
         for n in range(N):
             g2 = gy[n].reshape(co, hw)
             dst = out[n].reshape(C, H * W) if pointwise else cols
-            counter = np.zeros(1, np.int64)
+            counter = task_counter()
             for _ in prange(threads):
                 task = claim(counter)
                 while task < groups * threads:
@@ -901,7 +928,7 @@ def conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw, groups):
     kg, og = cg * kh * kw, co // groups
     acc = out.reshape(co, kg)
     if N == 0 or gy.size == 0:
-        acc[:, :] = 0
+        zero(acc)
         return
     pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, ho, wo)
     hw = ho * wo
@@ -931,7 +958,7 @@ def conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw, groups):
                 _weight_samples(x, gy, sums[0], c * nb, nb, groups, cols[0], rows[0], part[0], kh, kw, sh, sw,
                                 pt, pl, dh, dw, pointwise)
         else:
-            counter = np.zeros(1, np.int64)
+            counter = task_counter()
             for t in prange(threads):
                 sums[t] = 0
                 c = claim(counter)
@@ -942,14 +969,14 @@ def conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw, groups):
         _sum_workers(sums, acc)
     else:
         # batch 1: the gradient's rows split between threads, over columns built by all of them
-        acc[:, :] = 0
+        zero(acc)
         cols = np.empty((0 if pointwise else C * kh * kw, hw), x.dtype)
         for n in range(N):
             src = x[n].reshape(C, H * W) if pointwise else cols
             if not pointwise:
                 im2col_threads(x, n, cols, min(threads, C), kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
             g2 = gy[n].reshape(co, hw)
-            counter = np.zeros(1, np.int64)
+            counter = task_counter()
             for _ in prange(threads):
                 task = claim(counter)
                 while task < groups * threads:

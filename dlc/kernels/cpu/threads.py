@@ -15,6 +15,7 @@ millisecond or less.
 """
 
 import numba
+import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
@@ -53,6 +54,30 @@ def claim(typingctx, counter):
         data = context.make_array(signature.args[0])(context, builder, args[0]).data
         return builder.atomic_rmw("add", data, ir.Constant(ir.IntType(64), 1), "monotonic")
     return types.int64(counter), codegen
+
+
+# Inside a parallel function numba turns np.zeros, and a slice assigned or added to, into a parallel region of
+# its own even with those transformations off (measured: a kernel calling np.zeros on its one-thread path woke
+# the pool at every call, whose spinning threads then halved the speed of BLAS's on 2 cores). Parallel
+# functions make such arrays through these serial helpers instead.
+
+
+@njit(**JIT)
+def task_counter():
+    """A zeroed counter for claim."""
+    return np.zeros(1, np.int64)
+
+
+@njit(**JIT)
+def zeros(shape, like):
+    """np.zeros(shape) of like's dtype."""
+    return np.zeros(shape, like.dtype)
+
+
+@njit(**JIT)
+def zero(a):
+    """a[...] = 0."""
+    a[:] = 0
 
 
 @njit(**JIT)
