@@ -12,6 +12,14 @@ The public names are those in __all__; dlc.nn, dlc.optim and dlc.inspect are
 usable after a plain `import dlc`.
 """
 
+import os
+
+# Before anything loads scipy's OpenBLAS (the BLAS behind numba's np.dot): its idle threads spin for 2^28 cycles
+# (about 0.1 s) after each call, on the cores dlc's kernel threads (attention, convolutions) need next; 2^20
+# cycles is about 0.3 ms. W10 took 184-190 ms a step with it against 196-225 ms without (3 alternating runs each;
+# W1 unchanged, W4 2% slower). A value the user set, or a BLAS loaded before dlc, is left as it is.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+
 from . import distributed, inspect, nn, optim  # MPI data parallelism, the inspector, layers/training API, optimizers
 from . import functional as _functional
 from .autodiff import grad

@@ -583,3 +583,19 @@ def test_take_with_a_constant_index():
     got = dlc.compile(list(out.values()), target="cpu")(xv)
     assert_close(got[0], xv[1])
     assert_close(got[1], xv[:, [2, -1]])
+
+
+def test_import_shortens_blas_idle_spin_unless_the_user_chose():
+    """import dlc sets OPENBLAS_THREAD_TIMEOUT (BLAS's idle threads would spin ~0.1 s against dlc's kernel threads)
+    before scipy's OpenBLAS loads, and leaves a value the user set."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import os, dlc; print(os.environ['OPENBLAS_THREAD_TIMEOUT'])"
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    got = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == "20"
+    got = subprocess.run([sys.executable, "-c", code], env=dict(env, OPENBLAS_THREAD_TIMEOUT="26"),
+                         capture_output=True, text=True, check=True)
+    assert got.stdout.strip() == "26"
