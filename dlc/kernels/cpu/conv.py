@@ -735,39 +735,47 @@ def _wide_shape(C, co, ho, wo, W, kh, kw, pl, dh, dw, threads, like):
 
 # The three convolutions in wide columns: samples claimed by `threads` threads, each with buffers of its own.
 
+FORWARD, GRAD_INPUT = 0, 1
+
+
 @njit(**JIT_PARALLEL)
+def _wide_samples(kind, src, w2, out, groups, threads, pad, cols, buf, kh, kw, pt, pl, dh, dw, hp, wp):
+    """Every sample's forward (src x, buf the GEMM's output) or dgrad (src dL/dy, buf its wide rows): on the
+    calling thread, or claimed by `threads` threads with buffers each."""
+    N = out.shape[0]
+    if threads == 1:   # no parallel region: its threads would spin against BLAS's after the call
+        for n in range(N):
+            if kind == FORWARD:
+                _wide_forward_sample(src, w2, out, n, groups, pad[0], cols[0], buf[0], kh, kw, pt, pl, dh, dw, hp, wp)
+            else:
+                _wide_input_sample(src, w2, out, n, groups, pad[0], cols[0], buf[0], kh, kw, pt, pl, dh, dw, hp, wp)
+        return
+    counter = task_counter()
+    for t in prange(threads):
+        n = claim(counter)
+        while n < N:
+            if kind == FORWARD:
+                _wide_forward_sample(src, w2, out, n, groups, pad[t], cols[t], buf[t], kh, kw, pt, pl, dh, dw, hp, wp)
+            else:
+                _wide_input_sample(src, w2, out, n, groups, pad[t], cols[t], buf[t], kh, kw, pt, pl, dh, dw, hp, wp)
+            n = claim(counter)
+
+
+@njit(**JIT)
 def wide_conv2d(x, w2, out, groups, threads, kh, kw, pt, pl, dh, dw):
-    N, C, W = x.shape[0], x.shape[1], x.shape[3]
+    C, W = x.shape[1], x.shape[3]
     co, ho, wo = out.shape[1], out.shape[2], out.shape[3]
     hp, wp, pad, cols, _ = _wide_shape(C, 0, ho, wo, W, kh, kw, pl, dh, dw, threads, x)
     part = np.empty((threads, co, ho * wp), x.dtype)
-    if threads == 1:   # no parallel region: its threads would spin against BLAS's after the call
-        for n in range(N):
-            _wide_forward_sample(x, w2, out, n, groups, pad[0], cols[0], part[0], kh, kw, pt, pl, dh, dw, hp, wp)
-        return
-    counter = task_counter()
-    for t in prange(threads):
-        n = claim(counter)
-        while n < N:
-            _wide_forward_sample(x, w2, out, n, groups, pad[t], cols[t], part[t], kh, kw, pt, pl, dh, dw, hp, wp)
-            n = claim(counter)
+    _wide_samples(FORWARD, x, w2, out, groups, threads, pad, cols, part, kh, kw, pt, pl, dh, dw, hp, wp)
 
 
-@njit(**JIT_PARALLEL)
+@njit(**JIT)
 def wide_conv2d_grad_input(gy, w2, out, groups, threads, kh, kw, pt, pl, dh, dw):
-    N, C, W = out.shape[0], out.shape[1], out.shape[3]
+    C, W = out.shape[1], out.shape[3]
     co, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
     hp, wp, pad, cols, rows = _wide_shape(C, co, ho, wo, W, kh, kw, pl, dh, dw, threads, gy)
-    if threads == 1:
-        for n in range(N):
-            _wide_input_sample(gy, w2, out, n, groups, pad[0], cols[0], rows[0], kh, kw, pt, pl, dh, dw, hp, wp)
-        return
-    counter = task_counter()
-    for t in prange(threads):
-        n = claim(counter)
-        while n < N:
-            _wide_input_sample(gy, w2, out, n, groups, pad[t], cols[t], rows[t], kh, kw, pt, pl, dh, dw, hp, wp)
-            n = claim(counter)
+    _wide_samples(GRAD_INPUT, gy, w2, out, groups, threads, pad, cols, rows, kh, kw, pt, pl, dh, dw, hp, wp)
 
 
 @njit(**JIT_PARALLEL)
