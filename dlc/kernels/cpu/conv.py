@@ -34,7 +34,7 @@ gathers dL/dy, and gains up to WGRAD_BATCH_BELOW. Measured single-threaded
 (batch 32, new/old time): 4x4 outputs 512->512 3x3 fwd 0.77, dgrad 0.43,
 wgrad 0.31; 8x8 256->256 fwd 1.07-1.21, dgrad 0.88-1.0, wgrad 0.84-0.89;
 LeNet's 10x10 fwd 1.19-1.22, wgrad 0.93-1.01.
-Such columns are written row by row over the samples (samples_columns):
+Such columns are written row by row over the samples (im2col):
 sample by sample, each of the C*kh*kw rows got a few values a cache line or
 a page away from the last (ResNet's 4x4 layer: fwd 20 -> 15 ms, dgrad 23 ->
 15, wgrad 22 -> 18 at batch 32 on 2 threads).
@@ -119,72 +119,6 @@ def dot(a, b, out):
     np.dot(a, b, out)
 
 
-@njit(**JIT)
-def im2col(x, n, cols, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
-    """cols[(c*kh + i)*kw + j, oh*wo + ow] = x[n, c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for the channels c
-    in [c0, c1), 0 in the padding: one sample's columns (samples_columns lays out several side by side)."""
-    H, W = x.shape[2], x.shape[3]
-    for c in range(c0, c1):
-        for i in range(kh):
-            for j in range(kw):
-                row = (c * kh + i) * kw + j
-                off = j * dw - pl
-                lo, hi = valid_range(off, sw, W, wo)
-                dst_row = cols[row]
-                for oh in range(ho):
-                    ih = oh * sh - pt + i * dh
-                    dst = dst_row[oh * wo:(oh + 1) * wo]
-                    if ih < 0 or ih >= H:
-                        for k in range(wo):
-                            dst[k] = 0
-                        continue
-                    for k in range(lo):
-                        dst[k] = 0
-                    src = x[n, c, ih]
-                    if sw == 1:
-                        # 1-d views indexed from 0: no 4-d address and index wraparound per element,
-                        # and a unit stride LLVM can vectorise (2x faster on LeNet's 28-wide rows)
-                        s = src[lo + off:hi + off]
-                        d = dst[lo:hi]
-                        for k in range(hi - lo):
-                            d[k] = s[k]
-                    else:
-                        for ow in range(lo, hi):
-                            dst[ow] = src[ow * sw + off]
-                    for k in range(hi, wo):
-                        dst[k] = 0
-
-
-@njit(**JIT)
-def col2im(cols, out, n, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
-    """The adjoint of im2col for the channels c in [c0, c1): out[n, c] = 0, then every column value
-    added back at its input position."""
-    H, W = out.shape[2], out.shape[3]
-    out[n, c0:c1] = 0
-    for c in range(c0, c1):
-        for i in range(kh):
-            for j in range(kw):
-                row = (c * kh + i) * kw + j
-                off = j * dw - pl
-                lo, hi = valid_range(off, sw, W, wo)
-                src_row = cols[row]
-                for oh in range(ho):
-                    ih = oh * sh - pt + i * dh
-                    if ih < 0 or ih >= H:
-                        continue
-                    dst = out[n, c, ih]
-                    base = oh * wo
-                    if sw == 1:
-                        # 1-d views indexed from 0, as in im2col: 4x faster on ResNet's 32x32 rows
-                        d = dst[lo + off:hi + off]
-                        s = src_row[base + lo:base + hi]
-                        for k in range(hi - lo):
-                            d[k] += s[k]
-                    else:
-                        for ow in range(lo, hi):
-                            dst[ow * sw + off] += src_row[base + ow]
-
-
 @njit(**JIT_PARALLEL)
 def im2col_threads(x, n, cols, workers, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
     """im2col of one whole sample, channel by channel on `workers` threads."""
@@ -192,7 +126,7 @@ def im2col_threads(x, n, cols, workers, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
     for _ in prange(workers):
         c = claim(counter)
         while c < x.shape[1]:
-            im2col(x, n, cols, c, c + 1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            im2col(x, n, 1, cols, c, c + 1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
             c = claim(counter)
 
 
@@ -203,7 +137,7 @@ def col2im_threads(cols, out, n, workers, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo
     for _ in prange(workers):
         c = claim(counter)
         while c < out.shape[1]:
-            col2im(cols, out, n, c, c + 1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+            col2im(cols, out, n, 1, c, c + 1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
             c = claim(counter)
 
 
@@ -218,14 +152,17 @@ WGRAD_BATCH_BELOW = 100  # the same for the weight gradient
 COLUMNS = 2048           # the most columns (samples x positions) of one shared GEMM
 
 
-@njit(**JIT)
-def samples_columns(x, n0, nb, cols, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
-    """The columns of samples n0 .. n0 + nb - 1 side by side (sample n0 + s from column s * Ho*Wo on), for the
-    channels c in [c0, c1).
+SHORT_ROW = 8   # output rows shorter than this are copied element by element: a view per row costs more
 
-    Row by row, every sample's positions of a row written before the next row: sample by sample (im2col per
-    sample) writes a few floats to every one of the C*kh*kw rows, a cache line and often a page apart; on
-    ResNet's 4x4 planes (512 channels, 32 samples) that took 13-19 ms against 3.8 ms this way."""
+
+@njit(**JIT)
+def im2col(x, n0, nb, cols, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
+    """cols[(c*kh + i)*kw + j, s*Ho*Wo + oh*Wo + ow] = x[n0 + s, c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for
+    the nb samples from n0 side by side and the channels c in [c0, c1), 0 in the padding.
+
+    Row by row, every sample's positions of a row written before the next row: sample by sample, each of the
+    C*kh*kw rows got a few values a cache line and often a page from the last (ResNet's 4x4 planes, 512
+    channels, 32 samples: 13-19 ms against 3.8 ms this way)."""
     H, W = x.shape[2], x.shape[3]
     hw = ho * wo
     for c in range(c0, c1):
@@ -233,7 +170,7 @@ def samples_columns(x, n0, nb, cols, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho,
             for j in range(kw):
                 off = j * dw - pl
                 lo, hi = valid_range(off, sw, W, wo)
-                dst = cols[(c * kh + i) * kw + j]
+                dst_row = cols[(c * kh + i) * kw + j]
                 for s in range(nb):
                     plane = x[n0 + s, c]
                     for oh in range(ho):
@@ -241,20 +178,28 @@ def samples_columns(x, n0, nb, cols, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho,
                         base = s * hw + oh * wo
                         if ih < 0 or ih >= H:
                             for k in range(wo):
-                                dst[base + k] = 0
+                                dst_row[base + k] = 0
                             continue
                         for k in range(lo):
-                            dst[base + k] = 0
-                        for ow in range(lo, hi):
-                            dst[base + ow] = plane[ih, ow * sw + off]
+                            dst_row[base + k] = 0
+                        if sw == 1 and hi - lo >= SHORT_ROW:
+                            # 1-d views indexed from 0: no address and index wraparound per element, and a
+                            # unit stride LLVM can vectorise (2x faster on LeNet's 28-wide rows)
+                            q = plane[ih, lo + off:hi + off]
+                            d = dst_row[base + lo:base + hi]
+                            for k in range(hi - lo):
+                                d[k] = q[k]
+                        else:
+                            for ow in range(lo, hi):
+                                dst_row[base + ow] = plane[ih, ow * sw + off]
                         for k in range(hi, wo):
-                            dst[base + k] = 0
+                            dst_row[base + k] = 0
 
 
 @njit(**JIT)
-def samples_col2im(cols, out, n0, nb, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
-    """The adjoint of samples_columns: out[n0 : n0+nb, c0:c1] = 0, then every column value added back at its
-    input position, row by row as samples_columns writes them."""
+def col2im(cols, out, n0, nb, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
+    """The adjoint of im2col: out[n0 : n0+nb, c0:c1] = 0, then every column value added back at its input
+    position, row by row as im2col writes them."""
     H, W = out.shape[2], out.shape[3]
     hw = ho * wo
     out[n0:n0 + nb, c0:c1] = 0
@@ -263,7 +208,7 @@ def samples_col2im(cols, out, n0, nb, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho
             for j in range(kw):
                 off = j * dw - pl
                 lo, hi = valid_range(off, sw, W, wo)
-                src = cols[(c * kh + i) * kw + j]
+                src_row = cols[(c * kh + i) * kw + j]
                 for s in range(nb):
                     plane = out[n0 + s, c]
                     for oh in range(ho):
@@ -271,13 +216,20 @@ def samples_col2im(cols, out, n0, nb, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho
                         if ih < 0 or ih >= H:
                             continue
                         base = s * hw + oh * wo
-                        for ow in range(lo, hi):
-                            plane[ih, ow * sw + off] += src[base + ow]
+                        if sw == 1 and hi - lo >= SHORT_ROW:
+                            # 1-d views indexed from 0, as in im2col: 4x faster on ResNet's 32x32 rows
+                            d = plane[ih, lo + off:hi + off]
+                            q = src_row[base + lo:base + hi]
+                            for k in range(hi - lo):
+                                d[k] += q[k]
+                        else:
+                            for ow in range(lo, hi):
+                                plane[ih, ow * sw + off] += src_row[base + ow]
 
 
 @njit(**JIT)
 def samples_rows(gy, n0, nb, g, og, rows):
-    """Group g's rows of dL/dy for samples n0 .. n0 + nb - 1 side by side, as samples_columns lays them out."""
+    """Group g's rows of dL/dy for samples n0 .. n0 + nb - 1 side by side, as im2col lays them out."""
     hw = gy.shape[2] * gy.shape[3]
     for j in range(nb):
         rows[:, j * hw:(j + 1) * hw] = gy[n0 + j].reshape(gy.shape[1], hw)[g * og:(g + 1) * og]
@@ -488,7 +440,7 @@ def _forward_samples(x, w2, out, n0, nb, groups, cols, part, kh, kw, sh, sw, pt,
     ho, wo = out.shape[2], out.shape[3]
     hw = ho * wo
     if nb > 1:
-        samples_columns(x, n0, nb, cols, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        im2col(x, n0, nb, cols, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
         for g in range(groups):
             dot(w2[g * og:(g + 1) * og], cols[g * kg:(g + 1) * kg], part)
             for j in range(nb):
@@ -497,7 +449,7 @@ def _forward_samples(x, w2, out, n0, nb, groups, cols, part, kh, kw, sh, sw, pt,
     # a variable of its own for x's view: x may be read-only, and cols must stay writable for im2col
     src = x[n0].reshape(C, H * W) if pointwise else cols
     if not pointwise:
-        im2col(x, n0, cols, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        im2col(x, n0, 1, cols, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
     o2 = out[n0].reshape(co, hw)
     for g in range(groups):
         dot(w2[g * og:(g + 1) * og], src[g * kg:(g + 1) * kg], o2[g * og:(g + 1) * og])
@@ -516,14 +468,14 @@ def _input_samples(gy, w2, out, n0, nb, groups, cols, rows, kh, kw, sh, sw, pt, 
         for g in range(groups):
             samples_rows(gy, n0, nb, g, og, rows)
             dot(w2[g * og:(g + 1) * og].T, rows, cols[g * kg:(g + 1) * kg])
-        samples_col2im(cols, out, n0, nb, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        col2im(cols, out, n0, nb, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
         return
     g2 = gy[n0].reshape(co, hw)
     dst = out[n0].reshape(C, H * W) if pointwise else cols
     for g in range(groups):
         dot(w2[g * og:(g + 1) * og].T, g2[g * og:(g + 1) * og], dst[g * kg:(g + 1) * kg])
     if not pointwise:
-        col2im(cols, out, n0, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        col2im(cols, out, n0, 1, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
 
 
 @njit(**JIT)
@@ -535,7 +487,7 @@ def _weight_samples(x, gy, acc, n0, nb, groups, cols, rows, part, kh, kw, sh, sw
     og = co // groups
     hw = ho * wo
     if nb > 1:
-        samples_columns(x, n0, nb, cols, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        im2col(x, n0, nb, cols, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
         for g in range(groups):
             samples_rows(gy, n0, nb, g, og, rows)
             dot(rows, cols[g * kg:(g + 1) * kg].T, part)
@@ -543,7 +495,7 @@ def _weight_samples(x, gy, acc, n0, nb, groups, cols, rows, part, kh, kw, sh, sw
         return
     src = x[n0].reshape(C, H * W) if pointwise else cols   # x may be read-only: cols stays writable
     if not pointwise:
-        im2col(x, n0, cols, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+        im2col(x, n0, 1, cols, 0, C, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
     g2 = gy[n0].reshape(co, hw)
     for g in range(groups):
         dot(g2[g * og:(g + 1) * og], src[g * kg:(g + 1) * kg].T, part)
@@ -587,7 +539,7 @@ def _weight_shared_rows(x, gy, acc, nb, groups, threads, kh, kw, sh, sw, pt, pl,
         for _ in prange(threads):
             c = claim(counter)
             while c < C:
-                samples_columns(x, n0, nb, cols, c, c + 1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
+                im2col(x, n0, nb, cols, c, c + 1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo)
                 c = claim(counter)
         samples_rows(gy, n0, nb, 0, co, rows)
         counter[0] = 0
