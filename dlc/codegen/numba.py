@@ -13,6 +13,13 @@ and LLVM inlining every call, made numba's compile time grow with the square
 of the model's depth; now it grows linearly. A kernel with no native lowering
 (an opaque op numba cannot run) splits the schedule: the backend runs it with
 numpy between two native segments.
+
+numba compiles a function that calls another with the callee's code linked in
+and optimized again, and its time grows faster than a function's length. So
+the convolution and attention kernels are called by symbol (each compiled once
+per process, kernels/cpu/library.py), and an outer function of more than
+PART_LINES inlined lines calls parts of itself, each an outer function of its
+own. ResNet-18's training step compiled cold in 146 s before both, 71 s after.
 """
 
 from __future__ import annotations
@@ -121,6 +128,7 @@ class RenderedKernel:
     lines: list[str]
     comment: str
     parallel: bool = False
+    library: frozenset = frozenset()   # the hand-written kernels it calls by symbol: (module, variant)
     name: str = ""        # the function name when emitted as a function of its own
     inline: bool = True   # emitted into the outer function (its only use), or called
     call_arrays: list[str] = field(default_factory=list)   # when called: the arrays the outer function passes
@@ -171,6 +179,7 @@ class KernelRenderer:
         self.args: list[KernelArg] = []
         self.arg_of: dict[tuple, str] = {}
         self.local: dict[int, str] = {}   # id(node) -> a local array holding its value (a library call's target)
+        self.library: set[tuple[str, str]] = set()   # hand-written kernels called by symbol: (module, variant)
         self.w = Writer()
         self.tmp = 0
         self.vals = Values(kernel, lambda kind: self.fresh(), flat=flat, reshape_views=True)
@@ -191,6 +200,15 @@ class KernelRenderer:
         if id(node) in self.local:
             return self.local[id(node)]
         return self.arg(node, "flat" if flat else "array")
+
+    def bound(self, name: str, *dtypes: str) -> str:
+        """The name generated code calls hand-written kernel `name` by: its stub for these argument dtypes
+        (the variant its module declares, kernels/cpu/library.py)."""
+        if not all(d in NP_DTYPE for d in dtypes):   # known names only, never text from outside
+            raise Unsupported(f"{name} for dtypes {dtypes}")
+        variant = "_".join((name,) + dtypes)
+        self.library.add((BOUND[name], variant))
+        return variant
 
     def dim(self, d) -> str:
         """A dim as an expression: a literal, or a scalar argument carrying a symbol's value."""
@@ -267,7 +285,7 @@ PARALLEL_CHUNKS = 8
 
 
 def _finish(r: KernelRenderer, kernel: Kernel, comment: str, parallel: bool = False) -> RenderedKernel:
-    return RenderedKernel(kernel, r.args, r.w.lines, comment, parallel)
+    return RenderedKernel(kernel, r.args, r.w.lines, comment, parallel, frozenset(r.library))
 
 
 def _describe(kernel: Kernel) -> str:
@@ -478,6 +496,13 @@ WINDOW_CALLS = {
 }
 
 
+# hand-written kernels called by symbol (kernels/cpu/library.py), with the module each is in: numba would
+# otherwise optimize their code again inside every generated function that calls them
+BOUND = {"conv2d": "conv", "conv2d_grad_input": "conv", "conv2d_grad_weight": "conv",
+         "attention_forward": "attention", "attention_backward_q": "attention",
+         "attention_backward_kv": "attention"}
+
+
 def _anchor_target(r: KernelRenderer, kernel: Kernel) -> str:
     """Where a library call writes the anchor's value: an output of its dtype and shape (the epilogue then
     runs in place over it), else a temporary."""
@@ -517,6 +542,8 @@ def _render_window(program, kernel):
     operands = [r.arg(x) for x in anchor.inputs]
     tgt = _anchor_target(r, kernel)
     func, attr_args = WINDOW_CALLS[anchor.op]
+    if func in BOUND:
+        func = r.bound(func, anchor.dtype)
     extra = attr_args(anchor.a)
     r.emit([ir.Call(func, tuple(operands) + (tgt,) + ((extra,) if extra else ()), anchor)])
     _render_epilogue(r, kernel, tgt)
@@ -600,12 +627,14 @@ def _render_attention(program, kernel):
     if not isinstance(a["causal"], bool) or a["mask"] not in ATTENTION_MASKS:
         raise TypeError(f"attention attributes causal={a['causal']!r}, mask={a['mask']!r} are not a bool and a kind")
     operands = [_as_3d(r.arg(x), x.ndim) for x in node.inputs]
-    if a["mask"] == "none":  # never read: q's first element stands in for it
-        operands.insert(3, f"{operands[0]}[:1, :1, :1]")
+    if a["mask"] == "none":  # never read: q stands in for it
+        operands.insert(3, operands[0])
+    mask_dtype = node.inputs[3].dtype if a["mask"] != "none" else node.inputs[0].dtype
     out = _as_3d(r.arg(node), node.ndim)
     flags = f"np.float64({_float(a['scale'])}), np.bool_({source_text.number(a['causal'])}), " \
             f"{_ints(ATTENTION_MASKS[a['mask']])}"
-    r.emit([ir.Call(ATTENTION_CALLS[node.op], tuple(operands) + (out, flags), node)])
+    func = r.bound(ATTENTION_CALLS[node.op], node.inputs[0].dtype, mask_dtype)
+    r.emit([ir.Call(func, tuple(operands) + (out, flags), node)])
     return _finish(r, kernel, _describe(kernel))
 
 
@@ -721,12 +750,11 @@ from dlc.errors import IndexRangeError
 from dlc_cpu_fastmath import *  # noqa: F403  (kernels/cpu/fastmath.py: tanh_f32, exp_f32, fmax, ...)
 from dlc_cpu_gemm import copy_flat, gemm
 from dlc_cpu_views import address_view, arena_view, call_kernel
-from dlc_cpu_conv import conv2d, conv2d_grad_input, conv2d_grad_weight
+from dlc_cpu_library import bind
 from dlc_cpu_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_grad, avg_pool2d, avg_pool2d_grad, max_pool2d,
                           max_pool2d_grad)
 from dlc_cpu_random import (random_bernoulli, random_normal_f32, random_normal_f64, random_uniform_f32,
                             random_uniform_f64)
-from dlc_cpu_attention import attention_backward_kv, attention_backward_q, attention_forward
 from dlc_cpu_norm import layer_norm_backward, layer_norm_forward
 
 JIT = dict(cache=True, error_model="numpy", fastmath={fastmath}, boundscheck=False, nogil=True)
@@ -792,8 +820,11 @@ def _render_program(program, title, fastmath, parallel, kernels_digest) -> Gener
             outer_texts.append(outer.render(seg, i == len(segments) - 1))
         else:
             seg.reason = fallback_reasons[id(seg.kernels[0])]
+    # the kernels called by symbol are bound when the module is imported, before anything can call them
+    library = sorted(set().union(*(rk.library for rk in rendered if isinstance(rk, RenderedKernel))))
+    binds = "".join(f"{variant} = bind({module!r}, {variant!r})\n" for module, variant in library)
     source = HEADER.format(title=source_text.comment(title), fastmath=_jit_flag(fastmath),
-                           kernels_digest=source_text.comment(kernels_digest)) + \
+                           kernels_digest=source_text.comment(kernels_digest)) + binds + \
         "\n\n" + \
         "\n\n\n".join(funcs.values()) + "\n\n\n" + "\n\n\n".join(outer_texts) + "\n"
     digest = hashlib.sha256(source.encode()).hexdigest()[:20]
@@ -967,10 +998,23 @@ class _OuterBuilder:
         return base
 
     def render(self, seg: Segment, last: bool) -> str:
+        """The segment's outer function; a long one calls parts of it, each an outer function of its own."""
+        chunks = _chunks(seg.kernels)
+        params = ", ".join(["arena", "S"] + [f"e{i}" for i in self.direct])
+        if len(chunks) == 1:
+            return self._function(seg.func, params, seg.kernels, last)
+        parts = [self._function(f"{seg.func}_part{k}", params, chunk, False) for k, chunk in enumerate(chunks)]
+        calls = [f"call_kernel({seg.func}_part{k}, {params})" for k in range(len(chunks))]
+        return "\n\n\n".join(parts + [self._function(seg.func, params, [], last, calls)])
+
+    def _function(self, name: str, params: str, kernels: list, last: bool, calls: list[str] = ()) -> str:
+        """An outer function running `kernels` in order (after `calls`), then the write-back if `last`."""
         w = Writer()
+        for line in calls:
+            w(line)
         names: dict = {}
         parallel = False
-        for rk in seg.kernels:
+        for rk in kernels:
             if not rk.inline:
                 bases = [self.arena(v[len("arena_"):], w, names) for v in rk.call_arrays if v.startswith("arena_")]
                 externals = [v for v in rk.call_arrays if not v.startswith("arena_")]
@@ -1002,9 +1046,8 @@ class _OuterBuilder:
                 src = self.view(node, "flat", w, names)
                 w(f"copy_flat({dst}, {src})  # {source_text.comment(f'update {key}')}")
         body = w.text() or "    pass"
-        params = ", ".join(["arena", "S"] + [f"e{i}" for i in self.direct])
         deco = "@njit(**JIT_PARALLEL)" if parallel else "@njit(**JIT)"
-        return f"{deco}\ndef {seg.func}({params}):\n{self.docstring()}\n{body}"
+        return f"{deco}\ndef {name}({params}):\n{self.docstring()}\n{body}"
 
     def docstring(self) -> str:
         """What each argument of an outer function holds."""
@@ -1020,6 +1063,25 @@ class _OuterBuilder:
             lines.append(", ".join(parts[:4]))
             parts = parts[4:]
         return source_text.docstring(lines)
+
+
+# Inlined kernel lines above which a segment's outer function is split into parts. numba's compile time grows
+# faster than a function's length: ResNet-18's training step, 114 kernels inlined into one function of about
+# 5000 lines, spent 95 s there; small models' segments (a few hundred lines) compile fastest as one function.
+PART_LINES = 600
+
+
+def _chunks(kernels: list) -> list[list]:
+    """The segment's kernels in runs of about PART_LINES lines of the outer function each (a call is one)."""
+    chunks, size = [[]], 0
+    for rk in kernels:
+        n = len(rk.lines) if rk.inline else 1
+        if chunks[-1] and size + n > PART_LINES:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(rk)
+        size += n
+    return chunks
 
 
 def _itemsize(dtype: str) -> int:

@@ -73,7 +73,7 @@ counter (dlc_cpu_threads says why).
 import numpy as np
 from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
 from dlc_cpu_threads import JIT, JIT_PARALLEL, block, claim, task_counter, thread_count, workers_for, zero, zeros
-from numba import njit, prange
+from numba import njit, prange, types
 
 # A forward conv of fewer samples than threads splits each GEMM's output rows between them from ROWS_MIN_MACS
 # on: on an idle machine W9 (ResNet-18-style inference at batch 1) took 12.5-13.1 ms with 1 << 22 against
@@ -947,3 +947,16 @@ def conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw, groups):
                     acc[g * og + r0:g * og + r1] += part
                     task = claim(counter)
     restore_blas_threads(previous)
+
+
+
+def signatures():
+    """How generated code calls the three convolutions, which it binds by symbol (kernels/cpu/library.py):
+    variant (name_dtype) -> (function, argument types): C-ordered 4-d arrays (x or dL/dy, w or dL/dy, the
+    output) and the attributes as int64."""
+    out = {}
+    for dtype in (types.float32, types.float64):
+        array = types.Array(dtype, 4, "C")
+        for name in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight"):
+            out[f"{name}_{dtype}"] = (name, (array, array, array) + (types.int64,) * 7)
+    return out
