@@ -220,6 +220,36 @@ def test_conv_kernels_on_threads_match_reference(threads):
         numba.set_num_threads(before)
 
 
+# (N, C, H, W, kh, kw, stride, padding ((top, bottom), (left, right)), dilation, dtype) of depthwise convs with
+# one output per channel that run channels last
+CHANNELS_LAST_CASES = [
+    (3, 64, 8, 8, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), "float32"),      # 64 outputs a plane, stride 1
+    (5, 32, 9, 7, 3, 2, (1, 2), ((2, 0), (0, 1)), (2, 1), "float32"),      # strided, dilated, uneven padding
+    (2, 48, 17, 16, 3, 3, (2, 2), ((1, 0), (0, 1)), (1, 1), "float64"),    # strided, larger planes
+    (1, 512, 4, 4, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), "float32"),     # MobileNet's last stage, batch 1
+    (0, 32, 4, 4, 3, 3, (2, 2), ((1, 1), (1, 1)), (1, 1), "float32"),      # no samples
+]
+
+
+@pytest.mark.parametrize("case", CHANNELS_LAST_CASES, ids=lambda c: "x".join(map(str, c[:4])))
+def test_depthwise_channels_last_matches_reference(case):
+    from dlc.ops.conv import conv2d_ref
+    from dlc.runtime.cpu import load_kernel_modules
+
+    load_kernel_modules()
+    import dlc_cpu_conv as kernels
+
+    n, c, h, wd, kh, kw, stride, padding, dilation, dtype = case
+    rng = np.random.default_rng(6)
+    x, w = uniform(rng, (n, c, h, wd), dtype), uniform(rng, (c, 1, kh, kw), dtype)
+    a = dict(stride=stride, padding=padding, dilation=dilation, groups=c)
+    want = conv2d_ref(x, w, a)
+    assert kernels._uses_channels_last(c, c, *stride, *want.shape[2:]), "the case takes the channels-last path"
+    got = np.full(want.shape, np.nan, dtype)
+    kernels.conv2d(x, w, got, *[np.int64(v) for v in (*stride, padding[0][0], padding[1][0], *dilation, c)])
+    np.testing.assert_allclose(got, want, **TOL[dtype])
+
+
 def test_pool_ops_match_reference():
     rng = np.random.default_rng(1)
     x = dlc.input("x", ("B", 3, 9, 7))

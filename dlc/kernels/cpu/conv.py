@@ -52,7 +52,9 @@ at batch 1 fwd 0.22-0.30, dgrad 0.51-0.56, wgrad 0.35-0.42. A stride-1
 depthwise forward reads a zero-padded copy of each plane, one vectorised loop
 per tap instead of one per tap and output row: MobileNet's stride-1 layers
 (4x4 to 16x16 planes, batch 1 and 16) took 0.69-0.80 of the row-by-row time,
-32x32 planes the same (1.02-1.05).
+32x32 planes the same (1.02-1.05). With one output per channel, strided or
+on small planes, it runs channels last instead (_uses_channels_last): each
+output position and tap one loop over the channels.
 
 Threads: one pool (numba's), BLAS on the calling thread. Every BLAS call
 here runs single-threaded (the thread count of the BLAS behind np.dot is set
@@ -85,6 +87,10 @@ from numba import njit, prange, types
 # 9.1-10.3 ms to 25-42 ms with 1 << 22 for its conv too; the row split is measured for the forward conv only.
 ROWS_MIN_MACS = 1 << 22
 DEPTHWISE_MAC_COST = 8        # a depthwise multiply-add (direct loops) takes about the time of 8 in a GEMM
+# A depthwise conv with one output per channel runs channels last from CHANNELS_LAST_MIN_CHANNELS channels when
+# strided or when its planes have at most CHANNELS_LAST_MAX_POSITIONS outputs (_uses_channels_last)
+CHANNELS_LAST_MIN_CHANNELS = 32
+CHANNELS_LAST_MAX_POSITIONS = 64
 
 
 @njit(**JIT)
@@ -355,6 +361,45 @@ def _depthwise_wide_plane(x, w, out, n, o, pad, acc, pt, pl, dh, dw):
 
 
 @njit(**JIT)
+def _uses_channels_last(C, co, sh, sw, ho, wo):
+    """Channels last for a depthwise forward with one output per channel: from 32 channels, when strided or on
+    planes of at most 64 outputs. Plane by plane such convs run rows of 2-16 outputs, or gather every second
+    input. Measured single-threaded (channels-last / plane-by-plane time): stride 2 on 32x32, 16x16 and 4x4
+    inputs 0.61, 0.43 and 0.15-0.20 (64 to 512 channels, batch 1 and 16); stride 1 on 4x4 planes 0.34-0.42,
+    8x8 0.81, 16x16 1.09-1.11, 32x32 1.8; 8 channels on 9x7 planes 1.43."""
+    return co == C and C >= CHANNELS_LAST_MIN_CHANNELS and (sh > 1 or sw > 1 or ho * wo <= CHANNELS_LAST_MAX_POSITIONS)
+
+
+@njit(**JIT)
+def _depthwise_sample_channels_last(x, wt, out, n, padt, acc, sh, sw, pt, pl, dh, dw):
+    """out[n] of a depthwise conv with one output per channel, channels last: per output position and tap one
+    multiply-add over all C channels (vectorised), where plane by plane the loops run over 2- to 16-wide rows.
+    wt: the weights as (kh, kw, C); padt (Hp, Wp, C) and acc (Ho, Wo, C): scratch."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    kh, kw = wt.shape[0], wt.shape[1]
+    ho, wo = out.shape[2], out.shape[3]
+    hp, wp = padt.shape[0], padt.shape[1]
+    padt[:] = 0
+    for c in range(C):
+        for h in range(min(H, hp - pt)):
+            for v in range(min(W, wp - pl)):
+                padt[h + pt, v + pl, c] = x[n, c, h, v]
+    acc[:] = 0
+    for oh in range(ho):
+        for ow in range(wo):
+            a = acc[oh, ow]
+            for i in range(kh):
+                for j in range(kw):
+                    src, wv = padt[oh * sh + i * dh, ow * sw + j * dw], wt[i, j]
+                    for c in range(C):
+                        a[c] += wv[c] * src[c]
+    for c in range(C):
+        for oh in range(ho):
+            for ow in range(wo):
+                out[n, c, oh, ow] = acc[oh, ow, c]
+
+
+@njit(**JIT)
 def _depthwise_input_plane(gy, w, out, n, c, sh, sw, pt, pl, dh, dw):
     """out[n, c] of depthwise_conv2d_grad_input: the dL/dy planes of channel c's outputs, scattered back."""
     H, W = out.shape[2], out.shape[3]
@@ -411,6 +456,9 @@ def depthwise_conv2d(x, w, out, sh, sw, pt, pl, dh, dw):
     """conv2d with C/groups == 1: out[n, o] = sum over the window of x[n, o // (C_out/C)] * w[o, 0]."""
     N, co = out.shape[0], out.shape[1]
     kh, kw = w.shape[2], w.shape[3]
+    ho, wo = out.shape[2], out.shape[3]
+    if _uses_channels_last(x.shape[1], co, sh, sw, ho, wo):
+        return _depthwise_channels_last(x, w, out, sh, sw, pt, pl, dh, dw)
     planes = N * co
     workers = workers_for(out.size * kh * kw * DEPTHWISE_MAC_COST, planes)
     # stride 1: from a padded plane, tap by tap (see _depthwise_wide_plane); strided: row by row
@@ -435,6 +483,33 @@ def depthwise_conv2d(x, w, out, sh, sw, pt, pl, dh, dw):
             else:
                 _depthwise_plane(x, w, out, p // co, p % co, sh, sw, pt, pl, dh, dw)
             p = claim(counter)
+
+
+@njit(**JIT_PARALLEL)
+def _depthwise_channels_last(x, w, out, sh, sw, pt, pl, dh, dw):
+    """depthwise_conv2d with one output per channel on small planes: sample by sample, channels last."""
+    N, C = out.shape[0], out.shape[1]
+    kh, kw = w.shape[2], w.shape[3]
+    ho, wo = out.shape[2], out.shape[3]
+    hp, wp = (ho - 1) * sh + (kh - 1) * dh + 1, (wo - 1) * sw + (kw - 1) * dw + 1
+    wt = np.empty((kh, kw, C), w.dtype)
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                wt[i, j, c] = w[c, 0, i, j]
+    workers = workers_for(out.size * kh * kw * DEPTHWISE_MAC_COST, N)
+    if workers == 1:
+        padt, acc = np.empty((hp, wp, C), x.dtype), np.empty((ho, wo, C), x.dtype)
+        for n in range(N):
+            _depthwise_sample_channels_last(x, wt, out, n, padt, acc, sh, sw, pt, pl, dh, dw)
+        return
+    counter = task_counter()
+    for _ in prange(workers):
+        padt, acc = np.empty((hp, wp, C), x.dtype), np.empty((ho, wo, C), x.dtype)
+        n = claim(counter)
+        while n < N:
+            _depthwise_sample_channels_last(x, wt, out, n, padt, acc, sh, sw, pt, pl, dh, dw)
+            n = claim(counter)
 
 
 @njit(**JIT_PARALLEL)
