@@ -463,7 +463,7 @@ def depthwise_conv2d(x, w, out, sh, sw, pt, pl, dh, dw):
     workers = workers_for(out.size * kh * kw * DEPTHWISE_MAC_COST, planes)
     # stride 1: from a padded plane, tap by tap (see _depthwise_wide_plane); strided: row by row
     wide = sh == 1 and sw == 1
-    ho, wp = out.shape[2], out.shape[3] + (kw - 1) * dw
+    wp = wo + (kw - 1) * dw
     size = (ho + (kh - 1) * dh) * wp + (kw - 1) * dw if wide else 0
     if workers == 1:
         pad, acc = np.empty(size, x.dtype), np.empty(ho * wp if wide else 0, x.dtype)
@@ -487,7 +487,8 @@ def depthwise_conv2d(x, w, out, sh, sw, pt, pl, dh, dw):
 
 @njit(**JIT_PARALLEL)
 def _depthwise_channels_last(x, w, out, sh, sw, pt, pl, dh, dw):
-    """depthwise_conv2d with one output per channel on small planes: sample by sample, channels last."""
+    """depthwise_conv2d with one output per channel, strided or on small planes: sample by sample, channels
+    last."""
     N, C = out.shape[0], out.shape[1]
     kh, kw = w.shape[2], w.shape[3]
     ho, wo = out.shape[2], out.shape[3]
@@ -1068,7 +1069,6 @@ def conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw, groups):
                     acc[g * og + r0:g * og + r1] += part
                     task = claim(counter)
     restore_blas_threads(previous)
-
 
 
 def signatures():
