@@ -25,6 +25,7 @@ from test_cpu_conv import fresh_store_like
 
 import dlc
 import dlc.codegen.numba as numba_codegen
+from dlc import cache
 from dlc.runtime.cpu import load_kernel_modules
 
 
@@ -43,7 +44,17 @@ def _defined_functions(llvm_ir: str) -> list[str]:
     return re.findall(r"^define .*?@\"?([^\s\"(]+)", llvm_ir, re.M)
 
 
-def test_a_conv_is_called_by_symbol_not_compiled_into_its_caller(rng):
+@pytest.fixture
+def fresh_cache(tmp_path, monkeypatch):
+    """An empty kernel cache: the outer function is compiled here, so its LLVM IR can be read (a function loaded
+    from numba's cache has only machine code)."""
+    monkeypatch.setenv(cache.ENV, str(tmp_path / "cache"))
+    cache.reset()
+    yield
+    cache.reset()
+
+
+def test_a_conv_is_called_by_symbol_not_compiled_into_its_caller(rng, fresh_cache):
     x, loss, updates = _conv_step(rng)
     store = dlc.default_store()
     ref_store = fresh_store_like(store)
@@ -109,6 +120,34 @@ def test_a_bound_kernel_called_with_other_types_is_a_typing_error():
         call(x, w, out)   # float64 arrays
     call(x.astype(np.float32), w.astype(np.float32), f32 := out.astype(np.float32))
     np.testing.assert_array_equal(f32, x)
+
+
+def test_a_read_only_input_array_reaches_a_bound_kernel_as_it_is(rng):
+    """The kernels declare the arrays they only read read-only: a caller's read-only array is passed as it is
+    (an ONNX test's inputs are read-only), an output must be writable."""
+    x = dlc.input("x", ("B", 2, 7, 7))
+    w = dlc.param(rng.uniform(-0.5, 0.5, (3, 2, 3, 3)).astype(np.float32), name="w")
+    y = dlc.conv2d(x, w, padding=1)
+    cpu = dlc.compile(y, inputs=[x], target="cpu")
+    ref = dlc.compile(y, inputs=[x], target="reference")
+    xv = rng.standard_normal((2, 2, 7, 7)).astype(np.float32)
+    xv.flags.writeable = False
+    np.testing.assert_allclose(cpu(xv), ref(xv), rtol=1e-5, atol=1e-6)
+
+    load_kernel_modules()
+    from dlc_cpu_library import bind
+
+    conv = bind("conv", "conv2d_float32")
+
+    @njit
+    def call(x, w, out):
+        conv(x, w, out, np.int64(1), np.int64(1), np.int64(0), np.int64(0), np.int64(1), np.int64(1),
+             np.int64(1))
+
+    out = np.zeros((1, 1, 3, 3), np.float32)
+    out.flags.writeable = False
+    with pytest.raises(TypingError, match="bound for"):
+        call(np.ones((1, 1, 3, 3), np.float32), np.ones((1, 1, 1, 1), np.float32), out)
 
 
 def test_an_unknown_variant_is_refused():

@@ -297,15 +297,16 @@ def attention_backward_kv(q, k, v, mask, y, g, dkv, scale, causal, mask_kind):
 
 def signatures():
     """How generated code calls the three attention kernels, which it binds by symbol (kernels/cpu/library.py):
-    variant (name_dtype_maskdtype) -> (function, argument types). Every array is C-ordered and 3-d; the mask is
-    bool or of q's dtype (q itself stands in, never read, when there is none)."""
+    variant (name_dtype_maskdtype) -> (function, argument types). Every array is C-ordered and 3-d, the ones
+    read declared read-only; the mask is bool or of q's dtype (q itself stands in, never read, when there is
+    none)."""
     out = {}
     for dtype in (types.float32, types.float64):
-        array = types.Array(dtype, 3, "C")
+        read, written = types.Array(dtype, 3, "C", readonly=True), types.Array(dtype, 3, "C")
         flags = (types.float64, types.boolean, types.int64)
         for mask_dtype in (types.boolean, dtype):
-            qkvm = (array, array, array, types.Array(mask_dtype, 3, "C"))
-            out[f"attention_forward_{dtype}_{mask_dtype}"] = ("attention_forward", qkvm + (array,) + flags)
+            qkvm = (read, read, read, types.Array(mask_dtype, 3, "C", readonly=True))
+            out[f"attention_forward_{dtype}_{mask_dtype}"] = ("attention_forward", qkvm + (written,) + flags)
             for name in ("attention_backward_q", "attention_backward_kv"):
-                out[f"{name}_{dtype}_{mask_dtype}"] = (name, qkvm + (array, array, array) + flags)
+                out[f"{name}_{dtype}_{mask_dtype}"] = (name, qkvm + (read, read, written) + flags)
     return out

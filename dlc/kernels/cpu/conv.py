@@ -1073,11 +1073,11 @@ def conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw, groups):
 
 def signatures():
     """How generated code calls the three convolutions, which it binds by symbol (kernels/cpu/library.py):
-    variant (name_dtype) -> (function, argument types): C-ordered 4-d arrays (x or dL/dy, w or dL/dy, the
-    output) and the attributes as int64."""
+    variant (name_dtype) -> (function, argument types): C-ordered 4-d arrays (x or dL/dy and w or dL/dy, read
+    only; the output) and the attributes as int64."""
     out = {}
     for dtype in (types.float32, types.float64):
-        array = types.Array(dtype, 4, "C")
+        read, written = types.Array(dtype, 4, "C", readonly=True), types.Array(dtype, 4, "C")
         for name in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight"):
-            out[f"{name}_{dtype}"] = (name, (array, array, array) + (types.int64,) * 7)
+            out[f"{name}_{dtype}"] = (name, (read, read, written) + (types.int64,) * 7)
     return out

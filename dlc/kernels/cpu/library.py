@@ -9,7 +9,9 @@ ResNet-18's training step had nine such callers.
 
 `bind(module, variant)` compiles a kernel of kernels/cpu/<module>.py once
 for one of the signatures that module declares (its `signatures()`:
-variant -> the function's name and argument types), registers the compiled function's native entry point
+variant -> the function's name and argument types; the arrays a kernel only
+reads are declared read-only, so that a read-only input array, say a
+caller's, and a writable one are both passed as they are), registers the compiled function's native entry point
 with LLVM under a symbol of its own, and returns a stub to call instead. The
 stub compiles to a call of that symbol with numba's calling convention
 (an exception raised inside propagates as from any numba call) and holds none
@@ -58,10 +60,17 @@ def bind(module: str, variant: str):
     return _stub(symbol, argtypes)
 
 
+def _accepts(declared, actual) -> bool:
+    """actual may be passed where declared is: the same type, or a writable array where the kernel declares a
+    read-only one (the same data; the kernel never writes it)."""
+    return actual == declared or (isinstance(declared, types.Array) and not declared.mutable
+                                  and isinstance(actual, types.Array) and actual.copy(readonly=True) == declared)
+
+
 def _stub(symbol: str, argtypes: tuple):
     @intrinsic
     def call(typingctx, *args):
-        if tuple(args) != argtypes:
+        if len(args) != len(argtypes) or not all(map(_accepts, argtypes, args)):
             raise TypingError(f"{symbol} called with ({', '.join(map(str, args))}); it is bound for "
                               f"({', '.join(map(str, argtypes))})")
 
@@ -73,5 +82,5 @@ def _stub(symbol: str, argtypes: tuple):
             with cgutils.if_unlikely(builder, status.is_error):
                 context.call_conv.return_status_propagate(builder, status)
             return context.get_dummy_value()
-        return types.none(types.StarArgTuple.from_types(argtypes)), codegen
+        return types.none(types.StarArgTuple.from_types(tuple(args))), codegen
     return call
