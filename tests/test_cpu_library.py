@@ -104,7 +104,8 @@ def test_a_cached_module_binds_its_kernels_before_it_runs_in_a_new_process(tmp_p
     assert (loss0, grad0) == (loss1, grad1)
 
 
-def test_a_bound_kernel_called_with_other_types_is_a_typing_error():
+def _bound_conv2d_caller():
+    """An njit function calling the bound float32 conv2d (stride 1, no padding) on its three arrays."""
     load_kernel_modules()
     from dlc_cpu_library import bind
 
@@ -114,7 +115,11 @@ def test_a_bound_kernel_called_with_other_types_is_a_typing_error():
     def call(x, w, out):
         conv(x, w, out, np.int64(1), np.int64(1), np.int64(0), np.int64(0), np.int64(1), np.int64(1),
              np.int64(1))
+    return call
 
+
+def test_a_bound_kernel_called_with_other_types_is_a_typing_error():
+    call = _bound_conv2d_caller()
     x, w, out = np.ones((1, 1, 3, 3)), np.ones((1, 1, 1, 1)), np.zeros((1, 1, 3, 3))
     with pytest.raises(TypingError, match="dlc_cpu_conv2d_float32 called with .*float64.* it is bound for"):
         call(x, w, out)   # float64 arrays
@@ -134,16 +139,7 @@ def test_a_read_only_input_array_reaches_a_bound_kernel_as_it_is(rng):
     xv.flags.writeable = False
     np.testing.assert_allclose(cpu(xv), ref(xv), rtol=1e-5, atol=1e-6)
 
-    load_kernel_modules()
-    from dlc_cpu_library import bind
-
-    conv = bind("conv", "conv2d_float32")
-
-    @njit
-    def call(x, w, out):
-        conv(x, w, out, np.int64(1), np.int64(1), np.int64(0), np.int64(0), np.int64(1), np.int64(1),
-             np.int64(1))
-
+    call = _bound_conv2d_caller()
     out = np.zeros((1, 1, 3, 3), np.float32)
     out.flags.writeable = False
     with pytest.raises(TypingError, match="bound for"):

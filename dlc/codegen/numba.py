@@ -629,11 +629,11 @@ def _render_attention(program, kernel):
     operands = [_as_3d(r.arg(x), x.ndim) for x in node.inputs]
     if a["mask"] == "none":  # never read: q stands in for it
         operands.insert(3, operands[0])
-    mask_dtype = node.inputs[3].dtype if a["mask"] != "none" else node.inputs[0].dtype
+    mask = node.inputs[3 if a["mask"] != "none" else 0]
     out = _as_3d(r.arg(node), node.ndim)
     flags = f"np.float64({_float(a['scale'])}), np.bool_({source_text.number(a['causal'])}), " \
             f"{_ints(ATTENTION_MASKS[a['mask']])}"
-    func = r.bound(ATTENTION_CALLS[node.op], node.inputs[0].dtype, mask_dtype)
+    func = r.bound(ATTENTION_CALLS[node.op], node.inputs[0].dtype, mask.dtype)
     r.emit([ir.Call(func, tuple(operands) + (out, flags), node)])
     return _finish(r, kernel, _describe(kernel))
 

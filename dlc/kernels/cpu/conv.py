@@ -468,21 +468,24 @@ def depthwise_conv2d(x, w, out, sh, sw, pt, pl, dh, dw):
     if workers == 1:
         pad, acc = np.empty(size, x.dtype), np.empty(ho * wp if wide else 0, x.dtype)
         for p in range(planes):
-            if wide:
-                _depthwise_wide_plane(x, w, out, p // co, p % co, pad, acc, pt, pl, dh, dw)
-            else:
-                _depthwise_plane(x, w, out, p // co, p % co, sh, sw, pt, pl, dh, dw)
+            _depthwise_output_plane(x, w, out, p // co, p % co, wide, pad, acc, sh, sw, pt, pl, dh, dw)
         return
     counter = task_counter()
     for _ in prange(workers):
         pad, acc = np.empty(size, x.dtype), np.empty(ho * wp if wide else 0, x.dtype)
         p = claim(counter)
         while p < planes:
-            if wide:
-                _depthwise_wide_plane(x, w, out, p // co, p % co, pad, acc, pt, pl, dh, dw)
-            else:
-                _depthwise_plane(x, w, out, p // co, p % co, sh, sw, pt, pl, dh, dw)
+            _depthwise_output_plane(x, w, out, p // co, p % co, wide, pad, acc, sh, sw, pt, pl, dh, dw)
             p = claim(counter)
+
+
+@njit(**JIT)
+def _depthwise_output_plane(x, w, out, n, o, wide, pad, acc, sh, sw, pt, pl, dh, dw):
+    """out[n, o] of depthwise_conv2d: from a padded plane (stride 1, `wide`) or row by row."""
+    if wide:
+        _depthwise_wide_plane(x, w, out, n, o, pad, acc, pt, pl, dh, dw)
+    else:
+        _depthwise_plane(x, w, out, n, o, sh, sw, pt, pl, dh, dw)
 
 
 @njit(**JIT_PARALLEL)
