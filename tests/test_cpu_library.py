@@ -78,30 +78,47 @@ def test_a_conv_is_called_by_symbol_not_compiled_into_its_caller(rng, fresh_cach
 
 
 def test_a_cached_module_binds_its_kernels_before_it_runs_in_a_new_process(tmp_path):
-    """The second process loads the outer function from numba's cache: its calls of the conv symbols must find
-    them bound (an unresolved symbol would abort the process)."""
+    """The second process loads the outer functions from numba's cache: their calls of the conv symbols, of the
+    shared layer kernels and of the parts must find those symbols registered (an unresolved symbol would abort
+    the process)."""
     script = tmp_path / "conv_step.py"
     script.write_text(textwrap.dedent("""
         import numpy as np
         import dlc
+        import dlc.codegen.numba
+        dlc.codegen.numba.PART_LINES = 12   # the MLP's segment in parts
         rng = np.random.default_rng(0)
         x = dlc.input("x", ("B", 2, 7, 7))
         w = dlc.param(rng.uniform(-0.5, 0.5, (3, 2, 3, 3)).astype(np.float32), name="w")
         loss = dlc.mean(dlc.conv2d(x, w, padding=1) ** 2)
         (g,) = dlc.grad(loss, [w])
-        fn = dlc.compile([loss, g], inputs=[x], target="cpu")
-        out = fn(rng.standard_normal((2, 2, 7, 7)).astype(np.float32))
-        hits = sum(fn.backend.module.segment0.stats.cache_hits.values())
-        print(repr(float(out[0])), repr(float(np.abs(out[1]).sum())), hits)
+        conv = dlc.compile([loss, g], inputs=[x], target="cpu")
+        out = conv(rng.standard_normal((2, 2, 7, 7)).astype(np.float32))
+        h = z = dlc.input("z", ("B", 6))
+        ws = [dlc.param(rng.uniform(-0.5, 0.5, (6, 6)).astype(np.float32), name=f"m{i}") for i in range(4)]
+        for m in ws:   # the same layer four times: kernels shared across depth
+            h = dlc.relu(h @ m)
+        mlp_loss = dlc.mean(h * h)
+        mlp = dlc.compile([mlp_loss] + dlc.grad(mlp_loss, ws), inputs=[z], target="cpu")
+        grads = mlp(rng.standard_normal((5, 6)).astype(np.float32))
+        module = mlp.backend.module
+        shared = [name for name in dir(module) if name.startswith("k_")]
+        parts = [name for name in dir(module) if "_part" in name]
+        assert shared and parts, (shared, parts)
+        hits = [sum(f.stats.cache_hits.values()) for f in
+                [conv.backend.module.segment0, module.segment0] + [getattr(module, n) for n in shared + parts]]
+        print(repr(float(out[0])), repr(float(np.abs(out[1]).sum())),
+              repr(sum(float(np.abs(g).sum()) for g in grads)), min(hits), max(hits))
     """))
     env = dict(os.environ, DLC_CACHE_DIR=str(tmp_path / "cache"))
     runs = [subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
             for _ in range(2)]
     for run in runs:
         assert run.returncode == 0, run.stderr[-3000:]
-    (loss0, grad0, hits0), (loss1, grad1, hits1) = [run.stdout.split() for run in runs]
-    assert (hits0, hits1) == ("0", "1"), "compiled in the first process, loaded from the cache in the second"
-    assert (loss0, grad0) == (loss1, grad1)
+    (*values0, low0, high0), (*values1, low1, high1) = [run.stdout.split() for run in runs]
+    assert (low0, high0) == ("0", "0"), "everything compiled in the first process"
+    assert (low1, high1) == ("1", "1"), "every outer function, part and shared kernel loaded from the cache"
+    assert values0 == values1
 
 
 def _bound_conv2d_caller():

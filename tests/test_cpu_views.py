@@ -1,4 +1,5 @@
-"""Arena views and kernel calls of generated CPU code (dlc/kernels/cpu/views.py); kernels shared across depth."""
+"""Arena views (dlc/kernels/cpu/views.py) and kernel calls (library.py) of generated CPU code; kernels shared
+across depth."""
 
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ def test_arena_view_is_a_writable_window_of_the_arena(views):
 def test_call_kernel_calls_with_literal_and_array_arguments(views):
     from numba import njit
 
+    from dlc_cpu_library import call_kernel
+
     @njit
     def scale(out, k, x):
         for i in range(out.size):
@@ -44,12 +47,47 @@ def test_call_kernel_calls_with_literal_and_array_arguments(views):
 
     @njit
     def caller(out, x):
-        views.call_kernel(scale, out, 3, x)
-        views.call_kernel(scale, out, 2.0, out)   # another signature of the same kernel
+        call_kernel(scale, out, 3, x)
+        call_kernel(scale, out, 2.0, out)   # another signature of the same kernel
 
     out, x = np.zeros(4), np.arange(4.0)
     caller(out, x)
     np.testing.assert_array_equal(out, 6.0 * x)
+    assert len(scale.overloads) == 2
+
+
+def test_call_kernel_propagates_the_kernels_exception_and_refuses_a_result(views):
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    from dlc_cpu_library import call_kernel
+
+    @njit
+    def checked(out, i):
+        if i >= out.size:
+            raise IndexError("index past the end")
+        out[i] = 1.0
+
+    @njit
+    def caller(out, i):
+        call_kernel(checked, out, i)
+
+    out = np.zeros(3)
+    caller(out, 2)
+    assert out[2] == 1.0
+    with pytest.raises(IndexError, match="index past the end"):
+        caller(out, 3)
+
+    @njit
+    def returns(x):
+        return x[0]
+
+    @njit
+    def bad_caller(x):
+        call_kernel(returns, x)
+
+    with pytest.raises(TypingError, match="returns float64; a kernel writes its outputs"):
+        bad_caller(out)
 
 
 def mlp_step(rng, depth, cache, width=4, classes=3):

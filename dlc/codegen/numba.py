@@ -749,8 +749,8 @@ from numba import njit, prange
 from dlc.errors import IndexRangeError
 from dlc_cpu_fastmath import *  # noqa: F403  (kernels/cpu/fastmath.py: tanh_f32, exp_f32, fmax, ...)
 from dlc_cpu_gemm import copy_flat, gemm
-from dlc_cpu_views import address_view, arena_view, call_kernel
-from dlc_cpu_library import bind
+from dlc_cpu_views import address_view, arena_view
+from dlc_cpu_library import bind, call_kernel
 from dlc_cpu_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_grad, avg_pool2d, avg_pool2d_grad, max_pool2d,
                           max_pool2d_grad)
 from dlc_cpu_random import (random_bernoulli, random_normal_f32, random_normal_f64, random_uniform_f32,

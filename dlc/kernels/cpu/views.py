@@ -1,4 +1,4 @@
-"""Views of the arena and calls for generated CPU code, built so that numba compiles them quickly.
+"""Views of the arena for generated CPU code, built so that numba compiles them quickly.
 
 Imported by the CPU backend as the module `dlc_cpu_views`. An outer function
 makes a view of the arena for every buffer its kernels touch; written as
@@ -16,12 +16,10 @@ than hundreds of array arguments, which numba types and unboxes one by one).
 Its view borrows the memory: the backend holds the arrays for as long as it
 may call the function.
 
-`call_kernel` calls a kernel so that LLVM may not inline it: an outer
-function calling the same kernel at every layer of a model holds one call per
-layer, not one copy of the kernel per layer.
+Generated code calls its shared kernels and parts through
+`dlc_cpu_library.call_kernel`.
 """
 
-from llvmlite import ir as llvm_ir
 from numba import types
 from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
@@ -104,31 +102,3 @@ def address_view(typingctx, witness, address, shape):
         return impl_ret_borrowed(context, builder, sig.return_type, out._getvalue())
 
     return out_type(witness, address, shape), codegen
-
-
-@intrinsic
-def call_kernel(typingctx, kernel, *args):
-    """kernel(*args), a call LLVM may not inline."""
-    if not isinstance(kernel, types.Dispatcher):
-        return None
-    # a literal argument (a kernel's start in S) is passed as a plain integer: one compilation serves all
-    plain = tuple(types.unliteral(a) for a in args)
-    inner = typingctx.resolve_function_type(kernel, plain, {})
-    if inner is None:
-        return None
-
-    def codegen(context, builder, sig, values):
-        impl = context.get_function(sig.args[0], inner)
-        target = sig.args[0].dispatcher.overloads[inner.args].fndesc.mangled_name
-        passed = [context.cast(builder, v, t, p) for v, t, p in
-                  zip(cgutils.unpack_tuple(builder, values[1]), args, inner.args)]
-        blocks = builder.function.blocks
-        first = blocks.index(builder.block)
-        result = impl(builder, passed)
-        for block in blocks[first:]:   # the call and the checks of its status: blocks from here on
-            for instr in block.instructions:
-                if isinstance(instr, llvm_ir.CallInstr) and getattr(instr.callee, "name", "") == target:
-                    instr.attributes.add("noinline")
-        return result
-
-    return inner.return_type(kernel, types.StarArgTuple.from_types(args)), codegen
