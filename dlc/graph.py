@@ -6,7 +6,7 @@ import os
 import sys
 import warnings
 import weakref
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -281,11 +281,15 @@ def freeze_attrs(attrs: dict) -> tuple:
 # graphs
 
 
-def topo_order(outputs: Iterable[Node]) -> list[Node]:
-    """Every node the outputs depend on, each after its inputs (iterative DFS)."""
+def topo_order(outputs: Iterable[Node], known: Container[int] = ()) -> list[Node]:
+    """Every node the outputs depend on, each after its inputs (iterative DFS).
+
+    Nodes whose ids are in `known` are left out and not walked through: a
+    caller that has handled a node and everything under it (a cache of
+    per-node results) pays only for the new part of a graph."""
     order, seen = [], set()
     for root in outputs:
-        if id(root) in seen:
+        if id(root) in seen or id(root) in known:
             continue
         stack = [(root, 0)]
         while stack:
@@ -295,7 +299,7 @@ def topo_order(outputs: Iterable[Node]) -> list[Node]:
             if i < len(node.inputs):
                 stack.append((node, i + 1))
                 child = node.inputs[i]
-                if id(child) not in seen:
+                if id(child) not in seen and id(child) not in known:
                     stack.append((child, 0))
             else:
                 seen.add(id(node))

@@ -450,10 +450,8 @@ class GraphEncoder:
         self._keep: list[Node] = []  # nodes stay alive while their ids are in use
 
     def ref(self, node: Node) -> int:
-        if id(node) not in self.ids:
-            for n in topo_order([node]):
-                if id(n) not in self.ids:
-                    self._add(n)
+        for n in topo_order([node], known=self.ids):
+            self._add(n)
         return self.ids[id(node)]
 
     def __call__(self, value):

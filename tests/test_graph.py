@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 import dlc
-from dlc.graph import Graph, dim_div, dim_eval, dim_mul
+from dlc.graph import Graph, dim_div, dim_eval, dim_mul, topo_order
 
 
 def test_nodes_are_hash_consed():
@@ -55,6 +55,18 @@ def test_graph_topological_order_networkx_and_dot():
     dot = g.to_dot()
     assert dot.startswith("digraph") and "matmul" in dot
     assert g.op_counts()["matmul"] == 1
+
+
+def test_topo_order_leaves_out_and_stops_at_known_nodes():
+    x = dlc.input("x", (2, 3))
+    h = dlc.relu(x * 2.0)
+    y = dlc.sum(dlc.exp(h) + h)
+    full = topo_order([y.node])
+    known = {id(n) for n in topo_order([h.node])}
+    new = topo_order([y.node], known=known)
+    assert [id(n) for n in new] == [id(n) for n in full if id(n) not in known]   # the same order, known left out
+    assert h.node not in new and x.node not in new and y.node in new
+    assert topo_order([h.node], known=known) == []
 
 
 def test_unsupported_dtype_is_refused():

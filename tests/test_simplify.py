@@ -10,7 +10,7 @@ from test_fusion import graphs, reference_outputs
 import dlc
 from dlc.graph import Graph, Node
 from dlc.ops.base import apply
-from dlc.passes.simplify import make_const, simplify, value_range
+from dlc.passes.simplify import StructuralKeys, make_const, simplify, value_range
 from dlc.runtime.reference import evaluate
 
 
@@ -195,3 +195,31 @@ def test_operand_order_does_not_depend_on_how_the_graph_was_built():
         return [(n.op, n.attr("name")) for n in Graph([node]).nodes]
 
     assert build(True) == build(False)
+
+
+def test_structural_keys_key_only_the_new_part_of_a_rewritten_graph(monkeypatch):
+    """Keying a node whose inputs are keyed walks the new nodes alone: a rewrite pass over a deep net keys each
+    new node once, not its whole ancestry again (quadratic in depth)."""
+    import dlc.passes.simplify as simplify_module
+
+    walked = []
+
+    def counting_topo_order(*args, **kwargs):
+        order = topo_order(*args, **kwargs)
+        walked.append(len(order))
+        return order
+
+    topo_order = simplify_module.topo_order
+    monkeypatch.setattr(simplify_module, "topo_order", counting_topo_order)
+    x = dlc.input("x", (4,))
+    h = x
+    for _ in range(50):
+        h = dlc.tanh(h * 1.5)
+    keys = StructuralKeys()
+    deep = keys(h.node)
+    assert len(keys.alive) == len(Graph([h.node])) == sum(walked)
+    top = dlc.exp(dlc.sqrt(h) + 1.0)   # three new nodes above h and a constant
+    walked.clear()
+    assert keys(top.node) != deep
+    assert sum(walked) == 4 and len(keys.alive) == len(Graph([top.node])) == len(Graph([h.node])) + 4
+    assert keys(h.node) == deep

@@ -277,13 +277,11 @@ class StructuralKeys:
         self.alive: list[Node] = []  # keeps keyed nodes alive so their ids stay theirs
 
     def __call__(self, node: Node) -> str:
-        if id(node) not in self.keys:
-            for n in topo_order([node]):
-                if id(n) not in self.keys:
-                    attrs = repr([(k, v) for k, v in n.attrs if not hasattr(v, "nodes")])
-                    text = f"{n.op}|{attrs}|{n.shape}|{n.dtype}|" + ",".join(self.keys[id(i)] for i in n.inputs)
-                    self.keys[id(n)] = hashlib.sha1(text.encode()).hexdigest()
-                    self.alive.append(n)
+        for n in topo_order([node], known=self.keys):   # a rewritten node: only its new part is keyed
+            attrs = repr([(k, v) for k, v in n.attrs if not hasattr(v, "nodes")])
+            text = f"{n.op}|{attrs}|{n.shape}|{n.dtype}|" + ",".join(self.keys[id(i)] for i in n.inputs)
+            self.keys[id(n)] = hashlib.sha1(text.encode()).hexdigest()
+            self.alive.append(n)
         return self.keys[id(node)]
 
 
