@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import special
 
 from ..errors import DTypeError, ShapeError
 from ..graph import DTYPES, is_float, shape_str
@@ -17,6 +16,13 @@ def _F():
     from .. import functional
 
     return functional
+
+
+def _erf(x):
+    # imported when first needed: it takes 0.2 s, a fifth of a warm start
+    from scipy import special
+
+    return special.erf(x)
 
 
 def broadcast_shapes(*shapes):
@@ -107,7 +113,7 @@ def _gelu_tanh_grad(F, x, y, g, a):
 
 
 def _gelu_erf_ref(x, a, shape):
-    return (0.5 * x * (1.0 + special.erf(x / math.sqrt(2.0)))).astype(x.dtype)
+    return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype)
 
 
 def _gelu_erf_grad(F, x, y, g, a):
@@ -155,7 +161,7 @@ _unary("gelu_tanh", lambda xs, a, shape: _gelu_tanh_ref(xs[0], a, shape), _g(_ge
        "0.5 * {0} * (1 + tanh(0.7978845608028654 * ({0} + 0.044715 * {0} * {0} * {0})))")
 _unary("gelu_erf", lambda xs, a, shape: _gelu_erf_ref(xs[0], a, shape), _g(_gelu_erf_grad),
        "0.5 * {0} * (1 + erf({0} * 0.7071067811865476))")
-_unary("erf", lambda xs, a, shape: special.erf(xs[0]).astype(xs[0].dtype),
+_unary("erf", lambda xs, a, shape: _erf(xs[0]).astype(xs[0].dtype),
        _g(lambda F, x, y, g, a: g * (2.0 / math.sqrt(math.pi)) * F.exp(-x * x)), "erf({0})")
 _unary("softplus", lambda xs, a, shape: _softplus_ref(xs[0], a, shape),
        _g(lambda F, x, y, g, a: g * F.sigmoid(x)), "softplus({0})")
