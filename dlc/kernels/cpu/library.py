@@ -1,4 +1,4 @@
-"""Hand-written kernels that generated code calls by symbol: numba compiles each once per process, not per caller.
+"""Kernels that generated code calls by symbol: numba compiles each once per process, not again in every caller.
 
 Imported by the CPU backend as the module `dlc_cpu_library`. When one numba
 function calls another, numba links the callee's code into the caller's
