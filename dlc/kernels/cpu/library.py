@@ -43,6 +43,7 @@ import sys
 import threading
 
 import llvmlite.binding as llvm
+import numba
 from numba import types
 from numba.core import cgutils
 from numba.core.errors import TypingError
@@ -148,7 +149,11 @@ def call_kernel(typingctx, kernel, *args):
         symbol = _kernel_symbol(module, name, argtypes)
         _register(symbol, kernel.dispatcher, argtypes)
         # before numba loads this caller from its cache in another process, the symbol must exist there
-        context.active_code_library._reload_init.add(functools.partial(register_kernel, module, name, argtypes))
+        hooks = getattr(context.active_code_library, "_reload_init", None)
+        if hooks is None:
+            raise RuntimeError(f"numba {numba.__version__} has no reload_init hooks on its code libraries; "
+                               "dlc's CPU backend needs numba >= 0.63")
+        hooks.add(functools.partial(register_kernel, module, name, argtypes))
         passed = [context.cast(builder, v, t, p) for v, t, p in
                   zip(cgutils.unpack_tuple(builder, values[1]), args, argtypes)]
         fnty = context.call_conv.get_function_type(types.none, argtypes)
