@@ -36,9 +36,8 @@ def test_arena_view_is_a_writable_window_of_the_arena(views):
 
 
 def test_call_kernel_calls_with_literal_and_array_arguments(views):
-    from numba import njit
-
     from dlc_cpu_library import call_kernel
+    from numba import njit
 
     @njit
     def scale(out, k, x):
@@ -57,10 +56,9 @@ def test_call_kernel_calls_with_literal_and_array_arguments(views):
 
 
 def test_call_kernel_propagates_the_kernels_exception_and_refuses_a_result(views):
+    from dlc_cpu_library import call_kernel
     from numba import njit
     from numba.core.errors import TypingError
-
-    from dlc_cpu_library import call_kernel
 
     @njit
     def checked(out, i):
