@@ -98,15 +98,20 @@ def _stub(symbol: str, argtypes: tuple):
                               f"({', '.join(map(str, argtypes))})")
 
         def codegen(context, builder, signature, llargs):
-            values = cgutils.unpack_tuple(builder, llargs[0], len(argtypes))
-            fnty = context.call_conv.get_function_type(types.none, argtypes)
-            fn = cgutils.get_or_insert_function(builder.module, fnty, symbol)
-            status, _ = context.call_conv.call_function(builder, fn, types.none, argtypes, values)
-            with cgutils.if_unlikely(builder, status.is_error):
-                context.call_conv.return_status_propagate(builder, status)
-            return context.get_dummy_value()
+            return _call_symbol(context, builder, symbol, argtypes,
+                                cgutils.unpack_tuple(builder, llargs[0], len(argtypes)))
         return types.none(types.StarArgTuple.from_types(tuple(args))), codegen
     return call
+
+
+def _call_symbol(context, builder, symbol: str, argtypes: tuple, values: list):
+    """A call of the function registered as `symbol` with numba's calling convention; its exception propagates."""
+    fnty = context.call_conv.get_function_type(types.none, argtypes)
+    fn = cgutils.get_or_insert_function(builder.module, fnty, symbol)
+    status, _ = context.call_conv.call_function(builder, fn, types.none, argtypes, values)
+    with cgutils.if_unlikely(builder, status.is_error):
+        context.call_conv.return_status_propagate(builder, status)
+    return context.get_dummy_value()
 
 
 def _kernel_symbol(module: str, name: str, argtypes: tuple) -> str:
@@ -139,10 +144,10 @@ def call_kernel(typingctx, kernel, *args):
     inner = typingctx.resolve_function_type(kernel, plain, {})
     if inner is None:
         return None
-    if inner.return_type != types.none:
-        raise TypingError(f"call_kernel: {kernel.dispatcher.py_func.__qualname__} returns {inner.return_type}; "
-                          "a kernel writes its outputs and returns nothing")
     func = kernel.dispatcher.py_func
+    if inner.return_type != types.none:
+        raise TypingError(f"call_kernel: {func.__qualname__} returns {inner.return_type}; "
+                          "a kernel writes its outputs and returns nothing")
     module, name, argtypes = func.__module__, func.__qualname__, tuple(inner.args)
 
     def codegen(context, builder, sig, values):
@@ -156,11 +161,6 @@ def call_kernel(typingctx, kernel, *args):
         hooks.add(functools.partial(register_kernel, module, name, argtypes))
         passed = [context.cast(builder, v, t, p) for v, t, p in
                   zip(cgutils.unpack_tuple(builder, values[1]), args, argtypes)]
-        fnty = context.call_conv.get_function_type(types.none, argtypes)
-        fn = cgutils.get_or_insert_function(builder.module, fnty, symbol)
-        status, _ = context.call_conv.call_function(builder, fn, types.none, argtypes, passed)
-        with cgutils.if_unlikely(builder, status.is_error):
-            context.call_conv.return_status_propagate(builder, status)
-        return context.get_dummy_value()
+        return _call_symbol(context, builder, symbol, argtypes, passed)
 
     return types.none(kernel, types.StarArgTuple.from_types(args)), codegen
