@@ -19,6 +19,11 @@ import os
 # cycles is about 0.3 ms. W10 took 184-190 ms a step with it against 196-225 ms without (3 alternating runs each;
 # W1 unchanged, W4 2% slower). A value the user set, or a BLAS loaded before dlc, is left as it is.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
+# The same for numba's OpenMP pool (libgomp, read when numba starts it): its idle threads spin 300000 rounds after
+# each parallel region, on the cores BLAS's threads need for the GEMM that follows. 20000 rounds: W10 (whose layer
+# norms run on threads) 165-167 ms a step against 200-213 ms, W1, W2 and W9 unchanged (2 interleaved runs each);
+# OMP_WAIT_POLICY=passive (no spinning) made W9's short regions slower (12.3-12.9 ms against 11.6-12.2).
+os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 from . import distributed, inspect, nn, optim  # MPI data parallelism, the inspector, layers/training API, optimizers
 from . import functional as _functional

@@ -552,6 +552,29 @@ def test_parallel_and_fastmath_options(rng):
     np.testing.assert_allclose(fast(xv, sv), want.sum(dtype=np.float64), rtol=1e-4)
 
 
+@pytest.mark.parametrize("batch", ["one", "symbolic"])
+def test_parallel_matmul_epilogues_run_in_chunks(rng, batch):
+    """parallel=True: a GEMM's epilogue (bias, gelu, an added input) over a large output runs in chunks of its
+    first axis longer than 1 (the second when the first is 1) on threads; small outputs take one chunk."""
+    from dlc.codegen.numba import PARALLEL_MIN
+
+    rows = PARALLEL_MIN // 64 + 7
+    x = dlc.input("x", (1, rows, 32) if batch == "one" else ("B", "T", 32))
+    w = dlc.param(rand(rng, (32, 64)), name="w")
+    b = dlc.param(rand(rng, (64,)), name="b")
+    r = dlc.input("r", (64,))
+    y = dlc.gelu(x @ w + b) + r
+    par = dlc.compile(y, [x, r], target="cpu", parallel=True)
+    (kernel,) = par.program.kernels   # the epilogue fused into the GEMM's kernel
+    assert kernel.anchor.op == "matmul" and "in prange(" in par.backend.source()
+    want = dlc.compile(y, [x, r], target="reference")
+    rv = rand(rng, (64,))
+    shapes = [(1, rows, 32)] if batch == "one" else [(1, rows, 32), (3, rows // 2, 32), (2, 5, 32)]
+    for shape in shapes:
+        xv = rand(rng, shape)
+        assert_close(par(xv, rv), want(xv, rv))
+
+
 def test_the_same_graph_renders_the_same_module():
     """Node serials differ between traces; the generated text (hence numba's cache entry) must not."""
     import gc

@@ -74,3 +74,52 @@ def test_bad_arguments_name_what_is_wrong():
         y = dlc.layer_norm(x, 8)
         (gx,) = dlc.grad(dlc.sum(y * y), [x])
         dlc.grad(dlc.sum(gx), [x])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_threaded_kernels_match_numpy(dtype):
+    """Rows of 256 with means far from zero, many enough (1 << 17 elements and up) for the kernels' threads, and
+    a row count that is not a multiple of their blocks of rows: the forward and backward kernels themselves."""
+    from dlc.runtime.cpu import load_kernel_modules
+
+    load_kernel_modules()
+    import dlc_cpu_norm as norm
+
+    rng = np.random.default_rng(3)
+    rows = norm.PARALLEL_MIN_ELEMENTS // 256 + norm.ROWS_PER_TASK + 5
+    x = (rng.standard_normal((rows, 256)) * 2 + 50).astype(dtype)
+    g = rng.standard_normal((rows, 256)).astype(dtype)
+    y, dx = np.full_like(x, np.nan), np.full_like(x, np.nan)
+    norm.layer_norm_forward(x, y, 1e-5)
+    norm.layer_norm_backward(x, g, dx, 1e-5)
+    x64, g64 = x.astype(np.float64), g.astype(np.float64)
+    xhat = (x64 - x64.mean(1, keepdims=True)) / np.sqrt(x64.var(1, keepdims=True) + 1e-5)
+    want_dx = (g64 - g64.mean(1, keepdims=True) - xhat * (g64 * xhat).mean(1, keepdims=True)) \
+        / np.sqrt(x64.var(1, keepdims=True) + 1e-5)
+    tol = 2e-5 if dtype == "float32" else 1e-10
+    np.testing.assert_allclose(y, xhat, rtol=tol, atol=tol)
+    np.testing.assert_allclose(dx, want_dx, rtol=tol, atol=tol)
+
+
+def test_the_kernels_are_called_by_symbol_and_the_epilogue_runs_on_threads():
+    """Generated code binds layer_norm_forward/backward (their code is not linked into each caller); with
+    parallel=True the affine epilogue of a large output runs in chunks on threads, equal to the serial one."""
+    rng = np.random.default_rng(4)
+    n = 256
+    rows = (1 << 17) // n + 3
+    xv = rng.standard_normal((rows, n)).astype(np.float32)
+    x = dlc.input("x", ("B", n))
+    w = dlc.param(rng.uniform(0.5, 1.5, n).astype(np.float32), name="w")
+    b = dlc.param(rng.standard_normal(n).astype(np.float32), name="b")
+    y = dlc.layer_norm(x, n, w, b)
+    (gx,) = dlc.grad(dlc.sum(y * y), [x])
+    serial = dlc.compile([y, gx], [x], target="cpu")
+    par = dlc.compile([y, gx], [x], target="cpu", parallel=True)
+    source = par.backend.source()
+    assert "layer_norm_forward_float32 = bind('norm', 'layer_norm_forward_float32')" in source
+    assert "layer_norm_backward_float32 = bind('norm', 'layer_norm_backward_float32')" in source
+    assert "in prange(" in source and "in prange(" not in serial.backend.source()
+    want = dlc.compile([y, gx], [x], target="reference")(xv)
+    for got in (serial(xv), par(xv), par(xv[:3])):
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b[:len(a)], rtol=2e-4, atol=2e-4)

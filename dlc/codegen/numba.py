@@ -262,11 +262,11 @@ def _render_kernel(program: Program, kernel: Kernel, parallel: bool) -> Rendered
     if kernel.kind == "reduce":
         return _render_reduce(program, kernel)
     if kernel.kind == "complex" and kernel.anchor is not None and kernel.anchor.op == "matmul":
-        return _render_matmul(program, kernel)
+        return _render_matmul(program, kernel, parallel)
     if kernel.kind == "complex" and kernel.anchor is not None and kernel.anchor.op in WINDOW_CALLS:
-        return _render_window(program, kernel)
+        return _render_window(program, kernel, parallel)
     if kernel.kind == "complex" and kernel.anchor is not None and kernel.anchor.op in NORM_CALLS:
-        return _render_layer_norm(program, kernel)
+        return _render_layer_norm(program, kernel, parallel)
     if kernel.kind == "opaque" and kernel.anchor is not None and kernel.anchor.op in ("take", "take_grad"):
         return _render_take(program, kernel)
     if kernel.kind == "opaque" and kernel.anchor is not None and kernel.anchor.op == "one_hot":
@@ -416,7 +416,7 @@ def _sum_in_input_order(r, x, axes, kept, names, extents, acc_dtype, out_idx):
     r.emit(ir.nest([names[a] for a in kept], [extents[a] for a in kept], body))
 
 
-def _render_matmul(program, kernel):
+def _render_matmul(program, kernel, parallel=False):
     anchor = kernel.anchor
     r = KernelRenderer(program, kernel)
     operands = []
@@ -451,8 +451,8 @@ def _render_matmul(program, kernel):
     else:
         out = f"{tgt}[{', '.join(names)}]" if names else tgt
         r.emit(ir.nest(names, r.extents(tgt, nb), [ir.Call("gemm", (views[0], views[1], out), anchor)]))
-    _render_epilogue(r, kernel, tgt)
-    return _finish(r, kernel, _describe(kernel))
+    threads = _render_epilogue(r, kernel, tgt, parallel)
+    return _finish(r, kernel, _describe(kernel), threads)
 
 
 # ----------------------------------------------------------------------------
@@ -500,7 +500,7 @@ WINDOW_CALLS = {
 # otherwise optimize their code again inside every generated function that calls them
 BOUND = {"conv2d": "conv", "conv2d_grad_input": "conv", "conv2d_grad_weight": "conv",
          "attention_forward": "attention", "attention_backward_q": "attention",
-         "attention_backward_kv": "attention"}
+         "attention_backward_kv": "attention", "layer_norm_forward": "norm", "layer_norm_backward": "norm"}
 
 
 def _anchor_target(r: KernelRenderer, kernel: Kernel) -> str:
@@ -518,23 +518,48 @@ def _anchor_target(r: KernelRenderer, kernel: Kernel) -> str:
     return tgt
 
 
-def _render_epilogue(r: KernelRenderer, kernel: Kernel, tgt: str) -> None:
-    """The elementwise nodes after the anchor: one loop over its output space, reading its value from tgt,
-    computing and storing the other outputs."""
+def _render_epilogue(r: KernelRenderer, kernel: Kernel, tgt: str, parallel: bool = False) -> bool:
+    """The elementwise nodes after the anchor: one loop nest over its output space, reading its value from tgt,
+    computing and storing the other outputs. With `parallel`, a large output's nest runs in chunks of one axis
+    on threads (the elementwise kernels' rule). Returns whether it does."""
     anchor = kernel.anchor
     rest = kernel.nodes[kernel.nodes.index(anchor) + 1:]
     if not rest and all(o is anchor for o in kernel.outputs):
-        return
+        return False
     names = [f"{P}i{k}" for k in range(anchor.ndim)]
     idx = variables(names)
     t = r.fresh()
     r.vals.remember(anchor, idx, ir.Ref(t))
     r.vals.store_all(idx, [o for o in kernel.outputs if o is not anchor])
     body = [ir.Let(t, anchor.dtype, ir.Load(anchor, idx))] + r.vals.take()
-    r.emit(ir.nest(names, r.extents(tgt, anchor.ndim), body))
+    extents = r.extents(tgt, anchor.ndim)
+    axis = _chunked_axis(anchor.shape) if parallel else None
+    if axis is None:
+        r.emit(ir.nest(names, extents, body))
+        return False
+    # chunks of the first axis longer than 1 (the ones before it have one index), on threads when large
+    c, lo, hi, chunks = f"{P}c", f"{P}lo", f"{P}hi", f"{P}chunks"
+    r.w(f"{chunks} = {PARALLEL_CHUNKS} if {tgt}.size >= {PARALLEL_MIN} else 1")
+    with r.w.block(f"for {c} in prange({chunks}):"):
+        r.w(f"{lo} = {c} * {tgt}.shape[{axis}] // {chunks}")
+        r.w(f"{hi} = ({c} + 1) * {tgt}.shape[{axis}] // {chunks}")
+        nest = body
+        for k in range(anchor.ndim - 1, -1, -1):
+            bounds = dict(start=ir.Var(lo), extent=ir.Var(hi)) if k == axis else dict(extent=extents[k])
+            nest = [ir.Loop(names[k], body=tuple(nest), **bounds)]
+        r.emit(nest)
+    return True
 
 
-def _render_window(program, kernel):
+def _chunked_axis(shape) -> int | None:
+    """The axis an epilogue on threads splits: the first one not known to be 1; none when the output is known
+    to be smaller than PARALLEL_MIN."""
+    if all(isinstance(d, int) for d in shape) and int(np.prod(shape, dtype=np.int64)) < PARALLEL_MIN:
+        return None
+    return next((k for k, d in enumerate(shape) if d != 1), None)
+
+
+def _render_window(program, kernel, parallel=False):
     anchor = kernel.anchor
     if kernel.nodes[0] is not anchor:
         raise Unsupported(f"{kernel.nodes[0].op} before a {anchor.op}")
@@ -546,8 +571,8 @@ def _render_window(program, kernel):
         func = r.bound(func, anchor.dtype)
     extra = attr_args(anchor.a)
     r.emit([ir.Call(func, tuple(operands) + (tgt,) + ((extra,) if extra else ()), anchor)])
-    _render_epilogue(r, kernel, tgt)
-    return _finish(r, kernel, _describe(kernel))
+    threads = _render_epilogue(r, kernel, tgt, parallel)
+    return _finish(r, kernel, _describe(kernel), threads)
 
 
 # ----------------------------------------------------------------------------
@@ -562,7 +587,7 @@ def _as_rows(name: str, shape, dims: int) -> str:
     return f"{name}.reshape((-1, {n}))"
 
 
-def _render_layer_norm(program, kernel):
+def _render_layer_norm(program, kernel, parallel=False):
     anchor = kernel.anchor
     if kernel.nodes[0] is not anchor:
         raise Unsupported(f"{kernel.nodes[0].op} before a {anchor.op}")
@@ -571,9 +596,10 @@ def _render_layer_norm(program, kernel):
     operands = [_as_rows(r.arg(x), x.shape, dims) for x in anchor.inputs]
     tgt = _anchor_target(r, kernel)
     eps = f"np.float64({_float(anchor.attr('eps'))})"
-    r.emit([ir.Call(NORM_CALLS[anchor.op], (*operands, _as_rows(tgt, anchor.shape, dims), eps), anchor)])
-    _render_epilogue(r, kernel, tgt)
-    return _finish(r, kernel, _describe(kernel))
+    func = r.bound(NORM_CALLS[anchor.op], anchor.dtype)
+    r.emit([ir.Call(func, (*operands, _as_rows(tgt, anchor.shape, dims), eps), anchor)])
+    threads = _render_epilogue(r, kernel, tgt, parallel)
+    return _finish(r, kernel, _describe(kernel), threads)
 
 
 # ----------------------------------------------------------------------------
@@ -755,7 +781,6 @@ from dlc_cpu_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_grad, avg_poo
                           max_pool2d_grad)
 from dlc_cpu_random import (random_bernoulli, random_normal_f32, random_normal_f64, random_uniform_f32,
                             random_uniform_f64)
-from dlc_cpu_norm import layer_norm_backward, layer_norm_forward
 
 JIT = dict(cache=True, error_model="numpy", fastmath={fastmath}, boundscheck=False, nogil=True)
 from dlc_cpu_threads import JIT_PARALLEL as _PRANGE_ONLY

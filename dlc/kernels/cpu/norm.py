@@ -1,55 +1,125 @@
-"""Layer normalization for generated CPU kernels: one pass over each row, statistics in float64 (dlc/ops/norm.py).
+"""Layer normalization for generated CPU kernels: statistics in float64 (dlc/ops/norm.py), rows on threads.
 
-Imported by the CPU backend as the module `dlc_cpu_norm`. Operands are 2-D
-(rows, n) views of contiguous buffers: each row is normalized on its own. A
-row is read three times (sum, centred squares, output), from cache at the
-widths of a transformer (n of a few thousand). The rows loop is serial, as in
-attention.py: a generated function loaded from numba's cache cannot start
-numba's thread pool for a parallel kernel.
+Imported by the CPU backend as the module `dlc_cpu_norm`; generated code
+calls these kernels by symbol (kernels/cpu/library.py, `signatures()`).
+Operands are 2-D (rows, n) views of contiguous buffers: each row is
+normalized on its own, read a few times from cache at the widths of a
+transformer (n of a few thousand).
+
+Why the row sums run with `reassoc`: a float64 sum of float32 values is a
+chain of dependent adds unless LLVM may reorder it; allowed to, it keeps
+several partial sums in vector registers. On W10's rows (4096 x 256) the
+forward took 2.2 ms serial and in order, ... (the measurements are in
+benchmarks/RESULTS.md). The order of a float64 sum of a few thousand
+float32 values moves its result by far less than a float32 ulp.
+
+Threads: blocks of ROWS_PER_TASK rows claimed from a shared counter
+(dlc_cpu_threads), from PARALLEL_MIN_ELEMENTS elements on.
 """
 
 import numpy as np
-from numba import njit
+from dlc_cpu_threads import JIT, JIT_PARALLEL, claim, task_counter, thread_count
+from numba import njit, prange, types
 
-JIT = dict(cache=True, error_model="numpy", nogil=True, boundscheck=False)
+# reordered float64 sums (see above); nothing else of fastmath: no NaN or infinity assumptions
+JIT_SUMS = dict(JIT, fastmath={"reassoc", "contract"})
+
+ROWS_PER_TASK = 16
+PARALLEL_MIN_ELEMENTS = 1 << 17   # as generated elementwise loops (codegen/numba.py PARALLEL_MIN)
 
 
-@njit(**JIT)
-def _row_stats(x, r, eps):
-    """(mean, 1/std) of row r in float64: the centred second pass keeps the variance exact for large means."""
-    n = x.shape[1]
+@njit(**JIT_SUMS)
+def _row_stats(x, eps):
+    """(mean, 1/std) of a row in float64: the centred second pass keeps the variance exact for large means."""
+    n = x.shape[0]
     s = 0.0
     for c in range(n):
-        s += x[r, c]
+        s += np.float64(x[c])
     mean = s / n
     q = 0.0
     for c in range(n):
-        d = x[r, c] - mean
+        d = np.float64(x[c]) - mean
         q += d * d
     return mean, 1.0 / np.sqrt(q / n + eps)
+
+
+@njit(**JIT_SUMS)
+def _forward_row(x, y, eps):
+    mean, rstd = _row_stats(x, eps)
+    for c in range(x.shape[0]):
+        y[c] = (x[c] - mean) * rstd
+
+
+@njit(**JIT_SUMS)
+def _backward_row(x, g, dx, eps):
+    n = x.shape[0]
+    mean, rstd = _row_stats(x, eps)
+    sg = 0.0
+    sgx = 0.0
+    for c in range(n):
+        gc = np.float64(g[c])
+        sg += gc
+        sgx += gc * ((x[c] - mean) * rstd)
+    mg, mgx = sg / n, sgx / n
+    for c in range(n):
+        dx[c] = rstd * (g[c] - mg - ((x[c] - mean) * rstd) * mgx)
+
+
+FORWARD, BACKWARD = 0, 1
+
+
+@njit(**JIT)
+def _rows(kind, x, g, out, r0, r1, eps):
+    for r in range(r0, r1):
+        if kind == FORWARD:
+            _forward_row(x[r], out[r], eps)
+        else:
+            _backward_row(x[r], g[r], out[r], eps)
+
+
+@njit(**JIT)
+def _workers(elements, tasks):
+    if elements < PARALLEL_MIN_ELEMENTS:
+        return 1
+    return max(1, min(thread_count(), tasks))
+
+
+@njit(**JIT_PARALLEL)
+def _run(kind, x, g, out, eps):
+    """Every row of out: on the calling thread (no parallel region: its start and join cost more than a small
+    kernel), or in blocks of rows claimed by numba's threads."""
+    rows = x.shape[0]
+    tasks = (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
+    workers = _workers(x.size, tasks)
+    if workers == 1:
+        _rows(kind, x, g, out, 0, rows, eps)
+    else:
+        counter = task_counter()
+        for _ in prange(workers):
+            t = claim(counter)
+            while t < tasks:
+                _rows(kind, x, g, out, t * ROWS_PER_TASK, min(rows, (t + 1) * ROWS_PER_TASK), eps)
+                t = claim(counter)
 
 
 @njit(**JIT)
 def layer_norm_forward(x, y, eps):
     """y[r] = (x[r] - mean) / sqrt(var + eps) for every row r of x (rows, n)."""
-    for r in range(x.shape[0]):
-        mean, rstd = _row_stats(x, r, eps)
-        for c in range(x.shape[1]):
-            y[r, c] = (x[r, c] - mean) * rstd
+    _run(FORWARD, x, x, y, eps)
 
 
 @njit(**JIT)
 def layer_norm_backward(x, g, dx, eps):
     """dx[r] = (g - mean(g) - xhat * mean(g * xhat)) / std for every row r, xhat = (x - mean) / std."""
-    n = x.shape[1]
-    for r in range(x.shape[0]):
-        mean, rstd = _row_stats(x, r, eps)
-        sg = 0.0
-        sgx = 0.0
-        for c in range(n):
-            gc = np.float64(g[r, c])
-            sg += gc
-            sgx += gc * ((x[r, c] - mean) * rstd)
-        mg, mgx = sg / n, sgx / n
-        for c in range(n):
-            dx[r, c] = rstd * (g[r, c] - mg - ((x[r, c] - mean) * rstd) * mgx)
+    _run(BACKWARD, x, g, dx, eps)
+
+
+def signatures():
+    """How generated code calls the two kernels, which it binds by symbol (kernels/cpu/library.py): variant
+    (name_dtype) -> (function, argument types); 2-d C-ordered arrays, the ones read declared read-only."""
+    out = {}
+    for dtype in (types.float32, types.float64):
+        read, written = types.Array(dtype, 2, "C", readonly=True), types.Array(dtype, 2, "C")
+        out[f"layer_norm_forward_{dtype}"] = ("layer_norm_forward", (read, written, types.float64))
+        out[f"layer_norm_backward_{dtype}"] = ("layer_norm_backward", (read, read, written, types.float64))
+    return out
