@@ -8,10 +8,12 @@ transformer (n of a few thousand).
 
 Why the row sums run with `reassoc`: a float64 sum of float32 values is a
 chain of dependent adds unless LLVM may reorder it; allowed to, it keeps
-several partial sums in vector registers. On W10's rows (4096 x 256) the
-forward took 2.2 ms serial and in order, ... (the measurements are in
-benchmarks/RESULTS.md). The order of a float64 sum of a few thousand
-float32 values moves its result by far less than a float32 ulp.
+several partial sums in vector registers. The order of a float64 sum of a
+few thousand float32 values moves its result by far less than a float32 ulp.
+Measured on W10's rows (4096 x 256, float32, 2 threads, the kernel alone,
+3 alternating rounds): forward 1.97 -> 0.24 ms, backward 3.0 -> 0.46 ms
+against the previous serial, in-order kernels; 4096 x 1024: 7.7 -> 0.9-1.15
+and 12.0 -> 2.3-2.4 ms; equal outputs.
 
 Threads: blocks of ROWS_PER_TASK rows claimed from a shared counter
 (dlc_cpu_threads), from PARALLEL_MIN_ELEMENTS elements on.
