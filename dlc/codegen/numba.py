@@ -184,10 +184,19 @@ class KernelRenderer:
         self.tmp = 0
         self.vals = Values(kernel, lambda kind: self.fresh(), flat=flat, reshape_views=True)
         self.printer = PythonPrinter(DIALECT, self.array, lambda n: self.arg(n, "scalar"), self.dim, where, NP_DTYPE)
+        # A parameter update this kernel writes straight into the parameter (Program.inplace; the planner made
+        # sure the kernel reads the parameter only at the index it stores, before storing) is stored through
+        # the parameter's own array: two views of one buffer fail LLVM's runtime overlap check and leave the
+        # loop scalar (W4's Adam epilogues: 0.84 ms against 0.14 ms vectorized, for 200K elements).
+        self.same_array = {id(o): p for o in kernel.outputs
+                           if (p := program.inplace.get(id(o))) is not None
+                           and tuple(p.shape) == tuple(o.shape) and p.dtype == o.dtype}
 
     # ---- arguments
 
     def arg(self, node: Node, kind: str = "array", dim: str | None = None) -> str:
+        if kind in ("array", "flat"):
+            node = self.same_array.get(id(node), node)
         key = (id(node), kind, dim)
         if key not in self.arg_of:
             prefix = {"array": "a", "flat": "a", "scalar": "s", "dim": "d"}[kind]
