@@ -301,6 +301,18 @@ def _describe(kernel: Kernel) -> str:
     return f"{kernel.kind}: {' -> '.join(n.op for n in kernel.nodes)}"
 
 
+@contextmanager
+def _thread_chunks(r: KernelRenderer, size: str, extent: str):
+    """A prange over chunks of range(extent): PARALLEL_CHUNKS of them when `size` elements are at least
+    PARALLEL_MIN, else one (no thread hand-off); the body, written inside, gets each chunk's (lo, hi) names."""
+    c, lo, hi, chunks = f"{P}c", f"{P}lo", f"{P}hi", f"{P}chunks"
+    r.w(f"{chunks} = {PARALLEL_CHUNKS} if {size} >= {PARALLEL_MIN} else 1")
+    with r.w.block(f"for {c} in prange({chunks}):"):
+        r.w(f"{lo} = {c} * {extent} // {chunks}")
+        r.w(f"{hi} = ({c} + 1) * {extent} // {chunks}")
+        yield lo, hi
+
+
 def _render_elementwise(program, kernel, parallel):
     """One loop over the flat buffers when every read is at the output's own offset (split into chunks across
     threads on large arrays), else a loop nest over the output's dims."""
@@ -320,12 +332,7 @@ def _render_elementwise(program, kernel, parallel):
     if not parallel:
         r.emit([ir.Loop(i, ir.Var(n), tuple(body))])
         return _finish(r, kernel, _describe(kernel))
-    # one chunk per thread on large arrays, a single chunk (no thread hand-off) on small ones
-    c, lo, hi = f"{P}c", f"{P}lo", f"{P}hi"
-    r.w(f"{P}chunks = {PARALLEL_CHUNKS} if {n} >= {PARALLEL_MIN} else 1")
-    with r.w.block(f"for {c} in prange({P}chunks):"):
-        r.w(f"{lo} = {c} * {n} // {P}chunks")
-        r.w(f"{hi} = ({c} + 1) * {n} // {P}chunks")
+    with _thread_chunks(r, n, n) as (lo, hi):
         # each buffer's chunk as a view indexed from 0: LLVM vectorizes range(hi - lo) over those, not
         # range(lo, hi) over the whole buffers, whose start it cannot prove non-negative (numba then keeps its
         # negative-index wraparound in the loop): 1.4 ms against 6.6 ms for W6's 4M-element gelu on 2 threads
@@ -546,12 +553,8 @@ def _render_epilogue(r: KernelRenderer, kernel: Kernel, tgt: str, parallel: bool
     if axis is None:
         r.emit(ir.nest(names, extents, body))
         return False
-    # chunks of the first axis longer than 1 (the ones before it have one index), on threads when large
-    c, lo, hi, chunks = f"{P}c", f"{P}lo", f"{P}hi", f"{P}chunks"
-    r.w(f"{chunks} = {PARALLEL_CHUNKS} if {tgt}.size >= {PARALLEL_MIN} else 1")
-    with r.w.block(f"for {c} in prange({chunks}):"):
-        r.w(f"{lo} = {c} * {tgt}.shape[{axis}] // {chunks}")
-        r.w(f"{hi} = ({c} + 1) * {tgt}.shape[{axis}] // {chunks}")
+    # chunks of the first axis longer than 1 (the ones before it have one index)
+    with _thread_chunks(r, f"{tgt}.size", f"{tgt}.shape[{axis}]") as (lo, hi):
         nest = body
         for k in range(anchor.ndim - 1, -1, -1):
             bounds = dict(start=ir.Var(lo), extent=ir.Var(hi)) if k == axis else dict(extent=extents[k])

@@ -20,7 +20,7 @@ Threads: blocks of ROWS_PER_TASK rows claimed from a shared counter
 """
 
 import numpy as np
-from dlc_cpu_threads import JIT, JIT_PARALLEL, claim, task_counter, thread_count
+from dlc_cpu_threads import JIT, JIT_PARALLEL, claim, task_counter, workers_for
 from numba import njit, prange, types
 
 # reordered float64 sums (see above); nothing else of fastmath: no NaN or infinity assumptions
@@ -79,20 +79,13 @@ def _rows(kind, x, g, out, r0, r1, eps):
             _backward_row(x[r], g[r], out[r], eps)
 
 
-@njit(**JIT)
-def _workers(elements, tasks):
-    if elements < PARALLEL_MIN_ELEMENTS:
-        return 1
-    return max(1, min(thread_count(), tasks))
-
-
 @njit(**JIT_PARALLEL)
 def _run(kind, x, g, out, eps):
     """Every row of out: on the calling thread (no parallel region: its start and join cost more than a small
     kernel), or in blocks of rows claimed by numba's threads."""
     rows = x.shape[0]
     tasks = (rows + ROWS_PER_TASK - 1) // ROWS_PER_TASK
-    workers = _workers(x.size, tasks)
+    workers = workers_for(x.size, tasks, PARALLEL_MIN_ELEMENTS)
     if workers == 1:
         _rows(kind, x, g, out, 0, rows, eps)
     else:

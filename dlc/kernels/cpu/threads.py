@@ -37,9 +37,10 @@ PARALLEL_MIN_MACS = 1 << 26   # multiply-adds under which one thread runs a whol
 
 
 @njit(**JIT)
-def workers_for(macs, tasks):
-    """How many threads share a kernel of `macs` multiply-adds split into `tasks` independent parts."""
-    if macs < PARALLEL_MIN_MACS:
+def workers_for(work, tasks, minimum=PARALLEL_MIN_MACS):
+    """How many threads share a kernel of `work` units (multiply-adds unless `minimum` says otherwise) split
+    into `tasks` independent parts: one below `minimum`."""
+    if work < minimum:
         return 1
     return max(1, min(thread_count(), tasks))
 
