@@ -11,13 +11,13 @@ T rows); for the optimized program the script prints:
 - the step's arena: the memory plan's arena bytes (every intermediate of
   forward, backward and update, placed by the planner);
 - the attention ops' buffers in that arena: the outputs of attention
-  (B, H, T, Dh + 1), attention_grad_q and attention_grad_kv, from the plan's
-  sizes;
-- the attention kernels' own scratch, outside the arena: the largest set of
-  blocks one of the three CPU kernels (dlc/kernels/cpu/attention.py) holds at
-  once, from its block sizes and its allocations (the kv backward's is the
-  largest: two BLOCK_Q x BLOCK_K blocks, dk, dv and their products, one block
-  of dL/dout rows);
+  (B, H, T, Dh + 1) and of its gradient, attention_grad ([dq | dk | dv],
+  (B, H, T, 3 Dh)), from the plan's sizes;
+- the attention kernels' own scratch, outside the arena: the most one thread
+  of the CPU kernels (dlc/kernels/cpu/attention.py) holds at once, from its
+  block sizes and its allocations (the one-pass backward's is the largest:
+  its batch's T rows of dL/dout and dq with each row's log-sum-exp and delta,
+  two BLOCK_Q x BLOCK_K blocks, dk, dv and the block products), per thread;
 - for scale, the L x S score matrix an unfused attention would store
   (B * H * T * T * 4 bytes), which none of the above holds.
 """
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import workloads  # noqa: E402
 from frameworks import dlc_impl  # noqa: E402
 
-ATTENTION_OPS = ("attention", "attention_grad_q", "attention_grad_kv")
+ATTENTION_OPS = ("attention", "attention_grad", "attention_grad_q", "attention_grad_kv")
 
 
 def w10_at(length: int):
@@ -52,12 +52,13 @@ def w10_at(length: int):
     return s
 
 
-def kernel_scratch_bytes(head_dim: int, itemsize: int = 4) -> int:
-    """The most the attention kernels hold in their own blocks at once (attention_backward_kv's allocations)."""
+def kernel_scratch_bytes(head_dim: int, length: int, itemsize: int = 4) -> int:
+    """The most one thread of the attention kernels holds at once (the one-pass backward's allocations)."""
     blocks = 2 * BLOCK_Q * BLOCK_K                      # the recomputed probabilities and ds
     key_rows = 4 * BLOCK_K * head_dim                   # dk, dv and the two block products added to them
-    query_rows = BLOCK_Q * head_dim + 2 * BLOCK_Q       # dL/dout rows, log-sum-exp, delta
-    return itemsize * (blocks + key_rows + query_rows)
+    query_rows = BLOCK_Q * head_dim                     # dq's block product
+    rows = length * (2 * head_dim + 2)                  # the batch's dL/dout and dq rows, log-sum-exp, delta
+    return itemsize * (blocks + key_rows + query_rows + rows)
 
 
 def measure(length: int) -> dict:
@@ -67,7 +68,7 @@ def measure(length: int) -> dict:
     plan = program.memory_plan({})
     attention = sum(plan.sizes.get(id(n), 0) for k in program.kernels for n in k.nodes if n.op in ATTENTION_OPS)
     heads, width, batch = s["heads"], workloads.GPT["width"], s["x"].shape[0]
-    return dict(arena=plan.arena_bytes, attention=attention, scratch=kernel_scratch_bytes(width // heads),
+    return dict(arena=plan.arena_bytes, attention=attention, scratch=kernel_scratch_bytes(width // heads, length),
                 scores=batch * heads * length * length * 4)
 
 

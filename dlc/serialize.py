@@ -334,7 +334,7 @@ ATTRS: dict[str, dict] = {
     "scan": {"body": _check_body, "length": _check_dim, "reverse": _check_bool, "save_carries": _check_bool},
     "scan_output": {"index": _check_int},
     **{op: {"scale": _check_float, "causal": _check_bool, "mask": _check_attention_mask}
-       for op in ("attention", "attention_grad_q", "attention_grad_kv")},
+       for op in ("attention", "attention_grad", "attention_grad_q", "attention_grad_kv")},
     "layer_norm": {"dims": _check_int, "eps": _check_float},
     "layer_norm_grad": {"dims": _check_int, "eps": _check_float},
     # the ops without attributes
@@ -359,7 +359,7 @@ ARITY = {
     "layer_norm_grad": 2,
     "concat": None, "scan": None,
     # attention takes a mask or not (its mask attribute says which; the shape rule checks the count)
-    "attention": None, "attention_grad_q": None, "attention_grad_kv": None,
+    "attention": None, "attention_grad": None, "attention_grad_q": None, "attention_grad_kv": None,
 }
 
 

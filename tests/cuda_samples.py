@@ -215,7 +215,8 @@ def float64_and_integers(batch: int = 4) -> Sample:
 
 
 def attention_step(batch: int = 2, length: int = 6, keys: int = 9) -> Sample:
-    """Fused attention (causal with a boolean mask, and an additive mask) and its gradient ops, float32."""
+    """Fused attention (causal with a boolean mask, and an additive mask) and its gradient ops, float32: over
+    `keys` keys (attention_grad_q and attention_grad_kv), and self-attention of q (attention_grad)."""
     rng, store = _rng(10), dlc.Store()
     q = dlc.input("q", ("B", 2, length, 4))
     k = dlc.input("k", ("B", 2, keys, 4))
@@ -224,9 +225,10 @@ def attention_step(batch: int = 2, length: int = 6, keys: int = 9) -> Sample:
     keep[:, 0] = True
     y = dlc.scaled_dot_product_attention(q, k, v, mask=keep, causal=True)
     z = dlc.scaled_dot_product_attention(q, k, v, mask=rng.standard_normal((2, 1, keys)).astype(np.float32))
-    gq, gk, gv = dlc.grad(dlc.sum(y * y) + dlc.sum(dlc.tanh(z)), [q, k, v])
+    s = dlc.scaled_dot_product_attention(q, q * 0.5, dlc.tanh(q), causal=True)
+    gq, gk, gv = dlc.grad(dlc.sum(y * y) + dlc.sum(dlc.tanh(z)) + dlc.sum(s * s), [q, k, v])
     args = [rng.standard_normal((batch, 2, n, d)).astype(np.float32) for n, d in ((length, 4), (keys, 4), (keys, 3))]
-    return Sample("attention_step", [y, z, gq, gk, gv], [q, k, v], args, store)
+    return Sample("attention_step", [y, z, s, gq, gk, gv], [q, k, v], args, store)
 
 
 def layer_norm_step(batch: int = 3, width: int = 40) -> Sample:

@@ -328,3 +328,86 @@ def test_cpu_kernels_on_threads_match_one_thread_and_the_formula(causal, kind, r
     want = [y, ds @ k64 * scale, np.concatenate([ds.transpose(0, 2, 1) @ q64 * scale, p.transpose(0, 2, 1) @ dy], -1)]
     for got, w, what in zip((every[0][..., :Ev], every[1], every[2]), want, ("out", "dq", "dkv")):
         np.testing.assert_allclose(got, w, rtol=2e-4, atol=2e-4 * float(np.abs(w).max()), err_msg=what)
+
+
+def _formula_grads(q, k, v, mask, kind, causal, g, scale):
+    """float64 dq, dk, dv of the plain formula (the reference of the kernels called directly)."""
+    L, S, Ev = q.shape[1], k.shape[1], v.shape[2]
+    q64, k64, v64, dy = (a.astype(np.float64) for a in (q, k, v, g[..., :Ev]))
+    s = np.einsum("ble,bse->bls", q64, k64) * scale
+    if causal:
+        s = np.where(np.tril(np.ones((L, S), bool)), s, -np.inf)
+    if kind == "bool":
+        s = np.where(mask, s, -np.inf)
+    elif kind == "add":
+        s = s + mask
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    y = p @ v64
+    ds = p * (dy @ v64.transpose(0, 2, 1) - (dy * y).sum(axis=-1, keepdims=True))
+    return ds @ k64 * scale, ds.transpose(0, 2, 1) @ q64 * scale, p.transpose(0, 2, 1) @ dy
+
+
+@pytest.mark.parametrize("B, L, causal, kind", [(16, 200, True, "bool"), (3, 130, False, "add"),
+                                                 (1, 1024, True, "none")])
+def test_one_gradient_kernel_for_self_attention_matches_the_formula(B, L, causal, kind, rng):
+    """attention_backward writes [dq | dk | dv]: in one pass per batch when there are at least as many batches
+    as threads (then the same bits on one thread and on all), in two passes over blocks for one long batch;
+    either way the plain formula's gradients."""
+    import numba
+
+    from dlc.runtime.cpu import load_kernel_modules
+
+    load_kernel_modules()
+    import dlc_cpu_attention as kernels
+    import dlc_cpu_threads
+
+    E, Ev = 64, 48
+    threads = numba.config.NUMBA_NUM_THREADS
+    if B == 1:   # the two-pass path: above the threads' threshold with fewer batches than threads
+        assert kernels._macs(B, L, L, 3 * E + 2 * Ev, causal) >= dlc_cpu_threads.PARALLEL_MIN_MACS
+        if threads < 2:
+            pytest.skip("one thread: the one-pass path only")
+    q, k, v = (rng.standard_normal((B, L, e)).astype(np.float32) for e in (E, E, Ev))
+    mask = {"bool": lambda: keep_mask(rng, (B, L, L)), "add": lambda: rng.standard_normal((1, L, 1)).astype(
+        np.float32), "none": lambda: q}[kind]()
+    g = rng.standard_normal((B, L, Ev + 1)).astype(np.float32)
+    g[..., Ev] = 0
+    scale, mask_kind = 1 / np.sqrt(E), {"none": 0, "bool": 1, "add": 2}[kind]
+    y = np.empty((B, L, Ev + 1), np.float32)
+    kernels.attention_forward(q, k, v, mask, y, scale, causal, mask_kind)
+
+    def run(count):
+        before = numba.get_num_threads()
+        numba.set_num_threads(count)
+        try:
+            grad = np.full((B, L, 2 * E + Ev), np.nan, np.float32)
+            kernels.attention_backward(q, k, v, mask, y, g, grad, scale, causal, mask_kind)
+            return grad
+        finally:
+            numba.set_num_threads(before)
+
+    every, one = run(threads), run(1)
+    if B >= threads:
+        np.testing.assert_array_equal(one, every)
+    want = np.concatenate(_formula_grads(q, k, v, mask, kind, causal, g, scale), axis=-1)
+    for got in (every, one):
+        np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * float(np.abs(want).max()))
+
+
+def test_self_attention_takes_one_gradient_op_and_cross_attention_two(rng):
+    """The gradient of self-attention is one attention_grad op (one kernel: dq, dk and dv from one recomputation
+    of the scores); with a different number of keys, attention_grad_q and attention_grad_kv; both equal the
+    reference on cpu."""
+    for L, S in ((40, 40), (40, 24)):
+        dlc.reset_default_store()
+        q, k, v = dlc.input("q", (2, 3, L, 16)), dlc.input("k", (2, 3, S, 16)), dlc.input("v", (2, 3, S, 8))
+        w = dlc.input("w", (2, 3, L, 8))
+        loss = dlc.sum(dlc.scaled_dot_product_attention(q, k, v, causal=L == S) * w)
+        grads = dlc.grad(loss, [q, k, v])
+        fns = {t: dlc.compile(list(grads), inputs=[q, k, v, w], target=t) for t in ("reference", "cpu")}
+        ops = [n.op for kernel in program_of(fns["cpu"]).kernels for n in kernel.nodes if "attention_grad" in n.op]
+        assert sorted(ops) == (["attention_grad"] if L == S else ["attention_grad_kv", "attention_grad_q"])
+        args = [rng.standard_normal(t.shape).astype(np.float32) for t in (q, k, v, w)]
+        for got, want in zip(fns["cpu"](*args), fns["reference"](*args)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

@@ -233,7 +233,8 @@ def case_collective(rng):
 
 
 def case_attention(rng, dtype="float64"):
-    """Fused attention and its two gradient ops: a boolean mask with causal, and an additive one."""
+    """Fused attention and its gradient ops: over 7 keys (attention_grad_q and attention_grad_kv) with a boolean
+    mask and causal, and with an additive one; self-attention of q (attention_grad) with an additive mask."""
     q = dlc.input("q", ("B", 2, 5, 4), dtype)
     k = dlc.input("k", ("B", 2, 7, 4), dtype)
     v = dlc.input("v", ("B", 2, 7, 3), dtype)
@@ -242,11 +243,12 @@ def case_attention(rng, dtype="float64"):
     bias = rand(rng, (2, 1, 7), dtype)
     y = dlc.scaled_dot_product_attention(q, k, v, mask=keep, causal=True)
     z = dlc.scaled_dot_product_attention(q, k, v, mask=bias, scale=0.7)
-    loss = dlc.sum(y * y) + dlc.sum(dlc.tanh(z))
+    s = dlc.scaled_dot_product_attention(q, dlc.sin(q), dlc.tanh(q), mask=rand(rng, (5, 5), dtype))
+    loss = dlc.sum(y * y) + dlc.sum(dlc.tanh(z)) + dlc.sum(s * s)
     gq, gk, gv = dlc.grad(loss, [q, k, v])
     feeds = {"q": rand(rng, (3, 2, 5, 4), dtype), "k": rand(rng, (3, 2, 7, 4), dtype),
              "v": rand(rng, (3, 2, 7, 3), dtype)}
-    return {"y": y, "z": z, "gq": gq, "gk": gk, "gv": gv}, feeds, GEMM_TOL
+    return {"y": y, "z": z, "s": s, "gq": gq, "gk": gk, "gv": gv}, feeds, GEMM_TOL
 
 
 def case_layer_norm(rng, dtype="float64"):

@@ -62,7 +62,8 @@ def _catalog() -> dict:
               D.all_reduce(flat, "sum"), D.broadcast(flat, 0), D.reduce(flat, 0), D.all_gather(flat),
               D.reduce_scatter(flat), *D.average_gradients([flat, flat * 2.0], bucket_bytes=8)]
     att = dlc.scaled_dot_product_attention(seq[None], seq[None], seq[None], mask=seq[:, :1] > 0, causal=True)
-    loss = loss + dlc.sum(att) + dlc.sum(dlc.layer_norm(seq, 2) * seq)
+    cross = dlc.scaled_dot_product_attention(seq[None], seq[None, :3], seq[None, :3])   # 3 keys: two grad ops
+    loss = loss + dlc.sum(att) + dlc.sum(cross) + dlc.sum(dlc.layer_norm(seq, 2) * seq)
     grads = dlc.grad(loss + dlc.sum(ys), [x, w, wt, seq])
     found = {}
     for n in topo_order([t.node for t in [loss, *extras, *grads]]):

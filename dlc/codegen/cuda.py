@@ -1031,13 +1031,14 @@ def render_random(kernel: Kernel, program: Program) -> RenderedKernel:
     return _per_output_kernel(kernel, vr, body, node.shape, [])
 
 
-ATTENTION_OPS = {"attention": "dlc_attention_forward_row", "attention_grad_q": "dlc_attention_grad_q_row",
-                 "attention_grad_kv": "dlc_attention_grad_kv_row"}
+ATTENTION_OPS = {"attention": "dlc_attention_forward_row", "attention_grad": "dlc_attention_grad_row",
+                 "attention_grad_q": "dlc_attention_grad_q_row", "attention_grad_kv": "dlc_attention_grad_kv_row"}
 ATTENTION_MASKS = {"none": 0, "bool": 1, "add": 2}
 
 
 def render_attention(kernel: Kernel, program: Program) -> RenderedKernel:
-    """Attention and its gradient ops (attention.cu): one thread per query row (forward, dq) or key row (dk, dv)."""
+    """Attention and its gradient ops (attention.cu): one thread per query row (forward, dq), key row (dk, dv),
+    or both (attention_grad: query and key row i)."""
     node = kernel.anchor
     if len(kernel.nodes) != 1:
         raise unsupported(node, "an attention kernel holds the attention op alone")

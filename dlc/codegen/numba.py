@@ -515,7 +515,7 @@ WINDOW_CALLS = {
 # hand-written kernels called by symbol (kernels/cpu/library.py), with the module each is in: numba would
 # otherwise optimize their code again inside every generated function that calls them
 BOUND = {"conv2d": "conv", "conv2d_grad_input": "conv", "conv2d_grad_weight": "conv",
-         "attention_forward": "attention", "attention_backward_q": "attention",
+         "attention_forward": "attention", "attention_backward": "attention", "attention_backward_q": "attention",
          "attention_backward_kv": "attention", "layer_norm_forward": "norm", "layer_norm_backward": "norm"}
 
 
@@ -647,8 +647,8 @@ def _render_random(program, kernel):
 # ----------------------------------------------------------------------------
 # attention: one call into kernels/cpu/attention.py over the operands with their leading dims flattened
 
-ATTENTION_CALLS = {"attention": "attention_forward", "attention_grad_q": "attention_backward_q",
-                   "attention_grad_kv": "attention_backward_kv"}
+ATTENTION_CALLS = {"attention": "attention_forward", "attention_grad": "attention_backward",
+                   "attention_grad_q": "attention_backward_q", "attention_grad_kv": "attention_backward_kv"}
 ATTENTION_MASKS = {"none": 0, "bool": 1, "add": 2}
 
 

@@ -2,6 +2,7 @@
 
     attention(q, k, v[, mask])        -> (..., L, Ev + 1): softmax(q k^T * scale + mask) v, then each row's
                                          log-sum-exp of its scores in the last column
+    attention_grad(q, k, v[, mask], y, g)    -> [dq | dk | dv] (..., L, 2E + Ev), when S is L
     attention_grad_q(q, k, v[, mask], y, g)  -> dq (..., L, E)
     attention_grad_kv(q, k, v[, mask], y, g) -> [dk | dv] (..., S, E + Ev)
 
@@ -18,6 +19,13 @@ holds the L x S matrix, and one op yields both values. The user's function
 returns the first Ev columns; the column is differentiable like the rest
 (d lse_i / d score_ij is the probability p_ij). The gradient ops take y (this
 op's value) and g (the gradient of all Ev + 1 columns).
+
+Why one gradient op for self-attention and two otherwise: with as many keys
+as queries, dq, dk and dv fit side by side in one array, so one kernel can
+compute all three from one recomputation of each block of scores (5 block
+products where two kernels need 7: dlc/kernels/cpu/attention.py); with a
+different number of keys (cross-attention) the rows do not line up, and dq and
+[dk | dv] are two ops, each kernel recomputing the scores.
 
 A row whose keys are all masked out has no softmax: its output is NaN (0/0)
 and its log-sum-exp -inf, as in the plain formula. The mask is a constant to
@@ -127,6 +135,14 @@ def _grad_kv_infer(xs, attrs):
     return k.shape[:-1] + (_plus(k.shape[-1], v.shape[-1]),), dtype
 
 
+def _grad_infer(xs, attrs):
+    q, k, v, dtype = _grad_operands(xs, attrs)
+    if q.shape[-2] != k.shape[-2]:
+        raise ShapeError(f"attention_grad needs as many keys as queries, got {k.shape[-2]} keys for "
+                         f"{q.shape[-2]} queries (attention_grad_q and attention_grad_kv take any number)")
+    return q.shape[:-1] + (_plus(_plus(q.shape[-1], k.shape[-1]), v.shape[-1]),), dtype
+
+
 # ----------------------------------------------------------------------------
 # numpy references: the plain formula over the whole score matrix
 
@@ -189,6 +205,10 @@ def attention_grad_kv_ref(xs, a):
     return np.concatenate([dk, dv], axis=-1).astype(q.dtype, copy=False)
 
 
+def attention_grad_ref(xs, a):
+    return np.concatenate([attention_grad_q_ref(xs, a), attention_grad_kv_ref(xs, a)], axis=-1)
+
+
 # ----------------------------------------------------------------------------
 # gradient rule and registration
 
@@ -196,9 +216,14 @@ def attention_grad_kv_ref(xs, a):
 def _attention_grad(node, g, xs):
     F = _F()
     y = F.Tensor(node)
-    dq = F._apply("attention_grad_q", *xs, y, g, **node.a)
-    dkv = F._apply("attention_grad_kv", *xs, y, g, **node.a)
-    e = xs[0].shape[-1]
+    q, k = xs[:2]
+    e = q.shape[-1]
+    if q.shape[-2] == k.shape[-2]:
+        grad = F._apply("attention_grad", *xs, y, g, **node.a)
+        dq, dkv = F.take_slice(grad, -1, 0, e), F.take_slice(grad, -1, e, None)
+    else:
+        dq = F._apply("attention_grad_q", *xs, y, g, **node.a)
+        dkv = F._apply("attention_grad_kv", *xs, y, g, **node.a)
     dk = F.take_slice(dkv, -1, 0, e)
     dv = F.take_slice(dkv, -1, e, None)
     return [dq, dk, dv] + [None] * (len(xs) - 3)
@@ -207,6 +232,8 @@ def _attention_grad(node, g, xs):
 register("attention", OPAQUE, _attention_infer, lambda xs, a, shape: attention_ref(xs, a), _attention_grad,
          doc="softmax(q k^T * scale + mask) v, with each row's log-sum-exp as a last column")
 # The gradient ops have no gradient rule: a second-order gradient through attention stops with a GradientError.
+register("attention_grad", OPAQUE, _grad_infer, lambda xs, a, shape: attention_grad_ref(xs, a), None,
+         doc="(q, k, v[, mask], y, dL/dy) -> [dL/dq | dL/dk | dL/dv] along the last axis, as many keys as queries")
 register("attention_grad_q", OPAQUE, _grad_q_infer, lambda xs, a, shape: attention_grad_q_ref(xs, a), None,
          doc="(q, k, v[, mask], y, dL/dy) -> dL/dq, recomputing the probabilities from y's log-sum-exp")
 register("attention_grad_kv", OPAQUE, _grad_kv_infer, lambda xs, a, shape: attention_grad_kv_ref(xs, a), None,

@@ -10,14 +10,27 @@ No function holds more of the scores than one block of BLOCK_Q queries by
 BLOCK_K keys (per thread): the forward keeps each query row's running max and
 sum and rescales its accumulated output when the max grows; it stores each
 row's log-sum-exp beside the output, from which the backward recomputes the
-probabilities block by block. The backward is two functions so that each
-output block has one writer: dq over query blocks, dk and dv over key blocks
-(each recomputes the scores once: 2 score products where a one-pass backward
-needs 1, and no atomic adds). The block products are BLAS GEMMs (np.dot).
+probabilities block by block. The block products are BLAS GEMMs (np.dot).
 
-Threads: every (batch, block) is a task of its own, claimed from a shared
-counter by numba's threads (dlc_cpu_threads), with each block's GEMMs on the
-thread that runs it. Exponentials of float32 scores use the vectorizable
+The backward of self-attention (as many keys as queries) writes one array,
+[dq | dk | dv] along the last axis (attention_backward), in one of two ways:
+- one pass per batch (FlashAttention-2's order) when there are at least as
+  many batches as threads: for each key block, every query block that sees
+  it; dk and dv are summed over the query blocks, dq in a buffer of the
+  batch's L rows over the key blocks. Each block pair costs 5 block products
+  (the scores, dL/dout v^T and the three gradients);
+- two passes when there are fewer (a long sequence of one batch): dq over
+  query blocks, then dk and dv over key blocks, each with its blocks spread
+  over the threads and one writer per output block, at the price of
+  recomputing the scores and dL/dout v^T in both (7 block products).
+With as many keys as queries, W10's backward (64 batches of 256 causal rows,
+64 features, 2 threads) took 16-18 ms in one pass against 24-27 ms in two.
+Cross-attention (a different number of keys) keeps the two passes as two
+ops, dq (attention_backward_q) and [dk | dv] (attention_backward_kv).
+
+Threads: every (batch, block), or every batch in the one-pass backward, is a
+task of its own, claimed from a shared counter by numba's threads
+(dlc_cpu_threads), with each block's GEMMs on the thread that runs it. Exponentials of float32 scores use the vectorizable
 dlc_cpu_fastmath.exp_f32 (numba's np.exp is a libm call per element).
 """
 
@@ -175,8 +188,8 @@ def _block_backward(q, k, v, mask, b, i0, i1, j0, j1, sc, causal, mask_kind, dou
 
 
 @njit(**JIT)
-def _dq_block(q, k, v, mask, y, g, dq, b, i0, sc, causal, mask_kind):
-    """dq of rows i0 .. i0 + BLOCK_Q of batch b."""
+def _dq_block(q, k, v, mask, y, g, out, b, i0, sc, causal, mask_kind):
+    """dq of rows i0 .. i0 + BLOCK_Q of batch b, into out's first E columns."""
     L, E = q.shape[1], q.shape[2]
     S, Ev = v.shape[1], v.shape[2]
     i1 = min(L, i0 + BLOCK_Q)
@@ -195,14 +208,12 @@ def _dq_block(q, k, v, mask, y, g, dq, b, i0, sc, causal, mask_kind):
         if E > 0:
             np.dot(dpb, k[b, j0:j1], part)
             acc += part
-    for r in range(nq):
-        for d in range(E):
-            dq[b, i0 + r, d] = acc[r, d] * sc
+    _store_dq(out, b, i0, acc, sc)
 
 
 @njit(**JIT)
-def _dkv_block(q, k, v, mask, y, g, dkv, b, j0, sc, causal, mask_kind):
-    """dk and dv of keys j0 .. j0 + BLOCK_K of batch b."""
+def _dkv_block(q, k, v, mask, y, g, out, b, j0, col, sc, causal, mask_kind):
+    """dk and dv of keys j0 .. j0 + BLOCK_K of batch b, into out's columns from col on."""
     L, E = q.shape[1], q.shape[2]
     S, Ev = v.shape[1], v.shape[2]
     j1 = min(S, j0 + BLOCK_K)
@@ -226,35 +237,96 @@ def _dkv_block(q, k, v, mask, y, g, dkv, b, j0, sc, causal, mask_kind):
         if E > 0:
             np.dot(dpb.T, q[b, i0:i1], part_k)
             dk += part_k
-    for c in range(nk):
-        for d in range(E):
-            dkv[b, j0 + c, d] = dk[c, d] * sc
-        for d in range(Ev):
-            dkv[b, j0 + c, E + d] = dv[c, d]
-
-
-# ----------------------------------------------------------------------------
-# the three passes: every (batch, block) a task
-
-
-FORWARD, GRAD_Q, GRAD_KV = 0, 1, 2
+    _store_dkv(out, b, j0, col, dk, dv, sc)
 
 
 @njit(**JIT)
-def _task(kind, q, k, v, mask, y, g, out, t, blocks, sc, causal, mask_kind):
-    """Task t of a pass: its block t % blocks (of queries, or of keys for GRAD_KV) of batch t // blocks."""
+def _store_dq(out, b, i0, dq, sc):
+    """out[b, i0 + r, :E] = dq[r] * scale."""
+    for r in range(dq.shape[0]):
+        row = out[b, i0 + r]
+        for d in range(dq.shape[1]):
+            row[d] = dq[r, d] * sc
+
+
+@njit(**JIT)
+def _store_dkv(out, b, j0, col, dk, dv, sc):
+    """out[b, j0 + c, col:] = [dk[c] * scale | dv[c]]."""
+    E, Ev = dk.shape[1], dv.shape[1]
+    for c in range(dk.shape[0]):
+        row = out[b, j0 + c]
+        for d in range(E):
+            row[col + d] = dk[c, d] * sc
+        for d in range(Ev):
+            row[col + E + d] = dv[c, d]
+
+
+@njit(**JIT)
+def _batch_backward(q, k, v, mask, y, g, out, b, col, sc, causal, mask_kind):
+    """The whole gradient of batch b in one pass: per key block, every query block that sees it (5 block
+    products a pair); dk and dv summed over the query blocks, dq over the key blocks. dq goes into out's first
+    E columns, dk and dv into its columns from col on."""
+    L, E = q.shape[1], q.shape[2]
+    S, Ev = v.shape[1], v.shape[2]
+    dout = np.empty((L, Ev), q.dtype)
+    lse = np.empty(L, q.dtype)
+    delta = np.empty(L, q.dtype)
+    _rows(y, g, b, 0, L, Ev, dout, lse, delta)
+    dq = np.zeros((L, E), q.dtype)
+    dk = np.empty((BLOCK_K, E), q.dtype)
+    dv = np.empty((BLOCK_K, Ev), q.dtype)
+    part_q = np.empty((BLOCK_Q, E), q.dtype)
+    part_k = np.empty((BLOCK_K, E), q.dtype)
+    part_v = np.empty((BLOCK_K, Ev), q.dtype)
+    for j0 in range(0, S, BLOCK_K):
+        j1 = min(S, j0 + BLOCK_K)
+        nk = j1 - j0
+        dk[:nk] = 0
+        dv[:nk] = 0
+        # with causal, queries before j0 see none of these keys
+        for i0 in range((j0 // BLOCK_Q) * BLOCK_Q if causal else 0, L, BLOCK_Q):
+            i1 = min(L, i0 + BLOCK_Q)
+            nq = i1 - i0
+            sb, dpb = _block_backward(q, k, v, mask, b, i0, i1, j0, j1, sc, causal, mask_kind, dout[i0:i1],
+                                      lse[i0:i1], delta[i0:i1])
+            if Ev > 0:
+                np.dot(sb.T, dout[i0:i1], part_v[:nk])
+                dv[:nk] += part_v[:nk]
+            if E > 0:
+                np.dot(dpb.T, q[b, i0:i1], part_k[:nk])
+                dk[:nk] += part_k[:nk]
+                np.dot(dpb, k[b, j0:j1], part_q[:nq])
+                dq[i0:i1] += part_q[:nq]
+        _store_dkv(out, b, j0, col, dk[:nk], dv[:nk], sc)
+    _store_dq(out, b, 0, dq, sc)
+
+
+# ----------------------------------------------------------------------------
+# the passes: every (batch, block), or every batch, a task
+
+
+FORWARD, GRAD_Q, GRAD_KV, GRAD_BATCH = 0, 1, 2, 3
+
+
+@njit(**JIT)
+def _task(kind, q, k, v, mask, y, g, out, col, t, blocks, sc, causal, mask_kind):
+    """Task t of a pass: its block t % blocks (of queries, or of keys for GRAD_KV; GRAD_BATCH's one block is the
+    whole batch) of batch t // blocks."""
     b, block = t // blocks, t % blocks
-    if kind == FORWARD:
+    if kind == GRAD_BATCH:
+        _batch_backward(q, k, v, mask, y, g, out, b, col, sc, causal, mask_kind)
+    elif kind == FORWARD:
         _forward_block(q, k, v, mask, out, b, block * BLOCK_Q, sc, causal, mask_kind)
     elif kind == GRAD_Q:
         _dq_block(q, k, v, mask, y, g, out, b, block * BLOCK_Q, sc, causal, mask_kind)
     else:
-        _dkv_block(q, k, v, mask, y, g, out, b, block * BLOCK_K, sc, causal, mask_kind)
+        _dkv_block(q, k, v, mask, y, g, out, b, block * BLOCK_K, col, sc, causal, mask_kind)
 
 
 @njit(**JIT_PARALLEL)
-def _run(kind, q, k, v, mask, y, g, out, blocks, width, scale, causal, mask_kind):
-    """Every task of a pass (`width`: the multiply-adds per score of its block products): in order on one thread
+def _run(kind, q, k, v, mask, y, g, out, col, blocks, width, scale, causal, mask_kind):
+    """Every task of a pass (`width`: the multiply-adds per score of its block products; `col`: the column of
+    out where dk and dv go): in order on one thread
     below the threads' threshold, else claimed by numba's threads, each block's GEMMs on the thread that runs it."""
     B, L, S = q.shape[0], q.shape[1], v.shape[1]
     sc = q.dtype.type(scale)
@@ -263,13 +335,13 @@ def _run(kind, q, k, v, mask, y, g, out, blocks, width, scale, causal, mask_kind
     previous = blas_on_calling_thread()
     if workers == 1:
         for t in range(tasks):
-            _task(kind, q, k, v, mask, y, g, out, t, blocks, sc, causal, mask_kind)
+            _task(kind, q, k, v, mask, y, g, out, col, t, blocks, sc, causal, mask_kind)
     else:
         counter = task_counter()
         for _ in prange(workers):
             t = claim(counter)
             while t < tasks:
-                _task(kind, q, k, v, mask, y, g, out, t, blocks, sc, causal, mask_kind)
+                _task(kind, q, k, v, mask, y, g, out, col, t, blocks, sc, causal, mask_kind)
                 t = claim(counter)
     restore_blas_threads(previous)
 
@@ -278,25 +350,41 @@ def _run(kind, q, k, v, mask, y, g, out, blocks, width, scale, causal, mask_kind
 def attention_forward(q, k, v, mask, out, scale, causal, mask_kind):
     """out[..., :Ev] = softmax(q k^T * scale + masks) v; out[..., Ev] = each row's log-sum-exp of its scores."""
     blocks = (q.shape[1] + BLOCK_Q - 1) // BLOCK_Q
-    _run(FORWARD, q, k, v, mask, out, out, out, blocks, q.shape[2] + v.shape[2], scale, causal, mask_kind)
+    _run(FORWARD, q, k, v, mask, out, out, out, 0, blocks, q.shape[2] + v.shape[2], scale, causal, mask_kind)
 
 
 @njit(**JIT)
 def attention_backward_q(q, k, v, mask, y, g, dq, scale, causal, mask_kind):
     """dq = (p * (dL/dout v^T - delta)) k * scale, over query blocks."""
     blocks = (q.shape[1] + BLOCK_Q - 1) // BLOCK_Q
-    _run(GRAD_Q, q, k, v, mask, y, g, dq, blocks, 2 * q.shape[2] + v.shape[2], scale, causal, mask_kind)
+    _run(GRAD_Q, q, k, v, mask, y, g, dq, 0, blocks, 2 * q.shape[2] + v.shape[2], scale, causal, mask_kind)
 
 
 @njit(**JIT)
 def attention_backward_kv(q, k, v, mask, y, g, dkv, scale, causal, mask_kind):
     """dkv[..., :E] = ds^T q * scale and dkv[..., E:] = p^T dL/dout, over key blocks."""
     blocks = (v.shape[1] + BLOCK_K - 1) // BLOCK_K
-    _run(GRAD_KV, q, k, v, mask, y, g, dkv, blocks, 2 * (q.shape[2] + v.shape[2]), scale, causal, mask_kind)
+    _run(GRAD_KV, q, k, v, mask, y, g, dkv, 0, blocks, 2 * (q.shape[2] + v.shape[2]), scale, causal, mask_kind)
+
+
+@njit(**JIT)
+def attention_backward(q, k, v, mask, y, g, grad, scale, causal, mask_kind):
+    """grad = [dq | dk | dv] along the last axis (as many queries as keys): one pass per batch when every
+    thread has a batch of its own, else the two passes."""
+    B, L, E = q.shape
+    S, Ev = v.shape[1], v.shape[2]
+    one_pass = 3 * E + 2 * Ev   # multiply-adds per score of the one-pass products
+    if B >= workers_for(_macs(B, L, S, one_pass, causal), L + S):
+        _run(GRAD_BATCH, q, k, v, mask, y, g, grad, E, 1, one_pass, scale, causal, mask_kind)
+        return
+    blocks_q = (L + BLOCK_Q - 1) // BLOCK_Q
+    _run(GRAD_Q, q, k, v, mask, y, g, grad, E, blocks_q, 2 * E + Ev, scale, causal, mask_kind)
+    blocks_k = (S + BLOCK_K - 1) // BLOCK_K
+    _run(GRAD_KV, q, k, v, mask, y, g, grad, E, blocks_k, 2 * (E + Ev), scale, causal, mask_kind)
 
 
 def signatures():
-    """How generated code calls the three attention kernels, which it binds by symbol (kernels/cpu/library.py):
+    """How generated code calls the four attention kernels, which it binds by symbol (kernels/cpu/library.py):
     variant (name_dtype_maskdtype) -> (function, argument types). Every array is C-ordered and 3-d, the ones
     read declared read-only; the mask is bool or of q's dtype (q itself stands in, never read, when there is
     none)."""
@@ -307,6 +395,6 @@ def signatures():
         for mask_dtype in (types.boolean, dtype):
             qkvm = (read, read, read, types.Array(mask_dtype, 3, "C", readonly=True))
             out[f"attention_forward_{dtype}_{mask_dtype}"] = ("attention_forward", qkvm + (written,) + flags)
-            for name in ("attention_backward_q", "attention_backward_kv"):
+            for name in ("attention_backward", "attention_backward_q", "attention_backward_kv"):
                 out[f"{name}_{dtype}_{mask_dtype}"] = (name, qkvm + (read, read, written) + flags)
     return out

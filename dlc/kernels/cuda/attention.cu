@@ -5,8 +5,9 @@
 // its gradient are (B, L, Ev + 1), each row's log-sum-exp in the last column; the mask is (1 or B, 1 or L,
 // 1 or S), bool (kind 1: false drops the key) or added to the scores (kind 2). The forward accumulates its
 // output row in place, rescaled whenever the row's running max grows; the gradients recompute each
-// probability as exp(score - lse). dq and [dk | dv] are written by one thread each: no atomics, the same
-// bits on every run. (A thread per row is the simple form: a tiled, shared-memory kernel is future work.)
+// probability as exp(score - lse). dq and [dk | dv] are written by one thread each (with as many keys as
+// queries, attention_grad's thread r writes query row r's dq and key row r's dk and dv): no atomics, the
+// same bits on every run. (A thread per row is the simple form: a tiled, shared-memory kernel is future work.)
 #pragma once
 
 struct DlcAttention {
@@ -93,14 +94,14 @@ __device__ __forceinline__ T dlc_attention_ds(const T* __restrict__ v, const T* 
   return p * (dp - delta);
 }
 
-// row r = b * L + i of dq
+// dq of query row r = b * L + i into out[0, E)
 template <class T, class M>
-__device__ __forceinline__ void dlc_attention_grad_q_row(const T* __restrict__ q, const T* __restrict__ k,
-                                                         const T* __restrict__ v, const M* __restrict__ mask,
-                                                         const T* __restrict__ y, const T* __restrict__ g,
-                                                         T* __restrict__ dq, const DlcAttention& a, T scale, i64 r) {
+__device__ __forceinline__ void dlc_attention_grad_q_into(const T* __restrict__ q, const T* __restrict__ k,
+                                                          const T* __restrict__ v, const M* __restrict__ mask,
+                                                          const T* __restrict__ y, const T* __restrict__ g,
+                                                          T* __restrict__ out, const DlcAttention& a, T scale,
+                                                          i64 r) {
   const i64 b = r / a.L, i = r % a.L;
-  T* out = dq + r * a.E;
   for (i64 e = 0; e < a.E; ++e) out[e] = T(0);
   const T delta = dlc_attention_delta(y, g, a, r);
   const i64 end = a.causal ? (i + 1 < a.S ? i + 1 : a.S) : a.S;
@@ -115,15 +116,14 @@ __device__ __forceinline__ void dlc_attention_grad_q_row(const T* __restrict__ q
   for (i64 e = 0; e < a.E; ++e) out[e] *= scale;
 }
 
-// key row t = b * S + j of [dk | dv]
+// [dk | dv] of key row t = b * S + j into out[0, E + Ev)
 template <class T, class M>
-__device__ __forceinline__ void dlc_attention_grad_kv_row(const T* __restrict__ q, const T* __restrict__ k,
-                                                          const T* __restrict__ v, const M* __restrict__ mask,
-                                                          const T* __restrict__ y, const T* __restrict__ g,
-                                                          T* __restrict__ dkv, const DlcAttention& a, T scale,
-                                                          i64 t) {
+__device__ __forceinline__ void dlc_attention_grad_kv_into(const T* __restrict__ q, const T* __restrict__ k,
+                                                           const T* __restrict__ v, const M* __restrict__ mask,
+                                                           const T* __restrict__ y, const T* __restrict__ g,
+                                                           T* __restrict__ out, const DlcAttention& a, T scale,
+                                                           i64 t) {
   const i64 b = t / a.S, j = t % a.S;
-  T* out = dkv + t * (a.E + a.Ev);
   for (i64 d = 0; d < a.E + a.Ev; ++d) out[d] = T(0);
   for (i64 i = a.causal ? j : 0; i < a.L; ++i) {
     const T s = dlc_attention_score(q, k, mask, a, scale, b, i, j);
@@ -137,4 +137,34 @@ __device__ __forceinline__ void dlc_attention_grad_kv_row(const T* __restrict__ 
     for (i64 d = 0; d < a.Ev; ++d) out[a.E + d] += p * gr[d];
   }
   for (i64 e = 0; e < a.E; ++e) out[e] *= scale;
+}
+
+// row r of dq (attention_grad_q)
+template <class T, class M>
+__device__ __forceinline__ void dlc_attention_grad_q_row(const T* __restrict__ q, const T* __restrict__ k,
+                                                         const T* __restrict__ v, const M* __restrict__ mask,
+                                                         const T* __restrict__ y, const T* __restrict__ g,
+                                                         T* __restrict__ dq, const DlcAttention& a, T scale, i64 r) {
+  dlc_attention_grad_q_into(q, k, v, mask, y, g, dq + r * a.E, a, scale, r);
+}
+
+// key row t of [dk | dv] (attention_grad_kv)
+template <class T, class M>
+__device__ __forceinline__ void dlc_attention_grad_kv_row(const T* __restrict__ q, const T* __restrict__ k,
+                                                          const T* __restrict__ v, const M* __restrict__ mask,
+                                                          const T* __restrict__ y, const T* __restrict__ g,
+                                                          T* __restrict__ dkv, const DlcAttention& a, T scale,
+                                                          i64 t) {
+  dlc_attention_grad_kv_into(q, k, v, mask, y, g, dkv + t * (a.E + a.Ev), a, scale, t);
+}
+
+// row r of [dq | dk | dv] (attention_grad, as many keys as queries): query row r's dq, key row r's dk and dv
+template <class T, class M>
+__device__ __forceinline__ void dlc_attention_grad_row(const T* __restrict__ q, const T* __restrict__ k,
+                                                       const T* __restrict__ v, const M* __restrict__ mask,
+                                                       const T* __restrict__ y, const T* __restrict__ g,
+                                                       T* __restrict__ grad, const DlcAttention& a, T scale, i64 r) {
+  T* row = grad + r * (2 * a.E + a.Ev);
+  dlc_attention_grad_q_into(q, k, v, mask, y, g, row, a, scale, r);
+  dlc_attention_grad_kv_into(q, k, v, mask, y, g, row + a.E, a, scale, r);
 }
