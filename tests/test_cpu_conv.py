@@ -114,10 +114,31 @@ def test_samples_share_a_gemm_only_when_their_outputs_are_small():
     assert samples_per_gemm(3, 16, BATCH_BELOW, 1) * 16 <= COLUMNS
 
 
+def test_forward_tiles_only_where_a_samples_columns_outgrow_the_budget():
+    """Batch-1 forward convs run in tiles of output rows where one sample's columns exceed TILE_BYTES and the tiles
+    are at least TILE_MIN_COLUMNS wide, with as many tiles per thread; elsewhere each GEMM's rows are split."""
+    from dlc.runtime.cpu import load_kernel_modules
+
+    load_kernel_modules()
+    from dlc_cpu_conv import TILE_MIN_COLUMNS, _tile_rows
+
+    assert _tile_rows(64 * 9, 56, 56, 2, 4) == 7            # 8 tiles of 7 rows of 56
+    assert _tile_rows(64 * 9, 57, 57, 2, 4) == 6            # 10 tiles, the last of 3 rows
+    assert _tile_rows(64 * 9, 112, 112, 3, 4) == 4          # 28 tiles: a multiple of 3 threads would be 30
+    assert _tile_rows(3 * 49, 112, 112, 2, 4) == 14         # the 7x7 stem of 224x224 inputs, stride 2
+    assert _tile_rows(128 * 9, 28, 28, 2, 4) == 7           # 196 columns a tile
+    assert _tile_rows(64 * 9, 57, 57, 2, 8) == 0            # float64: 3 rows of 57 are under TILE_MIN_COLUMNS
+    assert _tile_rows(64 * 9, 16, 16, 2, 4) == 0            # the sample's columns fit the budget: rows split
+    assert _tile_rows(256 * 9, 14, 14, 2, 4) == 0           # 2 tiles of 7 rows, narrower than TILE_MIN_COLUMNS
+    assert 7 * 14 < TILE_MIN_COLUMNS <= 7 * 28
+
+
 # Shapes for the kernels' threaded paths (above PARALLEL_MIN_MACS multiply-adds): N, C, H, W, C_out, kh, kw, stride,
 # padding ((top, bottom), (left, right)), dilation, groups, dtype
 THREADED_CASES = [
-    (1, 64, 32, 32, 128, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, "float32"),    # batch 1: output rows split
+    (1, 64, 32, 32, 128, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, "float32"),    # batch 1: tiles of output rows
+    (1, 64, 57, 57, 64, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, "float32"),     # tiles, the last one shorter
+    (1, 256, 14, 14, 256, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, "float32"),   # batch 1: GEMM rows split
     (4, 64, 24, 24, 64, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, "float32"),     # samples split
     (8, 256, 4, 4, 256, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 1, "float32"),     # shared GEMMs split
     (1, 512, 16, 16, 512, 1, 1, (1, 1), ((0, 0), (0, 0)), (1, 1), 1, "float32"),   # pointwise, batch 1
@@ -126,7 +147,7 @@ THREADED_CASES = [
     (32, 128, 8, 7, 128, 3, 3, (2, 1), ((1, 0), (2, 1)), (1, 2), 1, "float32"),    # shared, strided, dilated
     (32, 32, 24, 24, 32, 3, 3, (1, 1), ((2, 0), (1, 1)), (1, 2), 2, "float32"),    # wide columns, grouped, dilated
     (16, 64, 33, 31, 96, 3, 2, (2, 1), ((2, 0), (1, 1)), (2, 1), 4, "float32"),    # grouped, strided, dilated
-    (1, 128, 97, 95, 96, 3, 2, (2, 1), ((2, 0), (1, 1)), (2, 1), 4, "float32"),    # the same at batch 1
+    (1, 128, 97, 95, 96, 3, 2, (2, 1), ((2, 0), (1, 1)), (2, 1), 4, "float32"),    # the same at batch 1 (tiles)
     (4, 64, 40, 42, 64, 3, 3, (1, 2), ((0, 2), (2, 0)), (2, 2), 1, "float64"),
     (8, 64, 64, 64, 128, 3, 3, (2, 2), ((1, 1), (1, 1)), (1, 1), 64, "float32"),   # depthwise, 2 outputs/channel
     (1, 64, 128, 128, 64, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), 64, "float32"),  # depthwise, batch 1

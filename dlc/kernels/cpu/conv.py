@@ -69,10 +69,12 @@ a depthwise one counts DEPTHWISE_MAC_COST): with at least as many GEMMs
 (samples, or groups of samples sharing one) as threads, each thread takes
 whole GEMMs with columns of its own (but the weight gradient of samples
 sharing GEMMs splits each GEMM's output rows: no per-thread copy of the whole
-gradient to add up); with fewer (batch 1), each GEMM's
-output rows are split between them (dgrad: the rows of the columns, through
-a transposed copy of the weights, 1/(Ho*Wo) of the GEMM's work) and im2col
-and col2im go channel by channel. Threads claim their tasks from a shared
+gradient to add up); with fewer (batch 1), a forward conv whose sample's
+columns outgrow a core's L2 runs in tiles of output rows, each thread with
+the columns of its tile and every output channel (_tile_rows), and otherwise
+each GEMM's output rows are split between them (dgrad: the rows of the
+columns, through a transposed copy of the weights, 1/(Ho*Wo) of the GEMM's
+work) with im2col and col2im channel by channel. Threads claim their tasks from a shared
 counter (dlc_cpu_threads says why).
 """
 
@@ -168,13 +170,21 @@ SHORT_ROW = 8   # output rows shorter than this are copied element by element: a
 @njit(**JIT)
 def im2col(x, n0, nb, cols, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
     """cols[(c*kh + i)*kw + j, s*Ho*Wo + oh*Wo + ow] = x[n0 + s, c, oh*sh - pt + i*dh, ow*sw - pl + j*dw] for
-    the nb samples from n0 side by side and the channels c in [c0, c1), 0 in the padding.
+    the nb samples from n0 side by side and the channels c in [c0, c1), 0 in the padding."""
+    im2col_rows(x, n0, nb, cols, c0, c1, 0, ho, kh, kw, sh, sw, pt, pl, dh, dw, wo)
+
+
+@njit(**JIT)
+def im2col_rows(x, n0, nb, cols, c0, c1, oh0, oh1, kh, kw, sh, sw, pt, pl, dh, dw, wo):
+    """im2col of output rows oh0 .. oh1 - 1 only: cols[(c*kh + i)*kw + j, s*span + (oh - oh0)*Wo + ow] with
+    span = (oh1 - oh0)*Wo.
 
     Row by row, every sample's positions of a row written before the next row: sample by sample, each of the
     C*kh*kw rows got a few values a cache line and often a page from the last (ResNet's 4x4 planes, 512
-    channels, 32 samples: 13-19 ms against 3.8 ms this way)."""
+    channels, 32 samples: 13-19 ms against 3.8 ms this way). One function with every loop in it: the inner
+    row copy as a function of its own (views passed per output row) made it 40% slower."""
     H, W = x.shape[2], x.shape[3]
-    hw = ho * wo
+    span = (oh1 - oh0) * wo
     for c in range(c0, c1):
         for i in range(kh):
             for j in range(kw):
@@ -183,9 +193,9 @@ def im2col(x, n0, nb, cols, c0, c1, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo):
                 dst_row = cols[(c * kh + i) * kw + j]
                 for s in range(nb):
                     plane = x[n0 + s, c]
-                    for oh in range(ho):
+                    for oh in range(oh0, oh1):
                         ih = oh * sh - pt + i * dh
-                        base = s * hw + oh * wo
+                        base = s * span + (oh - oh0) * wo
                         if ih < 0 or ih >= H:
                             for k in range(wo):
                                 dst_row[base + k] = 0
@@ -580,6 +590,68 @@ def _forward_samples(x, w2, out, n0, nb, groups, cols, part, kh, kw, sh, sw, pt,
         dot(w2[g * og:(g + 1) * og], src[g * kg:(g + 1) * kg], o2[g * og:(g + 1) * og])
 
 
+# A forward conv of fewer samples than threads whose sample's columns outgrow a core's L2 (from ResNet's 32x32
+# layers to ImageNet's 112x112) runs in tiles of output rows instead: each thread builds the columns of one tile
+# (at most TILE_BYTES, so they stay in its L2 for the GEMM that reads them) and multiplies them by every
+# output channel's weights. Tiles narrower than TILE_MIN_COLUMNS make GEMMs too thin to gain; such convs split
+# each GEMM's output rows. Measured at batch 1 (2 threads, ms, row split -> tiles, 3 alternating runs): 64->64
+# 3x3 on 112x112 12.2-12.9 -> 7.6-8.0, on 56x56 2.5-2.8 -> 2.1-2.3, the 7x7/2 stem on 224x224 3.9-4.1 -> 2.8;
+# with 128 channels on 28x28, tiles of 112 columns were slower (1.73-1.82 -> 2.1), of 196 as fast (1.78-1.85).
+TILE_BYTES = 1 << 20
+TILE_MIN_COLUMNS = 192
+
+
+@njit(**JIT)
+def _tile_rows(kg_all, ho, wo, threads, itemsize):
+    """Output rows per tile of the tiled forward, or 0 where it does not apply: a sample's columns (kg_all rows
+    of Ho*Wo) within TILE_BYTES, or tiles under TILE_MIN_COLUMNS. The tile count is a multiple of threads."""
+    if kg_all * ho * wo * itemsize <= TILE_BYTES or wo == 0:
+        return 0
+    fit = max(1, TILE_BYTES // (kg_all * wo * itemsize))
+    tiles = _ceil_div(_ceil_div(ho, fit), threads) * threads
+    rows = _ceil_div(ho, min(ho, tiles))
+    return rows if rows * wo >= TILE_MIN_COLUMNS else 0
+
+
+@njit(**JIT)
+def _forward_tile(x, w2, out, n, oh0, oh1, groups, cbuf, pbuf, kh, kw, sh, sw, pt, pl, dh, dw):
+    """Output rows oh0 .. oh1 - 1 of sample n: their columns, a GEMM per group into a block of the thread's own,
+    then copied into out."""
+    co, kg = w2.shape
+    og = co // groups
+    wo = out.shape[3]
+    span = (oh1 - oh0) * wo
+    cols = cbuf[:x.shape[1] * kh * kw * span].reshape((x.shape[1] * kh * kw, span))
+    part = pbuf[:co * span].reshape((co, span))
+    im2col_rows(x, n, 1, cols, 0, x.shape[1], oh0, oh1, kh, kw, sh, sw, pt, pl, dh, dw, wo)
+    for g in range(groups):
+        dot(w2[g * og:(g + 1) * og], cols[g * kg:(g + 1) * kg], part[g * og:(g + 1) * og])
+    o2 = out[n].reshape((co, out.shape[2] * wo))
+    for o in range(co):
+        d, src = o2[o, oh0 * wo:oh1 * wo], part[o]
+        for k in range(span):
+            d[k] = src[k]
+
+
+@njit(**JIT_PARALLEL)
+def _forward_tiles(x, w2, out, groups, threads, rows, kh, kw, sh, sw, pt, pl, dh, dw):
+    """Every sample's output in tiles of `rows` output rows, claimed by `threads` threads, each with column and
+    output blocks of its own."""
+    N = x.shape[0]
+    ho, wo = out.shape[2], out.shape[3]
+    tiles = _ceil_div(ho, rows)
+    cbuf = np.empty((threads, x.shape[1] * kh * kw * rows * wo), x.dtype)
+    pbuf = np.empty((threads, w2.shape[0] * rows * wo), x.dtype)
+    counter = task_counter()
+    for t in prange(threads):
+        task = claim(counter)
+        while task < N * tiles:
+            oh0 = (task % tiles) * rows
+            _forward_tile(x, w2, out, task // tiles, oh0, min(ho, oh0 + rows), groups, cbuf[t], pbuf[t], kh, kw,
+                          sh, sw, pt, pl, dh, dw)
+            task = claim(counter)
+
+
 @njit(**JIT)
 def _input_samples(gy, w2, out, n0, nb, groups, cols, rows, kh, kw, sh, sw, pt, pl, dh, dw, pointwise):
     """dgrad of samples n0 .. n0+nb-1: the columns w^T @ dL/dy per group (all nb samples' side by side in one
@@ -923,6 +995,10 @@ def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
                     _forward_samples(x, w2, out, c * nb, nb, groups, cols[t], part[t], kh, kw, sh, sw, pt, pl,
                                      dh, dw, pointwise)
                     c = claim(counter)
+    elif not pointwise and _tile_rows(C * kh * kw, ho, wo, threads, x.itemsize) > 0:
+        # fewer samples than threads, large planes: tiles of output rows
+        _forward_tiles(x, w2, out, groups, threads, _tile_rows(C * kh * kw, ho, wo, threads, x.itemsize), kh, kw,
+                       sh, sw, pt, pl, dh, dw)
     else:
         # fewer samples than threads (batch 1): the columns built by all threads, then each GEMM's output rows
         # split between them
