@@ -30,8 +30,9 @@ ops, dq (attention_backward_q) and [dk | dv] (attention_backward_kv).
 
 Threads: every (batch, block), or every batch in the one-pass backward, is a
 task of its own, claimed from a shared counter by numba's threads
-(dlc_cpu_threads), with each block's GEMMs on the thread that runs it. Exponentials of float32 scores use the vectorizable
-dlc_cpu_fastmath.exp_f32 (numba's np.exp is a libm call per element).
+(dlc_cpu_threads), with each block's GEMMs on the thread that runs it.
+Exponentials of float32 scores use the vectorizable dlc_cpu_fastmath.exp_f32
+(numba's np.exp is a libm call per element).
 """
 
 import numpy as np
