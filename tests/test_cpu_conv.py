@@ -74,6 +74,8 @@ CONV_CASES = [
     (2, ((1, 0), (2, 1)), (2, 1), 4, (8, 1, 3, 2)),  # depthwise, two outputs per channel, strided, dilated
     (1, ((2, 0), (0, 3)), (2, 1), 4, (8, 1, 3, 2)),  # depthwise stride 1 (a padded plane), uneven padding, dilated
     (1, 2, 1, 4, (24, 1, 5, 5)),    # one input channel, six outputs per group (LeNet's first conv): im2col + GEMM
+    (4, 0, 1, 1, (5, 4, 3, 3)),     # 2x2 outputs: at batch 1 a forward GEMM of 4 columns, as dot products
+    (4, 0, 1, 2, (6, 2, 1, 1)),     # grouped strided 1x1, 3x2 outputs: 6 columns
 ]
 
 
