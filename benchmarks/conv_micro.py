@@ -3,6 +3,7 @@
     python benchmarks/conv_micro.py --rounds 3     # every shape, 3 interleaved rounds (the recorded run)
     python benchmarks/conv_micro.py --quick        # LeNet-5's convs and two ResNet shapes, 1 round
     python benchmarks/conv_micro.py --set onnx     # the ONNX benchmark's shapes (ResNet-18 batch 1 and 16, MobileNet)
+    python benchmarks/conv_micro.py --set imagenet # ResNet's layers on 224x224 inputs, batch 1
 
 For each layer shape (LeNet-5's two convolutions and every distinct
 convolution of the ResNet-18-style W8, batch 32, 3x32x32 input) it times the
@@ -65,6 +66,15 @@ ONNX_SHAPES = [
     ("b1 pw 512->1024", 1, 512, 2, 1024, 1, 1, 0),
     ("b16 dw 32", 16, 32, 32, 32, 3, 1, 1, 32),
     ("b16 pw 512->1024", 16, 512, 2, 1024, 1, 1, 0),
+]
+# ResNet's layers on 224x224 inputs at batch 1 (an imported ImageNet model's inference)
+IMAGENET_SHAPES = [
+    ("b1 stem 7x7 s2 on 224", 1, 3, 224, 64, 7, 2, 3),
+    ("b1 3x3 on 56", 1, 64, 56, 64, 3, 1, 1),
+    ("b1 3x3 on 28", 1, 128, 28, 128, 3, 1, 1),
+    ("b1 3x3 on 14", 1, 256, 14, 256, 3, 1, 1),
+    ("b1 3x3 on 7", 1, 512, 7, 512, 3, 1, 1),
+    ("b1 1x1 64->256 on 56", 1, 64, 56, 256, 1, 1, 0),
 ]
 QUICK = ["LeNet-5 conv1", "LeNet-5 conv2", "layer1 3x3", "layer4 3x3"]
 KINDS = ("fwd", "dgrad", "wgrad")
@@ -298,22 +308,22 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, help="interleaved rounds (default 3, or 1 with --quick)")
     ap.add_argument("--quick", action="store_true", help=f"only {', '.join(QUICK)}")
-    ap.add_argument("--set", choices=("workloads", "onnx"), default="workloads",
-                    help="W8's and LeNet-5's shapes (batch 32), or onnx_bench.py's")
+    ap.add_argument("--set", choices=("workloads", "onnx", "imagenet"), default="workloads",
+                    help="W8's and LeNet-5's shapes (batch 32), onnx_bench.py's, or ResNet's on 224x224 at batch 1")
     ap.add_argument("--out", default=os.path.join(HERE, "results"), help="folder for conv_micro.md/.json")
     ap.add_argument("--worker", choices=FRAMEWORKS, help=argparse.SUPPRESS)
     ap.add_argument("--shapes", help=argparse.SUPPRESS)
     ap.add_argument("--json", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
-        shapes = [s for s in SHAPES + ONNX_SHAPES if s[0] in args.shapes.split(",")]
+        shapes = [s for s in SHAPES + ONNX_SHAPES + IMAGENET_SHAPES if s[0] in args.shapes.split(",")]
         out = dlc_worker(shapes) if args.worker == "dlc" else torch_worker(shapes)
         with open(args.json, "w") as f:
             json.dump(out, f)
         return 0
 
     rounds_n = args.rounds if args.rounds is not None else (1 if args.quick else 3)
-    every = ONNX_SHAPES if args.set == "onnx" else SHAPES
+    every = {"onnx": ONNX_SHAPES, "imagenet": IMAGENET_SHAPES}.get(args.set, SHAPES)
     shapes = [s for s in every if s[0] in QUICK] if args.quick else every
     names = [s[0] for s in shapes]
     print(f"conv microbenchmark on {machine()}, {THREADS} threads, {rounds_n} round(s), {len(shapes)} shapes")
