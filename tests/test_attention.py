@@ -277,6 +277,25 @@ def test_an_exported_function_keeps_the_attention_op(tmp_path, rng):
         np.testing.assert_array_equal(got, want)
 
 
+def _formula(q, k, v, mask, kind, causal, g, scale):
+    """float64 out, dq, dk, dv of the plain formula (the reference of the kernels called directly): s, p =
+    softmax, dv = p^T dy, ds = p * (dy v^T - rowsum(dy * y)), dq = ds k, dk = ds^T q."""
+    L, S, Ev = q.shape[1], k.shape[1], v.shape[2]
+    q64, k64, v64, dy = (a.astype(np.float64) for a in (q, k, v, g[..., :Ev]))
+    s = np.einsum("ble,bse->bls", q64, k64) * scale
+    if causal:
+        s = np.where(np.tril(np.ones((L, S), bool)), s, -np.inf)
+    if kind == "bool":
+        s = np.where(mask, s, -np.inf)
+    elif kind == "add":
+        s = s + mask
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    y = p @ v64
+    ds = p * (dy @ v64.transpose(0, 2, 1) - (dy * y).sum(axis=-1, keepdims=True))
+    return y, ds @ k64 * scale, ds.transpose(0, 2, 1) @ q64 * scale, p.transpose(0, 2, 1) @ dy
+
+
 @pytest.mark.parametrize("causal, kind", [(True, "bool"), (False, "add")])
 def test_cpu_kernels_on_threads_match_one_thread_and_the_formula(causal, kind, rng):
     """The kernels called directly on a shape above the threads' threshold: every block on all threads gives the
@@ -315,37 +334,10 @@ def test_cpu_kernels_on_threads_match_one_thread_and_the_formula(causal, kind, r
     for a, b, what in zip(one, every, ("out", "dq", "dkv")):
         np.testing.assert_array_equal(a, b, err_msg=what)
 
-    # float64 formula: s, p = softmax, dv = p^T dy, ds = p * (dy v^T - rowsum(dy * y)), dq = ds k, dk = ds^T q
-    q64, k64, v64, dy = (a.astype(np.float64) for a in (q, k, v, g[..., :Ev]))
-    s = np.einsum("ble,bse->bls", q64, k64) * scale
-    if causal:
-        s = np.where(np.tril(np.ones((L, S), bool)), s, -np.inf)
-    s = np.where(mask, s, -np.inf) if kind == "bool" else s + mask
-    p = np.exp(s - s.max(axis=-1, keepdims=True))
-    p /= p.sum(axis=-1, keepdims=True)
-    y = p @ v64
-    ds = p * (dy @ v64.transpose(0, 2, 1) - (dy * y).sum(axis=-1, keepdims=True))
-    want = [y, ds @ k64 * scale, np.concatenate([ds.transpose(0, 2, 1) @ q64 * scale, p.transpose(0, 2, 1) @ dy], -1)]
+    y, dq, dk, dv = _formula(q, k, v, mask, kind, causal, g, scale)
+    want = [y, dq, np.concatenate([dk, dv], -1)]
     for got, w, what in zip((every[0][..., :Ev], every[1], every[2]), want, ("out", "dq", "dkv")):
         np.testing.assert_allclose(got, w, rtol=2e-4, atol=2e-4 * float(np.abs(w).max()), err_msg=what)
-
-
-def _formula_grads(q, k, v, mask, kind, causal, g, scale):
-    """float64 dq, dk, dv of the plain formula (the reference of the kernels called directly)."""
-    L, S, Ev = q.shape[1], k.shape[1], v.shape[2]
-    q64, k64, v64, dy = (a.astype(np.float64) for a in (q, k, v, g[..., :Ev]))
-    s = np.einsum("ble,bse->bls", q64, k64) * scale
-    if causal:
-        s = np.where(np.tril(np.ones((L, S), bool)), s, -np.inf)
-    if kind == "bool":
-        s = np.where(mask, s, -np.inf)
-    elif kind == "add":
-        s = s + mask
-    p = np.exp(s - s.max(axis=-1, keepdims=True))
-    p /= p.sum(axis=-1, keepdims=True)
-    y = p @ v64
-    ds = p * (dy @ v64.transpose(0, 2, 1) - (dy * y).sum(axis=-1, keepdims=True))
-    return ds @ k64 * scale, ds.transpose(0, 2, 1) @ q64 * scale, p.transpose(0, 2, 1) @ dy
 
 
 @pytest.mark.parametrize("B, L, causal, kind", [(16, 200, True, "bool"), (3, 130, False, "add"),
@@ -390,7 +382,7 @@ def test_one_gradient_kernel_for_self_attention_matches_the_formula(B, L, causal
     every, one = run(threads), run(1)
     if B >= threads:
         np.testing.assert_array_equal(one, every)
-    want = np.concatenate(_formula_grads(q, k, v, mask, kind, causal, g, scale), axis=-1)
+    want = np.concatenate(_formula(q, k, v, mask, kind, causal, g, scale)[1:], axis=-1)
     for got in (every, one):
         np.testing.assert_allclose(got, want, rtol=2e-4, atol=2e-4 * float(np.abs(want).max()))
 
