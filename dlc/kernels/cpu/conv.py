@@ -74,8 +74,8 @@ columns outgrow a core's L2 runs in tiles of output rows, each thread with
 the columns of its tile and every output channel (_tile_rows), and otherwise
 each GEMM's output rows are split between them (dgrad: the rows of the
 columns, through a transposed copy of the weights, 1/(Ho*Wo) of the GEMM's
-work) with im2col and col2im channel by channel. Threads claim their tasks from a shared
-counter (dlc_cpu_threads says why).
+work) with im2col and col2im channel by channel. Threads claim their tasks
+from a shared counter (dlc_cpu_threads says why).
 """
 
 import numpy as np
@@ -132,8 +132,8 @@ def dot(a, b, out):
 
 
 # A forward GEMM with at most THIN_COLUMNS columns (a batch-1 conv on a 2x2 plane: MobileNet's 512 -> 1024
-# pointwise conv) runs as dot products: OpenBLAS's GEMM kernels are made for wide operands and took 130-160 us
-# for that conv's 1024 x 512 x 4 product on one thread, the dot products 67 us (41 us on two threads).
+# pointwise conv) runs as dot products: OpenBLAS's GEMM kernels are made for wide operands and took 124-150 us
+# for that conv's 1024 x 512 x 4 product, the dot products 63-74 us.
 THIN_COLUMNS = 8
 # the dot products' sums reordered (vectorised); nothing else of fastmath: no NaN or infinity assumptions
 JIT_SUMS = dict(JIT, fastmath={"reassoc", "contract"})
@@ -641,8 +641,9 @@ def _forward_samples(x, w2, out, n0, nb, groups, cols, part, kh, kw, sh, sw, pt,
 # (at most TILE_BYTES, so they stay in its L2 for the GEMM that reads them) and multiplies them by every
 # output channel's weights. Tiles narrower than TILE_MIN_COLUMNS make GEMMs too thin to gain; such convs split
 # each GEMM's output rows. Measured at batch 1 (2 threads, ms, row split -> tiles, 3 alternating runs): 64->64
-# 3x3 on 112x112 12.2-12.9 -> 7.6-8.0, on 56x56 2.5-2.8 -> 2.1-2.3, the 7x7/2 stem on 224x224 3.9-4.1 -> 2.8;
-# with 128 channels on 28x28, tiles of 112 columns were slower (1.73-1.82 -> 2.1), of 196 as fast (1.78-1.85).
+# 3x3 on 112x112 11.4-13.2 -> 6.8-7.0, on 56x56 2.2-2.5 -> 1.8-1.9, on 32x32 0.78-0.83 -> 0.62-0.64, the 7x7/2
+# stem on 224x224 3.1-4.1 -> 2.6-2.8, 128 channels on 28x28 1.76-1.79 -> 1.61-1.64 (with tiles of 112 columns,
+# a 512 KB budget, 2.1: slower).
 TILE_BYTES = 1 << 20
 TILE_MIN_COLUMNS = 192
 
