@@ -327,8 +327,8 @@ def _task(kind, q, k, v, mask, y, g, out, col, t, blocks, sc, causal, mask_kind)
 @njit(**JIT_PARALLEL)
 def _run(kind, q, k, v, mask, y, g, out, col, blocks, width, scale, causal, mask_kind):
     """Every task of a pass (`width`: the multiply-adds per score of its block products; `col`: the column of
-    out where dk and dv go): in order on one thread
-    below the threads' threshold, else claimed by numba's threads, each block's GEMMs on the thread that runs it."""
+    out where dk and dv go): in order on one thread below the threads' threshold, else claimed by numba's
+    threads, each block's GEMMs on the thread that runs it."""
     B, L, S = q.shape[0], q.shape[1], v.shape[1]
     sc = q.dtype.type(scale)
     tasks = B * blocks
