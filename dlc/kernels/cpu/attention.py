@@ -303,69 +303,110 @@ def _batch_backward(q, k, v, mask, y, g, out, b, col, sc, causal, mask_kind):
 
 
 # ----------------------------------------------------------------------------
-# the passes: every (batch, block), or every batch, a task
-
-
-FORWARD, GRAD_Q, GRAD_KV, GRAD_BATCH = 0, 1, 2, 3
+# the passes: every (batch, block), or every batch, a task claimed by a thread
+#
+# Each pass has a runner of its own, not one runner dispatching on a kind at run time: numba compiles every
+# branch a function holds, so the forward would otherwise carry the backward's code (and the tests compiled
+# the one-pass backward for every signature: twice the compile time of the attention tests).
 
 
 @njit(**JIT)
-def _task(kind, q, k, v, mask, y, g, out, col, t, blocks, sc, causal, mask_kind):
-    """Task t of a pass: its block t % blocks (of queries, or of keys for GRAD_KV; GRAD_BATCH's one block is the
-    whole batch) of batch t // blocks."""
-    b, block = t // blocks, t % blocks
-    if kind == GRAD_BATCH:
-        _batch_backward(q, k, v, mask, y, g, out, b, col, sc, causal, mask_kind)
-    elif kind == FORWARD:
-        _forward_block(q, k, v, mask, out, b, block * BLOCK_Q, sc, causal, mask_kind)
-    elif kind == GRAD_Q:
-        _dq_block(q, k, v, mask, y, g, out, b, block * BLOCK_Q, sc, causal, mask_kind)
-    else:
-        _dkv_block(q, k, v, mask, y, g, out, b, block * BLOCK_K, col, sc, causal, mask_kind)
+def _workers(q, v, tasks, width, causal):
+    """How many threads a pass of `tasks` tasks takes (`width`: multiply-adds per score of its block
+    products)."""
+    return workers_for(_macs(q.shape[0], q.shape[1], v.shape[1], width, causal), tasks)
 
 
 @njit(**JIT_PARALLEL)
-def _run(kind, q, k, v, mask, y, g, out, col, blocks, width, scale, causal, mask_kind):
-    """Every task of a pass (`width`: the multiply-adds per score of its block products; `col`: the column of
-    out where dk and dv go): in order on one thread below the threads' threshold, else claimed by numba's
-    threads, each block's GEMMs on the thread that runs it."""
-    B, L, S = q.shape[0], q.shape[1], v.shape[1]
-    sc = q.dtype.type(scale)
-    tasks = B * blocks
-    workers = workers_for(_macs(B, L, S, width, causal), tasks)
+def _forward_pass(q, k, v, mask, out, sc, causal, mask_kind):
+    """Every (batch, query block): in order on one thread below the threads' threshold, else claimed by numba's
+    threads, each block's GEMMs on the thread that runs it (so for the two passes below)."""
+    blocks = (q.shape[1] + BLOCK_Q - 1) // BLOCK_Q
+    tasks = q.shape[0] * blocks
+    workers = _workers(q, v, tasks, q.shape[2] + v.shape[2], causal)
     previous = blas_on_calling_thread()
     if workers == 1:
         for t in range(tasks):
-            _task(kind, q, k, v, mask, y, g, out, col, t, blocks, sc, causal, mask_kind)
+            _forward_block(q, k, v, mask, out, t // blocks, (t % blocks) * BLOCK_Q, sc, causal, mask_kind)
     else:
         counter = task_counter()
         for _ in prange(workers):
             t = claim(counter)
             while t < tasks:
-                _task(kind, q, k, v, mask, y, g, out, col, t, blocks, sc, causal, mask_kind)
+                _forward_block(q, k, v, mask, out, t // blocks, (t % blocks) * BLOCK_Q, sc, causal, mask_kind)
                 t = claim(counter)
+    restore_blas_threads(previous)
+
+
+@njit(**JIT)
+def _block_gradient(keys, q, k, v, mask, y, g, out, col, t, blocks, sc, causal, mask_kind):
+    """Task t of a block pass: dq of query block t % blocks of batch t // blocks, or with `keys`, dk and dv of
+    its key block t % blocks (into out's columns from col on)."""
+    b, block = t // blocks, t % blocks
+    if keys:
+        _dkv_block(q, k, v, mask, y, g, out, b, block * BLOCK_K, col, sc, causal, mask_kind)
+    else:
+        _dq_block(q, k, v, mask, y, g, out, b, block * BLOCK_Q, sc, causal, mask_kind)
+
+
+@njit(**JIT_PARALLEL)
+def _block_gradient_pass(keys, q, k, v, mask, y, g, out, col, sc, causal, mask_kind):
+    """dq over every (batch, query block), or with `keys` dk and dv over every (batch, key block)."""
+    E, Ev = q.shape[2], v.shape[2]
+    if keys:
+        blocks, width = (v.shape[1] + BLOCK_K - 1) // BLOCK_K, 2 * (E + Ev)
+    else:
+        blocks, width = (q.shape[1] + BLOCK_Q - 1) // BLOCK_Q, 2 * E + Ev
+    tasks = q.shape[0] * blocks
+    workers = _workers(q, v, tasks, width, causal)
+    previous = blas_on_calling_thread()
+    if workers == 1:
+        for t in range(tasks):
+            _block_gradient(keys, q, k, v, mask, y, g, out, col, t, blocks, sc, causal, mask_kind)
+    else:
+        counter = task_counter()
+        for _ in prange(workers):
+            t = claim(counter)
+            while t < tasks:
+                _block_gradient(keys, q, k, v, mask, y, g, out, col, t, blocks, sc, causal, mask_kind)
+                t = claim(counter)
+    restore_blas_threads(previous)
+
+
+@njit(**JIT_PARALLEL)
+def _batch_gradient_pass(q, k, v, mask, y, g, out, workers, sc, causal, mask_kind):
+    """The one-pass gradient of every batch, a task each."""
+    B, E = q.shape[0], q.shape[2]
+    previous = blas_on_calling_thread()
+    if workers == 1:
+        for b in range(B):
+            _batch_backward(q, k, v, mask, y, g, out, b, E, sc, causal, mask_kind)
+    else:
+        counter = task_counter()
+        for _ in prange(workers):
+            b = claim(counter)
+            while b < B:
+                _batch_backward(q, k, v, mask, y, g, out, b, E, sc, causal, mask_kind)
+                b = claim(counter)
     restore_blas_threads(previous)
 
 
 @njit(**JIT)
 def attention_forward(q, k, v, mask, out, scale, causal, mask_kind):
     """out[..., :Ev] = softmax(q k^T * scale + masks) v; out[..., Ev] = each row's log-sum-exp of its scores."""
-    blocks = (q.shape[1] + BLOCK_Q - 1) // BLOCK_Q
-    _run(FORWARD, q, k, v, mask, out, out, out, 0, blocks, q.shape[2] + v.shape[2], scale, causal, mask_kind)
+    _forward_pass(q, k, v, mask, out, q.dtype.type(scale), causal, mask_kind)
 
 
 @njit(**JIT)
 def attention_backward_q(q, k, v, mask, y, g, dq, scale, causal, mask_kind):
     """dq = (p * (dL/dout v^T - delta)) k * scale, over query blocks."""
-    blocks = (q.shape[1] + BLOCK_Q - 1) // BLOCK_Q
-    _run(GRAD_Q, q, k, v, mask, y, g, dq, 0, blocks, 2 * q.shape[2] + v.shape[2], scale, causal, mask_kind)
+    _block_gradient_pass(False, q, k, v, mask, y, g, dq, 0, q.dtype.type(scale), causal, mask_kind)
 
 
 @njit(**JIT)
 def attention_backward_kv(q, k, v, mask, y, g, dkv, scale, causal, mask_kind):
     """dkv[..., :E] = ds^T q * scale and dkv[..., E:] = p^T dL/dout, over key blocks."""
-    blocks = (v.shape[1] + BLOCK_K - 1) // BLOCK_K
-    _run(GRAD_KV, q, k, v, mask, y, g, dkv, 0, blocks, 2 * (q.shape[2] + v.shape[2]), scale, causal, mask_kind)
+    _block_gradient_pass(True, q, k, v, mask, y, g, dkv, 0, q.dtype.type(scale), causal, mask_kind)
 
 
 @njit(**JIT)
@@ -374,14 +415,13 @@ def attention_backward(q, k, v, mask, y, g, grad, scale, causal, mask_kind):
     thread has a batch of its own, else the two passes."""
     B, L, E = q.shape
     S, Ev = v.shape[1], v.shape[2]
-    one_pass = 3 * E + 2 * Ev   # multiply-adds per score of the one-pass products
-    if B >= workers_for(_macs(B, L, S, one_pass, causal), L + S):
-        _run(GRAD_BATCH, q, k, v, mask, y, g, grad, E, 1, one_pass, scale, causal, mask_kind)
+    sc = q.dtype.type(scale)
+    workers = _workers(q, v, L + S, 3 * E + 2 * Ev, causal)   # 5 products a block pair in one pass
+    if B >= workers:
+        _batch_gradient_pass(q, k, v, mask, y, g, grad, workers, sc, causal, mask_kind)
         return
-    blocks_q = (L + BLOCK_Q - 1) // BLOCK_Q
-    _run(GRAD_Q, q, k, v, mask, y, g, grad, E, blocks_q, 2 * E + Ev, scale, causal, mask_kind)
-    blocks_k = (S + BLOCK_K - 1) // BLOCK_K
-    _run(GRAD_KV, q, k, v, mask, y, g, grad, E, blocks_k, 2 * (E + Ev), scale, causal, mask_kind)
+    _block_gradient_pass(False, q, k, v, mask, y, g, grad, E, sc, causal, mask_kind)
+    _block_gradient_pass(True, q, k, v, mask, y, g, grad, E, sc, causal, mask_kind)
 
 
 def signatures():
