@@ -84,10 +84,15 @@ from dlc_cpu_threads import JIT, JIT_PARALLEL, block, claim, task_counter, threa
 from numba import njit, prange, types
 
 # A forward conv of fewer samples than threads splits each GEMM's output rows between them from ROWS_MIN_MACS
-# on: on an idle machine W9 (ResNet-18-style inference at batch 1) took 12.5-13.1 ms with 1 << 22 against
-# 19.9-20.3 ms with 1 << 26, while LeNet-5's training step at batch 64 (W2, samples per thread) went from
-# 9.1-10.3 ms to 25-42 ms with 1 << 22 for its conv too; the row split is measured for the forward conv only.
-ROWS_MIN_MACS = 1 << 22
+# on (about 1 ms on one thread): on an idle machine W9 (ResNet-18-style inference at batch 1, its 3x3 convs 38M
+# multiply-adds each) took 12.5-13.1 ms with the split against 19.9-20.3 ms without, while LeNet-5's training step
+# at batch 64 (W2, samples per thread) went from 9.1-10.3 ms to 25-42 ms with it for its conv too; the row split
+# is measured for the forward conv only. Not lower: a parallel region costs a stall of the pool's spin time
+# (GOMP_SPINCOUNT, dlc/__init__.py: about 0.6 ms) whenever the scheduler puts both threads on one core, as it
+# does in about half of the calls after an idle pause. With 1 << 22, MobileNet's 4M multiply-add pointwise convs
+# at batch 1 (0.06 ms split, 0.1 ms on one thread) took 0.6-1.8 ms in those calls and the whole net 3-6 ms
+# against 1.3-2.3 ms with 1 << 25 (benchmarks/onnx_bench.py's model, 5 calls after each 0.1 s pause, 2 runs).
+ROWS_MIN_MACS = 1 << 25
 DEPTHWISE_MAC_COST = 8        # a depthwise multiply-add (direct loops) takes about the time of 8 in a GEMM
 # A depthwise conv with one output per channel runs channels last from CHANNELS_LAST_MIN_CHANNELS channels when
 # strided or when its planes have at most CHANNELS_LAST_MAX_POSITIONS outputs (_uses_channels_last)
