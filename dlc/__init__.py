@@ -23,6 +23,10 @@ os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
 # each parallel region, on the cores BLAS's threads need for the GEMM that follows. 20000 rounds: W10 (whose layer
 # norms run on threads) 165-167 ms a step against 200-213 ms, W1, W2 and W9 unchanged (2 interleaved runs each);
 # OMP_WAIT_POLICY=passive (no spinning) made W9's short regions slower (12.3-12.9 ms against 11.6-12.2).
+# Shorter still trades the other way: when the scheduler puts the pool's thread on the caller's core, each spins
+# its count in turn (0.6 ms here) before the other runs; 3000 removed that stall from MobileNet's batch-1 calls
+# after idle pauses (2.0 ms against 4.4) but made W9 and W1 slower back to back (W9 12.5-17.6 ms against
+# 11.4-12.3, 4 alternating runs). dlc/kernels/cpu/conv.py keeps regions of under 1 ms off the pool instead.
 os.environ.setdefault("GOMP_SPINCOUNT", "20000")
 
 from . import distributed, inspect, nn, optim  # MPI data parallelism, the inspector, layers/training API, optimizers
