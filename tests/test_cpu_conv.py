@@ -71,6 +71,8 @@ CONV_CASES = [
     (3, 0, 1, 1, (2, 4, 1, 1)),     # strided 1x1
     (1, 1, 1, 1, (3, 4, 3, 3)),     # 72 output positions: a GEMM per sample (the weight gradient shares them)
     (1, 1, 1, 4, (4, 1, 3, 3)),     # depthwise 3x3: direct loops
+    (1, ((0, 2), (2, 1)), 1, 4, (4, 1, 3, 3)),  # depthwise 3x3, uneven padding: 9 taps a row from a padded plane
+    (1, 1, 2, 4, (4, 1, 3, 3)),     # depthwise 3x3 dilated: tap by tap over a padded plane
     (2, ((1, 0), (2, 1)), (2, 1), 4, (8, 1, 3, 2)),  # depthwise, two outputs per channel, strided, dilated
     (1, ((2, 0), (0, 3)), (2, 1), 4, (8, 1, 3, 2)),  # depthwise stride 1 (a padded plane), uneven padding, dilated
     (1, 2, 1, 4, (24, 1, 5, 5)),    # one input channel, six outputs per group (LeNet's first conv): im2col + GEMM

@@ -393,20 +393,47 @@ def _depthwise_plane(x, w, out, n, o, sh, sw, pt, pl, dh, dw):
 
 
 @njit(**JIT)
+def _padded_channel(src, pad, hp, wp, pt, pl):
+    """pad[:hp * wp] = src (H, W) zero-padded into an hp x wp plane, its row r, column c at src[r - pt, c - pl]."""
+    H, W = src.shape
+    pad[:hp * wp] = 0
+    c0, c1 = max(0, pl), min(wp, W + pl)
+    for r in range(max(0, pt), min(hp, H + pt)):
+        if c1 > c0:
+            pad[r * wp + c0:r * wp + c1] = src[r - pt, c0 - pl:c1 - pl]
+
+
+@njit(**JIT)
+def _depthwise_plane_3x3(x, w, out, n, o, pad, pt, pl):
+    """out[n, o] of a stride-1, undilated 3x3 depthwise conv (MobileNet's): each output row in one loop over its
+    columns summing all 9 taps from 3 rows of the zero-padded input plane, the products kept in registers. Tap
+    by tap (_depthwise_wide_plane) every tap reads and writes the whole plane back: 32 channels of 32x32 took
+    70 us that way against 21-23 us, 128 of 16x16 97 against 18-30 (one thread). The offsets must be constants:
+    with the dilation a variable the loop ran 6-9x slower."""
+    ho, wo = out.shape[2], out.shape[3]
+    hp, wp = ho + 2, wo + 2
+    _padded_channel(x[n, o // (w.shape[0] // x.shape[1])], pad, hp, wp, pt, pl)
+    plane = pad[:hp * wp].reshape(hp, wp)
+    k = w[o, 0]
+    w0, w1, w2, w3, w4, w5, w6, w7, w8 = k[0, 0], k[0, 1], k[0, 2], k[1, 0], k[1, 1], k[1, 2], k[2, 0], k[2, 1], k[2, 2]
+    dst = out[n, o]
+    for oh in range(ho):
+        r0, r1, r2, d = plane[oh], plane[oh + 1], plane[oh + 2], dst[oh]
+        for ow in range(wo):
+            d[ow] = (w0 * r0[ow] + w1 * r0[ow + 1] + w2 * r0[ow + 2]
+                     + w3 * r1[ow] + w4 * r1[ow + 1] + w5 * r1[ow + 2]
+                     + w6 * r2[ow] + w7 * r2[ow + 1] + w8 * r2[ow + 2])
+
+
+@njit(**JIT)
 def _depthwise_wide_plane(x, w, out, n, o, pad, acc, pt, pl, dh, dw):
     """out[n, o] of a stride-1 depthwise conv from a zero-padded copy of its input plane, Wp = Wo + (kw-1)*dw
     wide: tap (i, j) is then one multiply-add over Ho*Wp values read from one offset on (vectorised, no work
     per row); the Wp - Wo columns of each row past Wo are computed and dropped."""
-    H, W = x.shape[2], x.shape[3]
     kh, kw = w.shape[2], w.shape[3]
     ho, wo = out.shape[2], out.shape[3]
     wp = wo + (kw - 1) * dw
-    src = x[n, o // (w.shape[0] // x.shape[1])]
-    pad[:] = 0
-    for r in range(max(0, pt), min(ho + (kh - 1) * dh, H + pt)):
-        c0, c1 = max(0, pl), min(wp, W + pl)
-        if c1 > c0:
-            pad[r * wp + c0:r * wp + c1] = src[r - pt, c0 - pl:c1 - pl]
+    _padded_channel(x[n, o // (w.shape[0] // x.shape[1])], pad, ho + (kh - 1) * dh, wp, pt, pl)
     m = ho * wp
     acc[:m] = 0
     a = acc[:m]
@@ -543,7 +570,9 @@ def depthwise_conv2d(x, w, out, sh, sw, pt, pl, dh, dw):
 @njit(**JIT)
 def _depthwise_output_plane(x, w, out, n, o, wide, pad, acc, sh, sw, pt, pl, dh, dw):
     """out[n, o] of depthwise_conv2d: from a padded plane (stride 1, `wide`) or row by row."""
-    if wide:
+    if wide and w.shape[2] == 3 and w.shape[3] == 3 and dh == 1 and dw == 1:
+        _depthwise_plane_3x3(x, w, out, n, o, pad, pt, pl)
+    elif wide:
         _depthwise_wide_plane(x, w, out, n, o, pad, acc, pt, pl, dh, dw)
     else:
         _depthwise_plane(x, w, out, n, o, sh, sw, pt, pl, dh, dw)
