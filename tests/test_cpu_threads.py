@@ -121,3 +121,25 @@ def test_plans_are_kept_for_the_last_max_plans_bindings_only(rng):
                                rtol=1e-5)
     with pytest.raises(ValueError, match="max_plans"):
         dlc.compile(dlc.tanh(x @ w), inputs=[x], target="cpu", max_plans=0)
+
+
+def test_the_kernels_pool_runs_on_tbb_where_the_tbb_package_is_installed(tmp_path):
+    """pip's tbb puts libtbb in <prefix>/lib, which the loader does not search in a virtual environment; the
+    kernels load it from there first, so numba takes TBB over OpenMP (dlc/kernels/cpu/threads.py says why).
+    A new process: this one's pool is already running."""
+    import importlib.metadata
+    import os
+    import subprocess
+    import sys
+
+    try:
+        importlib.metadata.distribution("tbb")
+    except importlib.metadata.PackageNotFoundError:
+        pytest.skip("the tbb package is not installed (it is a dependency on x86-64 Linux only)")
+    env = {k: v for k, v in os.environ.items() if k not in ("NUMBA_THREADING_LAYER", "LD_LIBRARY_PATH")}
+    env["DLC_CACHE_DIR"] = str(tmp_path)
+    code = ("import numba\nfrom dlc.runtime.cpu import load_kernel_modules\nload_kernel_modules()\n"
+            "print(numba.threading_layer())")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split()[-1] == "tbb"

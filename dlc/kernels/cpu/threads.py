@@ -14,6 +14,10 @@ that wait (ticks of 4 ms, measured) outweighs halving a kernel of a
 millisecond or less.
 """
 
+import ctypes
+import os
+import sys
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -26,10 +30,32 @@ JIT = dict(cache=True, error_model="numpy", nogil=True, boundscheck=False)
 JIT_PARALLEL = dict(JIT, parallel=dict(prange=True, comprehension=False, reduction=False, inplace_binop=False,
                                        setitem=False, numpy=False, stencil=False, fusion=False))
 
+
+
+def _make_tbb_loadable():
+    """Load oneTBB's library from where pip puts it, so that numba's pool runs on TBB rather than OpenMP.
+
+    numba takes TBB, its first choice, only if the dynamic loader finds libtbb by name; pip's `tbb` package (a
+    dependency on x86-64) installs it in <prefix>/lib, which the loader does not search in a virtual
+    environment, so numba fell back to GNU OpenMP (libgomp) there. Loaded first by its full path, it is found.
+    Why TBB: a libgomp thread waiting for work spins (GOMP_SPINCOUNT, dlc/__init__.py) and, whenever the
+    scheduler puts it on the core of the thread that started the region, each spins in turn for its time
+    while the other core idles. A 128 -> 128 1x1 conv on 16x16 split over 2 threads took 0.06 ms and, in about
+    half of the runs after an idle pause, 0.6-1.8 ms a call; with another process on one core, in every call.
+    On TBB it took 0.10-0.36 ms in both cases, and W1, W2, W9, W10 and ResNet-18's batch-1 inference the same
+    as on libgomp within the noise (3 alternating runs each, benchmarks/RESULTS.md)."""
+    for name in ("libtbb.so.12", "libtbb.12.dylib"):
+        path = os.path.join(sys.prefix, "lib", name)
+        if os.path.exists(path):
+            ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
+            return
+
+
 # Starts numba's pool when the module is imported: a generated function loaded from numba's cache calls a
 # parallel kernel without starting it, which crashes. The thread count is then read through the symbol the
 # threading layer registers: numba.get_num_threads() inside a kernel would bake in a ctypes pointer, which
 # numba refuses to cache.
+_make_tbb_loadable()
 numba.get_num_threads()
 thread_count = types.ExternalFunction("get_num_threads", types.intc())
 
