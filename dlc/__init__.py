@@ -19,8 +19,9 @@ import os
 # cycles is about 0.3 ms. W10 took 184-190 ms a step with it against 196-225 ms without (3 alternating runs each;
 # W1 unchanged, W4 2% slower). A value the user set, or a BLAS loaded before dlc, is left as it is.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "20")
-# The same for numba's OpenMP pool (libgomp, read when numba starts it): its idle threads spin 300000 rounds after
-# each parallel region, on the cores BLAS's threads need for the GEMM that follows. 20000 rounds: W10 (whose layer
+# The same for numba's OpenMP pool (libgomp, read when numba starts it; on x86-64 Linux numba runs on TBB instead,
+# dlc/kernels/cpu/threads.py): its idle threads spin 300000 rounds after each parallel region, on the cores BLAS's
+# threads need for the GEMM that follows. 20000 rounds: W10 (whose layer
 # norms run on threads) 165-167 ms a step against 200-213 ms, W1, W2 and W9 unchanged (2 interleaved runs each);
 # OMP_WAIT_POLICY=passive (no spinning) made W9's short regions slower (12.3-12.9 ms against 11.6-12.2).
 # Shorter still trades the other way: when the scheduler puts the pool's thread on the caller's core, each spins

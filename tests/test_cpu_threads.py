@@ -8,6 +8,10 @@ GIL, so without that the threads would interleave inside one arena.
 
 from __future__ import annotations
 
+import importlib.metadata
+import os
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -127,11 +131,6 @@ def test_the_kernels_pool_runs_on_tbb_where_the_tbb_package_is_installed(tmp_pat
     """pip's tbb puts libtbb in <prefix>/lib, which the loader does not search in a virtual environment; the
     kernels load it from there first, so numba takes TBB over OpenMP (dlc/kernels/cpu/threads.py says why).
     A new process: this one's pool is already running."""
-    import importlib.metadata
-    import os
-    import subprocess
-    import sys
-
     try:
         importlib.metadata.distribution("tbb")
     except importlib.metadata.PackageNotFoundError:

@@ -94,6 +94,8 @@ from numba import njit, prange, types
 # does in about half of the calls after an idle pause. With 1 << 22, MobileNet's 4M multiply-add pointwise convs
 # at batch 1 (0.06 ms split, 0.1 ms on one thread) took 0.6-1.8 ms in those calls and the whole net 3-6 ms
 # against 1.3-2.3 ms with 1 << 25 (benchmarks/onnx_bench.py's model, 5 calls after each 0.1 s pause, 2 runs).
+# On TBB (dlc_cpu_threads) that stall is gone; there MobileNet took the same with either threshold (1.40 ms against
+# 1.51 and 1.78, 8 rounds), so one threshold serves both.
 ROWS_MIN_MACS = 1 << 25
 DEPTHWISE_MAC_COST = 8        # a depthwise multiply-add (direct loops) takes about the time of 8 in a GEMM
 # A depthwise conv with one output per channel runs channels last from CHANNELS_LAST_MIN_CHANNELS channels when

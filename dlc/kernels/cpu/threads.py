@@ -31,7 +31,6 @@ JIT_PARALLEL = dict(JIT, parallel=dict(prange=True, comprehension=False, reducti
                                        setitem=False, numpy=False, stencil=False, fusion=False))
 
 
-
 def _make_tbb_loadable():
     """Load oneTBB's library from where pip puts it, so that numba's pool runs on TBB rather than OpenMP.
 
@@ -44,11 +43,9 @@ def _make_tbb_loadable():
     half of the runs after an idle pause, 0.6-1.8 ms a call; with another process on one core, in every call.
     On TBB it took 0.10-0.36 ms in both cases, and W1, W2, W9, W10 and ResNet-18's batch-1 inference the same
     as on libgomp within the noise (3 alternating runs each, benchmarks/RESULTS.md)."""
-    for name in ("libtbb.so.12", "libtbb.12.dylib"):
-        path = os.path.join(sys.prefix, "lib", name)
-        if os.path.exists(path):
-            ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
-            return
+    path = os.path.join(sys.prefix, "lib", "libtbb.so.12")
+    if os.path.exists(path):
+        ctypes.CDLL(path, mode=os.RTLD_GLOBAL)
 
 
 # Starts numba's pool when the module is imported: a generated function loaded from numba's cache calls a
