@@ -250,6 +250,7 @@ def make_backend(fn: Function, target: str, options: dict):
     else:
         from .runtime.cuda import CUDABackend as backend
     optimizer_options = {k: v for k, v in options.items() if k in passes.OPTIONS}
+    optimizer_options.setdefault("channels_last", target == "cpu")   # its kernels are the cpu target's
     backend_options = {k: v for k, v in options.items() if k not in passes.OPTIONS}
     import inspect
 

@@ -295,6 +295,7 @@ ATTRS: dict[str, dict] = {
     "param": {"name": _check_name},
     "const": {"digest": _check_digest},
     "conv2d": _CONV,
+    "conv2d_nhwc": _CONV,
     "conv2d_grad_input": {**_CONV, "out_hw": _check_int_pair},
     "conv_transpose2d": {**_CONV, "out_hw": _check_int_pair},
     "conv2d_grad_weight": {**_CONV, "kernel": _check_int_pair},
@@ -349,8 +350,8 @@ ATTRS: dict[str, dict] = {
 # names. Shape rules read only the inputs they expect, so a node with more is refused here.
 ARITY = {
     "input": 0, "param": 0, "const": 0, "size": 1,
-    **{op: 2 for op in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight", "conv_transpose2d", "matmul",
-                        "max_pool2d_grad", "take", "take_grad", "all_reduce_wait")},
+    **{op: 2 for op in ("conv2d", "conv2d_nhwc", "conv2d_grad_input", "conv2d_grad_weight", "conv_transpose2d",
+                        "matmul", "max_pool2d_grad", "take", "take_grad", "all_reduce_wait")},
     **{op: 1 for op in ("max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "avg_pool2d_grad",
                         "adaptive_avg_pool2d_grad", "sum", "prod", "max", "min", "argmax", "argmin", "reshape",
                         "transpose", "broadcast_to", "slice", "slice_grad", "pad", "random_uniform", "random_normal",
@@ -373,7 +374,7 @@ def arity(opdef) -> int | None:
 
 # the attributes of ATTRS an op may leave out (older graphs, defaults); every other one is required: shape rules do
 # not read every attribute (a leaky_relu's alpha), and a node without one would fail only when run
-OPTIONAL_ATTRS = {**{op: {"dilation"} for op in ("conv2d", "conv2d_grad_input", "conv2d_grad_weight",
+OPTIONAL_ATTRS = {**{op: {"dilation"} for op in ("conv2d", "conv2d_nhwc", "conv2d_grad_input", "conv2d_grad_weight",
                                                   "conv_transpose2d")},
                   **{op: {"dtype"} for op in ("random_uniform", "random_normal", "random_bernoulli")}}
 

@@ -65,8 +65,11 @@ def _catalog() -> dict:
     cross = dlc.scaled_dot_product_attention(seq[None], seq[None, :3], seq[None, :3])   # 3 keys: two grad ops
     loss = loss + dlc.sum(att) + dlc.sum(cross) + dlc.sum(dlc.layer_norm(seq, 2) * seq)
     grads = dlc.grad(loss + dlc.sum(ys), [x, w, wt, seq])
+    # made by the cpu target's layout pass, never by the DSL
+    nhwc = apply("conv2d_nhwc", (dlc.transpose(x, (0, 2, 3, 1)).node, w.node), stride=(2, 2),
+                 padding=((1, 1), (1, 1)), dilation=(1, 1), groups=2)
     found = {}
-    for n in topo_order([t.node for t in [loss, *extras, *grads]]):
+    for n in topo_order([t.node for t in [loss, *extras, *grads]] + [nhwc]):
         found.setdefault(n.op, n)
     return found
 

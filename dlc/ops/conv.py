@@ -1,4 +1,5 @@
-"""Convolutions: conv2d (NCHW), its input and weight gradients, conv_transpose2d, and conv1d on top of conv2d.
+"""Convolutions: conv2d (NCHW), its input and weight gradients, conv_transpose2d, conv1d on top of conv2d, and
+conv2d_nhwc (channels last, made only by the cpu target's layout pass).
 
 Layouts follow PyTorch: x is (N, C_in, H, W), a conv2d weight is
 (C_out, C_in/groups, kh, kw) and a conv_transpose2d weight is
@@ -276,6 +277,26 @@ def _conv2d_grad_weight_infer(xs, attrs):
     return (co, c // g) + tuple(attrs["kernel"]), dtype
 
 
+def _conv2d_nhwc_infer(xs, attrs):
+    """conv2d_nhwc: x (N, H, W, C) and w (C_out, C/groups, kh, kw) -> (N, Ho, Wo, C_out)."""
+    check_window_attrs(attrs)
+    x, w = xs
+    dtype = float_dtype(xs)
+    if x.ndim != 4:
+        raise ShapeError(f"input must be 4-d (N, H, W, C), got {shape_str(x.shape)}")
+    _check_rank4(x, w)
+    h, wd, c = spatial_ints(x.shape, "input")
+    co, cg, kh, kw = w.shape
+    _check_groups(c, co, attrs["groups"], cg, f"input {shape_str(x.shape)}",
+                  f"weight {shape_str(w.shape)} (C_out, C_in/groups, kh, kw) dim 1")
+    ho, wo = out_hw((h, wd), attrs, (kh, kw))
+    return (x.shape[0], ho, wo, co), dtype
+
+
+def conv2d_nhwc_ref(x: np.ndarray, w: np.ndarray, a: dict) -> np.ndarray:
+    return np.ascontiguousarray(conv2d_ref(x.transpose(0, 3, 1, 2), w, a).transpose(0, 2, 3, 1))
+
+
 # ----------------------------------------------------------------------------
 # gradient rules
 
@@ -307,6 +328,10 @@ def _conv_transpose2d_grad(node, g, xs):
 
 register("conv2d", COMPLEX, _conv2d_infer, lambda xs, a, shape: conv2d_ref(xs[0], xs[1], a), _conv2d_grad,
          doc="2-d cross-correlation, NCHW, PyTorch weight layout")
+# conv2d on channels-last activations: made by the cpu target's layout pass (dlc/passes/layout.py) after the
+# gradients are built, so it needs no gradient rule.
+register("conv2d_nhwc", COMPLEX, _conv2d_nhwc_infer, lambda xs, a, shape: conv2d_nhwc_ref(xs[0], xs[1], a), None,
+         doc="conv2d with x and the output channels last (N, H, W, C), PyTorch weight layout")
 # The gradient ops have no gradient rule of their own: a second-order gradient
 # through a convolution stops with a GradientError.
 register("conv2d_grad_input", COMPLEX, lambda xs, a: _transposed_infer(xs, a, "gradient"),

@@ -1,4 +1,4 @@
-"""The optimizer: graph -> simplified graph -> fused kernels -> schedule -> memory plan.
+"""The optimizer: graph -> simplified graph -> layout -> fused kernels -> schedule -> memory plan.
 
 `optimize(outputs, updates, inputs)` turns a compiled function's graph into a
 Program (see dlc/program.py), the bodies of its scans included, optimized with
@@ -18,6 +18,7 @@ from ..ops import OPS, SOURCE
 from ..program import Kernel, MemoryPlan, Program
 from .fusion import MAX_GROUP
 from .fusion import fuse as fuse_graph
+from .layout import channels_last as channels_last_graph
 from .memory import inplace_updates, nbytes, plan_memory
 from .schedule import schedule as schedule_kernels
 from .simplify import simplify as simplify_graph
@@ -74,12 +75,12 @@ def unplanned_memory(program: Program, env: dict, alignment: int = 64) -> Memory
     return MemoryPlan(dict(env), offsets, sizes, off, off, off, [], alignment)
 
 
-OPTIONS = ("simplify", "fuse", "reassociate", "max_group", "duplicate", "schedule")
+OPTIONS = ("simplify", "fuse", "reassociate", "max_group", "duplicate", "schedule", "channels_last")
 
 
 def optimize(outputs: list[Node], updates: list[tuple[str, Node]], inputs: list[Node], *,
              simplify: bool = True, fuse: bool = True, reassociate: bool = True, max_group: int = MAX_GROUP,
-             duplicate: bool = True, schedule: bool = True, **unknown) -> Program:
+             duplicate: bool = True, schedule: bool = True, channels_last: bool = False, **unknown) -> Program:
     """Simplify, fuse and schedule the graph of `outputs` and `updates` into a Program.
 
     reassociate=False keeps every floating-point result bit-exact; fuse=False
@@ -96,6 +97,11 @@ def optimize(outputs: list[Node], updates: list[tuple[str, Node]], inputs: list[
         roots, log = simplify_graph(roots, reassociate=reassociate)
     else:
         log = [{"pass": "input", "nodes": len(before), "ops": before.op_counts(), "rewrites": 0}]
+    if channels_last:
+        roots, count = channels_last_graph(roots)
+        if count:
+            g = Graph(roots)
+            log.append({"pass": "channels_last", "nodes": len(g), "ops": g.op_counts(), "rewrites": count})
     new_outputs = roots[:len(outputs)]
     new_updates = [(key, n) for (key, _), n in zip(updates, roots[len(outputs):])]
     if fuse:
@@ -110,7 +116,7 @@ def optimize(outputs: list[Node], updates: list[tuple[str, Node]], inputs: list[
     program.stats = {"passes": log, "nodes_before": len(before), "ops_before": before.op_counts(),
                      "nodes_after": len(program.graph), "kernels": len(program.kernels)}
     options = dict(simplify=simplify, fuse=fuse, reassociate=reassociate, max_group=max_group,
-                   duplicate=duplicate, schedule=schedule)
+                   duplicate=duplicate, schedule=schedule, channels_last=channels_last)
     program = _finish(program, lambda body: optimize(*body_signature(body), **options))
     program.stats["optimize_s"] = time.perf_counter() - start
     return program

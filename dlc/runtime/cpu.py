@@ -53,7 +53,7 @@ def kernels_digest() -> str:
     return h.hexdigest()[:16]
 
 
-KERNEL_MODULES = ("threads", "fastmath", "gemm", "conv", "pool", "random", "views", "attention", "norm",
+KERNEL_MODULES = ("threads", "fastmath", "gemm", "conv", "conv_nhwc", "pool", "random", "views", "attention", "norm",
                   "library")
 
 

@@ -1,0 +1,185 @@
+"""Convolutions on channels-last activations (NHWC) for generated CPU kernels: pointwise and depthwise.
+
+Imported by the CPU backend as the module `dlc_cpu_conv_nhwc`. The layout
+pass (dlc/passes/layout.py) gives this layout to the convs of an inference
+program that gain from it: x is (N, H, W, C), the output (N, Ho, Wo, C_out),
+the weight keeps PyTorch's layout (C_out, C_in/G, kh, kw); attributes as in
+kernels/cpu/conv.py. Only two kinds of conv come here (the pass checks, and
+conv2d_nhwc checks again):
+
+- pointwise (1x1, stride 1, no padding, one group): a GEMM over the rows of
+  x, (N*H*W, C) @ w^T, written straight into the output's rows;
+- depthwise (one input channel and one output per group): per output
+  position and tap one multiply-add over all C channels, contiguous in x, in
+  the weight (transposed to taps x C once per call) and in the output.
+
+Why: with channels first (NCHW, kernels/cpu/conv.py) a depthwise conv on
+MobileNet's small planes (2x2 to 16x16) runs loops of 2 to 16 iterations per
+channel or transposes each sample to channels last and back; the transposes
+alone took 15-80 us per layer against 2-30 us for the channels-last loops
+(batch 1, one thread, 64 to 512 channels).
+"""
+
+import numpy as np
+from dlc_cpu_conv import THIN_COLUMNS, _thin_rows, dot, forward_workers
+from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
+from dlc_cpu_threads import JIT, JIT_PARALLEL, block, claim, task_counter, zero
+from numba import njit, prange, types
+
+# A pointwise conv of at most THIN_POSITIONS rows (a batch-1 plane up to 4x4) multiplies w @ x^T (rows as
+# columns: OpenBLAS packs the thin operand) and copies the (C_out, rows) result into the output's rows: for
+# 16 rows and 512 -> 512 channels x @ w^T took 175-238 us, w @ x^T 116-124 us; from 64 rows on both took the
+# same (one thread).
+THIN_POSITIONS = 32
+
+
+@njit(**JIT)
+def _pointwise_rows(x2, w2, o2, r0, r1):
+    """Output rows r0 .. r1 - 1 of a pointwise conv: o2[r] = w2 @ x2[r], one GEMM."""
+    dot(x2[r0:r1], w2.T, o2[r0:r1])
+
+
+@njit(**JIT)
+def _pointwise_channels(x2, w2, o2, o0, o1, part):
+    """Output channels o0 .. o1 - 1 of a pointwise conv of at most THIN_POSITIONS rows: up to THIN_COLUMNS rows
+    as dot products (kernels/cpu/conv.py's _thin_rows), else w @ x^T into part (C_out * rows values, this
+    block's share), copied into the output's rows."""
+    rows = x2.shape[0]
+    if rows <= THIN_COLUMNS:
+        _thin_rows(w2[o0:o1], x2, o2[:, o0:o1].T)
+        return
+    p = part[o0 * rows:o1 * rows].reshape((o1 - o0, rows))
+    dot(w2[o0:o1], x2.T, p)
+    for r in range(rows):
+        d = o2[r]
+        for o in range(o0, o1):
+            d[o] = p[o - o0, r]
+
+
+@njit(**JIT_PARALLEL)
+def _pointwise(x, w, out):
+    N, H, W, C = x.shape
+    co = w.shape[0]
+    rows = N * H * W
+    x2, o2, w2 = x.reshape(rows, C), out.reshape(rows, co), w.reshape(co, C)
+    if C == 0:
+        zero(o2)
+        return
+    thin = rows <= THIN_POSITIONS
+    threads = forward_workers(rows * C * co, max(1, co // 16 if thin else rows // THIN_POSITIONS), N)
+    part = np.empty(co * rows if thin else 0, x.dtype)
+    previous = blas_on_calling_thread()
+    if threads == 1:
+        if thin:
+            _pointwise_channels(x2, w2, o2, 0, co, part)
+        else:
+            _pointwise_rows(x2, w2, o2, 0, rows)
+    else:
+        # blocks of output channels when the rows are few, else blocks of rows
+        counter = task_counter()
+        for _ in prange(threads):
+            t = claim(counter)
+            while t < threads:
+                if thin:
+                    o0, o1 = block(co, threads, t)
+                    _pointwise_channels(x2, w2, o2, o0, o1, part)
+                else:
+                    r0, r1 = block(rows, threads, t)
+                    _pointwise_rows(x2, w2, o2, r0, r1)
+                t = claim(counter)
+    restore_blas_threads(previous)
+
+
+@njit(**JIT)
+def _depthwise_row(x, wt, out, n, oh, sh, sw, pt, pl, dh, dw, kh, kw):
+    """out[n, oh] of a depthwise conv, channels last: each output position the sum over its taps of the
+    weight row times the input's channel vector. A 3x3 window wholly inside the input (most positions) sums
+    its 9 taps in one loop over the channels; at the borders tap by tap, skipping the padding."""
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    wo = out.shape[2]
+    ih0 = oh * sh - pt
+    rows_inside = ih0 >= 0 and ih0 + (kh - 1) * dh < H
+    for ow in range(wo):
+        iw0 = ow * sw - pl
+        a = out[n, oh, ow]
+        if kh == 3 and kw == 3 and rows_inside and iw0 >= 0 and iw0 + 2 * dw < W:
+            s0, s1, s2 = x[n, ih0, iw0], x[n, ih0, iw0 + dw], x[n, ih0, iw0 + 2 * dw]
+            s3, s4, s5 = x[n, ih0 + dh, iw0], x[n, ih0 + dh, iw0 + dw], x[n, ih0 + dh, iw0 + 2 * dw]
+            s6, s7, s8 = x[n, ih0 + 2 * dh, iw0], x[n, ih0 + 2 * dh, iw0 + dw], x[n, ih0 + 2 * dh, iw0 + 2 * dw]
+            w0, w1, w2, w3, w4, w5, w6, w7, w8 = wt[0], wt[1], wt[2], wt[3], wt[4], wt[5], wt[6], wt[7], wt[8]
+            for c in range(C):
+                a[c] = (w0[c] * s0[c] + w1[c] * s1[c] + w2[c] * s2[c] + w3[c] * s3[c] + w4[c] * s4[c]
+                        + w5[c] * s5[c] + w6[c] * s6[c] + w7[c] * s7[c] + w8[c] * s8[c])
+            continue
+        for c in range(C):
+            a[c] = 0
+        for i in range(kh):
+            ih = ih0 + i * dh
+            if ih < 0 or ih >= H:
+                continue
+            for j in range(kw):
+                iw = iw0 + j * dw
+                if iw < 0 or iw >= W:
+                    continue
+                s, wv = x[n, ih, iw], wt[i * kw + j]
+                for c in range(C):
+                    a[c] += wv[c] * s[c]
+
+
+# per depthwise multiply-add, the work forward_workers weighs (kernels/cpu/conv.py's DEPTHWISE_MAC_COST)
+DEPTHWISE_MAC_COST = 8
+
+
+@njit(**JIT_PARALLEL)
+def _depthwise(x, w, out, sh, sw, pt, pl, dh, dw):
+    N, ho, wo, C = out.shape
+    kh, kw = w.shape[2], w.shape[3]
+    wt = np.empty((kh * kw, C), w.dtype)
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                wt[i * kw + j, c] = w[c, 0, i, j]
+    rows = N * ho
+    threads = forward_workers(out.size * kh * kw * DEPTHWISE_MAC_COST, rows, N)
+    if threads == 1:
+        for r in range(rows):
+            _depthwise_row(x, wt, out, r // ho, r % ho, sh, sw, pt, pl, dh, dw, kh, kw)
+        return
+    counter = task_counter()
+    for _ in prange(threads):
+        r = claim(counter)
+        while r < rows:
+            _depthwise_row(x, wt, out, r // ho, r % ho, sh, sw, pt, pl, dh, dw, kh, kw)
+            r = claim(counter)
+
+
+@njit(**JIT)
+def is_pointwise(x_shape, w_shape, out_shape, sh, sw, pt, pl, groups):
+    return (w_shape[2] == 1 and w_shape[3] == 1 and sh == 1 and sw == 1 and pt == 0 and pl == 0 and groups == 1
+            and out_shape[1] == x_shape[1] and out_shape[2] == x_shape[2])
+
+
+@njit(**JIT)
+def conv2d_nhwc(x, w, out, sh, sw, pt, pl, dh, dw, groups):
+    """out (N, Ho, Wo, C_out) = x (N, H, W, C) cross-correlated with w (C_out, C/groups, kh, kw): pointwise or
+    depthwise convs only (ValueError otherwise)."""
+    C = x.shape[3]
+    if w.shape[1] == 1 and groups == C and w.shape[0] == C:
+        if out.size > 0:
+            _depthwise(x, w, out, sh, sw, pt, pl, dh, dw)
+        return
+    if is_pointwise(x.shape, w.shape, out.shape, sh, sw, pt, pl, groups):
+        if out.size > 0:
+            _pointwise(x, w, out)
+        return
+    raise ValueError("conv2d_nhwc runs pointwise (1x1, stride 1, no padding, one group) and depthwise convs only")
+
+
+def signatures():
+    """How generated code calls conv2d_nhwc, bound by symbol (kernels/cpu/library.py): variant -> (function,
+    argument types), as for kernels/cpu/conv.py's convolutions."""
+    out = {}
+    for dtype in (types.float32, types.float64):
+        read, written = types.Array(dtype, 4, "C", readonly=True), types.Array(dtype, 4, "C")
+        out[f"conv2d_nhwc_{dtype}"] = ("conv2d_nhwc", (read, read, written) + (types.int64,) * 7)
+    return out
