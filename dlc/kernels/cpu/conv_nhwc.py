@@ -26,10 +26,11 @@ from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
 from dlc_cpu_threads import JIT, JIT_PARALLEL, block, claim, task_counter, zero
 from numba import njit, prange, types
 
-# A pointwise conv of at most THIN_POSITIONS rows (a batch-1 plane up to 4x4) multiplies w @ x^T (rows as
-# columns: OpenBLAS packs the thin operand) and copies the (C_out, rows) result into the output's rows: for
-# 16 rows and 512 -> 512 channels x @ w^T took 175-238 us, w @ x^T 116-124 us; from 64 rows on both took the
-# same (one thread).
+# A pointwise conv of at most THIN_POSITIONS rows (a batch-1 plane up to 5x5) multiplies w @ x^T (rows as
+# columns: OpenBLAS packs the thin operand) into a scratch block, then copies that into the output's rows: for
+# 16 rows and 512 -> 512 channels x @ w^T took 175-238 us, w @ x^T 116-124 us, and with the copy 131 us against
+# the NCHW conv's 127 (one thread). At 64 rows either way took 1.14-1.24x the NCHW conv's time, from 256 rows
+# x @ w^T as much or less (benchmarks/channels_last.py).
 THIN_POSITIONS = 32
 
 
@@ -45,11 +46,11 @@ def _pointwise_channels(x2, w2, o2, o0, o1, part):
     as dot products (kernels/cpu/conv.py's _thin_rows), else w @ x^T into part (C_out * rows values, this
     block's share), copied into the output's rows."""
     rows = x2.shape[0]
-    if rows <= THIN_COLUMNS:
-        _thin_rows(w2[o0:o1], x2, o2[:, o0:o1].T)
-        return
     p = part[o0 * rows:o1 * rows].reshape((o1 - o0, rows))
-    dot(w2[o0:o1], x2.T, p)
+    if rows <= THIN_COLUMNS:
+        _thin_rows(w2[o0:o1], x2, p)
+    else:
+        dot(w2[o0:o1], x2.T, p)
     for r in range(rows):
         d = o2[r]
         for o in range(o0, o1):
