@@ -348,16 +348,17 @@ def _render_elementwise(program, kernel, parallel):
 
 
 def _loop_order(kernel) -> list[int]:
-    """The output dims a loop nest runs over, outermost first: in order, but in the order of the input's dims
-    for a kernel whose one output is a transpose. So the transpose reads its input contiguously and writes
-    with a stride, not the reverse: each of C channels' reads was a 4 KB step apart for a 32-channel 32x32
-    NCHW plane going channels last, which the L1 cache's sets cannot hold (MobileNet's first such kernel,
-    32x32x32 with a bias and ReLU6: 86 us, 43 us in this order)."""
+    """The output dims a loop nest runs over, outermost first: in order, except for a kernel whose one output is
+    an NCHW value going channels last (dlc/passes/layout.py), which loops in its input's order: the reads are
+    then contiguous and the writes a channel vector apart, not the reverse. Output by output, each of C
+    channels' reads was a plane (4 KB) apart, which the L1 cache's sets cannot hold: MobileNet's first such
+    kernel (32 channels of 32x32, with a bias and ReLU6) took 86 us, 43 us in this order. Other transposes keep
+    the output's order: for 2-d ones either order won by up to 4x depending on the shape (power-of-two strides
+    collide in the cache), which only tiles would settle."""
     out = kernel.outputs[0]
-    if len(kernel.outputs) != 1 or out.op != "transpose":
+    if len(kernel.outputs) != 1 or out.op != "transpose" or tuple(out.attr("perm")) != (0, 2, 3, 1):
         return list(range(out.ndim))
-    perm = list(out.attr("perm"))
-    return [perm.index(j) for j in range(len(perm))]
+    return [0, 3, 1, 2]
 
 
 REDUCE_INIT = {"sum": 0, "prod": 1}
