@@ -69,6 +69,13 @@ THREADED_CASES = [
 ]
 
 
+# batch-1 pointwise convs of a few rows that split from SPLIT_MIN_MACS on TBB, by blocks of output channels
+THIN_THREADED_CASES = [
+    (1, 4, 4, 512, 512, 1, 1, (1, 1), ((0, 0), (0, 0)), (1, 1), "float32"),   # w @ x^T into a scratch block
+    (1, 2, 2, 512, 1024, 1, 1, (1, 1), ((0, 0), (0, 0)), (1, 1), "float64"),  # dot products
+]
+
+
 @pytest.mark.parametrize("threads", ["one", "all"])
 def test_conv2d_nhwc_kernel_on_threads_matches_reference(threads):
     import numba
@@ -83,6 +90,10 @@ def test_conv2d_nhwc_kernel_on_threads_matches_reference(threads):
             macs = n * h * wd * co * c * kh * kw // (c if kh * kw > 1 else 1) * (8 if kh * kw > 1 else 1)
             assert macs >= dlc_cpu_threads.PARALLEL_MIN_MACS, "a case too small for the threads"
             _run_case(k, case, np.random.default_rng(2))
+        for case in THIN_THREADED_CASES:
+            n, h, wd, c, co = case[:5]
+            assert n * h * wd * c * co >= k.SPLIT_MIN_MACS, "a case too small for the threads"
+            _run_case(k, case, np.random.default_rng(3))
     finally:
         numba.set_num_threads(before)
 

@@ -54,6 +54,11 @@ def _make_tbb_loadable():
 # numba refuses to cache.
 _make_tbb_loadable()
 numba.get_num_threads()
+# Whether the pool runs on TBB, whose waiting threads yield the core: there a parallel region of a few dozen
+# microseconds pays (kernels/cpu/conv_nhwc.py). A constant to the kernels that read it, so numba's cache keeps
+# the value it compiled them with: a process that chooses OpenMP later (NUMBA_THREADING_LAYER=omp) over the same
+# cache gets TBB's thresholds, slower, not wrong.
+ON_TBB = numba.threading_layer() == "tbb"
 thread_count = types.ExternalFunction("get_num_threads", types.intc())
 
 PARALLEL_MIN_MACS = 1 << 26   # multiply-adds under which one thread runs a whole kernel (about 1.5 ms)
