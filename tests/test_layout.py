@@ -69,7 +69,7 @@ THREADED_CASES = [
 ]
 
 
-# batch-1 pointwise convs of a few rows that split from SPLIT_MIN_MACS on TBB, by blocks of output channels
+# batch-1 pointwise convs of a few rows, which split from SPLIT_MIN_MACS on TBB, by blocks of output channels
 THIN_THREADED_CASES = [
     (1, 4, 4, 512, 512, 1, 1, (1, 1), ((0, 0), (0, 0)), (1, 1), "float32"),   # w @ x^T into a scratch block
     (1, 2, 2, 512, 1024, 1, 1, (1, 1), ((0, 0), (0, 0)), (1, 1), "float64"),  # dot products
