@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 
 import numpy as np
+from onnx_bench import median_ms
 
 # (in channels, plane, out channels, kernel, stride) of the MobileNet-style net after its stem
 LAYERS = [(32, 32, 32, 3, 1), (32, 32, 64, 1, 1), (64, 32, 64, 3, 2), (64, 16, 128, 1, 1), (128, 16, 128, 3, 1),
@@ -31,13 +31,7 @@ LAYERS = [(32, 32, 32, 3, 1), (32, 32, 64, 1, 1), (64, 32, 64, 3, 2), (64, 16, 1
 
 
 def median_us(fn, calls: int) -> float:
-    fn()
-    times = []
-    for _ in range(calls):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e6 * float(np.median(times))
+    return 1e3 * median_ms(fn, calls)
 
 
 def main(argv=None) -> int:

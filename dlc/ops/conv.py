@@ -230,11 +230,16 @@ def _conv2d_infer(xs, attrs):
     dtype = float_dtype(xs)
     _check_rank4(x, w)
     c, h, wd = spatial_ints(x.shape, "input")
+    ho, wo = _conv_out_hw(x, w, c, (h, wd), attrs)
+    return (x.shape[0], w.shape[0], ho, wo), dtype
+
+
+def _conv_out_hw(x, w, c, hw, attrs) -> tuple:
+    """The output plane of a conv of x (c channels, plane hw) with weight w; the groups checked."""
     co, cg, kh, kw = w.shape
     _check_groups(c, co, attrs["groups"], cg, f"input {shape_str(x.shape)}",
                   f"weight {shape_str(w.shape)} (C_out, C_in/groups, kh, kw) dim 1")
-    ho, wo = out_hw((h, wd), attrs, (kh, kw))
-    return (x.shape[0], co, ho, wo), dtype
+    return out_hw(hw, attrs, (kh, kw))
 
 
 def _transposed_infer(xs, attrs, what):
@@ -286,11 +291,8 @@ def _conv2d_nhwc_infer(xs, attrs):
         raise ShapeError(f"input must be 4-d (N, H, W, C), got {shape_str(x.shape)}")
     _check_rank4(x, w)
     h, wd, c = spatial_ints(x.shape, "input")
-    co, cg, kh, kw = w.shape
-    _check_groups(c, co, attrs["groups"], cg, f"input {shape_str(x.shape)}",
-                  f"weight {shape_str(w.shape)} (C_out, C_in/groups, kh, kw) dim 1")
-    ho, wo = out_hw((h, wd), attrs, (kh, kw))
-    return (x.shape[0], ho, wo, co), dtype
+    ho, wo = _conv_out_hw(x, w, c, (h, wd), attrs)
+    return (x.shape[0], ho, wo, w.shape[0]), dtype
 
 
 def conv2d_nhwc_ref(x: np.ndarray, w: np.ndarray, a: dict) -> np.ndarray:
