@@ -254,9 +254,9 @@ def bench(name: str, batch: int, rounds: int, calls: int, cache: str) -> dict:
 def _describe_anchor(kernel) -> str:
     """The shape and attributes of a kernel's first conv/matmul/pool node (which layer it is)."""
     for n in kernel.nodes:
-        if n.op in ("conv2d", "matmul", "max_pool2d", "avg_pool2d"):
+        if n.op in ("conv2d", "conv2d_nhwc", "matmul", "max_pool2d", "avg_pool2d"):
             x, w = n.inputs[0].shape, n.inputs[1].shape if len(n.inputs) > 1 else ()
-            extra = f" groups={n.attr('groups')} stride={n.attr('stride')}" if n.op == "conv2d" else ""
+            extra = f" groups={n.attr('groups')} stride={n.attr('stride')}" if n.op.startswith("conv2d") else ""
             return f"  [{n.op} {tuple(x)} x {tuple(w)} -> {tuple(n.shape)}{extra}]"
     return ""
 
