@@ -582,6 +582,18 @@ def _depthwise_output_plane(x, w, out, n, o, wide, pad, acc, sh, sw, pt, pl, dh,
         _depthwise_plane(x, w, out, n, o, sh, sw, pt, pl, dh, dw)
 
 
+@njit(**JIT)
+def taps_by_channel(w):
+    """A depthwise weight (C, 1, kh, kw) as (kh, kw, C): each tap's weights contiguous over the channels."""
+    C, kh, kw = w.shape[0], w.shape[2], w.shape[3]
+    wt = np.empty((kh, kw, C), w.dtype)
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                wt[i, j, c] = w[c, 0, i, j]
+    return wt
+
+
 @njit(**JIT_PARALLEL)
 def _depthwise_channels_last(x, w, out, sh, sw, pt, pl, dh, dw):
     """depthwise_conv2d with one output per channel, strided or on small planes: sample by sample, channels
@@ -590,11 +602,7 @@ def _depthwise_channels_last(x, w, out, sh, sw, pt, pl, dh, dw):
     kh, kw = w.shape[2], w.shape[3]
     ho, wo = out.shape[2], out.shape[3]
     hp, wp = (ho - 1) * sh + (kh - 1) * dh + 1, (wo - 1) * sw + (kw - 1) * dw + 1
-    wt = np.empty((kh, kw, C), w.dtype)
-    for c in range(C):
-        for i in range(kh):
-            for j in range(kw):
-                wt[i, j, c] = w[c, 0, i, j]
+    wt = taps_by_channel(w)
     workers = workers_for(out.size * kh * kw * DEPTHWISE_MAC_COST, N)
     if workers == 1:
         padt, acc = np.empty((hp, wp, C), x.dtype), np.empty((ho, wo, C), x.dtype)

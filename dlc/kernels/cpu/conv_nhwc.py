@@ -21,7 +21,7 @@ alone took 15-80 us per layer against 2-30 us for the channels-last loops
 """
 
 import numpy as np
-from dlc_cpu_conv import THIN_COLUMNS, _thin_rows, dot, forward_workers
+from dlc_cpu_conv import DEPTHWISE_MAC_COST, THIN_COLUMNS, _thin_rows, dot, forward_workers, taps_by_channel
 from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
 from dlc_cpu_threads import JIT, JIT_PARALLEL, ON_TBB, block, claim, task_counter, workers_for, zero
 from numba import njit, prange, types
@@ -144,19 +144,11 @@ def _depthwise_row(x, wt, out, n, oh, sh, sw, pt, pl, dh, dw, kh, kw):
                     a[c] += wv[c] * s[c]
 
 
-# per depthwise multiply-add, the work forward_workers weighs (kernels/cpu/conv.py's DEPTHWISE_MAC_COST)
-DEPTHWISE_MAC_COST = 8
-
-
 @njit(**JIT_PARALLEL)
 def _depthwise(x, w, out, sh, sw, pt, pl, dh, dw):
     N, ho, wo, C = out.shape
     kh, kw = w.shape[2], w.shape[3]
-    wt = np.empty((kh * kw, C), w.dtype)
-    for c in range(C):
-        for i in range(kh):
-            for j in range(kw):
-                wt[i * kw + j, c] = w[c, 0, i, j]
+    wt = taps_by_channel(w).reshape((kh * kw, C))
     rows = N * ho
     threads = forward_workers(out.size * kh * kw * DEPTHWISE_MAC_COST, rows, N)
     if threads == 1:
