@@ -53,8 +53,8 @@ def kernels_digest() -> str:
     return h.hexdigest()[:16]
 
 
-KERNEL_MODULES = ("threads", "fastmath", "gemm", "conv", "conv_nhwc", "pool", "random", "views", "attention", "norm",
-                  "library")
+KERNEL_MODULES = ("threads", "fastmath", "gemm", "microkernel", "conv_tiles", "conv", "conv_nhwc", "pool", "random",
+                  "views", "attention", "norm", "library")
 
 
 def load_kernel_modules() -> None:

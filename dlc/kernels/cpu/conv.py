@@ -39,6 +39,15 @@ sample by sample, each of the C*kh*kw rows got a few values a cache line or
 a page away from the last (ResNet's 4x4 layer: fwd 20 -> 15 ms, dgrad 23 ->
 15, wgrad 22 -> 18 at batch 32 on 2 threads).
 
+Why register tiles for some batch-1 convs (dlc_cpu_conv_tiles): a forward conv of
+fewer samples than threads whose window is strided (im2col gathers its columns
+value by value) or whose plane is small (the GEMM is a few dozen columns against
+the whole weight matrix) runs as blocks of 6 output channels by 16 positions
+summed in registers straight from the (padded, phase-split) input, no columns
+and no BLAS (`_uses_tiles`, `pays`). ResNet-18-style inference at batch 1 (the
+ONNX benchmark's, 12 interleaved rounds): 13.86 -> 12.09 ms. Stride-1 windows
+over larger planes measured the same either way and keep im2col + GEMM.
+
 Why direct loops for depthwise convolutions (one input channel and at most
 DIRECT_MAX_OUTPUTS outputs per group, as in MobileNet; with more outputs per
 channel one im2col serves them all): there each group's GEMM is a 1 x (kh*kw) times (kh*kw) x
@@ -81,8 +90,20 @@ from a shared counter (dlc_cpu_threads says why).
 """
 
 import numpy as np
+from dlc_cpu_conv_tiles import pays, tiled_conv2d
 from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
-from dlc_cpu_threads import JIT, JIT_PARALLEL, block, claim, task_counter, thread_count, workers_for, zero, zeros
+from dlc_cpu_threads import (
+    JIT,
+    JIT_PARALLEL,
+    ON_TBB,
+    block,
+    claim,
+    task_counter,
+    thread_count,
+    workers_for,
+    zero,
+    zeros,
+)
 from numba import njit, prange, types
 
 # A forward conv of fewer samples than threads splits each GEMM's output rows between them from ROWS_MIN_MACS
@@ -1048,6 +1069,18 @@ def wide_conv2d_grad_weight(x, gy, acc, groups, threads, kh, kw, pt, pl, dh, dw)
 # ----------------------------------------------------------------------------
 # the three convolutions: the plan per shape, then threads
 
+# A tiled conv splits over threads from TILES_SPLIT_MIN_MACS on TBB, whose waiting threads yield the core (as
+# conv_nhwc's pointwise convs do): ResNet's 3x3/2 convs of 19M multiply-adds run on 2 threads; on OpenMP the
+# row split's threshold stands (forward_workers says why).
+TILES_SPLIT_MIN_MACS = 1 << 21
+
+
+@njit(**JIT)
+def _uses_tiles(N, groups, itemsize):
+    """Whether a forward conv may run as register tiles over its input (dlc_cpu_conv_tiles, whose `pays` weighs
+    the shape): float32, one group, fewer samples than threads (batch 1: a thin GEMM per sample)."""
+    return itemsize == 4 and groups == 1 and N < thread_count()
+
 
 @njit(**JIT_PARALLEL)
 def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
@@ -1064,6 +1097,10 @@ def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
     pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, ho, wo)
     hw = ho * wo
     macs = out.size * kg
+    if _uses_tiles(N, groups, x.itemsize) and pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
+        threads = workers_for(macs, N * co, TILES_SPLIT_MIN_MACS) if ON_TBB else forward_workers(macs, N * co, N)
+        tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw)
+        return
     threads = forward_workers(macs, N * groups * og, N)
     previous = blas_on_calling_thread()
     if N >= threads and not pointwise and _is_wide(co, sh, sw, W, pl, kw, dw, wo):

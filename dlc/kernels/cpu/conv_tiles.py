@@ -1,0 +1,212 @@
+"""Forward convolutions (one group) as register-tiled products over the input, without BLAS.
+
+Imported by the CPU backend as the module `dlc_cpu_conv_tiles`; kernels/cpu/conv.py's conv2d chooses it
+(`_uses_tiles` there, `pays` here). Layouts as there: x (N, C, H, W), w (C_out, C, kh, kw), out (N, C_out, Ho, Wo).
+
+The product out[n, o, q] = sum_k w[o, k] * B[k, q] over k = (c, i, j) runs in blocks of MR output channels by NR
+output positions (dlc_cpu_microkernel.fma_tile), each in registers for the whole sum. Row k of B is read
+through an offset table from one buffer per sample, one of two forms:
+
+- wide (larger planes): the sample's input, zero-padded and, for a strided conv, split into stride phases
+  (phase (a, b) of channel c holds the padded input's rows a, a + sh, ... and columns b, b + sw, ...). Row k of
+  tap (i, j) is phase ((i*dh) % sh, (j*dw) % sw) of channel c read from ((i*dh)//sh, (j*dw)//sw) on: output
+  position (oh, ow) is column oh*Wq + ow, each phase row Wq = Wo + ((kw-1)*dw)//sw wide, so the columns past
+  Wo in each output row are computed and thrown away. The buffer is about the input's size: no columns.
+- columns (small planes, where those thrown-away columns would cost more than copying): im2col's columns,
+  Ho*Wo positions a row, rounded up to NR.
+
+`layout` weighs the two; the thrown-away work is counted in multiply-adds, the copy in COPY_MACS a value.
+
+Where it pays (`pays`; kernels/cpu/conv.py takes it for fewer samples than threads): a strided window, whose
+columns im2col gathers value by value, or a small plane, where im2col + GEMM is a thin product reading the
+whole weight matrix for a few dozen columns. ResNet's batch-1 convs (2 threads, ms, im2col + GEMM -> tiles,
+3 alternating processes): 64 -> 128 3x3/2 on 32x32 0.56-0.61 -> 0.46-0.53, 128 -> 256 3x3/2 on 16x16
+0.49-0.55 -> 0.44-0.51, 256 -> 512 3x3/2 on 8x8 0.60-0.69 -> 0.37-0.38; the whole ResNet-18-style net at batch
+1 13.86 -> 12.09 ms (benchmarks/RESULTS.md). Stride-1 windows on larger planes measured the same either way
+(64 -> 64 on 32x32: 0.62-0.66 against 0.64-0.73) and keep im2col + GEMM, as do 1x1 convs and windows over a
+stem's few channels (slower here: tiles of 16 positions for a sum of 27).
+
+What limits it: a block on one core runs at 101-112 GFLOP/s when B's rows lie in order, 56 when they lie a
+channel plane apart as here (too many streams for the prefetcher; a copy of each column block into a panel
+read in order cost more than it saved), so a 3x3 conv on 32x32 reaches about 85 on one core, and splitting
+it over 2 threads about 1.5x. onnxruntime runs the same layer at about 105 per core (0.36 ms) on channels-
+blocked activations with its weights packed once when the model loads: the input broadcast, the weights read
+in order. That is the layout to take next, with weights packed once per program rather than per call.
+"""
+
+import numpy as np
+from dlc_cpu_microkernel import MR, NR, fma_tile
+from dlc_cpu_threads import JIT, JIT_PARALLEL, claim, task_counter, zeros
+from numba import njit, prange
+
+COPY_MACS = 32   # a value copied into columns costs about as much as 32 multiply-adds (kernels/cpu/conv.py)
+TASKS_PER_THREAD = 4   # with fewer (samples x column blocks) than this per thread, channels split too
+
+
+@njit(**JIT)
+def _ceil_div(a, b):
+    return -(-a // b)
+
+
+@njit(**JIT)
+def layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
+    """(wide, Hq, Wq, the output row's stride in B's columns, B's columns rounded up to NR, a sample's buffer)."""
+    k = C * kh * kw
+    hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
+    wide_q, cols_q = _ceil_div(ho * wq, NR) * NR, _ceil_div(ho * wo, NR) * NR
+    planes = C * sh * sw * hq * wq
+    if (wide_q - cols_q) * k * co > COPY_MACS * (k * cols_q - planes):
+        return False, hq, wq, wo, cols_q, k * cols_q
+    return True, hq, wq, wq, wide_q, planes + NR   # NR past the end: the last block's thrown-away columns
+
+
+@njit(**JIT)
+def pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
+    """Whether tiles beat im2col + GEMM for a conv of fewer samples than threads: a window larger than 1x1 that is
+    strided (im2col gathers its columns value by value) or on a plane small enough for columns (the GEMM is thin:
+    a few dozen columns against the whole weight matrix). Stride-1 convs on larger planes measured the same
+    either way, 1x1 convs and windows over few channels (a stem's 3) slower."""
+    if kh * kw == 1 or C * kh * kw < 64:
+        return False
+    return sh * sw > 1 or not layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo)[0]
+
+
+@njit(**JIT)
+def offsets(C, kh, kw, sh, sw, dh, dw, hq, wq, qpad, wide):
+    """Where row (c*kh + i)*kw + j of B starts in a sample's buffer."""
+    boff = np.empty(C * kh * kw, np.int64)
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                k = (c * kh + i) * kw + j
+                if wide:
+                    phase = (c * sh + i * dh % sh) * sw + j * dw % sw
+                    boff[k] = phase * hq * wq + i * dh // sh * wq + j * dw // sw
+                else:
+                    boff[k] = k * qpad
+    return boff
+
+
+@njit(**JIT)
+def _phases(x, n, buf, sh, sw, pt, pl, hq, wq):
+    """buf = sample n's input zero-padded, split into stride phases (Hq x Wq each), then NR zeros."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    for c in range(C):
+        for a in range(sh):
+            for b in range(sw):
+                base = ((c * sh + a) * sw + b) * hq * wq
+                lo = max(0, _ceil_div(pl - b, sw))                     # first s with s*sw + b - pl >= 0
+                hi = max(lo, min(wq, _ceil_div(W + pl - b, sw)))       # first s past the input
+                for r in range(hq):
+                    d = buf[base + r * wq:base + (r + 1) * wq]
+                    ih = r * sh + a - pt
+                    if ih < 0 or ih >= H:
+                        d[:] = 0
+                        continue
+                    s = x[n, c, ih]
+                    d[:lo] = 0
+                    if sw == 1:
+                        src = s[lo + b - pl:hi + b - pl]
+                        for q in range(hi - lo):
+                            d[lo + q] = src[q]
+                    else:
+                        for q in range(lo, hi):
+                            d[q] = s[q * sw + b - pl]
+                    d[hi:] = 0
+    buf[C * sh * sw * hq * wq:] = 0
+
+
+@njit(**JIT)
+def _columns(x, n, buf, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, qpad):
+    """buf[k*qpad + oh*Wo + ow] = im2col's columns of sample n; zeros in each row's last qpad - Ho*Wo."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    for c in range(C):
+        for i in range(kh):
+            for j in range(kw):
+                row = buf[((c * kh + i) * kw + j) * qpad:((c * kh + i) * kw + j + 1) * qpad]
+                for oh in range(ho):
+                    ih = oh * sh - pt + i * dh
+                    for ow in range(wo):
+                        iw = ow * sw - pl + j * dw
+                        inside = ih >= 0 and ih < H and iw >= 0 and iw < W
+                        row[oh * wo + ow] = x[n, c, ih, iw] if inside else 0
+                row[ho * wo:] = 0
+
+
+@njit(**JIT)
+def _sample(x, n, buf, wide, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, qpad):
+    """Sample n's buffer of B, in either form."""
+    if wide:
+        _phases(x, n, buf, sh, sw, pt, pl, hq, wq)
+    else:
+        _columns(x, n, buf, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, qpad)
+
+
+@njit(**JIT)
+def _task(w2, wpad, buf, boff, out, n, b0, b1, t0, t1, part, rw):
+    """out[n, b0*MR : b1*MR] at the output positions of B's column blocks t0 .. t1 - 1 (buf: sample n's B).
+
+    Channel block by channel block: each block's MR rows of w (read once, in order: at batch 1 the weights
+    come from memory more than from cache) against every column block of the run, the whole sum in registers."""
+    co, k = w2.shape
+    ho, wo = out.shape[2], out.shape[3]
+    qa, qb = t0 * NR, min(t1 * NR, ho * rw)
+    for b in range(b0, b1):
+        a, a0 = (w2, b * MR * k) if (b + 1) * MR <= co else (wpad, 0)   # the last block: MR rows, zero past co
+        for t in range(t0, t1):
+            fma_tile(a, a0, k, buf, t * NR, boff, k, part, (t - t0) * NR, part.shape[1])
+        for o in range(b * MR, min(co, (b + 1) * MR)):
+            r = o - b * MR
+            for oh in range(qa // rw, _ceil_div(qb, rw)):
+                # indexed, not sliced: a view per output row cost 0.3 of the conv
+                for ow in range(max(oh * rw, qa) - oh * rw, min(oh * rw + wo, qb) - oh * rw):
+                    out[n, o, oh, ow] = part[r, oh * rw + ow - qa]
+
+
+@njit(**JIT_PARALLEL)
+def tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw):
+    """out = x cross-correlated with w (one group) on `threads` threads, in tasks of a run of B's column blocks by
+    a group of channel blocks, claimed in sample order. Each thread builds the buffer of B of the sample its
+    task is in, once per sample it works on: at batch 1 both threads build the same one (a copy about the
+    input's size, 15 us on ResNet's 64 x 32 x 32 layer), which cost less than one thread building it for the
+    other (a parallel region more, or the other thread reading it from the first one's cache: 0.1-0.4 ms)."""
+    N, C = x.shape[0], x.shape[1]
+    co, kh, kw = w.shape[0], w.shape[2], w.shape[3]
+    ho, wo = out.shape[2], out.shape[3]
+    if out.size == 0:
+        return
+    k = C * kh * kw
+    w2 = w.reshape(co, k)
+    wide, hq, wq, rw, qpad, size = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo)
+    boff = offsets(C, kh, kw, sh, sw, dh, dw, hq, wq, qpad, wide)
+    tiles, blocks = qpad // NR, _ceil_div(co, MR)
+    wpad = zeros((MR, k), x)
+    wpad[:co - (blocks - 1) * MR] = w2[(blocks - 1) * MR:]
+    # a task: a run of consecutive column blocks (threads writing neighbouring positions of the output share its
+    # cache lines) by a group of channel blocks: a whole sample from TASKS_PER_THREAD samples a thread on
+    per, run = blocks, tiles
+    if threads > 1 and N < TASKS_PER_THREAD * threads:
+        run = _ceil_div(tiles, min(tiles, _ceil_div(TASKS_PER_THREAD * threads, N)))
+        if N * tiles < TASKS_PER_THREAD * threads:
+            per = _ceil_div(blocks, min(blocks, _ceil_div(TASKS_PER_THREAD * threads, N * tiles)))
+    groups, runs = _ceil_div(blocks, per), _ceil_div(tiles, run)
+    per_sample = runs * groups
+    bufs = np.empty((threads, size), x.dtype)
+    part = np.empty((threads, MR, run * NR), x.dtype)
+    if threads == 1:
+        for n in range(N):
+            _sample(x, n, bufs[0], wide, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, qpad)
+            _task(w2, wpad, bufs[0], boff, out, n, 0, blocks, 0, tiles, part[0], rw)
+        return
+    counter = task_counter()
+    for t in prange(threads):
+        built = -1
+        task = claim(counter)
+        while task < N * per_sample:
+            n, g, r = task // per_sample, task % per_sample // runs, task % runs
+            if n != built:
+                _sample(x, n, bufs[t], wide, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, qpad)
+                built = n
+            _task(w2, wpad, bufs[t], boff, out, n, g * per, min(blocks, (g + 1) * per), r * run,
+                  min(tiles, (r + 1) * run), part[t], rw)
+            task = claim(counter)

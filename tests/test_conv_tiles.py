@@ -1,0 +1,150 @@
+"""Register-tiled convolutions (dlc/kernels/cpu/conv_tiles.py) and their block kernel (microkernel.py) against
+numpy: the block on its own, the tiled conv over shapes that reach both forms of its right operand (wide
+planes, with stride phases, and columns), channel counts that leave a partial block, on one thread and two,
+and the cpu backend choosing it for batch-1 convs where it pays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dlc
+from dlc.ops.conv import conv2d_ref, conv_out_size
+
+
+@pytest.fixture(scope="module")
+def kernels():
+    from dlc.runtime.cpu import load_kernel_modules
+
+    load_kernel_modules()
+    import dlc_cpu_conv
+    import dlc_cpu_conv_tiles
+    import dlc_cpu_microkernel
+
+    return dlc_cpu_microkernel, dlc_cpu_conv_tiles, dlc_cpu_conv
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fma_tile_matches_numpy(kernels, dtype):
+    """A block at offsets into flat a, b and c, B's rows read through a table of offsets; c outside the block
+    untouched, and the block overwritten whatever it held."""
+    micro, _, _ = kernels
+    from numba import njit
+
+    MR, NR = micro.MR, micro.NR
+    fma_tile = micro.fma_tile
+
+    @njit(cache=False)
+    def block(a, a0, lda, b, b0, boff, k, c, c0, ldc):
+        fma_tile(a, a0, lda, b, b0, boff, k, c, c0, ldc)
+
+    rng = np.random.default_rng(0)
+    k, lda, ldc = 37, 45, 21
+    a = rng.standard_normal(3 + MR * lda).astype(dtype)
+    b = rng.standard_normal(400 + NR).astype(dtype)
+    boff = rng.integers(0, 400, size=k).astype(np.int64)
+    c = np.full(5 + MR * ldc + NR, 7.0, dtype)
+    block(a, 3, lda, b, 2, boff, k, c, 5, ldc)
+    rows = a[3:3 + MR * lda].reshape(MR, lda)[:, :k]
+    right = np.stack([b[2 + o:2 + o + NR] for o in boff])
+    want = rows.astype(np.float64) @ right.astype(np.float64)
+    got = np.stack([c[5 + i * ldc:5 + i * ldc + NR] for i in range(MR)])
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-5)
+    mask = np.ones(c.shape, bool)
+    for i in range(MR):
+        mask[5 + i * ldc:5 + i * ldc + NR] = False
+    assert np.all(c[mask] == 7.0)
+    block(a, 3, lda, b, 2, boff, 0, c, 5, ldc)   # an empty sum: zeros
+    assert not np.any(np.stack([c[5 + i * ldc:5 + i * ldc + NR] for i in range(MR)]))
+
+
+def test_fma_tile_refuses_mixed_dtypes(kernels):
+    micro, _, _ = kernels
+    from numba import njit
+    from numba.core.errors import TypingError
+
+    fma_tile = micro.fma_tile
+
+    @njit(cache=False)
+    def block(a, b, boff, c):
+        fma_tile(a, 0, 1, b, 0, boff, 1, c, 0, 16)
+
+    with pytest.raises(TypingError):
+        block(np.zeros(6, np.float32), np.zeros(16, np.float64), np.zeros(1, np.int64), np.zeros(96, np.float32))
+
+
+# N, C, H, W, C_out, kh, kw, stride, padding ((top, bottom), (left, right)), dilation
+TILED_CASES = [
+    (1, 64, 32, 32, 64, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),     # ResNet's first stage: wide
+    (1, 64, 32, 32, 128, 3, 3, (2, 2), ((1, 1), (1, 1)), (1, 1)),    # stride 2: four phases
+    (1, 256, 8, 8, 256, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),     # small plane: columns
+    (1, 512, 4, 4, 512, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),     # 16 positions, 86 channel blocks
+    (2, 5, 9, 11, 7, 3, 2, (2, 3), ((1, 0), (2, 1)), (1, 1)),        # uneven strides and padding, 7 = 6 + 1
+    (3, 4, 12, 10, 13, 3, 3, (1, 1), ((2, 2), (0, 1)), (2, 1)),      # dilated, 13 = 2 x 6 + 1 channels
+    (2, 8, 7, 7, 5, 7, 7, (3, 2), ((3, 3), (3, 3)), (1, 2)),         # fewer channels than a block
+    (1, 64, 32, 32, 128, 1, 1, (2, 2), ((0, 0), (0, 0)), (1, 1)),    # strided 1x1
+    (4, 6, 14, 14, 16, 5, 5, (1, 1), ((0, 0), (0, 0)), (1, 1)),      # LeNet's second conv
+    (1, 3, 1, 1, 2, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),         # a 1x1 plane, all but one tap padding
+]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_tiled_conv2d_matches_reference(kernels, dtype):
+    _, tiles, _ = kernels
+    rng = np.random.default_rng(1)
+    forms = set()
+    for n, c, h, wd, co, kh, kw, stride, padding, dilation in TILED_CASES:
+        x = rng.standard_normal((n, c, h, wd)).astype(dtype)
+        w = rng.standard_normal((co, c, kh, kw)).astype(dtype)
+        a = dict(stride=stride, padding=padding, dilation=dilation, groups=1)
+        want = conv2d_ref(x.astype(np.float64), w.astype(np.float64), a)
+        ho, wo = want.shape[2:]
+        forms.add(tiles.layout(c, co, kh, kw, *stride, *dilation, ho, wo)[0])
+        for threads in (1, 2):
+            got = np.full(want.shape, np.nan, dtype)
+            tiles.tiled_conv2d(x, w, got, threads, *stride, padding[0][0], padding[1][0], *dilation)
+            scale = float(np.abs(want).max())
+            tol = 1e-5 if dtype == "float32" else 1e-12
+            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale,
+                                       err_msg=f"{(n, c, h, wd, co, kh, kw, stride)} on {threads} threads")
+    assert forms == {True, False}, "the cases reach both forms of B (wide planes and columns)"
+
+
+def test_tiled_conv2d_of_nothing(kernels):
+    _, tiles, _ = kernels
+    out = np.empty((0, 4, 3, 3), np.float32)
+    tiles.tiled_conv2d(np.ones((0, 2, 5, 5), np.float32), np.ones((4, 2, 3, 3), np.float32), out, 2, 1, 1, 0, 0, 1, 1)
+    out = np.empty((1, 4, 0, 3), np.float32)   # no output rows
+    tiles.tiled_conv2d(np.ones((1, 2, 2, 5), np.float32), np.ones((4, 2, 3, 3), np.float32), out, 2, 1, 1, 0, 0, 1, 1)
+
+
+def test_tiles_where_they_pay(kernels):
+    """Batch-1 forward convs: strided windows and small planes take the tiles, stride-1 windows over larger planes,
+    1x1 convs and a stem's few channels keep im2col + GEMM (measured: benchmarks/RESULTS.md)."""
+    _, tiles, conv = kernels
+
+    def pays(c, co, h, k, s):
+        ho = conv_out_size(h, ((k - 1) // 2, (k - 1) // 2), k, s, 1)
+        return tiles.pays(c, co, k, k, s, s, 1, 1, ho, ho)
+
+    assert pays(64, 128, 32, 3, 2) and pays(256, 512, 8, 3, 2)       # ResNet's strided 3x3 convs
+    assert pays(512, 512, 4, 3, 1) and pays(256, 256, 8, 3, 1)       # its small planes: columns
+    assert not pays(64, 64, 32, 3, 1) and not pays(128, 128, 16, 3, 1)
+    assert not pays(64, 128, 32, 1, 2)                               # a strided 1x1 shortcut
+    assert not pays(3, 64, 32, 3, 1) and not pays(3, 64, 32, 3, 2)   # a stem
+    assert conv._uses_tiles(1, 1, 4) and not conv._uses_tiles(1, 1, 8) and not conv._uses_tiles(1, 2, 4)
+
+
+def test_cpu_backend_runs_batch_one_convs_in_tiles():
+    """A strided conv with bias and ReLU, compiled for the cpu target: at batch 1 its conv runs in tiles (above),
+    at batch 3 as before; both equal the reference executor's."""
+    rng = np.random.default_rng(2)
+    x = dlc.input("x", ("B", 32, 12, 12))
+    w = dlc.param(rng.standard_normal((20, 32, 3, 3)).astype(np.float32) * 0.1, name="w")
+    b = dlc.param(rng.standard_normal(20).astype(np.float32), name="b")
+    y = dlc.relu(dlc.conv2d(x, w, b, stride=2, padding=1))
+    cpu = dlc.compile(y, target="cpu")
+    ref = dlc.compile(y, target="reference")
+    for batch in (1, 3):
+        xs = rng.standard_normal((batch, 32, 12, 12)).astype(np.float32)
+        np.testing.assert_allclose(cpu(xs), ref(xs), rtol=1e-4, atol=1e-5)
