@@ -20,18 +20,22 @@ through an offset table from one buffer per sample, one of two forms:
 Where it pays (`pays`; kernels/cpu/conv.py takes it for fewer samples than threads): a strided window, whose
 columns im2col gathers value by value, or a small plane, where im2col + GEMM is a thin product reading the
 whole weight matrix for a few dozen columns. ResNet's batch-1 convs (2 threads, ms, im2col + GEMM -> tiles,
-3 alternating processes): 64 -> 128 3x3/2 on 32x32 0.56-0.61 -> 0.46-0.53, 128 -> 256 3x3/2 on 16x16
-0.49-0.55 -> 0.44-0.51, 256 -> 512 3x3/2 on 8x8 0.60-0.69 -> 0.37-0.38; the whole ResNet-18-style net at batch
-1 13.86 -> 12.09 ms (benchmarks/RESULTS.md). Stride-1 windows on larger planes measured the same either way
-(64 -> 64 on 32x32: 0.62-0.66 against 0.64-0.73) and keep im2col + GEMM, as do 1x1 convs and windows over a
-stem's few channels (slower here: tiles of 16 positions for a sum of 27).
+3 alternating processes each): 64 -> 128 3x3/2 on 32x32 0.53-0.57 -> 0.40-0.50, 128 -> 256 3x3/2 on 16x16
+0.49-0.50 -> 0.31-0.40, 256 -> 512 3x3/2 on 8x8 0.57-0.68 -> 0.28-0.42, 256 -> 256 on 8x8 0.62-0.64 ->
+0.52-0.70, 512 -> 512 on 4x4 0.73-1.21 -> 0.55-0.78; the whole ResNet-18-style net at batch 1 13.86 -> 12.09 ms
+(benchmarks/RESULTS.md). Stride-1 windows on larger planes measured the same either way (64 -> 64 on 32x32:
+0.62-0.66 against 0.64-0.73) and keep im2col + GEMM, as do 1x1 convs and windows over a stem's few channels
+(slower here: 0.11-0.17 ms against 0.06, blocks of 16 positions for sums of 27).
 
 What limits it: a block on one core runs at 101-112 GFLOP/s when B's rows lie in order, 56 when they lie a
 channel plane apart as here (too many streams for the prefetcher; a copy of each column block into a panel
 read in order cost more than it saved), so a 3x3 conv on 32x32 reaches about 85 on one core, and splitting
 it over 2 threads about 1.5x. onnxruntime runs the same layer at about 105 per core (0.36 ms) on channels-
 blocked activations with its weights packed once when the model loads: the input broadcast, the weights read
-in order. That is the layout to take next, with weights packed once per program rather than per call.
+in order. Tried here, inside this kernel (the input copied channels last, the weights packed per call): 64 ->
+64 on 32x32 0.53 ms against im2col + GEMM's 0.61, of which the packing 0.08 and the copy 0.05; 128 -> 128 on
+16x16 0.87 against 0.55, the packing alone 0.34. So that layout needs its weights packed once per program
+(and invalidated when they change), not per call.
 """
 
 import numpy as np
