@@ -1,7 +1,7 @@
 """Register-tiled convolutions (dlc/kernels/cpu/conv_tiles.py) and their block kernel (microkernel.py) against
-numpy: the block on its own, the tiled conv over shapes that reach both forms of its right operand (wide
-planes, with stride phases, and columns), channel counts that leave a partial block, on one thread and two,
-and the cpu backend choosing it for batch-1 convs where it pays."""
+numpy: the block on its own, the tiled conv over shapes that reach each form of its right operand (rows,
+stride phases and columns), channel counts that leave a partial block, on one thread and two, and the cpu
+backend choosing it for batch-1 convs where it pays."""
 
 from __future__ import annotations
 
@@ -75,12 +75,13 @@ def test_fma_tile_refuses_mixed_dtypes(kernels):
 
 # N, C, H, W, C_out, kh, kw, stride, padding ((top, bottom), (left, right)), dilation
 TILED_CASES = [
-    (1, 64, 32, 32, 64, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),     # ResNet's first stage: wide
+    (1, 64, 32, 32, 64, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),     # ResNet's first stage: rows
     (1, 64, 32, 32, 128, 3, 3, (2, 2), ((1, 1), (1, 1)), (1, 1)),    # stride 2: four phases
     (1, 256, 8, 8, 256, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),     # small plane: columns
     (1, 512, 4, 4, 512, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),     # 16 positions, 86 channel blocks
     (2, 5, 9, 11, 7, 3, 2, (2, 3), ((1, 0), (2, 1)), (1, 1)),        # uneven strides and padding, 7 = 6 + 1
-    (3, 4, 12, 10, 13, 3, 3, (1, 1), ((2, 2), (0, 1)), (2, 1)),      # dilated, 13 = 2 x 6 + 1 channels
+    (3, 4, 12, 10, 13, 3, 3, (1, 1), ((2, 2), (0, 1)), (2, 1)),      # dilated rows, 13 = 2 x 6 + 1 channels
+    (1, 16, 9, 40, 12, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),      # rows of 3 column blocks, the last partial
     (2, 8, 7, 7, 5, 7, 7, (3, 2), ((3, 3), (3, 3)), (1, 2)),         # fewer channels than a block
     (1, 64, 32, 32, 128, 1, 1, (2, 2), ((0, 0), (0, 0)), (1, 1)),    # strided 1x1
     (4, 6, 14, 14, 16, 5, 5, (1, 1), ((0, 0), (0, 0)), (1, 1)),      # LeNet's second conv
@@ -99,7 +100,7 @@ def test_tiled_conv2d_matches_reference(kernels, dtype):
         a = dict(stride=stride, padding=padding, dilation=dilation, groups=1)
         want = conv2d_ref(x.astype(np.float64), w.astype(np.float64), a)
         ho, wo = want.shape[2:]
-        forms.add(tiles.layout(c, co, kh, kw, *stride, *dilation, ho, wo)[0])
+        forms.add(int(tiles.layout(c, co, kh, kw, *stride, *dilation, ho, wo)[0]))
         for threads in (1, 2):
             got = np.full(want.shape, np.nan, dtype)
             tiles.tiled_conv2d(x, w, got, threads, *stride, padding[0][0], padding[1][0], *dilation)
@@ -107,7 +108,7 @@ def test_tiled_conv2d_matches_reference(kernels, dtype):
             tol = 1e-5 if dtype == "float32" else 1e-12
             np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale,
                                        err_msg=f"{(n, c, h, wd, co, kh, kw, stride)} on {threads} threads")
-    assert forms == {True, False}, "the cases reach both forms of B (wide planes and columns)"
+    assert forms == {tiles.ROWS, tiles.PHASES, tiles.COLUMNS}, "the cases reach every form of B"
 
 
 def test_tiled_conv2d_of_nothing(kernels):
@@ -119,19 +120,29 @@ def test_tiled_conv2d_of_nothing(kernels):
 
 
 def test_tiles_where_they_pay(kernels):
-    """Batch-1 forward convs: strided windows and small planes take the tiles, stride-1 windows over larger planes,
-    1x1 convs and a stem's few channels keep im2col + GEMM (measured: benchmarks/RESULTS.md)."""
+    """Batch-1 forward convs take the tiles where B is read from cache (benchmarks/RESULTS.md): ResNet's 3x3
+    convs on 32x32 inputs, not its layers on 224x224 ones, nor 1x1 convs, a stem's few channels or a tiny conv."""
     _, tiles, conv = kernels
 
     def pays(c, co, h, k, s):
         ho = conv_out_size(h, ((k - 1) // 2, (k - 1) // 2), k, s, 1)
-        return tiles.pays(c, co, k, k, s, s, 1, 1, ho, ho)
+        return tiles.pays(c, co, k, k, s, s, 1, 1, ho, ho, 4)
 
-    assert pays(64, 128, 32, 3, 2) and pays(256, 512, 8, 3, 2)       # ResNet's strided 3x3 convs
-    assert pays(512, 512, 4, 3, 1) and pays(256, 256, 8, 3, 1)       # its small planes: columns
-    assert not pays(64, 64, 32, 3, 1) and not pays(128, 128, 16, 3, 1)
+    def form(c, co, h, k, s):
+        ho = conv_out_size(h, ((k - 1) // 2, (k - 1) // 2), k, s, 1)
+        return tiles.layout(c, co, k, k, s, s, 1, 1, ho, ho)[0]
+
+    assert pays(64, 64, 32, 3, 1) and pays(128, 128, 16, 3, 1)      # rows: 3 input rows of all channels in L1
+    assert form(64, 64, 32, 3, 1) == form(128, 128, 16, 3, 1) == tiles.ROWS
+    assert pays(64, 128, 32, 3, 2) and form(64, 128, 32, 3, 2) == tiles.PHASES
+    assert pays(128, 256, 16, 3, 2) and pays(256, 512, 8, 3, 2)     # strided, in columns
+    assert pays(512, 512, 4, 3, 1) and form(512, 512, 4, 3, 1) == tiles.COLUMNS   # one column block
+    assert not pays(256, 256, 8, 3, 1)                               # four column blocks, stride 1
+    assert not pays(64, 64, 56, 3, 1) and not pays(128, 128, 28, 3, 1)   # the rows outgrow L1
+    assert not pays(512, 512, 7, 3, 1) and not pays(64, 128, 56, 3, 2)
     assert not pays(64, 128, 32, 1, 2)                               # a strided 1x1 shortcut
     assert not pays(3, 64, 32, 3, 1) and not pays(3, 64, 32, 3, 2)   # a stem
+    assert not pays(6, 16, 14, 5, 1)                                 # LeNet's second conv: 0.24M multiply-adds
     assert conv._uses_tiles(1, 1, 4) and not conv._uses_tiles(1, 1, 8) and not conv._uses_tiles(1, 2, 4)
 
 
@@ -148,3 +159,20 @@ def test_cpu_backend_runs_batch_one_convs_in_tiles():
     for batch in (1, 3):
         xs = rng.standard_normal((batch, 32, 12, 12)).astype(np.float32)
         np.testing.assert_allclose(cpu(xs), ref(xs), rtol=1e-4, atol=1e-5)
+
+
+def test_tiled_conv2d_into_a_strided_output(kernels):
+    """The rows form stores whole blocks straight into a C-contiguous output; any other goes through its
+    scratch block, the same values."""
+    _, tiles, _ = kernels
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 16, 16, 32)).astype(np.float32)
+    w = rng.standard_normal((12, 16, 3, 3)).astype(np.float32)
+    a = dict(stride=(1, 1), padding=((1, 1), (1, 1)), dilation=(1, 1), groups=1)
+    want = conv2d_ref(x.astype(np.float64), w.astype(np.float64), a)
+    wide = np.full((1, 12, 16, 40), np.nan, np.float32)
+    out = wide[:, :, :, 3:35]
+    assert not out.flags.c_contiguous
+    tiles.tiled_conv2d(x, w, out, 2, 1, 1, 1, 1, 1, 1)
+    np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
+    assert np.isnan(wide[..., :3]).all() and np.isnan(wide[..., 35:]).all()

@@ -182,3 +182,51 @@ def test_a_damaged_emulator_library_is_compiled_again_not_loaded(cache_root):
         np.testing.assert_array_equal(run_twice(twice_module()), 2 * np.arange(8))
         assert sidecar.read_text() == cache.digest(lib.read_bytes(), 64)
         assert damage == "no sidecar" or lib.read_bytes() != damaged
+
+
+def test_hand_written_kernels_cache_is_stamped_with_every_kernel_file(tmp_path, monkeypatch):
+    """numba's cache of a hand-written kernel is valid for one set of kernel files (kernels_digest), not for its
+    own file's time and size: conv.py's conv2d calls conv_tiles.py's kernels, compiled into it, and kept running
+    the old ones after an edit of conv_tiles.py alone. Functions outside dlc/kernels/cpu keep numba's stamp."""
+    from numba import njit
+    from numba.core import caching
+
+    from dlc.runtime.cpu import kernels_digest, load_kernel_modules
+
+    load_kernel_modules()
+    import dlc_cpu_conv
+    import dlc_cpu_conv_tiles
+
+    for kernel in (dlc_cpu_conv.conv2d, dlc_cpu_conv_tiles.tiled_conv2d):
+        assert kernel._cache._impl._locator.get_source_stamp() == kernels_digest()
+    # the stamp changes with any kernel file: it hashes them all (a copy of the folder, one file edited)
+    import dlc.runtime.cpu as cpu
+
+    copy = tmp_path / "kernels"
+    shutil.copytree(cpu._KERNELS_DIR, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / "conv_tiles.py").write_text((copy / "conv_tiles.py").read_text() + "\n# edited\n")
+    before = kernels_digest()
+    kernels_digest.cache_clear()
+    monkeypatch.setattr(cpu, "_KERNELS_DIR", copy)
+    try:
+        assert kernels_digest() != before
+    finally:
+        monkeypatch.undo()
+        kernels_digest.cache_clear()
+    assert kernels_digest() == before
+    assert sum(getattr(c, "_dlc_kernels", False) for c in caching.CacheImpl._locator_classes) == 3
+    load_kernel_modules()   # installs its locators once
+    assert sum(getattr(c, "_dlc_kernels", False) for c in caching.CacheImpl._locator_classes) == 3
+
+    module = tmp_path / "elsewhere.py"
+    module.write_text("def f(x):\n    return x + 1\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import elsewhere
+
+        other = njit(cache=True)(elsewhere.f)
+        assert other(1) == 2
+        assert not getattr(type(other._cache._impl._locator), "_dlc_kernels", False)
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("elsewhere", None)

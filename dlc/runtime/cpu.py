@@ -10,6 +10,7 @@ first out).
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import os
@@ -41,8 +42,9 @@ def cache_dir(root: str | os.PathLike | None = None) -> Path:
     return checked_cache_dir(root=root) if root else checked_cache_dir("cpu")
 
 
+@functools.cache
 def kernels_digest() -> str:
-    """A hash of the hand-written kernels and the numba version that compiled them."""
+    """A hash of the hand-written kernels and the numba version that compiled them (read once per process)."""
     import hashlib
 
     import numba
@@ -53,12 +55,43 @@ def kernels_digest() -> str:
     return h.hexdigest()[:16]
 
 
+def _stamp_kernel_caches_with_digest() -> None:
+    """Make numba's cache of a hand-written kernel valid for one exact set of kernel files, not for its own file.
+
+    numba keys a cached function on its source file's time and size alone, but a kernel calls kernels of other
+    files (conv.py calls conv_tiles.py's, conv_nhwc.py conv.py's), compiled into it: after an edit of
+    conv_tiles.py alone, conv.py's conv2d kept running the old tiles from its cache. So for functions of
+    dlc/kernels/cpu/ the cache's stamp is kernels_digest(): any change to any kernel file recompiles them all,
+    wherever numba keeps the cache (NUMBA_CACHE_DIR, __pycache__ beside the files, or the user's cache)."""
+    from numba.core import caching
+
+    if any(getattr(cls, "_dlc_kernels", False) for cls in caching.CacheImpl._locator_classes):
+        return
+
+    class KernelFiles:
+        _dlc_kernels = True
+
+        def get_source_stamp(self):
+            return kernels_digest()
+
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if Path(py_file).resolve().parent != _KERNELS_DIR.resolve():
+                return None
+            return super().from_function(py_func, py_file)
+
+    locators = [type(f"Kernel{base.__name__}", (KernelFiles, base), {"__module__": __name__}) for base in
+                (caching.UserProvidedCacheLocator, caching.InTreeCacheLocator, caching.UserWideCacheLocator)]
+    caching.CacheImpl._locator_classes[:0] = locators
+
+
 KERNEL_MODULES = ("threads", "fastmath", "gemm", "microkernel", "conv_tiles", "conv", "conv_nhwc", "pool", "random",
                   "views", "attention", "norm", "library")
 
 
 def load_kernel_modules() -> None:
     """Import the hand-written kernels (dlc/kernels/cpu/*.py) under the names generated modules import them by."""
+    _stamp_kernel_caches_with_digest()
     for stem in KERNEL_MODULES:
         name = f"dlc_cpu_{stem}"
         if name in sys.modules:

@@ -1097,7 +1097,7 @@ def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
     pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, ho, wo)
     hw = ho * wo
     macs = out.size * kg
-    if _uses_tiles(N, groups, x.itemsize) and pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
+    if _uses_tiles(N, groups, x.itemsize) and pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo, x.itemsize):
         threads = workers_for(macs, N * co, TILES_SPLIT_MIN_MACS) if ON_TBB else forward_workers(macs, N * co, N)
         tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw)
         return

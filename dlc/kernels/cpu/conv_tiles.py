@@ -45,6 +45,10 @@ from numba import njit, prange
 
 COPY_MACS = 32   # a value copied into columns costs about as much as 32 multiply-adds (kernels/cpu/conv.py)
 TASKS_PER_THREAD = 4   # with fewer (samples x column blocks) than this per thread, channels split too
+ROWS, PHASES, COLUMNS = 0, 1, 2   # the forms of B
+L1_BYTES = 1 << 15     # a core's L1 data cache (32 KB on the machines measured)
+B_BYTES = 1 << 19      # half a core's L2 (1 MB there), the rest for the weights' rows
+MIN_MACS = 1 << 20     # smaller convs (LeNet's second at batch 1: 0.24M) are all overhead in tiles: 2x slower
 
 
 @njit(**JIT)
@@ -54,41 +58,75 @@ def _ceil_div(a, b):
 
 @njit(**JIT)
 def layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
-    """(wide, Hq, Wq, the output row's stride in B's columns, B's columns rounded up to NR, a sample's buffer)."""
+    """(form, Hq, Wq, column blocks per output row, column blocks, a sample's buffer): rows for a stride-1 window,
+    phases for a strided one, or columns where the positions those compute and throw away (past Wo, or past Ho*Wq
+    in blocks of NR) cost more than copying the columns."""
     k = C * kh * kw
-    hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
-    wide_q, cols_q = _ceil_div(ho * wq, NR) * NR, _ceil_div(ho * wo, NR) * NR
-    planes = C * sh * sw * hq * wq
-    if (wide_q - cols_q) * k * co > COPY_MACS * (k * cols_q - planes):
-        return False, hq, wq, wo, cols_q, k * cols_q
-    return True, hq, wq, wq, wide_q, planes + NR   # NR past the end: the last block's thrown-away columns
+    cols_q = _ceil_div(ho * wo, NR) * NR
+    if sh == 1 and sw == 1:
+        per_row = _ceil_div(wo, NR)
+        hq, wq = ho + (kh - 1) * dh, per_row * NR + (kw - 1) * dw
+        form, q = ROWS, ho * per_row * NR
+    else:
+        hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
+        form, q = PHASES, _ceil_div(ho * wq, NR) * NR
+        per_row = q // NR    # positions run on across output rows: one "row" of B
+    copies = C * sh * sw * hq * wq
+    if (q - cols_q) * k * co > COPY_MACS * (k * cols_q - copies):
+        return COLUMNS, hq, wq, cols_q // NR, cols_q // NR, k * cols_q
+    return form, hq, wq, per_row, q // NR, copies + NR   # NR past the end: the last block's thrown-away columns
 
 
 @njit(**JIT)
-def pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
-    """Whether tiles beat im2col + GEMM for a conv of fewer samples than threads: a window larger than 1x1 that is
-    strided (im2col gathers its columns value by value) or on a plane small enough for columns (the GEMM is thin:
-    a few dozen columns against the whole weight matrix). Stride-1 convs on larger planes measured the same
-    either way, 1x1 convs and windows over few channels (a stem's 3) slower."""
-    if kh * kw == 1 or C * kh * kw < 64:
+def pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo, itemsize):
+    """Whether tiles beat im2col + GEMM for a conv of fewer samples than threads (benchmarks/RESULTS.md has the
+    measurements): a window larger than 1x1 (a 1x1 conv's GEMM reads x as it is) over more than a stem's few
+    channels, of at least MIN_MACS multiply-adds, and B where each block reads it from cache: in the rows form
+    the window's input rows (every channel) within a core's L1 (ResNet's 32x32 and 16x16 layers; its 56x56 ones
+    on 224x224 inputs measured slower), in the phases form the sample's buffer within B_BYTES, in columns at most
+    two column blocks (every channel block reads them again: 4x4 planes gain, 7x7 ones took 1.6x the time) or,
+    for a strided window (whose columns im2col gathers value by value), columns within B_BYTES."""
+    k = C * kh * kw
+    if kh * kw == 1 or k < 64 or co * ho * wo * k < MIN_MACS:
         return False
-    return sh * sw > 1 or not layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo)[0]
+    form, hq, wq, _, tiles, size = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo)
+    if form == ROWS:
+        return kh * C * wq * itemsize <= L1_BYTES
+    if form == PHASES:
+        return size * itemsize <= B_BYTES
+    return tiles <= 2 or (sh * sw > 1 and size * itemsize <= B_BYTES)
 
 
 @njit(**JIT)
-def offsets(C, kh, kw, sh, sw, dh, dw, hq, wq, qpad, wide):
-    """Where row (c*kh + i)*kw + j of B starts in a sample's buffer."""
+def offsets(form, C, kh, kw, sh, sw, dh, dw, hq, wq, qpad):
+    """Where row (c*kh + i)*kw + j of B starts in a sample's buffer, from the start of a column block."""
     boff = np.empty(C * kh * kw, np.int64)
     for c in range(C):
         for i in range(kh):
             for j in range(kw):
                 k = (c * kh + i) * kw + j
-                if wide:
+                if form == ROWS:
+                    boff[k] = (i * dh * C + c) * wq + j * dw
+                elif form == PHASES:
                     phase = (c * sh + i * dh % sh) * sw + j * dw % sw
                     boff[k] = phase * hq * wq + i * dh // sh * wq + j * dw // sw
                 else:
                     boff[k] = k * qpad
     return boff
+
+
+@njit(**JIT)
+def _rows(x, n, buf, pt, pl, hq, wq):
+    """buf[(r*C + c)*Wq + s] = sample n's input zero-padded at row r, column s: each padded input row holds all
+    channels one after another, so a block's rows of B (channel by channel, three window rows at a time) are
+    read in order. Then NR zeros."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    buf[:] = 0
+    for ih in range(min(H, hq - pt)):
+        for c in range(C):
+            base, s = ((ih + pt) * C + c) * wq + pl, x[n, c, ih]
+            for q in range(min(W, wq - pl)):
+                buf[base + q] = s[q]
 
 
 @njit(**JIT)
@@ -138,33 +176,43 @@ def _columns(x, n, buf, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, qpad):
 
 
 @njit(**JIT)
-def _sample(x, n, buf, wide, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, qpad):
-    """Sample n's buffer of B, in either form."""
-    if wide:
+def _sample(x, n, buf, form, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, qpad):
+    """Sample n's buffer of B, in its form."""
+    if form == ROWS:
+        _rows(x, n, buf, pt, pl, hq, wq)
+    elif form == PHASES:
         _phases(x, n, buf, sh, sw, pt, pl, hq, wq)
     else:
         _columns(x, n, buf, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, qpad)
 
 
 @njit(**JIT)
-def _task(w2, wpad, buf, boff, out, n, b0, b1, t0, t1, part, rw):
+def _task(w2, wpad, buf, boff, out, n, b0, b1, t0, t1, part, per_row, row_stride, rw, direct):
     """out[n, b0*MR : b1*MR] at the output positions of B's column blocks t0 .. t1 - 1 (buf: sample n's B).
 
-    Channel block by channel block: each block's MR rows of w (read once, in order: at batch 1 the weights
-    come from memory more than from cache) against every column block of the run, the whole sum in registers."""
+    Column block t covers B's positions t*NR .. t*NR + NR - 1, position q being output (q // rw, q % rw) (those
+    with q % rw >= Wo thrown away); its rows of B start at (t // per_row)*row_stride + (t % per_row)*NR (the
+    rows form: a row of blocks per output row; the others: one row of them all). Channel block by channel
+    block: each block's MR rows of w (read once, in order: at batch 1 the weights come from memory more than
+    from cache) against every column block of the run, the whole sum in registers. A whole block of channels
+    and positions goes straight into out when `direct` (out C-contiguous, the rows form), else through part."""
     co, k = w2.shape
     ho, wo = out.shape[2], out.shape[3]
-    qa, qb = t0 * NR, min(t1 * NR, ho * rw)
     for b in range(b0, b1):
         a, a0 = (w2, b * MR * k) if (b + 1) * MR <= co else (wpad, 0)   # the last block: MR rows, zero past co
         for t in range(t0, t1):
-            fma_tile(a, a0, k, buf, t * NR, boff, k, part, (t - t0) * NR, part.shape[1])
-        for o in range(b * MR, min(co, (b + 1) * MR)):
-            r = o - b * MR
-            for oh in range(qa // rw, _ceil_div(qb, rw)):
+            start = t // per_row * row_stride + t % per_row * NR
+            oh, ow0 = t * NR // rw, t * NR % rw
+            if direct and (b + 1) * MR <= co and ow0 + NR <= wo:
+                fma_tile(a, a0, k, buf, start, boff, k, out, ((n * co + b * MR) * ho + oh) * wo + ow0, ho * wo)
+                continue
+            fma_tile(a, a0, k, buf, start, boff, k, part, (t - t0) * NR, part.shape[1])
+            for o in range(b * MR, min(co, (b + 1) * MR)):
+                r = o - b * MR
                 # indexed, not sliced: a view per output row cost 0.3 of the conv
-                for ow in range(max(oh * rw, qa) - oh * rw, min(oh * rw + wo, qb) - oh * rw):
-                    out[n, o, oh, ow] = part[r, oh * rw + ow - qa]
+                for q in range(t * NR, min((t + 1) * NR, ho * rw)):
+                    if q % rw < wo:
+                        out[n, o, q // rw, q % rw] = part[r, q - t0 * NR]
 
 
 @njit(**JIT_PARALLEL)
@@ -181,9 +229,12 @@ def tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw):
         return
     k = C * kh * kw
     w2 = w.reshape(co, k)
-    wide, hq, wq, rw, qpad, size = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo)
-    boff = offsets(C, kh, kw, sh, sw, dh, dw, hq, wq, qpad, wide)
-    tiles, blocks = qpad // NR, _ceil_div(co, MR)
+    form, hq, wq, per_row, tiles, size = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo)
+    boff = offsets(form, C, kh, kw, sh, sw, dh, dw, hq, wq, tiles * NR)
+    row_stride = C * wq if form == ROWS else per_row * NR
+    rw = per_row * NR if form == ROWS else (wq if form == PHASES else wo)
+    direct = form == ROWS and out.flags.c_contiguous
+    blocks = _ceil_div(co, MR)
     wpad = zeros((MR, k), x)
     wpad[:co - (blocks - 1) * MR] = w2[(blocks - 1) * MR:]
     # a task: a run of consecutive column blocks (threads writing neighbouring positions of the output share its
@@ -199,8 +250,8 @@ def tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw):
     part = np.empty((threads, MR, run * NR), x.dtype)
     if threads == 1:
         for n in range(N):
-            _sample(x, n, bufs[0], wide, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, qpad)
-            _task(w2, wpad, bufs[0], boff, out, n, 0, blocks, 0, tiles, part[0], rw)
+            _sample(x, n, bufs[0], form, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, tiles * NR)
+            _task(w2, wpad, bufs[0], boff, out, n, 0, blocks, 0, tiles, part[0], per_row, row_stride, rw, direct)
         return
     counter = task_counter()
     for t in prange(threads):
@@ -209,8 +260,8 @@ def tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw):
         while task < N * per_sample:
             n, g, r = task // per_sample, task % per_sample // runs, task % runs
             if n != built:
-                _sample(x, n, bufs[t], wide, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, qpad)
+                _sample(x, n, bufs[t], form, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, tiles * NR)
                 built = n
             _task(w2, wpad, bufs[t], boff, out, n, g * per, min(blocks, (g + 1) * per), r * run,
-                  min(tiles, (r + 1) * run), part[t], rw)
+                  min(tiles, (r + 1) * run), part[t], per_row, row_stride, rw, direct)
             task = claim(counter)
