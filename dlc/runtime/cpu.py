@@ -65,7 +65,11 @@ def _stamp_kernel_caches_with_digest() -> None:
     wherever numba keeps the cache (NUMBA_CACHE_DIR, __pycache__ beside the files, or the user's cache)."""
     from numba.core import caching
 
-    if any(getattr(cls, "_dlc_kernels", False) for cls in caching.CacheImpl._locator_classes):
+    registry = getattr(getattr(caching, "CacheImpl", None), "_locator_classes", None)
+    if registry is None:   # a numba without this (internal) list: its own stamps, as a pip upgrade leaves them
+        log.warning("numba's cache locators not found: hand-written kernels cached by their own files")
+        return
+    if any(getattr(cls, "_dlc_kernels", False) for cls in registry):
         return
 
     class KernelFiles:
@@ -82,7 +86,7 @@ def _stamp_kernel_caches_with_digest() -> None:
 
     locators = [type(f"Kernel{base.__name__}", (KernelFiles, base), {"__module__": __name__}) for base in
                 (caching.UserProvidedCacheLocator, caching.InTreeCacheLocator, caching.UserWideCacheLocator)]
-    caching.CacheImpl._locator_classes[:0] = locators
+    registry[:0] = locators
 
 
 KERNEL_MODULES = ("threads", "fastmath", "gemm", "microkernel", "conv_tiles", "conv", "conv_nhwc", "pool", "random",

@@ -39,14 +39,15 @@ sample by sample, each of the C*kh*kw rows got a few values a cache line or
 a page away from the last (ResNet's 4x4 layer: fwd 20 -> 15 ms, dgrad 23 ->
 15, wgrad 22 -> 18 at batch 32 on 2 threads).
 
-Why register tiles for some batch-1 convs (dlc_cpu_conv_tiles): a forward conv of
-fewer samples than threads whose window is strided (im2col gathers its columns
-value by value) or whose plane is small (the GEMM is a few dozen columns against
-the whole weight matrix) runs as blocks of 6 output channels by 16 positions
-summed in registers straight from the (padded, phase-split) input, no columns
-and no BLAS (`_uses_tiles`, `pays`). ResNet-18-style inference at batch 1 (the
-ONNX benchmark's, 12 interleaved rounds): 13.86 -> 12.09 ms. Stride-1 windows
-over larger planes measured the same either way and keep im2col + GEMM.
+Why register tiles for some batch-1 convs (dlc_cpu_conv_tiles): at batch 1 each
+GEMM is thin (a few hundred columns, or a few dozen, against the whole weight
+matrix) and im2col's columns are as large as its operand. A forward conv of
+fewer samples than threads with a window larger than 1x1 runs, where it
+measured faster (`_uses_tiles`, `pays`: ResNet's 3x3 convs on 32x32 inputs,
+not yet its layers on 224x224 ones), as blocks of 6 output channels by 16
+positions summed in registers straight from a padded copy of the input, no
+columns and no BLAS. ResNet-18-style inference at batch 1 (the ONNX
+benchmark's, 12 interleaved rounds): 13.40 -> 11.12 ms.
 
 Why direct loops for depthwise convolutions (one input channel and at most
 DIRECT_MAX_OUTPUTS outputs per group, as in MobileNet; with more outputs per

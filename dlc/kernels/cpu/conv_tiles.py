@@ -5,37 +5,39 @@ Imported by the CPU backend as the module `dlc_cpu_conv_tiles`; kernels/cpu/conv
 
 The product out[n, o, q] = sum_k w[o, k] * B[k, q] over k = (c, i, j) runs in blocks of MR output channels by NR
 output positions (dlc_cpu_microkernel.fma_tile), each in registers for the whole sum. Row k of B is read
-through an offset table from one buffer per sample, one of two forms:
+through an offset table from one buffer per sample, in one of three forms (`layout`):
 
-- wide (larger planes): the sample's input, zero-padded and, for a strided conv, split into stride phases
-  (phase (a, b) of channel c holds the padded input's rows a, a + sh, ... and columns b, b + sw, ...). Row k of
-  tap (i, j) is phase ((i*dh) % sh, (j*dw) % sw) of channel c read from ((i*dh)//sh, (j*dw)//sw) on: output
-  position (oh, ow) is column oh*Wq + ow, each phase row Wq = Wo + ((kw-1)*dw)//sw wide, so the columns past
-  Wo in each output row are computed and thrown away. The buffer is about the input's size: no columns.
-- columns (small planes, where those thrown-away columns would cost more than copying): im2col's columns,
-  Ho*Wo positions a row, rounded up to NR.
+- rows (a stride-1 window): the sample's input zero-padded, each padded input row holding every channel's row
+  one after another, Wq = Wo rounded up to NR plus the window's reach wide. A block of NR positions of output
+  row oh reads, channel by channel, the window's kh input rows from oh on: three streams in order, which the
+  prefetcher follows, and the block goes straight into the output (positions past Wo thrown away).
+- phases (a strided window): the input zero-padded and split into stride phases (phase (a, b) of channel c
+  holds the padded input's rows a, a + sh, ... and columns b, b + sw, ...). Row k of tap (i, j) is phase
+  ((i*dh) % sh, (j*dw) % sw) of channel c read from ((i*dh)//sh, (j*dw)//sw) on: output position (oh, ow) is
+  column oh*Wq + ow, Wq = Wo + ((kw-1)*dw)//sw, the columns past Wo computed and thrown away.
+- columns (small planes, where those thrown-away positions would cost more than copying): im2col's columns,
+  Ho*Wo positions a row, rounded up to NR. The thrown-away work is counted in multiply-adds, a copied value
+  in COPY_MACS.
 
-`layout` weighs the two; the thrown-away work is counted in multiply-adds, the copy in COPY_MACS a value.
+Where it pays (`pays`; kernels/cpu/conv.py takes it for fewer samples than threads), measured at batch 1 on 2
+threads against im2col + GEMM (benchmarks/RESULTS.md): ResNet's 3x3 convs on 32x32 inputs, in one process
+each (ms, the minimum of 5 x 100 calls, im2col + GEMM -> tiles): 64 -> 64 on 32x32 0.55 -> 0.44 and 128 ->
+128 on 16x16 0.53 -> 0.42 (rows); in alternating processes (ms, 3 each): 64 -> 128 3x3/2 on 32x32 0.53-0.57
+-> 0.40-0.50 (phases), 128 -> 256 3x3/2 on 16x16 0.49-0.50 -> 0.31-0.40 and 256 -> 512 3x3/2 on 8x8 0.57-0.68
+-> 0.28-0.42 (columns), 512 -> 512 on 4x4 0.73-1.21 -> 0.55-0.78 (columns); the whole ResNet-18-style net at
+batch 1 13.40 -> 11.12 ms. Not taken: ResNet's layers on 224x224 inputs (64 -> 64 on 56x56 1.8-1.9 -> 2.0-2.3
+ms, 128 -> 128 on 28x28 1.6-1.8 -> 1.9, 512 -> 512 on 7x7 2.0-2.2 -> 3.2-3.8), 256 -> 256 on 8x8 (the same
+within the noise), 1x1 convs, and windows over a stem's few channels (0.11-0.17 ms against 0.06: blocks of 16
+positions for sums of 27) or of under MIN_MACS (LeNet's second conv: 2x slower).
 
-Where it pays (`pays`; kernels/cpu/conv.py takes it for fewer samples than threads): a strided window, whose
-columns im2col gathers value by value, or a small plane, where im2col + GEMM is a thin product reading the
-whole weight matrix for a few dozen columns. ResNet's batch-1 convs (2 threads, ms, im2col + GEMM -> tiles,
-3 alternating processes each): 64 -> 128 3x3/2 on 32x32 0.53-0.57 -> 0.40-0.50, 128 -> 256 3x3/2 on 16x16
-0.49-0.50 -> 0.31-0.40, 256 -> 512 3x3/2 on 8x8 0.57-0.68 -> 0.28-0.42, 256 -> 256 on 8x8 0.62-0.64 ->
-0.52-0.70, 512 -> 512 on 4x4 0.73-1.21 -> 0.55-0.78; the whole ResNet-18-style net at batch 1 13.86 -> 12.09 ms
-(benchmarks/RESULTS.md). Stride-1 windows on larger planes measured the same either way (64 -> 64 on 32x32:
-0.62-0.66 against 0.64-0.73) and keep im2col + GEMM, as do 1x1 convs and windows over a stem's few channels
-(slower here: 0.11-0.17 ms against 0.06, blocks of 16 positions for sums of 27).
-
-What limits it: a block on one core runs at 101-112 GFLOP/s when B's rows lie in order, 56 when they lie a
-channel plane apart as here (too many streams for the prefetcher; a copy of each column block into a panel
-read in order cost more than it saved), so a 3x3 conv on 32x32 reaches about 85 on one core, and splitting
-it over 2 threads about 1.5x. onnxruntime runs the same layer at about 105 per core (0.36 ms) on channels-
-blocked activations with its weights packed once when the model loads: the input broadcast, the weights read
-in order. Tried here, inside this kernel (the input copied channels last, the weights packed per call): 64 ->
-64 on 32x32 0.53 ms against im2col + GEMM's 0.61, of which the packing 0.08 and the copy 0.05; 128 -> 128 on
-16x16 0.87 against 0.55, the packing alone 0.34. So that layout needs its weights packed once per program
-(and invalidated when they change), not per call.
+What limits it: a block on one core runs at 101-112 GFLOP/s when B's rows lie in order, 48-56 when they lie a
+channel plane apart (too many streams for the prefetcher: the phases and columns forms; a copy of each
+column block into a panel read in order cost more than it saved). onnxruntime runs ResNet's stride-1 layers
+at 0.31-0.36 ms on channels-blocked activations with its weights packed once when the model loads: the input
+broadcast, the weights read in order. Tried here, inside this kernel (the input copied channels last, the
+weights packed per call): 64 -> 64 on 32x32 0.53 ms against im2col + GEMM's 0.61, of which the packing 0.08
+and the copy 0.05; 128 -> 128 on 16x16 0.87 against 0.55, the packing alone 0.34. So that layout needs its
+weights packed once per program (and again only when they change), not per call.
 """
 
 import numpy as np
