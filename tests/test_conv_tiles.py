@@ -25,9 +25,11 @@ def kernels():
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_fma_tile_matches_numpy(kernels, dtype):
-    """A block at offsets into flat a, b and c, B's rows read through a table of offsets; c outside the block
-    untouched, and the block overwritten whatever it held."""
+@pytest.mark.parametrize("bstep", [8, 29])
+def test_fma_tile_matches_numpy(kernels, dtype, bstep):
+    """A block at offsets into flat a, b and c, B's rows read through a table of offsets (the second half of
+    the block's positions bstep on: side by side at NR/2); c outside the block untouched, and the block
+    overwritten whatever it held."""
     micro, _, _ = kernels
     from numba import njit
 
@@ -35,18 +37,19 @@ def test_fma_tile_matches_numpy(kernels, dtype):
     fma_tile = micro.fma_tile
 
     @njit(cache=False)
-    def block(a, a0, lda, b, b0, boff, k, c, c0, ldc):
-        fma_tile(a, a0, lda, b, b0, boff, k, c, c0, ldc)
+    def block(a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
+        fma_tile(a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc)
 
     rng = np.random.default_rng(0)
     k, lda, ldc = 37, 45, 21
     a = rng.standard_normal(3 + MR * lda).astype(dtype)
-    b = rng.standard_normal(400 + NR).astype(dtype)
+    b = rng.standard_normal(400 + bstep + NR).astype(dtype)
     boff = rng.integers(0, 400, size=k).astype(np.int64)
     c = np.full(5 + MR * ldc + NR, 7.0, dtype)
-    block(a, 3, lda, b, 2, boff, k, c, 5, ldc)
+    block(a, 3, lda, b, 2, bstep, boff, k, c, 5, ldc)
     rows = a[3:3 + MR * lda].reshape(MR, lda)[:, :k]
-    right = np.stack([b[2 + o:2 + o + NR] for o in boff])
+    half = NR // 2
+    right = np.stack([np.concatenate([b[2 + o:2 + o + half], b[2 + o + bstep:2 + o + bstep + half]]) for o in boff])
     want = rows.astype(np.float64) @ right.astype(np.float64)
     got = np.stack([c[5 + i * ldc:5 + i * ldc + NR] for i in range(MR)])
     np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-5)
@@ -54,7 +57,7 @@ def test_fma_tile_matches_numpy(kernels, dtype):
     for i in range(MR):
         mask[5 + i * ldc:5 + i * ldc + NR] = False
     assert np.all(c[mask] == 7.0)
-    block(a, 3, lda, b, 2, boff, 0, c, 5, ldc)   # an empty sum: zeros
+    block(a, 3, lda, b, 2, bstep, boff, 0, c, 5, ldc)   # an empty sum: zeros
     assert not np.any(np.stack([c[5 + i * ldc:5 + i * ldc + NR] for i in range(MR)]))
 
 
@@ -67,7 +70,7 @@ def test_fma_tile_refuses_mixed_dtypes(kernels):
 
     @njit(cache=False)
     def block(a, b, boff, c):
-        fma_tile(a, 0, 1, b, 0, boff, 1, c, 0, 16)
+        fma_tile(a, 0, 1, b, 0, 8, boff, 1, c, 0, 16)
 
     with pytest.raises(TypingError):
         block(np.zeros(6, np.float32), np.zeros(16, np.float64), np.zeros(1, np.int64), np.zeros(96, np.float32))
@@ -82,6 +85,8 @@ TILED_CASES = [
     (2, 5, 9, 11, 7, 3, 2, (2, 3), ((1, 0), (2, 1)), (1, 1)),        # uneven strides and padding, 7 = 6 + 1
     (3, 4, 12, 10, 13, 3, 3, (1, 1), ((2, 2), (0, 1)), (2, 1)),      # dilated rows, 13 = 2 x 6 + 1 channels
     (1, 16, 9, 40, 12, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),      # rows of 3 column blocks, the last partial
+    (1, 256, 8, 8, 256, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),     # rows of 8: two to a block, straight out
+    (2, 20, 7, 6, 9, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),        # rows of 6, an odd count: half a last block
     (2, 8, 7, 7, 5, 7, 7, (3, 2), ((3, 3), (3, 3)), (1, 2)),         # fewer channels than a block
     (1, 64, 32, 32, 128, 1, 1, (2, 2), ((0, 0), (0, 0)), (1, 1)),    # strided 1x1
     (4, 6, 14, 14, 16, 5, 5, (1, 1), ((0, 0), (0, 0)), (1, 1)),      # LeNet's second conv
@@ -121,7 +126,7 @@ def test_tiled_conv2d_of_nothing(kernels):
 
 def test_tiles_where_they_pay(kernels):
     """Batch-1 forward convs take the tiles where B is read from cache (benchmarks/RESULTS.md): ResNet's 3x3
-    convs on 32x32 inputs, not its layers on 224x224 ones, nor 1x1 convs, a stem's few channels or a tiny conv."""
+    convs on 32x32 inputs but the stem, not its layers on 224x224 ones, nor 1x1 convs or a tiny conv."""
     _, tiles, conv = kernels
 
     def pays(c, co, h, k, s):
@@ -137,7 +142,7 @@ def test_tiles_where_they_pay(kernels):
     assert pays(64, 128, 32, 3, 2) and form(64, 128, 32, 3, 2) == tiles.PHASES
     assert pays(128, 256, 16, 3, 2) and pays(256, 512, 8, 3, 2)     # strided, in columns
     assert pays(512, 512, 4, 3, 1) and form(512, 512, 4, 3, 1) == tiles.COLUMNS   # one column block
-    assert not pays(256, 256, 8, 3, 1)                               # four column blocks, stride 1
+    assert pays(256, 256, 8, 3, 1) and form(256, 256, 8, 3, 1) == tiles.ROWS   # rows of 8, two to a block
     assert not pays(64, 64, 56, 3, 1) and not pays(128, 128, 28, 3, 1)   # the rows outgrow L1
     assert not pays(512, 512, 7, 3, 1) and not pays(64, 128, 56, 3, 2)
     assert not pays(64, 128, 32, 1, 2)                               # a strided 1x1 shortcut

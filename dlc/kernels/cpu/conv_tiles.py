@@ -60,15 +60,21 @@ def _ceil_div(a, b):
 
 @njit(**JIT)
 def layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
-    """(form, Hq, Wq, column blocks per output row, column blocks, a sample's buffer): rows for a stride-1 window,
-    phases for a strided one, or columns where the positions those compute and throw away (past Wo, or past Ho*Wq
-    in blocks of NR) cost more than copying the columns."""
+    """(form, Hq, Wq, column blocks per output row, column blocks, a sample's buffer): rows for a stride-1 window
+    (output rows of at most NR/2 positions two to a block), phases for a strided one, or columns where the
+    positions those compute and throw away (past Wo, or past Ho*Wq in blocks of NR) cost more than copying the
+    columns."""
     k = C * kh * kw
     cols_q = _ceil_div(ho * wo, NR) * NR
     if sh == 1 and sw == 1:
-        per_row = _ceil_div(wo, NR)
-        hq, wq = ho + (kh - 1) * dh, per_row * NR + (kw - 1) * dw
-        form, q = ROWS, ho * per_row * NR
+        if wo <= NR // 2:
+            per_row, blocks = 1, _ceil_div(ho, 2)
+            hq, wq = ho + (kh - 1) * dh, NR // 2 + (kw - 1) * dw
+        else:
+            per_row = _ceil_div(wo, NR)
+            blocks = ho * per_row
+            hq, wq = ho + (kh - 1) * dh, per_row * NR + (kw - 1) * dw
+        form, q = ROWS, blocks * NR
     else:
         hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
         form, q = PHASES, _ceil_div(ho * wq, NR) * NR
@@ -76,7 +82,8 @@ def layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
     copies = C * sh * sw * hq * wq
     if (q - cols_q) * k * co > COPY_MACS * (k * cols_q - copies):
         return COLUMNS, hq, wq, cols_q // NR, cols_q // NR, k * cols_q
-    return form, hq, wq, per_row, q // NR, copies + NR   # NR past the end: the last block's thrown-away columns
+    # NR past the end, and a row: the last block's thrown-away positions, a last half block's second row
+    return form, hq, wq, per_row, q // NR, copies + NR + C * wq
 
 
 @njit(**JIT)
@@ -189,15 +196,16 @@ def _sample(x, n, buf, form, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, qpa
 
 
 @njit(**JIT)
-def _task(w2, wpad, buf, boff, out, n, b0, b1, t0, t1, part, per_row, row_stride, rw, direct):
+def _task(w2, wpad, buf, boff, out, n, b0, b1, t0, t1, part, per_row, row_stride, rw, bstep, direct):
     """out[n, b0*MR : b1*MR] at the output positions of B's column blocks t0 .. t1 - 1 (buf: sample n's B).
 
     Column block t covers B's positions t*NR .. t*NR + NR - 1, position q being output (q // rw, q % rw) (those
-    with q % rw >= Wo thrown away); its rows of B start at (t // per_row)*row_stride + (t % per_row)*NR (the
-    rows form: a row of blocks per output row; the others: one row of them all). Channel block by channel
-    block: each block's MR rows of w (read once, in order: at batch 1 the weights come from memory more than
-    from cache) against every column block of the run, the whole sum in registers. A whole block of channels
-    and positions goes straight into out when `direct` (out C-contiguous, the rows form), else through part."""
+    with q % rw >= Wo or q // rw >= Ho thrown away); its rows of B start at (t // per_row)*row_stride + (t %
+    per_row)*NR, the second half of its positions bstep on (the rows form of short rows: the next output row's).
+    Channel block by channel block: each block's MR rows of w (read once, in order: at batch 1 the weights come
+    from memory more than from cache) against every column block of the run, the whole sum in registers. A
+    whole block of channels and positions goes straight into out when `direct` (out C-contiguous, the rows
+    form) and its positions are one run of out's, else through part."""
     co, k = w2.shape
     ho, wo = out.shape[2], out.shape[3]
     for b in range(b0, b1):
@@ -205,10 +213,11 @@ def _task(w2, wpad, buf, boff, out, n, b0, b1, t0, t1, part, per_row, row_stride
         for t in range(t0, t1):
             start = t // per_row * row_stride + t % per_row * NR
             oh, ow0 = t * NR // rw, t * NR % rw
-            if direct and (b + 1) * MR <= co and ow0 + NR <= wo:
-                fma_tile(a, a0, k, buf, start, boff, k, out, ((n * co + b * MR) * ho + oh) * wo + ow0, ho * wo)
+            if direct and (b + 1) * MR <= co and (ow0 + NR <= wo if rw >= NR else rw == wo and oh + 1 < ho):
+                fma_tile(a, a0, k, buf, start, bstep, boff, k, out, ((n * co + b * MR) * ho + oh) * wo + ow0,
+                         ho * wo)
                 continue
-            fma_tile(a, a0, k, buf, start, boff, k, part, (t - t0) * NR, part.shape[1])
+            fma_tile(a, a0, k, buf, start, bstep, boff, k, part, (t - t0) * NR, part.shape[1])
             for o in range(b * MR, min(co, (b + 1) * MR)):
                 r = o - b * MR
                 # indexed, not sliced: a view per output row cost 0.3 of the conv
@@ -233,8 +242,10 @@ def tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw):
     w2 = w.reshape(co, k)
     form, hq, wq, per_row, tiles, size = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo)
     boff = offsets(form, C, kh, kw, sh, sw, dh, dw, hq, wq, tiles * NR)
-    row_stride = C * wq if form == ROWS else per_row * NR
-    rw = per_row * NR if form == ROWS else (wq if form == PHASES else wo)
+    half_rows = form == ROWS and wo <= NR // 2   # two output rows to a block
+    row_stride = (2 if half_rows else 1) * C * wq if form == ROWS else per_row * NR
+    rw = NR // 2 if half_rows else (per_row * NR if form == ROWS else (wq if form == PHASES else wo))
+    bstep = C * wq if half_rows else NR // 2
     direct = form == ROWS and out.flags.c_contiguous
     blocks = _ceil_div(co, MR)
     wpad = zeros((MR, k), x)
@@ -253,7 +264,7 @@ def tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw):
     if threads == 1:
         for n in range(N):
             _sample(x, n, bufs[0], form, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, tiles * NR)
-            _task(w2, wpad, bufs[0], boff, out, n, 0, blocks, 0, tiles, part[0], per_row, row_stride, rw, direct)
+            _task(w2, wpad, bufs[0], boff, out, n, 0, blocks, 0, tiles, part[0], per_row, row_stride, rw, bstep, direct)
         return
     counter = task_counter()
     for t in prange(threads):
@@ -265,5 +276,5 @@ def tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw):
                 _sample(x, n, bufs[t], form, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, tiles * NR)
                 built = n
             _task(w2, wpad, bufs[t], boff, out, n, g * per, min(blocks, (g + 1) * per), r * run,
-                  min(tiles, (r + 1) * run), part[t], per_row, row_stride, rw, direct)
+                  min(tiles, (r + 1) * run), part[t], per_row, row_stride, rw, bstep, direct)
             task = claim(counter)

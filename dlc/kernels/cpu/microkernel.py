@@ -27,8 +27,10 @@ _VECTOR_BYTES = 32
 
 
 @intrinsic
-def fma_tile(typingctx, a, a0, lda, b, b0, boff, k, c, c0, ldc):
-    """c[c0 + i*ldc + q] = sum over r < k of a[a0 + i*lda + r] * b[b0 + boff[r] + q], for i < MR and q < NR.
+def fma_tile(typingctx, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
+    """c[c0 + i*ldc + q] = sum over r < k of a[a0 + i*lda + r] * b[b0 + boff[r] + q'], for i < MR and q < NR, where
+    q' = q for the first NR/2 positions and q - NR/2 + bstep for the others: with bstep = NR/2 the block's
+    positions lie side by side in b, with another the two halves lie apart (two output rows of NR/2).
 
     a, b and c are arrays of one float dtype read and written as flat memory from their first element (the
     caller keeps every index in bounds: it owns the layout); boff an int64 array of at least k offsets."""
@@ -38,11 +40,12 @@ def fma_tile(typingctx, a, a0, lda, b, b0, boff, k, c, c0, ldc):
         return None
     if len({t.dtype for t in arrays}) != 1 or not isinstance(boff, types.Array) or boff.dtype != types.int64:
         return None
-    sig = types.void(a, types.int64, types.int64, b, types.int64, boff, types.int64, c, types.int64, types.int64)
+    sig = types.void(a, types.int64, types.int64, b, types.int64, types.int64, boff, types.int64, c, types.int64,
+                     types.int64)
 
     def codegen(context, builder, signature, args):
-        a_, a0_, lda_, b_, b0_, boff_, k_, c_, c0_, ldc_ = args
-        sa, sb, so, sc = (context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 3, 5, 7))
+        a_, a0_, lda_, b_, b0_, bstep_, boff_, k_, c_, c0_, ldc_ = args
+        sa, sb, so, sc = (context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 3, 6, 8))
         scalar = context.get_value_type(signature.args[0].dtype)
         lanes = _VECTOR_BYTES // context.get_abi_sizeof(scalar)
         vec = ir.VectorType(scalar, lanes)
@@ -64,7 +67,10 @@ def fma_tile(typingctx, a, a0, lda, b, b0, boff, k, c, c0, ldc):
         with cgutils.for_range(builder, k_) as loop:
             r = loop.index
             brow = builder.gep(right, [builder.load(builder.gep(so, [r]))])
-            bv = [builder.load(vector_at(brow, ir.Constant(i64, v * lanes)), align=4) for v in range(vectors)]
+            halves = (brow, builder.gep(brow, [bstep_]))
+            half = vectors // 2
+            bv = [builder.load(vector_at(halves[v // half], ir.Constant(i64, v % half * lanes)), align=4)
+                  for v in range(vectors)]
             for i in range(MR):
                 value = builder.load(builder.gep(rows[i], [r]))
                 one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(i32, 0))
