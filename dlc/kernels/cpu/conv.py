@@ -47,7 +47,7 @@ measured faster (`_uses_tiles`, `pays`: ResNet's 3x3 convs on 32x32 inputs,
 not yet its layers on 224x224 ones), as blocks of 6 output channels by 16
 positions summed in registers straight from a padded copy of the input, no
 columns and no BLAS. ResNet-18-style inference at batch 1 (the ONNX
-benchmark's, 12 interleaved rounds): 13.40 -> 11.12 ms.
+benchmark's, 12 interleaved rounds): 13.76 -> 10.76 ms.
 
 Why direct loops for depthwise convolutions (one input channel and at most
 DIRECT_MAX_OUTPUTS outputs per group, as in MobileNet; with more outputs per

@@ -10,7 +10,8 @@ through an offset table from one buffer per sample, in one of three forms (`layo
 - rows (a stride-1 window): the sample's input zero-padded, each padded input row holding every channel's row
   one after another, Wq = Wo rounded up to NR plus the window's reach wide. A block of NR positions of output
   row oh reads, channel by channel, the window's kh input rows from oh on: three streams in order, which the
-  prefetcher follows, and the block goes straight into the output (positions past Wo thrown away).
+  prefetcher follows, and the block goes straight into the output (positions past Wo thrown away). Output
+  rows of at most NR/2 positions go two to a block, its second half read from the next input row on.
 - phases (a strided window): the input zero-padded and split into stride phases (phase (a, b) of channel c
   holds the padded input's rows a, a + sh, ... and columns b, b + sw, ...). Row k of tap (i, j) is phase
   ((i*dh) % sh, (j*dw) % sw) of channel c read from ((i*dh)//sh, (j*dw)//sw) on: output position (oh, ow) is
@@ -22,13 +23,14 @@ through an offset table from one buffer per sample, in one of three forms (`layo
 Where it pays (`pays`; kernels/cpu/conv.py takes it for fewer samples than threads), measured at batch 1 on 2
 threads against im2col + GEMM (benchmarks/RESULTS.md): ResNet's 3x3 convs on 32x32 inputs, in one process
 each (ms, the minimum of 5 x 100 calls, im2col + GEMM -> tiles): 64 -> 64 on 32x32 0.55 -> 0.44 and 128 ->
-128 on 16x16 0.53 -> 0.42 (rows); in alternating processes (ms, 3 each): 64 -> 128 3x3/2 on 32x32 0.53-0.57
--> 0.40-0.50 (phases), 128 -> 256 3x3/2 on 16x16 0.49-0.50 -> 0.31-0.40 and 256 -> 512 3x3/2 on 8x8 0.57-0.68
--> 0.28-0.42 (columns), 512 -> 512 on 4x4 0.73-1.21 -> 0.55-0.78 (columns); the whole ResNet-18-style net at
-batch 1 13.40 -> 11.12 ms. Not taken: ResNet's layers on 224x224 inputs (64 -> 64 on 56x56 1.8-1.9 -> 2.0-2.3
-ms, 128 -> 128 on 28x28 1.6-1.8 -> 1.9, 512 -> 512 on 7x7 2.0-2.2 -> 3.2-3.8), 256 -> 256 on 8x8 (the same
-within the noise), 1x1 convs, and windows over a stem's few channels (0.11-0.17 ms against 0.06: blocks of 16
-positions for sums of 27) or of under MIN_MACS (LeNet's second conv: 2x slower).
+128 on 16x16 0.53 -> 0.42 (rows); in alternating processes (ms, 3 each): 256 -> 256 on 8x8 0.57-0.63 ->
+0.41-0.53 (rows, two to a block), 64 -> 128 3x3/2 on 32x32 0.53-0.57 -> 0.40-0.50 (phases), 128 -> 256
+3x3/2 on 16x16 0.49-0.50 -> 0.31-0.40 and 256 -> 512 3x3/2 on 8x8 0.57-0.68 -> 0.28-0.42 (columns), 512 ->
+512 on 4x4 0.73-1.21 -> 0.55-0.78 (columns); the whole ResNet-18-style net at batch 1 13.76 -> 10.76 ms. Not
+taken: ResNet's layers on 224x224 inputs (64 -> 64 on 56x56 1.8-2.2 -> 2.0-2.1 ms, 128 -> 128 on 28x28
+1.6-1.9 -> 1.9-2.1, 512 -> 512 on 7x7 1.8-2.8 -> 2.7-3.9), 1x1 convs, and windows over a stem's few channels
+(0.11-0.17 ms against 0.06: blocks of 16 positions for sums of 27) or of under MIN_MACS (LeNet's second conv:
+2x slower).
 
 What limits it: a block on one core runs at 101-112 GFLOP/s when B's rows lie in order, 48-56 when they lie a
 channel plane apart (too many streams for the prefetcher: the phases and columns forms; a copy of each
@@ -91,9 +93,9 @@ def pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo, itemsize):
     """Whether tiles beat im2col + GEMM for a conv of fewer samples than threads (benchmarks/RESULTS.md has the
     measurements): a window larger than 1x1 (a 1x1 conv's GEMM reads x as it is) over more than a stem's few
     channels, of at least MIN_MACS multiply-adds, and B where each block reads it from cache: in the rows form
-    the window's input rows (every channel) within a core's L1 (ResNet's 32x32 and 16x16 layers; its 56x56 ones
-    on 224x224 inputs measured slower), in the phases form the sample's buffer within B_BYTES, in columns at most
-    two column blocks (every channel block reads them again: 4x4 planes gain, 7x7 ones took 1.6x the time) or,
+    the window's input rows (every channel) within a core's L1 (ResNet's 32x32, 16x16 and 8x8 layers; its
+    56x56 to 7x7 ones on 224x224 inputs measured slower), in the phases form the sample's buffer within
+    B_BYTES, in columns at most two column blocks (every channel block reads them again: 4x4 planes gain) or,
     for a strided window (whose columns im2col gathers value by value), columns within B_BYTES."""
     k = C * kh * kw
     if kh * kw == 1 or k < 64 or co * ho * wo * k < MIN_MACS:
