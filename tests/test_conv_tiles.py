@@ -151,19 +151,35 @@ def test_tiles_where_they_pay(kernels):
     assert conv._uses_tiles(1, 1, 4) and not conv._uses_tiles(1, 1, 8) and not conv._uses_tiles(1, 2, 4)
 
 
-def test_cpu_backend_runs_batch_one_convs_in_tiles():
-    """A strided conv with bias and ReLU, compiled for the cpu target: at batch 1 its conv runs in tiles (above),
-    at batch 3 as before; both equal the reference executor's."""
+def test_cpu_backend_runs_batch_one_convs_in_tiles(kernels):
+    """A small net compiled for the cpu target whose batch-1 convs take each form (rows into the arena, rows two
+    to a block, phases, columns): at batch 1 in tiles, at batch 3 as before; both equal the reference
+    executor's."""
+    _, tiles, _ = kernels
     rng = np.random.default_rng(2)
-    x = dlc.input("x", ("B", 32, 12, 12))
-    w = dlc.param(rng.standard_normal((20, 32, 3, 3)).astype(np.float32) * 0.1, name="w")
-    b = dlc.param(rng.standard_normal(20).astype(np.float32), name="b")
-    y = dlc.relu(dlc.conv2d(x, w, b, stride=2, padding=1))
-    cpu = dlc.compile(y, target="cpu")
-    ref = dlc.compile(y, target="reference")
+    x = dlc.input("x", ("B", 32, 32, 32))
+
+    def conv(h, c_in, c_out, stride, name):
+        w = dlc.param(rng.standard_normal((c_out, c_in, 3, 3)).astype(np.float32) * 0.1, name=name)
+        b = dlc.param(rng.standard_normal(c_out).astype(np.float32), name=name + "_b")
+        return dlc.relu(dlc.conv2d(h, w, b, stride=stride, padding=1))
+
+    h1 = conv(x, 32, 24, 1, "w1")            # 32x32: rows
+    h2 = conv(h1, 24, 64, 2, "w2")           # 16x16 out, strided: phases
+    h3 = conv(h2, 64, 64, 2, "w3")           # 8x8 out, strided: columns
+    h4 = conv(h3, 64, 64, 1, "w4")           # 8x8: rows, two to a block
+    shapes = [(32, 24, 3, 3, 1, 1, 1, 1, 32, 32), (24, 64, 3, 3, 2, 2, 1, 1, 16, 16), (64, 64, 3, 3, 2, 2, 1, 1, 8, 8),
+              (64, 64, 3, 3, 1, 1, 1, 1, 8, 8)]
+    assert [int(tiles.layout(*shape)[0]) for shape in shapes] == [tiles.ROWS, tiles.PHASES, tiles.COLUMNS,
+                                                                   tiles.ROWS]
+    assert all(tiles.pays(*shape, 4) for shape in shapes)
+    outputs = [h1, h2, h4]
+    cpu = dlc.compile(outputs, target="cpu")
+    ref = dlc.compile(outputs, target="reference")
     for batch in (1, 3):
-        xs = rng.standard_normal((batch, 32, 12, 12)).astype(np.float32)
-        np.testing.assert_allclose(cpu(xs), ref(xs), rtol=1e-4, atol=1e-5)
+        xs = rng.standard_normal((batch, 32, 32, 32)).astype(np.float32)
+        for got, want in zip(cpu(xs), ref(xs)):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
 
 
 def test_tiled_conv2d_into_a_strided_output(kernels):
