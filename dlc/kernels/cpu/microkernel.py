@@ -5,15 +5,16 @@ Imported by the CPU backend as the module `dlc_cpu_microkernel`.
 `fma_tile` computes an MR x NR block of a matrix product whose right operand's rows are read through a table of
 offsets (so a convolution's input serves as that operand without copying it into columns: row k of tap (i, j)
 of channel c is the input plane read from the tap's offset on). Its accumulators are MR*NR/V vector registers
-(V lanes of 32 bytes: 12 of AVX2's 16 for float32) that stay in registers for the whole sum, and each step
-broadcasts MR values of the left operand against NR/V vector loads of the right one.
+(V lanes fill 32 bytes: 12 of AVX2's 16 for float32; float64's 24 spill, correct but slower, and the tiled
+convolutions take float32 only) that stay in registers for the whole sum, and each step broadcasts MR values
+of the left operand against NR/V vector loads of the right one.
 
 Why LLVM IR: numba's loops do not get there. The same block written as 96 scalar accumulators ran at 7 GFLOP/s
 on one core (LLVM's SLP vectorizer left it scalar), and loops over a block in memory load and store it at every
 step; this kernel ran at 112 GFLOP/s on one core of the 2-core AMD EPYC (AVX2, FMA) where OpenBLAS's SGEMM
 reaches about 95 (an MR=6, K=576 block, 20000 calls). `llvm.fma` on vectors is legal on every target LLVM
-builds for: where the CPU has no FMA unit it becomes a multiply and an add (or a library call), still exact
-per lane.
+builds for: on a CPU without FMA instructions it is computed through the C library's fma, slowly, with the
+same result.
 """
 
 from llvmlite import ir
