@@ -81,6 +81,7 @@ def test_conv2d_nhwc_kernel_on_threads_matches_reference(threads):
     import numba
 
     k = kernels()
+    import dlc_cpu_conv
     import dlc_cpu_threads
     before = numba.get_num_threads()
     numba.set_num_threads(1 if threads == "one" else numba.config.NUMBA_NUM_THREADS)
@@ -92,7 +93,7 @@ def test_conv2d_nhwc_kernel_on_threads_matches_reference(threads):
             _run_case(k, case, np.random.default_rng(2))
         for case in THIN_THREADED_CASES:
             n, h, wd, c, co = case[:5]
-            assert n * h * wd * c * co >= k.SPLIT_MIN_MACS, "a case too small for the threads"
+            assert n * h * wd * c * co >= dlc_cpu_conv.SPLIT_MIN_MACS, "a case too small for the threads"
             _run_case(k, case, np.random.default_rng(3))
     finally:
         numba.set_num_threads(before)

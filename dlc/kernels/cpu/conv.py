@@ -91,7 +91,7 @@ from a shared counter (dlc_cpu_threads says why).
 """
 
 import numpy as np
-from dlc_cpu_conv_tiles import pays, tiled_conv2d
+from dlc_cpu_conv_tiles import COPY_MACS, _ceil_div, pays, tiled_conv2d
 from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
 from dlc_cpu_threads import (
     JIT,
@@ -136,11 +136,6 @@ def forward_workers(macs, tasks, samples):
 
 # ----------------------------------------------------------------------------
 # columns
-
-
-@njit(**JIT)
-def _ceil_div(a, b):
-    return -((-a) // b)
 
 
 @njit(**JIT)
@@ -875,7 +870,7 @@ def _weight_shared_rows(x, gy, acc, nb, groups, threads, kh, kw, sh, sw, pt, pl,
 # output row are computed and thrown away (forward), or zero (dL/dy in the gradients, so that they add nothing).
 
 ROW_COPY_COST = 12     # a short row copy (view, bounds, loop) costs about 12 element copies...
-COPY_MACS = 32         # ...and an element copy about 32 GEMM multiply-adds
+# ...and an element copy about COPY_MACS (32) GEMM multiply-adds
 
 
 @njit(**JIT)
@@ -1070,10 +1065,22 @@ def wide_conv2d_grad_weight(x, gy, acc, groups, threads, kh, kw, pt, pl, dh, dw)
 # ----------------------------------------------------------------------------
 # the three convolutions: the plan per shape, then threads
 
-# A tiled conv splits over threads from TILES_SPLIT_MIN_MACS on TBB, whose waiting threads yield the core (as
-# conv_nhwc's pointwise convs do): ResNet's 3x3/2 convs of 19M multiply-adds run on 2 threads; on OpenMP the
-# row split's threshold stands (forward_workers says why).
-TILES_SPLIT_MIN_MACS = 1 << 21
+# A pointwise conv (conv_nhwc.py) or a conv in register tiles splits over threads from SPLIT_MIN_MACS
+# multiply-adds (about 50 us on one thread) when the pool runs on TBB, whose waiting threads yield the core; on
+# OpenMP from forward_workers' thresholds (about 1 ms at batch 1, where its comment says why, and
+# PARALLEL_MIN_MACS otherwise). MobileNet in onnx_bench's workers, interleaved rounds: batch 1 1.02 ms with its
+# pointwise convs on one thread, 0.80 with those from 2M multiply-adds on two (and 0.89 with its depthwise convs
+# split that way too, so they keep forward_workers); batch 16 10.76 ms with the threshold at PARALLEL_MIN_MACS,
+# 8.87 with SPLIT_MIN_MACS. ResNet's 3x3/2 convs of 19M multiply-adds in tiles run on 2 threads so.
+SPLIT_MIN_MACS = 1 << 21
+
+
+@njit(**JIT)
+def split_workers(macs, tasks, samples):
+    """The threads a pointwise or tiled conv of `macs` multiply-adds in `tasks` parts shares."""
+    if ON_TBB:
+        return workers_for(macs, tasks, SPLIT_MIN_MACS)
+    return forward_workers(macs, tasks, samples)
 
 
 @njit(**JIT)
@@ -1099,8 +1106,7 @@ def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
     hw = ho * wo
     macs = out.size * kg
     if _uses_tiles(N, groups, x.itemsize) and pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo, x.itemsize):
-        threads = workers_for(macs, N * co, TILES_SPLIT_MIN_MACS) if ON_TBB else forward_workers(macs, N * co, N)
-        tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw)
+        tiled_conv2d(x, w, out, split_workers(macs, N * co, N), sh, sw, pt, pl, dh, dw)
         return
     threads = forward_workers(macs, N * groups * og, N)
     previous = blas_on_calling_thread()

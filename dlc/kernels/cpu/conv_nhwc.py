@@ -21,9 +21,17 @@ alone took 15-80 us per layer against 2-30 us for the channels-last loops
 """
 
 import numpy as np
-from dlc_cpu_conv import DEPTHWISE_MAC_COST, THIN_COLUMNS, _thin_rows, dot, forward_workers, taps_by_channel
+from dlc_cpu_conv import (
+    DEPTHWISE_MAC_COST,
+    THIN_COLUMNS,
+    _thin_rows,
+    dot,
+    forward_workers,
+    split_workers,
+    taps_by_channel,
+)
 from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
-from dlc_cpu_threads import JIT, JIT_PARALLEL, ON_TBB, block, claim, task_counter, workers_for, zero
+from dlc_cpu_threads import JIT, JIT_PARALLEL, block, claim, task_counter, zero
 from numba import njit, prange, types
 
 # A pointwise conv of at most THIN_POSITIONS rows (a batch-1 plane up to 5x5) multiplies w @ x^T (rows as
@@ -32,23 +40,6 @@ from numba import njit, prange, types
 # the NCHW conv's 127 (one thread). At 64 rows either way took 1.14-1.24x the NCHW conv's time, from 256 rows
 # x @ w^T as much or less (benchmarks/channels_last.py).
 THIN_POSITIONS = 32
-
-
-# A pointwise conv splits over threads from SPLIT_MIN_MACS multiply-adds (about 50 us on one thread) when the
-# pool runs on TBB; on OpenMP from kernels/cpu/conv.py's thresholds (forward_workers: about 1 ms at batch 1,
-# where its comment says why, and PARALLEL_MIN_MACS otherwise). MobileNet in onnx_bench's workers, interleaved
-# rounds: batch 1 1.02 ms with its pointwise convs on one thread, 0.80 with those from 2M multiply-adds on two
-# (and 0.89 with its depthwise convs split that way too, so they keep forward_workers); batch 16 10.76 ms
-# with the threshold at PARALLEL_MIN_MACS, 8.87 with SPLIT_MIN_MACS.
-SPLIT_MIN_MACS = 1 << 21
-
-
-@njit(**JIT)
-def _workers(macs, tasks, samples):
-    """The threads a pointwise conv of `macs` multiply-adds in `tasks` parts shares."""
-    if ON_TBB:
-        return workers_for(macs, tasks, SPLIT_MIN_MACS)
-    return forward_workers(macs, tasks, samples)
 
 
 @njit(**JIT)
@@ -84,7 +75,7 @@ def _pointwise(x, w, out):
         zero(o2)
         return
     thin = rows <= THIN_POSITIONS
-    threads = _workers(rows * C * co, max(1, co // 16 if thin else rows // THIN_POSITIONS), N)
+    threads = split_workers(rows * C * co, max(1, co // 16 if thin else rows // THIN_POSITIONS), N)
     part = np.empty(co * rows if thin else 0, x.dtype)
     previous = blas_on_calling_thread()
     if threads == 1:

@@ -47,7 +47,7 @@ from dlc_cpu_microkernel import MR, NR, fma_tile
 from dlc_cpu_threads import JIT, JIT_PARALLEL, claim, task_counter, zeros
 from numba import njit, prange
 
-COPY_MACS = 32   # a value copied into columns costs about as much as 32 multiply-adds (kernels/cpu/conv.py)
+COPY_MACS = 32   # a value copied into columns costs about as much as 32 GEMM multiply-adds (conv.py uses it too)
 TASKS_PER_THREAD = 4   # with fewer (samples x column blocks) than this per thread, channels split too
 ROWS, PHASES, COLUMNS = 0, 1, 2   # the forms of B
 L1_BYTES = 1 << 15     # a core's L1 data cache (32 KB on the machines measured)
