@@ -11,7 +11,9 @@ machine code loaded from it (the import alone in brackets). Python's bytecode
 cache is on, as in an installed package. The hand-written kernels' own numba cache (beside their
 source) is warmed by an untimed run first, as it is after installing. With
 --baseline, the two checkouts alternate per workload (the same machine state
-for both); its PYTHONPATH points at that checkout's root.
+for both); its PYTHONPATH points at that checkout's root. With --helpers 0,1
+each workload is measured with each number of compile helper processes
+(DLC_COMPILE_WORKERS), alternately. CPU s counts the helpers' time too.
 """
 
 from __future__ import annotations
@@ -26,6 +28,14 @@ import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKLOADS = ["W1", "W2", "W3", "W4", "W8", "W9", "W10", "W11"]
+
+
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's children that have ended (dlc's compile helpers)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def worker(name: str) -> dict:
@@ -45,7 +55,7 @@ def worker(name: str) -> dict:
     t1 = time.perf_counter()
     step()
     t_first = time.perf_counter() - t1
-    cpu = time.process_time() - c0
+    cpu = time.process_time() - c0 + _children_cpu_s()   # the compile helpers' time too
     steps = []
     for _ in range(3):
         t1 = time.perf_counter()
@@ -53,14 +63,18 @@ def worker(name: str) -> dict:
         steps.append(time.perf_counter() - t1)
     stats = fns[0].backend.stats
     return dict(compile_s=t_build + t_first - float(np.median(steps)), cpu_s=cpu, import_s=t_import,
+                helpers=stats.get("compile_workers", 0),
                 dlc=os.path.dirname(dlc.__file__),
                 kernels=stats.get("kernels"), distinct=stats.get("distinct_kernels"))
 
 
-def measure(name: str, tree: str | None, timeout: int) -> tuple[dict, dict]:
-    """(cold, warm) of one workload in new processes; tree: another checkout's root, or None for this one."""
+def measure(name: str, tree: str | None, timeout: int, helpers: str | None = None) -> tuple[dict, dict]:
+    """(cold, warm) of one workload in new processes; tree: another checkout's root, or None for this one;
+    helpers: $DLC_COMPILE_WORKERS for both (None: as set here)."""
     env = dict(os.environ)
     env.pop("PYTHONDONTWRITEBYTECODE", None)   # Python's bytecode cache on, as in an installed package
+    if helpers is not None:
+        env["DLC_COMPILE_WORKERS"] = helpers
     if tree:
         env["PYTHONPATH"] = os.pathsep.join([os.path.abspath(tree), env.get("PYTHONPATH", "")])
     out = []
@@ -80,6 +94,8 @@ def main() -> None:
     ap.add_argument("--workloads", default=",".join(WORKLOADS), help="comma-separated (default: %(default)s)")
     ap.add_argument("--baseline", help="another checkout's root, measured alternately with this one")
     ap.add_argument("--timeout", type=int, default=1800, help="seconds per process (default: %(default)s)")
+    ap.add_argument("--helpers", help="comma-separated values of DLC_COMPILE_WORKERS (the compile helper "
+                                      "processes) measured alternately, e.g. 0,1 (default: as set)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -90,16 +106,19 @@ def main() -> None:
     if unknown:
         ap.error(f"unknown workload(s) {', '.join(unknown)}; choose among {', '.join(WORKLOADS)}")
     trees = ([("baseline", args.baseline)] if args.baseline else []) + [("this checkout", None)]
+    settings = [h.strip() for h in args.helpers.split(",")] if args.helpers else [None]
+    runs = [(f"{label}, {h} helpers" if h is not None else label, tree, h) for label, tree in trees
+            for h in settings]
     for _, tree in trees:   # the hand-written kernels' numba cache, untimed
         measure("W2", tree, args.timeout)
         measure("W10", tree, args.timeout)
-    labels = " | ".join(f"{label}: cold s (CPU s) / warm s (import s)" for label, _ in trees)
+    labels = " | ".join(f"{label}: cold s (CPU s) / warm s (import s)" for label, _, _ in runs)
     print(f"| workload | {labels} | kernels (distinct) |")
-    print("|---" * (len(trees) + 2) + "|")
+    print("|---" * (len(runs) + 2) + "|")
     for name in names:
         cells, kernels = [], ""
-        for _, tree in trees:
-            cold, warm = measure(name, tree, args.timeout)
+        for _, tree, helpers in runs:
+            cold, warm = measure(name, tree, args.timeout, helpers)
             cells.append(f"{cold['compile_s']:.1f} ({cold['cpu_s']:.1f}) / {warm['compile_s']:.2f} "
                          f"({warm['import_s']:.2f})")
             kernels = f"{cold['kernels']} ({cold['distinct']})"

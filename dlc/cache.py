@@ -113,14 +113,15 @@ def read_checked(path: Path, expected_digest: str) -> bytes | None:
     return data if digest(data, len(expected_digest)) == expected_digest else None
 
 
-def ensure_file(path: Path, data: bytes) -> None:
-    """Make path hold exactly data: rewritten (atomically) when missing, truncated or edited."""
+def ensure_file(path: Path, data: bytes) -> bool:
+    """Make path hold exactly data: rewritten (atomically) when missing, truncated or edited; True if written."""
     try:
         same = path.read_bytes() == data
     except OSError:
         same = False
     if not same:
         write_atomic(path, data)
+    return not same
 
 
 def reset() -> None:

@@ -16,6 +16,7 @@ import logging
 import os
 import sys
 import time
+import warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -32,6 +33,11 @@ from .reference import node_value
 log = logging.getLogger("dlc")
 
 _KERNELS_DIR = Path(__file__).resolve().parents[1] / "kernels" / "cpu"
+
+# A call of more than 30 arguments (an outer function's part taking every input and output) is compiled by
+# CPython as a tuple of them; numba then sees a tuple holding a function (call_kernel's first argument) and warns
+# of its experimental first-class functions, which generated code never uses. Only for generated modules.
+warnings.filterwarnings("ignore", message=r".*First-class function type feature is experimental", module=r".*dlc_gen_")
 _FALLBACK_LOGGED: set[str] = set()
 FIXED, INPUT, OUTPUT = 0, 1, 2
 
@@ -109,6 +115,9 @@ def load_kernel_modules() -> None:
         spec.loader.exec_module(module)
 
 
+_WRITTEN: set[str] = set()   # generated modules this process wrote: numba's cache holds nothing of them yet
+
+
 def load_module(gen: GeneratedModule, directory: Path):
     """Write the source under its hash and import it; a cached file is used only if it is that source.
 
@@ -123,10 +132,12 @@ def load_module(gen: GeneratedModule, directory: Path):
         raise ValueError(f"generated module {name}: its name is not the hash of its source")
     path = directory / f"{name}.py"
     try:
-        ensure_file(path, source)
+        written = ensure_file(path, source)
     except OSError as e:  # the folder stopped being writable (full, read-only): a private one instead
         path = replace_unusable(directory, e) / f"{name}.py"
-        ensure_file(path, source)
+        written = ensure_file(path, source)
+    if written:
+        _WRITTEN.add(name)
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -202,7 +213,9 @@ class CPUBackend:
         self._seen_signatures = [-1] * len(self._segments)  # compiled signatures seen per segment
         from .cpu_scan import lower_scans, results_at_their_scan  # scan loops as native code
 
-        self._native = lower_scans(self, fastmath=fastmath, parallel=parallel, dump=dump, cache=cache)
+        self._native, self._scans = lower_scans(self, fastmath=fastmath, parallel=parallel, dump=dump, cache=cache)
+        # written just now: its functions compile at the first call, shared with helper processes
+        self._cold = self.module.__name__ in _WRITTEN
         # the program as the memory planner sees it: a scan writes its results' buffers itself
         self._layout = results_at_their_scan(program) if self._native else program
         self.stats["fallbacks"] = [s.reason for s in self.generated.segments
@@ -371,6 +384,8 @@ class CPUBackend:
             for k in self._input_positions:
                 if not X[k].dtype.isnative:
                     X[k] = X[k].astype(X[k].dtype.newbyteorder("="))
+            if self._cold:
+                self._compile_ahead(ws, X)
             # values returned as they are before this call's updates (an output may be a parameter)
             early = {i: self._value_view(self.program.outputs[i], ws, X, env).copy() for i in ws.early}
             pending = [(k, self._value_view(v, ws, X, env).copy()) for k, v in self._python_updates]
@@ -400,6 +415,40 @@ class CPUBackend:
         """The arrays the outer functions take: inputs, parameters, constants, and fresh output arrays."""
         return [what if kind == FIXED else feeds[what] if kind == INPUT else
                 np.empty(plan.out_shapes[what], self._out_dtypes[what]) for kind, what in self._externals]
+
+    def _compile_ahead(self, ws: _Plan, X: list) -> None:
+        """The first call of a newly generated module: compile all its functions (and its scans' loops) for
+        these arguments before any runs, sharing them with helper processes (runtime/compile_workers.py)."""
+        from . import compile_workers
+
+        self._cold = False
+        _WRITTEN.discard(self.module.__name__)
+        workers = compile_workers.worker_count()
+        t0 = time.perf_counter()
+        jobs = self._compile_jobs(ws, X, compile_workers)
+        jobs += [scan.compile_job(ws, X, ws.env, compile_workers) for scan in self._scans if scan.loop is not None]
+        self.stats.update(compile_workers.compile_all(jobs, workers))
+        self.stats["numba_compile_s"] += time.perf_counter() - t0
+
+    def _compile_jobs(self, ws: _Plan, X: list, compile_workers) -> list:
+        """The generated module's functions, each with the argument types its callers pass (ModuleFunction)."""
+        import numba
+
+        def argtype(arg: str):
+            if arg == "arena":
+                return numba.typeof(ws.arena)
+            if arg.startswith("arena_"):
+                return numba.typeof(ws.arena.view(np.dtype(arg[len("arena_"):])))
+            if arg == "S":
+                return numba.typeof(ws.S)
+            if arg == "at":
+                return numba.types.int64
+            return numba.typeof(X[int(arg[1:])])
+
+        name, path = self.module.__name__, self.module.__file__
+        return [compile_workers.Job(name, path, f.name, tuple(map(argtype, f.args)), f.level,
+                                    compile_workers.source_lines(getattr(self.module, f.name)))
+                for f in self.generated.functions]
 
     def _call(self, i: int, func, plan: _Plan, X: list) -> None:
         """A call that compiles: timed, and logged with the reason when it is not the first."""

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,11 @@ class BodyFunction:
                 f"{len(b.y_out)} ys)")
 
 
-def lower_scans(backend, **options) -> dict:
-    """id(kernel) -> a runner(plan, X, env), for each scan kernel of the backend's program and its scan_outputs.
-    options are the backend's own (fastmath, cache...): each body is rendered with them."""
+def lower_scans(backend, **options) -> tuple[dict, list]:
+    """id(kernel) -> a runner(plan, X, env), for each scan kernel of the backend's program and its scan_outputs,
+    and the NativeScans. options are the backend's own (fastmath, cache...): each body is rendered with them."""
     runners: dict = {}
+    scans: list = []
     loops: list[str] = []
     kernels = backend.program.kernels
     for pos, kernel in enumerate(kernels):
@@ -74,12 +76,13 @@ def lower_scans(backend, **options) -> dict:
         readers = {k.nodes[0].attr("index"): (p, k) for p, k in enumerate(kernels)
                    if k.nodes[0].op == "scan_output" and k.nodes[0].inputs[0] is kernel.anchor}
         scan = NativeScan(backend, pos, readers, options)
+        scans.append(scan)
         runners[id(kernel)] = scan.run
         for index, (_, k) in readers.items():
             runners[id(k)] = scan.output_runner(index)
         loops.append("native" if scan.loop is not None else "python")
     backend.stats["scan_loops"] = loops  # per scan kernel: its loop in native code, or Python over its body
-    return runners
+    return runners, scans
 
 
 def results_at_their_scan(program: Program) -> Program:
@@ -260,14 +263,30 @@ class NativeScan:
 
     # ---- calls
 
-    def run(self, plan, X: list, env: dict) -> None:
+    def _binding(self, plan, X: list, env: dict) -> _Binding:
+        """This workspace's binding, its per-call arguments taken from X."""
         key = ("native scan", id(self))
         binding = plan.objects.get(key)
         if binding is None:
             binding = plan.objects[key] = self._bind(plan, env)
-        args = binding.args
         for a, m, shape in binding.per_call:
-            args[a] = X[m].reshape(shape)
+            binding.args[a] = X[m].reshape(shape)
+        return binding
+
+    def compile_job(self, plan, X: list, env: dict, compile_workers):
+        """The loop (with its body) as a job for a cold compile: its arguments' types at this call."""
+        import numba
+
+        loop_module = sys.modules[self.loop.py_func.__module__]
+        body = self.body_backend.module
+        lines = compile_workers.source_lines(self.loop) + self.body_backend.generated.source.count("\n")
+        return compile_workers.Job(loop_module.__name__, loop_module.__file__, "scan_loop",
+                                   tuple(numba.typeof(a) for a in self._binding(plan, X, env).args), 2, lines,
+                                   ((body.__name__, body.__file__),))
+
+    def run(self, plan, X: list, env: dict) -> None:
+        binding = self._binding(plan, X, env)
+        args = binding.args
         if self.loop is None:
             self._python_loop(binding, env)
         elif self._compiled:
