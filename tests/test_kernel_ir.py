@@ -178,3 +178,85 @@ def test_sums_over_outer_and_last_axes_match_numpy(shape, dtype):
     tol = 1e-6 if dtype == "float32" else 1e-12
     np.testing.assert_allclose(got[0], xv.astype(np.float64).sum(axis=axes, keepdims=True), rtol=tol)
     np.testing.assert_allclose(got[1], (xv.astype(np.float64) ** 2).sum(axis=axes), rtol=tol)
+
+
+def _loops(stmts):
+    """(var, start, end) of every loop, outermost first."""
+    out = []
+    for s in stmts:
+        if isinstance(s, ir.Loop):
+            out.append((s.var, s.start.value if isinstance(s.start, ir.Lit) else s.start,
+                        s.extent.value if isinstance(s.extent, ir.Lit) else s.extent))
+            out += _loops(s.body)
+    return out
+
+
+def _selects(stmts):
+    return [s for s in ir._all_statements(stmts) if isinstance(s, ir.Select)]
+
+
+def test_a_loop_is_cut_where_its_conditional_reads_change():
+    """The padded concat: j < 1 is pad's fill, 1 <= j < 4 reads x, 4 <= j < 5 the fill again, 5 <= j reads y;
+    each range reads without a condition."""
+    out, inputs = padded_concat()
+    _, kernel = only_kernel([out], inputs)
+    body = ir.nest(["i", "j"], [ir.Lit(d) for d in out.shape], lower(kernel, ["i", "j"]))
+    cut = ir.split_ranges(body)
+    assert _loops(cut) == [("i", 0, 2), ("j", 0, 1), ("j", 1, 4), ("j", 4, 5), ("j", 5, 7)]
+    assert not _selects(cut), "every condition decided"
+    rng = np.random.default_rng(0)
+    feeds = [rng.standard_normal(i.shape).astype(np.float32) for i in inputs]
+    fn = dlc.compile(out, inputs=inputs, target="cpu")
+    assert "range(1, 4)" in fn.backend.source()
+    want = np.exp(np.concatenate([np.pad(feeds[0], ((0, 0), (1, 1))), feeds[1] * 2], axis=1))
+    np.testing.assert_allclose(fn(*feeds), want, rtol=1e-6)
+
+
+def test_a_loop_is_not_cut_over_a_symbolic_extent_or_a_strided_read():
+    x = dlc.input("x", ("B", 6))
+    y = dlc.input("y", ("B", 4))
+    out = dlc.concat([x, y], axis=1)
+    _, kernel = only_kernel([out], [x, y])
+    body = ir.nest(["i", "j"], [ir.Var("n"), ir.Var("m")], lower(kernel, ["i", "j"]))
+    assert ir.split_ranges(body) == body, "extents unknown"
+    # the gradient of a strided slice reads every other element: (j - 1) % 2 == 0 is no range
+    z = dlc.input("z", (3, 9))
+    (g,) = dlc.grad(dlc.sum(dlc.exp(z[:, 1::2])), [z])
+    fn = dlc.compile(g, inputs=[z], target="cpu")
+    assert "% 2" in fn.backend.source()
+    zv = np.random.default_rng(2).standard_normal((3, 9)).astype(np.float32)
+    want = np.zeros_like(zv)
+    want[:, 1::2] = np.exp(zv[:, 1::2])
+    np.testing.assert_allclose(fn(zv), want, rtol=1e-6)
+
+
+def test_cutting_stops_where_the_copies_would_grow_the_loop():
+    x = dlc.input("x", (2, 3))
+    i = ir.Var("j")
+    big = tuple(ir.Let(f"t{k}", "float32", ir.Load(x.node, (ir.ZERO, ir.ZERO))) for k in range(80))
+    select = ir.Select("s", "float32", (ir.Case(ir.less(i, ir.Lit(2)), (), ir.Const(1.0, "float32")),),
+                       ir.Const(0.0, "float32"), x.node)
+    loop = ir.Loop("j", ir.Lit(5), big + (select,))
+    assert ir.split_ranges([loop]) == [loop], "80 statements copied into two loops: not worth one branch"
+    small = ir.Loop("j", ir.Lit(5), (select,))
+    assert _loops(ir.split_ranges([small])) == [("j", 0, 2), ("j", 2, 5)]
+
+
+@pytest.mark.parametrize("target", ["cpu", "reference"])
+def test_the_gradient_of_a_split_matches_numpy(target):
+    """An LSTM cell's gates: split's gradient writes each gate's part of the row; cut into four loops on cpu."""
+    x = dlc.input("x", (3, 16))
+    w = dlc.input("w", (16,))
+    i, f, g, o = dlc.split(x, 4, axis=1)
+    loss = dlc.sum(dlc.sigmoid(i) * dlc.tanh(g) + dlc.sigmoid(f) * 2.0 - dlc.sigmoid(o) * w[:4])
+    (gx,) = dlc.grad(loss, [x])
+    fn = dlc.compile(gx, inputs=[x, w], target=target)
+    rng = np.random.default_rng(1)
+    xv, wv = rng.standard_normal((3, 16)).astype(np.float32), rng.standard_normal(16).astype(np.float32)
+    if target == "cpu":
+        assert re.search(r"range\(4, 8\)", fn.backend.source()), fn.backend.source()
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    a, b, c, d = np.split(xv.astype(np.float64), 4, axis=1)
+    want = np.concatenate([sig(a) * (1 - sig(a)) * np.tanh(c), 2 * sig(b) * (1 - sig(b)),
+                           sig(a) * (1 - np.tanh(c) ** 2), -sig(d) * (1 - sig(d)) * wv[:4]], axis=1)
+    np.testing.assert_allclose(fn(xv, wv), want, rtol=2e-5, atol=1e-6)

@@ -587,3 +587,181 @@ def _split_invariant(body: list[Stmt], var: str) -> tuple[list[Stmt], list[Stmt]
         else:
             moved.append(s)
     return moved, kept
+
+
+# ----------------------------------------------------------------------------
+# index-set splitting: a loop cut where its conditions change
+
+
+SPLIT_MAX_PIECES = 8    # ranges one loop is cut into at most
+SPLIT_MAX_GROWTH = 64   # statements the pieces may add to the loop's own (each copies what is unconditional)
+
+
+def split_ranges(stmts: list[Stmt], known: dict[str, Expr] | None = None) -> list[Stmt]:
+    """Cut each loop of literal bounds into ranges over which its conditional reads are decided, and drop the
+    decided conditions: the gradient of a split (an LSTM's four gates) reads one part of its output row in
+    each of four ranges, so its loop over the whole row carried four `if`s per element and stayed scalar;
+    cut at 128, 256 and 384, each range reads one part unconditionally and vectorizes. Pads and concats the
+    same. A loop is cut only where its pieces add at most SPLIT_MAX_GROWTH statements to it (each piece is a
+    copy of the body with its own cases kept: numba's compile time grows with the code).
+
+    known: index names bound outside (LetIndex), by name."""
+    known = dict(known or {})
+    out: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, LetIndex):
+            known[s.name] = s.index
+            out.append(s)
+        elif isinstance(s, Loop):
+            out += _split_loop(replace(s, body=tuple(split_ranges(list(s.body), known))), known)
+        elif isinstance(s, Select):
+            out.append(replace(s, cases=tuple(replace(c, body=tuple(split_ranges(list(c.body), known)))
+                                              for c in s.cases)))
+        else:
+            out.append(s)
+    return out
+
+
+def _split_loop(loop: Loop, known: dict[str, Expr]) -> list[Stmt]:
+    if loop.parallel or not isinstance(loop.start, Lit) or not isinstance(loop.extent, Lit):
+        return [loop]
+    lo, hi = loop.start.value, loop.extent.value
+    conds = [c for s in loop.body for c in _conditions(s)]
+    scope = dict(known)
+    for s in _all_statements(loop.body):
+        if isinstance(s, LetIndex):
+            scope[s.name] = s.index
+    cuts = sorted({p for c in conds for p in _flips(c, loop.var, lo, scope) if lo < p < hi})
+    if not cuts:
+        return [loop]
+    bounds = [lo] + cuts[:SPLIT_MAX_PIECES - 1] + [hi]
+    pieces = [replace(loop, start=Lit(a), extent=Lit(b), body=tuple(_decide(list(loop.body), loop.var, a, b, scope)))
+              for a, b in zip(bounds, bounds[1:])]
+    if sum(_size(p.body) for p in pieces) - _size(loop.body) > SPLIT_MAX_GROWTH:
+        return [loop]
+    return pieces
+
+
+def _all_statements(stmts):
+    for s in stmts:
+        yield s
+        if isinstance(s, Loop):
+            yield from _all_statements(s.body)
+        elif isinstance(s, Select):
+            for c in s.cases:
+                yield from _all_statements(c.body)
+
+
+def _size(stmts) -> int:
+    return sum(1 for _ in _all_statements(stmts))
+
+
+def _conditions(s: Stmt) -> list[Expr]:
+    """The comparisons (operands of `and`s) of every case condition in s."""
+    out: list[Expr] = []
+    for t in _all_statements([s]):
+        if isinstance(t, Select):
+            for c in t.cases:
+                out += _atoms(c.when)
+    return out
+
+
+def _atoms(c: Expr | None) -> list[Expr]:
+    if c is None:
+        return []
+    if isinstance(c, Bin) and c.op == "and":
+        return _atoms(c.a) + _atoms(c.b)
+    return [c]
+
+
+def _bounds(e: Expr, var: str, a: int, b: int, scope: dict[str, Expr]) -> tuple[int, int] | None:
+    """The least and greatest value of e while var runs over range(a, b); None when unknown."""
+    if isinstance(e, Lit):
+        return e.value, e.value
+    if isinstance(e, Dim):
+        return (e.dim, e.dim) if isinstance(e.dim, int) else None
+    if isinstance(e, Var):
+        if e.name == var:
+            return a, b - 1
+        return _bounds(scope[e.name], var, a, b, scope) if e.name in scope else None
+    if isinstance(e, Bin) and e.op in ("+", "-", "*"):
+        x, y = _bounds(e.a, var, a, b, scope), _bounds(e.b, var, a, b, scope)
+        if x is None or y is None:
+            return None
+        if e.op == "+":
+            return x[0] + y[0], x[1] + y[1]
+        if e.op == "-":
+            return x[0] - y[1], x[1] - y[0]
+        products = [p * q for p in x for q in y]
+        return min(products), max(products)
+    return None
+
+
+def _truth(c: Expr | None, var: str, a: int, b: int, scope: dict[str, Expr]) -> bool | None:
+    """Whether condition c holds for every var in range(a, b) (True), for none (False), or either (None)."""
+    if c is None:
+        return True
+    if isinstance(c, Bin) and c.op == "and":
+        x, y = _truth(c.a, var, a, b, scope), _truth(c.b, var, a, b, scope)
+        return False if False in (x, y) else True if x is True and y is True else None
+    if not (isinstance(c, Bin) and c.op in ("<", "<=", "==")):
+        return None
+    x, y = _bounds(c.a, var, a, b, scope), _bounds(c.b, var, a, b, scope)
+    if x is None or y is None:
+        return None
+    if c.op == "<":
+        return True if x[1] < y[0] else False if x[0] >= y[1] else None
+    if c.op == "<=":
+        return True if x[1] <= y[0] else False if x[0] > y[1] else None
+    return True if x[0] == x[1] == y[0] == y[1] else False if x[1] < y[0] or y[1] < x[0] else None
+
+
+def _flips(c: Expr, var: str, lo: int, scope: dict[str, Expr]) -> list[int]:
+    """Where a comparison whose sides differ by var plus a constant changes its value (var's first value
+    on the other side); none for any other comparison."""
+    if not (isinstance(c, Bin) and c.op in ("<", "<=", "==")):
+        return []
+    diff = Bin("-", c.a, c.b)
+    f0, f1 = _bounds(diff, var, lo, lo + 1, scope), _bounds(diff, var, lo + 1, lo + 2, scope)
+    if f0 is None or f1 is None or f0[0] != f0[1] or f1[0] != f1[1]:
+        return []
+    step = f1[0] - f0[0]
+    if step not in (1, -1):
+        return []
+    zero = lo - f0[0] * step    # where a.. - b.. is 0
+    if c.op == "==":
+        return [zero, zero + 1]
+    if c.op == "<":
+        return [zero] if step == 1 else [zero + 1]
+    return [zero + 1] if step == 1 else [zero]
+
+
+def _decide(stmts: list[Stmt], var: str, a: int, b: int, scope: dict[str, Expr]) -> list[Stmt]:
+    """The statements for var in range(a, b): a case that always holds there is taken, one that never holds
+    dropped."""
+    out: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, Loop):
+            out.append(replace(s, body=tuple(_decide(list(s.body), var, a, b, scope))))
+        elif isinstance(s, Select):
+            out += _decide_select(s, var, a, b, scope)
+        else:
+            out.append(s)
+    return out
+
+
+def _decide_select(s: Select, var: str, a: int, b: int, scope: dict[str, Expr]) -> list[Stmt]:
+    cases = []
+    for c in s.cases:
+        truth = _truth(c.when, var, a, b, scope)
+        if truth is False:
+            continue
+        body = tuple(_decide(list(c.body), var, a, b, scope))
+        if truth is True and not cases:   # the first case left, and it holds: no branch at all
+            return list(body) + [Let(s.name, s.dtype, c.value, s.node)]
+        cases.append(replace(c, body=body, when=None if truth is True else c.when))
+        if truth is True:
+            break
+    if not cases:
+        return [Let(s.name, s.dtype, s.fill, s.node)] if s.fill is not None else [s]
+    return [replace(s, cases=tuple(cases))]

@@ -232,8 +232,9 @@ class KernelRenderer:
     # ---- printing kernel IR
 
     def emit(self, stmts: list) -> None:
-        """Print kernel-IR statements at the writer's level, loop-invariant bindings ahead of their loops."""
-        self.w.lines += self.printer.lines(ir.hoist(stmts), self.w.level)
+        """Print kernel-IR statements at the writer's level, loop-invariant bindings ahead of their loops, loops
+        cut where their conditions change (after hoisting: the cut pieces bind the same names)."""
+        self.w.lines += self.printer.lines(ir.split_ranges(ir.hoist(stmts)), self.w.level)
 
     def value_text(self, node: Node, idx: tuple) -> str:
         """node's value at idx: its statements printed here, its value as text."""
@@ -241,8 +242,9 @@ class KernelRenderer:
         self.emit(self.vals.take())
         return self.printer.value(v)
 
-    def extents(self, array: str, ndim: int) -> list[ir.Expr]:
-        return [ir.Var(f"{array}.shape[{k}]") for k in range(ndim)]
+    def extents(self, array: str, shape) -> list[ir.Expr]:
+        """The loop extents over an array of this shape: literal dims as literals (ir.split_ranges reads them)."""
+        return [ir.Lit(d) if isinstance(d, int) else ir.Var(f"{array}.shape[{k}]") for k, d in enumerate(shape)]
 
     @contextmanager
     def loops(self, names: list[str], extents: list[str]):
@@ -326,7 +328,7 @@ def _render_elementwise(program, kernel, parallel):
         r = KernelRenderer(program, kernel)
         names = [f"{P}i{k}" for k in range(len(shape))]
         r.vals.store_all(variables(names))
-        extents = r.extents(r.arg(kernel.outputs[0]), len(shape))
+        extents = r.extents(r.arg(kernel.outputs[0]), shape)
         order = _loop_order(kernel)
         r.emit(ir.nest([names[k] for k in order], [extents[k] for k in order], r.vals.take()))
         return _finish(r, kernel, _describe(kernel))
@@ -482,7 +484,8 @@ def _render_matmul(program, kernel, parallel=False):
         r.emit([ir.Call("gemm", rows, anchor)])
     else:
         out = f"{tgt}[{', '.join(names)}]" if names else tgt
-        r.emit(ir.nest(names, r.extents(tgt, nb), [ir.Call("gemm", (views[0], views[1], out), anchor)]))
+        gemms = [ir.Call("gemm", (views[0], views[1], out), anchor)]
+        r.emit(ir.nest(names, r.extents(tgt, anchor.shape[:nb]), gemms))
     threads = _render_epilogue(r, kernel, tgt, parallel)
     return _finish(r, kernel, _describe(kernel), threads)
 
@@ -565,7 +568,7 @@ def _render_epilogue(r: KernelRenderer, kernel: Kernel, tgt: str, parallel: bool
     r.vals.remember(anchor, idx, ir.Ref(t))
     r.vals.store_all(idx, [o for o in kernel.outputs if o is not anchor])
     body = [ir.Let(t, anchor.dtype, ir.Load(anchor, idx))] + r.vals.take()
-    extents = r.extents(tgt, anchor.ndim)
+    extents = r.extents(tgt, anchor.shape)
     axis = _chunked_axis(anchor.shape) if parallel else None
     if axis is None:
         r.emit(ir.nest(names, extents, body))
