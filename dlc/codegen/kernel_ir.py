@@ -597,7 +597,8 @@ SPLIT_MAX_PIECES = 8    # ranges one loop is cut into at most
 SPLIT_MAX_GROWTH = 64   # statements the pieces may add to the loop's own (each copies what is unconditional)
 
 
-def split_ranges(stmts: list[Stmt], known: dict[str, Expr] | None = None) -> list[Stmt]:
+def split_ranges(stmts: list[Stmt], known: dict[str, Expr] | None = None,
+                 extents: dict[str, int] | None = None) -> list[Stmt]:
     """Cut each loop of literal bounds into ranges over which its conditional reads are decided, and drop the
     decided conditions: the gradient of a split (an LSTM's four gates) reads one part of its output row in
     each of four ranges, so its loop over the whole row carried four `if`s per element and stayed scalar;
@@ -605,27 +606,31 @@ def split_ranges(stmts: list[Stmt], known: dict[str, Expr] | None = None) -> lis
     same. A loop is cut only where its pieces add at most SPLIT_MAX_GROWTH statements to it (each piece is a
     copy of the body with its own cases kept: numba's compile time grows with the code).
 
-    known: index names bound outside (LetIndex), by name."""
+    known: index names bound outside (LetIndex), by name; extents: the value of an extent the renderer wrote
+    as text (an array's shape), where it is literal. A loop that is not cut keeps its extent as it was."""
     known = dict(known or {})
+    extents = extents or {}
     out: list[Stmt] = []
     for s in stmts:
         if isinstance(s, LetIndex):
             known[s.name] = s.index
             out.append(s)
         elif isinstance(s, Loop):
-            out += _split_loop(replace(s, body=tuple(split_ranges(list(s.body), known))), known)
+            out += _split_loop(replace(s, body=tuple(split_ranges(list(s.body), known, extents))), known, extents)
         elif isinstance(s, Select):
-            out.append(replace(s, cases=tuple(replace(c, body=tuple(split_ranges(list(c.body), known)))
+            out.append(replace(s, cases=tuple(replace(c, body=tuple(split_ranges(list(c.body), known, extents)))
                                               for c in s.cases)))
         else:
             out.append(s)
     return out
 
 
-def _split_loop(loop: Loop, known: dict[str, Expr]) -> list[Stmt]:
-    if loop.parallel or not isinstance(loop.start, Lit) or not isinstance(loop.extent, Lit):
+def _split_loop(loop: Loop, known: dict[str, Expr], extents: dict[str, int]) -> list[Stmt]:
+    end = loop.extent.value if isinstance(loop.extent, Lit) else \
+        extents.get(loop.extent.name) if isinstance(loop.extent, Var) else None
+    if loop.parallel or not isinstance(loop.start, Lit) or end is None:
         return [loop]
-    lo, hi = loop.start.value, loop.extent.value
+    lo, hi = loop.start.value, end
     conds = [c for s in loop.body for c in _conditions(s)]
     scope = dict(known)
     for s in _all_statements(loop.body):

@@ -179,6 +179,7 @@ class KernelRenderer:
         self.args: list[KernelArg] = []
         self.arg_of: dict[tuple, str] = {}
         self.local: dict[int, str] = {}   # id(node) -> a local array holding its value (a library call's target)
+        self.literal_extents: dict[str, int] = {}   # an extent's text -> its value, where the dim is literal
         self.library: set[tuple[str, str]] = set()   # hand-written kernels called by symbol: (module, variant)
         self.w = Writer()
         self.tmp = 0
@@ -234,7 +235,8 @@ class KernelRenderer:
     def emit(self, stmts: list) -> None:
         """Print kernel-IR statements at the writer's level, loop-invariant bindings ahead of their loops, loops
         cut where their conditions change (after hoisting: the cut pieces bind the same names)."""
-        self.w.lines += self.printer.lines(ir.split_ranges(ir.hoist(stmts)), self.w.level)
+        self.w.lines += self.printer.lines(ir.split_ranges(ir.hoist(stmts), extents=self.literal_extents),
+                                           self.w.level)
 
     def value_text(self, node: Node, idx: tuple) -> str:
         """node's value at idx: its statements printed here, its value as text."""
@@ -243,8 +245,10 @@ class KernelRenderer:
         return self.printer.value(v)
 
     def extents(self, array: str, shape) -> list[ir.Expr]:
-        """The loop extents over an array of this shape: literal dims as literals (ir.split_ranges reads them)."""
-        return [ir.Lit(d) if isinstance(d, int) else ir.Var(f"{array}.shape[{k}]") for k, d in enumerate(shape)]
+        """The loop extents over an array of this shape (the literal ones noted for ir.split_ranges)."""
+        out = [ir.Var(f"{array}.shape[{k}]") for k in range(len(shape))]
+        self.literal_extents.update((e.name, d) for e, d in zip(out, shape) if isinstance(d, int))
+        return out
 
     @contextmanager
     def loops(self, names: list[str], extents: list[str]):
