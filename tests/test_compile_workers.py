@@ -141,8 +141,15 @@ def test_helper_count(monkeypatch):
     monkeypatch.setenv(compile_workers.ENV, "3")
     assert compile_workers.worker_count() == 3
     monkeypatch.delenv(compile_workers.ENV)
+    for name in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
+        monkeypatch.delenv(name, raising=False)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert compile_workers.worker_count() == min(cores - 1, compile_workers.MAX_WORKERS)
+    assert compile_workers.worker_count() == max(0, min(cores - 1, compile_workers.MAX_WORKERS))
+    # ranks of one MPI job on this machine share its cores: as many ranks as cores start no helper
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", str(cores))
+    assert compile_workers.worker_count() == 0
+    monkeypatch.setenv("OMPI_COMM_WORLD_LOCAL_SIZE", "not a number")
+    assert compile_workers.worker_count() == max(0, min(cores - 1, compile_workers.MAX_WORKERS))
 
 
 def test_jobs_go_by_level_longest_first():

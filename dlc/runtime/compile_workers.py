@@ -21,7 +21,8 @@ lines) first.
 Nothing here changes what runs: a helper that fails, dies or is never
 started leaves its share to be compiled by the call that needs it, as
 without helpers. DLC_COMPILE_WORKERS sets the number of helpers (0: none);
-by default, one per core beyond the first, at most MAX_WORKERS.
+by default, one per core beyond the first (per MPI rank on the machine), at
+most MAX_WORKERS.
 """
 
 from __future__ import annotations
@@ -59,11 +60,12 @@ class Job:
 
 
 def worker_count() -> int:
-    """Helpers to start for a cold compile: $DLC_COMPILE_WORKERS, else one per core beyond the first."""
+    """Helpers to start for a cold compile: $DLC_COMPILE_WORKERS, else one per core beyond the first, the cores
+    shared out among the MPI ranks on this machine (each compiles the same module at the same time)."""
     value = os.environ.get(ENV)
     if value is None or value.strip() == "":
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        return max(0, min(cores - 1, MAX_WORKERS))
+        return max(0, min(cores // _local_ranks() - 1, MAX_WORKERS))
     try:
         count = int(value)
     except ValueError:
@@ -71,6 +73,16 @@ def worker_count() -> int:
     if count < 0:
         raise ValueError(f"{ENV} must be a whole number of helper processes (0 for none), not {value!r}")
     return count
+
+
+def _local_ranks() -> int:
+    """How many MPI ranks run on this machine, as Open MPI or MPICH tell them (1 outside MPI)."""
+    for name in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
+        try:
+            return max(1, int(os.environ[name]))
+        except (KeyError, ValueError):
+            continue
+    return 1
 
 
 def helper_command() -> list[str]:
