@@ -27,7 +27,7 @@ from ..cache import digest, ensure_file, replace_unusable
 from ..codegen.numba import GeneratedModule, RenderedKernel, is_scalar_node, render_program
 from ..graph import TUPLE, Node, dim_eval, shape_eval
 from ..ops.collective import HOST_CALLS
-from . import update_lock
+from . import compile_workers, update_lock
 from .reference import node_value
 
 log = logging.getLogger("dlc")
@@ -38,6 +38,7 @@ _KERNELS_DIR = Path(__file__).resolve().parents[1] / "kernels" / "cpu"
 # CPython as a tuple of them; numba then sees a tuple holding a function (call_kernel's first argument) and warns
 # of its experimental first-class functions, which generated code never uses. Only for generated modules.
 warnings.filterwarnings("ignore", message=r".*First-class function type feature is experimental", module=r".*dlc_gen_")
+
 _FALLBACK_LOGGED: set[str] = set()
 FIXED, INPUT, OUTPUT = 0, 1, 2
 
@@ -419,18 +420,16 @@ class CPUBackend:
     def _compile_ahead(self, ws: _Plan, X: list) -> None:
         """The first call of a newly generated module: compile all its functions (and its scans' loops) for
         these arguments before any runs, sharing them with helper processes (runtime/compile_workers.py)."""
-        from . import compile_workers
-
         self._cold = False
         _WRITTEN.discard(self.module.__name__)
         workers = compile_workers.worker_count()
         t0 = time.perf_counter()
-        jobs = self._compile_jobs(ws, X, compile_workers)
-        jobs += [scan.compile_job(ws, X, ws.env, compile_workers) for scan in self._scans if scan.loop is not None]
+        jobs = self._compile_jobs(ws, X)
+        jobs += [scan.compile_job(ws, X, ws.env) for scan in self._scans if scan.loop is not None]
         self.stats.update(compile_workers.compile_all(jobs, workers))
         self.stats["numba_compile_s"] += time.perf_counter() - t0
 
-    def _compile_jobs(self, ws: _Plan, X: list, compile_workers) -> list:
+    def _compile_jobs(self, ws: _Plan, X: list) -> list[compile_workers.Job]:
         """The generated module's functions, each with the argument types its callers pass (ModuleFunction)."""
         import numba
 

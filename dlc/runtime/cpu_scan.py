@@ -42,6 +42,7 @@ from ..codegen import source_text
 from ..codegen.numba import NP_DTYPE, GeneratedModule, Writer
 from ..graph import TUPLE, Node, dim_eval, shape_eval
 from ..program import Kernel, Program, nbytes
+from . import compile_workers
 from .cpu import FIXED, CPUBackend, cache_dir, load_module
 
 log = logging.getLogger("dlc")
@@ -273,7 +274,7 @@ class NativeScan:
             binding.args[a] = X[m].reshape(shape)
         return binding
 
-    def compile_job(self, plan, X: list, env: dict, compile_workers):
+    def compile_job(self, plan, X: list, env: dict) -> compile_workers.Job:
         """The loop (with its body) as a job for a cold compile: its arguments' types at this call."""
         import numba
 
