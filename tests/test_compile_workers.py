@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -172,3 +173,24 @@ def test_a_helper_imports_only_a_module_that_is_its_own_hash(tmp_path):
     with pytest.raises(ValueError, match="is not the generated module"):
         compile_workers._load(path.stem, str(path))
     assert path.stem not in sys.modules
+
+
+def test_a_part_of_many_arguments_compiles_without_numba_warnings(monkeypatch, cold):
+    """An outer function's part taking more than 30 arrays is called through a tuple of them (CPython's limit),
+    which numba warns about as an experimental first-class function; nothing of that reaches the user."""
+    monkeypatch.setattr(numba_codegen, "PART_LINES", 20)
+    xs = [dlc.input(f"x{i}", (4,)) for i in range(32)]
+    total = dlc.sum(dlc.tanh(xs[0]))
+    for i, x in enumerate(xs[1:]):
+        total = total + dlc.sum(dlc.tanh(x) * (i + 2.0))
+    values = [np.full(4, 0.1 * i, np.float32) for i in range(32)]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn = dlc.compile(total, inputs=xs, target="cpu")
+        got = fn(*values)
+    source = fn.backend.source()
+    calls = [line for line in source.splitlines() if line.strip().startswith("call_kernel(segment")]
+    assert calls and max(line.count(",") for line in calls) > 30, "a part called with more than 30 arguments"
+    assert not [w for w in caught if "First-class function" in str(w.message)], [str(w.message) for w in caught]
+    want = sum(np.tanh(v.astype(np.float64)).sum() * (1.0 if i == 0 else i + 1.0) for i, v in enumerate(values))
+    np.testing.assert_allclose(got, want, rtol=1e-5)

@@ -34,10 +34,15 @@ log = logging.getLogger("dlc")
 
 _KERNELS_DIR = Path(__file__).resolve().parents[1] / "kernels" / "cpu"
 
-# A call of more than 30 arguments (an outer function's part taking every input and output) is compiled by
-# CPython as a tuple of them; numba then sees a tuple holding a function (call_kernel's first argument) and warns
-# of its experimental first-class functions, which generated code never uses. Only for generated modules.
-warnings.filterwarnings("ignore", message=r".*First-class function type feature is experimental", module=r".*dlc_gen_")
+
+def _quiet_first_class_warning() -> None:
+    """A call of more than 30 arguments (an outer function's part taking every input and output) is compiled by
+    CPython as a tuple of them; numba then sees a tuple holding a function (call_kernel's first argument) and
+    warns of its experimental first-class functions, which generated code never uses. Ignored for generated
+    modules only; set again before each compile, since a test harness may restore the filters it started with."""
+    warnings.filterwarnings("ignore", message=r".*First-class function type feature is experimental",
+                            module=r".*dlc_gen_")
+
 
 _FALLBACK_LOGGED: set[str] = set()
 FIXED, INPUT, OUTPUT = 0, 1, 2
@@ -422,6 +427,7 @@ class CPUBackend:
         these arguments before any runs, sharing them with helper processes (runtime/compile_workers.py)."""
         self._cold = False
         _WRITTEN.discard(self.module.__name__)
+        _quiet_first_class_warning()
         workers = compile_workers.worker_count()
         t0 = time.perf_counter()
         jobs = self._compile_jobs(ws, X)
@@ -452,6 +458,7 @@ class CPUBackend:
     def _call(self, i: int, func, plan: _Plan, X: list) -> None:
         """A call that compiles: timed, and logged with the reason when it is not the first."""
         seen = self._seen_signatures[i]
+        _quiet_first_class_warning()
         t0 = time.perf_counter()
         func(plan.arena, plan.S, *(X if self._direct is None else self._outer_args(X)))
         self.stats["numba_compile_s"] += time.perf_counter() - t0
