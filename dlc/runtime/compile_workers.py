@@ -234,17 +234,13 @@ def _load(name: str, path: str) -> None:
     """Import a generated module from its file under its name, once; its name must be its source's digest."""
     if name in sys.modules:
         return
-    import importlib.util
-
     from ..cache import read_checked
+    from .cpu import import_file
 
     prefix = "dlc_gen_"
     if not name.startswith(prefix) or read_checked(Path(path), name[len(prefix):]) is None:
         raise ValueError(f"{path} is not the generated module {name}")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
+    import_file(name, path)
 
 
 def serve(stdin, stdout) -> None:

@@ -115,10 +115,7 @@ def load_kernel_modules() -> None:
         path = _KERNELS_DIR / f"{stem}.py"
         if not path.exists():
             raise FileNotFoundError(f"the CPU backend's hand-written kernels are missing: {path}")
-        spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
+        import_file(name, path)
 
 
 _WRITTEN: set[str] = set()   # generated modules this process wrote: numba's cache holds nothing of them yet
@@ -144,6 +141,11 @@ def load_module(gen: GeneratedModule, directory: Path):
         written = ensure_file(path, source)
     if written:
         _WRITTEN.add(name)
+    return import_file(name, path)
+
+
+def import_file(name: str, path) -> object:
+    """Import the Python file at path as module `name` (registered before it runs, as an import would)."""
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
@@ -390,8 +392,6 @@ class CPUBackend:
             for k in self._input_positions:
                 if not X[k].dtype.isnative:
                     X[k] = X[k].astype(X[k].dtype.newbyteorder("="))
-            if self._cold:
-                self._compile_ahead(ws, X)
             # values returned as they are before this call's updates (an output may be a parameter)
             early = {i: self._value_view(self.program.outputs[i], ws, X, env).copy() for i in ws.early}
             pending = [(k, self._value_view(v, ws, X, env).copy()) for k, v in self._python_updates]
@@ -424,14 +424,16 @@ class CPUBackend:
 
     def _compile_ahead(self, ws: _Plan, X: list) -> None:
         """The first call of a newly generated module: compile all its functions (and its scans' loops) for
-        these arguments before any runs, sharing them with helper processes (runtime/compile_workers.py)."""
+        these arguments before the first of them runs, sharing them with helper processes
+        (runtime/compile_workers.py)."""
         self._cold = False
         _WRITTEN.discard(self.module.__name__)
-        _quiet_first_class_warning()
         workers = compile_workers.worker_count()
         t0 = time.perf_counter()
         jobs = self._compile_jobs(ws, X)
-        jobs += [scan.compile_job(ws, X, ws.env) for scan in self._scans if scan.loop is not None]
+        # (a scan run before any outer function, the program's first kernel, has compiled its loop already)
+        jobs += [scan.compile_job(ws, X, ws.env) for scan in self._scans if scan.loop is not None and
+                 not scan.compiled]
         self.stats.update(compile_workers.compile_all(jobs, workers))
         self.stats["numba_compile_s"] += time.perf_counter() - t0
 
@@ -457,8 +459,10 @@ class CPUBackend:
 
     def _call(self, i: int, func, plan: _Plan, X: list) -> None:
         """A call that compiles: timed, and logged with the reason when it is not the first."""
-        seen = self._seen_signatures[i]
         _quiet_first_class_warning()
+        if self._cold:   # the module's first compile: all of it at once, shared with helpers
+            self._compile_ahead(plan, X)
+        seen = self._seen_signatures[i]
         t0 = time.perf_counter()
         func(plan.arena, plan.S, *(X if self._direct is None else self._outer_args(X)))
         self.stats["numba_compile_s"] += time.perf_counter() - t0

@@ -150,7 +150,7 @@ class NativeScan:
             self.loop_source = source
         else:
             log.info("dlc cpu: %s: its body has numpy fallbacks, the loop runs in Python", body.name)
-        self._compiled = False
+        self.compiled = False
 
     # ---- per plan
 
@@ -290,14 +290,14 @@ class NativeScan:
         args = binding.args
         if self.loop is None:
             self._python_loop(binding, env)
-        elif self._compiled:
+        elif self.compiled:
             self.loop(*args)
         else:
             t0 = time.perf_counter()
             self.loop(*args)
             self.backend.stats["numba_compile_s"] = self.backend.stats.get("numba_compile_s", 0.0) + \
                 time.perf_counter() - t0
-            self._compiled = True
+            self.compiled = True
 
     def output_runner(self, index: int):
         """The scan_output kernel of result `index`: nothing to do when the scan wrote its buffer directly."""
