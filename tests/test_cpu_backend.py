@@ -292,6 +292,26 @@ def test_ops_match_reference(name, rng):
     compare(outputs, feeds, tol)
 
 
+@pytest.mark.parametrize("name, lo, hi, atol, rtol", [
+    ("erf", -6.0, 6.0, 5e-7, 5e-7), ("tanh", -12.0, 12.0, 2e-7, 2e-7), ("exp", -87.0, 88.72, 0.0, 4e-7),
+    ("gelu_erf", -8.0, 8.0, 1.5e-6, 5e-7), ("sigmoid", -30.0, 30.0, 1e-7, 5e-7)])
+def test_float32_approximations_on_a_dense_grid(name, lo, hi, atol, rtol):
+    """The vectorized float32 forms (kernels/cpu/fastmath.py) against float64 numpy/scipy on 200,001 points,
+    tiny arguments, the infinities and NaN."""
+    from scipy import special
+    exact = {"erf": special.erf, "tanh": np.tanh, "exp": np.exp, "sigmoid": special.expit,
+             "gelu_erf": lambda v: v * special.ndtr(v)}[name]
+    grid = np.concatenate([np.linspace(lo, hi, 200_001), [1e-30, -1e-20, 1e-8, 0.0, -0.0]]).astype(np.float32)
+    x = dlc.input("x", (grid.size,), "float32")
+    got = dlc.compile(F._apply(name, x), target="cpu")(grid)
+    want = exact(grid.astype(np.float64))
+    np.testing.assert_allclose(got, want, atol=atol, rtol=rtol)
+    specials = np.array([np.inf, -np.inf, np.nan], np.float32)  # as the reference executor's formula gives them
+    y = F._apply(name, dlc.input("s", (3,), "float32"))
+    with np.errstate(invalid="ignore"):  # gelu(+-inf) is inf * 0 in the formula: NaN, as PyTorch's
+        np.testing.assert_array_equal(dlc.compile(y, target="cpu")(specials), dlc.compile(y)(specials))
+
+
 def test_unfused_kernels_match_reference(rng):
     """One kernel per op: single-node lowerings (remaps, reductions, GEMM) without fusion around them."""
     x = dlc.input("x", ("B", 3, 4))

@@ -25,7 +25,7 @@ FUNCTIONS: dict[str, MathFunction] = {
     "tanh": MathFunction("math.tanh", "dlc_tanh", {"float32": "tanh_f32"}),
     "sigmoid": MathFunction(None, "dlc_sigmoid", {"float32": "sigmoid_f32", "float64": "sigmoid_f64"}),
     "softplus": MathFunction(None, "dlc_softplus", {"float32": "softplus_f32", "float64": "softplus_f64"}),
-    "erf": MathFunction("math.erf", "dlc_erf"),
+    "erf": MathFunction("math.erf", "dlc_erf", {"float32": "erf_f32"}),
     "sin": MathFunction("math.sin", "dlc_sin"),
     "cos": MathFunction("math.cos", "dlc_cos"),
     "pow": MathFunction("pow_", "dlc_pow"),
