@@ -20,7 +20,8 @@ parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 parser.add_argument("--epochs", type=int, default=4)
 parser.add_argument("--steps-per-epoch", type=int, default=250)
 parser.add_argument("--time-budget", type=float, default=None,
-                    help="stop training after this many seconds of steps (the first, compiling step not counted)")
+                    help="stop training after this many seconds of steps (the first, compiling step not counted); "
+                         "the learning rate's cosine then runs over the budget")
 parser.add_argument("--batch-size", type=int, default=32)
 parser.add_argument("--seq-len", type=int, default=64)
 parser.add_argument("--hidden", type=int, default=128)
@@ -57,8 +58,9 @@ class CharGRU(nn.Module):
 
 model = CharGRU(len(chars), args.hidden)
 ids, targets = dlc.input("ids", ("B", "T"), "int64"), dlc.input("targets", ("B", "T"), "int64")
-opt = dlc.optim.Adam(model.parameters(), lr=3e-3, max_grad_norm=5.0)
-schedule = dlc.optim.CosineLR(opt, t_max=args.epochs)
+base_lr = 3e-3
+opt = dlc.optim.Adam(model.parameters(), lr=base_lr, max_grad_norm=5.0)
+schedule = dlc.optim.CosineLR(opt, t_max=args.epochs)  # per epoch, unless a time budget is set
 
 
 def loss_fn(ids, targets):
@@ -97,6 +99,9 @@ for epoch in range(1, args.epochs + 1):
     losses = []
     for _ in range(args.steps_per_epoch):
         starts = rng.integers(0, len(train) - args.seq_len - 1, args.batch_size)
+        if args.time_budget:  # the cosine runs over the budget (or the steps, if they end first), as gpt_charlm's
+            progress = max(steps_done / (args.epochs * args.steps_per_epoch), spent / args.time_budget)
+            opt.lr = base_lr * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
         t0 = time.perf_counter()
         losses.append(float(step(windows(train, starts, args.seq_len), windows(train, starts + 1, args.seq_len))))
         steps_done += 1
@@ -106,7 +111,8 @@ for epoch in range(1, args.epochs + 1):
             spent += time.perf_counter() - t0
         if args.time_budget and spent >= args.time_budget:
             break
-    schedule.step()
+    if not args.time_budget:
+        schedule.step()
     print(f"epoch {epoch}  train {np.mean(losses[-50:]) / math.log(2):.3f} bits/char  "
           f"validation {bits_per_char(val, args.seq_len):.3f} bits/char", flush=True)
     if args.time_budget and spent >= args.time_budget:
