@@ -294,13 +294,14 @@ def test_ops_match_reference(name, rng):
 
 @pytest.mark.parametrize("name, lo, hi, atol, rtol", [
     ("erf", -6.0, 6.0, 5e-7, 5e-7), ("tanh", -12.0, 12.0, 2e-7, 2e-7), ("exp", -87.0, 88.72, 0.0, 4e-7),
-    ("gelu_erf", -8.0, 8.0, 1.5e-6, 5e-7), ("sigmoid", -30.0, 30.0, 1e-7, 5e-7)])
+    ("gelu_erf", -8.0, 8.0, 1.5e-6, 5e-7), ("sigmoid", -30.0, 30.0, 1e-7, 5e-7),
+    ("softplus", -80.0, 80.0, 1e-7, 5e-7)])
 def test_float32_approximations_on_a_dense_grid(name, lo, hi, atol, rtol):
     """The vectorized float32 forms (kernels/cpu/fastmath.py) against float64 numpy/scipy on 200,001 points,
     tiny arguments, the infinities and NaN."""
     from scipy import special
     exact = {"erf": special.erf, "tanh": np.tanh, "exp": np.exp, "sigmoid": special.expit,
-             "gelu_erf": lambda v: v * special.ndtr(v)}[name]
+             "gelu_erf": lambda v: v * special.ndtr(v), "softplus": lambda v: np.logaddexp(0, v)}[name]
     grid = np.concatenate([np.linspace(lo, hi, 200_001), [1e-30, -1e-20, 1e-8, 0.0, -0.0]]).astype(np.float32)
     x = dlc.input("x", (grid.size,), "float32")
     got = dlc.compile(F._apply(name, x), target="cpu")(grid)
