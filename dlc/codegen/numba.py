@@ -482,15 +482,15 @@ def _render_matmul(program, kernel, parallel=False):
         v = f"{name}[{', '.join(bidx)}]" if bidx else name
         views.append(v + (".T" if transposed else ""))
     (a_name, a, a_transposed), (_, b, _) = operands
+    axis = None if a_transposed else _rows_axis(kernel, a)
     if nb and b.ndim == 2 and not a_transposed and tuple(a.shape[:-2]) == tuple(anchor.shape[:-2]):
         # a matrix shared by the whole batch: one GEMM over all rows of a (C-ordered), not one per batch index
         a_rows, out_rows = f"{a_name}.reshape((-1, {a_name}.shape[-1]))", f"{tgt}.reshape((-1, {tgt}.shape[-1]))"
-        axis = _rows_axis(kernel, a)
         if axis is not None:
             return _render_gemm_rows_on_threads(r, kernel, tgt, axis, a_rows, views[1], out_rows)
         r.emit([ir.Call("gemm", (a_rows, views[1], out_rows), anchor)])
-    elif not nb and not a_transposed and _rows_axis(kernel, a) is not None:
-        return _render_gemm_rows_on_threads(r, kernel, tgt, _rows_axis(kernel, a), a_name, views[1], tgt)
+    elif not nb and axis is not None:
+        return _render_gemm_rows_on_threads(r, kernel, tgt, axis, a_name, views[1], tgt)
     else:
         out = f"{tgt}[{', '.join(names)}]" if names else tgt
         gemms = [ir.Call("gemm", (views[0], views[1], out), anchor)]
