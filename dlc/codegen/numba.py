@@ -504,44 +504,42 @@ GEMM_ROW_CHUNKS = 4
 
 
 def _rows_axis(kernel: Kernel, a: Node) -> int | None:
-    """The axis along which a GEMM with an elementwise epilogue may split its output rows, each chunk's GEMM
-    and epilogue on one thread: the first axis before the last not known to be 1. None (one GEMM on BLAS's
-    pool, then the epilogue) when there is no epilogue, or when its sizes are all known and fail the rule of
-    _render_gemm_rows_on_threads (which otherwise decides at run time)."""
+    """The axis along which a GEMM with an elementwise epilogue splits its output rows, each chunk's GEMM and
+    epilogue on one thread: the first axis before the last that is not 1, for a GEMM of known sizes with at
+    least GEMM_ROWS_MIN_MACS multiply-adds whose chunks have at least as many rows as the shared matrix has in
+    either dim (each chunk's GEMM packs that matrix again: an MLP step's 32-row chunks lost to BLAS's pool).
+    None otherwise: one GEMM on BLAS's pool, then the epilogue. Symbolic sizes keep that path too: rendering
+    both (a run-time choice) made every linear layer of a symbolic batch a parallel function, and a small
+    MLP step's cold compile took 7.7 s against 5.6."""
     anchor = kernel.anchor
     if not kernel.nodes[kernel.nodes.index(anchor) + 1:]:
         return None
-    axis = next((k for k, d in enumerate(anchor.shape[:-1]) if d != 1), None)
     dims = (*anchor.shape, a.shape[-1])   # (rows..., n, k): a is not transposed here
-    if axis is None or not all(isinstance(d, int) for d in dims):
-        return axis
+    if not all(isinstance(d, int) for d in dims):
+        return None
+    axis = next((k for k, d in enumerate(anchor.shape[:-1]) if d != 1), None)
     m, n, k = int(np.prod(anchor.shape[:-1], dtype=np.int64)), dims[-2], dims[-1]
-    return axis if m * k * n >= GEMM_ROWS_MIN_MACS and m >= GEMM_ROW_CHUNKS * max(k, n) else None
+    big = m * k * n >= GEMM_ROWS_MIN_MACS and m >= GEMM_ROW_CHUNKS * max(k, n)
+    return axis if big else None
 
 
 def _render_gemm_rows_on_threads(r: KernelRenderer, kernel: Kernel, tgt: str, axis: int, a_rows: str, b: str,
                                  out_rows: str) -> RenderedKernel:
     """gemm + epilogue in GEMM_ROW_CHUNKS chunks of one axis on numba's threads, BLAS on each calling thread
     (its own pool off meanwhile, so the two never share the cores): the epilogue runs on every core, over
-    rows its thread's GEMM just wrote. Only for at least GEMM_ROWS_MIN_MACS multiply-adds and chunks of at
-    least as many rows as the shared matrix has in either dim (each chunk's GEMM packs that matrix again:
-    an MLP step's 32-row chunks were slower than BLAS's pool); else one chunk, on BLAS's pool."""
+    rows its thread's GEMM just wrote."""
     anchor = kernel.anchor
-    m, k, n, chunks, per = (f"{P}{x}" for x in ("m", "k", "n", "chunks", "per"))
-    r.w(f"{m}, {k}, {n} = {tgt}.size // {tgt}.shape[-1], {a_rows}.shape[1], {tgt}.shape[-1]")
-    r.w(f"{chunks} = {GEMM_ROW_CHUNKS} if {m} * {k} * {n} >= {GEMM_ROWS_MIN_MACS} and "
-        f"{m} >= {GEMM_ROW_CHUNKS} * max({k}, {n}) else 1")
-    r.w(f"{per} = {m} // max({tgt}.shape[{axis}], 1)  # GEMM rows per index of the split axis")
-    r.w(f"{P}blas = blas_on_calling_thread() if {chunks} > 1 else 0")
+    per = f"{P}per"
+    r.w(f"{per} = {tgt}.size // ({tgt}.shape[-1] * {tgt}.shape[{axis}])  # GEMM rows per index of the axis")
+    r.w(f"{P}blas = blas_on_calling_thread()")
     c, lo, hi = f"{P}c", f"{P}lo", f"{P}hi"
-    with r.w.block(f"for {c} in prange({chunks}):"):
-        r.w(f"{lo} = {c} * {tgt}.shape[{axis}] // {chunks}")
-        r.w(f"{hi} = ({c} + 1) * {tgt}.shape[{axis}] // {chunks}")
+    with r.w.block(f"for {c} in prange({GEMM_ROW_CHUNKS}):"):
+        r.w(f"{lo} = {c} * {tgt}.shape[{axis}] // {GEMM_ROW_CHUNKS}")
+        r.w(f"{hi} = ({c} + 1) * {tgt}.shape[{axis}] // {GEMM_ROW_CHUNKS}")
         rows = f"{lo} * {per}:{hi} * {per}"
         r.emit([ir.Call("gemm", (f"{a_rows}[{rows}]", b, f"{out_rows}[{rows}]"), anchor)])
         _render_epilogue(r, kernel, tgt, chunk=(axis, lo, hi))
-    with r.w.block(f"if {chunks} > 1:"):
-        r.w(f"restore_blas_threads({P}blas)")
+    r.w(f"restore_blas_threads({P}blas)")
     return _finish(r, kernel, _describe(kernel), True)
 
 
