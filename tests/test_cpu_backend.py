@@ -616,33 +616,6 @@ def test_parallel_matmul_epilogues_run_in_chunks(rng, batch):
         assert_close(par(xv, rv), want(xv, rv))
 
 
-def test_large_gemm_epilogues_split_rows_over_threads(rng):
-    """A GEMM of known sizes and at least GEMM_ROWS_MIN_MACS with an epilogue runs its rows in chunks, each
-    chunk's GEMM and epilogue on one thread, for batch axes of any length (chunks left empty included) and in
-    2-D; a small one, or one of a symbolic batch, keeps one GEMM on BLAS's pool."""
-    from dlc.codegen.numba import GEMM_ROW_CHUNKS, GEMM_ROWS_MIN_MACS
-
-    w = dlc.param(rand(rng, (256, 256), lo=-0.1, hi=0.1), name="w")
-    b = dlc.param(rand(rng, (256,)), name="b")
-
-    def build(x):
-        return dlc.gelu(x @ w + b) + x          # bias, GELU and a residual read at the GEMM's own rows
-
-    def source(shape):
-        x = dlc.input("x", shape)
-        return dlc.compile(build(x), [x], target="cpu").backend.source()
-
-    rows = GEMM_ROWS_MIN_MACS // (256 * 256) + 2
-    for shape in [(5, rows // 5 + 1, 256), (rows, 256), (1, GEMM_ROW_CHUNKS - 1, rows, 256)]:
-        x = dlc.input("x", shape)
-        fn, want = dlc.compile(build(x), [x], target="cpu"), dlc.compile(build(x), [x], target="reference")
-        assert "blas_on_calling_thread()" in fn.backend.source(), shape
-        xv = rand(rng, shape)
-        assert_close(fn(xv), want(xv))
-    assert "blas_on_calling_thread()" not in source((4, 8, 256))
-    assert "blas_on_calling_thread()" not in source(("B", rows, 256))
-
-
 def test_the_same_graph_renders_the_same_module():
     """Node serials differ between traces; the generated text (hence numba's cache entry) must not."""
     import gc

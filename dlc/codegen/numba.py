@@ -482,65 +482,16 @@ def _render_matmul(program, kernel, parallel=False):
         v = f"{name}[{', '.join(bidx)}]" if bidx else name
         views.append(v + (".T" if transposed else ""))
     (a_name, a, a_transposed), (_, b, _) = operands
-    axis = None if a_transposed else _rows_axis(kernel, a)
     if nb and b.ndim == 2 and not a_transposed and tuple(a.shape[:-2]) == tuple(anchor.shape[:-2]):
         # a matrix shared by the whole batch: one GEMM over all rows of a (C-ordered), not one per batch index
-        a_rows, out_rows = f"{a_name}.reshape((-1, {a_name}.shape[-1]))", f"{tgt}.reshape((-1, {tgt}.shape[-1]))"
-        if axis is not None:
-            return _render_gemm_rows_on_threads(r, kernel, tgt, axis, a_rows, views[1], out_rows)
-        r.emit([ir.Call("gemm", (a_rows, views[1], out_rows), anchor)])
-    elif not nb and axis is not None:
-        return _render_gemm_rows_on_threads(r, kernel, tgt, axis, a_name, views[1], tgt)
+        rows = (f"{a_name}.reshape((-1, {a_name}.shape[-1]))", views[1], f"{tgt}.reshape((-1, {tgt}.shape[-1]))")
+        r.emit([ir.Call("gemm", rows, anchor)])
     else:
         out = f"{tgt}[{', '.join(names)}]" if names else tgt
         gemms = [ir.Call("gemm", (views[0], views[1], out), anchor)]
         r.emit(ir.nest(names, r.extents(tgt, anchor.shape[:nb]), gemms))
     threads = _render_epilogue(r, kernel, tgt, parallel)
     return _finish(r, kernel, _describe(kernel), threads)
-
-
-GEMM_ROWS_MIN_MACS = 1 << 26   # a GEMM with an epilogue from which its rows are shared out with the epilogue
-GEMM_ROW_CHUNKS = 4
-
-
-def _rows_axis(kernel: Kernel, a: Node) -> int | None:
-    """The axis along which a GEMM with an elementwise epilogue splits its output rows, each chunk's GEMM and
-    epilogue on one thread: the first axis before the last that is not 1, for a GEMM of known sizes with at
-    least GEMM_ROWS_MIN_MACS multiply-adds whose chunks have at least as many rows as the shared matrix has in
-    either dim (each chunk's GEMM packs that matrix again: an MLP step's 32-row chunks lost to BLAS's pool).
-    None otherwise: one GEMM on BLAS's pool, then the epilogue. Symbolic sizes keep that path too: rendering
-    both (a run-time choice) made every linear layer of a symbolic batch a parallel function, and a small
-    MLP step's cold compile took 7.7 s against 5.6."""
-    anchor = kernel.anchor
-    if not kernel.nodes[kernel.nodes.index(anchor) + 1:]:
-        return None
-    dims = (*anchor.shape, a.shape[-1])   # (rows..., n, k): a is not transposed here
-    if not all(isinstance(d, int) for d in dims):
-        return None
-    axis = next((k for k, d in enumerate(anchor.shape[:-1]) if d != 1), None)
-    m, n, k = int(np.prod(anchor.shape[:-1], dtype=np.int64)), dims[-2], dims[-1]
-    big = m * k * n >= GEMM_ROWS_MIN_MACS and m >= GEMM_ROW_CHUNKS * max(k, n)
-    return axis if big else None
-
-
-def _render_gemm_rows_on_threads(r: KernelRenderer, kernel: Kernel, tgt: str, axis: int, a_rows: str, b: str,
-                                 out_rows: str) -> RenderedKernel:
-    """gemm + epilogue in GEMM_ROW_CHUNKS chunks of one axis on numba's threads, BLAS on each calling thread
-    (its own pool off meanwhile, so the two never share the cores): the epilogue runs on every core, over
-    rows its thread's GEMM just wrote."""
-    anchor = kernel.anchor
-    per = f"{P}per"
-    r.w(f"{per} = {tgt}.size // ({tgt}.shape[-1] * {tgt}.shape[{axis}])  # GEMM rows per index of the axis")
-    r.w(f"{P}blas = blas_on_calling_thread()")
-    c, lo, hi = f"{P}c", f"{P}lo", f"{P}hi"
-    with r.w.block(f"for {c} in prange({GEMM_ROW_CHUNKS}):"):
-        r.w(f"{lo} = {c} * {tgt}.shape[{axis}] // {GEMM_ROW_CHUNKS}")
-        r.w(f"{hi} = ({c} + 1) * {tgt}.shape[{axis}] // {GEMM_ROW_CHUNKS}")
-        rows = f"{lo} * {per}:{hi} * {per}"
-        r.emit([ir.Call("gemm", (f"{a_rows}[{rows}]", b, f"{out_rows}[{rows}]"), anchor)])
-        _render_epilogue(r, kernel, tgt, chunk=(axis, lo, hi))
-    r.w(f"restore_blas_threads({P}blas)")
-    return _finish(r, kernel, _describe(kernel), True)
 
 
 # ----------------------------------------------------------------------------
@@ -607,12 +558,10 @@ def _anchor_target(r: KernelRenderer, kernel: Kernel) -> str:
     return tgt
 
 
-def _render_epilogue(r: KernelRenderer, kernel: Kernel, tgt: str, parallel: bool = False,
-                     chunk: tuple[int, str, str] | None = None) -> bool:
+def _render_epilogue(r: KernelRenderer, kernel: Kernel, tgt: str, parallel: bool = False) -> bool:
     """The elementwise nodes after the anchor: one loop nest over its output space, reading its value from tgt,
     computing and storing the other outputs. With `parallel`, a large output's nest runs in chunks of one axis
-    on threads (the elementwise kernels' rule); with `chunk` (axis, lo, hi), only over lo .. hi of that axis
-    (inside a caller's chunk). Returns whether it starts threads."""
+    on threads (the elementwise kernels' rule). Returns whether it does."""
     anchor = kernel.anchor
     rest = kernel.nodes[kernel.nodes.index(anchor) + 1:]
     if not rest and all(o is anchor for o in kernel.outputs):
@@ -624,26 +573,18 @@ def _render_epilogue(r: KernelRenderer, kernel: Kernel, tgt: str, parallel: bool
     r.vals.store_all(idx, [o for o in kernel.outputs if o is not anchor])
     body = [ir.Let(t, anchor.dtype, ir.Load(anchor, idx))] + r.vals.take()
     extents = r.extents(tgt, anchor.shape)
-    if chunk is not None:
-        r.emit(_nest_over_chunk(names, extents, body, *chunk))
-        return False
     axis = _chunked_axis(anchor.shape) if parallel else None
     if axis is None:
         r.emit(ir.nest(names, extents, body))
         return False
     # chunks of the first axis longer than 1 (the ones before it have one index)
     with _thread_chunks(r, f"{tgt}.size", f"{tgt}.shape[{axis}]") as (lo, hi):
-        r.emit(_nest_over_chunk(names, extents, body, axis, lo, hi))
+        nest = body
+        for k in range(anchor.ndim - 1, -1, -1):
+            bounds = dict(start=ir.Var(lo), extent=ir.Var(hi)) if k == axis else dict(extent=extents[k])
+            nest = [ir.Loop(names[k], body=tuple(nest), **bounds)]
+        r.emit(nest)
     return True
-
-
-def _nest_over_chunk(names, extents, body, axis, lo, hi) -> list:
-    """A loop nest over extents whose `axis` loop runs from lo to hi only."""
-    nest = body
-    for k in range(len(names) - 1, -1, -1):
-        bounds = dict(start=ir.Var(lo), extent=ir.Var(hi)) if k == axis else dict(extent=extents[k])
-        nest = [ir.Loop(names[k], body=tuple(nest), **bounds)]
-    return nest
 
 
 def _chunked_axis(shape) -> int | None:
@@ -885,7 +826,7 @@ from numba import njit, prange
 
 from dlc.errors import IndexRangeError
 from dlc_cpu_fastmath import *  # noqa: F403  (kernels/cpu/fastmath.py: tanh_f32, exp_f32, fmax, ...)
-from dlc_cpu_gemm import blas_on_calling_thread, copy_flat, gemm, restore_blas_threads
+from dlc_cpu_gemm import copy_flat, gemm
 from dlc_cpu_views import address_view, arena_view
 from dlc_cpu_library import bind, call_kernel
 from dlc_cpu_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_grad, avg_pool2d, avg_pool2d_grad, max_pool2d,
