@@ -251,3 +251,30 @@ def test_weight_used_only_from_the_right_gets_one_product_after_the_loop(rng):
     g_w = dlc.grad(build(xs, h0, w), w)
     (backward,) = [n for n in Graph([g_w.node]).nodes if n.op == "scan" and not n.attr("save_carries")]
     assert [p.shape for p in backward.attr("body").carry_in] == [(2, 3)]  # only dL/dh
+
+
+def test_the_forward_saves_carried_products_so_the_backward_multiplies_by_w_once(rng):
+    """h @ W (left operand from the carry) is stacked by the forward scan as an extra y the user never sees; the
+    backward body reads it back instead of computing it again: one matmul per step (dL/dh = dL/dm W^T), not two."""
+    def build(xs, h0, w):
+        def body(carry, x):
+            h, c = carry
+            z = x + h @ w
+            c = dlc.sigmoid(z) * c + dlc.tanh(z)
+            h = dlc.tanh(c)
+            return (h, c), h * 2.0
+        (h, c), ys = dlc.scan(body, (h0, h0), xs)
+        return dlc.sum(ys * ys) + dlc.sum(h * c)
+
+    check_grad(build, [rng.normal(size=(4, 2, 3)), rng.normal(size=(2, 3)), rng.normal(size=(3, 3)) * 0.5])
+    xs, h0, w = dlc.input("xs", (4, 2, 3)), dlc.input("h0", (2, 3)), dlc.input("w", (3, 3))
+    loss = build(xs, h0, w)
+    (forward,) = [n for n in Graph([loss.node]).nodes if n.op == "scan"]
+    fbody = forward.attr("body")
+    assert len(fbody.y_out) == 2 and fbody.y_out[1].op == "matmul"  # the user's y, then h @ w
+    assert len([n for n in Graph([loss.node]).nodes if n.op == "scan_output"]) == 3  # h, c, ys: not the product
+    grads = dlc.grad(loss, [xs, h0, w])
+    (backward,) = [n for n in Graph([g.node for g in grads]).nodes if n.op == "scan" and not n.attr("save_carries")]
+    bbody = backward.attr("body")
+    assert [n.op for n in bbody.graph.nodes].count("matmul") == 1
+    assert len(bbody.y_out) == 2  # dL/dx and dL/dm (for dL/dW after the loop): a gradient's scan stacks no products

@@ -55,6 +55,14 @@ backward scan emits each step's left operand and output gradient, and one
 matrix product over all steps after the loop gives the weight's gradient
 (the way the forward input projection is one product before it).
 
+Such a product whose left operand depends on the carries (h @ W_hh: the
+step's costly part, which the backward would otherwise compute a second time)
+is saved by the forward scan: a scan that saves its carries also stacks those
+products as extra ys after the user's (`saved_products`, never returned to the
+user). The backward body then takes the product's value from there instead of
+re-running it, and sends its gradient on to the left operand itself
+(dL/dh = dL/dm W^T), so each backward step multiplies by W once, not twice.
+
 Padded batches: `lengths` (int, (B,)) masks the steps past a sequence's end:
 there the carries keep their value and the ys are zero. Every carry and y leaf
 then has the batch as its first axis.
@@ -220,9 +228,11 @@ def _substitute(order: list[Node], subst: dict[int, Node]) -> dict[int, Node]:
     return new
 
 
-def instantiate(body: Body, carries, xs, captured, step) -> dict[int, Node]:
-    """The body's graph re-built on given nodes in place of its placeholders: id(body node) -> new node."""
-    subst = {}
+def instantiate(body: Body, carries, xs, captured, step, values=None) -> dict[int, Node]:
+    """The body's graph re-built on given nodes in place of its placeholders: id(body node) -> new node.
+    `values` (id(body node) -> node) stands in given nodes for some inner ones too: their inputs are still
+    rebuilt, but nothing reads them there."""
+    subst = dict(values or {})
     for p, v in zip(body.placeholders, list(carries) + list(xs) + list(captured) + [step]):
         if tuple(v.shape) != tuple(p.shape) or v.dtype != p.dtype:
             raise AssertionError(f"{p.attr('name')} is {_describe(p)}, cannot bind {_describe(v)}")
@@ -320,6 +330,10 @@ def scan_with_step(fn, init_carry, xs=None, length=None, reverse=False, lengths=
     outs, captured, captured_in = _capture(outs, carry_in + x_in + [step_in], name)
     C = len(carry_in)
     body = Body(name, carry_in, x_in, captured_in, step_in, outs[:C], outs[C:])
+    if save_carries:
+        extra = [m for m in saved_products(body) if not any(m is y for y in body.y_out)]
+        if extra:
+            body = Body(name, carry_in, x_in, captured_in, step_in, outs[:C], outs[C:] + extra)
     node = apply("scan", [t.node for t in carry_leaves + x_leaves] + captured, body=body,
                  reverse=bool(reverse), length=T, save_carries=bool(save_carries))
     results = [Tensor(apply("scan_output", [node], index=k)) for k in range(C + len(y_leaves))]
@@ -428,6 +442,17 @@ def _right_matmuls(body: Body, j: int) -> list[Node] | None:
     return None
 
 
+def saved_products(body: Body) -> list[Node]:
+    """The products `a @ w` (w closed over, used only that way) whose left operand depends on a carry: what a
+    scan that saves its carries also saves per step, so that its gradient does not compute them again."""
+    carried = _depends_on(body.graph.nodes, {id(p) for p in body.carry_in})
+    out = []
+    for j in range(len(body.captured_in)):
+        if is_float(body.captured_in[j].dtype):
+            out += [m for m in _right_matmuls(body, j) or () if id(m.inputs[0]) in carried]
+    return out
+
+
 def _stacked_product(a_steps, g_steps):
     """sum over t of a_t.T @ g_t, as one matrix product over the (T, rows, .) stacks."""
     F = _F()
@@ -443,7 +468,7 @@ def _dim_mul(a, b):
 
 def _scan_grad(node, g, xs):
     """Backpropagation through time: a scan in the other direction over the saved carries."""
-    Tensor = _Tensor()
+    Tensor, F = _Tensor(), _F()
     body = node.attr("body")
     C, X, Y = len(body.carry_in), len(body.x_in), len(body.y_out)
     parts = g.parts
@@ -464,25 +489,37 @@ def _scan_grad(node, g, xs):
     # a left operand that is a carry or an x is already stacked outside; any other is emitted per step
     outer_left = {id(p): v for p, v in zip(body.carry_in + body.x_in, saved + list(seqs))}
     emitted = [m for m in products if id(m.inputs[0]) not in outer_left]
+    # products the forward scan stacked among its ys: read back, not computed again
+    stacked = [(m, j) for m in products for j, y in enumerate(body.y_out) if y is m]
+    weight_of = {id(m): captured[j] for j in hoisted for m in hoisted[j]}
+    products_read = [Tensor(apply("scan_output", [node], index=C + j)) for _, j in stacked]
     g_final = [parts.get(k) if parts.get(k) is not None else _zeros(init[k].shape, init[k].dtype) for k in fc]
     g_zero = [_zeros(captured[j].shape, captured[j].dtype) for j in summed]
 
     def backward_step(carry, x, step):
         g_carry, g_summed = carry
-        c_t, x_t, gy_t = x
-        new = instantiate(body, [c.node for c in c_t], [v.node for v in x_t], [c.node for c in captured], step.node)
+        c_t, x_t, gy_t, m_t = x
+        new = instantiate(body, [c.node for c in c_t], [v.node for v in x_t], [c.node for c in captured], step.node,
+                          {id(m): v.node for (m, _), v in zip(stacked, m_t)})
         outs = [Tensor(new[id(body.carry_out[k])]) for k in fc] + [Tensor(new[id(body.y_out[j])]) for j in seeded_ys]
         wrt = ([c_t[k] for k in fc] + [x_t[i] for i in fx] + [captured[j] for j in summed] +
                [Tensor(new[id(m)]) for m in products])
         grads = _autodiff_grad(outs, wrt, list(g_carry) + list(gy_t))
         n1, n2, n3 = len(fc), len(fc) + len(fx), len(fc) + len(fx) + len(summed)
-        dc, dx, dw, dm = grads[:n1], grads[n1:n2], grads[n2:n3], grads[n3:]
+        dm = grads[n3:]
+        if stacked:  # a read-back product passes no gradient to its left operand by itself: dL/da = dL/dm w^T
+            by_id = dict(zip(map(id, products), dm))
+            lefts_in = [Tensor(new[id(m.inputs[0])]) for m, _ in stacked]
+            seeds = [F.matmul(by_id[id(m)], F.transpose(weight_of[id(m)])) for m, _ in stacked]
+            more = _autodiff_grad(lefts_in, wrt[:n3], seeds)
+            grads = [a + b for a, b in zip(grads[:n3], more)] + dm
+        dc, dx, dw = grads[:n1], grads[n1:n2], grads[n2:n3]
         lefts = [Tensor(new[id(m.inputs[0])]) for m in emitted]
         return (dc, [a + b for a, b in zip(g_summed, dw)]), (dx, dm, lefts)
 
     gys = [parts[C + j] for j in seeded_ys]
     (g_init, g_sums), (g_seqs, g_products, left_steps) = scan_with_step(
-        backward_step, (g_final, g_zero), (saved, list(seqs), gys), length=node.attr("length"),
+        backward_step, (g_final, g_zero), (saved, list(seqs), gys, products_read), length=node.attr("length"),
         reverse=not node.attr("reverse"), save_carries=False)
     out: list = [None] * len(xs)
     for k, gk in zip(fc, g_init):
