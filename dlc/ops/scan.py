@@ -329,15 +329,20 @@ def scan_with_step(fn, init_carry, xs=None, length=None, reverse=False, lengths=
     outs = [t.node for t in new_leaves + y_leaves]
     outs, captured, captured_in = _capture(outs, carry_in + x_in + [step_in], name)
     C = len(carry_in)
-    body = Body(name, carry_in, x_in, captured_in, step_in, outs[:C], outs[C:])
+    # a value returned as several ys is stacked once (a gradient's dL/dx_t is often also dL/d(x_t @ W))
+    ys, slot = [], []
+    for y in outs[C:]:
+        slot.append(next((k for k, u in enumerate(ys) if u is y), len(ys)))
+        ys += [y] if slot[-1] == len(ys) else []
+    body = Body(name, carry_in, x_in, captured_in, step_in, outs[:C], ys)
     if save_carries:
-        extra = [m for m in saved_products(body) if not any(m is y for y in body.y_out)]
+        extra = [m for m in saved_products(body) if not any(m is y for y in ys)]
         if extra:
-            body = Body(name, carry_in, x_in, captured_in, step_in, outs[:C], outs[C:] + extra)
+            body = Body(name, carry_in, x_in, captured_in, step_in, outs[:C], ys + extra)
     node = apply("scan", [t.node for t in carry_leaves + x_leaves] + captured, body=body,
                  reverse=bool(reverse), length=T, save_carries=bool(save_carries))
-    results = [Tensor(apply("scan_output", [node], index=k)) for k in range(C + len(y_leaves))]
-    return _unflatten(carry_s, results[:C]), _unflatten(y_s, results[C:])
+    results = [Tensor(apply("scan_output", [node], index=k)) for k in range(C + len(ys))]
+    return _unflatten(carry_s, results[:C]), _unflatten(y_s, [results[C + k] for k in slot])
 
 
 def scan(body, init_carry, xs=None, length=None, reverse=False, lengths=None):
@@ -511,8 +516,10 @@ def _scan_grad(node, g, xs):
             by_id = dict(zip(map(id, products), dm))
             lefts_in = [Tensor(new[id(m.inputs[0])]) for m, _ in stacked]
             seeds = [F.matmul(by_id[id(m)], F.transpose(weight_of[id(m)])) for m, _ in stacked]
-            more = _autodiff_grad(lefts_in, wrt[:n3], seeds)
-            grads = [a + b for a, b in zip(grads[:n3], more)] + dm
+            reach = {id(n) for n in topo_order([a.node for a in lefts_in])}
+            upstream = [i for i in range(n3) if id(wrt[i].node) in reach]  # (no zeros added to the others)
+            for i, more in zip(upstream, _autodiff_grad(lefts_in, [wrt[i] for i in upstream], seeds)):
+                grads[i] = grads[i] + more
         dc, dx, dw = grads[:n1], grads[n1:n2], grads[n2:n3]
         lefts = [Tensor(new[id(m.inputs[0])]) for m in emitted]
         return (dc, [a + b for a, b in zip(g_summed, dw)]), (dx, dm, lefts)
