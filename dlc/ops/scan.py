@@ -330,10 +330,13 @@ def scan_with_step(fn, init_carry, xs=None, length=None, reverse=False, lengths=
     outs, captured, captured_in = _capture(outs, carry_in + x_in + [step_in], name)
     C = len(carry_in)
     # a value returned as several ys is stacked once (a gradient's dL/dx_t is often also dL/d(x_t @ W))
-    ys, slot = [], []
+    ys, slot = [], []   # slot[j]: where the user's y j is stacked
     for y in outs[C:]:
-        slot.append(next((k for k, u in enumerate(ys) if u is y), len(ys)))
-        ys += [y] if slot[-1] == len(ys) else []
+        k = next((k for k, u in enumerate(ys) if u is y), None)
+        if k is None:
+            k = len(ys)
+            ys.append(y)
+        slot.append(k)
     body = Body(name, carry_in, x_in, captured_in, step_in, outs[:C], ys)
     if save_carries:
         extra = [m for m in saved_products(body) if not any(m is y for y in ys)]
