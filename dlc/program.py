@@ -85,6 +85,7 @@ class Program:
     refusals: list[str] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     bodies: dict[int, Program] = field(default_factory=dict)
+    loop_body: bool = False   # the body of a scan: each of its kernels runs once per step of the loop
     inplace: dict[int, Node] = field(default_factory=dict)
     planner: Callable | None = None
 

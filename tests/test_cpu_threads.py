@@ -142,3 +142,62 @@ def test_the_kernels_pool_runs_on_tbb_where_the_tbb_package_is_installed(tmp_pat
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split()[-1] == "tbb"
+
+
+@pytest.mark.parametrize("threads", ["one", "all"])
+def test_gemm_rows_of_loop_bodies_matches_numpy(threads):
+    """A scan body's GEMMs (gemm_rows) between OpenBLAS's unpacked size and a few million multiply-adds run in
+    row blocks on numba's threads (row-major left operands only): sizes around the rule's edges, float32 and
+    float64, transposed operands, and BLAS's thread count as it was."""
+    import numba
+
+    from dlc.runtime.cpu import load_kernel_modules
+
+    load_kernel_modules()
+    import dlc_cpu_gemm as g
+
+    call = numba.njit(lambda a, b, out: g.gemm_rows(a, b, out))  # as generated code calls it
+    rng = np.random.default_rng(3)
+    before = numba.get_num_threads()
+    numba.set_num_threads(1 if threads == "one" else numba.config.NUMBA_NUM_THREADS)
+    blas_before = g._BLAS_THREAD_FUNCTIONS[1]()
+    try:
+        blocked = 0
+        for m, k, n in [(32, 128, 512), (37, 128, 512), (7, 128, 512), (32, 512, 128), (64, 128, 512),
+                        (150, 100, 500), (8, 128, 1024), (2, 1000, 1000), (61, 257, 129), (5, 0, 7)]:
+            for dtype in (np.float32, np.float64):
+                a = rng.standard_normal((m, k)).astype(dtype)
+                for b in (rng.standard_normal((k, n)).astype(dtype), rng.standard_normal((n, k)).astype(dtype).T):
+                    want = a.astype(np.float64) @ b
+                    out = np.full((m, n), np.nan, dtype)
+                    call(a, b, out)
+                    np.testing.assert_allclose(out, want, rtol=1e-4, atol=1e-3)
+                    out_t = np.full((n, m), np.nan, dtype)
+                    call(b.T, a.T, out_t)  # an F-ordered left operand: one BLAS call
+                    np.testing.assert_allclose(out_t, want.T, rtol=1e-4, atol=1e-3)
+                rows = g.SMALL_MACS // max(k * n, 1)
+                blocked += g.SMALL_MACS < m * k * n <= g.ROW_BLOCKS_MAX_MACS and rows >= g.ROW_BLOCK_MIN
+            assert g._BLAS_THREAD_FUNCTIONS[1]() == blas_before
+        assert blocked >= 5  # the cases do reach the row blocks
+    finally:
+        numba.set_num_threads(before)
+
+
+def test_only_loop_bodies_call_gemm_rows():
+    """The LSTM step's GEMM inside the scan body goes through gemm_rows; the GEMMs outside the loop do not."""
+    x = dlc.input("x", (6, 4, 8))
+    w = dlc.param(np.random.default_rng(0).standard_normal((16, 64)).astype(np.float32), name="w_rows_test")
+    wx = dlc.param(np.random.default_rng(1).standard_normal((8, 64)).astype(np.float32), name="wx_rows_test")
+
+    def body(h, xt):
+        h = dlc.tanh((xt @ wx + h @ w)[:, :16])
+        return h, h
+
+    h, _ = dlc.scan(body, dlc.broadcast_to(dlc.constant(np.float32(0)), (4, 16)), x)
+    fn = dlc.compile(dlc.sum(h @ w), inputs=[x], target="cpu")
+    xv = np.random.default_rng(2).standard_normal((6, 4, 8)).astype(np.float32)
+    np.testing.assert_allclose(fn(xv), dlc.compile(dlc.sum(h @ w), inputs=[x], target="reference")(xv), rtol=1e-5)
+    outer = fn.backend.source()
+    (scan,) = fn.backend._scans
+    inner = scan.body_backend.source()
+    assert "gemm_rows(" in inner and "gemm_rows(" not in outer.split("\nJIT_PARALLEL")[1]

@@ -482,13 +482,15 @@ def _render_matmul(program, kernel, parallel=False):
         v = f"{name}[{', '.join(bidx)}]" if bidx else name
         views.append(v + (".T" if transposed else ""))
     (a_name, a, a_transposed), (_, b, _) = operands
+    # a loop body's GEMMs are small and come once per step: gemm_rows runs them in row blocks on threads
+    gemm = "gemm_rows" if program.loop_body else "gemm"
     if nb and b.ndim == 2 and not a_transposed and tuple(a.shape[:-2]) == tuple(anchor.shape[:-2]):
         # a matrix shared by the whole batch: one GEMM over all rows of a (C-ordered), not one per batch index
         rows = (f"{a_name}.reshape((-1, {a_name}.shape[-1]))", views[1], f"{tgt}.reshape((-1, {tgt}.shape[-1]))")
-        r.emit([ir.Call("gemm", rows, anchor)])
+        r.emit([ir.Call(gemm, rows, anchor)])
     else:
         out = f"{tgt}[{', '.join(names)}]" if names else tgt
-        gemms = [ir.Call("gemm", (views[0], views[1], out), anchor)]
+        gemms = [ir.Call(gemm, (views[0], views[1], out), anchor)]
         r.emit(ir.nest(names, r.extents(tgt, anchor.shape[:nb]), gemms))
     threads = _render_epilogue(r, kernel, tgt, parallel)
     return _finish(r, kernel, _describe(kernel), threads)
@@ -826,7 +828,7 @@ from numba import njit, prange
 
 from dlc.errors import IndexRangeError
 from dlc_cpu_fastmath import *  # noqa: F403  (kernels/cpu/fastmath.py: tanh_f32, exp_f32, fmax, ...)
-from dlc_cpu_gemm import copy_flat, gemm
+from dlc_cpu_gemm import copy_flat, gemm, gemm_rows
 from dlc_cpu_views import address_view, arena_view
 from dlc_cpu_library import bind, call_kernel
 from dlc_cpu_pool import (adaptive_avg_pool2d, adaptive_avg_pool2d_grad, avg_pool2d, avg_pool2d_grad, max_pool2d,

@@ -58,7 +58,8 @@ def _finish(program: Program, make_body) -> Program:
     """What every Program carries besides its kernels: scan bodies, in-place updates, the memory planner."""
     for k in program.kernels:
         if k.anchor is not None and k.anchor.op == "scan":
-            program.bodies[id(k.anchor)] = make_body(k.anchor.attr("body"))
+            program.bodies[id(k.anchor)] = body = make_body(k.anchor.attr("body"))
+            body.loop_body = True
     program.inplace = inplace_updates(program)
     program.planner = plan_memory
     return program

@@ -9,7 +9,9 @@ import ctypes
 
 import llvmlite.binding as llvm
 import numpy as np
-from numba import njit, types
+from dlc_cpu_threads import JIT_PARALLEL, claim, task_counter, thread_count
+from numba import njit, prange, types
+from numba.extending import overload
 
 JIT = dict(cache=True, error_model="numpy", nogil=True)
 
@@ -78,6 +80,55 @@ def gemm(a, b, out):
         out[:, :] = 0
         return
     np.dot(a, b, out)
+
+
+# OpenBLAS multiplies operands of at most SMALL_MACS multiply-adds where they are, without first packing them (its
+# small-matrix kernels); above that it packs both at every call, which dominates GEMMs of a few million, such as
+# a recurrent step's: (32, 128) x (128, 512) took 36.6 us on BLAS's two threads, 37.2 us on one thread in row
+# blocks of 4 (each under SMALL_MACS) and 22.7 us with those blocks shared by two threads (minimum of 7 x 1000
+# calls). Only loop bodies use it (gemm_rows): the same rule for every GEMM made W3 faster but W4's and W2's
+# steps slower (benchmarks/RESULTS.md).
+SMALL_MACS = 1_000_000
+ROW_BLOCKS_MAX_MACS = 8_000_000
+ROW_BLOCK_MIN = 4
+
+
+def gemm_rows(a, b, out):
+    """gemm for a scan body's step: a product between SMALL_MACS and ROW_BLOCKS_MAX_MACS multiply-adds whose
+    left operand is C-ordered runs in blocks of rows, each under SMALL_MACS, on numba's threads (chosen when
+    numba types the call: a transposed left operand is one gemm call, as its row blocks would be copies)."""
+    gemm(a, b, out)
+
+
+@overload(gemm_rows, jit_options=dict(cache=True, error_model="numpy"))
+def _gemm_rows_typed(a, b, out):
+    if a.layout != "C":
+        return lambda a, b, out: gemm(a, b, out)
+
+    def in_row_blocks(a, b, out):
+        m, k, n = a.shape[0], a.shape[1], b.shape[1]
+        rows = SMALL_MACS // max(k * n, 1)
+        threads = thread_count()
+        if SMALL_MACS < m * k * n <= ROW_BLOCKS_MAX_MACS and rows >= ROW_BLOCK_MIN and threads > 1:
+            blocks = (m + rows - 1) // rows
+            _row_blocks(a, b, out, rows, blocks, min(blocks, threads))
+            return
+        gemm(a, b, out)
+    return in_row_blocks
+
+
+@njit(**JIT_PARALLEL)
+def _row_blocks(a, b, out, rows, blocks, workers):
+    """out = a @ b in `blocks` blocks of `rows` rows of a, each one BLAS call on whichever of the `workers`
+    threads claims it (the caller reads the thread count: see dlc_cpu_threads)."""
+    previous = blas_on_calling_thread()
+    counter = task_counter()
+    for _ in prange(workers):
+        t = claim(counter)
+        while t < blocks:
+            np.dot(a[t * rows:(t + 1) * rows], b, out[t * rows:(t + 1) * rows])
+            t = claim(counter)
+    restore_blas_threads(previous)
 
 
 @njit(**JIT)
