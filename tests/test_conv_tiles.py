@@ -26,22 +26,24 @@ def kernels():
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("bstep", [8, 29])
-def test_fma_tile_matches_numpy(kernels, dtype, bstep):
+@pytest.mark.parametrize("wide", [False, True], ids=["6x16", "8x32"])
+def test_fma_tile_matches_numpy(kernels, dtype, bstep, wide):
     """A block at offsets into flat a, b and c, B's rows read through a table of offsets (the second half of
     the block's positions bstep on: side by side at NR/2); c outside the block untouched, and the block
-    overwritten whatever it held."""
+    overwritten whatever it held. Both block kernels, on any CPU (without AVX-512 the wide one is slow, not
+    wrong)."""
     micro, _, _ = kernels
     from numba import njit
 
-    MR, NR = micro.MR, micro.NR
-    fma_tile = micro.fma_tile
+    MR, NR = (micro.WIDE_MR, micro.WIDE_NR) if wide else (micro.MR, micro.NR)
+    fma_tile = micro.fma_tile_wide if wide else micro.fma_tile
 
     @njit(cache=False)
     def block(a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
         fma_tile(a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc)
 
     rng = np.random.default_rng(0)
-    k, lda, ldc = 37, 45, 21
+    k, lda, ldc = 37, 45, NR + 5
     a = rng.standard_normal(3 + MR * lda).astype(dtype)
     b = rng.standard_normal(400 + bstep + NR).astype(dtype)
     boff = rng.integers(0, 400, size=k).astype(np.int64)
@@ -95,8 +97,11 @@ TILED_CASES = [
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_tiled_conv2d_matches_reference(kernels, dtype):
-    _, tiles, _ = kernels
+@pytest.mark.parametrize("wide", [False, True], ids=["6x16", "8x32"])
+def test_tiled_conv2d_matches_reference(kernels, dtype, wide):
+    """Every case in blocks of each shape (tiled_conv2d_in_blocks), and in the shape block_shape chooses."""
+    micro, tiles, _ = kernels
+    mr, nr = (micro.WIDE_MR, micro.WIDE_NR) if wide else (micro.MR, micro.NR)
     rng = np.random.default_rng(1)
     forms = set()
     for n, c, h, wd, co, kh, kw, stride, padding, dilation in TILED_CASES:
@@ -105,15 +110,38 @@ def test_tiled_conv2d_matches_reference(kernels, dtype):
         a = dict(stride=stride, padding=padding, dilation=dilation, groups=1)
         want = conv2d_ref(x.astype(np.float64), w.astype(np.float64), a)
         ho, wo = want.shape[2:]
-        forms.add(int(tiles.layout(c, co, kh, kw, *stride, *dilation, ho, wo)[0]))
+        forms.add(int(tiles.layout(c, co, kh, kw, *stride, *dilation, ho, wo, nr)[0]))
         for threads in (1, 2):
-            got = np.full(want.shape, np.nan, dtype)
-            tiles.tiled_conv2d(x, w, got, threads, *stride, padding[0][0], padding[1][0], *dilation)
-            scale = float(np.abs(want).max())
-            tol = 1e-5 if dtype == "float32" else 1e-12
-            np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale,
-                                       err_msg=f"{(n, c, h, wd, co, kh, kw, stride)} on {threads} threads")
+            for chosen in (False, True):
+                got = np.full(want.shape, np.nan, dtype)
+                if chosen:
+                    tiles.tiled_conv2d(x, w, got, threads, *stride, padding[0][0], padding[1][0], *dilation)
+                else:
+                    tiles.tiled_conv2d_in_blocks(x, w, got, threads, mr, nr, *stride, padding[0][0], padding[1][0],
+                                                 *dilation)
+                scale = float(np.abs(want).max())
+                tol = 1e-5 if dtype == "float32" else 1e-12
+                np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale,
+                                           err_msg=f"{(n, c, h, wd, co, kh, kw, stride)} on {threads} threads")
     assert forms == {tiles.ROWS, tiles.PHASES, tiles.COLUMNS}, "the cases reach every form of B"
+
+
+def test_wide_blocks_where_they_compute_no_more(kernels):
+    """With AVX-512, stride-1 convs whose rows fill 32-position blocks as well as 16-position ones take the wide
+    blocks (ResNet's 32x32 and 16x16 stages, 56x56); rows of 8 (two to a 16-position block), strided windows
+    and small planes keep the narrow ones. Without AVX-512, the narrow blocks everywhere."""
+    micro, tiles, _ = kernels
+
+    def shape(c, co, h, s):
+        ho = conv_out_size(h, (1, 1), 3, s, 1)
+        return tiles.block_shape(c, co, 3, 3, s, s, 1, 1, ho, ho)
+
+    narrow, wide = (micro.MR, micro.NR), (micro.WIDE_MR, micro.WIDE_NR)
+    if not micro.WIDE_REGISTERS:
+        assert shape(64, 64, 32, 1) == shape(128, 128, 16, 1) == narrow
+        return
+    assert shape(64, 64, 32, 1) == shape(128, 128, 16, 1) == shape(64, 64, 56, 1) == shape(3, 64, 32, 1) == wide
+    assert shape(256, 256, 8, 1) == shape(512, 512, 4, 1) == shape(64, 128, 32, 2) == shape(128, 256, 16, 2) == narrow
 
 
 def test_tiled_conv2d_of_nothing(kernels):
@@ -125,9 +153,10 @@ def test_tiled_conv2d_of_nothing(kernels):
 
 
 def test_tiles_where_they_pay(kernels):
-    """Batch-1 forward convs take the tiles where B is read from cache (benchmarks/RESULTS.md): ResNet's 3x3
-    convs on 32x32 inputs but the stem, not its layers on 224x224 ones, nor 1x1 convs or a tiny conv."""
-    _, tiles, conv = kernels
+    """Forward convs take the tiles where B is read from cache (benchmarks/RESULTS.md): ResNet's 3x3 convs on
+    32x32 inputs (the stem too in wide blocks), not its layers on 224x224 ones, nor 1x1 convs or a tiny conv;
+    at batch 1 whatever the stride, at larger batches stride-1 windows only."""
+    micro, tiles, conv = kernels
 
     def pays(c, co, h, k, s):
         ho = conv_out_size(h, ((k - 1) // 2, (k - 1) // 2), k, s, 1)
@@ -135,7 +164,8 @@ def test_tiles_where_they_pay(kernels):
 
     def form(c, co, h, k, s):
         ho = conv_out_size(h, ((k - 1) // 2, (k - 1) // 2), k, s, 1)
-        return tiles.layout(c, co, k, k, s, s, 1, 1, ho, ho)[0]
+        nr = tiles.block_shape(c, co, k, k, s, s, 1, 1, ho, ho)[1]
+        return tiles.layout(c, co, k, k, s, s, 1, 1, ho, ho, nr)[0]
 
     assert pays(64, 64, 32, 3, 1) and pays(128, 128, 16, 3, 1)      # rows: 3 input rows of all channels in L1
     assert form(64, 64, 32, 3, 1) == form(128, 128, 16, 3, 1) == tiles.ROWS
@@ -146,15 +176,18 @@ def test_tiles_where_they_pay(kernels):
     assert not pays(64, 64, 56, 3, 1) and not pays(128, 128, 28, 3, 1)   # the rows outgrow L1
     assert not pays(512, 512, 7, 3, 1) and not pays(64, 128, 56, 3, 2)
     assert not pays(64, 128, 32, 1, 2)                               # a strided 1x1 shortcut
-    assert not pays(3, 64, 32, 3, 1) and not pays(3, 64, 32, 3, 2)   # a stem
+    # a stem's sums of 27: in wide blocks 0.68 of im2col + GEMM's time at batch 1, in narrow ones 2-3x
+    assert pays(3, 64, 32, 3, 1) == micro.WIDE_REGISTERS and not pays(3, 64, 32, 3, 2)
     assert not pays(6, 16, 14, 5, 1)                                 # LeNet's second conv: 0.24M multiply-adds
-    assert conv._uses_tiles(1, 1, 4) and not conv._uses_tiles(1, 1, 8) and not conv._uses_tiles(1, 2, 4)
+    assert conv._uses_tiles(1, 1, 2, 2, 4) and conv._uses_tiles(8, 1, 1, 1, 4)
+    assert not conv._uses_tiles(8, 1, 2, 2, 4) and not conv._uses_tiles(1, 1, 1, 1, 8)
+    assert not conv._uses_tiles(1, 2, 1, 1, 4)
 
 
 def test_cpu_backend_runs_batch_one_convs_in_tiles(kernels):
     """A small net compiled for the cpu target whose batch-1 convs take each form (rows into the arena, rows two
-    to a block, phases, columns): at batch 1 in tiles, at batch 3 as before; both equal the reference
-    executor's."""
+    to a block, phases, columns): at batch 1 all in tiles, at batch 3 the stride-1 ones; both equal the
+    reference executor's."""
     _, tiles, _ = kernels
     rng = np.random.default_rng(2)
     x = dlc.input("x", ("B", 32, 32, 32))
@@ -170,8 +203,8 @@ def test_cpu_backend_runs_batch_one_convs_in_tiles(kernels):
     h4 = conv(h3, 64, 64, 1, "w4")           # 8x8: rows, two to a block
     shapes = [(32, 24, 3, 3, 1, 1, 1, 1, 32, 32), (24, 64, 3, 3, 2, 2, 1, 1, 16, 16), (64, 64, 3, 3, 2, 2, 1, 1, 8, 8),
               (64, 64, 3, 3, 1, 1, 1, 1, 8, 8)]
-    assert [int(tiles.layout(*shape)[0]) for shape in shapes] == [tiles.ROWS, tiles.PHASES, tiles.COLUMNS,
-                                                                   tiles.ROWS]
+    forms = [int(tiles.layout(*shape, tiles.block_shape(*shape)[1])[0]) for shape in shapes]
+    assert forms == [tiles.ROWS, tiles.PHASES, tiles.COLUMNS, tiles.ROWS]
     assert all(tiles.pays(*shape, 4) for shape in shapes)
     outputs = [h1, h2, h4]
     cpu = dlc.compile(outputs, target="cpu")

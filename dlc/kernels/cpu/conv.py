@@ -1084,10 +1084,13 @@ def split_workers(macs, tasks, samples):
 
 
 @njit(**JIT)
-def _uses_tiles(N, groups, itemsize):
+def _uses_tiles(N, groups, sh, sw, itemsize):
     """Whether a forward conv may run as register tiles over its input (dlc_cpu_conv_tiles, whose `pays` weighs
-    the shape): float32, one group, fewer samples than threads (batch 1: a thin GEMM per sample)."""
-    return itemsize == 4 and groups == 1 and N < thread_count()
+    the shape): float32, one group, and fewer samples than threads (batch 1: a thin GEMM per sample) or a
+    stride-1 window. At batch 16 and 32 on 2 threads (AVX-512's wide blocks; tiles / im2col + GEMM, minimum of 5
+    rounds): ResNet's 3x3 convs on 32x32 0.78-0.82, 16x16 0.74, 8x8 0.73, 4x4 0.88-0.90, its 3x3 stem
+    0.39-0.42; strided ones 1.0-1.2 (phases and columns), so those stay."""
+    return itemsize == 4 and groups == 1 and (N < thread_count() or (sh == 1 and sw == 1))
 
 
 @njit(**JIT_PARALLEL)
@@ -1105,7 +1108,7 @@ def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
     pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, ho, wo)
     hw = ho * wo
     macs = out.size * kg
-    if _uses_tiles(N, groups, x.itemsize) and pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo, x.itemsize):
+    if _uses_tiles(N, groups, sh, sw, x.itemsize) and pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo, x.itemsize):
         tiled_conv2d(x, w, out, split_workers(macs, N * co, N), sh, sw, pt, pl, dh, dw)
         return
     threads = forward_workers(macs, N * groups * og, N)

@@ -43,7 +43,7 @@ weights packed once per program (and again only when they change), not per call.
 """
 
 import numpy as np
-from dlc_cpu_microkernel import MR, NR, fma_tile
+from dlc_cpu_microkernel import MR, NR, WIDE_MR, WIDE_NR, WIDE_REGISTERS, fma_tile, fma_tile_wide
 from dlc_cpu_threads import JIT, JIT_PARALLEL, claim, task_counter, zeros
 from numba import njit, prange
 
@@ -61,31 +61,45 @@ def _ceil_div(a, b):
 
 
 @njit(**JIT)
-def layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
-    """(form, Hq, Wq, column blocks per output row, column blocks, a sample's buffer): rows for a stride-1 window
-    (output rows of at most NR/2 positions two to a block), phases for a strided one, or columns where the
-    positions those compute and throw away (past Wo, or past Ho*Wq in blocks of NR) cost more than copying the
-    columns."""
+def layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo, nr):
+    """(form, Hq, Wq, column blocks per output row, column blocks, a sample's buffer) for blocks of nr positions:
+    rows for a stride-1 window (output rows of at most nr/2 positions two to a block), phases for a strided one,
+    or columns where the positions those compute and throw away (past Wo, or past Ho*Wq in blocks of nr) cost
+    more than copying the columns."""
     k = C * kh * kw
-    cols_q = _ceil_div(ho * wo, NR) * NR
+    cols_q = _ceil_div(ho * wo, nr) * nr
     if sh == 1 and sw == 1:
-        if wo <= NR // 2:
+        if wo <= nr // 2:
             per_row, blocks = 1, _ceil_div(ho, 2)
-            hq, wq = ho + (kh - 1) * dh, NR // 2 + (kw - 1) * dw
+            hq, wq = ho + (kh - 1) * dh, nr // 2 + (kw - 1) * dw
         else:
-            per_row = _ceil_div(wo, NR)
+            per_row = _ceil_div(wo, nr)
             blocks = ho * per_row
-            hq, wq = ho + (kh - 1) * dh, per_row * NR + (kw - 1) * dw
-        form, q = ROWS, blocks * NR
+            hq, wq = ho + (kh - 1) * dh, per_row * nr + (kw - 1) * dw
+        form, q = ROWS, blocks * nr
     else:
         hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
-        form, q = PHASES, _ceil_div(ho * wq, NR) * NR
-        per_row = q // NR    # positions run on across output rows: one "row" of B
+        form, q = PHASES, _ceil_div(ho * wq, nr) * nr
+        per_row = q // nr    # positions run on across output rows: one "row" of B
     copies = C * sh * sw * hq * wq
     if (q - cols_q) * k * co > COPY_MACS * (k * cols_q - copies):
-        return COLUMNS, hq, wq, cols_q // NR, cols_q // NR, k * cols_q
-    # NR past the end, and a row: the last block's thrown-away positions, a last half block's second row
-    return form, hq, wq, per_row, q // NR, copies + NR + C * wq
+        return COLUMNS, hq, wq, cols_q // nr, cols_q // nr, k * cols_q
+    # nr past the end, and a row: the last block's thrown-away positions, a last half block's second row
+    return form, hq, wq, per_row, q // nr, copies + nr + C * wq
+
+
+@njit(**JIT)
+def block_shape(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
+    """(rows, positions) of the register blocks: WIDE_MR x WIDE_NR (fma_tile_wide) on a CPU with AVX-512 for
+    the rows form where those blocks compute no more positions than MR x NR ones (ResNet's 32x32 and 16x16
+    stages: their 3x3 convs at batch 16 in 0.73-0.79 of im2col + GEMM's time, where the narrow blocks took
+    0.98-1.01), else MR x NR. Strided windows stay narrow: in the wide blocks phases turn to columns, slower."""
+    if WIDE_REGISTERS:
+        wide = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo, WIDE_NR)
+        narrow = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo, NR)
+        if wide[0] == ROWS and narrow[0] == ROWS and wide[4] * WIDE_NR <= narrow[4] * NR:
+            return WIDE_MR, WIDE_NR
+    return MR, NR
 
 
 @njit(**JIT)
@@ -98,9 +112,10 @@ def pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo, itemsize):
     B_BYTES, in columns at most two column blocks (every channel block reads them again: 4x4 planes gain) or,
     for a strided window (whose columns im2col gathers value by value), columns within B_BYTES."""
     k = C * kh * kw
-    if kh * kw == 1 or k < 64 or co * ho * wo * k < MIN_MACS:
+    nr = block_shape(C, co, kh, kw, sh, sw, dh, dw, ho, wo)[1]
+    if kh * kw == 1 or (k < 64 and nr != WIDE_NR) or co * ho * wo * k < MIN_MACS:
         return False
-    form, hq, wq, _, tiles, size = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo)
+    form, hq, wq, _, tiles, size = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo, nr)
     if form == ROWS:
         return kh * C * wq * itemsize <= L1_BYTES
     if form == PHASES:
@@ -130,7 +145,7 @@ def offsets(form, C, kh, kw, sh, sw, dh, dw, hq, wq, qpad):
 def _rows(x, n, buf, pt, pl, hq, wq):
     """buf[(r*C + c)*Wq + s] = sample n's input zero-padded at row r, column s: each padded input row holds all
     channels one after another, so a block's rows of B (channel by channel, three window rows at a time) are
-    read in order. Then NR zeros."""
+    read in order. Zeros after."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     buf[:] = 0
     for ih in range(min(H, hq - pt)):
@@ -142,7 +157,7 @@ def _rows(x, n, buf, pt, pl, hq, wq):
 
 @njit(**JIT)
 def _phases(x, n, buf, sh, sw, pt, pl, hq, wq):
-    """buf = sample n's input zero-padded, split into stride phases (Hq x Wq each), then NR zeros."""
+    """buf = sample n's input zero-padded, split into stride phases (Hq x Wq each), zeros after."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     for c in range(C):
         for a in range(sh):
@@ -198,40 +213,58 @@ def _sample(x, n, buf, form, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, qpa
 
 
 @njit(**JIT)
-def _task(w2, wpad, buf, boff, out, n, b0, b1, t0, t1, part, per_row, row_stride, rw, bstep, direct):
-    """out[n, b0*MR : b1*MR] at the output positions of B's column blocks t0 .. t1 - 1 (buf: sample n's B).
+def _task(w2, wpad, buf, boff, out, n, b0, b1, t0, t1, part, per_row, row_stride, rw, bstep, direct, mr, nr):
+    """out[n, b0*mr : b1*mr] at the output positions of B's column blocks t0 .. t1 - 1 (buf: sample n's B), in
+    blocks of mr x nr (MR x NR or WIDE_MR x WIDE_NR).
 
-    Column block t covers B's positions t*NR .. t*NR + NR - 1, position q being output (q // rw, q % rw) (those
+    Column block t covers B's positions t*nr .. t*nr + nr - 1, position q being output (q // rw, q % rw) (those
     with q % rw >= Wo or q // rw >= Ho thrown away); its rows of B start at (t // per_row)*row_stride + (t %
-    per_row)*NR, the second half of its positions bstep on (the rows form of short rows: the next output row's).
-    Channel block by channel block: each block's MR rows of w (read once, in order: at batch 1 the weights come
+    per_row)*nr, the second half of its positions bstep on (the rows form of short rows: the next output row's).
+    Channel block by channel block: each block's mr rows of w (read once, in order: at batch 1 the weights come
     from memory more than from cache) against every column block of the run, the whole sum in registers. A
     whole block of channels and positions goes straight into out when `direct` (out C-contiguous, the rows
     form) and its positions are one run of out's, else through part."""
     co, k = w2.shape
     ho, wo = out.shape[2], out.shape[3]
     for b in range(b0, b1):
-        a, a0 = (w2, b * MR * k) if (b + 1) * MR <= co else (wpad, 0)   # the last block: MR rows, zero past co
+        a, a0 = (w2, b * mr * k) if (b + 1) * mr <= co else (wpad, 0)   # the last block: mr rows, zero past co
         for t in range(t0, t1):
-            start = t // per_row * row_stride + t % per_row * NR
-            oh, ow0 = t * NR // rw, t * NR % rw
-            if direct and (b + 1) * MR <= co and (ow0 + NR <= wo if rw >= NR else rw == wo and oh + 1 < ho):
-                fma_tile(a, a0, k, buf, start, bstep, boff, k, out, ((n * co + b * MR) * ho + oh) * wo + ow0,
-                         ho * wo)
+            start = t // per_row * row_stride + t % per_row * nr
+            oh, ow0 = t * nr // rw, t * nr % rw
+            if direct and (b + 1) * mr <= co and (ow0 + nr <= wo if rw >= nr else rw == wo and oh + 1 < ho):
+                _block(a, a0, k, buf, start, bstep, boff, out, ((n * co + b * mr) * ho + oh) * wo + ow0, ho * wo, nr)
                 continue
-            fma_tile(a, a0, k, buf, start, bstep, boff, k, part, (t - t0) * NR, part.shape[1])
-            for o in range(b * MR, min(co, (b + 1) * MR)):
-                r = o - b * MR
+            _block(a, a0, k, buf, start, bstep, boff, part, (t - t0) * nr, part.shape[1], nr)
+            for o in range(b * mr, min(co, (b + 1) * mr)):
+                r = o - b * mr
                 # indexed, not sliced: a view per output row cost 0.3 of the conv
-                for q in range(t * NR, min((t + 1) * NR, ho * rw)):
+                for q in range(t * nr, min((t + 1) * nr, ho * rw)):
                     if q % rw < wo:
-                        out[n, o, q // rw, q % rw] = part[r, q - t0 * NR]
+                        out[n, o, q // rw, q % rw] = part[r, q - t0 * nr]
+
+
+@njit(**JIT)
+def _block(a, a0, k, buf, start, bstep, boff, c, c0, ldc, nr):
+    """One register block, of the kernel whose blocks are nr positions wide."""
+    if nr == WIDE_NR:
+        fma_tile_wide(a, a0, k, buf, start, bstep, boff, k, c, c0, ldc)
+    else:
+        fma_tile(a, a0, k, buf, start, bstep, boff, k, c, c0, ldc)
+
+
+@njit(**JIT)
+def tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw):
+    """out = x cross-correlated with w (one group) on `threads` threads, in the register blocks block_shape
+    chooses for the conv."""
+    co, kh, kw = w.shape[0], w.shape[2], w.shape[3]
+    mr, nr = block_shape(x.shape[1], co, kh, kw, sh, sw, dh, dw, out.shape[2], out.shape[3])
+    tiled_conv2d_in_blocks(x, w, out, threads, mr, nr, sh, sw, pt, pl, dh, dw)
 
 
 @njit(**JIT_PARALLEL)
-def tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw):
-    """out = x cross-correlated with w (one group) on `threads` threads, in tasks of a run of B's column blocks by
-    a group of channel blocks, claimed in sample order. Each thread builds the buffer of B of the sample its
+def tiled_conv2d_in_blocks(x, w, out, threads, mr, nr, sh, sw, pt, pl, dh, dw):
+    """tiled_conv2d in blocks of mr x nr (MR x NR, or WIDE_MR x WIDE_NR), in tasks of a run of B's column blocks
+    by a group of channel blocks, claimed in sample order. Each thread builds the buffer of B of the sample its
     task is in, once per sample it works on: at batch 1 both threads build the same one (a copy about the
     input's size, 15 us on ResNet's 64 x 32 x 32 layer), which cost less than one thread building it for the
     other (a parallel region more, or the other thread reading it from the first one's cache: 0.1-0.4 ms)."""
@@ -242,16 +275,16 @@ def tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw):
         return
     k = C * kh * kw
     w2 = w.reshape(co, k)
-    form, hq, wq, per_row, tiles, size = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo)
-    boff = offsets(form, C, kh, kw, sh, sw, dh, dw, hq, wq, tiles * NR)
-    half_rows = form == ROWS and wo <= NR // 2   # two output rows to a block
-    row_stride = (2 if half_rows else 1) * C * wq if form == ROWS else per_row * NR
-    rw = NR // 2 if half_rows else (per_row * NR if form == ROWS else (wq if form == PHASES else wo))
-    bstep = C * wq if half_rows else NR // 2
+    form, hq, wq, per_row, tiles, size = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo, nr)
+    boff = offsets(form, C, kh, kw, sh, sw, dh, dw, hq, wq, tiles * nr)
+    half_rows = form == ROWS and wo <= nr // 2   # two output rows to a block
+    row_stride = (2 if half_rows else 1) * C * wq if form == ROWS else per_row * nr
+    rw = nr // 2 if half_rows else (per_row * nr if form == ROWS else (wq if form == PHASES else wo))
+    bstep = C * wq if half_rows else nr // 2
     direct = form == ROWS and out.flags.c_contiguous
-    blocks = _ceil_div(co, MR)
-    wpad = zeros((MR, k), x)
-    wpad[:co - (blocks - 1) * MR] = w2[(blocks - 1) * MR:]
+    blocks = _ceil_div(co, mr)
+    wpad = zeros((mr, k), x)
+    wpad[:co - (blocks - 1) * mr] = w2[(blocks - 1) * mr:]
     # a task: a run of consecutive column blocks (threads writing neighbouring positions of the output share its
     # cache lines) by a group of channel blocks: a whole sample from TASKS_PER_THREAD samples a thread on
     per, run = blocks, tiles
@@ -262,11 +295,12 @@ def tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw):
     groups, runs = _ceil_div(blocks, per), _ceil_div(tiles, run)
     per_sample = runs * groups
     bufs = np.empty((threads, size), x.dtype)
-    part = np.empty((threads, MR, run * NR), x.dtype)
+    part = np.empty((threads, mr, run * nr), x.dtype)
     if threads == 1:
         for n in range(N):
-            _sample(x, n, bufs[0], form, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, tiles * NR)
-            _task(w2, wpad, bufs[0], boff, out, n, 0, blocks, 0, tiles, part[0], per_row, row_stride, rw, bstep, direct)
+            _sample(x, n, bufs[0], form, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, tiles * nr)
+            _task(w2, wpad, bufs[0], boff, out, n, 0, blocks, 0, tiles, part[0], per_row, row_stride, rw, bstep, direct,
+                  mr, nr)
         return
     counter = task_counter()
     for t in prange(threads):
@@ -275,8 +309,8 @@ def tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw):
         while task < N * per_sample:
             n, g, r = task // per_sample, task % per_sample // runs, task % runs
             if n != built:
-                _sample(x, n, bufs[t], form, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, tiles * NR)
+                _sample(x, n, bufs[t], form, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, tiles * nr)
                 built = n
             _task(w2, wpad, bufs[t], boff, out, n, g * per, min(blocks, (g + 1) * per), r * run,
-                  min(tiles, (r + 1) * run), part[t], per_row, row_stride, rw, bstep, direct)
+                  min(tiles, (r + 1) * run), part[t], per_row, row_stride, rw, bstep, direct, mr, nr)
             task = claim(counter)

@@ -1,4 +1,4 @@
-"""A register-tiled multiply-add block: the inner loop of the tiled convolutions, written in LLVM IR.
+"""Register-tiled multiply-add blocks: the inner loop of the tiled convolutions, written in LLVM IR.
 
 Imported by the CPU backend as the module `dlc_cpu_microkernel`.
 
@@ -8,6 +8,14 @@ of channel c is the input plane read from the tap's offset on). Its accumulators
 (V lanes fill 32 bytes: 12 of AVX2's 16 for float32; float64's 24 spill, correct but slower, and the tiled
 convolutions take float32 only) that stay in registers for the whole sum, and each step broadcasts MR values
 of the left operand against NR/V vector loads of the right one.
+
+`fma_tile_wide` is the same product in WIDE_MR x WIDE_NR blocks of 64-byte vectors: 16 accumulators of AVX-512's
+32 registers, 16 FMAs for each row of the operands' offsets and broadcasts where the narrow block has 12, and
+twice the positions per block. Measured on one core of the 2-core AMD EPYC (Zen 4, AVX-512; K = 576, 2400
+blocks, GFLOP/s): 6 x 16 in 32-byte vectors 65-98, 8 x 32 in 64-byte vectors 111-113, 12 x 32 27-51 (spilled),
+7 x 32 116, 10 x 32 103; the 3x3 stride-1 convs of ResNet's 32x32 and 16x16 stages at batch 16 on 2 threads
+136-142 -> 184-220. Without AVX-512 (WIDE_REGISTERS false) its vectors split in two and spill: correct, slow,
+and not chosen (conv_tiles.block_shape).
 
 Why LLVM IR: numba's loops do not get there. The same block written as 96 scalar accumulators ran at 7 GFLOP/s
 on one core (LLVM's SLP vectorizer left it scalar), and loops over a block in memory load and store it at every
@@ -24,17 +32,26 @@ from numba.extending import intrinsic
 
 MR = 6      # rows of the block: each a broadcast value per step
 NR = 16     # columns of the block: NR / V vector loads per step
-_VECTOR_BYTES = 32
+WIDE_MR, WIDE_NR = 8, 32    # fma_tile_wide's block
 
 
-@intrinsic
-def fma_tile(typingctx, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
-    """c[c0 + i*ldc + q] = sum over r < k of a[a0 + i*lda + r] * b[b0 + boff[r] + q'], for i < MR and q < NR, where
-    q' = q for the first NR/2 positions and q - NR/2 + bstep for the others: with bstep = NR/2 the block's
-    positions lie side by side in b, with another the two halves lie apart (two output rows of NR/2).
+def _wide_registers() -> bool:
+    """Whether numba compiles for a CPU with AVX-512 (32 vector registers of 64 bytes): the host's features, or
+    NUMBA_CPU_FEATURES where set (a portable cache)."""
+    from numba.core import config
 
-    a, b and c are arrays of one float dtype read and written as flat memory from their first element (the
-    caller keeps every index in bounds: it owns the layout); boff an int64 array of at least k offsets."""
+    if config.CPU_FEATURES is not None:
+        return "+avx512f" in config.CPU_FEATURES.split(",")
+    import llvmlite.binding as ll
+
+    return bool(ll.get_host_cpu_features().get("avx512f", False))
+
+
+WIDE_REGISTERS = _wide_registers()
+
+
+def _block(mr, nr, vector_bytes, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
+    """The typing and code of an mr x nr block in vectors of vector_bytes (fma_tile's contract)."""
     float_types = (types.float32, types.float64)
     arrays = (a, b, c)
     if not all(isinstance(t, types.Array) and t.dtype in float_types for t in arrays):
@@ -48,22 +65,22 @@ def fma_tile(typingctx, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
         a_, a0_, lda_, b_, b0_, bstep_, boff_, k_, c_, c0_, ldc_ = args
         sa, sb, so, sc = (context.make_array(signature.args[i])(context, builder, args[i]).data for i in (0, 3, 6, 8))
         scalar = context.get_value_type(signature.args[0].dtype)
-        lanes = _VECTOR_BYTES // context.get_abi_sizeof(scalar)
+        lanes = vector_bytes // context.get_abi_sizeof(scalar)
         vec = ir.VectorType(scalar, lanes)
         i32, i64 = ir.IntType(32), ir.IntType(64)
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
-                                             f"llvm.fma.v{lanes}{'f32' if lanes == 8 else 'f64'}")
-        vectors = NR // lanes
+                                             f"llvm.fma.v{lanes}{str(signature.args[0].dtype).replace('loat', '')}")
+        vectors = nr // lanes
         splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
-        rows = [builder.gep(sa, [builder.add(a0_, builder.mul(lda_, ir.Constant(i64, i)))]) for i in range(MR)]
+        rows = [builder.gep(sa, [builder.add(a0_, builder.mul(lda_, ir.Constant(i64, i)))]) for i in range(mr)]
         right = builder.gep(sb, [b0_])
-        block = [builder.gep(sc, [builder.add(c0_, builder.mul(ldc_, ir.Constant(i64, i)))]) for i in range(MR)]
+        block = [builder.gep(sc, [builder.add(c0_, builder.mul(ldc_, ir.Constant(i64, i)))]) for i in range(mr)]
 
         def vector_at(base, offset):
             return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
 
         # the accumulators: stack slots that LLVM's mem2reg turns into registers
-        acc = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * lanes)) for _ in range(MR * vectors)]
+        acc = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * lanes)) for _ in range(mr * vectors)]
 
         with cgutils.for_range(builder, k_) as loop:
             r = loop.index
@@ -72,16 +89,34 @@ def fma_tile(typingctx, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
             half = vectors // 2
             bv = [builder.load(vector_at(halves[v // half], ir.Constant(i64, v % half * lanes)), align=4)
                   for v in range(vectors)]
-            for i in range(MR):
+            for i in range(mr):
                 value = builder.load(builder.gep(rows[i], [r]))
                 one = builder.insert_element(ir.Constant(vec, ir.Undefined), value, ir.Constant(i32, 0))
                 broadcast = builder.shuffle_vector(one, ir.Constant(vec, ir.Undefined), splat)
                 for v in range(vectors):
                     slot = acc[i * vectors + v]
                     builder.store(builder.call(fma, [broadcast, bv[v], builder.load(slot)]), slot)
-        for i in range(MR):
+        for i in range(mr):
             for v in range(vectors):
                 builder.store(builder.load(acc[i * vectors + v]), vector_at(block[i], ir.Constant(i64, v * lanes)),
                               align=4)
         return context.get_dummy_value()
     return sig, codegen
+
+
+
+@intrinsic
+def fma_tile(typingctx, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
+    """c[c0 + i*ldc + q] = sum over r < k of a[a0 + i*lda + r] * b[b0 + boff[r] + q'], for i < MR and q < NR, where
+    q' = q for the first NR/2 positions and q - NR/2 + bstep for the others: with bstep = NR/2 the block's
+    positions lie side by side in b, with another the two halves lie apart (two output rows of NR/2).
+
+    a, b and c are arrays of one float dtype read and written as flat memory from their first element (the
+    caller keeps every index in bounds: it owns the layout); boff an int64 array of at least k offsets."""
+    return _block(MR, NR, 32, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc)
+
+
+@intrinsic
+def fma_tile_wide(typingctx, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
+    """fma_tile's product in blocks of WIDE_MR x WIDE_NR, in 64-byte vectors (halves of WIDE_NR/2 positions)."""
+    return _block(WIDE_MR, WIDE_NR, 64, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc)
