@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dlc
-from dlc.ops.conv import conv2d_ref, conv_out_size
+from dlc.ops.conv import conv2d_grad_input_ref, conv2d_ref, conv_out_size
 
 
 @pytest.fixture(scope="module")
@@ -230,3 +230,42 @@ def test_tiled_conv2d_into_a_strided_output(kernels):
     tiles.tiled_conv2d(x, w, out, 2, 1, 1, 1, 1, 1, 1)
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()))
     assert np.isnan(wide[..., :3]).all() and np.isnan(wide[..., 35:]).all()
+
+
+# N, C, H, W, C_out, kh, kw, padding ((top, bottom), (left, right)), dilation: stride-1 convs whose dgrad the cpu
+# backend runs in tiles, and two it does not (a stem's 3 input channels, 4x4 planes)
+DGRAD_CASES = [
+    (2, 64, 32, 32, 64, 3, 3, ((1, 1), (1, 1)), (1, 1)),      # ResNet's first stage
+    (3, 128, 16, 16, 96, 3, 3, ((1, 1), (1, 1)), (1, 1)),     # rows of 16: two to a wide block
+    (2, 256, 8, 8, 256, 3, 3, ((1, 1), (1, 1)), (1, 1)),      # rows of 8
+    (2, 40, 20, 26, 72, 3, 5, ((0, 2), (2, 1)), (2, 1)),      # uneven padding, dilated rows, a 3x5 window
+    (2, 48, 16, 16, 64, 3, 3, ((0, 0), (0, 0)), (1, 1)),      # no padding: the dgrad pads by the window's reach
+    (2, 3, 32, 32, 64, 3, 3, ((1, 1), (1, 1)), (1, 1)),       # 3 input channels: im2col's path
+    (2, 512, 4, 4, 512, 3, 3, ((1, 1), (1, 1)), (1, 1)),      # columns form: im2col's path
+]
+
+
+def test_stride_one_dgrad_in_tiles_matches_reference(kernels):
+    """conv2d_grad_input of stride-1 windows, as the forward conv of dL/dy with the window flipped and the
+    channels swapped (in tiles where those pay), against the reference; and the flipped weights themselves."""
+    _, tiles, conv = kernels
+    rng = np.random.default_rng(4)
+    taken = []
+    for n, c, h, wd, co, kh, kw, padding, dilation in DGRAD_CASES:
+        w = rng.standard_normal((co, c, kh, kw)).astype(np.float32)
+        a = dict(stride=(1, 1), padding=padding, dilation=dilation, groups=1)
+        ho = conv_out_size(h, padding[0], kh, 1, dilation[0])
+        wo = conv_out_size(wd, padding[1], kw, 1, dilation[1])
+        gy = rng.standard_normal((n, co, ho, wo)).astype(np.float32)
+        want = conv2d_grad_input_ref(gy.astype(np.float64), w.astype(np.float64), dict(a, out_hw=(h, wd)))
+        got = np.full((n, c, h, wd), np.nan, np.float32)
+        conv.conv2d_grad_input(gy, w, got, 1, 1, padding[0][0], padding[1][0], *dilation, 1)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()),
+                                   err_msg=str((n, c, h, wd, co, kh, kw)))
+        taken.append(bool(c >= conv.TILED_DGRAD_MIN_CHANNELS and tiles.pays(co, c, kh, kw, 1, 1, *dilation, h, wd, 4)
+                          and tiles.form_of(co, c, kh, kw, 1, 1, *dilation, h, wd) == tiles.ROWS))
+    assert taken == [True] * 5 + [False] * 2, taken
+    w = rng.standard_normal((5, 7, 2, 3))
+    np.testing.assert_array_equal(conv._flipped_transposed(w), w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+    w = rng.standard_normal((40, 24, 3, 3)).astype(np.float32)
+    np.testing.assert_array_equal(conv._flipped_transposed(w), w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))

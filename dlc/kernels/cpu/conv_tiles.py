@@ -103,6 +103,13 @@ def block_shape(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
 
 
 @njit(**JIT)
+def form_of(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
+    """The form of B (ROWS, PHASES or COLUMNS) tiled_conv2d takes for the conv, in the blocks it chooses."""
+    nr = block_shape(C, co, kh, kw, sh, sw, dh, dw, ho, wo)[1]
+    return layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo, nr)[0]
+
+
+@njit(**JIT)
 def pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo, itemsize):
     """Whether tiles beat im2col + GEMM for a conv of fewer samples than threads (benchmarks/RESULTS.md has the
     measurements): a window larger than 1x1 (a 1x1 conv's GEMM reads x as it is) over more than a stem's few
