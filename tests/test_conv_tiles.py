@@ -1,6 +1,6 @@
 """Register-tiled convolutions (dlc/kernels/cpu/conv_tiles.py) and their block kernel (microkernel.py) against
 numpy: the block on its own, the tiled conv over shapes that reach each form of its right operand (rows,
-stride phases and columns), channel counts that leave a partial block, on one thread and two, and the cpu
+its column phases for strides, and columns), channel counts that leave a partial block, on one thread and two, and the cpu
 backend choosing it for batch-1 convs where it pays."""
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ def test_fma_tile_refuses_mixed_dtypes(kernels):
 # N, C, H, W, C_out, kh, kw, stride, padding ((top, bottom), (left, right)), dilation
 TILED_CASES = [
     (1, 64, 32, 32, 64, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),     # ResNet's first stage: rows
-    (1, 64, 32, 32, 128, 3, 3, (2, 2), ((1, 1), (1, 1)), (1, 1)),    # stride 2: four phases
+    (1, 64, 32, 32, 128, 3, 3, (2, 2), ((1, 1), (1, 1)), (1, 1)),    # stride 2: rows of two column phases
     (1, 256, 8, 8, 256, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),     # small plane: columns
     (1, 512, 4, 4, 512, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),     # 16 positions, 86 channel blocks
     (2, 5, 9, 11, 7, 3, 2, (2, 3), ((1, 0), (2, 1)), (1, 1)),        # uneven strides and padding, 7 = 6 + 1
@@ -123,13 +123,13 @@ def test_tiled_conv2d_matches_reference(kernels, dtype, wide):
                 tol = 1e-5 if dtype == "float32" else 1e-12
                 np.testing.assert_allclose(got, want, rtol=tol, atol=tol * scale,
                                            err_msg=f"{(n, c, h, wd, co, kh, kw, stride)} on {threads} threads")
-    assert forms == {tiles.ROWS, tiles.PHASES, tiles.COLUMNS}, "the cases reach every form of B"
+    assert forms == {tiles.ROWS, tiles.COLUMNS}, "the cases reach every form of B"
 
 
 def test_wide_blocks_where_they_compute_no_more(kernels):
-    """With AVX-512, stride-1 convs whose rows fill 32-position blocks as well as 16-position ones take the wide
-    blocks (ResNet's 32x32 and 16x16 stages, 56x56); rows of 8 (two to a 16-position block), strided windows
-    and small planes keep the narrow ones. Without AVX-512, the narrow blocks everywhere."""
+    """With AVX-512, convs whose rows fill 32-position blocks as well as 16-position ones take the wide
+    blocks (ResNet's 32x32 and 16x16 stages, 56x56, a stride-2 conv with 16x16 outputs); rows of 8 (two to a
+    16-position block) and small planes keep the narrow ones. Without AVX-512, the narrow blocks everywhere."""
     micro, tiles, _ = kernels
 
     def shape(c, co, h, s):
@@ -141,7 +141,8 @@ def test_wide_blocks_where_they_compute_no_more(kernels):
         assert shape(64, 64, 32, 1) == shape(128, 128, 16, 1) == narrow
         return
     assert shape(64, 64, 32, 1) == shape(128, 128, 16, 1) == shape(64, 64, 56, 1) == shape(3, 64, 32, 1) == wide
-    assert shape(256, 256, 8, 1) == shape(512, 512, 4, 1) == shape(64, 128, 32, 2) == shape(128, 256, 16, 2) == narrow
+    assert shape(64, 128, 32, 2) == wide                             # rows of 16 outputs, in two column phases
+    assert shape(256, 256, 8, 1) == shape(512, 512, 4, 1) == shape(128, 256, 16, 2) == narrow
 
 
 def test_tiled_conv2d_of_nothing(kernels):
@@ -169,7 +170,7 @@ def test_tiles_where_they_pay(kernels):
 
     assert pays(64, 64, 32, 3, 1) and pays(128, 128, 16, 3, 1)      # rows: 3 input rows of all channels in L1
     assert form(64, 64, 32, 3, 1) == form(128, 128, 16, 3, 1) == tiles.ROWS
-    assert pays(64, 128, 32, 3, 2) and form(64, 128, 32, 3, 2) == tiles.PHASES
+    assert pays(64, 128, 32, 3, 2) and form(64, 128, 32, 3, 2) == tiles.ROWS   # in two column phases
     assert pays(128, 256, 16, 3, 2) and pays(256, 512, 8, 3, 2)     # strided, in columns
     assert pays(512, 512, 4, 3, 1) and form(512, 512, 4, 3, 1) == tiles.COLUMNS   # one column block
     assert pays(256, 256, 8, 3, 1) and form(256, 256, 8, 3, 1) == tiles.ROWS   # rows of 8, two to a block
@@ -186,7 +187,7 @@ def test_tiles_where_they_pay(kernels):
 
 def test_cpu_backend_runs_batch_one_convs_in_tiles(kernels):
     """A small net compiled for the cpu target whose batch-1 convs take each form (rows into the arena, rows two
-    to a block, phases, columns): at batch 1 all in tiles, at batch 3 the stride-1 ones; both equal the
+    to a block, strided rows, columns): at batch 1 all in tiles, at batch 3 the stride-1 ones; both equal the
     reference executor's."""
     _, tiles, _ = kernels
     rng = np.random.default_rng(2)
@@ -198,15 +199,16 @@ def test_cpu_backend_runs_batch_one_convs_in_tiles(kernels):
         return dlc.relu(dlc.conv2d(h, w, b, stride=stride, padding=1))
 
     h1 = conv(x, 32, 24, 1, "w1")            # 32x32: rows
-    h2 = conv(h1, 24, 64, 2, "w2")           # 16x16 out, strided: phases
-    h3 = conv(h2, 64, 64, 2, "w3")           # 8x8 out, strided: columns
+    h2 = conv(h1, 24, 64, 2, "w2")           # 16x16 out, strided: rows in column phases
+    h3 = conv(h2, 64, 64, 2, "w3")           # 8x8 out, strided: rows of 8 in column phases, two to a block
     h4 = conv(h3, 64, 64, 1, "w4")           # 8x8: rows, two to a block
+    h5 = conv(h4, 64, 128, 2, "w5")          # 4x4 out, strided: columns
     shapes = [(32, 24, 3, 3, 1, 1, 1, 1, 32, 32), (24, 64, 3, 3, 2, 2, 1, 1, 16, 16), (64, 64, 3, 3, 2, 2, 1, 1, 8, 8),
-              (64, 64, 3, 3, 1, 1, 1, 1, 8, 8)]
+              (64, 64, 3, 3, 1, 1, 1, 1, 8, 8), (64, 128, 3, 3, 2, 2, 1, 1, 4, 4)]
     forms = [int(tiles.layout(*shape, tiles.block_shape(*shape)[1])[0]) for shape in shapes]
-    assert forms == [tiles.ROWS, tiles.PHASES, tiles.COLUMNS, tiles.ROWS]
+    assert forms == [tiles.ROWS, tiles.ROWS, tiles.ROWS, tiles.ROWS, tiles.COLUMNS]
     assert all(tiles.pays(*shape, 4) for shape in shapes)
-    outputs = [h1, h2, h4]
+    outputs = [h1, h2, h4, h5]
     cpu = dlc.compile(outputs, target="cpu")
     ref = dlc.compile(outputs, target="reference")
     for batch in (1, 3):

@@ -4,27 +4,31 @@ Imported by the CPU backend as the module `dlc_cpu_conv_tiles`; kernels/cpu/conv
 (`_uses_tiles` there, `pays` here). Layouts as there: x (N, C, H, W), w (C_out, C, kh, kw), out (N, C_out, Ho, Wo).
 
 The product out[n, o, q] = sum_k w[o, k] * B[k, q] over k = (c, i, j) runs in blocks of MR output channels by NR
-output positions (dlc_cpu_microkernel.fma_tile), each in registers for the whole sum. Row k of B is read
-through an offset table from one buffer per sample, in one of three forms (`layout`):
+output positions (dlc_cpu_microkernel.fma_tile; WIDE_MR x WIDE_NR with fma_tile_wide where `block_shape` takes
+them), each in registers for the whole sum. Row k of B is read through an offset table from one buffer per
+sample, in one of two forms (`layout`):
 
-- rows (a stride-1 window): the sample's input zero-padded, each padded input row holding every channel's row
-  one after another, Wq = Wo rounded up to NR plus the window's reach wide. A block of NR positions of output
-  row oh reads, channel by channel, the window's kh input rows from oh on: three streams in order, which the
-  prefetcher follows, and the block goes straight into the output (positions past Wo thrown away). Output
-  rows of at most NR/2 positions go two to a block, its second half read from the next input row on.
-- phases (a strided window): the input zero-padded and split into stride phases (phase (a, b) of channel c
-  holds the padded input's rows a, a + sh, ... and columns b, b + sw, ...). Row k of tap (i, j) is phase
-  ((i*dh) % sh, (j*dw) % sw) of channel c read from ((i*dh)//sh, (j*dw)//sw) on: output position (oh, ow) is
-  column oh*Wq + ow, Wq = Wo + ((kw-1)*dw)//sw, the columns past Wo computed and thrown away.
+- rows: the sample's input zero-padded, each padded input row holding every channel's row one after another,
+  each split into its sw column phases (column s*sw + b of the row at s of phase b; stride 1: one phase), Wq =
+  Wo rounded up to NR plus the window's reach in its phase wide. A block of NR positions of output row oh
+  reads, channel by channel, the window's kh input rows from oh*sh on, tap (i, j) from phase (j*dw) % sw at
+  (j*dw) // sw: a few streams in order, which the prefetcher follows, and the block goes straight into the
+  output (positions past Wo thrown away). Output rows of at most NR/2 positions go two to a block, its second
+  half read from the next output row's input rows on.
 - columns (small planes, where those thrown-away positions would cost more than copying): im2col's columns,
   Ho*Wo positions a row, rounded up to NR. The thrown-away work is counted in multiply-adds, a copied value
   in COPY_MACS.
+
+Strided windows had a form of their own until the rows form took stride phases: the input split into
+whole stride phases (every row and column phase of a channel a plane), a tap's rows a plane apart. In rows,
+at batch 1 on 2 threads (ms, minimum of 5 x 100 calls): 64 -> 128 3x3/2 on 32x32 0.486 -> 0.317 (wide
+blocks), 128 -> 256 3x3/2 on 16x16 0.379 -> 0.311, a 7x7/2 stem on 224x224 2.1-2.6 -> 1.59.
 
 Where it pays (`pays`; kernels/cpu/conv.py takes it for fewer samples than threads), measured at batch 1 on 2
 threads against im2col + GEMM (benchmarks/RESULTS.md): ResNet's 3x3 convs on 32x32 inputs, in one process
 each (ms, the minimum of 5 x 100 calls, im2col + GEMM -> tiles): 64 -> 64 on 32x32 0.55 -> 0.44 and 128 ->
 128 on 16x16 0.53 -> 0.42 (rows); in alternating processes (ms, 3 each): 256 -> 256 on 8x8 0.57-0.63 ->
-0.41-0.53 (rows, two to a block), 64 -> 128 3x3/2 on 32x32 0.53-0.57 -> 0.40-0.50 (phases), 128 -> 256
+0.41-0.53 (rows, two to a block), 64 -> 128 3x3/2 on 32x32 0.53-0.57 -> 0.40-0.50 (then phases), 128 -> 256
 3x3/2 on 16x16 0.49-0.50 -> 0.31-0.40 and 256 -> 512 3x3/2 on 8x8 0.57-0.68 -> 0.28-0.42 (columns), 512 ->
 512 on 4x4 0.73-1.21 -> 0.55-0.78 (columns); the whole ResNet-18-style net at batch 1 13.76 -> 10.76 ms. Not
 taken: ResNet's layers on 224x224 inputs (64 -> 64 on 56x56 1.8-2.2 -> 2.0-2.1 ms, 128 -> 128 on 28x28
@@ -33,7 +37,7 @@ taken: ResNet's layers on 224x224 inputs (64 -> 64 on 56x56 1.8-2.2 -> 2.0-2.1 m
 2x slower).
 
 What limits it: a block on one core runs at 101-112 GFLOP/s when B's rows lie in order, 48-56 when they lie a
-channel plane apart (too many streams for the prefetcher: the phases and columns forms; a copy of each
+channel plane apart (too many streams for the prefetcher: the columns form, and the phases one was; a copy of each
 column block into a panel read in order cost more than it saved). onnxruntime runs ResNet's stride-1 layers
 at 0.31-0.36 ms on channels-blocked activations with its weights packed once when the model loads: the input
 broadcast, the weights read in order. Tried here, inside this kernel (the input copied channels last, the
@@ -49,7 +53,7 @@ from numba import njit, prange
 
 COPY_MACS = 32   # a value copied into columns costs about as much as 32 GEMM multiply-adds (conv.py uses it too)
 TASKS_PER_THREAD = 4   # with fewer (samples x column blocks) than this per thread, channels split too
-ROWS, PHASES, COLUMNS = 0, 1, 2   # the forms of B
+ROWS, COLUMNS = 0, 1   # the forms of B
 L1_BYTES = 1 << 15     # a core's L1 data cache (32 KB on the machines measured)
 B_BYTES = 1 << 19      # half a core's L2 (1 MB there), the rest for the weights' rows
 MIN_MACS = 1 << 20     # smaller convs (LeNet's second at batch 1: 0.24M) are all overhead in tiles: 2x slower
@@ -63,29 +67,27 @@ def _ceil_div(a, b):
 @njit(**JIT)
 def layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo, nr):
     """(form, Hq, Wq, column blocks per output row, column blocks, a sample's buffer) for blocks of nr positions:
-    rows for a stride-1 window (output rows of at most nr/2 positions two to a block), phases for a strided one,
-    or columns where the positions those compute and throw away (past Wo, or past Ho*Wq in blocks of nr) cost
-    more than copying the columns."""
+    rows (output rows of at most nr/2 positions two to a block; Hq padded input rows of Wq in each of the sw
+    column phases), or columns where the positions rows compute and throw away (past Wo) cost more than copying
+    the columns."""
     k = C * kh * kw
     cols_q = _ceil_div(ho * wo, nr) * nr
-    if sh == 1 and sw == 1:
-        if wo <= nr // 2:
-            per_row, blocks = 1, _ceil_div(ho, 2)
-            hq, wq = ho + (kh - 1) * dh, nr // 2 + (kw - 1) * dw
-        else:
-            per_row = _ceil_div(wo, nr)
-            blocks = ho * per_row
-            hq, wq = ho + (kh - 1) * dh, per_row * nr + (kw - 1) * dw
-        form, q = ROWS, blocks * nr
+    reach = (kw - 1) * dw // sw    # columns of its phase a tap reads past its output position's
+    if wo <= nr // 2:
+        per_row, blocks = 1, _ceil_div(ho, 2)
+        wq = nr // 2 + reach
     else:
-        hq, wq = ho + (kh - 1) * dh // sh, wo + (kw - 1) * dw // sw
-        form, q = PHASES, _ceil_div(ho * wq, nr) * nr
-        per_row = q // nr    # positions run on across output rows: one "row" of B
-    copies = C * sh * sw * hq * wq
+        per_row = _ceil_div(wo, nr)
+        blocks = ho * per_row
+        wq = per_row * nr + reach
+    hq = (ho - 1) * sh + (kh - 1) * dh + 1
+    q = blocks * nr
+    copies = C * sw * hq * wq
     if (q - cols_q) * k * co > COPY_MACS * (k * cols_q - copies):
         return COLUMNS, hq, wq, cols_q // nr, cols_q // nr, k * cols_q
-    # nr past the end, and a row: the last block's thrown-away positions, a last half block's second row
-    return form, hq, wq, per_row, q // nr, copies + nr + C * wq
+    # nr past the end, and an output row's input rows: the last block's thrown-away positions, a last half
+    # block's second row
+    return ROWS, hq, wq, per_row, q // nr, copies + nr + sh * C * sw * wq
 
 
 @njit(**JIT)
@@ -93,7 +95,7 @@ def block_shape(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
     """(rows, positions) of the register blocks: WIDE_MR x WIDE_NR (fma_tile_wide) on a CPU with AVX-512 for
     the rows form where those blocks compute no more positions than MR x NR ones (ResNet's 32x32 and 16x16
     stages: their 3x3 convs at batch 16 in 0.73-0.79 of im2col + GEMM's time, where the narrow blocks took
-    0.98-1.01), else MR x NR. Strided windows stay narrow: in the wide blocks phases turn to columns, slower."""
+    0.98-1.01; 64 -> 128 3x3/2 on 32x32 at batch 1 0.317 ms against 0.486 in narrow phases), else MR x NR."""
     if WIDE_REGISTERS:
         wide = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo, WIDE_NR)
         narrow = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo, NR)
@@ -104,7 +106,7 @@ def block_shape(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
 
 @njit(**JIT)
 def form_of(C, co, kh, kw, sh, sw, dh, dw, ho, wo):
-    """The form of B (ROWS, PHASES or COLUMNS) tiled_conv2d takes for the conv, in the blocks it chooses."""
+    """The form of B (ROWS or COLUMNS) tiled_conv2d takes for the conv, in the blocks it chooses."""
     nr = block_shape(C, co, kh, kw, sh, sw, dh, dw, ho, wo)[1]
     return layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo, nr)[0]
 
@@ -114,19 +116,17 @@ def pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo, itemsize):
     """Whether tiles beat im2col + GEMM for a conv of fewer samples than threads (benchmarks/RESULTS.md has the
     measurements): a window larger than 1x1 (a 1x1 conv's GEMM reads x as it is) over more than a stem's few
     channels, of at least MIN_MACS multiply-adds, and B where each block reads it from cache: in the rows form
-    the window's input rows (every channel) within a core's L1 (ResNet's 32x32, 16x16 and 8x8 layers; its
-    56x56 to 7x7 ones on 224x224 inputs measured slower), in the phases form the sample's buffer within
-    B_BYTES, in columns at most two column blocks (every channel block reads them again: 4x4 planes gain) or,
-    for a strided window (whose columns im2col gathers value by value), columns within B_BYTES."""
+    the window's input rows (every channel and column phase) within a core's L1 (ResNet's 32x32, 16x16 and 8x8
+    layers; its 56x56 to 7x7 ones on 224x224 inputs measured slower in narrow blocks), in columns at most two
+    column blocks (every channel block reads them again: 4x4 planes gain) or, for a strided window (whose
+    columns im2col gathers value by value), columns within B_BYTES."""
     k = C * kh * kw
     nr = block_shape(C, co, kh, kw, sh, sw, dh, dw, ho, wo)[1]
     if kh * kw == 1 or (k < 64 and nr != WIDE_NR) or co * ho * wo * k < MIN_MACS:
         return False
     form, hq, wq, _, tiles, size = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo, nr)
     if form == ROWS:
-        return kh * C * wq * itemsize <= L1_BYTES
-    if form == PHASES:
-        return size * itemsize <= B_BYTES
+        return kh * C * sw * wq * itemsize <= L1_BYTES
     return tiles <= 2 or (sh * sw > 1 and size * itemsize <= B_BYTES)
 
 
@@ -139,56 +139,33 @@ def offsets(form, C, kh, kw, sh, sw, dh, dw, hq, wq, qpad):
             for j in range(kw):
                 k = (c * kh + i) * kw + j
                 if form == ROWS:
-                    boff[k] = (i * dh * C + c) * wq + j * dw
-                elif form == PHASES:
-                    phase = (c * sh + i * dh % sh) * sw + j * dw % sw
-                    boff[k] = phase * hq * wq + i * dh // sh * wq + j * dw // sw
+                    boff[k] = ((i * dh * C + c) * sw + j * dw % sw) * wq + j * dw // sw
                 else:
                     boff[k] = k * qpad
     return boff
 
 
 @njit(**JIT)
-def _rows(x, n, buf, pt, pl, hq, wq):
-    """buf[(r*C + c)*Wq + s] = sample n's input zero-padded at row r, column s: each padded input row holds all
-    channels one after another, so a block's rows of B (channel by channel, three window rows at a time) are
-    read in order. Zeros after."""
+def _rows(x, n, buf, sw, pt, pl, hq, wq):
+    """buf[((r*C + c)*sw + b)*Wq + s] = sample n's input zero-padded at row r, column s*sw + b: each padded
+    input row holds all channels one after another, each split into its sw column phases, so a block's rows of
+    B (channel by channel, three window rows at a time) are read in order. Zeros after."""
     C, H, W = x.shape[1], x.shape[2], x.shape[3]
     buf[:] = 0
     for ih in range(min(H, hq - pt)):
         for c in range(C):
-            base, s = ((ih + pt) * C + c) * wq + pl, x[n, c, ih]
-            for q in range(min(W, wq - pl)):
-                buf[base + q] = s[q]
-
-
-@njit(**JIT)
-def _phases(x, n, buf, sh, sw, pt, pl, hq, wq):
-    """buf = sample n's input zero-padded, split into stride phases (Hq x Wq each), zeros after."""
-    C, H, W = x.shape[1], x.shape[2], x.shape[3]
-    for c in range(C):
-        for a in range(sh):
+            src = x[n, c, ih]
+            if sw == 1:
+                base = ((ih + pt) * C + c) * wq + pl
+                for q in range(min(W, wq - pl)):
+                    buf[base + q] = src[q]
+                continue
             for b in range(sw):
-                base = ((c * sh + a) * sw + b) * hq * wq
+                base = ((ih + pt) * C + c) * sw * wq + b * wq
                 lo = max(0, _ceil_div(pl - b, sw))                     # first s with s*sw + b - pl >= 0
                 hi = max(lo, min(wq, _ceil_div(W + pl - b, sw)))       # first s past the input
-                for r in range(hq):
-                    d = buf[base + r * wq:base + (r + 1) * wq]
-                    ih = r * sh + a - pt
-                    if ih < 0 or ih >= H:
-                        d[:] = 0
-                        continue
-                    s = x[n, c, ih]
-                    d[:lo] = 0
-                    if sw == 1:
-                        src = s[lo + b - pl:hi + b - pl]
-                        for q in range(hi - lo):
-                            d[lo + q] = src[q]
-                    else:
-                        for q in range(lo, hi):
-                            d[q] = s[q * sw + b - pl]
-                    d[hi:] = 0
-    buf[C * sh * sw * hq * wq:] = 0
+                for q in range(lo, hi):
+                    buf[base + q] = src[q * sw + b - pl]
 
 
 @njit(**JIT)
@@ -212,9 +189,7 @@ def _columns(x, n, buf, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, qpad):
 def _sample(x, n, buf, form, kh, kw, sh, sw, pt, pl, dh, dw, hq, wq, ho, wo, qpad):
     """Sample n's buffer of B, in its form."""
     if form == ROWS:
-        _rows(x, n, buf, pt, pl, hq, wq)
-    elif form == PHASES:
-        _phases(x, n, buf, sh, sw, pt, pl, hq, wq)
+        _rows(x, n, buf, sw, pt, pl, hq, wq)
     else:
         _columns(x, n, buf, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, qpad)
 
@@ -285,9 +260,10 @@ def tiled_conv2d_in_blocks(x, w, out, threads, mr, nr, sh, sw, pt, pl, dh, dw):
     form, hq, wq, per_row, tiles, size = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo, nr)
     boff = offsets(form, C, kh, kw, sh, sw, dh, dw, hq, wq, tiles * nr)
     half_rows = form == ROWS and wo <= nr // 2   # two output rows to a block
-    row_stride = (2 if half_rows else 1) * C * wq if form == ROWS else per_row * nr
-    rw = nr // 2 if half_rows else (per_row * nr if form == ROWS else (wq if form == PHASES else wo))
-    bstep = C * wq if half_rows else nr // 2
+    row_step = sh * C * sw * wq                  # the rows form's buffer from one output row to the next
+    row_stride = (2 if half_rows else 1) * row_step if form == ROWS else per_row * nr
+    rw = nr // 2 if half_rows else (per_row * nr if form == ROWS else wo)
+    bstep = row_step if half_rows else nr // 2
     direct = form == ROWS and out.flags.c_contiguous
     blocks = _ceil_div(co, mr)
     wpad = zeros((mr, k), x)
