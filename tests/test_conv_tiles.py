@@ -1,7 +1,7 @@
-"""Register-tiled convolutions (dlc/kernels/cpu/conv_tiles.py) and their block kernel (microkernel.py) against
-numpy: the block on its own, the tiled conv over shapes that reach each form of its right operand (rows,
-its column phases for strides, and columns), channel counts that leave a partial block, on one thread and two, and the cpu
-backend choosing it for batch-1 convs where it pays."""
+"""Register-tiled convolutions (dlc/kernels/cpu/conv_tiles.py) and their block kernels (microkernel.py) against
+numpy: each block kernel on its own, the tiled conv over shapes that reach each form of its right operand (rows,
+in column phases for strides, and columns) in both block shapes, channel counts that leave a partial block, on
+one thread and two, the cpu backend choosing it where it pays, and stride-1 dgrads run as tiled forward convs."""
 
 from __future__ import annotations
 
