@@ -39,15 +39,16 @@ sample by sample, each of the C*kh*kw rows got a few values a cache line or
 a page away from the last (ResNet's 4x4 layer: fwd 20 -> 15 ms, dgrad 23 ->
 15, wgrad 22 -> 18 at batch 32 on 2 threads).
 
-Why register tiles for some batch-1 convs (dlc_cpu_conv_tiles): at batch 1 each
-GEMM is thin (a few hundred columns, or a few dozen, against the whole weight
-matrix) and im2col's columns are as large as its operand. A forward conv of
-fewer samples than threads with a window larger than 1x1 runs, where it
-measured faster (`_uses_tiles`, `pays`: ResNet's 3x3 convs on 32x32 inputs,
-not yet its layers on 224x224 ones), as blocks of 6 output channels by 16
-positions summed in registers straight from a padded copy of the input, no
-columns and no BLAS. ResNet-18-style inference at batch 1 (the ONNX
-benchmark's, 12 interleaved rounds): 13.76 -> 10.76 ms.
+Why register tiles for some convs (dlc_cpu_conv_tiles): at batch 1 each GEMM is thin (a few hundred columns,
+or a few dozen, against the whole weight matrix) and im2col's columns are as large as its operand. A forward
+conv of fewer samples than threads with a window larger than 1x1 runs, where it measured faster (`_uses_tiles`,
+`pays`: ResNet's 3x3 convs on 32x32 inputs, not yet its layers on 224x224 ones), as blocks of output channels
+by positions summed in registers straight from a padded copy of the input, no columns and no BLAS.
+ResNet-18-style inference at batch 1 (the ONNX benchmark's, 12 interleaved rounds): 13.76 -> 10.76 ms in
+6 x 16 blocks; 8.7 -> 7.4 ms with AVX-512's 8 x 32 ones and strided windows in rows. In 8 x 32 blocks a
+stride-1 conv gains at any batch too (ResNet's 3x3 convs at batch 16: 0.73-0.90 of im2col + GEMM's time), and
+so does its input gradient, a forward conv of dL/dy with the window turned half a turn and the channels
+swapped (conv2d_grad_input; 0.67-0.92 at batch 32): W8's training step 810-873 -> 740-746 ms.
 
 Why direct loops for depthwise convolutions (one input channel and at most
 DIRECT_MAX_OUTPUTS outputs per group, as in MobileNet; with more outputs per
