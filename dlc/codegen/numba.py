@@ -597,10 +597,13 @@ def _chunked_axis(shape) -> int | None:
     return next((k for k, d in enumerate(shape) if d != 1), None)
 
 
-# A convolution's elementwise tail (bias, residual add, ReLU: one pass over the output) runs on threads whatever
-# the function's `parallel`, from PARALLEL_MIN elements: the conv's own threads have just finished. ResNet-18-style
-# inference at batch 16 (ONNX benchmark's net, minimum of 8 rounds of 3 calls): 106.2 ms one-threaded, 99.1 ms so.
-THREADED_TAILS = {"conv2d", "conv2d_nhwc", "conv2d_grad_input", "conv_transpose2d"}
+# A forward convolution's elementwise tail (bias, residual add, ReLU: one pass over the output) runs on threads
+# whatever the function's `parallel`, from PARALLEL_MIN elements: the conv's own threads have just finished.
+# ResNet-18-style inference at batch 16 (the ONNX benchmark's net, minimum of 8 rounds of 3 calls): 106.2 ms
+# one-threaded, 99.1 ms so. The input gradient's tails (batch norm's backward in W8) gained nothing measurable
+# (W8's step 737-741 ms either way) and cost 6 s of W8's cold compile (22.6 -> 28.8 s: numba's parallel loops
+# compile slowly), so they stay on one thread.
+THREADED_TAILS = {"conv2d", "conv2d_nhwc"}
 
 
 def _render_window(program, kernel, parallel=False):
