@@ -617,24 +617,28 @@ def test_parallel_matmul_epilogues_run_in_chunks(rng, batch):
 
 
 def test_forward_conv_tails_run_on_threads_without_parallel(rng):
-    """A forward conv's elementwise tail (bias, residual add, ReLU) runs in chunks on threads with parallel=False
-    too; the tail of its input gradient stays one loop (it gained nothing and compiled slower). Values against
-    the reference at a batch large enough for the chunks and at batch 1."""
+    """A forward conv's elementwise tail (bias, residual add, ReLU) over an output known to be large runs in
+    chunks on threads with parallel=False too; with a symbolic batch, or as the tail of an input gradient, it
+    stays one loop. Values against the reference."""
     from dlc.codegen.numba import render_kernel
 
-    x = dlc.input("x", ("B", 8, 32, 32))
     w = dlc.param(rand(rng, (16, 8, 3, 3)) * 0.2, name="w")
     b = dlc.param(rand(rng, (16,)), name="b")
-    skip = dlc.input("skip", ("B", 16, 32, 32))
-    y = dlc.relu(dlc.conv2d(x, w, b, padding=1) + skip)
-    fn = dlc.compile(y, [x, skip], target="cpu")
-    program = fn.program
-    (kernel,) = [k for k in program.kernels if k.anchor is not None and k.anchor.op == "conv2d"]
-    assert render_kernel(program, kernel, parallel=False).parallel
-    want = dlc.compile(y, [x, skip], target="reference")
-    for batch in (16, 1):
-        xv, sv = rand(rng, (batch, 8, 32, 32)), rand(rng, (batch, 16, 32, 32))
-        assert_close(fn(xv, sv), want(xv, sv))
+
+    def conv_kernel_threaded(batch):
+        x, skip = dlc.input("x", (batch, 8, 32, 32)), dlc.input("skip", (batch, 16, 32, 32))
+        y = dlc.relu(dlc.conv2d(x, w, b, padding=1) + skip)
+        fn = dlc.compile(y, [x, skip], target="cpu")
+        (kernel,) = [k for k in fn.program.kernels if k.anchor is not None and k.anchor.op == "conv2d"]
+        want = dlc.compile(y, [x, skip], target="reference")
+        for n in ((16,) if batch == 16 else (16, 1)):
+            xv, sv = rand(rng, (n, 8, 32, 32)), rand(rng, (n, 16, 32, 32))
+            assert_close(fn(xv, sv), want(xv, sv))
+        return render_kernel(fn.program, kernel, parallel=False).parallel
+
+    assert conv_kernel_threaded(16)            # 16 x 16 x 32 x 32 outputs
+    assert not conv_kernel_threaded("B")
+    x, skip = dlc.input("x", (16, 8, 32, 32)), dlc.input("skip", (16, 16, 32, 32))
     gx = dlc.grad(dlc.sum(dlc.relu(dlc.conv2d(x, w, padding=1)) * skip), [x])[0]
     grad_fn = dlc.compile(dlc.relu(gx) * 2.0, [x, skip], target="cpu")
     dgrads = [k for k in grad_fn.program.kernels if k.anchor is not None and k.anchor.op == "conv2d_grad_input"]

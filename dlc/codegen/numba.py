@@ -598,17 +598,23 @@ def _chunked_axis(shape) -> int | None:
 
 
 # A forward convolution's elementwise tail (bias, residual add, ReLU: one pass over the output) runs on threads
-# whatever the function's `parallel`, from PARALLEL_MIN elements: the conv's own threads have just finished.
-# ResNet-18-style inference at batch 16 (the ONNX benchmark's net, minimum of 8 rounds of 3 calls): 106.2 ms
-# one-threaded, 99.1 ms so. The input gradient's tails (batch norm's backward in W8) gained nothing measurable
-# (W8's step 737-741 ms either way) and cost 6 s of W8's cold compile (22.6 -> 28.8 s: numba's parallel loops
-# compile slowly), so they stay on one thread.
+# whatever the function's `parallel` where its output is known to have PARALLEL_MIN elements or more: the conv's
+# own threads have just finished. ResNet-18-style inference at batch 16 (the ONNX benchmark's net, minimum of 8
+# rounds of 3 calls): 106.2 ms one-threaded, 99.1 ms so. Not where the size is only known at run time: such a
+# kernel is a parallel function of its own (not inlined) that enters a parallel region at every call, even for
+# one chunk, and numba compiles those slowly. The input gradient's tails (batch norm's backward in W8) gained
+# nothing measurable (W8's step 737-741 ms either way) and cost 6 s of W8's cold compile (22.6 -> 28.8 s), so
+# they stay on one thread.
 THREADED_TAILS = {"conv2d", "conv2d_nhwc"}
+
+
+def _known_to_be_large(shape) -> bool:
+    return all(isinstance(d, int) for d in shape) and int(np.prod(shape, dtype=np.int64)) >= PARALLEL_MIN
 
 
 def _render_window(program, kernel, parallel=False):
     anchor = kernel.anchor
-    parallel = parallel or anchor.op in THREADED_TAILS
+    parallel = parallel or (anchor.op in THREADED_TAILS and _known_to_be_large(anchor.shape))
     if kernel.nodes[0] is not anchor:
         raise Unsupported(f"{kernel.nodes[0].op} before a {anchor.op}")
     r = KernelRenderer(program, kernel)
