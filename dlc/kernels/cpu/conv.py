@@ -1091,7 +1091,8 @@ def _uses_tiles(N, groups, sh, sw, itemsize):
     the shape): float32, one group, and fewer samples than threads (batch 1: a thin GEMM per sample) or a
     stride-1 window. At batch 16 and 32 on 2 threads (AVX-512's wide blocks; tiles / im2col + GEMM, minimum of 5
     rounds): ResNet's 3x3 convs on 32x32 0.78-0.82, 16x16 0.74, 8x8 0.73, 4x4 0.88-0.90, its 3x3 stem
-    0.39-0.42; strided ones 1.0-1.2 (phases and columns), so those stay."""
+    0.39-0.42; strided ones 0.88-1.16 (64 -> 128 3x3/2 on 32x32 slower in rows, the 8x8 plane's level in
+    columns), so those stay."""
     return itemsize == 4 and groups == 1 and (N < thread_count() or (sh == 1 and sw == 1))
 
 

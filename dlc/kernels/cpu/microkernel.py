@@ -12,10 +12,10 @@ of the left operand against NR/V vector loads of the right one.
 `fma_tile_wide` is the same product in WIDE_MR x WIDE_NR blocks of 64-byte vectors: 16 accumulators of AVX-512's
 32 registers, 16 FMAs for each row of the operands' offsets and broadcasts where the narrow block has 12, and
 twice the positions per block. Measured on one core of the 2-core AMD EPYC (Zen 4, AVX-512; K = 576, 2400
-blocks, GFLOP/s): 6 x 16 in 32-byte vectors 65-98, 8 x 32 in 64-byte vectors 111-113, 12 x 32 27-51 (spilled),
+blocks, GFLOP/s): 6 x 16 in 32-byte vectors 65-104, 8 x 32 in 64-byte vectors 111-116, 12 x 32 27-51 (spilled),
 7 x 32 116, 10 x 32 103; the 3x3 stride-1 convs of ResNet's 32x32 and 16x16 stages at batch 16 on 2 threads
-136-142 -> 184-220. Without AVX-512 (WIDE_REGISTERS false) its vectors split in two and spill: correct, slow,
-and not chosen (conv_tiles.block_shape).
+136-142 -> 184-220. Without AVX-512 (WIDE_REGISTERS false) its vectors would split in two, 32 accumulators for
+16 registers: correct (the tests run it on any CPU), not measured there, and not chosen (conv_tiles.block_shape).
 
 Why LLVM IR: numba's loops do not get there. The same block written as 96 scalar accumulators ran at 7 GFLOP/s
 on one core (LLVM's SLP vectorizer left it scalar), and loops over a block in memory load and store it at every
