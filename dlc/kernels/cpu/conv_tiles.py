@@ -131,7 +131,7 @@ def pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo, itemsize):
 
 
 @njit(**JIT)
-def offsets(form, C, kh, kw, sh, sw, dh, dw, hq, wq, qpad):
+def offsets(form, C, kh, kw, sw, dh, dw, wq, qpad):
     """Where row (c*kh + i)*kw + j of B starts in a sample's buffer, from the start of a column block."""
     boff = np.empty(C * kh * kw, np.int64)
     for c in range(C):
@@ -155,7 +155,7 @@ def _rows(x, n, buf, sw, pt, pl, hq, wq):
     for ih in range(min(H, hq - pt)):
         for c in range(C):
             src = x[n, c, ih]
-            if sw == 1:
+            if sw == 1:   # one phase: a contiguous copy (the loop below's strided reads do not vectorize)
                 base = ((ih + pt) * C + c) * wq + pl
                 for q in range(min(W, wq - pl)):
                     buf[base + q] = src[q]
@@ -258,7 +258,7 @@ def tiled_conv2d_in_blocks(x, w, out, threads, mr, nr, sh, sw, pt, pl, dh, dw):
     k = C * kh * kw
     w2 = w.reshape(co, k)
     form, hq, wq, per_row, tiles, size = layout(C, co, kh, kw, sh, sw, dh, dw, ho, wo, nr)
-    boff = offsets(form, C, kh, kw, sh, sw, dh, dw, hq, wq, tiles * nr)
+    boff = offsets(form, C, kh, kw, sw, dh, dw, wq, tiles * nr)
     half_rows = form == ROWS and wo <= nr // 2   # two output rows to a block
     row_step = sh * C * sw * wq                  # the rows form's buffer from one output row to the next
     row_stride = (2 if half_rows else 1) * row_step if form == ROWS else per_row * nr

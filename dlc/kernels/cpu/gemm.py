@@ -100,7 +100,7 @@ def gemm_rows(a, b, out):
     gemm(a, b, out)
 
 
-@overload(gemm_rows, jit_options=dict(cache=True, error_model="numpy"))
+@overload(gemm_rows, jit_options=JIT)
 def _gemm_rows_typed(a, b, out):
     if a.layout != "C":
         return lambda a, b, out: gemm(a, b, out)

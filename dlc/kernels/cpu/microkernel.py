@@ -68,8 +68,9 @@ def _block(mr, nr, vector_bytes, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
         lanes = vector_bytes // context.get_abi_sizeof(scalar)
         vec = ir.VectorType(scalar, lanes)
         i32, i64 = ir.IntType(32), ir.IntType(64)
+        suffix = "f32" if signature.args[0].dtype == types.float32 else "f64"
         fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
-                                             f"llvm.fma.v{lanes}{str(signature.args[0].dtype).replace('loat', '')}")
+                                             f"llvm.fma.v{lanes}{suffix}")
         vectors = nr // lanes
         splat = ir.Constant(ir.VectorType(i32, lanes), [0] * lanes)
         rows = [builder.gep(sa, [builder.add(a0_, builder.mul(lda_, ir.Constant(i64, i)))]) for i in range(mr)]
@@ -102,7 +103,6 @@ def _block(mr, nr, vector_bytes, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
                               align=4)
         return context.get_dummy_value()
     return sig, codegen
-
 
 
 @intrinsic
