@@ -40,6 +40,12 @@ CASES = [
     (1, 11, 10, 16, 16, 3, 3, (1, 2), ((2, 2), (1, 1)), (2, 1), "float32"),  # dilated 3x3 (9 taps at once)
     (2, 6, 6, 8, 8, 5, 5, (1, 1), ((2, 2), (2, 2)), (1, 1), "float32"),     # 5x5: tap by tap
     (1, 3, 3, 8, 8, 3, 3, (1, 1), ((0, 0), (0, 0)), (1, 1), "float32"),     # one output, no padding
+    # rows of at least RUN_MIN_COLUMNS outputs: runs with the weights in registers, patches at the edges
+    (2, 18, 20, 40, 40, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), "float32"),   # 40 channels: a vector's tail
+    (1, 20, 35, 24, 24, 3, 3, (2, 2), ((1, 0), (0, 1)), (1, 1), "float64"),   # strided, uneven padding
+    (1, 22, 24, 16, 16, 3, 3, (1, 1), ((2, 2), (2, 2)), (2, 2), "float32"),   # dilated, padding 2
+    (1, 6, 40, 32, 32, 3, 3, (1, 1), ((0, 0), (0, 0)), (1, 1), "float32"),    # no padding: runs only
+    (1, 2, 18, 16, 16, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), "float32"),    # every row through a patch
 ]
 
 
@@ -66,6 +72,7 @@ THREADED_CASES = [
     (4, 32, 32, 256, 256, 1, 1, (1, 1), ((0, 0), (0, 0)), (1, 1), "float32"),   # rows over threads
     (1, 64, 64, 512, 512, 1, 1, (1, 1), ((0, 0), (0, 0)), (1, 1), "float32"),   # batch 1, rows split
     (2, 64, 64, 256, 256, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), "float32"),   # depthwise rows over threads
+    (16, 8, 8, 1024, 1024, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1), "float32"),  # narrow rows over threads
 ]
 
 

@@ -11,7 +11,13 @@ conv2d_nhwc checks again):
   x, (N*H*W, C) @ w^T, written straight into the output's rows;
 - depthwise (one input channel and one output per group): per output
   position and tap one multiply-add over all C channels, contiguous in x, in
-  the weight (transposed to taps x C once per call) and in the output.
+  the weight (transposed to taps x C once per call) and in the output. A 3x3
+  window over rows of RUN_MIN_COLUMNS or more runs along each output row one
+  vector of channels at a time, its nine weight vectors in registers
+  (microkernel.depthwise_run), the edge columns and the padded rows through
+  a zero-padded patch of their input: 32 channels on 32x32 at batch 16 (2
+  threads) 0.58 -> 0.34 ms; as loops over arrays, the weights were reloaded
+  at every position (7 loads for 3 multiply-adds) and no faster.
 
 Why: with channels first (NCHW, kernels/cpu/conv.py) a depthwise conv on
 MobileNet's small planes (2x2 to 16x16) runs loops of 2 to 16 iterations per
@@ -23,6 +29,7 @@ alone took 15-80 us per layer against 2-30 us for the channels-last loops
 import numpy as np
 from dlc_cpu_conv import (
     DEPTHWISE_MAC_COST,
+    SPLIT_MIN_MACS,
     THIN_COLUMNS,
     _thin_rows,
     dot,
@@ -31,7 +38,8 @@ from dlc_cpu_conv import (
     taps_by_channel,
 )
 from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
-from dlc_cpu_threads import JIT, JIT_PARALLEL, block, claim, task_counter, zero
+from dlc_cpu_microkernel import DEPTHWISE_LANES_BYTES, depthwise_run
+from dlc_cpu_threads import JIT, JIT_PARALLEL, block, claim, task_counter, workers_for, zero
 from numba import njit, prange, types
 
 # A pointwise conv of at most THIN_POSITIONS rows (a batch-1 plane up to 5x5) multiplies w @ x^T (rows as
@@ -40,6 +48,11 @@ from numba import njit, prange, types
 # the NCHW conv's 127 (one thread). At 64 rows either way took 1.14-1.24x the NCHW conv's time, from 256 rows
 # x @ w^T as much or less (benchmarks/channels_last.py).
 THIN_POSITIONS = 32
+
+# A 3x3 depthwise conv over output rows of at least RUN_MIN_COLUMNS positions runs in runs along the row, the
+# nine weight vectors in registers (microkernel.depthwise_run); narrower rows position by position, each a loop
+# over the channels (with the runs' patches at the edges, 4x4 to 8x8 planes measured slower).
+RUN_MIN_COLUMNS = 16
 
 
 @njit(**JIT)
@@ -100,6 +113,68 @@ def _pointwise(x, w, out):
 
 
 @njit(**JIT)
+def _depthwise_run(src, s0, sstep, toff, wt, out, o0, count):
+    """count output positions of a 3x3 depthwise conv, channels last, the first at out's flat offset o0 and its
+    window's top-left input value at src's flat offset s0, the next sstep on; tap t at toff[t] from it. Whole
+    vectors of channels through microkernel.depthwise_run, the channels past them (C not a multiple of its
+    lanes) here."""
+    C = wt.shape[1]
+    lanes = DEPTHWISE_LANES_BYTES // src.itemsize
+    whole = C // lanes * lanes
+    for c0 in range(0, whole, lanes):
+        depthwise_run(src, s0 + c0, sstep, toff, wt, c0, C, out, o0 + c0, C, count)
+    if whole < C:
+        sf, of = src.reshape(src.size), out.reshape(out.size)
+        for p in range(count):
+            for c in range(whole, C):
+                acc = sf[s0 + p * sstep + toff[0] + c] * wt[0, c]
+                for t in range(1, 9):
+                    acc += sf[s0 + p * sstep + toff[t] + c] * wt[t, c]
+                of[o0 + p * C + c] = acc
+
+
+@njit(**JIT)
+def _depthwise_patch(x, wt, out, n, oh, ow0, ow1, sh, sw, pt, pl, dh, dw, patch, toff):
+    """Columns ow0 .. ow1 - 1 of out[n, oh] of a 3x3 depthwise conv through patch: a copy of their windows'
+    input rows, zero where the window reaches into the padding."""
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    wp = (ow1 - ow0 - 1) * sw + 2 * dw + 1      # the patch's columns
+    iw0 = ow0 * sw - pl                          # the input column of its first
+    lo, hi = max(0, -iw0), max(0, min(wp, W - iw0))
+    for i in range(3):
+        ih = oh * sh - pt + i * dh
+        row = patch[i * wp * C:(i + 1) * wp * C]
+        row[:] = 0
+        if ih >= 0 and ih < H and hi > lo:
+            row[lo * C:hi * C] = x[n, ih].reshape(W * C)[(iw0 + lo) * C:(iw0 + hi) * C]
+        for j in range(3):
+            toff[i * 3 + j] = (i * wp + j * dw) * C
+    _depthwise_run(patch, 0, sw * C, toff, wt, out, ((n * out.shape[1] + oh) * out.shape[2] + ow0) * C, ow1 - ow0)
+
+
+@njit(**JIT)
+def _depthwise_row_3x3(x, wt, toff, out, n, oh, sh, sw, pt, pl, dh, dw, patch, ptoff):
+    """out[n, oh] of a 3x3 depthwise conv: where the window's rows lie inside the input, its columns whose
+    window does too straight from x, the edge columns through a patch; the whole row through one where its
+    window's rows reach into the padding."""
+    H, W, C = x.shape[1], x.shape[2], x.shape[3]
+    wo = out.shape[2]
+    ih0 = oh * sh - pt
+    if ih0 < 0 or ih0 + 2 * dh >= H:
+        _depthwise_patch(x, wt, out, n, oh, 0, wo, sh, sw, pt, pl, dh, dw, patch, ptoff)
+        return
+    lo = min(wo, -(-pl // sw))                                   # first column with ow*sw - pl >= 0
+    hi = max(lo, min(wo, (W - 1 - 2 * dw + pl) // sw + 1))      # past the last with ow*sw - pl + 2*dw < W
+    if hi > lo:
+        _depthwise_run(x, ((n * H + ih0) * W + lo * sw - pl) * C, sw * C, toff, wt, out,
+                       ((n * out.shape[1] + oh) * wo + lo) * C, hi - lo)
+    if lo > 0:
+        _depthwise_patch(x, wt, out, n, oh, 0, lo, sh, sw, pt, pl, dh, dw, patch, ptoff)
+    if hi < wo:
+        _depthwise_patch(x, wt, out, n, oh, hi, wo, sh, sw, pt, pl, dh, dw, patch, ptoff)
+
+
+@njit(**JIT)
 def _depthwise_row(x, wt, out, n, oh, sh, sw, pt, pl, dh, dw, kh, kw):
     """out[n, oh] of a depthwise conv, channels last: each output position the sum over its taps of the
     weight row times the input's channel vector. A 3x3 window wholly inside the input (most positions) sums
@@ -135,22 +210,43 @@ def _depthwise_row(x, wt, out, n, oh, sh, sw, pt, pl, dh, dw, kh, kw):
                     a[c] += wv[c] * s[c]
 
 
+@njit(**JIT)
+def _depthwise_output_row(x, wt, toff, out, n, oh, sh, sw, pt, pl, dh, dw, kh, kw, patch, ptoff):
+    """out[n, oh]: a 3x3 window over rows of at least RUN_MIN_COLUMNS outputs in runs, else position by
+    position."""
+    if kh == 3 and kw == 3 and out.shape[2] >= RUN_MIN_COLUMNS:
+        _depthwise_row_3x3(x, wt, toff, out, n, oh, sh, sw, pt, pl, dh, dw, patch, ptoff)
+    else:
+        _depthwise_row(x, wt, out, n, oh, sh, sw, pt, pl, dh, dw, kh, kw)
+
+
 @njit(**JIT_PARALLEL)
 def _depthwise(x, w, out, sh, sw, pt, pl, dh, dw):
     N, ho, wo, C = out.shape
+    W = x.shape[2]
     kh, kw = w.shape[2], w.shape[3]
     wt = taps_by_channel(w).reshape((kh * kw, C))
+    toff = np.empty(9, np.int64)     # a 3x3 window's taps in x, from its top-left input value
+    for t in range(9):
+        toff[t] = ((t // 3) * dh * W + (t % 3) * dw) * C
     rows = N * ho
-    threads = forward_workers(out.size * kh * kw * DEPTHWISE_MAC_COST, rows, N)
+    runs = kh == 3 and kw == 3 and wo >= RUN_MIN_COLUMNS
+    macs = out.size * kh * kw * DEPTHWISE_MAC_COST
+    threads = workers_for(macs, rows, SPLIT_MIN_MACS) if runs else forward_workers(macs, rows, N)
+    # each thread's patch (a 3x3 window's input rows for a whole output row, zero-padded) and its taps' offsets
+    patches = np.empty((threads, 3 * ((wo - 1) * sw + 2 * dw + 1) * C if runs else 0), x.dtype)
+    ptoffs = np.empty((threads, 9), np.int64)
     if threads == 1:
         for r in range(rows):
-            _depthwise_row(x, wt, out, r // ho, r % ho, sh, sw, pt, pl, dh, dw, kh, kw)
+            _depthwise_output_row(x, wt, toff, out, r // ho, r % ho, sh, sw, pt, pl, dh, dw, kh, kw, patches[0],
+                                  ptoffs[0])
         return
     counter = task_counter()
-    for _ in prange(threads):
+    for t in prange(threads):
         r = claim(counter)
         while r < rows:
-            _depthwise_row(x, wt, out, r // ho, r % ho, sh, sw, pt, pl, dh, dw, kh, kw)
+            _depthwise_output_row(x, wt, toff, out, r // ho, r % ho, sh, sw, pt, pl, dh, dw, kh, kw, patches[t],
+                                  ptoffs[t])
             r = claim(counter)
 
 

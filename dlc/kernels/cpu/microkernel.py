@@ -17,6 +17,9 @@ blocks, GFLOP/s): 6 x 16 in 32-byte vectors 65-104, 8 x 32 in 64-byte vectors 11
 136-142 -> 184-220. Without AVX-512 (WIDE_REGISTERS false) its vectors would split in two, 32 accumulators for
 16 registers: correct (the tests run it on any CPU), not measured there, and not chosen (conv_tiles.block_shape).
 
+`depthwise_run` is a 3x3 depthwise conv's run of output positions on channels-last activations, one vector
+of channels at a time: its nine weight vectors stay in registers for the run (kernels/cpu/conv_nhwc.py).
+
 Why LLVM IR: numba's loops do not get there. The same block written as 96 scalar accumulators ran at 7 GFLOP/s
 on one core (LLVM's SLP vectorizer left it scalar), and loops over a block in memory load and store it at every
 step; this kernel ran at 112 GFLOP/s on one core of the 2-core AMD EPYC (AVX2, FMA) where OpenBLAS's SGEMM
@@ -120,3 +123,56 @@ def fma_tile(typingctx, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
 def fma_tile_wide(typingctx, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
     """fma_tile's product in blocks of WIDE_MR x WIDE_NR, in 64-byte vectors (halves of WIDE_NR/2 positions)."""
     return _block(WIDE_MR, WIDE_NR, 64, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc)
+
+
+# A depthwise 3x3 conv's run of output positions, channels last: one vector of channels at a time.
+TAPS = 9
+DEPTHWISE_LANES_BYTES = 64 if WIDE_REGISTERS else 32
+
+
+@intrinsic
+def depthwise_run(typingctx, x, x0, xstep, toff, w, w0, wstep, out, o0, ostep, count):
+    """out[o0 + p*ostep + l] = sum over t < 9 of w[w0 + t*wstep + l] * x[x0 + p*xstep + toff[t] + l] for
+    p < count and l < LANES (the channels of one vector: 16 float32 with AVX-512, else 8).
+
+    The nine weight vectors are loaded once and stay in registers for the whole run, so each output vector
+    costs nine loads of the input and nine multiply-adds (written as loops over arrays, the weights were
+    reloaded at every position: 7 loads for 3 multiply-adds). x, w and out are arrays of one float dtype read
+    and written as flat memory from their first element (the caller keeps every index in bounds); toff an int64
+    array of 9 offsets."""
+    float_types = (types.float32, types.float64)
+    if not all(isinstance(t, types.Array) and t.dtype in float_types for t in (x, w, out)):
+        return None
+    if len({x.dtype, w.dtype, out.dtype}) != 1 or not isinstance(toff, types.Array) or toff.dtype != types.int64:
+        return None
+    sig = types.void(x, types.int64, types.int64, toff, w, types.int64, types.int64, out, types.int64, types.int64,
+                     types.int64)
+
+    def codegen(context, builder, signature, args):
+        x_, x0_, xstep_, toff_, w_, w0_, wstep_, out_, o0_, ostep_, count_ = args
+        sx, so, sw, sout = (context.make_array(signature.args[i])(context, builder, args[i]).data
+                            for i in (0, 3, 4, 7))
+        scalar = context.get_value_type(signature.args[0].dtype)
+        lanes = DEPTHWISE_LANES_BYTES // context.get_abi_sizeof(scalar)
+        vec = ir.VectorType(scalar, lanes)
+        i64 = ir.IntType(64)
+        suffix = "f32" if signature.args[0].dtype == types.float32 else "f64"
+        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec, vec, vec]),
+                                             f"llvm.fma.v{lanes}{suffix}")
+
+        def vector_at(base, offset):
+            return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
+
+        weights = [builder.load(vector_at(sw, builder.add(w0_, builder.mul(wstep_, ir.Constant(i64, t)))), align=4)
+                   for t in range(TAPS)]
+        offsets = [builder.load(builder.gep(so, [ir.Constant(i64, t)])) for t in range(TAPS)]
+        with cgutils.for_range(builder, count_) as loop:
+            p = loop.index
+            base = builder.add(x0_, builder.mul(p, xstep_))
+            acc = ir.Constant(vec, [0.0] * lanes)
+            for t in range(TAPS):
+                value = builder.load(vector_at(sx, builder.add(base, offsets[t])), align=4)
+                acc = builder.call(fma, [weights[t], value, acc])
+            builder.store(acc, vector_at(sout, builder.add(o0_, builder.mul(p, ostep_))), align=4)
+        return context.get_dummy_value()
+    return sig, codegen
