@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dlc
-from dlc.ops.conv import conv2d_grad_input_ref, conv2d_ref, conv_out_size
+from dlc.ops.conv import conv2d_grad_input_ref, conv2d_grad_weight_ref, conv2d_ref, conv_out_size
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +271,92 @@ def test_stride_one_dgrad_in_tiles_matches_reference(kernels):
     np.testing.assert_array_equal(conv._flipped_transposed(w), w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
     w = rng.standard_normal((40, 24, 3, 3)).astype(np.float32)
     np.testing.assert_array_equal(conv._flipped_transposed(w), w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("wide", [False, True], ids=["6x16", "8x32"])
+def test_accumulating_fma_tile_adds_to_the_block(kernels, dtype, wide):
+    """fma_tile_add / fma_tile_wide_add: the product added to what the block holds; c outside it untouched."""
+    micro, _, _ = kernels
+    from numba import njit
+
+    MR, NR = (micro.WIDE_MR, micro.WIDE_NR) if wide else (micro.MR, micro.NR)
+    fma_tile_add = micro.fma_tile_wide_add if wide else micro.fma_tile_add
+
+    @njit(cache=False)
+    def block(a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
+        fma_tile_add(a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc)
+
+    rng = np.random.default_rng(5)
+    k, lda, ldc, bstep = 29, 31, NR + 3, NR // 2
+    a = rng.standard_normal(2 + MR * lda).astype(dtype)
+    b = rng.standard_normal(300 + NR).astype(dtype)
+    boff = rng.integers(0, 300, size=k).astype(np.int64)
+    c = rng.standard_normal(4 + MR * ldc + NR).astype(dtype)
+    before = c.copy()
+    block(a, 2, lda, b, 1, bstep, boff, k, c, 4, ldc)
+    rows = a[2:2 + MR * lda].reshape(MR, lda)[:, :k]
+    right = np.stack([b[1 + o:1 + o + NR] for o in boff])
+    held = np.stack([before[4 + i * ldc:4 + i * ldc + NR] for i in range(MR)])
+    want = held.astype(np.float64) + rows.astype(np.float64) @ right.astype(np.float64)
+    got = np.stack([c[4 + i * ldc:4 + i * ldc + NR] for i in range(MR)])
+    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-5)
+    mask = np.ones(c.shape, bool)
+    for i in range(MR):
+        mask[4 + i * ldc:4 + i * ldc + NR] = False
+    np.testing.assert_array_equal(c[mask], before[mask])
+
+
+# (N, C, H, W, C_out, kh, kw, stride, padding ((top, bottom), (left, right)), dilation): partial blocks of input
+# and output channels, strides, uneven and no padding, dilation, a wide window, chunks of several samples with a
+# shorter last one (16x16 planes of 32 channels: 7 samples a chunk)
+WGRAD_CASES = [
+    (2, 40, 12, 12, 20, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),
+    (3, 64, 9, 11, 24, 3, 3, (2, 2), ((1, 0), (0, 1)), (1, 1)),
+    (1, 32, 10, 10, 8, 3, 3, (1, 1), ((0, 0), (0, 0)), (1, 1)),
+    (2, 33, 13, 13, 16, 3, 3, (1, 2), ((2, 2), (2, 2)), (2, 2)),
+    (2, 32, 8, 14, 40, 3, 5, (1, 1), ((1, 1), (2, 2)), (1, 1)),
+    (9, 32, 16, 16, 32, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("wide", [False, True], ids=["6x16", "8x32"])
+def test_tiled_weight_gradient_matches_reference(kernels, threads, wide):
+    """tiled_conv2d_grad_weight (register blocks of output by input channels at a tap, summed over every
+    sample's positions) in both block shapes against the reference, on one thread and two; every weight
+    written."""
+    micro, tiles, _ = kernels
+    mr, nr = (micro.WIDE_MR, micro.WIDE_NR) if wide else (micro.MR, micro.NR)
+    rng = np.random.default_rng(6)
+    for n, c, h, wd, co, kh, kw, stride, padding, dilation in WGRAD_CASES:
+        x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
+        ho = conv_out_size(h, padding[0], kh, stride[0], dilation[0])
+        wo = conv_out_size(wd, padding[1], kw, stride[1], dilation[1])
+        gy = rng.standard_normal((n, co, ho, wo)).astype(np.float32)
+        a = dict(stride=stride, padding=padding, dilation=dilation, groups=1, kernel=(kh, kw))
+        want = conv2d_grad_weight_ref(x.astype(np.float64), gy.astype(np.float64), a)
+        got = np.full((co, c, kh, kw), np.nan, np.float32)
+        tiles.tiled_conv2d_grad_weight_in_blocks(x, gy, got, threads, mr, nr, *stride, padding[0][0], padding[1][0],
+                                                 *dilation)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()),
+                                   err_msg=str((n, c, h, wd, co, kh, kw, stride)))
+    assert tiles.wgrad_chunk(32, 32, 18, 18, 256) == 7   # the last case: chunks of 7 samples and 2
+
+
+def test_conv2d_grad_weight_takes_tiles_for_wide_inputs(kernels):
+    """dlc_cpu_conv.conv2d_grad_weight runs a 3x3 conv over at least TILED_WGRAD_MIN_CHANNELS input channels in
+    tiles (the result is the reference's), and the stem's 3 channels and 1x1 windows as columns + GEMM."""
+    _, tiles, conv = kernels
+    rng = np.random.default_rng(7)
+    for n, c, h, co, k, s in [(4, 64, 16, 64, 3, 1), (2, 3, 32, 64, 3, 1), (4, 64, 16, 128, 1, 2)]:
+        p = k // 2
+        x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+        ho = conv_out_size(h, (p, p), k, s, 1)
+        gy = rng.standard_normal((n, co, ho, ho)).astype(np.float32)
+        a = dict(stride=(s, s), padding=((p, p), (p, p)), dilation=(1, 1), groups=1, kernel=(k, k))
+        want = conv2d_grad_weight_ref(x.astype(np.float64), gy.astype(np.float64), a)
+        got = np.full((co, c, k, k), np.nan, np.float32)
+        conv.conv2d_grad_weight(x, gy, got, s, s, p, p, 1, 1, 1)
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
+    assert conv.TILED_WGRAD_MIN_CHANNELS > 3 and 64 * 16 * 16 * 4 * 9 * 64 >= tiles.MIN_MACS

@@ -92,7 +92,16 @@ from a shared counter (dlc_cpu_threads says why).
 """
 
 import numpy as np
-from dlc_cpu_conv_tiles import COPY_MACS, ROWS, _ceil_div, form_of, pays, tiled_conv2d
+from dlc_cpu_conv_tiles import (
+    COPY_MACS,
+    MIN_MACS,
+    ROWS,
+    _ceil_div,
+    form_of,
+    pays,
+    tiled_conv2d,
+    tiled_conv2d_grad_weight,
+)
 from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
 from dlc_cpu_threads import (
     JIT,
@@ -126,6 +135,7 @@ DEPTHWISE_MAC_COST = 8        # a depthwise multiply-add (direct loops) takes ab
 CHANNELS_LAST_MIN_CHANNELS = 32
 CHANNELS_LAST_MAX_POSITIONS = 64
 TILED_DGRAD_MIN_CHANNELS = 16   # conv2d_grad_input says why
+TILED_WGRAD_MIN_CHANNELS = 32   # conv2d_grad_weight says why
 
 
 @njit(**JIT)
@@ -1272,6 +1282,14 @@ def conv2d_grad_weight(x, gy, out, sh, sw, pt, pl, dh, dw, groups):
     pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, ho, wo)
     hw = ho * wo
     macs = gy.size * kg
+    if x.itemsize == 4 and groups == 1 and kh * kw > 1 and C >= TILED_WGRAD_MIN_CHANNELS and macs >= MIN_MACS:
+        # register blocks summed over every sample, without columns (dlc_cpu_conv_tiles): W8's 3x3 convs at batch
+        # 32 on 2 threads (ms, minimum of 5 x 2 calls, columns + BLAS -> tiles): 64 -> 64 on 32x32 16.4 -> 15.1,
+        # 128 -> 128 on 16x16 16.4 -> 12.1, 256 -> 256 on 8x8 18.1 -> 12.4, 128 -> 256 3x3/2 9.9 -> 7.1; the
+        # 512-channel ones on 4x4 and 3x3/2 on 32x32 and 8x8 even (15.6-16.0, 9.7-10.0, 7.9-8.1). Not the stem
+        # (3 channels padded to a block of 32: 2.8 -> 6.6) nor 1x1 convs (1.4 -> 5.5)
+        tiled_conv2d_grad_weight(x, gy, out, split_workers(macs, co * C, N), sh, sw, pt, pl, dh, dw)
+        return
     threads = workers_for(macs, N * groups * og)
     previous = blas_on_calling_thread()
     if N >= threads and not pointwise and _is_wide(co, sh, sw, W, pl, kw, dw, wo):

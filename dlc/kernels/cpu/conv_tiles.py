@@ -1,4 +1,5 @@
-"""Forward convolutions (one group) as register-tiled products over the input, without BLAS.
+"""Forward convolutions (one group) and their weight gradients as register-tiled products over the input,
+without BLAS.
 
 Imported by the CPU backend as the module `dlc_cpu_conv_tiles`; kernels/cpu/conv.py's conv2d chooses it
 (`_uses_tiles` there, `pays` here). Layouts as there: x (N, C, H, W), w (C_out, C, kh, kw), out (N, C_out, Ho, Wo).
@@ -44,11 +45,27 @@ broadcast, the weights read in order. Tried here, inside this kernel (the input 
 weights packed per call): 64 -> 64 on 32x32 0.53 ms against im2col + GEMM's 0.61, of which the packing 0.08
 and the copy 0.05; 128 -> 128 on 16x16 0.87 against 0.55, the packing alone 0.34. So that layout needs its
 weights packed once per program (and again only when they change), not per call.
+
+The weight gradient (`tiled_conv2d_grad_weight`, chosen by kernels/cpu/conv.py's conv2d_grad_weight) turns
+the product around: a block is MR output channels by NR input channels at one tap of the window, its sum over
+every sample's output positions, with dL/dy's rows as the left operand (copied as C_out x N*Ho*Wo) and the
+input in blocks of NR channels, channels last and zero-padded, as the right one (a position's NR channels at
+a tap: NR values in order). No columns are built, and no thread holds a copy of the whole gradient to add up.
 """
 
 import numpy as np
-from dlc_cpu_microkernel import MR, NR, WIDE_MR, WIDE_NR, WIDE_REGISTERS, fma_tile, fma_tile_wide
-from dlc_cpu_threads import JIT, JIT_PARALLEL, claim, task_counter, zeros
+from dlc_cpu_microkernel import (
+    MR,
+    NR,
+    WIDE_MR,
+    WIDE_NR,
+    WIDE_REGISTERS,
+    fma_tile,
+    fma_tile_add,
+    fma_tile_wide,
+    fma_tile_wide_add,
+)
+from dlc_cpu_threads import JIT, JIT_PARALLEL, claim, task_counter, zero, zeros
 from numba import njit, prange
 
 COPY_MACS = 32   # a value copied into columns costs about as much as 32 GEMM multiply-adds (conv.py uses it too)
@@ -56,6 +73,7 @@ TASKS_PER_THREAD = 4   # with fewer (samples x column blocks) than this per thre
 ROWS, COLUMNS = 0, 1   # the forms of B
 L1_BYTES = 1 << 15     # a core's L1 data cache (32 KB on the machines measured)
 B_BYTES = 1 << 19      # half a core's L2 (1 MB there), the rest for the weights' rows
+WGRAD_MIN_POSITIONS = 512
 MIN_MACS = 1 << 20     # smaller convs (LeNet's second at batch 1: 0.24M) are all overhead in tiles: 2x slower
 
 
@@ -297,3 +315,112 @@ def tiled_conv2d_in_blocks(x, w, out, threads, mr, nr, sh, sw, pt, pl, dh, dw):
             _task(w2, wpad, bufs[t], boff, out, n, g * per, min(blocks, (g + 1) * per), r * run,
                   min(tiles, (r + 1) * run), part[t], per_row, row_stride, rw, bstep, direct, mr, nr)
             task = claim(counter)
+
+
+# ----------------------------------------------------------------------------
+# the weight gradient: dW[o, c, i, j] = sum over samples and output positions q of dL/dy[n, o, q] times the input
+# at q's window tap (i, j), channel c
+
+
+@njit(**JIT)
+def wgrad_chunk(co_pad, C_pad, hp, wp, hw):
+    """Samples per chunk of the tiled weight gradient: as many as keep a chunk's dL/dy rows and channels-last
+    input within B_BYTES, and at least WGRAD_MIN_POSITIONS positions (each block's sums are loaded and stored
+    once a chunk)."""
+    per_sample = (co_pad * hw + hp * wp * C_pad) * 4
+    return max(1, B_BYTES // max(1, per_sample), _ceil_div(WGRAD_MIN_POSITIONS, max(1, hw)))
+
+
+@njit(**JIT)
+def _channel_blocks(x, n, xp, pt, pl):
+    """xp[cb, n, pt + h, pl + w, j] = x[n, cb*nr + j, h, w] (nr = xp.shape[4]): sample n in blocks of nr channels,
+    each channels last; xp's padding (rows, columns, channels past C) left as it is."""
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
+    nr = xp.shape[4]
+    for cb in range(xp.shape[0]):
+        for h in range(H):
+            for w in range(W):
+                d = xp[cb, n, pt + h, pl + w]
+                for j in range(min(nr, C - cb * nr)):   # reads a plane apart, each line reused for the next columns
+                    d[j] = x[n, cb * nr + j, h, w]
+
+
+@njit(**JIT)
+def tiled_conv2d_grad_weight(x, gy, out, threads, sh, sw, pt, pl, dh, dw):
+    """tiled_conv2d_grad_weight_in_blocks in WIDE_MR x WIDE_NR blocks on a CPU with AVX-512, else MR x NR."""
+    mr, nr = (WIDE_MR, WIDE_NR) if WIDE_REGISTERS else (MR, NR)
+    tiled_conv2d_grad_weight_in_blocks(x, gy, out, threads, mr, nr, sh, sw, pt, pl, dh, dw)
+
+
+@njit(**JIT_PARALLEL)
+def tiled_conv2d_grad_weight_in_blocks(x, gy, out, threads, mr, nr, sh, sw, pt, pl, dh, dw):
+    """out (C_out, C, kh, kw) = dL/dW of a one-group conv, in register blocks of mr output channels by nr input
+    channels at one tap, each summed over every sample's output positions without columns: the left operand
+    dL/dy's rows (copied as (C_out, N*Ho*Wo), so that a block's sum runs over all samples), the right one the
+    input copied channels last and zero-padded (the tap's nr channels at an output position: nr values in
+    order, found through a table of the positions' offsets). Blocks split between threads, each thread summing
+    its own over chunks of samples that stay in its L2 cache (the accumulating block kernels); the sums are
+    then written into out. No thread adds up another's copy of the gradient."""
+    N, C, H, W = x.shape
+    co, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
+    kh, kw = out.shape[2], out.shape[3]
+    hw = ho * wo
+    nq = N * hw
+    co_pad, C_pad = _ceil_div(co, mr) * mr, _ceil_div(C, nr) * nr
+    hp, wp = max(H + pt, (ho - 1) * sh + (kh - 1) * dh + 1), max(W + pl, (wo - 1) * sw + (kw - 1) * dw + 1)
+    if nq == 0:
+        zero(out)
+        return
+    xp = zeros((C_pad // nr, N, hp, wp, nr), x)
+    rows = np.empty((co_pad, nq), gy.dtype)
+    zero(rows[co:])
+    counter = task_counter()
+    for _ in prange(threads):
+        n = claim(counter)
+        while n < N:
+            _channel_blocks(x, n, xp, pt, pl)
+            for o in range(co):
+                rows[o, n * hw:(n + 1) * hw] = gy[n, o].reshape(hw)
+            n = claim(counter)
+    taps = kh * kw
+    oblocks, cblocks = co_pad // mr, C_pad // nr
+    blocks = oblocks * cblocks * taps
+    chunk = min(N, wgrad_chunk(co_pad, C_pad, hp, wp, hw))
+    boff = np.empty(chunk * hw, np.int64)    # output position q of a chunk: its window's top-left input value
+    for s in range(chunk):
+        for oh in range(ho):
+            for ow in range(wo):
+                boff[(s * ho + oh) * wo + ow] = ((s * hp + oh * sh) * wp + ow * sw) * nr
+    acc = zeros((blocks, mr * nr), out)
+    # blocks in groups of `group` output-channel blocks whose rows of dL/dy (a chunk's) stay in L2 while the group
+    # runs through one channel block's taps: every group's rows are then read once per channel block, and every
+    # channel block's input once per group
+    group = max(1, min(oblocks, B_BYTES // 2 // (mr * chunk * hw * 4)))
+    ogroups = _ceil_div(oblocks, group)
+    for t in prange(threads):
+        for n0 in range(0, N, chunk):
+            k = min(chunk, N - n0) * hw
+            for i in range(t, cblocks * ogroups * taps * group, threads):
+                cb, og = i // (ogroups * taps * group), i // (taps * group) % ogroups
+                tap, ob = i // group % taps, og * group + i % group
+                if ob >= oblocks:
+                    continue
+                b = (cb * oblocks + ob) * taps + tap
+                b0 = ((cb * N + n0) * hp * wp + (tap // kw) * dh * wp + (tap % kw) * dw) * nr
+                if nr == WIDE_NR:
+                    fma_tile_wide_add(rows, ob * mr * nq + n0 * hw, nq, xp, b0, nr // 2, boff, k, acc, b * mr * nr, nr)
+                else:
+                    fma_tile_add(rows, ob * mr * nq + n0 * hw, nq, xp, b0, nr // 2, boff, k, acc, b * mr * nr, nr)
+    # the sums into out (C_out, C, kh, kw), its rows split between threads: for each output channel, its
+    # channel blocks' taps (consecutive blocks of acc) in out's order
+    counter = task_counter()
+    for _ in prange(threads):
+        ob = claim(counter)
+        while ob < oblocks:
+            for r in range(min(mr, co - ob * mr)):
+                o = ob * mr + r
+                for cb in range(cblocks):
+                    for j in range(min(nr, C - cb * nr)):
+                        for tap in range(taps):
+                            out[o, cb * nr + j, tap // kw, tap % kw] = acc[(cb * oblocks + ob) * taps + tap, r * nr + j]
+            ob = claim(counter)

@@ -17,6 +17,9 @@ blocks, GFLOP/s): 6 x 16 in 32-byte vectors 65-104, 8 x 32 in 64-byte vectors 11
 136-142 -> 184-220. Without AVX-512 (WIDE_REGISTERS false) its vectors would split in two, 32 accumulators for
 16 registers: correct (the tests run it on any CPU), not measured there, and not chosen (conv_tiles.block_shape).
 
+`fma_tile_add` and `fma_tile_wide_add` add their block's product to what C holds (a sum split into parts: the
+tiled weight gradient's over chunks of samples).
+
 `depthwise_run` is a 3x3 depthwise conv's run of output positions on channels-last activations, one vector
 of channels at a time: its nine weight vectors stay in registers for the run (kernels/cpu/conv_nhwc.py).
 
@@ -53,8 +56,9 @@ def _wide_registers() -> bool:
 WIDE_REGISTERS = _wide_registers()
 
 
-def _block(mr, nr, vector_bytes, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
-    """The typing and code of an mr x nr block in vectors of vector_bytes (fma_tile's contract)."""
+def _block(mr, nr, vector_bytes, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc, accumulate=False):
+    """The typing and code of an mr x nr block in vectors of vector_bytes (fma_tile's contract; with accumulate,
+    the block's sums start from what c holds)."""
     float_types = (types.float32, types.float64)
     arrays = (a, b, c)
     if not all(isinstance(t, types.Array) and t.dtype in float_types for t in arrays):
@@ -84,7 +88,10 @@ def _block(mr, nr, vector_bytes, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
             return builder.bitcast(builder.gep(base, [offset]), vec.as_pointer())
 
         # the accumulators: stack slots that LLVM's mem2reg turns into registers
-        acc = [cgutils.alloca_once_value(builder, ir.Constant(vec, [0.0] * lanes)) for _ in range(mr * vectors)]
+        acc = [cgutils.alloca_once_value(builder, builder.load(vector_at(block[i], ir.Constant(i64, v * lanes)),
+                                                                 align=4) if accumulate
+                                         else ir.Constant(vec, [0.0] * lanes))
+               for i in range(mr) for v in range(vectors)]
 
         with cgutils.for_range(builder, k_) as loop:
             r = loop.index
@@ -124,6 +131,19 @@ def fma_tile_wide(typingctx, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
     """fma_tile's product in blocks of WIDE_MR x WIDE_NR, in 64-byte vectors (halves of WIDE_NR/2 positions)."""
     return _block(WIDE_MR, WIDE_NR, 64, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc)
 
+
+
+@intrinsic
+def fma_tile_add(typingctx, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
+    """fma_tile's product added to the MR x NR block of c (a sum over k split into parts, as the tiled weight
+    gradient's over chunks of samples)."""
+    return _block(MR, NR, 32, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc, accumulate=True)
+
+
+@intrinsic
+def fma_tile_wide_add(typingctx, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
+    """fma_tile_wide's product added to the WIDE_MR x WIDE_NR block of c."""
+    return _block(WIDE_MR, WIDE_NR, 64, a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc, accumulate=True)
 
 # A depthwise 3x3 conv's run of output positions, channels last: one vector of channels at a time.
 TAPS = 9
