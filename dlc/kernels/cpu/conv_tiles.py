@@ -357,8 +357,8 @@ def tiled_conv2d_grad_weight_in_blocks(x, gy, out, threads, mr, nr, sh, sw, pt, 
     """out (C_out, C, kh, kw) = dL/dW of a one-group conv, in register blocks of mr output channels by nr input
     channels at one tap, each summed over every sample's output positions without columns: the left operand
     dL/dy's rows (copied as (C_out, N*Ho*Wo), so that a block's sum runs over all samples), the right one the
-    input copied channels last and zero-padded (the tap's nr channels at an output position: nr values in
-    order, found through a table of the positions' offsets). Blocks split between threads, each thread summing
+    input copied into blocks of nr channels, each channels last and zero-padded (the tap's nr channels at an
+    output position: nr values in order, found through a table of the positions' offsets). Blocks split between threads, each thread summing
     its own over chunks of samples that stay in its L2 cache (the accumulating block kernels); the sums are
     then written into out. No thread adds up another's copy of the gradient."""
     N, C, H, W = x.shape
