@@ -27,16 +27,19 @@ def kernels():
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("bstep", [8, 29])
 @pytest.mark.parametrize("wide", [False, True], ids=["6x16", "8x32"])
-def test_fma_tile_matches_numpy(kernels, dtype, bstep, wide):
+@pytest.mark.parametrize("accumulate", [False, True], ids=["store", "add"])
+def test_fma_tile_matches_numpy(kernels, dtype, bstep, wide, accumulate):
     """A block at offsets into flat a, b and c, B's rows read through a table of offsets (the second half of
     the block's positions bstep on: side by side at NR/2); c outside the block untouched, and the block
-    overwritten whatever it held. Both block kernels, on any CPU (without AVX-512 the wide one is slow, not
+    overwritten whatever it held (fma_tile, fma_tile_wide) or the product added to it (fma_tile_add,
+    fma_tile_wide_add). All four block kernels, on any CPU (without AVX-512 the wide ones are slow, not
     wrong)."""
     micro, _, _ = kernels
     from numba import njit
 
     MR, NR = (micro.WIDE_MR, micro.WIDE_NR) if wide else (micro.MR, micro.NR)
-    fma_tile = micro.fma_tile_wide if wide else micro.fma_tile
+    fma_tile = {(False, False): micro.fma_tile, (True, False): micro.fma_tile_wide,
+                (False, True): micro.fma_tile_add, (True, True): micro.fma_tile_wide_add}[wide, accumulate]
 
     @njit(cache=False)
     def block(a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
@@ -52,15 +55,19 @@ def test_fma_tile_matches_numpy(kernels, dtype, bstep, wide):
     rows = a[3:3 + MR * lda].reshape(MR, lda)[:, :k]
     half = NR // 2
     right = np.stack([np.concatenate([b[2 + o:2 + o + half], b[2 + o + bstep:2 + o + bstep + half]]) for o in boff])
-    want = rows.astype(np.float64) @ right.astype(np.float64)
+    want = rows.astype(np.float64) @ right.astype(np.float64) + (7.0 if accumulate else 0.0)
     got = np.stack([c[5 + i * ldc:5 + i * ldc + NR] for i in range(MR)])
     np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-5)
     mask = np.ones(c.shape, bool)
     for i in range(MR):
         mask[5 + i * ldc:5 + i * ldc + NR] = False
     assert np.all(c[mask] == 7.0)
-    block(a, 3, lda, b, 2, bstep, boff, 0, c, 5, ldc)   # an empty sum: zeros
-    assert not np.any(np.stack([c[5 + i * ldc:5 + i * ldc + NR] for i in range(MR)]))
+    block(a, 3, lda, b, 2, bstep, boff, 0, c, 5, ldc)   # an empty sum: zeros, or the block as it was
+    after = np.stack([c[5 + i * ldc:5 + i * ldc + NR] for i in range(MR)])
+    if accumulate:
+        np.testing.assert_array_equal(after, got)
+    else:
+        assert not np.any(after)
 
 
 def test_fma_tile_refuses_mixed_dtypes(kernels):
@@ -273,40 +280,6 @@ def test_stride_one_dgrad_in_tiles_matches_reference(kernels):
     np.testing.assert_array_equal(conv._flipped_transposed(w), w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("wide", [False, True], ids=["6x16", "8x32"])
-def test_accumulating_fma_tile_adds_to_the_block(kernels, dtype, wide):
-    """fma_tile_add / fma_tile_wide_add: the product added to what the block holds; c outside it untouched."""
-    micro, _, _ = kernels
-    from numba import njit
-
-    MR, NR = (micro.WIDE_MR, micro.WIDE_NR) if wide else (micro.MR, micro.NR)
-    fma_tile_add = micro.fma_tile_wide_add if wide else micro.fma_tile_add
-
-    @njit(cache=False)
-    def block(a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc):
-        fma_tile_add(a, a0, lda, b, b0, bstep, boff, k, c, c0, ldc)
-
-    rng = np.random.default_rng(5)
-    k, lda, ldc, bstep = 29, 31, NR + 3, NR // 2
-    a = rng.standard_normal(2 + MR * lda).astype(dtype)
-    b = rng.standard_normal(300 + NR).astype(dtype)
-    boff = rng.integers(0, 300, size=k).astype(np.int64)
-    c = rng.standard_normal(4 + MR * ldc + NR).astype(dtype)
-    before = c.copy()
-    block(a, 2, lda, b, 1, bstep, boff, k, c, 4, ldc)
-    rows = a[2:2 + MR * lda].reshape(MR, lda)[:, :k]
-    right = np.stack([b[1 + o:1 + o + NR] for o in boff])
-    held = np.stack([before[4 + i * ldc:4 + i * ldc + NR] for i in range(MR)])
-    want = held.astype(np.float64) + rows.astype(np.float64) @ right.astype(np.float64)
-    got = np.stack([c[4 + i * ldc:4 + i * ldc + NR] for i in range(MR)])
-    np.testing.assert_allclose(got, want, rtol=1e-5 if dtype == "float32" else 1e-12, atol=1e-5)
-    mask = np.ones(c.shape, bool)
-    for i in range(MR):
-        mask[4 + i * ldc:4 + i * ldc + NR] = False
-    np.testing.assert_array_equal(c[mask], before[mask])
-
-
 # (N, C, H, W, C_out, kh, kw, stride, padding ((top, bottom), (left, right)), dilation): partial blocks of input
 # and output channels, strides, uneven and no padding, dilation, a wide window, chunks of several samples with a
 # shorter last one (16x16 planes of 32 channels: 7 samples a chunk)
@@ -341,7 +314,7 @@ def test_tiled_weight_gradient_matches_reference(kernels, threads, wide):
                                                  *dilation)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()),
                                    err_msg=str((n, c, h, wd, co, kh, kw, stride)))
-    assert tiles.wgrad_chunk(32, 32, 18, 18, 256) == 7   # the last case: chunks of 7 samples and 2
+    assert tiles.wgrad_chunk(32, 32, 18, 18, 256, 4) == 7   # the last case: chunks of 7 samples and 2
 
 
 def test_conv2d_grad_weight_takes_tiles_for_wide_inputs(kernels):

@@ -323,11 +323,11 @@ def tiled_conv2d_in_blocks(x, w, out, threads, mr, nr, sh, sw, pt, pl, dh, dw):
 
 
 @njit(**JIT)
-def wgrad_chunk(co_pad, C_pad, hp, wp, hw):
+def wgrad_chunk(co_pad, C_pad, hp, wp, hw, itemsize):
     """Samples per chunk of the tiled weight gradient: as many as keep a chunk's dL/dy rows and channels-last
     input within B_BYTES, and at least WGRAD_MIN_POSITIONS positions (each block's sums are loaded and stored
     once a chunk)."""
-    per_sample = (co_pad * hw + hp * wp * C_pad) * 4
+    per_sample = (co_pad * hw + hp * wp * C_pad) * itemsize
     return max(1, B_BYTES // max(1, per_sample), _ceil_div(WGRAD_MIN_POSITIONS, max(1, hw)))
 
 
@@ -358,9 +358,10 @@ def tiled_conv2d_grad_weight_in_blocks(x, gy, out, threads, mr, nr, sh, sw, pt, 
     channels at one tap, each summed over every sample's output positions without columns: the left operand
     dL/dy's rows (copied as (C_out, N*Ho*Wo), so that a block's sum runs over all samples), the right one the
     input copied into blocks of nr channels, each channels last and zero-padded (the tap's nr channels at an
-    output position: nr values in order, found through a table of the positions' offsets). Blocks split between threads, each thread summing
-    its own over chunks of samples that stay in its L2 cache (the accumulating block kernels); the sums are
-    then written into out. No thread adds up another's copy of the gradient."""
+    output position: nr values in order, found through a table of the positions' offsets). Blocks split
+    between threads, each thread summing its own over chunks of samples that stay in its L2 cache (the
+    accumulating block kernels); the sums are then written into out. No thread adds up another's copy of the
+    gradient."""
     N, C, H, W = x.shape
     co, ho, wo = gy.shape[1], gy.shape[2], gy.shape[3]
     kh, kw = out.shape[2], out.shape[3]
@@ -385,7 +386,7 @@ def tiled_conv2d_grad_weight_in_blocks(x, gy, out, threads, mr, nr, sh, sw, pt, 
     taps = kh * kw
     oblocks, cblocks = co_pad // mr, C_pad // nr
     blocks = oblocks * cblocks * taps
-    chunk = min(N, wgrad_chunk(co_pad, C_pad, hp, wp, hw))
+    chunk = min(N, wgrad_chunk(co_pad, C_pad, hp, wp, hw, x.itemsize))
     boff = np.empty(chunk * hw, np.int64)    # output position q of a chunk: its window's top-left input value
     for s in range(chunk):
         for oh in range(ho):
@@ -395,7 +396,7 @@ def tiled_conv2d_grad_weight_in_blocks(x, gy, out, threads, mr, nr, sh, sw, pt, 
     # blocks in groups of `group` output-channel blocks whose rows of dL/dy (a chunk's) stay in L2 while the group
     # runs through one channel block's taps: every group's rows are then read once per channel block, and every
     # channel block's input once per group
-    group = max(1, min(oblocks, B_BYTES // 2 // (mr * chunk * hw * 4)))
+    group = max(1, min(oblocks, B_BYTES // 2 // (mr * chunk * hw * x.itemsize)))
     ogroups = _ceil_div(oblocks, group)
     for t in prange(threads):
         for n0 in range(0, N, chunk):
