@@ -10,14 +10,19 @@ No function holds more of the scores than one block of BLOCK_Q queries by
 BLOCK_K keys (per thread): the forward keeps each query row's running max and
 sum and rescales its accumulated output when the max grows; it stores each
 row's log-sum-exp beside the output, from which the backward recomputes the
-probabilities block by block. The block products are BLAS GEMMs (np.dot).
+probabilities block by block. The block products are BLAS GEMMs through
+dlc_cpu_gemm.gemm_into, which takes the scale (alpha) and the sums over
+blocks (beta = 1) inside the GEMM and writes the output rows, dq, dk and dv
+in place in the output arrays: W10's backward (below) took 14.3-14.6 ms with
+np.dot into scratch blocks, added and scaled in passes of their own, and
+11.5-11.8 ms so (its forward 6.8-7.0 against 6.6-6.9).
 
 The backward of self-attention (as many keys as queries) writes one array,
 [dq | dk | dv] along the last axis (attention_backward), in one of two ways:
 - one pass per batch (FlashAttention-2's order) when there are at least as
   many batches as threads: for each key block, every query block that sees
-  it; dk and dv are summed over the query blocks, dq in a buffer of the
-  batch's L rows over the key blocks. Each block pair costs 5 block products
+  it; dk and dv are summed over the query blocks, dq over the key blocks
+  (key block 0 first: every query block sees it). Each block pair costs 5 block products
   (the scores, dL/dout v^T and the three gradients);
 - two passes when there are fewer (a long sequence of one batch): dq over
   query blocks, then dk and dv over key blocks, each with its blocks spread
@@ -37,13 +42,14 @@ Exponentials of float32 scores use the vectorizable dlc_cpu_fastmath.exp_f32
 
 import numpy as np
 from dlc_cpu_fastmath import exp_f32
-from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
+from dlc_cpu_gemm import blas_on_calling_thread, gemm_into, restore_blas_threads
 from dlc_cpu_threads import JIT, JIT_PARALLEL, claim, task_counter, workers_for
 from numba import njit, prange, types
 from numba.extending import overload
 
 BLOCK_Q = 64
 BLOCK_K = 64
+JIT_SUM = dict(JIT, fastmath={"reassoc"})
 
 
 def exp(x):
@@ -70,30 +76,25 @@ def _macs(B, L, S, width, causal):
 
 @njit(**JIT)
 def _block_scores(q, k, mask, b, i0, i1, j0, j1, scale, causal, mask_kind):
-    """q[b, i0:i1] k[b, j0:j1]^T * scale with the masks applied (-inf where dropped), a new (C-ordered) block."""
-    nq, nk = i1 - i0, j1 - j0
-    sb = np.empty((nq, nk), q.dtype)
-    if q.shape[2] > 0:
-        np.dot(q[b, i0:i1], k[b, j0:j1].T, sb)
-    else:
-        sb[:, :] = 0
+    """q[b, i0:i1] k[b, j0:j1]^T * scale (the scale inside the GEMM) with the masks applied (-inf where
+    dropped), a new (C-ordered) block."""
+    sb = np.empty((i1 - i0, j1 - j0), q.dtype)
+    gemm_into(q[b, i0:i1], k[b, j0:j1].T, sb, scale, 0.0)
     neg = sb.dtype.type(-np.inf)
     mb = b if mask.shape[0] > 1 else 0
-    for r in range(nq):
+    for r in range(i1 - i0):
         i = i0 + r
         mi = i if mask.shape[1] > 1 else 0
         row = sb[r]
         # one unit-stride loop per rule, each one LLVM vectorizes
-        for c in range(nk):
-            row[c] *= scale
         if mask_kind == 1:
-            for c in range(nk):
+            for c in range(j1 - j0):
                 row[c] = row[c] if mask[mb, mi, j0 + c if mask.shape[2] > 1 else 0] else neg
         elif mask_kind == 2:
-            for c in range(nk):
+            for c in range(j1 - j0):
                 row[c] += mask[mb, mi, j0 + c if mask.shape[2] > 1 else 0]
         if causal:
-            for c in range(max(0, i + 1 - j0), nk):
+            for c in range(max(0, i + 1 - j0), j1 - j0):
                 row[c] = neg
     return sb
 
@@ -105,16 +106,24 @@ def _key_blocks(i1, keys, causal):
 
 
 @njit(**JIT)
+def _zero(x):
+    for r in range(x.shape[0]):
+        for c in range(x.shape[1]):
+            x[r, c] = 0
+
+
+@njit(**JIT)
 def _forward_block(q, k, v, mask, out, b, i0, sc, causal, mask_kind):
-    """Rows i0 .. i0 + BLOCK_Q of batch b: out[..., :Ev] and each row's log-sum-exp in out[..., Ev]."""
+    """Rows i0 .. i0 + BLOCK_Q of batch b: out[..., :Ev] and each row's log-sum-exp in out[..., Ev]. The output
+    rows accumulate in place (the GEMM's beta), rescaled when a row's running max grows."""
     L, S, Ev = q.shape[1], v.shape[1], v.shape[2]
     zero = q.dtype.type(0)
     i1 = min(L, i0 + BLOCK_Q)
     nq = i1 - i0
-    pv = np.empty((nq, Ev), q.dtype)
-    acc = np.zeros((nq, Ev), q.dtype)
+    acc = out[b, i0:i1, :Ev]
     top = np.full(nq, -np.inf, q.dtype)
     total = np.zeros(nq, q.dtype)
+    first = True
     for j0 in range(0, _key_blocks(i1, S, causal), BLOCK_K):
         j1 = min(S, j0 + BLOCK_K)
         if causal:
@@ -129,34 +138,41 @@ def _forward_block(q, k, v, mask, out, b, i0, sc, causal, mask_kind):
                 for c in range(nk):
                     sb[r, c] = zero
                 continue
-            # the exponentials in a loop of their own, which LLVM vectorizes (the sum after it stays serial)
+            # the exponentials in a loop of their own, which LLVM vectorizes, then their sum
             for c in range(nk):
                 x = sb[r, c]
                 sb[r, c] = zero if x == -np.inf else exp(x - new)
-            row = zero
-            for c in range(nk):
-                row += sb[r, c]
-            shrink = exp(top[r] - new)
-            total[r] = total[r] * shrink + row
+            total[r] = total[r] * exp(top[r] - new) + _row_sum(sb[r])
+            if not first and new > top[r]:
+                shrink = exp(top[r] - new)
+                for d in range(Ev):
+                    acc[r, d] *= shrink
             top[r] = new
-            for d in range(Ev):
-                acc[r, d] *= shrink
-        if nk > 0 and Ev > 0:
-            np.dot(sb, v[b, j0:j1], pv)
-            acc += pv
+        gemm_into(sb, v[b, j0:j1], acc, 1.0, 0.0 if first else 1.0)
+        first = False
+    if first:
+        _zero(acc)
     for r in range(nq):
         for d in range(Ev):
-            out[b, i0 + r, d] = acc[r, d] / total[r]
+            acc[r, d] /= total[r]
         out[b, i0 + r, Ev] = np.log(total[r]) + top[r]
 
 
+@njit(**JIT_SUM)
+def _row_sum(row):
+    """A row's sum in any order (reassociated, so LLVM vectorizes it: a sum in order is one chain of adds)."""
+    total = row.dtype.type(0)
+    for c in range(row.shape[0]):
+        total += row[c]
+    return total
+
+
 @njit(**JIT)
-def _rows(y, g, b, i0, i1, Ev, dout, lse, delta):
-    """The block's rows of dL/dout (contiguous), log-sum-exp, and rowsum(dL/dout * out) - dL/dlse."""
+def _row_stats(y, g, b, i0, i1, Ev, lse, delta):
+    """The block's rows' log-sum-exp and rowsum(dL/dout * out) - dL/dlse, into lse[:i1 - i0], delta[:i1 - i0]."""
     for r in range(i1 - i0):
         acc = y.dtype.type(0)
         for d in range(Ev):
-            dout[r, d] = g[b, i0 + r, d]
             acc += g[b, i0 + r, d] * y[b, i0 + r, d]
         lse[r] = y[b, i0 + r, Ev]
         delta[r] = acc - g[b, i0 + r, Ev]
@@ -175,131 +191,95 @@ def _probabilities_and_ds(sb, dp, lse, delta):
 
 
 @njit(**JIT)
-def _block_backward(q, k, v, mask, b, i0, i1, j0, j1, sc, causal, mask_kind, dout, lse, delta):
+def _block_backward(q, k, v, mask, g, b, i0, i1, j0, j1, sc, causal, mask_kind, lse, delta):
     """One block's probabilities p (recomputed from the scores and each row's log-sum-exp) and
     ds = p * (dL/dout v^T - delta): what both backward passes multiply."""
     sb = _block_scores(q, k, mask, b, i0, i1, j0, j1, sc, causal, mask_kind)
     dpb = np.empty((i1 - i0, j1 - j0), q.dtype)
-    if v.shape[2] > 0:
-        np.dot(dout, v[b, j0:j1].T, dpb)
-    else:
-        dpb[:, :] = 0
+    gemm_into(g[b, i0:i1, :v.shape[2]], v[b, j0:j1].T, dpb, 1.0, 0.0)
     _probabilities_and_ds(sb, dpb, lse, delta)
     return sb, dpb
 
 
 @njit(**JIT)
 def _dq_block(q, k, v, mask, y, g, out, b, i0, sc, causal, mask_kind):
-    """dq of rows i0 .. i0 + BLOCK_Q of batch b, into out's first E columns."""
+    """dq of rows i0 .. i0 + BLOCK_Q of batch b, summed in place into out's first E columns."""
     L, E = q.shape[1], q.shape[2]
-    S, Ev = v.shape[1], v.shape[2]
+    S = v.shape[1]
     i1 = min(L, i0 + BLOCK_Q)
-    nq = i1 - i0
-    dout = np.empty((nq, Ev), q.dtype)
-    lse = np.empty(nq, q.dtype)
-    delta = np.empty(nq, q.dtype)
-    acc = np.zeros((nq, E), q.dtype)
-    part = np.empty((nq, E), q.dtype)
-    _rows(y, g, b, i0, i1, Ev, dout, lse, delta)
+    lse = np.empty(i1 - i0, q.dtype)
+    delta = np.empty(i1 - i0, q.dtype)
+    dq = out[b, i0:i1, :E]
+    _row_stats(y, g, b, i0, i1, v.shape[2], lse, delta)
+    first = True
     for j0 in range(0, _key_blocks(i1, S, causal), BLOCK_K):
         j1 = min(S, j0 + BLOCK_K)
         if causal:
             j1 = min(j1, i1)
-        sb, dpb = _block_backward(q, k, v, mask, b, i0, i1, j0, j1, sc, causal, mask_kind, dout, lse, delta)
-        if E > 0:
-            np.dot(dpb, k[b, j0:j1], part)
-            acc += part
-    _store_dq(out, b, i0, acc, sc)
+        sb, dpb = _block_backward(q, k, v, mask, g, b, i0, i1, j0, j1, sc, causal, mask_kind, lse, delta)
+        gemm_into(dpb, k[b, j0:j1], dq, sc, 0.0 if first else 1.0)
+        first = False
+    if first:
+        _zero(dq)
 
 
 @njit(**JIT)
 def _dkv_block(q, k, v, mask, y, g, out, b, j0, col, sc, causal, mask_kind):
-    """dk and dv of keys j0 .. j0 + BLOCK_K of batch b, into out's columns from col on."""
+    """dk and dv of keys j0 .. j0 + BLOCK_K of batch b, summed in place into out's columns from col on."""
     L, E = q.shape[1], q.shape[2]
     S, Ev = v.shape[1], v.shape[2]
     j1 = min(S, j0 + BLOCK_K)
-    nk = j1 - j0
-    dk = np.zeros((nk, E), q.dtype)
-    dv = np.zeros((nk, Ev), q.dtype)
-    part_k = np.empty((nk, E), q.dtype)
-    part_v = np.empty((nk, Ev), q.dtype)
+    dk = out[b, j0:j1, col:col + E]
+    dv = out[b, j0:j1, col + E:col + E + Ev]
+    lse = np.empty(BLOCK_Q, q.dtype)
+    delta = np.empty(BLOCK_Q, q.dtype)
+    first = True
     # with causal, queries before j0 see none of these keys
     for i0 in range((j0 // BLOCK_Q) * BLOCK_Q if causal else 0, L, BLOCK_Q):
         i1 = min(L, i0 + BLOCK_Q)
-        nq = i1 - i0
-        dout = np.empty((nq, Ev), q.dtype)
-        lse = np.empty(nq, q.dtype)
-        delta = np.empty(nq, q.dtype)
-        _rows(y, g, b, i0, i1, Ev, dout, lse, delta)
-        sb, dpb = _block_backward(q, k, v, mask, b, i0, i1, j0, j1, sc, causal, mask_kind, dout, lse, delta)
-        if Ev > 0:
-            np.dot(sb.T, dout, part_v)
-            dv += part_v
-        if E > 0:
-            np.dot(dpb.T, q[b, i0:i1], part_k)
-            dk += part_k
-    _store_dkv(out, b, j0, col, dk, dv, sc)
-
-
-@njit(**JIT)
-def _store_dq(out, b, i0, dq, sc):
-    """out[b, i0 + r, :E] = dq[r] * scale."""
-    for r in range(dq.shape[0]):
-        row = out[b, i0 + r]
-        for d in range(dq.shape[1]):
-            row[d] = dq[r, d] * sc
-
-
-@njit(**JIT)
-def _store_dkv(out, b, j0, col, dk, dv, sc):
-    """out[b, j0 + c, col:] = [dk[c] * scale | dv[c]]."""
-    E, Ev = dk.shape[1], dv.shape[1]
-    for c in range(dk.shape[0]):
-        row = out[b, j0 + c]
-        for d in range(E):
-            row[col + d] = dk[c, d] * sc
-        for d in range(Ev):
-            row[col + E + d] = dv[c, d]
+        _row_stats(y, g, b, i0, i1, Ev, lse, delta)
+        sb, dpb = _block_backward(q, k, v, mask, g, b, i0, i1, j0, j1, sc, causal, mask_kind, lse[:i1 - i0],
+                                  delta[:i1 - i0])
+        beta = 0.0 if first else 1.0
+        gemm_into(sb.T, g[b, i0:i1, :Ev], dv, 1.0, beta)
+        gemm_into(dpb.T, q[b, i0:i1], dk, sc, beta)
+        first = False
+    if first:
+        _zero(dk)
+        _zero(dv)
 
 
 @njit(**JIT)
 def _batch_backward(q, k, v, mask, y, g, out, b, col, sc, causal, mask_kind):
     """The whole gradient of batch b in one pass: per key block, every query block that sees it (5 block
-    products a pair); dk and dv summed over the query blocks, dq over the key blocks. dq goes into out's first
-    E columns, dk and dv into its columns from col on."""
+    products a pair); dk and dv summed over the query blocks, dq over the key blocks, each in place in out (the
+    GEMMs' beta): dq in its first E columns, dk and dv in its columns from col on."""
     L, E = q.shape[1], q.shape[2]
     S, Ev = v.shape[1], v.shape[2]
-    dout = np.empty((L, Ev), q.dtype)
     lse = np.empty(L, q.dtype)
     delta = np.empty(L, q.dtype)
-    _rows(y, g, b, 0, L, Ev, dout, lse, delta)
-    dq = np.zeros((L, E), q.dtype)
-    dk = np.empty((BLOCK_K, E), q.dtype)
-    dv = np.empty((BLOCK_K, Ev), q.dtype)
-    part_q = np.empty((BLOCK_Q, E), q.dtype)
-    part_k = np.empty((BLOCK_K, E), q.dtype)
-    part_v = np.empty((BLOCK_K, Ev), q.dtype)
+    _row_stats(y, g, b, 0, L, Ev, lse, delta)
+    dq = out[b, :, :E]
+    if S == 0:
+        _zero(dq)
     for j0 in range(0, S, BLOCK_K):
         j1 = min(S, j0 + BLOCK_K)
-        nk = j1 - j0
-        dk[:nk] = 0
-        dv[:nk] = 0
-        # with causal, queries before j0 see none of these keys
+        dk = out[b, j0:j1, col:col + E]
+        dv = out[b, j0:j1, col + E:col + E + Ev]
+        first = True
+        # with causal, queries before j0 see none of these keys; every query block sees key block 0
         for i0 in range((j0 // BLOCK_Q) * BLOCK_Q if causal else 0, L, BLOCK_Q):
             i1 = min(L, i0 + BLOCK_Q)
-            nq = i1 - i0
-            sb, dpb = _block_backward(q, k, v, mask, b, i0, i1, j0, j1, sc, causal, mask_kind, dout[i0:i1],
-                                      lse[i0:i1], delta[i0:i1])
-            if Ev > 0:
-                np.dot(sb.T, dout[i0:i1], part_v[:nk])
-                dv[:nk] += part_v[:nk]
-            if E > 0:
-                np.dot(dpb.T, q[b, i0:i1], part_k[:nk])
-                dk[:nk] += part_k[:nk]
-                np.dot(dpb, k[b, j0:j1], part_q[:nq])
-                dq[i0:i1] += part_q[:nq]
-        _store_dkv(out, b, j0, col, dk[:nk], dv[:nk], sc)
-    _store_dq(out, b, 0, dq, sc)
+            sb, dpb = _block_backward(q, k, v, mask, g, b, i0, i1, j0, j1, sc, causal, mask_kind, lse[i0:i1],
+                                      delta[i0:i1])
+            beta = 0.0 if first else 1.0
+            gemm_into(sb.T, g[b, i0:i1, :Ev], dv, 1.0, beta)
+            gemm_into(dpb.T, q[b, i0:i1], dk, sc, beta)
+            gemm_into(dpb, k[b, j0:j1], dq[i0:i1], sc, 0.0 if j0 == 0 else 1.0)
+            first = False
+        if first:
+            _zero(dk)
+            _zero(dv)
 
 
 # ----------------------------------------------------------------------------

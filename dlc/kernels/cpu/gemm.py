@@ -10,8 +10,9 @@ import ctypes
 import llvmlite.binding as llvm
 import numpy as np
 from dlc_cpu_threads import JIT_PARALLEL, claim, task_counter, thread_count
+from llvmlite import ir
 from numba import njit, prange, types
-from numba.extending import overload
+from numba.extending import intrinsic, overload
 
 JIT = dict(cache=True, error_model="numpy", nogil=True)
 
@@ -80,6 +81,80 @@ def gemm(a, b, out):
         out[:, :] = 0
         return
     np.dot(a, b, out)
+
+
+# ----------------------------------------------------------------------------
+# BLAS's full GEMM, out = alpha * a @ b + beta * out, on views with any row stride
+#
+# np.dot takes contiguous operands only and always overwrites its output, so a kernel that sums products (the
+# attention backward's dk, dv and dq over blocks) wrote each into a scratch block and added it in a pass of its
+# own, and scaled in another. gemm_into hands BLAS the views themselves (their leading dimension from their
+# strides) with alpha and beta: sums and scales happen inside the GEMM, and a block of columns of a wider array
+# is written in place. It calls numba's own BLAS entry (numba_xxgemm, the one behind np.dot), so both use the
+# same library and thread pool.
+
+_xxgemm = types.ExternalFunction("numba_xxgemm", types.int32(
+    types.int8, types.int8, types.int8, types.intp, types.intp, types.intp, types.voidptr, types.voidptr,
+    types.intp, types.voidptr, types.intp, types.voidptr, types.voidptr, types.intp))
+
+
+@intrinsic
+def _address(typingctx, arr):
+    """The address of a view's first element, as a void pointer."""
+    def codegen(context, builder, signature, args):
+        view = context.make_array(signature.args[0])(context, builder, args[0])
+        return builder.bitcast(view.data, ir.IntType(8).as_pointer())
+    return types.voidptr(arr), codegen
+
+
+@njit(**JIT)
+def _blas_layout(x):
+    """How BLAS (column-major) reads a 2-D view: 0 when its rows are unit-stride (read as x^T), 1 when its
+    columns are (a transposed view: read as x), -1 when neither; and the leading dimension in elements."""
+    rows, cols = x.shape
+    row_step, col_step = x.strides[0] // x.itemsize, x.strides[1] // x.itemsize
+    if (col_step == 1 or cols == 1) and row_step >= max(cols, 1):
+        return 0, max(row_step, cols, 1)
+    if (row_step == 1 or rows == 1) and col_step >= max(rows, 1):
+        return 1, max(col_step, rows, 1)
+    return -1, 0
+
+
+@njit(**JIT)
+def gemm_into(a, b, out, alpha, beta):
+    """out = alpha * (a @ b) + beta * out through BLAS, for 2-D views of one float dtype whose rows or columns
+    are unit-stride (a transposed operand is a .T view; out's rows must be unit-stride). Other views are
+    copied first. beta == 0 never reads out (BLAS's rule), so out may hold anything, NaN included."""
+    m, k, n = a.shape[0], a.shape[1], b.shape[1]
+    if a.shape[1] != b.shape[0] or out.shape[0] != m or out.shape[1] != n:
+        raise ValueError("gemm_into: operand shapes do not match")
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        for i in range(m):
+            for j in range(n):
+                out[i, j] = 0 if beta == 0 else beta * out[i, j]
+        return
+    c_order, ldc = _blas_layout(out)
+    if c_order != 0:
+        raise ValueError("gemm_into: the output's rows must be unit-stride")
+    a_order, lda = _blas_layout(a)
+    if a_order < 0:
+        a = np.ascontiguousarray(a)
+        a_order, lda = 0, k
+    b_order, ldb = _blas_layout(b)
+    if b_order < 0:
+        b = np.ascontiguousarray(b)
+        b_order, ldb = 0, n
+    scalars = np.empty(2, out.dtype)
+    scalars[0], scalars[1] = alpha, beta
+    kind = np.int8(ord("s")) if out.itemsize == 4 else np.int8(ord("d"))
+    # column-major: out^T (n x m) = b^T (n x k) a^T (k x m); a row-major view read as its transpose needs no 't'
+    no, yes = np.int8(ord("n")), np.int8(ord("t"))
+    status = _xxgemm(kind, yes if b_order == 1 else no, yes if a_order == 1 else no, n, m, k, _address(scalars[0:]),
+                     _address(b), ldb, _address(a), lda, _address(scalars[1:]), _address(out), ldc)
+    if status != 0:
+        raise RuntimeError("gemm_into: BLAS is unavailable (numba finds it through scipy)")
 
 
 # OpenBLAS multiplies operands of at most SMALL_MACS multiply-adds where they are, without first packing them (its
