@@ -646,6 +646,32 @@ def test_forward_conv_tails_run_on_threads_without_parallel(rng):
     assert not render_kernel(grad_fn.program, dgrads[0], parallel=False).parallel
 
 
+def test_large_gemm_tails_run_on_threads_without_parallel(rng):
+    """A GEMM's elementwise tail (bias, GELU) over an output known to have THREADED_GEMM_TAIL_MIN elements or
+    more runs in chunks on threads with parallel=False too; a smaller or symbolic output stays one loop. Values
+    against the reference, the threaded one with a chunk count that does not divide the rows."""
+    from dlc.codegen.numba import THREADED_GEMM_TAIL_MIN, render_kernel
+
+    w = dlc.param(rand(rng, (32, 512)) * 0.2, name="w")
+    b = dlc.param(rand(rng, (512,)), name="b")
+
+    def gemm_kernel_threaded(rows):
+        x = dlc.input("x", (rows, 32))
+        y = dlc.gelu(x @ w + b, approximate="tanh")
+        fn = dlc.compile(y, [x], target="cpu")
+        (kernel,) = [k for k in fn.program.kernels if k.anchor is not None and k.anchor.op == "matmul"]
+        want = dlc.compile(y, [x], target="reference")
+        n = rows if isinstance(rows, int) else 37
+        xv = rand(rng, (n, 32))
+        assert_close(fn(xv), want(xv))
+        return render_kernel(fn.program, kernel, parallel=False).parallel
+
+    rows = THREADED_GEMM_TAIL_MIN // 512 + 3
+    assert gemm_kernel_threaded(rows)
+    assert not gemm_kernel_threaded(rows // 4)
+    assert not gemm_kernel_threaded("B")
+
+
 def test_the_same_graph_renders_the_same_module():
     """Node serials differ between traces; the generated text (hence numba's cache entry) must not."""
     import gc

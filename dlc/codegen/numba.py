@@ -472,6 +472,7 @@ def _render_matmul(program, kernel, parallel=False):
             raise Unsupported(f"{x.op} before a matmul")
         operands.append((r.arg(x), x, transposed))
     tgt = _anchor_target(r, kernel)
+    parallel = parallel or _known_to_be_large(anchor.shape, THREADED_GEMM_TAIL_MIN)
     nb = anchor.ndim - 2
     names = [f"{P}b{k}" for k in range(nb)]
     views = []
@@ -606,10 +607,16 @@ def _chunked_axis(shape) -> int | None:
 # nothing measurable (W8's step 737-741 ms either way) and cost 6 s of W8's cold compile (22.6 -> 28.8 s), so
 # they stay on one thread.
 THREADED_TAILS = {"conv2d", "conv2d_nhwc"}
+# The same for a GEMM's tail, from a larger output: W10's GELU and its derivative (4M elements each, over the
+# output BLAS has just written) took 15.7 and 13.9 ms as kernels with the tail on one thread, 12.1 and 12.3 ms
+# with it on two; the tails of its 1M-element GEMMs gain a quarter of a millisecond, each at the price of a
+# parallel function compiled (W1's and W10's cold compiles took 1 and 1.9 s longer with every tail from 128K
+# elements on threads).
+THREADED_GEMM_TAIL_MIN = 1 << 21
 
 
-def _known_to_be_large(shape) -> bool:
-    return all(isinstance(d, int) for d in shape) and int(np.prod(shape, dtype=np.int64)) >= PARALLEL_MIN
+def _known_to_be_large(shape, least: int = PARALLEL_MIN) -> bool:
+    return all(isinstance(d, int) for d in shape) and int(np.prod(shape, dtype=np.int64)) >= least
 
 
 def _render_window(program, kernel, parallel=False):
