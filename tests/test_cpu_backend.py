@@ -646,6 +646,40 @@ def test_forward_conv_tails_run_on_threads_without_parallel(rng):
     assert not render_kernel(grad_fn.program, dgrads[0], parallel=False).parallel
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "int64"])
+@pytest.mark.parametrize("n", [7, 16, 37, 128])
+def test_last_axis_reductions_in_lanes_match_numpy(dtype, n, rng):
+    """sum, prod, max and min over the last axis, with a fused elementwise op before them: rows long enough
+    keep a vector of partial results (with a tail of n % lanes elements: 37), short ones one accumulator; NaN and infinities in some rows propagate as numpy's do."""
+    from dlc.codegen.numba import _row_lanes
+
+    rows = 5
+    if dtype.startswith("float"):
+        x = rand(rng, (rows, n), dtype, 0.5, 1.5)
+        x[1, n // 2] = np.nan
+        x[2, n - 1] = np.inf
+        x[3, 0] = -np.inf
+    else:
+        x = rng.integers(-3, 4, (rows, n)).astype(dtype)
+    fns = {"sum": (dlc.sum, np.sum), "prod": (dlc.prod, np.prod), "max": (dlc.max, np.max),
+           "min": (dlc.min, np.min)}
+    xin = dlc.input("x", x.shape, dtype)
+    outs = [f(xin * 2, axis=1) for f, _ in fns.values()]
+    fn = dlc.compile(outs, [xin], target="cpu")
+    reductions = [k for k in fn.program.kernels if k.anchor is not None and k.anchor.op in fns]
+    lanes = [_row_lanes(k.anchor.op, k.anchor.inputs[0], (1,), "float64" if k.anchor.op == "sum" and
+                        dtype == "float32" else dtype) for k in reductions]
+    if n == 128:
+        assert all(lanes) and "_part[" in fn.backend.source(), lanes
+    if n == 7:
+        assert not any(lanes), lanes
+    with np.errstate(all="ignore"):
+        for got, (_, ref) in zip(fn(x), fns.values()):
+            want = ref(x.astype(np.float64) * 2 if dtype == "float32" else x * 2, axis=1)
+            np.testing.assert_allclose(got, want.astype(dtype), rtol=1e-6 if dtype == "float32" else 1e-12,
+                                       equal_nan=True)
+
+
 def test_large_gemm_tails_run_on_threads_without_parallel(rng):
     """A GEMM's elementwise tail (bias, GELU) over an output known to have THREADED_GEMM_TAIL_MIN elements or
     more runs in chunks on threads with parallel=False too; a smaller or symbolic output stays one loop. Values

@@ -403,6 +403,10 @@ def _render_reduce(program, kernel):
         _sum_in_input_order(r, x, axes, kept, names, extents, acc_dtype, out_idx)
         return _finish(r, kernel, _describe(kernel))
     acc, best = f"{P}acc", f"{P}best"
+    lanes = _row_lanes(op, x, axes, acc_dtype)
+    if lanes:
+        _reduce_rows_in_lanes(r, x, names, extents, kept, acc_dtype, dtype, lanes, out_idx)
+        return _finish(r, kernel, _describe(kernel))
     with r.vals.scope():
         v = r.vals.value(x, variables(names))
         if op in ("argmax", "argmin"):
@@ -417,6 +421,55 @@ def _render_reduce(program, kernel):
         ir.nest([names[a] for a in axes], [extents[a] for a in axes], inner) + r.vals.take()
     r.emit(ir.nest([names[a] for a in kept], [extents[a] for a in kept], body))
     return _finish(r, kernel, _describe(kernel))
+
+
+# A reduction over the last axis alone (a softmax's max and sum, a cross-entropy's log-sum-exp) keeps one
+# vector's worth of partial results per row, LANE_BYTES of them, each over every lanes-th element: independent
+# chains that LLVM vectorizes, where one accumulator is a chain of dependent operations (an addition about 4
+# cycles, NaN-aware max about as long). W10's logits, 4096 rows of 128: max 0.58 -> 0.22 ms, sum 0.29 -> 0.15.
+# A sum's order changes (it was in order, in float64 for float32); max and min are exact either way.
+LANE_BYTES = 64
+
+
+def _row_lanes(op, x, axes, acc_dtype) -> int:
+    """How many partial results a row keeps (0: one accumulator): rows of a known length of at least two
+    vectors' worth, reduced over the last axis alone by sum, prod, max or min."""
+    last = x.ndim - 1
+    if op not in ("sum", "prod", "max", "min") or tuple(axes) != (last,) or not isinstance(x.shape[last], int):
+        return 0
+    lanes = LANE_BYTES // np.dtype(acc_dtype).itemsize
+    return lanes if x.shape[last] >= 2 * lanes else 0
+
+
+def _reduce_rows_in_lanes(r, x, names, extents, kept, acc_dtype, dtype, lanes, out_idx):
+    """The reduction of each row in `lanes` partial results (a scratch vector made once per kernel), folded
+    into one after the row, then the row's last n % lanes elements and the epilogue."""
+    anchor = r.kernel.anchor
+    op, last, n = anchor.op, x.ndim - 1, x.shape[x.ndim - 1]
+    part, lane, block, acc = f"{P}part", f"{P}lane", f"{P}block", f"{P}acc"
+    init = _reduce_init(op, dtype, acc_dtype, acc, "")[0].init
+    r.w(f"{part} = np.empty({lanes}, {NP_DTYPE[acc_dtype]})")
+    partial = f"{part}[{lane}]"
+
+    def accumulate(target, position):
+        with r.vals.scope():
+            v = r.vals.value(x, tuple(variables(names[:last])) + (position,))
+            return r.vals.take() + [ir.Accumulate(target, op, v, anchor)]
+
+    whole = n - n % lanes
+    body = [ir.Loop(lane, ir.Lit(lanes), (ir.Assign(partial, init),)),
+            ir.Loop(block, ir.Lit(whole // lanes), (
+                ir.Loop(lane, ir.Lit(lanes), tuple(accumulate(partial, ir.add(ir.mul(ir.Var(block), ir.Lit(lanes)),
+                                                                            ir.Var(lane))))),)),
+            ir.Declare(acc, acc_dtype, init),
+            ir.Loop(lane, ir.Lit(lanes), (ir.Accumulate(acc, op, ir.Ref(partial), anchor),))]
+    if whole < n:
+        body.append(ir.Loop(names[last], ir.Lit(n), tuple(accumulate(acc, ir.Var(names[last]))),
+                            start=ir.Lit(whole)))
+    result = ir.Ref(acc) if acc_dtype == anchor.dtype else ir.Cast(ir.Ref(acc), anchor.dtype)
+    r.vals.remember(anchor, out_idx, result)
+    r.vals.store_all(out_idx)
+    r.emit(ir.nest([names[a] for a in kept], [extents[a] for a in kept], body + r.vals.take()))
 
 
 SUM_LANES_MAX = 1024   # the longest last axis whose elements get partial sums of their own (see below)
