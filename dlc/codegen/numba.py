@@ -820,17 +820,21 @@ def _render_take(program, kernel):
     if node.op == "take_grad":
         r.w(f"{out}.fill(0)")
     names = [f"{P}i{k}" for k in range(space.ndim)]
+    extents = [f"{sa}.shape[{k}]" for k in range(space.ndim)]
     j = f"{P}j"
-    with r.loops(names, [f"{sa}.shape[{k}]" for k in range(space.ndim)]):
-        iidx = names[ax:ax + ind.ndim]
+    # each index read once, outside the loops over the rows it selects (a unit-stride copy LLVM vectorizes)
+    picked = ax + ind.ndim
+    with r.loops(names[:picked], extents[:picked]):
+        iidx = names[ax:picked]
         r.w(f"{j} = np.int64({ia}[{', '.join(iidx) if iidx else '0'}])")
         r.w(f"if {j} < 0:")
         r.w(f"    {j} += {d}")
-        xidx = names[:ax] + [j] + names[ax + ind.ndim:]
-        if node.op == "take":
-            r.w(f"{out}[{', '.join(names) if names else '0'}] = {xa}[{', '.join(xidx)}]  # {where(node)}")
-        else:
-            r.w(f"{out}[{', '.join(xidx)}] += {sa}[{', '.join(names) if names else '0'}]  # {where(node)}")
+        xidx = names[:ax] + [j] + names[picked:]
+        with r.loops(names[picked:], extents[picked:]):
+            if node.op == "take":
+                r.w(f"{out}[{', '.join(names) if names else '0'}] = {xa}[{', '.join(xidx)}]  # {where(node)}")
+            else:
+                r.w(f"{out}[{', '.join(xidx)}] += {sa}[{', '.join(names) if names else '0'}]  # {where(node)}")
     return _finish(r, kernel, _describe(kernel))
 
 
