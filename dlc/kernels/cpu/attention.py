@@ -15,7 +15,8 @@ dlc_cpu_gemm.gemm_into, which takes the scale (alpha) and the sums over
 blocks (beta = 1) inside the GEMM and writes the output rows, dq, dk and dv
 in place in the output arrays: W10's backward (below) took 14.3-14.6 ms with
 np.dot into scratch blocks, added and scaled in passes of their own, and
-11.5-11.8 ms so (its forward 6.8-7.0 against 6.6-6.9).
+11.5-11.8 ms so (its forward 6.8-7.0 against 6.6-6.9); with the keys and
+values transposed once per batch (_transposed) 10.7-11.0 ms (forward 6.0).
 
 The backward of self-attention (as many keys as queries) writes one array,
 [dq | dk | dv] along the last axis (attention_backward), in one of two ways:
@@ -75,10 +76,14 @@ def _macs(B, L, S, width, causal):
 
 
 @njit(**JIT)
-def _transposed(x, b, j0, j1):
-    """x[b, j0:j1]^T, C-ordered: keys as columns, so that the products with them are plain (NN) GEMMs, which
-    BLAS runs faster on 64 x 64 blocks than a product with a transposed operand (4.7 against 6.7 us)."""
-    return np.ascontiguousarray(x[b, j0:j1].T)
+def _transposed(x, b, j0, j1, queries):
+    """x[b, j0:j1]^T: keys as columns. A C-ordered copy when at least a block of `queries` rows will multiply
+    it, so that their products are plain (NN) GEMMs, which BLAS runs faster on 64 x 64 blocks than a product
+    with a transposed operand (4.7 against 6.7 us); for fewer (a decoding step's one query) the copy would cost
+    more than it saves, and the products take the transposed view itself."""
+    if queries >= BLOCK_Q:
+        return np.ascontiguousarray(x[b, j0:j1].T)
+    return x[b, j0:j1].T
 
 
 @njit(**JIT)
@@ -221,7 +226,7 @@ def _dq_block(q, k, v, mask, y, g, out, b, i0, sc, causal, mask_kind):
     dq = out[b, i0:i1, :E]
     _row_stats(y, g, b, i0, i1, v.shape[2], lse, delta)
     keys = _key_blocks(i1, S, causal)
-    kt, vt = _transposed(k, b, 0, keys), _transposed(v, b, 0, keys)
+    kt, vt = _transposed(k, b, 0, keys, 0), _transposed(v, b, 0, keys, 0)   # one block's rows: no copy
     first = True
     for j0 in range(0, _key_blocks(i1, S, causal), BLOCK_K):
         j1 = min(S, j0 + BLOCK_K)
@@ -244,7 +249,7 @@ def _dkv_block(q, k, v, mask, y, g, out, b, j0, col, sc, causal, mask_kind):
     dv = out[b, j0:j1, col + E:col + E + Ev]
     lse = np.empty(BLOCK_Q, q.dtype)
     delta = np.empty(BLOCK_Q, q.dtype)
-    kt, vt = _transposed(k, b, j0, j1), _transposed(v, b, j0, j1)
+    kt, vt = _transposed(k, b, j0, j1, L), _transposed(v, b, j0, j1, L)
     first = True
     # with causal, queries before j0 see none of these keys
     for i0 in range((j0 // BLOCK_Q) * BLOCK_Q if causal else 0, L, BLOCK_Q):
@@ -271,7 +276,7 @@ def _batch_backward(q, k, v, mask, y, g, out, b, col, sc, causal, mask_kind):
     lse = np.empty(L, q.dtype)
     delta = np.empty(L, q.dtype)
     _row_stats(y, g, b, 0, L, Ev, lse, delta)
-    kt, vt = _transposed(k, b, 0, S), _transposed(v, b, 0, S)
+    kt, vt = _transposed(k, b, 0, S, L), _transposed(v, b, 0, S, L)
     dq = out[b, :, :E]
     if S == 0:
         _zero(dq)
@@ -313,15 +318,16 @@ def _workers(q, v, tasks, width, causal):
 @njit(**JIT)
 def _forward_task(q, k, v, mask, out, t, blocks, per_batch, sc, causal, mask_kind):
     """Task t of the forward: every query block of batch t, its keys transposed once (per_batch), or query
-    block t % blocks of batch t // blocks with the keys it sees transposed for it alone. (W10's forward, 64
-    batches of 256 causal rows: the keys transposed once per block took 0.7 of its 6.4 ms.)"""
+    block t % blocks of batch t // blocks, multiplying the keys as they are (a copy for one block costs about
+    what it saves: W10's forward, 64 batches of 256 causal rows, spent 0.7 of its 6.4 ms transposing the keys
+    once per block)."""
     if per_batch:
-        kt = _transposed(k, t, 0, k.shape[1])
+        kt = _transposed(k, t, 0, k.shape[1], q.shape[1])
         for block in range(blocks):
             _forward_block(q, kt, v, mask, out, t, block * BLOCK_Q, sc, causal, mask_kind)
     else:
         b, i0 = t // blocks, (t % blocks) * BLOCK_Q
-        kt = _transposed(k, b, 0, _key_blocks(min(q.shape[1], i0 + BLOCK_Q), k.shape[1], causal))
+        kt = _transposed(k, b, 0, _key_blocks(min(q.shape[1], i0 + BLOCK_Q), k.shape[1], causal), 0)
         _forward_block(q, kt, v, mask, out, b, i0, sc, causal, mask_kind)
 
 
