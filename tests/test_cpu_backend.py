@@ -650,7 +650,8 @@ def test_forward_conv_tails_run_on_threads_without_parallel(rng):
 @pytest.mark.parametrize("n", [7, 16, 37, 128])
 def test_last_axis_reductions_in_lanes_match_numpy(dtype, n, rng):
     """sum, prod, max and min over the last axis, with a fused elementwise op before them: rows long enough
-    keep a vector of partial results (with a tail of n % lanes elements: 37), short ones one accumulator; NaN and infinities in some rows propagate as numpy's do."""
+    keep a vector of partial results (with a tail of n % lanes elements: 37), short ones one accumulator; NaN
+    and infinities in some rows propagate as numpy's do."""
     from dlc.codegen.numba import _row_lanes
 
     rows = 5
