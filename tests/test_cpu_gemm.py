@@ -66,3 +66,14 @@ def test_gemm_into_refuses_mismatched_shapes_and_strided_outputs(gemm_into):
         gemm_into(a, b, np.empty((4, 7), np.float32), 1.0, 0.0)
     with pytest.raises(ValueError, match="rows must be unit-stride"):
         gemm_into(a, b, np.empty((6, 4), np.float32).T, 1.0, 0.0)
+
+
+def test_gemm_into_refuses_mixed_or_integer_dtypes(gemm_into):
+    """BLAS reads every operand as the output's dtype: a float32 operand read as float64 would run past its
+    end, so such a call does not compile."""
+    from numba.core.errors import TypingError
+
+    f32, f64 = np.ones((3, 3), np.float32), np.ones((3, 3), np.float64)
+    for a, b, out in ((f32, f32, f64.copy()), (f64, f32, f64.copy()), (np.ones((3, 3), np.int64),) * 3):
+        with pytest.raises(TypingError, match="one dtype, float32 or float64"):
+            gemm_into(a, b, out, 1.0, 0.0)

@@ -12,6 +12,7 @@ import numpy as np
 from dlc_cpu_threads import JIT_PARALLEL, claim, task_counter, thread_count
 from llvmlite import ir
 from numba import njit, prange, types
+from numba.core import errors
 from numba.extending import intrinsic, overload
 
 JIT = dict(cache=True, error_model="numpy", nogil=True)
@@ -120,11 +121,27 @@ def _blas_layout(x):
     return -1, 0
 
 
+def _float_matrices(a, b, out):
+    """Typing-time check for gemm_into: BLAS reads every operand as out's dtype, so a mixed call would read
+    past a smaller operand's end."""
+
+
+@overload(_float_matrices, jit_options=JIT)
+def _float_matrices_typed(a, b, out):
+    arrays = (a, b, out)
+    if not all(isinstance(x, types.Array) and x.ndim == 2 for x in arrays) or \
+            out.dtype not in (types.float32, types.float64) or a.dtype != out.dtype or b.dtype != out.dtype:
+        raise errors.TypingError("gemm_into: a, b and out must be 2-D arrays of one dtype, float32 or float64")
+    return lambda a, b, out: None
+
+
 @njit(**JIT)
 def gemm_into(a, b, out, alpha, beta):
     """out = alpha * (a @ b) + beta * out through BLAS, for 2-D views of one float dtype whose rows or columns
-    are unit-stride (a transposed operand is a .T view; out's rows must be unit-stride). Other views are
-    copied first. beta == 0 never reads out (BLAS's rule), so out may hold anything, NaN included."""
+    are unit-stride (a transposed operand is a .T view; out's rows must be unit-stride, and out must not
+    overlap a or b). Other views are copied first. beta == 0 never reads out (BLAS's rule), so out may hold
+    anything, NaN included."""
+    _float_matrices(a, b, out)
     m, k, n = a.shape[0], a.shape[1], b.shape[1]
     if a.shape[1] != b.shape[0] or out.shape[0] != m or out.shape[1] != n:
         raise ValueError("gemm_into: operand shapes do not match")
