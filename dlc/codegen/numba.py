@@ -447,7 +447,7 @@ def _reduce_rows_in_lanes(r, x, names, extents, kept, acc_dtype, dtype, lanes, o
     anchor = r.kernel.anchor
     op, last, n = anchor.op, x.ndim - 1, x.shape[x.ndim - 1]
     part, lane, block, acc = f"{P}part", f"{P}lane", f"{P}block", f"{P}acc"
-    init = _reduce_init(op, dtype, acc_dtype, acc, "")[0].init
+    declare = _reduce_init(op, dtype, acc_dtype, acc, "")[0]
     r.w(f"{part} = np.empty({lanes}, {NP_DTYPE[acc_dtype]})")
     partial = f"{part}[{lane}]"
 
@@ -457,11 +457,11 @@ def _reduce_rows_in_lanes(r, x, names, extents, kept, acc_dtype, dtype, lanes, o
             return r.vals.take() + [ir.Accumulate(target, op, v, anchor)]
 
     whole = n - n % lanes
-    body = [ir.Loop(lane, ir.Lit(lanes), (ir.Assign(partial, init),)),
+    body = [ir.Loop(lane, ir.Lit(lanes), (ir.Assign(partial, declare.init),)),
             ir.Loop(block, ir.Lit(whole // lanes), (
                 ir.Loop(lane, ir.Lit(lanes), tuple(accumulate(partial, ir.add(ir.mul(ir.Var(block), ir.Lit(lanes)),
                                                                             ir.Var(lane))))),)),
-            ir.Declare(acc, acc_dtype, init),
+            declare,
             ir.Loop(lane, ir.Lit(lanes), (ir.Accumulate(acc, op, ir.Ref(partial), anchor),))]
     if whole < n:
         body.append(ir.Loop(names[last], ir.Lit(n), tuple(accumulate(acc, ir.Var(names[last]))),

@@ -45,6 +45,7 @@ import numpy as np
 from dlc_cpu_fastmath import exp_f32
 from dlc_cpu_gemm import blas_on_calling_thread, gemm_into, restore_blas_threads
 from dlc_cpu_threads import JIT, JIT_PARALLEL, claim, task_counter, workers_for
+from dlc_cpu_threads import zero as zero_all
 from numba import njit, prange, types
 from numba.extending import overload
 
@@ -118,13 +119,6 @@ def _key_blocks(i1, keys, causal):
 
 
 @njit(**JIT)
-def _zero(x):
-    for r in range(x.shape[0]):
-        for c in range(x.shape[1]):
-            x[r, c] = 0
-
-
-@njit(**JIT)
 def _forward_block(q, kt, v, mask, out, b, i0, sc, causal, mask_kind):
     """Rows i0 .. i0 + BLOCK_Q of batch b: out[..., :Ev] and each row's log-sum-exp in out[..., Ev]. The output
     rows accumulate in place (the GEMM's beta), rescaled when a row's running max grows. kt: k[b]^T, at least
@@ -164,7 +158,7 @@ def _forward_block(q, kt, v, mask, out, b, i0, sc, causal, mask_kind):
         gemm_into(sb, v[b, j0:j1], acc, 1.0, 0.0 if first else 1.0)
         first = False
     if first:
-        _zero(acc)
+        zero_all(acc)
     for r in range(nq):
         for d in range(Ev):
             acc[r, d] /= total[r]
@@ -236,7 +230,7 @@ def _dq_block(q, k, v, mask, y, g, out, b, i0, sc, causal, mask_kind):
         gemm_into(dpb, k[b, j0:j1], dq, sc, 0.0 if first else 1.0)
         first = False
     if first:
-        _zero(dq)
+        zero_all(dq)
 
 
 @njit(**JIT)
@@ -262,8 +256,8 @@ def _dkv_block(q, k, v, mask, y, g, out, b, j0, col, sc, causal, mask_kind):
         gemm_into(dpb.T, q[b, i0:i1], dk, sc, beta)
         first = False
     if first:
-        _zero(dk)
-        _zero(dv)
+        zero_all(dk)
+        zero_all(dv)
 
 
 @njit(**JIT)
@@ -279,7 +273,7 @@ def _batch_backward(q, k, v, mask, y, g, out, b, col, sc, causal, mask_kind):
     kt, vt = _transposed(k, b, 0, S, L), _transposed(v, b, 0, S, L)
     dq = out[b, :, :E]
     if S == 0:
-        _zero(dq)
+        zero_all(dq)
     for j0 in range(0, S, BLOCK_K):
         j1 = min(S, j0 + BLOCK_K)
         dk = out[b, j0:j1, col:col + E]
@@ -296,8 +290,8 @@ def _batch_backward(q, k, v, mask, y, g, out, b, col, sc, causal, mask_kind):
             gemm_into(dpb, k[b, j0:j1], dq[i0:i1], sc, 0.0 if j0 == 0 else 1.0)
             first = False
         if first:
-            _zero(dk)
-            _zero(dv)
+            zero_all(dk)
+            zero_all(dv)
 
 
 # ----------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import numpy as np
 from dlc_cpu_threads import JIT_PARALLEL, claim, task_counter, thread_count
 from llvmlite import ir
 from numba import njit, prange, types
-from numba.core import errors
+from numba.core import cgutils, errors
 from numba.extending import intrinsic, overload
 
 JIT = dict(cache=True, error_model="numpy", nogil=True)
@@ -108,6 +108,16 @@ def _address(typingctx, arr):
     return types.voidptr(arr), codegen
 
 
+@intrinsic
+def _slot(typingctx, value):
+    """The address of a copy of a scalar on the calling function's stack (BLAS takes alpha and beta by
+    address; a stack slot, not an array allocated at every call)."""
+    def codegen(context, builder, signature, args):
+        slot = cgutils.alloca_once_value(builder, args[0])
+        return builder.bitcast(slot, ir.IntType(8).as_pointer())
+    return types.voidptr(value), codegen
+
+
 @njit(**JIT)
 def _blas_layout(x):
     """How BLAS (column-major) reads a 2-D view: 0 when its rows are unit-stride (read as x^T), 1 when its
@@ -163,13 +173,12 @@ def gemm_into(a, b, out, alpha, beta):
     if b_order < 0:
         b = np.ascontiguousarray(b)
         b_order, ldb = 0, n
-    scalars = np.empty(2, out.dtype)
-    scalars[0], scalars[1] = alpha, beta
+    a_scale, b_scale = out.dtype.type(alpha), out.dtype.type(beta)
     kind = np.int8(ord("s")) if out.itemsize == 4 else np.int8(ord("d"))
     # column-major: out^T (n x m) = b^T (n x k) a^T (k x m); a row-major view read as its transpose needs no 't'
     no, yes = np.int8(ord("n")), np.int8(ord("t"))
-    status = _xxgemm(kind, yes if b_order == 1 else no, yes if a_order == 1 else no, n, m, k, _address(scalars[0:]),
-                     _address(b), ldb, _address(a), lda, _address(scalars[1:]), _address(out), ldc)
+    status = _xxgemm(kind, yes if b_order == 1 else no, yes if a_order == 1 else no, n, m, k, _slot(a_scale),
+                     _address(b), ldb, _address(a), lda, _slot(b_scale), _address(out), ldc)
     if status != 0:
         raise RuntimeError("gemm_into: BLAS is unavailable (numba finds it through scipy)")
 
