@@ -23,7 +23,8 @@ from .graph import Graph, Node, shape_eval
 class Kernel:
     """A fused group of nodes that runs as one kernel.
 
-    nodes:   every node computed inside, topologically ordered.
+    nodes:   every node computed inside, topologically ordered; a reshape is one only where its input is
+             computed inside too (an index remap), elsewhere it is a view of a buffer and in no kernel.
     inputs:  values the kernel reads from buffers (sources, or other kernels' outputs).
     outputs: values it writes to buffers: those read by later kernels, graph
              outputs and parameter updates.
@@ -67,7 +68,7 @@ class Program:
     outputs: the values returned to the caller, in order.
     updates: (parameter key, new value) pairs written back to the store.
     aliases: node id -> the node whose buffer it shares (a reshape of
-             contiguous data is a view, never a kernel).
+             contiguous data is a view, not a kernel of its own).
     refusals: every fusion that was considered and refused, with its reason.
     bodies:  id(scan node) -> the optimized Program of its body (placeholders
              in, carry_out + y_out out), made with the same options.

@@ -231,6 +231,24 @@ def attention_step(batch: int = 2, length: int = 6, keys: int = 9) -> Sample:
     return Sample("attention_step", [y, z, s, gq, gk, gv], [q, k, v], args, store)
 
 
+def multi_head_step(batch: int = 2, length: int = 5, heads: int = 2, width: int = 6) -> Sample:
+    """A transformer's head split and merge around fused attention: q, k and v sliced out of one projection,
+    reshaped to heads and transposed (the reshape an index remap inside each kernel), and their gradients
+    merged back into the projection's layout (one kernel of three slices' gradients through reshapes)."""
+    rng, store = _rng(12), dlc.Store()
+    x = dlc.input("x", ("B", length, width))
+    w = dlc.param((0.4 * rng.standard_normal((width, 3 * width))).astype(np.float32), name="w", store=store)
+    b = dlc.param((0.1 * rng.standard_normal(3 * width)).astype(np.float32), name="b", store=store)
+    d = width // heads
+    q, k, v = (dlc.transpose(dlc.reshape(t, ("B", length, heads, d)), (0, 2, 1, 3))
+               for t in dlc.split(x @ w + b, 3, axis=2))
+    o = dlc.reshape(dlc.transpose(dlc.scaled_dot_product_attention(q, k, v, causal=True), (0, 2, 1, 3)),
+                    ("B", length, width))
+    gx, gw, gb = dlc.grad(dlc.sum(dlc.tanh(o) * x), [x, w, b])
+    args = [rng.standard_normal((batch, length, width)).astype(np.float32)]
+    return Sample("multi_head_step", [o, gx, gw, gb], [x], args, store)
+
+
 def layer_norm_step(batch: int = 3, width: int = 40) -> Sample:
     """Fused layer normalization with its affine epilogue and its gradient op, float32."""
     rng, store = _rng(11), dlc.Store()
@@ -245,4 +263,4 @@ def layer_norm_step(batch: int = 3, width: int = 40) -> Sample:
 
 SAMPLES = (elementwise_chain, reductions, matmul_epilogue, softmax_cross_entropy, gather_scatter, random_numbers,
            float64_and_integers, mlp_training_step, cnn_training_step, rnn_training_step, attention_step,
-           layer_norm_step)
+           multi_head_step, layer_norm_step)

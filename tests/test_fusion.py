@@ -67,6 +67,8 @@ def graphs(draw, symbolic: bool = True, max_nodes: int = 14):
             pool.append(dlc.reshape(a, (-1,)) if draw(st.booleans()) else dlc.reshape(a, (1,) + a.shape))
         elif kind == "reshape" and a.ndim == 2:
             pool.append(dlc.expand_dims(a, 0))
+        elif kind == "reshape" and a.shape == (9,):
+            pool.append(dlc.reshape(a, (3, 3)))  # a split of a merged dim: read back through both reshapes
         elif kind == "transpose" and a.ndim == 2:
             pool.append(dlc.transpose(a))
         elif kind == "broadcast" and a.shape == (1, 3):
@@ -171,6 +173,47 @@ def test_reshape_is_a_view_and_in_no_kernel():
     p = fused([y], [x])
     assert all(n.op != "reshape" for k in p.kernels for n in k.nodes)
     assert p.storage_of(y.node).op == "tanh"
+
+
+def _heads(t, heads):
+    """(B, T, C) -> (B, heads, T, C // heads), as a transformer splits its projections."""
+    return dlc.transpose(dlc.reshape(t, ("B", t.shape[1], heads, t.shape[2] // heads)), (0, 2, 1, 3))
+
+
+@pytest.mark.parametrize("target", ["cpu", "reference"])
+def test_a_reshape_of_a_value_computed_in_the_kernel_is_an_index_remap_there(target):
+    """A transformer's head split (bias, slice, reshape to heads, transpose) is one kernel per head tensor,
+    and its gradient's merge (transpose, reshape, the slices' gradients, their sum) one kernel: a reshape of a
+    value the kernel computes is read through its index, not stored first to be viewed."""
+    x, b = dlc.input("x", ("B", 5, 12)), dlc.input("b", (12,))
+    q, k, v = (_heads(t, 2) for t in dlc.split(x + b, 3, axis=2))
+    p = fused([q, k, v], [x, b])
+    assert [[n.op for n in kern.nodes] for kern in p.kernels] == [["add", "slice", "reshape", "transpose"]] * 3
+    assert not any("reshape" in r for r in p.refusals)
+
+    rng = np.random.default_rng(3)
+    xv, bv = rng.standard_normal((3, 5, 12)).astype(np.float32), rng.standard_normal(12).astype(np.float32)
+    c = [rng.standard_normal((1, 2, 5, 2)).astype(np.float32) for _ in range(3)]
+    loss = dlc.sum(q * c[0]) + dlc.sum(dlc.tanh(k) * c[1]) + dlc.sum(v * v * c[2])
+    (gx,) = dlc.grad(loss, [x])
+    fn = dlc.compile([q, k, v, gx], inputs=[x, b], target=target)
+    if target == "cpu":
+        merge = [kern for kern in fn.program.kernels if any(n.op == "slice_grad" for n in kern.nodes)]
+        assert len(merge) == 1 and sum(n.op == "reshape" for n in merge[0].nodes) == 3, fn.program
+    heads = [np.transpose((xv + bv)[:, :, 4 * i:4 * i + 4].reshape(3, 5, 2, 2), (0, 2, 1, 3)) for i in range(3)]
+    dq, dk, dv = np.broadcast_to(c[0], heads[0].shape), c[1] * (1 - np.tanh(heads[1]) ** 2), 2 * heads[2] * c[2]
+    want_gx = np.concatenate([np.transpose(d, (0, 2, 1, 3)).reshape(3, 5, 4) for d in (dq, dk, dv)], axis=2)
+    got = fn(xv, bv)
+    for g, w in zip(got, heads + [want_gx]):
+        np.testing.assert_allclose(g, w, rtol=2e-5, atol=2e-6)
+
+
+def test_a_reshape_read_by_a_matmul_or_returned_keeps_its_input_stored():
+    x, w = dlc.input("x", ("B", 8)), dlc.input("w", (4, 3))
+    y = dlc.reshape(dlc.tanh(x), ("B", 2, 4)) @ w
+    text = refusals([y, dlc.reshape(dlc.exp(x), ("B", 4, 2))], [x, w])
+    assert "a reshape is a view of a stored buffer (a matmul operand is stored" in text
+    assert "a reshape is a view of a stored buffer (the reshape is a result)" in text
 
 
 def test_an_mlp_training_step_takes_a_few_kernels_per_layer():

@@ -260,3 +260,37 @@ def test_the_gradient_of_a_split_matches_numpy(target):
     want = np.concatenate([sig(a) * (1 - sig(a)) * np.tanh(c), 2 * sig(b) * (1 - sig(b)),
                            sig(a) * (1 - np.tanh(c) ** 2), -sig(d) * (1 - sig(d)) * wv[:4]], axis=1)
     np.testing.assert_allclose(fn(xv, wv), want, rtol=2e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("out_shape,in_shape", [
+    ((4, 5, 2, 3), (4, 5, 6)),        # heads split off the feature dim
+    ((4, 5, 6), (4, 5, 2, 3)),        # and merged back
+    ((20, 6), (4, 5, 6)),             # rows merged
+    ((2, 10, 6), (4, 5, 6)),          # a run of dims that neither splits nor merges evenly
+    ((1, 4, 5, 6, 1), (4, 5, 6)),     # extent-1 dims on either side
+    ((4, 30), (4, 5, 6, 1, 1)),
+    ((120,), (2, 3, 4, 5)),
+])
+def test_a_reshape_reads_its_input_where_numpy_does(out_shape, in_shape):
+    """reshape_index, run over every element, names the element numpy's row-major reshape reads; a split or
+    merge of adjacent dims stays a per-run expression (no division of the whole offset)."""
+    names = [f"i{k}" for k in range(len(out_shape))]
+    index = ir.reshape_index(tuple(ir.Var(n) for n in names), out_shape, in_shape)
+    text = [ir.print_index(e, ir.PYTHON, str) for e in index]
+    source = np.arange(int(np.prod(in_shape))).reshape(in_shape)
+    want = source.reshape(out_shape)
+    for pos in np.ndindex(*out_shape):
+        env = dict(zip(names, pos))
+        assert source[tuple(eval(t, {}, env) for t in text)] == want[pos]
+    if out_shape == (4, 5, 2, 3):
+        assert text == ["i0", "i1", "i2 * 3 + i3"]
+    if out_shape == (4, 5, 6) and len(in_shape) == 4:
+        assert text == ["i0", "i1", "i2 // 3", "i2 % 3"]
+
+
+def test_a_reshape_of_symbolic_dims_lines_them_up_or_takes_the_whole_offset():
+    i = tuple(ir.Var(n) for n in ("i0", "i1", "i2", "i3"))
+    assert [ir.print_index(e, ir.PYTHON, str) for e in ir.reshape_index(i, ("B", 5, 2, 3), ("B", 5, 6))] == \
+        ["i0", "i1", "i2 * 3 + i3"]
+    whole = ir.reshape_index(i[:2], ("B", 6), ("C", 2, 3))  # nothing lines up: the flat offset's digits
+    assert "//" in ir.print_index(whole[1], ir.PYTHON, str) and "%" in ir.print_index(whole[1], ir.PYTHON, str)

@@ -224,6 +224,63 @@ def delinearize(flat: Expr, shape) -> tuple[Expr, ...]:
     return tuple(out)
 
 
+def reshape_index(idx: tuple[Expr, ...], out_shape, in_shape, bind: Callable[[Expr], Expr] = lambda e: e) \
+        -> tuple[Expr, ...]:
+    """The index of a reshape's input read for its element at idx.
+
+    Run by run of adjacent dims whose extents multiply to the same number on both sides: a dim both shapes
+    share is read as is, a merge of dims is a multiply-add, a split a division by constants (heads split off a
+    feature dim: (b, t, h * D + d), not four divisions of one flat offset). Shapes that do not line up so (a
+    symbolic dim not matched by itself, an empty dim) take the whole offset.
+    """
+    runs = _matching_runs(tuple(out_shape), tuple(in_shape))
+    if runs is None:
+        return delinearize(bind(linear(idx, out_shape)), in_shape)
+    src: list[Expr] = []
+    for (o0, o1), (i0, i1) in runs:
+        if o1 - o0 == 1 and i1 - i0 == 1:
+            src.append(idx[o0])
+        elif i1 - i0 == 1:
+            src.append(linear(idx[o0:o1], out_shape[o0:o1]))
+        else:
+            flat = linear(idx[o0:o1], out_shape[o0:o1])
+            src += delinearize(flat if o1 - o0 == 1 else bind(flat), in_shape[i0:i1])
+    return tuple(src)
+
+
+def _matching_runs(out_shape: tuple, in_shape: tuple) -> list[tuple[tuple[int, int], tuple[int, int]]] | None:
+    """The shortest runs of dims, in order, over which both shapes have equal products, as pairs of (start, end)
+    dim ranges; extent-1 dims at the end join the last run. None where the shapes do not line up so."""
+    if any(d == 0 for d in out_shape + in_shape):
+        return None
+    runs, o, i = [], 0, 0
+    while o < len(out_shape) and i < len(in_shape):
+        o0, i0 = o, i
+        if isinstance(out_shape[o], str) or isinstance(in_shape[i], str):
+            if out_shape[o] != in_shape[i]:
+                return None
+            runs.append(((o, o + 1), (i, i + 1)))
+            o, i = o + 1, i + 1
+            continue
+        po, pi = out_shape[o], in_shape[i]
+        o, i = o + 1, i + 1
+        while po != pi:
+            if po < pi:
+                if o == len(out_shape) or isinstance(out_shape[o], str):
+                    return None
+                po, o = po * out_shape[o], o + 1
+            else:
+                if i == len(in_shape) or isinstance(in_shape[i], str):
+                    return None
+                pi, i = pi * in_shape[i], i + 1
+        runs.append(((o0, o), (i0, i)))
+    if any(d != 1 for d in out_shape[o:] + in_shape[i:]) or not runs:
+        return None
+    (o0, _), (i0, _) = runs[-1]
+    runs[-1] = ((o0, len(out_shape)), (i0, len(in_shape)))
+    return runs
+
+
 # ----------------------------------------------------------------------------
 # remaps: what an injective op reads
 
@@ -268,7 +325,7 @@ def remap(node: Node, idx: tuple[Expr, ...], bind: Callable[[Expr], Expr] = lamb
     if op == "broadcast_to":
         return Remap((Read(x, broadcast_index(idx, node.shape, x.shape)),))
     if op == "reshape":
-        return Remap((Read(x, delinearize(bind(linear(idx, node.shape)), x.shape)),))
+        return Remap((Read(x, reshape_index(idx, node.shape, x.shape, bind)),))
     if op == "slice":
         src = []
         for i, d, b, e, s in zip(idx, x.shape, node.attr("begin"), node.attr("end"), node.attr("step")):

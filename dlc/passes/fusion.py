@@ -99,8 +99,15 @@ class Fuser:
         if kind_of(n) not in (ELEMENTWISE, INJECTIVE) or id(n) in self.required:
             return None
         targets: set[int] = set()
+        views: list[tuple[Node, set[int]]] = []  # reshapes of n, each with the units that read through it
         for c in self.users[id(n)]:
             if c.op == "size":  # reads the shape only
+                continue
+            if c.op == "reshape":
+                readers = self.view_readers_inlining(n, c, views)
+                if readers is None:
+                    return None
+                targets |= readers
                 continue
             reason = self.consumer_refusal(n, c)
             if reason:
@@ -120,7 +127,38 @@ class Fuser:
         if any(len(self.unit[t]) >= self.max_group for t in targets):
             self.refuse(n, None, f"group size cap ({self.max_group} nodes) reached")
             return None
+        for view, readers in views:  # the reshape joins the units that read through it, as an index remap
+            self.units_of[id(view)] = readers
+            for t in readers:
+                self.unit[t][id(view)] = view
         return targets
+
+    def view_readers_inlining(self, n: Node, view: Node, chain: list | None = None) -> set[int] | None:
+        """The units that read n through `view` (a reshape, or a chain of them), when each can compute n itself
+        and index it through the reshapes; None (logged) when some reader needs n stored: the function's result,
+        a matmul operand, an opaque op's."""
+        if id(view) in self.required:
+            self.refuse(n, view, "a reshape is a view of a stored buffer (the reshape is a result)")
+            return None
+        readers: set[int] = set()
+        for c in self.users[id(view)]:
+            if c.op == "size":
+                continue
+            if c.op == "reshape":
+                inner = self.view_readers_inlining(n, c, chain)
+                if inner is None:
+                    return None
+                readers |= inner
+                continue
+            reason = self.consumer_refusal(n, c) or \
+                (f"a {c.op} reads it" if kind_of(c) == COMPLEX else None)
+            if reason:
+                self.refuse(n, view, f"a reshape is a view of a stored buffer ({reason})")
+                return None
+            readers |= self.units_of[id(c)]
+        if chain is not None:
+            chain.append((view, readers))
+        return readers
 
     def consumer_refusal(self, n: Node, c: Node) -> str | None:
         ck = kind_of(c)
@@ -311,6 +349,10 @@ class Fuser:
         for c in self.users[id(node)]:
             if c.op == "size":  # reads only its input's shape, never its buffer
                 continue
+            if c.op == "reshape" and id(c) in g.nodes:  # an index remap inside the kernel
+                if self.is_read_outside(c, g):
+                    return True
+                continue
             if not is_computed(c) or any(self.group_of[u] is not g for u in self.units_of[id(c)]):
                 return True  # a view, or a kernel elsewhere (a duplicated consumer counts in each)
         return False
@@ -381,8 +423,8 @@ def check_program(program: Program) -> None:
         where = f"kernel {k.name} [{k.kind}]"
         ids = {id(n) for n in k.nodes}
         for n in k.nodes:
-            if not is_computed(n):
-                raise AssertionError(f"{where}: {n!r} is a source or a view and belongs in no kernel")
+            if not is_computed(n) and not (n.op == "reshape" and id(n.inputs[0]) in ids):
+                raise AssertionError(f"{where}: {n!r} is a source or a view of a buffer and belongs in no kernel")
             for i in n.inputs:
                 if id(i) not in ids and all(i is not j for j in k.inputs):
                     raise AssertionError(f"{where}: {n!r} reads {i!r}, not listed as an input")
