@@ -152,6 +152,44 @@ def test_cpu_kernel_matches_reference_off_block_sizes(dtype, rng):
         np.testing.assert_allclose(got, want, err_msg=f"output {i}", **tol)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("L, S", [(1, 1), (1, 130), (3, 37), (4, 70), (5, 70)])
+def test_few_query_rows_in_plain_loops_match_the_reference(L, S, dtype, rng):
+    """Up to DIRECT_ROWS queries a batch (a decoding step's one) the forward runs in plain loops, not in blocks of
+    GEMMs (5 rows: blocks again): every mask kind, causal, a row with every key masked (NaN, as the formula), and
+    the gradients, which read the forward's log-sum-exp."""
+    tol = dict(rtol=2e-4, atol=2e-5) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
+    outputs = []
+    for tag, causal, kind in [("a", True, "bool"), ("b", False, "add"), ("c", False, None), ("d", True, None)]:
+        q = dlc.input(f"q{tag}", ("B", 3, L, 8), dtype)
+        k = dlc.input(f"k{tag}", ("B", 3, S, 8), dtype)
+        v = dlc.input(f"v{tag}", ("B", 3, S, 5), dtype)
+        if kind == "bool":
+            mask = keep_mask(rng, (3, L, S))
+        elif kind == "add":
+            mask = rand(rng, (1, 1, L, S), dtype)
+            mask[..., S // 2:] = -np.inf   # dropped keys, as a decoding cache masks the rows not yet written
+        else:
+            mask = None
+        y = dlc.scaled_dot_product_attention(q, k, v, mask=mask, causal=causal)
+        outputs += [y, *dlc.grad(dlc.sum(dlc.sin(y)), [q, k, v])]
+    feeds = {n.attr("name"): rand(rng, (2,) + tuple(n.shape[1:]), dtype)
+             for n in dlc.Graph([o.node for o in outputs]).inputs()}
+    cpu = dlc.compile(outputs, target="cpu")
+    ref = dlc.compile(outputs, target="reference")
+    for i, (got, want) in enumerate(zip(cpu(**feeds), ref(**feeds))):
+        np.testing.assert_allclose(got, want, err_msg=f"output {i}", **tol)
+
+    qv, kv, vv = (rand(rng, (2, L, 8), dtype), rand(rng, (2, S, 8), dtype), rand(rng, (2, S, 5), dtype))
+    none_kept = np.ones((2, L, S), bool)
+    none_kept[1, 0] = False   # batch 1's first query keeps no key
+    (got,) = attend([qv, kv, vv, none_kept], target="cpu")
+    assert np.isnan(got[1, 0]).all() and not np.isnan(np.delete(got.reshape(-1, 5), L, axis=0)).any()
+    with np.errstate(invalid="ignore"):   # the formula's own NaN row
+        want = plain_attention(qv, kv, vv, none_kept)
+    np.testing.assert_allclose(got[0], want[0], **tol)
+
+
 def _arena_bytes(outputs):
     return passes.plan_memory(program_of(dlc.compile(outputs, target="reference")), {}).arena_bytes
 

@@ -18,6 +18,12 @@ np.dot into scratch blocks, added and scaled in passes of their own, and
 11.5-11.8 ms so (its forward 6.8-7.0 against 6.6-6.9); with the keys and
 values transposed once per batch (_transposed) 10.7-11.0 ms (forward 6.0).
 
+Up to DIRECT_ROWS queries a batch (a decoding step's one query) the forward
+runs in plain loops instead (_forward_row): a dot product per kept key, then
+the exponentials' sum and the values they weigh; a block's two GEMMs per 64
+keys cost more in calls than in arithmetic there (W11's step, 4 heads over
+256 cached keys: 27 us a layer in blocks, 13.5 us so).
+
 The backward of self-attention (as many keys as queries) writes one array,
 [dq | dk | dv] along the last axis (attention_backward), in one of two ways:
 - one pass per batch (FlashAttention-2's order) when there are at least as
@@ -51,6 +57,7 @@ from numba.extending import overload
 
 BLOCK_Q = 64
 BLOCK_K = 64
+DIRECT_ROWS = 4   # queries per batch up to which the forward runs in plain loops (_forward_row), not in blocks
 JIT_SUM = dict(JIT, fastmath={"reassoc"})
 
 
@@ -163,6 +170,53 @@ def _forward_block(q, kt, v, mask, out, b, i0, sc, causal, mask_kind):
         for d in range(Ev):
             acc[r, d] /= total[r]
         out[b, i0 + r, Ev] = np.log(total[r]) + top[r]
+
+
+@njit(**JIT_SUM)
+def _dot(a, b):
+    """A dot product in any order (reassociated, so LLVM vectorizes it)."""
+    total = a.dtype.type(0)
+    for d in range(a.shape[0]):
+        total += a[d] * b[d]
+    return total
+
+
+@njit(**JIT)
+def _forward_row(q, k, v, mask, out, b, i, sc, causal, mask_kind, scores):
+    """Query row i of batch b with plain loops: its scores (into `scores`, at least S long), their max, then the
+    exponentials' sum and the values they weigh in one pass over the keys. For a few rows (a decoding step's
+    one query), where a block's two GEMMs per 64 keys cost more in calls than in arithmetic. A key a mask or
+    the causal rule drops costs no dot product."""
+    S, Ev = k.shape[1], v.shape[2]
+    neg = q.dtype.type(-np.inf)
+    zero = q.dtype.type(0)
+    mb, mi = (b if mask.shape[0] > 1 else 0), (i if mask.shape[1] > 1 else 0)
+    keys = min(S, i + 1) if causal else S
+    top = neg
+    for j in range(keys):
+        mj = j if mask.shape[2] > 1 else 0
+        if mask_kind == 1 and not mask[mb, mi, mj]:
+            scores[j] = neg
+            continue
+        x = _dot(q[b, i], k[b, j]) * sc
+        if mask_kind == 2:
+            x += mask[mb, mi, mj]
+        scores[j] = x
+        top = max(top, x)
+    acc = out[b, i, :Ev]
+    for d in range(Ev):
+        acc[d] = zero
+    total = zero
+    if top != neg:
+        for j in range(keys):
+            if scores[j] != neg:
+                p = exp(scores[j] - top)
+                total += p
+                for d in range(Ev):
+                    acc[d] += p * v[b, j, d]
+    for d in range(Ev):
+        acc[d] /= total   # every key dropped: 0 / 0, NaN, as the formula gives
+    out[b, i, Ev] = np.log(total) + top
 
 
 @njit(**JIT_SUM)
@@ -315,7 +369,11 @@ def _forward_task(q, k, v, mask, out, t, blocks, per_batch, sc, causal, mask_kin
     block t % blocks of batch t // blocks, multiplying the keys as they are (a copy for one block costs about
     what it saves: W10's forward, 64 batches of 256 causal rows, spent 0.7 of its 6.4 ms transposing the keys
     once per block)."""
-    if per_batch:
+    if q.shape[1] <= DIRECT_ROWS:
+        scores = np.empty(k.shape[1], q.dtype)
+        for i in range(q.shape[1]):
+            _forward_row(q, k, v, mask, out, t, i, sc, causal, mask_kind, scores)
+    elif per_batch:
         kt = _transposed(k, t, 0, k.shape[1], q.shape[1])
         for block in range(blocks):
             _forward_block(q, kt, v, mask, out, t, block * BLOCK_Q, sc, causal, mask_kind)
@@ -332,7 +390,7 @@ def _forward_pass(q, k, v, mask, out, sc, causal, mask_kind):
     runs it (so for the passes below)."""
     blocks = (q.shape[1] + BLOCK_Q - 1) // BLOCK_Q
     workers = _workers(q, v, q.shape[0] * blocks, q.shape[2] + v.shape[2], causal)
-    per_batch = q.shape[0] >= workers
+    per_batch = q.shape[0] >= workers or q.shape[1] <= DIRECT_ROWS
     tasks = q.shape[0] if per_batch else q.shape[0] * blocks
     previous = blas_on_calling_thread()
     if workers == 1:
