@@ -77,3 +77,42 @@ def test_gemm_into_refuses_mixed_or_integer_dtypes(gemm_into):
     for a, b, out in ((f32, f32, f64.copy()), (f64, f32, f64.copy()), (np.ones((3, 3), np.int64),) * 3):
         with pytest.raises(TypingError, match="one dtype, float32 or float64"):
             gemm_into(a, b, out, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("dtype, tol", [(np.float32, 2e-5), (np.float64, 1e-12)])
+def test_few_rows_by_a_large_matrix_split_by_columns_match_numpy(dtype, tol, rng):
+    """gemm's skinny rule (a few rows by at least SKINNY_SPLIT_BYTES of matrix: the output's columns in blocks
+    over the threads) on a C-ordered matrix and a transposed view, column counts off the blocks, 1 to 8 rows;
+    the block runner itself on 1, 2 and 3 workers, every column written once (NaN-filled outputs)."""
+    from dlc.runtime.cpu import load_kernel_modules
+
+    load_kernel_modules()
+    import dlc_cpu_gemm as G
+
+    k = 1024 if dtype == np.float32 else 512
+    for n in (200, 1000):
+        w = rng.standard_normal((k, n)).astype(dtype)
+        assert w.nbytes >= G.SKINNY_SPLIT_BYTES
+        for b in (w, np.ascontiguousarray(w.T).T):
+            for m in (1, 3, 8):
+                a = rng.standard_normal((m, k)).astype(dtype)
+                want = a.astype(np.float64) @ b
+                out = np.full((m, n), np.nan, dtype)
+                G.gemm(a, b, out)
+                np.testing.assert_allclose(out, want, rtol=tol, atol=tol * 100)
+                for workers in (1, 2, 3):
+                    out = np.full((m, n), np.nan, dtype)
+                    G._columns_on_threads(a, b, out, workers)
+                    np.testing.assert_allclose(out, want, rtol=tol, atol=tol * 100, err_msg=f"{workers} workers")
+
+
+def test_a_decoding_steps_projection_on_threads_matches_numpy(rng):
+    """x @ W^T for one token (nn.Linear's layout) compiled: the generated GEMM takes the skinny rule."""
+    import dlc
+
+    x, w = dlc.input("x", (1, 256)), dlc.input("w", (1024, 256))
+    fn = dlc.compile(dlc.tanh(x @ dlc.transpose(w)), inputs=[x, w], target="cpu")
+    assert "gemm(" in fn.backend.source()
+    xv, wv = rng.standard_normal((1, 256)).astype(np.float32), rng.standard_normal((1024, 256)).astype(np.float32)
+    want = np.tanh(xv.astype(np.float64) @ wv.T.astype(np.float64))
+    np.testing.assert_allclose(fn(xv, wv), want, rtol=1e-5, atol=1e-5)
