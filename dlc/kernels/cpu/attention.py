@@ -185,8 +185,8 @@ def _dot(a, b):
 def _forward_row(q, k, v, mask, out, b, i, sc, causal, mask_kind, scores):
     """Query row i of batch b with plain loops: its scores (into `scores`, at least S long), their max, then the
     exponentials' sum and the values they weigh in one pass over the keys. For a few rows (a decoding step's
-    one query), where a block's two GEMMs per 64 keys cost more in calls than in arithmetic. A key a mask or
-    the causal rule drops costs no dot product."""
+    one query), where a block's two GEMMs per 64 keys cost more in calls than in arithmetic. A key that a
+    boolean mask or the causal rule drops costs no dot product."""
     S, Ev = k.shape[1], v.shape[2]
     neg = q.dtype.type(-np.inf)
     zero = q.dtype.type(0)
