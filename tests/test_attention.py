@@ -152,8 +152,8 @@ def test_cpu_kernel_matches_reference_off_block_sizes(dtype, rng):
         np.testing.assert_allclose(got, want, err_msg=f"output {i}", **tol)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
-@pytest.mark.parametrize("L, S", [(1, 1), (1, 130), (3, 37), (4, 70), (5, 70)])
+@pytest.mark.parametrize("L, S, dtype", [(1, 1, "float32"), (1, 130, "float32"), (3, 37, "float64"),
+                                         (4, 70, "float32"), (5, 70, "float32")])
 def test_few_query_rows_in_plain_loops_match_the_reference(L, S, dtype, rng):
     """Up to DIRECT_ROWS queries a batch (a decoding step's one) the forward runs in plain loops, not in blocks of
     GEMMs (5 rows: blocks again): every mask kind, causal, a row with every key masked (NaN, as the formula), and
