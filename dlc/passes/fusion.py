@@ -98,22 +98,10 @@ class Fuser:
         """The units n can be inlined into, or None (with the reason logged) if it must be stored."""
         if kind_of(n) not in (ELEMENTWISE, INJECTIVE) or id(n) in self.required:
             return None
-        targets: set[int] = set()
         views: list[tuple[Node, set[int]]] = []  # reshapes of n, each with the units that read through it
-        for c in self.users[id(n)]:
-            if c.op == "size":  # reads the shape only
-                continue
-            if c.op == "reshape":
-                readers = self.view_readers_inlining(n, c, views)
-                if readers is None:
-                    return None
-                targets |= readers
-                continue
-            reason = self.consumer_refusal(n, c)
-            if reason:
-                self.refuse(n, c, reason)
-                return None
-            targets |= self.units_of[id(c)]
+        targets = self.reading_units(n, n, views)
+        if targets is None:
+            return None
         if len(targets) > 1:
             if not self.duplicate:
                 self.refuse(n, None, f"read by {len(targets)} kernels and recomputation is off: stored")
@@ -133,37 +121,39 @@ class Fuser:
                 self.unit[t][id(view)] = view
         return targets
 
-    def view_readers_inlining(self, n: Node, view: Node, chain: list | None = None) -> set[int] | None:
-        """The units that read n through `view` (a reshape, or a chain of them), when each can compute n itself
-        and index it through the reshapes; None (logged) when some reader needs n stored: the function's result,
-        a matmul operand, an opaque op's."""
-        if id(view) in self.required:
-            self.refuse(n, view, "a reshape is a view of a stored buffer (the reshape is a result)")
+    def reading_units(self, n: Node, value: Node, views: list) -> set[int] | None:
+        """The units that read n as `value`: n itself, or a reshape of it (a chain of them), which each reader
+        then indexes through (appended to `views` with its readers). None (logged) when a reader needs n stored:
+        through a reshape, also the function's result, a matmul operand, an opaque op's."""
+        through = value is not n
+        if through and id(value) in self.required:
+            self.refuse(n, value, "a reshape is a view of a stored buffer (the reshape is a result)")
             return None
         readers: set[int] = set()
-        for c in self.users[id(view)]:
-            if c.op == "size":
+        for c in self.users[id(value)]:
+            if c.op == "size":  # reads the shape only
                 continue
             if c.op == "reshape":
-                inner = self.view_readers_inlining(n, c, chain)
+                inner = self.reading_units(n, c, views)
                 if inner is None:
                     return None
                 readers |= inner
                 continue
-            reason = self.consumer_refusal(n, c) or \
-                (f"a {c.op} reads it" if kind_of(c) == COMPLEX else None)
+            reason = self.consumer_refusal(n, c) or (f"a {c.op} reads it" if through and kind_of(c) == COMPLEX
+                                                    else None)
             if reason:
-                self.refuse(n, view, f"a reshape is a view of a stored buffer ({reason})")
+                if through:
+                    self.refuse(n, value, f"a reshape is a view of a stored buffer ({reason})")
+                else:
+                    self.refuse(n, c, reason)
                 return None
             readers |= self.units_of[id(c)]
-        if chain is not None:
-            chain.append((view, readers))
+        if through:
+            views.append((value, readers))
         return readers
 
     def consumer_refusal(self, n: Node, c: Node) -> str | None:
         ck = kind_of(c)
-        if c.op == "reshape":
-            return "a reshape is a view of a stored buffer"
         if ck == OPAQUE:
             return f"{c.op} is opaque: its operands are stored"
         if ck == COMPLEX:

@@ -92,9 +92,9 @@ def gemm(a, b, out):
 
 # A product of a few rows by a large matrix (a decoding step's x @ W, batch-1 inference) only streams the
 # matrix through memory, and OpenBLAS runs it on one thread (its GEMV), at one core's bandwidth: about 28 GB/s
-# on a 2-core Xeon, where two threads stream 58 GB/s. Split by columns of the output, one BLAS call on each thread, W11's 16
-# products of a token (12.6 MB of weights) took 0.33-0.34 ms against 0.43-0.45 ms; below 512 KB a matrix the
-# parallel region's start and join (a few microseconds) cost more than the second core saves.
+# on a 2-core Xeon, where two threads stream 58 GB/s. Split by columns of the output, one BLAS call a block on
+# the threads, W11's 16 products of a token (12.6 MB of weights) took 0.33-0.34 ms against 0.43-0.45 ms; below
+# 512 KB a matrix the parallel region's start and join (a few microseconds) cost more than the second core saves.
 SKINNY_ROWS = 8
 SKINNY_SPLIT_BYTES = 512 * 1024
 
