@@ -294,3 +294,44 @@ def test_a_reshape_of_symbolic_dims_lines_them_up_or_takes_the_whole_offset():
         ["i0", "i1", "i2 * 3 + i3"]
     whole = ir.reshape_index(i[:2], ("B", 6), ("C", 2, 3))  # nothing lines up: the flat offset's digits
     assert "//" in ir.print_index(whole[1], ir.PYTHON, str) and "%" in ir.print_index(whole[1], ir.PYTHON, str)
+
+
+@pytest.mark.parametrize("in_shape,perm,out_shape,splits", [
+    ((2, 4, 5, 16), (0, 2, 1, 3), (2, 5, 64), [4, 16]),        # heads merged back after attention
+    ((2, 8, 8, 16), (0, 2, 1, 3), (2, 1024), [8, 8, 16]),      # three dims merged: split twice
+    ((2, 4, 2, 16), (0, 2, 1, 3), (2, 128), [8, 16]),          # the quotient's own remainder (2) too short
+    ((3, 4, 5, 3), (0, 2, 1, 3), (3, 5, 12), []),              # a remainder of 3: left to divide
+    ((2, 5, 4, 16), (0, 2, 1, 3), (2, 4, 80), [5, 16]),
+])
+def test_a_loop_over_a_merged_dim_is_split_at_the_divisor(in_shape, perm, out_shape, splits):
+    """A reshape that merges dims, read from the merged side, divides the loop index; strip_mine splits the
+    loop into quotient and remainder loops (the remainder at least STRIP_MIN long), equal to numpy."""
+    x = dlc.input("x", in_shape)
+    out = dlc.reshape(dlc.transpose(x, perm), out_shape) * 2.0
+    fn = dlc.compile(out, inputs=[x], target="cpu")
+    source = fn.backend.source()
+    assert [int(n) for n in re.findall(r"for \w+_[qr] in range\((\d+)\)", source)] == splits, source
+    xv = np.random.default_rng(5).standard_normal(in_shape).astype(np.float32)
+    np.testing.assert_array_equal(fn(xv), xv.transpose(perm).reshape(out_shape) * 2.0)
+
+
+def test_strip_mining_keeps_offsets_that_are_not_multiples_and_ranges_of_other_lengths():
+    """(j + 8) // 16 from j = 0 is no whole quotient: that read keeps its division; j // 16 over range(0, 40)
+    has no whole quotients either: the loop is left as it was. Split, the value read is the same element."""
+    j = ir.Var("j")
+    x = dlc.input("x", (4, 16))
+    at = lambda e: ir.Load(x.node, (ir.floordiv(e, ir.Lit(16)), ir.mod(e, ir.Lit(16))))  # noqa: E731
+    loop = ir.Loop("j", ir.Lit(48), (ir.Let("a", "float32", at(j)),
+                                     ir.Let("b", "float32", at(ir.add(j, ir.Lit(8))))))
+    (mined,) = ir.strip_mine([loop])
+    assert _loops([mined]) == [("j_q", 0, 3), ("j_r", 0, 16)]
+    bound, a, b = mined.body[0].body
+    assert bound == ir.LetIndex("j", ir.add(ir.mul(ir.Var("j_q"), ir.Lit(16)), ir.Var("j_r")))
+    assert a.value.index == (ir.Var("j_q"), ir.Var("j_r"))
+    assert b.value == at(ir.add(j, ir.Lit(8))), "the offset 8 is no multiple of 16"
+    assert ir.strip_mine([ir.Loop("j", ir.Lit(40), loop.body)]) == [ir.Loop("j", ir.Lit(40), loop.body)]
+    shifted = ir.Loop("j", ir.Lit(48), (ir.Let("b", "float32", at(ir.sub(j, ir.Lit(16)))),), start=ir.Lit(16))
+    (mined,) = ir.strip_mine([shifted])
+    assert _loops([mined]) == [("j_q", 0, 2), ("j_r", 0, 16)]
+    (b,) = mined.body[0].body[1:]
+    assert b.value.index == (ir.Var("j_q"), ir.Var("j_r")), "(16 + 16 q + r - 16) // 16 is q"

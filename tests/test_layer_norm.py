@@ -102,24 +102,34 @@ def test_the_threaded_kernels_match_numpy(dtype):
 
 
 def test_the_kernels_are_called_by_symbol_and_the_epilogue_runs_on_threads():
-    """Generated code binds layer_norm_forward/backward (their code is not linked into each caller); with
-    parallel=True the affine epilogue of a large output runs in chunks on threads, equal to the serial one."""
+    """Generated code binds the norm kernels (their code is not linked into each caller). A layer norm with an
+    epilogue (here the affine transform) on a large output, known to be large or compiled with parallel=True,
+    runs in chunks of rows on threads, each chunk normalized on its thread and then its epilogue: equal to the
+    serial kernel and the reference, for row counts the chunks do not divide."""
     rng = np.random.default_rng(4)
     n = 256
     rows = (1 << 17) // n + 3
-    xv = rng.standard_normal((rows, n)).astype(np.float32)
-    x = dlc.input("x", ("B", n))
+    xv = rng.standard_normal((rows, n)).astype(np.float32) * 3 + 20
     w = dlc.param(rng.uniform(0.5, 1.5, n).astype(np.float32), name="w")
     b = dlc.param(rng.standard_normal(n).astype(np.float32), name="b")
-    y = dlc.layer_norm(x, n, w, b)
-    (gx,) = dlc.grad(dlc.sum(y * y), [x])
-    serial = dlc.compile([y, gx], [x], target="cpu")
-    par = dlc.compile([y, gx], [x], target="cpu", parallel=True)
-    source = par.backend.source()
-    assert "layer_norm_forward_float32 = bind('norm', 'layer_norm_forward_float32')" in source
-    assert "layer_norm_backward_float32 = bind('norm', 'layer_norm_backward_float32')" in source
-    assert "in prange(" in source and "in prange(" not in serial.backend.source()
-    want = dlc.compile([y, gx], [x], target="reference")(xv)
-    for got in (serial(xv), par(xv), par(xv[:3])):
+
+    def build(shape, **options):
+        x = dlc.input("x", shape)
+        y = dlc.layer_norm(x, n, w, b)
+        (gx,) = dlc.grad(dlc.sum(y * y), [x])
+        return dlc.compile([y, gx], [x], **options)
+
+    serial = build(("B", n), target="cpu")
+    par = build(("B", n), target="cpu", parallel=True)
+    known = build((rows, n), target="cpu")
+    in_rows = build((5, rows // 5, n), target="cpu")   # 515 rows: 5 x 103
+    assert "layer_norm_forward_float32 = bind('norm', 'layer_norm_forward_float32')" in serial.backend.source()
+    assert "in prange(" not in serial.backend.source()
+    for f in (par, known, in_rows):
+        source = f.backend.source()
+        assert "layer_norm_forward_rows_float32 = bind('norm', 'layer_norm_forward_rows_float32')" in source
+        assert "in prange(" in source
+    want = build(("B", n), target="reference")(xv)
+    for got in (serial(xv), par(xv), par(xv[:3]), known(xv), in_rows(xv.reshape(5, -1, n))):
         for a, b in zip(got, want):
-            np.testing.assert_allclose(a, b[:len(a)], rtol=2e-4, atol=2e-4)
+            np.testing.assert_allclose(a.reshape(-1, n), b[:len(a.reshape(-1, n))], rtol=2e-4, atol=2e-4)

@@ -827,3 +827,169 @@ def _decide_select(s: Select, var: str, a: int, b: int, scope: dict[str, Expr]) 
     if not cases:
         return [Let(s.name, s.dtype, s.fill, s.node)] if s.fill is not None else [s]
     return [replace(s, cases=tuple(cases))]
+
+
+# ----------------------------------------------------------------------------
+# strip-mining: a loop whose index is divided split into a quotient loop around a remainder loop
+
+STRIP_MIN = 8   # remainder loops shorter than this are left alone (too short to vectorize)
+
+
+def strip_mine(stmts: list[Stmt], known: dict[str, Expr] | None = None,
+               extents: dict[str, int] | None = None) -> list[Stmt]:
+    """Split each loop of literal bounds whose variable i is read as (i + c) // m or (i + c) % m (a reshape that
+    splits a dim, read from the merged side: the heads' merge of attention's gradient) into a loop over the
+    quotient around a loop of m over the remainder, those reads becoming the loop variables. With the division
+    in its index a loop gathers element by element; split, its inner loop reads m contiguous elements and
+    vectorizes (W10's merge of dq, dk and dv into (B, T, 3 * width): 2.1 -> 0.9 ms alone).
+
+    i stays bound (to lo + q * m + r) for whatever reads it otherwise. A loop is split only where its range
+    and every rewritten offset are multiples of m, so each rewritten read is exact; the remainder loop may be
+    split again by a larger divisor (i // 256 and i // 64 % 4 both become variables)."""
+    known = dict(known or {})
+    extents = extents or {}
+    out: list[Stmt] = []
+    for s in stmts:
+        if isinstance(s, LetIndex):
+            known[s.name] = s.index
+            out.append(s)
+        elif isinstance(s, Loop):
+            inner = dict(known)
+            for t in _all_statements(s.body):
+                if isinstance(t, LetIndex):
+                    inner[t.name] = t.index
+            loop = replace(s, body=tuple(strip_mine(list(s.body), known, extents)))
+            out.append(_strip_mine_loop(loop, inner, extents))
+        elif isinstance(s, Select):
+            out.append(replace(s, cases=tuple(replace(c, body=tuple(strip_mine(list(c.body), known, extents)))
+                                              for c in s.cases)))
+        else:
+            out.append(s)
+    return out
+
+
+def _offset(e: Expr, var: str, scope: dict[str, Expr]) -> int | None:
+    """c where e is var + c (through the index names in scope), else None."""
+    if isinstance(e, Var):
+        if e.name == var:
+            return 0
+        return _offset(scope[e.name], var, scope) if e.name in scope else None
+    if isinstance(e, Bin) and e.op in ("+", "-"):
+        if isinstance(e.b, Lit):
+            c = _offset(e.a, var, scope)
+            return None if c is None else c + e.b.value if e.op == "+" else c - e.b.value
+        if e.op == "+" and isinstance(e.a, Lit):
+            c = _offset(e.b, var, scope)
+            return None if c is None else c + e.a.value
+    return None
+
+
+def _divisions(e: Expr, var: str, scope: dict[str, Expr]):
+    """(divisor, offset) of each (var + offset) // divisor or % divisor in e."""
+    if not isinstance(e, Bin):
+        return
+    if e.op in ("//", "%") and isinstance(e.b, Lit) and e.b.value > 1:
+        c = _offset(e.a, var, scope)
+        if c is not None:
+            yield e.b.value, c
+            return
+    yield from _divisions(e.a, var, scope)
+    yield from _divisions(e.b, var, scope)
+
+
+def _index_exprs(s: Stmt):
+    """Every index expression of a statement and of what it holds."""
+    for t in _all_statements([s]):
+        if isinstance(t, (Load, Store)):
+            yield from t.index
+        if isinstance(t, LetIndex):
+            yield t.index
+        elif isinstance(t, Select):
+            for c in t.cases:
+                if c.when is not None:
+                    yield c.when
+                yield from _value_indices(c.value)
+            if t.fill is not None:
+                yield from _value_indices(t.fill)
+        elif isinstance(t, ArgBest):
+            yield t.position
+            yield from _value_indices(t.value)
+        elif isinstance(t, (Let, Assign, Accumulate, Store)):
+            yield from _value_indices(t.value)
+        elif isinstance(t, Declare):
+            yield from _value_indices(t.init)
+
+
+def _value_indices(v: Value):
+    if isinstance(v, Load):
+        yield from v.index
+    elif isinstance(v, Apply):
+        for a in v.args:
+            yield from _value_indices(a)
+    elif isinstance(v, Cast):
+        yield from _value_indices(v.value)
+
+
+def _strip_mine_loop(loop: Loop, scope: dict[str, Expr], extents: dict[str, int]) -> Loop:
+    end = loop.extent.value if isinstance(loop.extent, Lit) else \
+        extents.get(loop.extent.name) if isinstance(loop.extent, Var) else None
+    if loop.parallel or not isinstance(loop.start, Lit) or end is None:
+        return loop
+    lo, var = loop.start.value, loop.var
+    found = {d for s in loop.body for e in _index_exprs(s) for d in _divisions(e, var, scope)}
+    fits = sorted(m for m, c in found if m >= STRIP_MIN and (end - lo) % m == 0 and (lo + c) % m == 0)
+    if not fits:
+        return loop
+    m = fits[0]
+    q, r = f"{var}_q", f"{var}_r"
+
+    def rewrite(e: Expr) -> Expr:
+        if not isinstance(e, Bin):
+            return e
+        if e.op in ("//", "%") and isinstance(e.b, Lit):
+            c = _offset(e.a, var, scope)
+            if c is not None and e.b.value % m == 0 and (lo + c) % m == 0:
+                # (lo + c + q*m + r) with lo + c = base*m and 0 <= r < m: // k*m is (base + q) // k
+                k, quotient = e.b.value // m, add(Var(q), Lit((lo + c) // m))
+                if e.op == "//":
+                    return floordiv(quotient, Lit(k))
+                return add(mul(mod(quotient, Lit(k)), Lit(m)), Var(r)) if k > 1 else Var(r)
+        return replace(e, a=rewrite(e.a), b=rewrite(e.b))
+
+    body = [LetIndex(var, add(Lit(lo), add(mul(Var(q), Lit(m)), Var(r))))] + \
+        [_map_indices(s, rewrite) for s in loop.body]
+    remainder = Loop(r, Lit(m), tuple(body))
+    quotient = Loop(q, Lit((end - lo) // m), (_strip_mine_loop(remainder, scope, extents),))
+    return _strip_mine_loop(quotient, scope, extents)
+
+
+def _map_indices(s: Stmt, f: Callable[[Expr], Expr]) -> Stmt:
+    """s with f applied to every index expression in it."""
+    if isinstance(s, (Load, Store)):
+        out = replace(s, index=tuple(f(e) for e in s.index))
+        return replace(out, value=_map_value(s.value, f)) if isinstance(s, Store) else out
+    if isinstance(s, LetIndex):
+        return replace(s, index=f(s.index))
+    if isinstance(s, (Let, Assign, Accumulate)):
+        return replace(s, value=_map_value(s.value, f))
+    if isinstance(s, Declare):
+        return replace(s, init=_map_value(s.init, f))
+    if isinstance(s, ArgBest):
+        return replace(s, value=_map_value(s.value, f), position=f(s.position))
+    if isinstance(s, Select):
+        cases = tuple(replace(c, when=None if c.when is None else f(c.when), value=_map_value(c.value, f),
+                              body=tuple(_map_indices(t, f) for t in c.body)) for c in s.cases)
+        return replace(s, cases=cases, fill=None if s.fill is None else _map_value(s.fill, f))
+    if isinstance(s, Loop):
+        return replace(s, start=f(s.start), extent=f(s.extent), body=tuple(_map_indices(t, f) for t in s.body))
+    return s
+
+
+def _map_value(v: Value, f: Callable[[Expr], Expr]) -> Value:
+    if isinstance(v, Load):
+        return replace(v, index=tuple(f(e) for e in v.index))
+    if isinstance(v, Apply):
+        return replace(v, args=tuple(_map_value(a, f) for a in v.args))
+    if isinstance(v, Cast):
+        return replace(v, value=_map_value(v.value, f))
+    return v

@@ -234,9 +234,10 @@ class KernelRenderer:
 
     def emit(self, stmts: list) -> None:
         """Print kernel-IR statements at the writer's level, loop-invariant bindings ahead of their loops, loops
-        cut where their conditions change (after hoisting: the cut pieces bind the same names)."""
-        self.w.lines += self.printer.lines(ir.split_ranges(ir.hoist(stmts), extents=self.literal_extents),
-                                           self.w.level)
+        cut where their conditions change (after hoisting: the cut pieces bind the same names), then loops whose
+        index is divided split at the divisor (the cut pieces' bounds are literal)."""
+        stmts = ir.split_ranges(ir.hoist(stmts), extents=self.literal_extents)
+        self.w.lines += self.printer.lines(ir.strip_mine(stmts, extents=self.literal_extents), self.w.level)
 
     def value_text(self, node: Node, idx: tuple) -> str:
         """node's value at idx: its statements printed here, its value as text."""
@@ -596,7 +597,8 @@ WINDOW_CALLS = {
 # otherwise optimize their code again inside every generated function that calls them
 BOUND = {"conv2d": "conv", "conv2d_nhwc": "conv_nhwc", "conv2d_grad_input": "conv", "conv2d_grad_weight": "conv",
          "attention_forward": "attention", "attention_backward": "attention", "attention_backward_q": "attention",
-         "attention_backward_kv": "attention", "layer_norm_forward": "norm", "layer_norm_backward": "norm"}
+         "attention_backward_kv": "attention", "layer_norm_forward": "norm", "layer_norm_backward": "norm",
+         "layer_norm_forward_rows": "norm", "layer_norm_backward_rows": "norm"}
 
 
 def _anchor_target(r: KernelRenderer, kernel: Kernel) -> str:
@@ -614,13 +616,14 @@ def _anchor_target(r: KernelRenderer, kernel: Kernel) -> str:
     return tgt
 
 
-def _render_epilogue(r: KernelRenderer, kernel: Kernel, tgt: str, parallel: bool = False) -> bool:
+def _render_epilogue(r: KernelRenderer, kernel: Kernel, tgt: str, parallel: bool = False,
+                     chunk: tuple[int, str, str] | None = None) -> bool:
     """The elementwise nodes after the anchor: one loop nest over its output space, reading its value from tgt,
     computing and storing the other outputs. With `parallel`, a large output's nest runs in chunks of one axis
-    on threads (the elementwise kernels' rule). Returns whether it does."""
+    on threads (the elementwise kernels' rule). With `chunk` (axis, lo, hi), inside a chunk loop the caller
+    opened, over that range of the axis. Returns whether it runs on threads."""
     anchor = kernel.anchor
-    rest = kernel.nodes[kernel.nodes.index(anchor) + 1:]
-    if not rest and all(o is anchor for o in kernel.outputs):
+    if not _has_epilogue(kernel):
         return False
     names = [f"{P}i{k}" for k in range(anchor.ndim)]
     idx = variables(names)
@@ -629,18 +632,26 @@ def _render_epilogue(r: KernelRenderer, kernel: Kernel, tgt: str, parallel: bool
     r.vals.store_all(idx, [o for o in kernel.outputs if o is not anchor])
     body = [ir.Let(t, anchor.dtype, ir.Load(anchor, idx))] + r.vals.take()
     extents = r.extents(tgt, anchor.shape)
+    if chunk is not None:
+        r.emit(_chunk_nest(names, extents, body, *chunk))
+        return True
     axis = _chunked_axis(anchor.shape) if parallel else None
     if axis is None:
         r.emit(ir.nest(names, extents, body))
         return False
     # chunks of the first axis longer than 1 (the ones before it have one index)
     with _thread_chunks(r, f"{tgt}.size", f"{tgt}.shape[{axis}]") as (lo, hi):
-        nest = body
-        for k in range(anchor.ndim - 1, -1, -1):
-            bounds = dict(start=ir.Var(lo), extent=ir.Var(hi)) if k == axis else dict(extent=extents[k])
-            nest = [ir.Loop(names[k], body=tuple(nest), **bounds)]
-        r.emit(nest)
+        r.emit(_chunk_nest(names, extents, body, axis, lo, hi))
     return True
+
+
+def _chunk_nest(names, extents, body, axis: int, lo: str, hi: str) -> list:
+    """Loops over names around body, the one of `axis` over range(lo, hi) only."""
+    nest = body
+    for k in range(len(names) - 1, -1, -1):
+        bounds = dict(start=ir.Var(lo), extent=ir.Var(hi)) if k == axis else dict(extent=extents[k])
+        nest = [ir.Loop(names[k], body=tuple(nest), **bounds)]
+    return nest
 
 
 def _chunked_axis(shape) -> int | None:
@@ -710,10 +721,34 @@ def _render_layer_norm(program, kernel, parallel=False):
     operands = [_as_rows(r.arg(x), x.shape, dims) for x in anchor.inputs]
     tgt = _anchor_target(r, kernel)
     eps = f"np.float64({_float(anchor.attr('eps'))})"
-    func = r.bound(NORM_CALLS[anchor.op], anchor.dtype)
-    r.emit([ir.Call(func, (*operands, _as_rows(tgt, anchor.shape, dims), eps), anchor)])
-    threads = _render_epilogue(r, kernel, tgt, parallel)
-    return _finish(r, kernel, _describe(kernel), threads)
+    rows = _row_axis(anchor.shape, dims) if _has_epilogue(kernel) and (
+        parallel or _known_to_be_large(anchor.shape)) else None
+    if rows is None:
+        func = r.bound(NORM_CALLS[anchor.op], anchor.dtype)
+        r.emit([ir.Call(func, (*operands, _as_rows(tgt, anchor.shape, dims), eps), anchor)])
+        threads = _render_epilogue(r, kernel, tgt, parallel)
+        return _finish(r, kernel, _describe(kernel), threads)
+    # chunks of rows on threads, each normalized and then its epilogue run while the rows are in cache (a
+    # second pass over the whole output on one thread took longer than the normalization on two)
+    func = r.bound(NORM_CALLS[anchor.op] + "_rows", anchor.dtype)
+    per_index = " * ".join(f"{tgt}.shape[{k}]" for k in range(rows + 1, anchor.ndim - dims)) or "1"
+    with _thread_chunks(r, f"{tgt}.size", f"{tgt}.shape[{rows}]") as (lo, hi):
+        span = f"[{lo} * {per_index}:{hi} * {per_index}]"
+        r.emit([ir.Call(func, tuple(o + span for o in (*operands, _as_rows(tgt, anchor.shape, dims))) + (eps,),
+                        anchor)])
+        _render_epilogue(r, kernel, tgt, chunk=(rows, lo, hi))
+    return _finish(r, kernel, _describe(kernel), True)
+
+
+def _has_epilogue(kernel: Kernel) -> bool:
+    return kernel.nodes[-1] is not kernel.anchor or any(o is not kernel.anchor for o in kernel.outputs)
+
+
+def _row_axis(shape, dims: int) -> int | None:
+    """The axis a row-wise kernel's chunks on threads split (as _chunked_axis), if it is one of the row axes
+    (before the last `dims`)."""
+    axis = _chunked_axis(shape)
+    return axis if axis is not None and axis < len(shape) - dims else None
 
 
 # ----------------------------------------------------------------------------

@@ -16,7 +16,10 @@ against the previous serial, in-order kernels; 4096 x 1024: 7.7 -> 0.9-1.15
 and 12.0 -> 2.3-2.4 ms; equal outputs.
 
 Threads: blocks of ROWS_PER_TASK rows claimed from a shared counter
-(dlc_cpu_threads), from PARALLEL_MIN_ELEMENTS elements on.
+(dlc_cpu_threads), from PARALLEL_MIN_ELEMENTS elements on. The `_rows`
+variants run on the calling thread: a generated kernel with an epilogue
+(the affine transform, a residual add) calls them on its own chunks of rows
+on threads and runs the epilogue over each chunk while it is in cache.
 """
 
 import numpy as np
@@ -109,12 +112,27 @@ def layer_norm_backward(x, g, dx, eps):
     _run(BACKWARD, x, g, dx, eps)
 
 
+@njit(**JIT)
+def layer_norm_forward_rows(x, y, eps):
+    """layer_norm_forward on the calling thread."""
+    _rows(FORWARD, x, x, y, 0, x.shape[0], eps)
+
+
+@njit(**JIT)
+def layer_norm_backward_rows(x, g, dx, eps):
+    """layer_norm_backward on the calling thread."""
+    _rows(BACKWARD, x, g, dx, 0, x.shape[0], eps)
+
+
 def signatures():
-    """How generated code calls the two kernels, which it binds by symbol (kernels/cpu/library.py): variant
+    """How generated code calls the kernels, which it binds by symbol (kernels/cpu/library.py): variant
     (name_dtype) -> (function, argument types); 2-d C-ordered arrays, the ones read declared read-only."""
     out = {}
     for dtype in (types.float32, types.float64):
         read, written = types.Array(dtype, 2, "C", readonly=True), types.Array(dtype, 2, "C")
         out[f"layer_norm_forward_{dtype}"] = ("layer_norm_forward", (read, written, types.float64))
         out[f"layer_norm_backward_{dtype}"] = ("layer_norm_backward", (read, read, written, types.float64))
+        out[f"layer_norm_forward_rows_{dtype}"] = ("layer_norm_forward_rows", (read, written, types.float64))
+        out[f"layer_norm_backward_rows_{dtype}"] = ("layer_norm_backward_rows",
+                                                   (read, read, written, types.float64))
     return out
