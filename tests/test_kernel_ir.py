@@ -180,6 +180,73 @@ def test_sums_over_outer_and_last_axes_match_numpy(shape, dtype):
     np.testing.assert_allclose(got[1], (xv.astype(np.float64) ** 2).sum(axis=axes), rtol=tol)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_column_sums_match_numpy_and_do_not_depend_on_the_threads(dtype):
+    """kernels/cpu/sums.py: rows that neither the tasks nor the four-row steps divide, on one thread and on two
+    (tasks claimed in any order): equal to numpy's float64 sum, and bit for bit to each other; column_dots
+    equal to the sum of the products (each rounded to the dtype, as numpy's x * y)."""
+    import numba as nb
+
+    from dlc.runtime.cpu import load_kernel_modules
+
+    load_kernel_modules()
+    import dlc_cpu_sums as sums
+
+    rng = np.random.default_rng(7)
+    n = 96
+    rows = 3 * (sums.TASK_ELEMENTS // n) + 7   # past PARALLEL_MIN_ELEMENTS: on threads
+    assert rows * n >= sums.PARALLEL_MIN_ELEMENTS
+    x = (rng.standard_normal((rows, n)) * 3 + 1).astype(dtype)
+    outs = []
+    for threads in (1, nb.config.NUMBA_NUM_THREADS):
+        nb.set_num_threads(threads)
+        try:
+            out = np.full(n, np.nan)
+            sums.column_sums(x, out)
+        finally:
+            nb.set_num_threads(nb.config.NUMBA_NUM_THREADS)
+        outs.append(out)
+    np.testing.assert_allclose(outs[0], x.astype(np.float64).sum(axis=0), rtol=1e-12, atol=1e-9)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    y = rng.standard_normal((rows, n)).astype(dtype)
+    dots = np.full(n, np.nan)
+    sums.column_dots(x, y, dots)
+    np.testing.assert_allclose(dots, (x * y).astype(np.float64).sum(axis=0), rtol=1e-9, atol=1e-9)
+    for shape in ((5, n), (16, 3 * sums.COLUMNS_PER_TASK + 5)):   # one task; tasks of columns
+        part = rng.standard_normal(shape).astype(dtype)
+        out = np.full(shape[1], np.nan)
+        sums.column_sums(part, out)
+        np.testing.assert_allclose(out, part.astype(np.float64).sum(axis=0), rtol=1e-12, atol=1e-12)
+
+
+def test_a_bias_gradient_sums_its_stored_rows_by_column_sums():
+    """A sum over the leading axes of a stored value (a bias's gradient, over a symbolic batch or a known large
+    one) calls column_sums, of the product of two stored values (a layer norm's weight gradient) column_dots;
+    one known to be small, over other axes, or with another prologue stays a generated loop. Every case,
+    keepdims and several kept dims included, equals numpy."""
+    rng = np.random.default_rng(8)
+    cases = [(("B", 4, 24), (0, 1), None, False, (600, 4, 24), "column_sums"),
+             (("B", 3, 4, 5), (0,), None, True, (7, 3, 4, 5), "column_sums"),
+             ((2048, 96), (0,), None, False, (2048, 96), "column_sums"),
+             ((2048, 96), (0,), "product", False, (2048, 96), "column_dots"),
+             (("B", 2, 24), (0, 1), "product", True, (9, 2, 24), "column_dots"),
+             ((16, 96), (0,), None, False, (16, 96), None),
+             (("B", 24), (0,), "exp", False, (300, 24), None),
+             (("B", 4, 24), (0, 2), None, False, (5, 4, 24), None)]
+    for shape, axes, prologue, keepdims, fed, kernel in cases:
+        x, w = dlc.input("x", shape), dlc.input("w", shape)
+        v = {None: x, "exp": dlc.exp(x), "product": x * w}[prologue]
+        fn = dlc.compile(dlc.sum(v, axis=axes, keepdims=keepdims) * 0.5 - 1.0, inputs=[x, w], target="cpu")
+        source = fn.backend.source()
+        for name in ("column_sums", "column_dots"):
+            assert (f"{name}_float32(" in source) == (name == kernel), (shape, axes, prologue, name)
+        xv, wv = (rng.standard_normal(fed).astype(np.float32) for _ in range(2))
+        x64, w64 = xv.astype(np.float64), wv.astype(np.float64)
+        v = {None: x64, "exp": np.exp(x64), "product": x64 * w64}[prologue]
+        want = v.sum(axis=axes, keepdims=keepdims) * 0.5 - 1.0
+        np.testing.assert_allclose(fn(xv, wv), want, rtol=1e-5, atol=1e-5)
+
+
 def _loops(stmts):
     """(var, start, end) of every loop, outermost first."""
     out = []

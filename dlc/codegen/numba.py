@@ -485,6 +485,10 @@ def _sum_in_input_order(r, x, axes, kept, names, extents, acc_dtype, out_idx):
     vectorizes, where one sum per channel is a chain of dependent additions (about 4 cycles each)."""
     anchor = r.kernel.anchor
     acc = f"{P}acc"
+    operands = _column_operands(r.kernel, x, axes, acc_dtype)
+    if operands:
+        _column_sums(r, x, operands, kept, names, extents, out_idx)
+        return
     last = x.ndim - 1
     lanes = last in axes and isinstance(x.shape[last], int) and 1 < x.shape[last] <= SUM_LANES_MAX
     acc_axes = kept + [last] if lanes else kept
@@ -505,6 +509,44 @@ def _sum_in_input_order(r, x, axes, kept, names, extents, acc_dtype, out_idx):
     else:
         gather, result = [], ir.Ref(partial)
     body = gather + [ir.Let(t, anchor.dtype, ir.Cast(result, anchor.dtype))] + r.vals.take()
+    r.emit(ir.nest([names[a] for a in kept], [extents[a] for a in kept], body))
+
+
+def _column_operands(kernel: Kernel, x: Node, axes, acc_dtype: str) -> tuple[Node, ...] | None:
+    """The stored values a sum's kernels/cpu/sums.py kernel reads, if it is one: a sum over the leading axes,
+    in float64, of a float value the kernel reads as stored (column_sums) or of the product of two such values
+    of its shape computed for the sum alone (column_dots), its kept trailing dims known and its size not known
+    to be under PARALLEL_MIN; else None."""
+    kept = x.shape[len(axes):]
+    if not (tuple(axes) == tuple(range(len(axes))) and 0 < len(axes) < x.ndim and acc_dtype == "float64"
+            and x.dtype in ("float32", "float64") and all(isinstance(d, int) for d in kept)):
+        return None
+    if all(isinstance(d, int) for d in x.shape) and not _known_to_be_large(x.shape):
+        return None
+    inside = {id(n) for n in kernel.nodes}
+    if id(x) not in inside:
+        return (x,)
+    if x.op == "mul" and all(o is not x for o in kernel.outputs) and all(
+            id(i) not in inside and tuple(i.shape) == tuple(x.shape) and i.dtype == x.dtype for i in x.inputs):
+        return tuple(x.inputs)
+    return None
+
+
+def _column_sums(r, x, operands, kept, names, extents, out_idx):
+    """The sums by column_sums or column_dots (on threads, in float64) into a vector, then the epilogue."""
+    anchor = r.kernel.anchor
+    acc = f"{P}acc"
+    n = int(np.prod([x.shape[a] for a in kept], dtype=np.int64))
+    r.w(f"{acc} = np.empty({n}, np.float64)")
+    func = r.bound("column_sums" if len(operands) == 1 else "column_dots", x.dtype)
+    rows = tuple(f"{r.arg(o)}.reshape((-1, {n}))" for o in operands)
+    r.emit([ir.Call(func, rows + (acc,), anchor)])
+    t = r.fresh()
+    offset = ir.linear(tuple(variables([names[a] for a in kept])), [x.shape[a] for a in kept])
+    r.vals.remember(anchor, out_idx, ir.Ref(t))
+    r.vals.store_all(out_idx)
+    body = [ir.Let(t, anchor.dtype, ir.Cast(ir.Ref(f"{acc}[{r.printer.index(offset)}]"), anchor.dtype))] + \
+        r.vals.take()
     r.emit(ir.nest([names[a] for a in kept], [extents[a] for a in kept], body))
 
 
@@ -598,7 +640,8 @@ WINDOW_CALLS = {
 BOUND = {"conv2d": "conv", "conv2d_nhwc": "conv_nhwc", "conv2d_grad_input": "conv", "conv2d_grad_weight": "conv",
          "attention_forward": "attention", "attention_backward": "attention", "attention_backward_q": "attention",
          "attention_backward_kv": "attention", "layer_norm_forward": "norm", "layer_norm_backward": "norm",
-         "layer_norm_forward_rows": "norm", "layer_norm_backward_rows": "norm"}
+         "layer_norm_forward_rows": "norm", "layer_norm_backward_rows": "norm", "column_sums": "sums",
+         "column_dots": "sums"}
 
 
 def _anchor_target(r: KernelRenderer, kernel: Kernel) -> str:

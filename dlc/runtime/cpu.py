@@ -102,7 +102,7 @@ def _stamp_kernel_caches_with_digest() -> None:
 
 
 KERNEL_MODULES = ("threads", "fastmath", "gemm", "microkernel", "conv_tiles", "conv", "conv_nhwc", "pool", "random",
-                  "views", "attention", "norm", "library")
+                  "views", "attention", "norm", "sums", "library")
 
 
 def load_kernel_modules() -> None:
