@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from .graph import Node, shape_str, symbols_of
 from .ops import OPS, SOURCE
 from .program import Program
@@ -88,13 +90,17 @@ def kernels_section(program: Program) -> list[str]:
     return lines
 
 
-def profile(fn, *args, repeat: int = 5, top: int | None = 15) -> str:
-    """Each kernel of a cpu-target function run on its own with these arguments: the median time of `repeat`
-    runs, its share, its ops and the layers it came from, slowest first (`top` of them; None: all).
+def profile(fn, *args, repeat: int = 5, top: int | None = 15, in_step: bool = False) -> str:
+    """The time of each kernel of a cpu-target function with these arguments: the median of `repeat` runs, its
+    share, its ops and the layers it came from, slowest first (`top` of them; None: all).
 
-    Kernel by kernel, not the function's own call: the module's kernels that
-    it inlines are compiled as functions of their own first (slow once), and
-    nothing is written back to the parameters.
+    By default each kernel runs on its own (the module's kernels that it
+    inlines are compiled as functions of their own first, slow once). With
+    `in_step=True`, inside the function's real step: a copy of its module
+    with a clock read at each kernel, compiled once (about as long as the
+    function's first call), where each kernel finds its inputs where the
+    kernels before it left them (memory-bound kernels take longer there).
+    Either way the parameters are copies: nothing is written back to them.
     """
     fn = getattr(fn, "function", fn)  # a TrainStep wraps its Function
     backend = getattr(fn, "backend", None)
@@ -102,9 +108,16 @@ def profile(fn, *args, repeat: int = 5, top: int | None = 15) -> str:
         raise TypeError(f"profile times kernels of the cpu target; this function runs on "
                         f"{getattr(backend, 'name', type(backend).__name__)!r}")
     feeds, env, _ = fn.signature.bind(args, {})
-    rows = backend.kernel_times(feeds, env, repeat)
-    total = sum(t for _, t in rows) or 1.0
-    lines = [f"## Kernels by time ({len(rows)} kernels, {total * 1e3:.2f} ms run one by one)"]
+    if in_step:
+        rows, steps = backend.step_times(feeds, env, repeat)
+        total = sum(t for _, t in rows) or 1.0
+        lines = [f"## Kernels by time inside the step ({len(rows)} kernels; the step "
+                 f"{statistics.median(steps) * 1e3:.2f} ms, median of {repeat}; the kernels' medians add up to "
+                 f"{total * 1e3:.2f} ms)"]
+    else:
+        rows = backend.kernel_times(feeds, env, repeat)
+        total = sum(t for _, t in rows) or 1.0
+        lines = [f"## Kernels by time ({len(rows)} kernels, {total * 1e3:.2f} ms run one by one)"]
     for kernel, t in sorted(rows, key=lambda r: -r[1])[:top]:
         anchor = f" around {kernel.anchor.op}" if kernel.anchor is not None else ""
         layers = layers_of(kernel)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -85,7 +87,8 @@ def test_bisect_finds_the_first_kernel_that_disagrees(step):
     assert "test_inspect.py:" in str(report)
 
 
-def test_profile_times_every_kernel_and_leaves_the_parameters_alone():
+@pytest.mark.parametrize("in_step", [False, True])
+def test_profile_times_every_kernel_and_leaves_the_parameters_alone(in_step):
     x, labels = dlc.input("x", ("B", 16)), dlc.input("labels", ("B",), "int64")
     w0 = np.random.default_rng(0).standard_normal((16, 10)).astype(np.float32) * 0.1
     w = dlc.param(w0, name="w")
@@ -93,15 +96,57 @@ def test_profile_times_every_kernel_and_leaves_the_parameters_alone():
     (gw,) = dlc.grad(loss, [w])
     step = dlc.compile(loss, inputs=[x, labels], updates={w: w - 0.1 * gw}, target="cpu")
     xs, ys = np.ones((8, 16), np.float32), np.arange(8) % 10
-    text = dlc_inspect.profile(step, xs, ys, repeat=2, top=None)
+    text = dlc_inspect.profile(step, xs, ys, repeat=2, top=None, in_step=in_step)
     kernels = step.program.kernels
-    assert f"## Kernels by time ({len(kernels)} kernels" in text
+    header = "## Kernels by time inside the step (" if in_step else "## Kernels by time ("
+    assert f"{header}{len(kernels)} kernels" in text
     rows = text.splitlines()[1:]
     assert len(rows) == len(kernels)
     assert {r.split("%  ")[1].split(" ")[0] for r in rows} == {k.name for k in kernels}
     times = [float(r.split()[0]) for r in rows]
     assert times == sorted(times, reverse=True) and all(t >= 0 for t in times)
     np.testing.assert_array_equal(step.store["w"], w0)  # a profiling run updates no parameter
+
+
+def test_in_step_profile_reads_a_clock_at_every_kernel_and_around_python_ones():
+    """The clocked copy of the module: one clock read before each kernel of the outer functions and one at the
+    end of each segment function; a kernel with no native lowering (a numpy fallback, a segment of its own)
+    is timed from Python. Every kernel gets a time, and the step runs on copies of the parameters."""
+    from dlc.ops.base import OPAQUE, OPS, apply, register
+    from dlc.runtime import cpu_profile
+
+    register("test_profile_fallback", OPAQUE, lambda xs, a: (xs[0].shape, xs[0].dtype),
+             lambda xs, a, shape: xs[0] * 2)
+    try:
+        x = dlc.input("x", ("B", 32))
+        w0 = np.random.default_rng(1).standard_normal((32, 32)).astype(np.float32)
+        w = dlc.param(w0, name="w_profile")
+        h = dlc.Tensor(apply("test_profile_fallback", [dlc.exp(x).node]))
+        loss = dlc.sum(dlc.tanh(h @ w) + 1.0)
+        (gw,) = dlc.grad(dlc.sum(dlc.tanh(x @ w)), [w])
+        step = dlc.compile(loss, inputs=[x], updates={w: w - 0.01 * gw}, target="cpu")
+        xv = np.random.default_rng(2).standard_normal((64, 32)).astype(np.float32) * 0.1
+        step(xv)   # compiles the module, and updates w once
+        w1 = step.store["w_profile"].copy()
+        be = step.backend
+        native = [s for s in be.generated.segments if s.native]
+        assert len(native) < len(be.generated.segments), "the fallback splits the step"
+        source = cpu_profile.clocked_source(be.generated.source, {s.func for s in native})
+        ticks = [int(t) for t in re.findall(r"_tick\((-?\d+)\)", source)]
+        fallback = [i for i, k in enumerate(step.program.kernels) if k.nodes[0].op == "test_profile_fallback"]
+        assert sorted(t for t in ticks if t >= 0) == [i for i in range(len(step.program.kernels))
+                                                      if i not in fallback]
+        assert ticks.count(cpu_profile.END) >= len(native)
+        assert "JIT = dict(cache=False," in source and "cache=True" not in source
+
+        feeds, env, _ = step.signature.bind((xv,), {})
+        rows, steps = be.step_times(feeds, env, repeat=3)
+        assert [k for k, _ in rows] == list(step.program.kernels)
+        assert all(t > 0 for _, t in rows), rows
+        assert len(steps) == 3 and all(s > 0 for s in steps)
+        np.testing.assert_array_equal(step.store["w_profile"], w1)   # profiling updated no parameter
+    finally:
+        del OPS["test_profile_fallback"]
 
 
 def test_profile_refuses_a_target_without_native_kernels():
