@@ -137,6 +137,8 @@ def test_in_step_profile_reads_a_clock_at_every_kernel_and_around_python_ones():
         assert sorted(t for t in ticks if t >= 0) == [i for i in range(len(step.program.kernels))
                                                       if i not in fallback]
         assert ticks.count(cpu_profile.END) >= len(native)
+        clock = cpu_profile.Clock(4)
+        assert clock.tick.signatures, "compiled before any timed interval (its compile once skewed the rate)"
         assert "JIT = dict(cache=False," in source and "cache=True" not in source
 
         feeds, env, _ = step.signature.bind((xv,), {})
