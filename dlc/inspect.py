@@ -109,11 +109,13 @@ def profile(fn, *args, repeat: int = 5, top: int | None = 15, in_step: bool = Fa
                         f"{getattr(backend, 'name', type(backend).__name__)!r}")
     feeds, env, _ = fn.signature.bind(args, {})
     if in_step:
-        rows, steps = backend.step_times(feeds, env, repeat)
+        times = backend.step_times(feeds, env, repeat)
+        rows = times.kernels
         total = sum(t for _, t in rows) or 1.0
+        updates = f", copying the updates into the store {times.updates * 1e3:.2f} ms" if times.updates else ""
         lines = [f"## Kernels by time inside the step ({len(rows)} kernels; the step "
-                 f"{statistics.median(steps) * 1e3:.2f} ms, median of {repeat}; the kernels' medians add up to "
-                 f"{total * 1e3:.2f} ms)"]
+                 f"{statistics.median(times.steps) * 1e3:.2f} ms, median of {repeat}; the kernels' medians add up "
+                 f"to {total * 1e3:.2f} ms{updates})"]
     else:
         rows = backend.kernel_times(feeds, env, repeat)
         total = sum(t for _, t in rows) or 1.0

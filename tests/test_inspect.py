@@ -142,10 +142,12 @@ def test_in_step_profile_reads_a_clock_at_every_kernel_and_around_python_ones():
         assert "JIT = dict(cache=False," in source and "cache=True" not in source
 
         feeds, env, _ = step.signature.bind((xv,), {})
-        rows, steps = be.step_times(feeds, env, repeat=3)
-        assert [k for k, _ in rows] == list(step.program.kernels)
-        assert all(t > 0 for _, t in rows), rows
-        assert len(steps) == 3 and all(s > 0 for s in steps)
+        times = be.step_times(feeds, env, repeat=3)
+        assert [k for k, _ in times.kernels] == list(step.program.kernels)
+        assert all(t > 0 for _, t in times.kernels), times.kernels
+        assert len(times.steps) == 3 and all(s > 0 for s in times.steps)
+        copies = "copy_flat(" in be.generated.source
+        assert (ticks.count(cpu_profile.UPDATES) > 0) == copies and (times.updates > 0) == copies
         np.testing.assert_array_equal(step.store["w_profile"], w1)   # profiling updated no parameter
     finally:
         del OPS["test_profile_fallback"]

@@ -520,9 +520,10 @@ class CPUBackend:
         self._kernel_by_kernel(feeds, env, time_it)
         return out
 
-    def step_times(self, feeds: dict, env: dict, repeat: int = 5) -> tuple[list[tuple[object, float]], list[float]]:
-        """(kernel, median seconds inside the real step) for each kernel in program order, and each step's
-        seconds: a copy of the module with a clock read at each kernel (runtime/cpu_profile.py)."""
+    def step_times(self, feeds: dict, env: dict, repeat: int = 5):
+        """Each kernel's median seconds inside the real step, in program order, the updates' copy and each
+        step's seconds (a StepTimes): a copy of the module with a clock read at each kernel
+        (runtime/cpu_profile.py)."""
         from .cpu_profile import step_times
 
         return step_times(self, feeds, env, repeat)

@@ -25,6 +25,7 @@ import re
 import tempfile
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +37,10 @@ from numba.extending import intrinsic
 # a kernel's first line in an outer function: its comment, or the call of its shared function
 _KERNEL_LINE = re.compile(r"^(\s+)(?:call_kernel\(k_\w+, .*\)\s+)?# k(\d+): ")
 _DEF_LINE = re.compile(r"^def (\w+)\(")
+_UPDATE_LINE = re.compile(r"^(\s+)copy_flat\(.*\)\s+# update ")
 _JIT_LINE = "JIT = dict(cache=True,"
-END = -1
+END = -1       # a segment function's end: the time since its last kernel belongs to no kernel
+UPDATES = -2   # the copies of updated parameters into the store, after the last kernel
 
 
 class Clock:
@@ -102,8 +105,9 @@ def _tick_intrinsic(stamps_address: int, count_address: int, capacity: int):
 
 
 def clocked_source(source: str, segment_functions: set[str]) -> str:
-    """The generated module's source with `_tick(k)` before each kernel of its outer functions and `_tick(-1)`
-    before each return and at the end of each segment function; compiled without numba's cache."""
+    """The generated module's source with `_tick(k)` before each kernel of its outer functions, `_tick(-2)`
+    before each copy of an updated parameter into the store, and `_tick(-1)` before each return and at the end
+    of each segment function; compiled without numba's cache."""
     if source.count(_JIT_LINE) != 1:
         raise RuntimeError("profile: the generated module's JIT options are not where they are expected")
     lines = source.replace(_JIT_LINE, "JIT = dict(cache=False,").splitlines()
@@ -125,6 +129,9 @@ def clocked_source(source: str, segment_functions: set[str]) -> str:
         m = _KERNEL_LINE.match(line)
         if m:
             out.append(f"{m.group(1)}_tick({int(m.group(2))})")
+        m = _UPDATE_LINE.match(line)
+        if m:
+            out.append(f"{m.group(1)}_tick({UPDATES})")
         if current in segment_functions and line.strip().startswith("return") and \
                 re.match(r"^\s+return\b", line):
             out.append(f"{line[:len(line) - len(line.lstrip())]}_tick({END})")
@@ -134,12 +141,19 @@ def clocked_source(source: str, segment_functions: set[str]) -> str:
     return "\n".join(out) + "\n"
 
 
+@dataclass
+class StepTimes:
+    kernels: list[tuple[object, float]]   # (kernel, median seconds inside the step), in program order
+    updates: float                        # median seconds copying updated parameters into the store
+    steps: list[float]                    # each step's seconds, its first clock read to its last
+
+
 _PROFILERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()   # backend -> its StepProfiler
 
 
-def step_times(backend, feeds: dict, env: dict, repeat: int) -> tuple[list[tuple[object, float]], list[float]]:
-    """([(kernel, median seconds inside the step)] in program order, [each step's seconds, first clock read to
-    last]); the clocked module is compiled on the first call for a backend (about as long as its first call)."""
+def step_times(backend, feeds: dict, env: dict, repeat: int) -> StepTimes:
+    """The kernels' times inside the step; the clocked module is compiled on the first call for a backend (about
+    as long as the function's own first call)."""
     profiler = _PROFILERS.get(backend)
     if profiler is None:
         profiler = _PROFILERS[backend] = StepProfiler(backend)
@@ -165,8 +179,7 @@ class StepProfiler:
                          for s in backend.generated.segments]
         self.index = {id(k): i for i, k in enumerate(backend.program.kernels)}
 
-    def times(self, feeds: dict, env: dict, repeat: int) -> tuple[list[tuple[object, float]], list[float]]:
-        """([(kernel, median seconds inside the step)] in program order, [each step's seconds])."""
+    def times(self, feeds: dict, env: dict, repeat: int) -> StepTimes:
         from .cpu import FIXED, _quiet_first_class_warning
 
         be = self.backend
@@ -188,16 +201,16 @@ class StepProfiler:
             return self.clock.records().copy()
         step()   # compiles the clocked module
         rate = self.clock.cycles_per_second()
-        per_kernel: dict[int, list[float]] = {i: [] for i in range(len(be.program.kernels))}
+        spent: dict[int, list[float]] = {i: [] for i in [*range(len(be.program.kernels)), UPDATES]}
         totals = []
         for _ in range(repeat):
             records = step()
-            spent = dict.fromkeys(per_kernel, 0.0)
+            this = dict.fromkeys(spent, 0.0)
             for (k, c0), (_, c1) in zip(records[:-1], records[1:]):
-                if k >= 0:
-                    spent[int(k)] += (c1 - c0) / rate
-            for k, t in spent.items():
-                per_kernel[k].append(t)
+                if k != END:
+                    this[int(k)] += (c1 - c0) / rate
+            for k, t in this.items():
+                spent[k].append(t)
             totals.append(float((records[-1, 1] - records[0, 1]) / rate) if len(records) else 0.0)
-        rows = [(kernel, float(np.median(per_kernel[i]))) for i, kernel in enumerate(be.program.kernels)]
-        return rows, totals
+        kernels = [(kernel, float(np.median(spent[i]))) for i, kernel in enumerate(be.program.kernels)]
+        return StepTimes(kernels, float(np.median(spent[UPDATES])), totals)
