@@ -665,17 +665,22 @@ def split_ranges(stmts: list[Stmt], known: dict[str, Expr] | None = None,
 
     known: index names bound outside (LetIndex), by name; extents: the value of an extent the renderer wrote
     as text (an array's shape), where it is literal. A loop that is not cut keeps its extent as it was."""
-    known = dict(known or {})
-    extents = extents or {}
+    return _each_loop(stmts, dict(known or {}), extents or {}, _split_loop)
+
+
+def _each_loop(stmts: list[Stmt], known: dict[str, Expr], extents: dict[str, int], rewrite) -> list[Stmt]:
+    """stmts with every loop replaced by rewrite(loop, known, extents) (a list of statements), innermost loops
+    first; known: the index names bound (LetIndex) before the loop, by name."""
+    known = dict(known)
     out: list[Stmt] = []
     for s in stmts:
         if isinstance(s, LetIndex):
             known[s.name] = s.index
             out.append(s)
         elif isinstance(s, Loop):
-            out += _split_loop(replace(s, body=tuple(split_ranges(list(s.body), known, extents))), known, extents)
+            out += rewrite(replace(s, body=tuple(_each_loop(list(s.body), known, extents, rewrite))), known, extents)
         elif isinstance(s, Select):
-            out.append(replace(s, cases=tuple(replace(c, body=tuple(split_ranges(list(c.body), known, extents)))
+            out.append(replace(s, cases=tuple(replace(c, body=tuple(_each_loop(list(c.body), known, extents, rewrite)))
                                               for c in s.cases)))
         else:
             out.append(s)
@@ -846,26 +851,11 @@ def strip_mine(stmts: list[Stmt], known: dict[str, Expr] | None = None,
     i stays bound (to lo + q * m + r) for whatever reads it otherwise. A loop is split only where its range
     and every rewritten offset are multiples of m, so each rewritten read is exact; the remainder loop may be
     split again by a larger divisor (i // 256 and i // 64 % 4 both become variables)."""
-    known = dict(known or {})
-    extents = extents or {}
-    out: list[Stmt] = []
-    for s in stmts:
-        if isinstance(s, LetIndex):
-            known[s.name] = s.index
-            out.append(s)
-        elif isinstance(s, Loop):
-            inner = dict(known)
-            for t in _all_statements(s.body):
-                if isinstance(t, LetIndex):
-                    inner[t.name] = t.index
-            loop = replace(s, body=tuple(strip_mine(list(s.body), known, extents)))
-            out.append(_strip_mine_loop(loop, inner, extents))
-        elif isinstance(s, Select):
-            out.append(replace(s, cases=tuple(replace(c, body=tuple(strip_mine(list(c.body), known, extents)))
-                                              for c in s.cases)))
-        else:
-            out.append(s)
-    return out
+    def rewrite(loop: Loop, known: dict[str, Expr], extents: dict[str, int]) -> list[Stmt]:
+        scope = dict(known)
+        scope.update((t.name, t.index) for t in _all_statements(loop.body) if isinstance(t, LetIndex))
+        return [_strip_mine_loop(loop, scope, extents)]
+    return _each_loop(stmts, dict(known or {}), extents or {}, rewrite)
 
 
 def _offset(e: Expr, var: str, scope: dict[str, Expr]) -> int | None:
