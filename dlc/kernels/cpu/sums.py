@@ -18,7 +18,7 @@ shared counter (dlc_cpu_threads) from PARALLEL_MIN_ELEMENTS elements on.
 """
 
 import numpy as np
-from dlc_cpu_threads import JIT, JIT_PARALLEL, claim, task_counter, workers_for
+from dlc_cpu_threads import JIT, JIT_PARALLEL, claim, task_counter, workers_for, zeros
 from numba import njit, prange, types
 
 PARALLEL_MIN_ELEMENTS = 1 << 17   # as generated elementwise loops (codegen/numba.py PARALLEL_MIN)
@@ -101,7 +101,7 @@ def _sums(x, y, products, out):
     rows_per_task = max(4, TASK_ELEMENTS // columns_per_task)
     row_tasks = max(1, (rows + rows_per_task - 1) // rows_per_task)
     tasks = row_tasks * ((n + columns_per_task - 1) // columns_per_task)
-    partial = np.zeros((row_tasks, n), np.float64)
+    partial = zeros((row_tasks, n), out)   # not np.zeros: here that would be a parallel region of its own
     workers = workers_for(x.size, tasks, PARALLEL_MIN_ELEMENTS)
     if workers == 1:
         for t in range(tasks):
