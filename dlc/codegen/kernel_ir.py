@@ -890,7 +890,7 @@ def _divisions(e: Expr, var: str, scope: dict[str, Expr]):
 def _index_exprs(s: Stmt):
     """Every index expression of a statement and of what it holds."""
     for t in _all_statements([s]):
-        if isinstance(t, (Load, Store)):
+        if isinstance(t, Store):
             yield from t.index
         if isinstance(t, LetIndex):
             yield t.index
@@ -955,9 +955,8 @@ def _strip_mine_loop(loop: Loop, scope: dict[str, Expr], extents: dict[str, int]
 
 def _map_indices(s: Stmt, f: Callable[[Expr], Expr]) -> Stmt:
     """s with f applied to every index expression in it."""
-    if isinstance(s, (Load, Store)):
-        out = replace(s, index=tuple(f(e) for e in s.index))
-        return replace(out, value=_map_value(s.value, f)) if isinstance(s, Store) else out
+    if isinstance(s, Store):
+        return replace(s, index=tuple(f(e) for e in s.index), value=_map_value(s.value, f))
     if isinstance(s, LetIndex):
         return replace(s, index=f(s.index))
     if isinstance(s, (Let, Assign, Accumulate)):

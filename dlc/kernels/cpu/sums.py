@@ -4,17 +4,18 @@ Imported by the CPU backend as the module `dlc_cpu_sums`; generated code calls
 `column_sums` by symbol (kernels/cpu/library.py, `signatures()`) for a sum of
 a float value the arena holds over every axis but its trailing ones, read as
 (rows, n), and `column_dots` for such a sum of the product of two (a layer
-norm's weight gradient). A generated loop ran such a sum on one thread, and a training
-step's bias gradients are sums over every row of the largest activations
-(W10: 5 ms of its step in eleven of them, at one core's bandwidth).
+norm's weight gradient). A generated loop ran such a sum on one thread, and
+a training step's bias gradients are sums over every row of its largest
+activations (W10: 5 ms of its step in eleven of them, at one core's
+bandwidth).
 
 The array is cut into tasks of a fixed number of rows and columns (by the
 shape alone: a few rows of many columns, a position embedding's gradient
 over the batch, split by columns), each block of rows summed into a row of
 partial sums of its own, and the partial sums are added up in order: the
 result does not depend on which thread took which task, or on how many
-threads there were. Threads claim tasks from a
-shared counter (dlc_cpu_threads) from PARALLEL_MIN_ELEMENTS elements on.
+threads there were. Threads claim tasks from a shared counter
+(dlc_cpu_threads) from PARALLEL_MIN_ELEMENTS elements on.
 """
 
 import numpy as np
