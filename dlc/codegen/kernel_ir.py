@@ -694,10 +694,7 @@ def _split_loop(loop: Loop, known: dict[str, Expr], extents: dict[str, int]) -> 
         return [loop]
     lo, hi = loop.start.value, end
     conds = [c for s in loop.body for c in _conditions(s)]
-    scope = dict(known)
-    for s in _all_statements(loop.body):
-        if isinstance(s, LetIndex):
-            scope[s.name] = s.index
+    scope = _loop_scope(loop, known)
     cuts = sorted({p for c in conds for p in _flips(c, loop.var, lo, scope) if lo < p < hi})
     if not cuts:
         return [loop]
@@ -707,6 +704,13 @@ def _split_loop(loop: Loop, known: dict[str, Expr], extents: dict[str, int]) -> 
     if sum(_size(p.body) for p in pieces) - _size(loop.body) > SPLIT_MAX_GROWTH:
         return [loop]
     return pieces
+
+
+def _loop_scope(loop: Loop, known: dict[str, Expr]) -> dict[str, Expr]:
+    """The index names bound before a loop and anywhere in its body, by name."""
+    scope = dict(known)
+    scope.update((t.name, t.index) for t in _all_statements(loop.body) if isinstance(t, LetIndex))
+    return scope
 
 
 def _all_statements(stmts):
@@ -851,11 +855,8 @@ def strip_mine(stmts: list[Stmt], known: dict[str, Expr] | None = None,
     i stays bound (to lo + q * m + r) for whatever reads it otherwise. A loop is split only where its range
     and every rewritten offset are multiples of m, so each rewritten read is exact; the remainder loop may be
     split again by a larger divisor (i // 256 and i // 64 % 4 both become variables)."""
-    def rewrite(loop: Loop, known: dict[str, Expr], extents: dict[str, int]) -> list[Stmt]:
-        scope = dict(known)
-        scope.update((t.name, t.index) for t in _all_statements(loop.body) if isinstance(t, LetIndex))
-        return [_strip_mine_loop(loop, scope, extents)]
-    return _each_loop(stmts, dict(known or {}), extents or {}, rewrite)
+    return _each_loop(stmts, dict(known or {}), extents or {},
+                      lambda loop, known, extents: [_strip_mine_loop(loop, _loop_scope(loop, known), extents)])
 
 
 def _offset(e: Expr, var: str, scope: dict[str, Expr]) -> int | None:

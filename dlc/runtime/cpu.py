@@ -530,9 +530,7 @@ class CPUBackend:
 
     def _kernel_by_kernel(self, feeds: dict, env: dict, each) -> None:
         """each(kernel, run, value_of) for every kernel in order; run() runs it alone on the plan's buffers."""
-        plan = self._make_plan(env)
-        # parameters are copied: updates written in place must not reach the store from a debugging run
-        X = [x.copy() if kind == FIXED else x for x, (kind, _) in zip(self._arguments(feeds, plan), self._externals)]
+        plan, X = self._copied_arguments(feeds, env)
 
         def value_of(n):
             return self._value_view(n, plan, X, env)
@@ -543,6 +541,13 @@ class CPUBackend:
                     each(item.kernel, lambda f=f, args=args: f(*args), value_of)
                 else:
                     each(item, lambda item=item: self._fallback(item, plan, X, env), value_of)
+
+    def _copied_arguments(self, feeds: dict, env: dict) -> tuple[_Plan, list]:
+        """A plan of its own and the outer functions' arguments for a debugging or profiling run, the parameters
+        copied: updates written in place must not reach the store from such a run."""
+        plan = self._make_plan(env)
+        return plan, [x.copy() if kind == FIXED else x for x, (kind, _) in zip(self._arguments(feeds, plan),
+                                                                               self._externals)]
 
     def _debug_function(self, rk: RenderedKernel):
         """The kernel as a function over views of its buffers (the module's take arena offsets, and inlined

@@ -38,6 +38,7 @@ from numba.extending import intrinsic
 _KERNEL_LINE = re.compile(r"^(\s+)(?:call_kernel\(k_\w+, .*\)\s+)?# k(\d+): ")
 _DEF_LINE = re.compile(r"^def (\w+)\(")
 _UPDATE_LINE = re.compile(r"^(\s+)copy_flat\(.*\)\s+# update ")
+_RETURN_LINE = re.compile(r"^(\s+)return\b")
 _JIT_LINE = "JIT = dict(cache=True,"
 END = -1       # a segment function's end: the time since its last kernel belongs to no kernel
 UPDATES = -2   # the copies of updated parameters into the store, after the last kernel
@@ -132,9 +133,9 @@ def clocked_source(source: str, segment_functions: set[str]) -> str:
         m = _UPDATE_LINE.match(line)
         if m:
             out.append(f"{m.group(1)}_tick({UPDATES})")
-        if current in segment_functions and line.strip().startswith("return") and \
-                re.match(r"^\s+return\b", line):
-            out.append(f"{line[:len(line) - len(line.lstrip())]}_tick({END})")
+        m = _RETURN_LINE.match(line)
+        if m and current in segment_functions:
+            out.append(f"{m.group(1)}_tick({END})")
         out.append(line)
     if current in segment_functions:
         end_segment()
@@ -180,12 +181,10 @@ class StepProfiler:
         self.index = {id(k): i for i, k in enumerate(backend.program.kernels)}
 
     def times(self, feeds: dict, env: dict, repeat: int) -> StepTimes:
-        from .cpu import FIXED, _quiet_first_class_warning
+        from .cpu import _quiet_first_class_warning
 
         be = self.backend
-        plan = be._make_plan(env)
-        # parameters are copied: the step's updates must not reach the store from a profiling run
-        X = [x.copy() if kind == FIXED else x for x, (kind, _) in zip(be._arguments(feeds, plan), be._externals)]
+        plan, X = be._copied_arguments(feeds, env)
         args = X if be._direct is None else be._outer_args(X)
         _quiet_first_class_warning()
 
