@@ -194,8 +194,8 @@ def test_tiles_where_they_pay(kernels):
 
 def test_cpu_backend_runs_batch_one_convs_in_tiles(kernels):
     """A small net compiled for the cpu target whose batch-1 convs take each form (rows into the arena, rows two
-    to a block, strided rows, columns): at batch 1 all in tiles, at batch 3 the stride-1 ones; both equal the
-    reference executor's."""
+    to a block, strided rows, columns): at batch 1 all in tiles, at batch 3 the stride-1 ones, the 8x8 ones
+    across samples (on AVX-512), at batch 8 the 4x4 one too; each equals the reference executor's."""
     _, tiles, _ = kernels
     rng = np.random.default_rng(2)
     x = dlc.input("x", ("B", 32, 32, 32))
@@ -218,7 +218,7 @@ def test_cpu_backend_runs_batch_one_convs_in_tiles(kernels):
     outputs = [h1, h2, h4, h5]
     cpu = dlc.compile(outputs, target="cpu")
     ref = dlc.compile(outputs, target="reference")
-    for batch in (1, 3):
+    for batch in (1, 3, 8):
         xs = rng.standard_normal((batch, 32, 32, 32)).astype(np.float32)
         for got, want in zip(cpu(xs), ref(xs)):
             np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()))
@@ -241,8 +241,58 @@ def test_tiled_conv2d_into_a_strided_output(kernels):
     assert np.isnan(wide[..., :3]).all() and np.isnan(wide[..., 35:]).all()
 
 
+# N, C, H, W, C_out, kh, kw, stride, padding ((top, bottom), (left, right)), dilation: convs at batch > 1 on small
+# planes, for tiles across samples
+ACROSS_CASES = [
+    (8, 64, 4, 4, 44, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),      # 4x4: two samples a tile; 44 = 5 x 8 + 4
+    (5, 32, 8, 8, 24, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),      # 8x8: tiles within a sample, straight out
+    (3, 16, 6, 6, 8, 3, 3, (1, 1), ((1, 1), (1, 1)), (1, 1)),       # 36 positions: tiles across a sample's end
+    (6, 20, 9, 7, 16, 3, 2, (2, 1), ((0, 2), (1, 0)), (1, 2)),      # strides, uneven padding, a dilated 3x2
+    (7, 48, 8, 8, 36, 1, 1, (2, 2), ((0, 0), (0, 0)), (1, 1)),      # a strided 1x1 shortcut
+    (9, 40, 5, 5, 72, 3, 3, (1, 1), ((0, 0), (0, 0)), (1, 1)),      # 3x3 outputs, no padding
+]
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_tiles_across_samples_match_reference(kernels, threads):
+    """tiled_conv2d_across_samples against the reference: positions of several samples to a tile (crossing
+    samples' ends, or each tile within one sample, summed straight into out), a last group of fewer samples,
+    a partial block of output channels, strides, dilation and uneven padding, every element of out written;
+    on any CPU (without AVX-512 its blocks are slow, not wrong)."""
+    _, tiles, _ = kernels
+    rng = np.random.default_rng(7)
+    for n, c, h, wd, co, kh, kw, stride, padding, dilation in ACROSS_CASES:
+        x = rng.standard_normal((n, c, h, wd)).astype(np.float32)
+        w = rng.standard_normal((co, c, kh, kw)).astype(np.float32)
+        a = dict(stride=stride, padding=padding, dilation=dilation, groups=1)
+        want = conv2d_ref(x.astype(np.float64), w.astype(np.float64), a)
+        got = np.full(want.shape, np.nan, np.float32)
+        tiles.tiled_conv2d_across_samples(x, w, got, threads, *stride, padding[0][0], padding[1][0], *dilation)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * float(np.abs(want).max()),
+                                   err_msg=f"{(n, c, h, wd, co, kh, kw, stride)} on {threads} threads")
+
+
+def test_tiles_across_samples_where_they_pay(kernels):
+    """With AVX-512, ResNet's 8x8 and 4x4 layers at batch 16 and 32 (strided and 1x1 ones too) take tiles across
+    samples, its 16x16 layers and batch 1 do not, nor 4x4 planes at batch 3 on 2 threads (a sample a task:
+    half of each tile idle); without AVX-512 nothing does. A stride-1 dgrad takes them on 8x8 planes, not 4x4."""
+    micro, tiles, conv = kernels
+    wide = micro.WIDE_REGISTERS
+    assert tiles.pays_across_samples(16, 512, 512, 3, 3, 4, 4, 2) == wide
+    assert tiles.pays_across_samples(32, 256, 256, 3, 3, 8, 8, 2) == wide
+    assert tiles.pays_across_samples(16, 128, 256, 1, 1, 8, 8, 2) == wide
+    assert not tiles.pays_across_samples(16, 128, 128, 3, 3, 16, 16, 2)
+    assert not tiles.pays_across_samples(1, 512, 512, 3, 3, 4, 4, 2)
+    assert not tiles.pays_across_samples(3, 512, 512, 3, 3, 4, 4, 2)
+    assert tiles.pays_across_samples(3, 256, 256, 3, 3, 8, 8, 2) == wide
+    assert not tiles.pays_across_samples(16, 3, 64, 3, 3, 8, 8, 2)      # a stem's 27 rows of B
+    assert tiles.samples_per_task(16, 16, 2) == 8 and tiles.samples_per_task(32, 16, 2) == 16
+    assert tiles.samples_per_task(16, 64, 2) == 8 and tiles.samples_per_task(3, 64, 2) == 1
+    assert conv.ACROSS_DGRAD_MIN_POSITIONS == 64
+
+
 # N, C, H, W, C_out, kh, kw, padding ((top, bottom), (left, right)), dilation: stride-1 convs whose dgrad the cpu
-# backend runs in tiles, and two it does not (a stem's 3 input channels, 4x4 planes)
+# backend runs in tiles (in rows, or across samples), and two it does not (a stem's 3 input channels, 4x4 planes)
 DGRAD_CASES = [
     (2, 64, 32, 32, 64, 3, 3, ((1, 1), (1, 1)), (1, 1)),      # ResNet's first stage
     (3, 128, 16, 16, 96, 3, 3, ((1, 1), (1, 1)), (1, 1)),     # rows of 16: two to a wide block
@@ -251,13 +301,16 @@ DGRAD_CASES = [
     (2, 48, 16, 16, 64, 3, 3, ((0, 0), (0, 0)), (1, 1)),      # no padding: the dgrad pads by the window's reach
     (2, 3, 32, 32, 64, 3, 3, ((1, 1), (1, 1)), (1, 1)),       # 3 input channels: im2col's path
     (2, 512, 4, 4, 512, 3, 3, ((1, 1), (1, 1)), (1, 1)),      # columns form: im2col's path
+    (6, 64, 8, 8, 40, 3, 3, ((1, 1), (1, 1)), (1, 1)),        # 8x8 at batch 6: across samples
+    (6, 64, 4, 4, 40, 3, 3, ((1, 1), (1, 1)), (1, 1)),        # 4x4 at batch 6: im2col's path
 ]
 
 
 def test_stride_one_dgrad_in_tiles_matches_reference(kernels):
     """conv2d_grad_input of stride-1 windows, as the forward conv of dL/dy with the window flipped and the
-    channels swapped (in tiles where those pay), against the reference; and the flipped weights themselves."""
-    _, tiles, conv = kernels
+    channels swapped (in tiles where those pay: in rows, or across samples), against the reference; and the
+    flipped weights themselves, on 1 to 3 threads."""
+    micro, tiles, conv = kernels
     rng = np.random.default_rng(4)
     taken = []
     for n, c, h, wd, co, kh, kw, padding, dilation in DGRAD_CASES:
@@ -271,13 +324,21 @@ def test_stride_one_dgrad_in_tiles_matches_reference(kernels):
         conv.conv2d_grad_input(gy, w, got, 1, 1, padding[0][0], padding[1][0], *dilation, 1)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()),
                                    err_msg=str((n, c, h, wd, co, kh, kw)))
-        taken.append(bool(c >= conv.TILED_DGRAD_MIN_CHANNELS and tiles.pays(co, c, kh, kw, 1, 1, *dilation, h, wd, 4)
-                          and tiles.form_of(co, c, kh, kw, 1, 1, *dilation, h, wd) == tiles.ROWS))
-    assert taken == [True] * 5 + [False] * 2, taken
-    w = rng.standard_normal((5, 7, 2, 3))
-    np.testing.assert_array_equal(conv._flipped_transposed(w), w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
-    w = rng.standard_normal((40, 24, 3, 3)).astype(np.float32)
-    np.testing.assert_array_equal(conv._flipped_transposed(w), w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        if h * wd >= conv.ACROSS_DGRAD_MIN_POSITIONS and conv._across_samples(n, co, c, kh, kw, h, wd, 1, 4):
+            taken.append("across")
+        elif (c >= conv.TILED_DGRAD_MIN_CHANNELS and tiles.pays(co, c, kh, kw, 1, 1, *dilation, h, wd, 4)
+                and tiles.form_of(co, c, kh, kw, 1, 1, *dilation, h, wd) == tiles.ROWS):
+            taken.append("rows")
+        else:
+            taken.append("im2col")
+    wide = micro.WIDE_REGISTERS   # without AVX-512 no tiles across samples; the 8x8 case at batch 6 then as it may
+    assert taken == ["rows", "rows", "across" if wide else "rows", "rows", "rows", "im2col", "im2col",
+                     "across" if wide else taken[7], "im2col"], taken
+    for threads in (1, 2, 3):
+        w = rng.standard_normal((5, 7, 2, 3))
+        np.testing.assert_array_equal(conv._flipped_transposed(w, threads), w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
+        w = rng.standard_normal((40, 36, 3, 3)).astype(np.float32)   # 36 channels: tasks of 16, 16 and 4
+        np.testing.assert_array_equal(conv._flipped_transposed(w, threads), w[:, :, ::-1, ::-1].transpose(1, 0, 2, 3))
 
 
 # (N, C, H, W, C_out, kh, kw, stride, padding ((top, bottom), (left, right)), dilation): partial blocks of input

@@ -99,7 +99,9 @@ from dlc_cpu_conv_tiles import (
     _ceil_div,
     form_of,
     pays,
+    pays_across_samples,
     tiled_conv2d,
+    tiled_conv2d_across_samples,
     tiled_conv2d_grad_weight,
 )
 from dlc_cpu_gemm import blas_on_calling_thread, restore_blas_threads
@@ -1106,6 +1108,13 @@ def _uses_tiles(N, groups, sh, sw, itemsize):
     return itemsize == 4 and groups == 1 and (N < thread_count() or (sh == 1 and sw == 1))
 
 
+@njit(**JIT)
+def _across_samples(N, C, co, kh, kw, ho, wo, groups, itemsize):
+    """Whether a forward conv (or a stride-1 dgrad as one) runs as tiles across samples (dlc_cpu_conv_tiles's
+    `pays_across_samples` weighs the shape): float32, one group, small planes at batch > 1."""
+    return itemsize == 4 and groups == 1 and pays_across_samples(N, C, co, kh, kw, ho, wo, thread_count())
+
+
 @njit(**JIT_PARALLEL)
 def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
     """out (N, C_out, Ho, Wo) = x (N, C, H, W) cross-correlated with w (C_out, C/groups, kh, kw)."""
@@ -1121,6 +1130,9 @@ def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
     pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, ho, wo)
     hw = ho * wo
     macs = out.size * kg
+    if _across_samples(N, C, co, kh, kw, ho, wo, groups, x.itemsize):
+        tiled_conv2d_across_samples(x, w, out, split_workers(macs, N * co, N), sh, sw, pt, pl, dh, dw)
+        return
     if _uses_tiles(N, groups, sh, sw, x.itemsize) and pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo, x.itemsize):
         tiled_conv2d(x, w, out, split_workers(macs, N * co, N), sh, sw, pt, pl, dh, dw)
         return
@@ -1172,27 +1184,40 @@ def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
     restore_blas_threads(previous)
 
 
-@njit(**JIT)
-def _flipped_transposed(w):
+# Tiles across samples run a stride-1 dgrad (after the weights' flip: 0.3 ms for 256 x 256 x 3 x 3, 1.4-1.9 for
+# 512 x 512) from planes of this many positions. In one process, interleaved (2 threads, ms, minimum of 15 calls):
+# 256 -> 256 on 8x8 at batch 16 im2col + GEMM 6.8, tiles in rows 7.2, across samples 5.1 (+ the flip), at batch
+# 32 13.7 / 14.5 / 9.9; 512 -> 512 on 4x4 at batch 16 10.3 / 10.7 / 9.1, batch 32 11.0 / 17.0 / 11.0: no gain
+# left after the flip, so 4x4 planes stay with im2col + GEMM.
+ACROSS_DGRAD_MIN_POSITIONS = 64
+FLIP_CHANNELS = 16   # input channels per task of _flipped_transposed
+
+
+@njit(**JIT_PARALLEL)
+def _flipped_transposed(w, threads):
     """w (C_out, C, kh, kw) as (C, C_out, kh, kw) with each window turned half a turn: the weights of a stride-1
-    conv's dgrad as a forward conv."""
+    conv's dgrad as a forward conv. On `threads` threads, each claiming FLIP_CHANNELS input channels at a time."""
     co, C, kh, kw = w.shape
     kk = kh * kw
     wt = np.empty((C, co, kh, kw), w.dtype)
     src, dst = w.reshape(co * C * kk), wt.reshape(co * C * kk)
     # a window turned half a turn is its kh*kw values in reverse order; in blocks of 16 input channels, each
     # output channel's run of them read in order, and 3x3 windows in a loop of known length: 1.6-1.7 ms for
-    # ResNet's 512 x 512 x 3 x 3 (channel by channel, 4-d indexed: 6.7 ms; any window's loop: 5.0)
-    for c0 in range(0, C, 16):
-        for o in range(co):
-            for c in range(c0, min(C, c0 + 16)):
-                a, b = (o * C + c) * kk, (c * co + o) * kk
-                if kk == 9:
-                    for t in range(9):
-                        dst[b + t] = src[a + 8 - t]
-                else:
-                    for t in range(kk):
-                        dst[b + t] = src[a + kk - 1 - t]
+    # ResNet's 512 x 512 x 3 x 3 on one thread (channel by channel, 4-d indexed: 6.7 ms; any window's loop: 5.0)
+    counter = task_counter()
+    for _ in prange(threads):
+        c0 = claim(counter) * FLIP_CHANNELS
+        while c0 < C:
+            for o in range(co):
+                for c in range(c0, min(C, c0 + FLIP_CHANNELS)):
+                    a, b = (o * C + c) * kk, (c * co + o) * kk
+                    if kk == 9:
+                        for t in range(9):
+                            dst[b + t] = src[a + 8 - t]
+                    else:
+                        for t in range(kk):
+                            dst[b + t] = src[a + kk - 1 - t]
+            c0 = claim(counter) * FLIP_CHANNELS
     return wt
 
 
@@ -1212,15 +1237,22 @@ def conv2d_grad_input(gy, w, out, sh, sw, pt, pl, dh, dw, groups):
     hw = ho * wo
     macs = gy.size * kg
     # a stride-1 window's dgrad is the forward conv of gy with the window flipped and the channels swapped,
-    # padded by the window's reach less the forward's padding: in tiles where those pay as a forward would, in
+    # padded by the window's reach less the forward's padding: as tiles across samples on planes of
+    # ACROSS_DGRAD_MIN_POSITIONS to 8x8 at batch > 1, else in tiles where those pay as a forward would, in
     # the rows form, for at least TILED_DGRAD_MIN_CHANNELS input channels (measured at batch 32 on 2 threads,
     # ms, the checkout before -> tiles: ResNet's 3x3 convs on 32x32 14.4 -> 13.3, 16x16 15.5 -> 11.7, 8x8 17.7
     # -> 13.1; not taken: 4x4 planes in columns 14.4 -> 17.0, a stem's 3 channels 2.6 -> 4.5)
     tpt, tpl = (kh - 1) * dh - pt, (kw - 1) * dw - pl
+    if (sh == 1 and sw == 1 and tpt >= 0 and tpl >= 0 and H * W >= ACROSS_DGRAD_MIN_POSITIONS
+            and _across_samples(N, co, C, kh, kw, H, W, groups, gy.itemsize)):
+        threads = split_workers(macs, N * C, N)
+        tiled_conv2d_across_samples(gy, _flipped_transposed(w, threads), out, threads, 1, 1, tpt, tpl, dh, dw)
+        return
     if (_uses_tiles(N, groups, sh, sw, gy.itemsize) and sh == 1 and sw == 1 and tpt >= 0 and tpl >= 0
             and C >= TILED_DGRAD_MIN_CHANNELS and pays(co, C, kh, kw, 1, 1, dh, dw, H, W, gy.itemsize)
             and form_of(co, C, kh, kw, 1, 1, dh, dw, H, W) == ROWS):
-        tiled_conv2d(gy, _flipped_transposed(w), out, split_workers(macs, N * C, N), 1, 1, tpt, tpl, dh, dw)
+        threads = split_workers(macs, N * C, N)
+        tiled_conv2d(gy, _flipped_transposed(w, threads), out, threads, 1, 1, tpt, tpl, dh, dw)
         return
     threads = workers_for(macs, N * groups * kg)
     previous = blas_on_calling_thread()

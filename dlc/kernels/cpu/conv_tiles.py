@@ -318,6 +318,153 @@ def tiled_conv2d_in_blocks(x, w, out, threads, mr, nr, sh, sw, pt, pl, dh, dw):
 
 
 # ----------------------------------------------------------------------------
+# tiles across samples: small planes at batch > 1
+#
+# On 8x8 and 4x4 planes a sample has 64 or 16 output positions, and the per-sample forms above run every block
+# of output channels over the whole weight matrix (ResNet's 512 x 4608) for a block or two of positions: the
+# weights stream from memory once per sample, and the blocks run at 141-166 GFLOP/s on 2 threads where a
+# product that reuses them reaches 260. Here a task is a group of samples whose positions lie side by side in
+# tiles of WIDE_NR (a tile may span two samples), summed in chunks of CHUNK_ROWS rows of B (a few input
+# channels' taps): a chunk's tile (CHUNK_ROWS x WIDE_NR, contiguous) stays in L1 while every block of output
+# channels runs over it, the chunk's slice of the weights stays in L2 while the tiles run. Each chunk of B is
+# gathered from x through a table of offsets made once per conv (a tap's offset for each column, or -1 in the
+# padding), so any stride, dilation and padding take the same loop.
+
+CHUNK_ROWS = 144    # rows of B per chunk: a tile of 144 x 32 floats is 18 KB, in L1 with the weights' 8 rows
+SAMPLE_COLUMNS = 512   # the most columns (samples x positions) of a task
+SAMPLES_MAX_POSITIONS = 64   # planes of at most this many output positions (8x8) take tiles across samples
+
+
+@njit(**JIT)
+def pays_across_samples(N, C, co, kh, kw, ho, wo, threads):
+    """Whether tiles across samples run a float32 one-group conv (the caller checks those): on a CPU with
+    AVX-512 (the wide blocks), a plane of at most SAMPLES_MAX_POSITIONS outputs whose tasks fill at least one
+    tile, over more than a stem's few rows of B, of at least MIN_MACS multiply-adds. Measured on 2 threads (ms,
+    the conv's method before -> across samples, the medians of 11 calls; the machine's noise moved whole
+    columns by 1.3x, so ratios from one run): at batch 16, 512 -> 512 3x3 on 4x4 8.6 -> 5.0 (12.6 -> 8.8 in a
+    busier run), 256 -> 256 on 8x8 7.3 -> 5.1, 128 -> 256 3x3/2 on 16x16 4.2 -> 2.6, 1x1/2 shortcuts 0.81 ->
+    0.32 and 1.06 -> 0.61, 256 -> 512 3x3/2 on 8x8 4.5 -> 4.4; at batch 32, 4x4 17.1 -> 9.8, 8x8 14.6 -> 9.8;
+    at batch 4 on 4x4 2.45 -> 1.70. Not taken: 128 -> 128 on 16x16 (3.9 -> 5.5: the rows form reads the padded
+    input in place), 3 samples on 4x4 (one sample a task, half of each tile idle: 2.0 -> 3.2)."""
+    hw = ho * wo
+    return (WIDE_REGISTERS and 0 < hw <= SAMPLES_MAX_POSITIONS and samples_per_task(N, hw, threads) * hw >= WIDE_NR
+            and C * kh * kw >= 64 and N * co * hw * C * kh * kw >= MIN_MACS)
+
+
+@njit(**JIT)
+def samples_per_task(N, hw, threads):
+    """Samples per task: up to SAMPLE_COLUMNS columns, and at least `threads` tasks where the batch allows."""
+    return max(1, min(_ceil_div(SAMPLE_COLUMNS, hw), N // threads))
+
+
+@njit(**JIT)
+def gather_offsets(columns, H, W, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, sample_size):
+    """table[i*kw + j, col]: where column col's value at tap (i, j) lies in x from its first sample's and the
+    channel's start (col's sample times sample_size on), or -1 in the padding or past the last sample."""
+    hw = ho * wo
+    table = np.full((kh * kw, columns), -1, np.int64)
+    for i in range(kh):
+        for j in range(kw):
+            for col in range(columns):
+                s, q = col // hw, col % hw
+                ih = q // wo * sh - pt + i * dh
+                iw = q % wo * sw - pl + j * dw
+                if ih >= 0 and ih < H and iw >= 0 and iw < W:
+                    table[i * kw + j, col] = s * sample_size + ih * W + iw
+    return table
+
+
+@njit(**JIT)
+def _gather_chunk(xf, start, plane, buf, table, c0, c1, tiles, columns, nr):
+    """B's rows for channels c0 .. c1 - 1 (row (c - c0)*taps + tap), tile by tile: buf[(t*rows + r)*nr + l]
+    holds column t*nr + l, zero in the padding and past `columns`."""
+    taps = table.shape[0]
+    rows = (c1 - c0) * taps
+    for c in range(c0, c1):
+        base = start + c * plane
+        for tap in range(taps):
+            r = (c - c0) * taps + tap
+            offsets = table[tap]
+            for t in range(tiles):
+                d = buf[(t * rows + r) * nr:(t * rows + r + 1) * nr]
+                o = offsets[t * nr:(t + 1) * nr]
+                filled = min(nr, columns - t * nr)
+                for lane in range(filled):
+                    d[lane] = xf[base + o[lane]] if o[lane] >= 0 else 0
+                for lane in range(filled, nr):
+                    d[lane] = 0
+
+
+@njit(**JIT_PARALLEL)
+def tiled_conv2d_across_samples(x, w, out, threads, sh, sw, pt, pl, dh, dw):
+    """out = x cross-correlated with w (one group) in WIDE_MR x WIDE_NR blocks over tiles of positions that run
+    across samples (see above), in tasks of samples_per_task samples by every output channel (by a share of the
+    channel blocks where the batch gives fewer tasks than threads). A task whose tiles each lie within one
+    sample (Ho*Wo a multiple of WIDE_NR) sums straight into out; others through a buffer of their own."""
+    N, C, H, W = x.shape
+    co, kh, kw = w.shape[0], w.shape[2], w.shape[3]
+    ho, wo = out.shape[2], out.shape[3]
+    hw = ho * wo
+    if out.size == 0:
+        return
+    taps = kh * kw
+    k = C * taps
+    mr, nr = WIDE_MR, WIDE_NR
+    w2 = w.reshape(co, k)
+    xf = x.reshape(x.size)
+    blocks = _ceil_div(co, mr)
+    wpad = zeros((mr, k), x)
+    wpad[:co - (blocks - 1) * mr] = w2[(blocks - 1) * mr:]
+    nb = samples_per_task(N, hw, threads)
+    sample_groups = _ceil_div(N, nb)
+    per = _ceil_div(blocks, min(blocks, _ceil_div(threads, sample_groups)))   # channel blocks per task
+    channel_groups = _ceil_div(blocks, per)
+    tiles_max = _ceil_div(nb * hw, nr)
+    cc = max(1, CHUNK_ROWS // taps)   # channels per chunk
+    table = gather_offsets(tiles_max * nr, H, W, kh, kw, sh, sw, pt, pl, dh, dw, ho, wo, C * H * W)
+    boff = np.arange(cc * taps) * nr
+    direct = hw % nr == 0
+    bufs = np.empty((threads, cc * taps * tiles_max * nr), x.dtype)
+    parts = np.empty((threads, 0 if direct and co % mr == 0 else per * mr, tiles_max * nr), x.dtype)
+    counter = task_counter()
+    for t in prange(threads):
+        buf, part = bufs[t], parts[t]
+        task = claim(counter)
+        while task < sample_groups * channel_groups:
+            n0, g = task // channel_groups * nb, task % channel_groups
+            m = min(nb, N - n0)
+            b0, b1 = g * per, min(blocks, (g + 1) * per)
+            tiles = _ceil_div(m * hw, nr)
+            for c0 in range(0, C, cc):
+                c1 = min(C, c0 + cc)
+                rows = (c1 - c0) * taps
+                _gather_chunk(xf, n0 * C * H * W, H * W, buf, table, c0, c1, tiles, m * hw, nr)
+                for tile in range(tiles):
+                    for b in range(b0, b1):
+                        full = (b + 1) * mr <= co
+                        a, a0 = (w2, b * mr * k + c0 * taps) if full else (wpad, c0 * taps)
+                        if direct and full:   # the tile's positions: one run of a sample's, for mr channels
+                            c, ldc = out.reshape(out.size), hw
+                            ci = ((n0 + tile * nr // hw) * co + b * mr) * hw + tile * nr % hw
+                        else:
+                            c, ldc = part.reshape(part.size), tiles_max * nr
+                            ci = (b - b0) * mr * ldc + tile * nr
+                        if c0 == 0:
+                            fma_tile_wide(a, a0, k, buf, tile * rows * nr, nr // 2, boff, rows, c, ci, ldc)
+                        else:
+                            fma_tile_wide_add(a, a0, k, buf, tile * rows * nr, nr // 2, boff, rows, c, ci, ldc)
+            for o in range(b0 * mr, min(co, b1 * mr)):
+                if direct and (o // mr + 1) * mr <= co:
+                    continue
+                src = part[o - b0 * mr]
+                for s in range(m):
+                    dst = out[n0 + s, o].reshape(hw)
+                    for q in range(hw):
+                        dst[q] = src[s * hw + q]
+            task = claim(counter)
+
+
+# ----------------------------------------------------------------------------
 # the weight gradient: dW[o, c, i, j] = sum over samples and output positions q of dL/dy[n, o, q] times the input
 # at q's window tap (i, j), channel c
 
