@@ -48,7 +48,11 @@ ResNet-18-style inference at batch 1 (the ONNX benchmark's, 12 interleaved round
 6 x 16 blocks; 8.7 -> 7.4 ms with AVX-512's 8 x 32 ones and strided windows in rows. In 8 x 32 blocks a
 stride-1 conv gains at any batch too (ResNet's 3x3 convs at batch 16: 0.73-0.90 of im2col + GEMM's time), and
 so does its input gradient, a forward conv of dL/dy with the window turned half a turn and the channels
-swapped (conv2d_grad_input; 0.67-0.92 at batch 32): W8's training step 810-873 -> 740-746 ms.
+swapped (conv2d_grad_input; 0.67-0.92 at batch 32): W8's training step 810-873 -> 740-746 ms. On planes of
+8x8 and smaller at batch > 1 a sample has too few positions for its blocks to reuse the weights (the
+per-sample forms streamed ResNet's 512 x 4608 weights from memory once per sample); there the blocks' positions
+run across samples (`_across_samples`, conv_tiles's `tiled_conv2d_across_samples`): ResNet's 4x4 and 8x8
+layers at batch 16 in 0.58-0.70 of the time.
 
 Why direct loops for depthwise convolutions (one input channel and at most
 DIRECT_MAX_OUTPUTS outputs per group, as in MobileNet; with more outputs per
