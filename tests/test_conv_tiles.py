@@ -194,8 +194,9 @@ def test_tiles_where_they_pay(kernels):
 
 def test_cpu_backend_runs_batch_one_convs_in_tiles(kernels):
     """A small net compiled for the cpu target whose batch-1 convs take each form (rows into the arena, rows two
-    to a block, strided rows, columns): at batch 1 all in tiles, at batch 3 the stride-1 ones, the 8x8 ones
-    across samples (on AVX-512), at batch 8 the 4x4 one too; each equals the reference executor's."""
+    to a block, strided rows, columns): at batch 1 all in tiles; at batch 3 the stride-1 ones, those on 8x8
+    planes and the strided ones (but on 4x4) across samples with AVX-512; at batch 8 the 4x4 one too; each
+    equals the reference executor's."""
     _, tiles, _ = kernels
     rng = np.random.default_rng(2)
     x = dlc.input("x", ("B", 32, 32, 32))
@@ -250,6 +251,7 @@ ACROSS_CASES = [
     (6, 20, 9, 7, 16, 3, 2, (2, 1), ((0, 2), (1, 0)), (1, 2)),      # strides, uneven padding, a dilated 3x2
     (7, 48, 8, 8, 36, 1, 1, (2, 2), ((0, 0), (0, 0)), (1, 1)),      # a strided 1x1 shortcut
     (9, 40, 5, 5, 72, 3, 3, (1, 1), ((0, 0), (0, 0)), (1, 1)),      # 3x3 outputs, no padding
+    (3, 8, 34, 30, 12, 3, 3, (2, 2), ((1, 1), (1, 1)), (1, 1)),     # strided, 17 x 15 outputs: 8 tiles a sample
 ]
 
 
@@ -273,19 +275,24 @@ def test_tiles_across_samples_match_reference(kernels, threads):
 
 
 def test_tiles_across_samples_where_they_pay(kernels):
-    """With AVX-512, ResNet's 8x8 and 4x4 layers at batch 16 and 32 (strided and 1x1 ones too) take tiles across
-    samples, its 16x16 layers and batch 1 do not, nor 4x4 planes at batch 3 on 2 threads (a sample a task:
-    half of each tile idle); without AVX-512 nothing does. A stride-1 dgrad takes them on 8x8 planes, not 4x4."""
+    """With AVX-512, at batch > 1: ResNet's 8x8 and 4x4 layers at batch 16 and 32 and its strided ones on planes
+    up to 32x32 (1x1 shortcuts too) take tiles across samples; stride-1 windows on 16x16 planes, batch 1, and
+    4x4 planes at batch 3 on 2 threads (a sample a task: half of each tile idle) do not; without AVX-512
+    nothing does. A stride-1 dgrad takes them on 8x8 planes, not 4x4."""
     micro, tiles, conv = kernels
     wide = micro.WIDE_REGISTERS
-    assert tiles.pays_across_samples(16, 512, 512, 3, 3, 4, 4, 2) == wide
-    assert tiles.pays_across_samples(32, 256, 256, 3, 3, 8, 8, 2) == wide
-    assert tiles.pays_across_samples(16, 128, 256, 1, 1, 8, 8, 2) == wide
-    assert not tiles.pays_across_samples(16, 128, 128, 3, 3, 16, 16, 2)
-    assert not tiles.pays_across_samples(1, 512, 512, 3, 3, 4, 4, 2)
-    assert not tiles.pays_across_samples(3, 512, 512, 3, 3, 4, 4, 2)
-    assert tiles.pays_across_samples(3, 256, 256, 3, 3, 8, 8, 2) == wide
-    assert not tiles.pays_across_samples(16, 3, 64, 3, 3, 8, 8, 2)      # a stem's 27 rows of B
+
+    def pays(n, c, co, k, s, ho):
+        return tiles.pays_across_samples(n, c, co, k, k, s, s, ho, ho, 2)
+
+    assert pays(16, 512, 512, 3, 1, 4) == pays(32, 256, 256, 3, 1, 8) == pays(16, 128, 256, 1, 1, 8) == wide
+    assert pays(16, 64, 128, 3, 2, 16) == pays(16, 64, 128, 1, 2, 16) == pays(16, 32, 64, 3, 2, 32) == wide
+    assert not pays(16, 32, 64, 3, 2, 33)                   # past STRIDED_MAX_POSITIONS
+    assert not pays(16, 128, 128, 3, 1, 16) and not pays(16, 64, 64, 3, 1, 32)
+    assert not pays(1, 512, 512, 3, 1, 4) and not pays(1, 256, 256, 3, 1, 8) and not pays(1, 64, 128, 3, 2, 16)
+    assert not pays(3, 512, 512, 3, 1, 4)
+    assert pays(3, 256, 256, 3, 1, 8) == wide
+    assert not pays(16, 3, 64, 3, 1, 8)                     # a stem's 27 rows of B
     assert tiles.samples_per_task(16, 16, 2) == 8 and tiles.samples_per_task(32, 16, 2) == 16
     assert tiles.samples_per_task(16, 64, 2) == 8 and tiles.samples_per_task(3, 64, 2) == 1
     assert conv.ACROSS_DGRAD_MIN_POSITIONS == 64
@@ -324,7 +331,7 @@ def test_stride_one_dgrad_in_tiles_matches_reference(kernels):
         conv.conv2d_grad_input(gy, w, got, 1, 1, padding[0][0], padding[1][0], *dilation, 1)
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(np.abs(want).max()),
                                    err_msg=str((n, c, h, wd, co, kh, kw)))
-        if h * wd >= conv.ACROSS_DGRAD_MIN_POSITIONS and conv._across_samples(n, co, c, kh, kw, h, wd, 1, 4):
+        if h * wd >= conv.ACROSS_DGRAD_MIN_POSITIONS and conv._across_samples(n, co, c, kh, kw, 1, 1, h, wd, 1, 4):
             taken.append("across")
         elif (c >= conv.TILED_DGRAD_MIN_CHANNELS and tiles.pays(co, c, kh, kw, 1, 1, *dilation, h, wd, 4)
                 and tiles.form_of(co, c, kh, kw, 1, 1, *dilation, h, wd) == tiles.ROWS):

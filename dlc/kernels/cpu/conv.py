@@ -1113,10 +1113,10 @@ def _uses_tiles(N, groups, sh, sw, itemsize):
 
 
 @njit(**JIT)
-def _across_samples(N, C, co, kh, kw, ho, wo, groups, itemsize):
+def _across_samples(N, C, co, kh, kw, sh, sw, ho, wo, groups, itemsize):
     """Whether a forward conv (or a stride-1 dgrad as one) runs as tiles across samples (dlc_cpu_conv_tiles's
-    `pays_across_samples` weighs the shape): float32, one group, small planes at batch > 1."""
-    return itemsize == 4 and groups == 1 and pays_across_samples(N, C, co, kh, kw, ho, wo, thread_count())
+    `pays_across_samples` weighs the shape): float32, one group, small planes or strided windows at batch > 1."""
+    return itemsize == 4 and groups == 1 and pays_across_samples(N, C, co, kh, kw, sh, sw, ho, wo, thread_count())
 
 
 @njit(**JIT_PARALLEL)
@@ -1134,7 +1134,7 @@ def conv2d(x, w, out, sh, sw, pt, pl, dh, dw, groups):
     pointwise = _is_pointwise(kh, kw, sh, sw, pt, pl, H, W, ho, wo)
     hw = ho * wo
     macs = out.size * kg
-    if _across_samples(N, C, co, kh, kw, ho, wo, groups, x.itemsize):
+    if _across_samples(N, C, co, kh, kw, sh, sw, ho, wo, groups, x.itemsize):
         tiled_conv2d_across_samples(x, w, out, split_workers(macs, N * co, N), sh, sw, pt, pl, dh, dw)
         return
     if _uses_tiles(N, groups, sh, sw, x.itemsize) and pays(C, co, kh, kw, sh, sw, dh, dw, ho, wo, x.itemsize):
@@ -1248,7 +1248,7 @@ def conv2d_grad_input(gy, w, out, sh, sw, pt, pl, dh, dw, groups):
     # -> 13.1; not taken: 4x4 planes in columns 14.4 -> 17.0, a stem's 3 channels 2.6 -> 4.5)
     tpt, tpl = (kh - 1) * dh - pt, (kw - 1) * dw - pl
     if (sh == 1 and sw == 1 and tpt >= 0 and tpl >= 0 and H * W >= ACROSS_DGRAD_MIN_POSITIONS
-            and _across_samples(N, co, C, kh, kw, H, W, groups, gy.itemsize)):
+            and _across_samples(N, co, C, kh, kw, 1, 1, H, W, groups, gy.itemsize)):
         threads = split_workers(macs, N * C, N)
         tiled_conv2d_across_samples(gy, _flipped_transposed(w, threads), out, threads, 1, 1, tpt, tpl, dh, dw)
         return

@@ -333,22 +333,31 @@ def tiled_conv2d_in_blocks(x, w, out, threads, mr, nr, sh, sw, pt, pl, dh, dw):
 
 CHUNK_ROWS = 144    # rows of B per chunk: a tile of 144 x 32 floats is 18 KB, in L1 with the weights' 8 rows
 SAMPLE_COLUMNS = 512   # the most columns (samples x positions) of a task
-SAMPLES_MAX_POSITIONS = 64   # planes of at most this many output positions (8x8) take tiles across samples
+SAMPLES_MAX_POSITIONS = 64     # stride-1 windows on planes of at most this many outputs (8x8) take them...
+STRIDED_MAX_POSITIONS = 1024   # ...strided ones on planes up to 32x32 (the largest measured)
 
 
 @njit(**JIT)
-def pays_across_samples(N, C, co, kh, kw, ho, wo, threads):
+def pays_across_samples(N, C, co, kh, kw, sh, sw, ho, wo, threads):
     """Whether tiles across samples run a float32 one-group conv (the caller checks those): on a CPU with
-    AVX-512 (the wide blocks), a plane of at most SAMPLES_MAX_POSITIONS outputs whose tasks fill at least one
-    tile, over more than a stem's few rows of B, of at least MIN_MACS multiply-adds. Measured on 2 threads (ms,
-    the conv's method before -> across samples, the medians of 11 calls; the machine's noise moved whole
-    columns by 1.3x, so ratios from one run): at batch 16, 512 -> 512 3x3 on 4x4 8.6 -> 5.0 (12.6 -> 8.8 in a
-    busier run), 256 -> 256 on 8x8 7.3 -> 5.1, 128 -> 256 3x3/2 on 16x16 4.2 -> 2.6, 1x1/2 shortcuts 0.81 ->
-    0.32 and 1.06 -> 0.61, 256 -> 512 3x3/2 on 8x8 4.5 -> 4.4; at batch 32, 4x4 17.1 -> 9.8, 8x8 14.6 -> 9.8;
-    at batch 4 on 4x4 2.45 -> 1.70. Not taken: 128 -> 128 on 16x16 (3.9 -> 5.5: the rows form reads the padded
-    input in place), 3 samples on 4x4 (one sample a task, half of each tile idle: 2.0 -> 3.2)."""
+    AVX-512 (the wide blocks), at batch > 1, a stride-1 window on a plane of at most SAMPLES_MAX_POSITIONS
+    outputs or a strided one on up to STRIDED_MAX_POSITIONS, whose tasks fill at least one tile, over more than
+    a stem's few rows of B, of at least MIN_MACS multiply-adds.
+
+    Measured on 2 threads (ms, the conv's method before -> across samples, in one process, interleaved; the
+    machine's noise moved whole columns by 1.3x between runs, so ratios from one run): at batch 16, 512 -> 512
+    3x3 on 4x4 8.6 -> 5.0, 256 -> 256 on 8x8 7.3 -> 5.1, 128 -> 256 3x3/2 on 16x16 4.2 -> 2.6, 64 -> 128 3x3/2
+    on 32x32 3.8 -> 3.1, 32 -> 64 3x3/2 on 64x64 5.3 -> 3.9, 64 -> 128 on 56x56 11.9 -> 9.6, 1x1/2 shortcuts
+    0.81 -> 0.32, 0.86 -> 0.43 and 1.06 -> 0.61, 256 -> 512 3x3/2 on 8x8 4.5 -> 4.4 (and 2.5 -> 2.5); 1x1
+    convs on 2x2 and 4x4 0.41 -> 0.25 and 0.40 -> 0.22; at batch 32, 4x4 17.1 -> 9.8, 8x8 14.6 -> 9.8, 64 ->
+    128 3x3/2 on 32x32 7.5 -> 6.0; at batch 8 a 7x7/2 stem of 3 channels on 64x64 1.54 -> 1.42; at batch 2 and
+    4, 256 -> 256 on 8x8 0.93 (rows) -> 0.66 and 64 -> 128 3x3/2 on 32x32 0.85 -> 0.44 and 1.09 -> 0.73. Not
+    taken: stride-1 windows on larger planes (128 -> 128 on 16x16 4.0 -> 5.9, 64 -> 64 on 32x32 4.1 -> 7.4: the
+    rows form reads the padded input in place), 4x4 planes at a batch of 3 on 2 threads (a sample a task, half
+    of every tile idle: 2.0 -> 3.2), batch 1 (unmeasured against its own tiles in enough shapes)."""
     hw = ho * wo
-    return (WIDE_REGISTERS and 0 < hw <= SAMPLES_MAX_POSITIONS and samples_per_task(N, hw, threads) * hw >= WIDE_NR
+    small = hw <= SAMPLES_MAX_POSITIONS or (sh * sw > 1 and hw <= STRIDED_MAX_POSITIONS)
+    return (WIDE_REGISTERS and N >= 2 and hw > 0 and small and samples_per_task(N, hw, threads) * hw >= WIDE_NR
             and C * kh * kw >= 64 and N * co * hw * C * kh * kw >= MIN_MACS)
 
 
