@@ -3,7 +3,8 @@ without BLAS.
 
 Imported by the CPU backend as the module `dlc_cpu_conv_tiles`; kernels/cpu/conv.py's conv2d chooses it
 (`_uses_tiles` there, `pays` here; small planes at batch > 1: `_across_samples` there, `pays_across_samples` and
-`tiled_conv2d_across_samples` here, whose blocks' positions run across samples). Layouts as there: x (N, C, H, W), w (C_out, C, kh, kw), out (N, C_out, Ho, Wo).
+`tiled_conv2d_across_samples` here, whose blocks' positions run across samples). Layouts as there: x (N, C, H,
+W), w (C_out, C, kh, kw), out (N, C_out, Ho, Wo).
 
 The product out[n, o, q] = sum_k w[o, k] * B[k, q] over k = (c, i, j) runs in blocks of MR output channels by NR
 output positions (dlc_cpu_microkernel.fma_tile; WIDE_MR x WIDE_NR with fma_tile_wide where `block_shape` takes
