@@ -278,8 +278,8 @@ def test_tiles_across_samples_where_they_pay(kernels):
     """With AVX-512, at batch > 1: ResNet's 8x8 and 4x4 layers at batch 16 and 32 and its strided ones on planes
     up to 32x32 (1x1 shortcuts too) take tiles across samples; stride-1 windows on 16x16 planes, batch 1, and
     4x4 planes at batch 3 on 2 threads (a sample a task: half of each tile idle) do not; without AVX-512
-    nothing does. A stride-1 dgrad takes them on 8x8 planes, not 4x4."""
-    micro, tiles, conv = kernels
+    nothing does (the stride-1 dgrads that take them: test_stride_one_dgrad_in_tiles_matches_reference)."""
+    micro, tiles, _ = kernels
     wide = micro.WIDE_REGISTERS
 
     def pays(n, c, co, k, s, ho):
@@ -295,7 +295,6 @@ def test_tiles_across_samples_where_they_pay(kernels):
     assert not pays(16, 3, 64, 3, 1, 8)                     # a stem's 27 rows of B
     assert tiles.samples_per_task(16, 16, 2) == 8 and tiles.samples_per_task(32, 16, 2) == 16
     assert tiles.samples_per_task(16, 64, 2) == 8 and tiles.samples_per_task(3, 64, 2) == 1
-    assert conv.ACROSS_DGRAD_MIN_POSITIONS == 64
 
 
 # N, C, H, W, C_out, kh, kw, padding ((top, bottom), (left, right)), dilation: stride-1 convs whose dgrad the cpu

@@ -52,7 +52,8 @@ swapped (conv2d_grad_input; 0.67-0.92 at batch 32): W8's training step 810-873 -
 8x8 and smaller at batch > 1 a sample has too few positions for its blocks to reuse the weights (the
 per-sample forms streamed ResNet's 512 x 4608 weights from memory once per sample); there the blocks' positions
 run across samples (`_across_samples`, conv_tiles's `tiled_conv2d_across_samples`): ResNet's 4x4 and 8x8
-layers at batch 16 in 0.58-0.70 of the time.
+layers at batch 16 in 0.58-0.70 of the time; strided windows take them on larger planes too (64 -> 128 3x3/2
+on 32x32 at batch 16: 0.82, its 1x1/2 shortcut 0.55).
 
 Why direct loops for depthwise convolutions (one input channel and at most
 DIRECT_MAX_OUTPUTS outputs per group, as in MobileNet; with more outputs per

@@ -320,17 +320,20 @@ def tiled_conv2d_in_blocks(x, w, out, threads, mr, nr, sh, sw, pt, pl, dh, dw):
 
 
 # ----------------------------------------------------------------------------
-# tiles across samples: small planes at batch > 1
+# tiles across samples: small planes and strided windows at batch > 1
 #
 # On 8x8 and 4x4 planes a sample has 64 or 16 output positions, and the per-sample forms above run every block
 # of output channels over the whole weight matrix (ResNet's 512 x 4608) for a block or two of positions: the
 # weights stream from memory once per sample, and the blocks run at 141-166 GFLOP/s on 2 threads where a
-# product that reuses them reaches 260. Here a task is a group of samples whose positions lie side by side in
-# tiles of WIDE_NR (a tile may span two samples), summed in chunks of CHUNK_ROWS rows of B (a few input
-# channels' taps): a chunk's tile (CHUNK_ROWS x WIDE_NR, contiguous) stays in L1 while every block of output
-# channels runs over it, the chunk's slice of the weights stays in L2 while the tiles run. Each chunk of B is
-# gathered from x through a table of offsets made once per conv (a tap's offset for each column, or -1 in the
-# padding), so any stride, dilation and padding take the same loop.
+# product that reuses them reaches 260. Strided windows at batch > 1 had no tiles (their rows form in column
+# phases measured slower than im2col + GEMM there) and gain here on larger planes too.
+#
+# Here a task is a group of samples whose positions lie side by side in tiles of WIDE_NR (a tile may span two
+# samples), summed in chunks of CHUNK_ROWS rows of B (a few input channels' taps): a chunk's tile (CHUNK_ROWS x
+# WIDE_NR, contiguous) stays in L1 while every block of output channels runs over it, the chunk's slice of the
+# weights stays in L2 while the tiles run. Each chunk of B is gathered from x through a table of offsets made
+# once per conv (a tap's offset for each column, or -1 in the padding), so any stride, dilation and padding
+# take the same loop.
 
 CHUNK_ROWS = 144    # rows of B per chunk: a tile of 144 x 32 floats is 18 KB, in L1 with the weights' 8 rows
 SAMPLE_COLUMNS = 512   # the most columns (samples x positions) of a task
