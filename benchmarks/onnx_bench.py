@@ -266,15 +266,13 @@ def profile(name: str, batch: int, folder: str, top: int = 12) -> None:
     separately for this, so it takes a while), numpy fallbacks marked."""
     import dlc.onnx
     from dlc.codegen.numba import RenderedKernel
-    from dlc.runtime.cpu import FIXED
 
     export(name, batch, folder)
     x = np.load(os.path.join(folder, "x.npy"))
     fn = dlc.onnx.load_model(os.path.join(folder, "model.onnx"), target="cpu")
     be = fn.backend
     feeds, env, _ = fn.signature.bind((x,), {})
-    plan = be._make_plan(env)
-    X = [a.copy() if kind == FIXED else a for a, (kind, _) in zip(be._arguments(feeds, plan), be._externals)]
+    plan, X = be._copied_arguments(feeds, env)
     rows = []
     for seg in be.generated.segments:
         for item in seg.kernels:

@@ -255,6 +255,16 @@ def _block(a, a0, k, buf, start, bstep, boff, c, c0, ldc, nr):
 
 
 @njit(**JIT)
+def _last_block(w2, mr, like):
+    """The last block of mr rows of w2 (C_out, k): its rows from (blocks - 1)*mr on, zero past C_out."""
+    co, k = w2.shape
+    start = (_ceil_div(co, mr) - 1) * mr
+    wpad = zeros((mr, k), like)
+    wpad[:co - start] = w2[start:]
+    return wpad
+
+
+@njit(**JIT)
 def tiled_conv2d(x, w, out, threads, sh, sw, pt, pl, dh, dw):
     """out = x cross-correlated with w (one group) on `threads` threads, in the register blocks block_shape
     chooses for the conv."""
@@ -286,8 +296,7 @@ def tiled_conv2d_in_blocks(x, w, out, threads, mr, nr, sh, sw, pt, pl, dh, dw):
     bstep = row_step if half_rows else nr // 2
     direct = form == ROWS and out.flags.c_contiguous
     blocks = _ceil_div(co, mr)
-    wpad = zeros((mr, k), x)
-    wpad[:co - (blocks - 1) * mr] = w2[(blocks - 1) * mr:]
+    wpad = _last_block(w2, mr, x)
     # a task: a run of consecutive column blocks (threads writing neighbouring positions of the output share its
     # cache lines) by a group of channel blocks: a whole sample from TASKS_PER_THREAD samples a thread on
     per, run = blocks, tiles
@@ -427,8 +436,7 @@ def tiled_conv2d_across_samples(x, w, out, threads, sh, sw, pt, pl, dh, dw):
     w2 = w.reshape(co, k)
     xf = x.reshape(x.size)
     blocks = _ceil_div(co, mr)
-    wpad = zeros((mr, k), x)
-    wpad[:co - (blocks - 1) * mr] = w2[(blocks - 1) * mr:]
+    wpad = _last_block(w2, mr, x)
     nb = samples_per_task(N, hw, threads)
     sample_groups = _ceil_div(N, nb)
     per = _ceil_div(blocks, min(blocks, _ceil_div(threads, sample_groups)))   # channel blocks per task
@@ -440,9 +448,11 @@ def tiled_conv2d_across_samples(x, w, out, threads, sh, sw, pt, pl, dh, dw):
     direct = hw % nr == 0
     bufs = np.empty((threads, cc * taps * tiles_max * nr), x.dtype)
     parts = np.empty((threads, 0 if direct and co % mr == 0 else per * mr, tiles_max * nr), x.dtype)
+    flat_out = out.reshape(out.size)
     counter = task_counter()
     for t in prange(threads):
         buf, part = bufs[t], parts[t]
+        flat_part = part.reshape(part.size)
         task = claim(counter)
         while task < sample_groups * channel_groups:
             n0, g = task // channel_groups * nb, task % channel_groups
@@ -458,10 +468,10 @@ def tiled_conv2d_across_samples(x, w, out, threads, sh, sw, pt, pl, dh, dw):
                         full = (b + 1) * mr <= co
                         a, a0 = (w2, b * mr * k + c0 * taps) if full else (wpad, c0 * taps)
                         if direct and full:   # the tile's positions: one run of a sample's, for mr channels
-                            c, ldc = out.reshape(out.size), hw
+                            c, ldc = flat_out, hw
                             ci = ((n0 + tile * nr // hw) * co + b * mr) * hw + tile * nr % hw
                         else:
-                            c, ldc = part.reshape(part.size), tiles_max * nr
+                            c, ldc = flat_part, tiles_max * nr
                             ci = (b - b0) * mr * ldc + tile * nr
                         if c0 == 0:
                             fma_tile_wide(a, a0, k, buf, tile * rows * nr, nr // 2, boff, rows, c, ci, ldc)
